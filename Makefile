@@ -1,0 +1,77 @@
+# Every target runs the project's own virtual environment (.venv, made by `make setup`), offline, without
+# telemetry. `make help` lists them.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+UV_VERSION := 0.13.9
+PORT ?= 5000
+ARGS ?=
+
+export PATH := $(BIN):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export DVC_NO_ANALYTICS := 1
+export AWS_EC2_METADATA_DISABLED := true
+export UV_PYTHON_DOWNLOADS := never
+
+# uv from PATH, else a pinned copy installed into .uv/ (works where the system pip is locked down).
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.uv/bin/uv)
+
+.PHONY: help setup repro experiment exps metrics plots ui test lint format push pull bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(CURDIR)/.uv/bin/uv:
+	python3 -m venv .uv && .uv/bin/pip install --quiet uv==$(UV_VERSION)
+
+setup: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Create .venv from uv.lock, turn telemetry off, restore the example data
+	$(UV) sync --frozen
+	$(BIN)/python -m segmentation.bootstrap
+
+repro: ## Run the pipeline (dvc repro): preprocess -> train -> evaluate
+	dvc repro
+
+experiment: ## Run a DVC experiment and show the table, e.g. make experiment ARGS="-S train.k_max=12"
+	dvc exp run $(ARGS)
+	dvc exp show --no-pager
+
+exps: ## Show the experiments table
+	dvc exp show --no-pager
+
+metrics: ## Show metrics and params differences against HEAD
+	dvc metrics show
+	dvc params diff
+
+plots: ## Render the DVC plots to dvc_plots/index.html
+	dvc plots show
+
+ui: ## Open the MLflow UI over the local store on http://127.0.0.1:5000 (PORT=...)
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
+
+test: ## Run the test suite (unit + the real pipeline end to end)
+	$(BIN)/python -m pytest
+
+lint: ## Check code style with ruff (lint + format check)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+push: ## Push the raw data and every pipeline output to the default DVC remote
+	dvc push
+
+pull: ## Pull the raw data and every pipeline output from the default DVC remote
+	dvc pull
+
+bench: ## Run the benchmarks (figures printed, ratios against a baseline from the same run)
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+clean: ## Remove the local MLflow store and Python caches (keeps data, DVC cache and .venv)
+	rm -rf mlflow.db mlruns .pytest_cache .ruff_cache dvc_plots
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

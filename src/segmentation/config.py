@@ -1,0 +1,189 @@
+"""Typed, validated params: one model per ``params.yaml`` section, one section per stage."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from segmentation.errors import UserError
+
+PARAMS_FILE = "params.yaml"
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Params):
+    """Where the raw CSV is and how to read it."""
+
+    path: str
+    separator: str = Field(min_length=1)
+    encoding: str = "utf-8"
+    id_column: str
+
+
+class MarketingCampaignParams(_Params):
+    """Knobs of the marketing-campaign feature recipe (derived columns)."""
+
+    date_column: str = "Dt_Customer"
+    date_format: str = "%d-%m-%Y"
+    # Ages and enrollment lengths are measured at this date, not at "today": a run next year gives the same features.
+    reference_date: dt.date
+    partnered_statuses: list[str] = Field(min_length=1)
+    single_statuses: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _statuses_disjoint(self) -> MarketingCampaignParams:
+        both = sorted(set(self.partnered_statuses) & set(self.single_statuses))
+        if both:
+            raise ValueError(f"statuses listed as both partnered and single: {both}")
+        return self
+
+
+class Bounds(_Params):
+    """Inclusive range of plausible values; rows outside it are outliers."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Bounds:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class PreprocessParams(_Params):
+    """``preprocess`` section."""
+
+    data: DataParams
+    recipe: Literal["marketing_campaign"] | None = "marketing_campaign"
+    marketing_campaign: MarketingCampaignParams | None = None
+    features: list[str] = Field(min_length=1)
+    missing: Literal["drop", "median"] = "drop"
+    outliers: dict[str, Bounds] = Field(default_factory=dict)
+    scale: bool = True
+    pca_components: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PreprocessParams:
+        if self.recipe == "marketing_campaign" and self.marketing_campaign is None:
+            raise ValueError("recipe 'marketing_campaign' needs a marketing_campaign section")
+        dupes = sorted({f for f in self.features if self.features.count(f) > 1})
+        if dupes:
+            raise ValueError(f"features listed twice: {dupes}")
+        if self.pca_components is not None and self.pca_components > len(self.features):
+            raise ValueError(
+                f"pca_components ({self.pca_components}) exceeds the number of features ({len(self.features)})"
+            )
+        return self
+
+
+class TrainParams(_Params):
+    """``train`` section."""
+
+    k_min: int = Field(ge=2)  # calinski_harabasz and silhouette are undefined for k=1
+    k_max: int
+    metric: Literal["distortion", "silhouette", "calinski_harabasz"] = "distortion"
+    # elbow: yellowbrick's knee; best_score: argmax, more robust for silhouette / calinski_harabasz.
+    selection: Literal["elbow", "best_score"] = "elbow"
+    n_init: int = Field(ge=1)
+    max_iter: int = Field(default=300, ge=1)
+    random_state: int
+    # KMeans results can differ with the thread count (scikit-learn #27518): fix it for reproducibility.
+    n_threads: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _k_range(self) -> TrainParams:
+        if self.k_max <= self.k_min:
+            raise ValueError(f"k_max ({self.k_max}) must be greater than k_min ({self.k_min})")
+        if self.selection == "best_score" and self.metric == "distortion":
+            raise ValueError("selection 'best_score' needs metric silhouette or calinski_harabasz")
+        return self
+
+
+class EvaluateParams(_Params):
+    """``evaluate`` section."""
+
+    # Silhouette is O(n^2): above this many rows it is computed on a seeded sample of this size.
+    silhouette_sample_size: int = Field(ge=2)
+    random_state: int
+
+
+SECTIONS: dict[str, type[_Params]] = {
+    "preprocess": PreprocessParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+}
+
+P = TypeVar("P", bound=_Params)
+
+
+def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """Read a params YAML file into a dict, with a clear error when it is missing or malformed."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def parse_section(section: str, raw: Any, source: str = PARAMS_FILE) -> _Params:
+    """Validate one section's dict; errors name the file and the dotted parameter."""
+    model = SECTIONS[section]
+    if raw is None:
+        raise UserError(f"{source}: section '{section}' is missing")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"{source}: {_describe(section, exc)}") from None
+
+
+def load_section(section: str, path: str | Path = PARAMS_FILE) -> Any:
+    """Load and validate one stage's params section (each stage reads only its own)."""
+    return parse_section(section, read_params_file(path).get(section), str(path))
+
+
+def _describe(section: str, exc: ValidationError) -> str:
+    """Condense pydantic's report into one line: ``train.k_max: must be ... (got 1)``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (section, *err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown parameter"
+        elif err["type"] == "missing":
+            msg = "required parameter is missing"
+        elif "input" in err and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {err['input']!r})"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def flatten(params: _Params | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten a params model into ``{"train.k_max": 10, ...}`` with plain Python values."""
+    data = params.model_dump(mode="json") if isinstance(params, BaseModel) else params
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            flat[name] = ",".join(str(v) for v in value)
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,182 @@
+"""Stage ``evaluate``: cluster quality, per-cluster profiles of the unscaled features, segments and plots."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.decomposition import PCA
+from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_samples
+
+from segmentation.config import EvaluateParams, flatten, load_section
+from segmentation.errors import UserError, stage_entrypoint
+from segmentation.files import load_model, read_csv, save_figure, write_csv, write_json
+from segmentation.plotting import FIGURE_DPI, new_figure
+from segmentation.tracking import DualLogger
+
+CLUSTER_COLUMN = "cluster"
+
+
+@dataclass
+class Evaluation:
+    """Quality metrics, profiles and what the plots need."""
+
+    metrics: dict[str, float | int]
+    segments: pd.DataFrame  # ID -> cluster
+    profile: pd.DataFrame  # one row per cluster: size, share and the mean of every unscaled feature
+    silhouette_values: np.ndarray  # per sampled row
+    silhouette_labels: np.ndarray
+
+
+def silhouette_sample(
+    X: np.ndarray, labels: np.ndarray, sample_size: int, random_state: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row silhouette on a seeded sample of at most ``sample_size`` rows (full silhouette is O(n^2))."""
+    idx = np.arange(len(X))
+    if len(X) > sample_size:
+        idx = np.sort(np.random.default_rng(random_state).choice(len(X), size=sample_size, replace=False))
+    if len(np.unique(labels[idx])) < 2:
+        raise UserError(
+            f"params.yaml: evaluate.silhouette_sample_size ({sample_size}) is too small: the sample holds one cluster"
+        )
+    return silhouette_samples(X[idx], labels[idx]), labels[idx]
+
+
+def cluster_profile(features: pd.DataFrame, labels: np.ndarray, id_column: str) -> pd.DataFrame:
+    """Size, share and mean of each unscaled feature per cluster."""
+    values = features.drop(columns=[id_column]).assign(**{CLUSTER_COLUMN: labels})
+    grouped = values.groupby(CLUSTER_COLUMN)
+    profile = grouped.mean()
+    profile.insert(0, "share", grouped.size() / len(values))
+    profile.insert(0, "size", grouped.size())
+    return profile.reset_index()
+
+
+def evaluate(matrix: pd.DataFrame, features: pd.DataFrame, model, id_column: str, params: EvaluateParams) -> Evaluation:
+    """Assign clusters and measure them; ``features`` are the unscaled rows behind ``matrix`` (same IDs, order)."""
+    if not matrix[id_column].equals(features[id_column]):
+        raise UserError("data/processed: the features and matrix files hold different customers; run dvc repro")
+    X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
+    labels = model.predict(X)
+    sizes = np.bincount(labels, minlength=model.n_clusters)
+    sil_values, sil_labels = silhouette_sample(X, labels, params.silhouette_sample_size, params.random_state)
+    metrics: dict[str, float | int] = {
+        "n_clusters": int(model.n_clusters),
+        "silhouette": float(sil_values.mean()),
+        "silhouette_sample_rows": len(sil_values),
+        "calinski_harabasz": float(calinski_harabasz_score(X, labels)),
+        "davies_bouldin": float(davies_bouldin_score(X, labels)),
+        "inertia": float(model.inertia_),
+        "smallest_cluster_share": float(sizes.min() / len(labels)),
+        **{f"size_cluster_{i}": int(n) for i, n in enumerate(sizes)},
+    }
+    segments = pd.DataFrame({id_column: matrix[id_column], CLUSTER_COLUMN: labels})
+    return Evaluation(metrics, segments, cluster_profile(features, labels, id_column), sil_values, sil_labels)
+
+
+def projection_plot(matrix: pd.DataFrame, labels: np.ndarray, id_column: str):
+    """Scatter of the first two principal components of the model matrix, coloured by cluster."""
+    X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
+    n = min(2, X.shape[1])
+    xy = PCA(n_components=n, svd_solver="full").fit_transform(X)
+    if n == 1:
+        xy = np.column_stack([xy[:, 0], np.zeros(len(xy))])
+    fig, ax = new_figure()
+    for k in np.unique(labels):
+        pts = xy[labels == k]
+        ax.scatter(pts[:, 0], pts[:, 1], s=8, alpha=0.6, label=f"cluster {k} ({len(pts)})")
+    ax.set_title("Customers in 2-D (PCA of the model matrix), coloured by cluster")
+    ax.set_xlabel("component 1")
+    ax.set_ylabel("component 2" if n == 2 else "(single feature)")
+    ax.legend(loc="best", markerscale=2)
+    return fig
+
+
+def silhouette_plot(values: np.ndarray, labels: np.ndarray):
+    """Classic silhouette plot: sorted per-row silhouettes, one band per cluster, mean as a dashed line."""
+    fig, ax = new_figure()
+    y = 0
+    for k in np.unique(labels):
+        band = np.sort(values[labels == k])
+        ax.fill_betweenx(np.arange(y, y + len(band)), 0, band, alpha=0.7, label=f"cluster {k}")
+        y += len(band) + 10
+    ax.axvline(values.mean(), color="black", linestyle="--", label=f"mean {values.mean():.3f}")
+    ax.set_title(f"Silhouette per customer ({len(values)} rows)")
+    ax.set_xlabel("silhouette coefficient")
+    ax.set_ylabel("customers, grouped by cluster")
+    ax.set_yticks([])
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def profile_plot(profile: pd.DataFrame):
+    """Heatmap of cluster means as z-scores against the size-weighted overall mean, annotated with the means."""
+    feats = profile.drop(columns=[CLUSTER_COLUMN, "size", "share"])
+    weights = profile["share"].to_numpy()
+    overall = (feats.mul(weights, axis=0)).sum()
+    spread = feats.std(ddof=0).replace(0, 1.0)
+    z = ((feats - overall) / spread).to_numpy(dtype=float)
+    fig, ax = new_figure(size=(max(6.0, 1.1 * feats.shape[1] + 2), 1.0 * len(profile) + 2))
+    limit = max(float(np.abs(z).max()), 1e-9)
+    image = ax.imshow(z, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(range(feats.shape[1]), feats.columns, rotation=45, ha="right")
+    rows = [f"cluster {c} (n={n})" for c, n in zip(profile[CLUSTER_COLUMN], profile["size"], strict=True)]
+    ax.set_yticks(range(len(profile)), rows)
+    for (i, j), mean in np.ndenumerate(feats.to_numpy(dtype=float)):
+        ax.text(j, i, f"{mean:.3g}", ha="center", va="center", fontsize=8)
+    ax.set_title("Cluster profiles: mean of each feature (colour: relative to the other clusters)")
+    ax.set_xlabel("feature")
+    ax.set_ylabel("cluster")
+    fig.colorbar(image, ax=ax, label="relative level (z-score of cluster means)")
+    return fig
+
+
+@stage_entrypoint
+def main(argv: list[str] | None = None) -> None:
+    """CLI of the ``evaluate`` stage."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--matrix", required=True, help="input: ID + transformed matrix (CSV)")
+    parser.add_argument("--features", required=True, help="input: ID + unscaled features (CSV)")
+    parser.add_argument("--model", required=True, help="input: fitted KMeans (pickle)")
+    parser.add_argument("--segments", required=True, help="output: ID -> cluster (CSV)")
+    parser.add_argument("--profile", required=True, help="output: per-cluster profile (CSV)")
+    parser.add_argument("--metrics", required=True, help="output: quality metrics (JSON)")
+    parser.add_argument("--plots-dir", required=True, help="output: clusters_2d.png, silhouette.png, profile.png")
+    parser.add_argument("--dagshub-dir", required=True, help="output: DAGsHubLogger metrics.csv + params.yml")
+    args = parser.parse_args(argv)
+
+    params: EvaluateParams = load_section("evaluate", args.params)
+    matrix = read_csv(args.matrix)
+    features = read_csv(args.features)
+    model = load_model(args.model)
+    id_column = matrix.columns[0]
+    result = evaluate(matrix, features, model, id_column, params)
+    labels = result.segments[CLUSTER_COLUMN].to_numpy()
+    figures = {
+        "clusters_2d.png": projection_plot(matrix, labels, id_column),
+        "silhouette.png": silhouette_plot(result.silhouette_values, result.silhouette_labels),
+        "profile.png": profile_plot(result.profile),
+    }
+
+    with DualLogger("evaluate", dagshub_dir=args.dagshub_dir) as log:
+        write_csv(args.segments, result.segments)
+        write_csv(args.profile, result.profile)
+        write_json(args.metrics, result.metrics)
+        for name, fig in figures.items():
+            save_figure(f"{args.plots_dir}/{name}", fig, dpi=FIGURE_DPI)
+            log.log_artifact(f"{args.plots_dir}/{name}")
+        log.log_artifact(args.profile)
+        log.log_params(flatten(params, "evaluate."))
+        log.log_metrics(result.metrics)
+    m = result.metrics
+    print(
+        f"evaluate: {m['n_clusters']} clusters, silhouette {m['silhouette']:.3f}, "
+        f"Calinski-Harabasz {m['calinski_harabasz']:.1f}, Davies-Bouldin {m['davies_bouldin']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Feature derivation and row filters: pure functions on DataFrames."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from segmentation.config import Bounds, MarketingCampaignParams
+from segmentation.errors import UserError
+
+# The marketing-campaign recipe's inputs: columns of the Kaggle "Customer Personality Analysis" schema.
+SPEND_COLUMNS = ["MntWines", "MntFruits", "MntMeatProducts", "MntFishProducts", "MntSweetProducts", "MntGoldProds"]
+PURCHASE_COLUMNS = ["NumDealsPurchases", "NumWebPurchases", "NumCatalogPurchases", "NumStorePurchases"]
+CHILD_COLUMNS = ["Kidhome", "Teenhome"]
+BIRTH_YEAR_COLUMN = "Year_Birth"
+MARITAL_STATUS_COLUMN = "Marital_Status"
+MARKETING_NUMERIC_INPUTS = [BIRTH_YEAR_COLUMN, *CHILD_COLUMNS, *SPEND_COLUMNS, *PURCHASE_COLUMNS]
+MARKETING_DERIVED = [
+    "Age",
+    "Children",
+    "Family_Size",
+    "Total_Spent",
+    "Total_Purchases",
+    "Enrollment_Days",
+    "Enrollment_Years",
+]
+DAYS_PER_YEAR = 365.25
+
+
+def marketing_inputs(params: MarketingCampaignParams) -> list[str]:
+    """Columns the marketing-campaign recipe reads."""
+    return [*MARKETING_NUMERIC_INPUTS, params.date_column, MARITAL_STATUS_COLUMN]
+
+
+def parse_dates(series: pd.Series, date_format: str, source: str) -> pd.Series:
+    """Parse dates with an explicit format (pandas would guess month-first from the first row and then fail)."""
+    parsed = pd.to_datetime(series, format=date_format, errors="coerce")
+    bad = series[parsed.isna() & series.notna()]
+    if len(bad):
+        raise UserError(
+            f"{source}: column {series.name}: {bad.iloc[0]!r} on line {bad.index[0] + 2} "
+            f"does not match date format {date_format!r} ({len(bad)} such value(s))"
+        )
+    return parsed
+
+
+def adults_in_household(status: pd.Series, partnered: list[str], single: list[str], source: str) -> pd.Series:
+    """Map marital status to adults in the household: 2 for partnered statuses, 1 for single ones.
+
+    Every status must be listed in params (the Kaggle file has 'YOLO', 'Absurd' and 'Alone'): an
+    unlisted one is an error rather than a silent guess.
+    """
+    mapping = {**{s: 2 for s in partnered}, **{s: 1 for s in single}}
+    adults = status.map(mapping)
+    unknown = sorted(status[adults.isna() & status.notna()].astype(str).unique())
+    if unknown:
+        raise UserError(
+            f"{source}: column {status.name} has value(s) {unknown} not listed in "
+            "preprocess.marketing_campaign.partnered_statuses or single_statuses"
+        )
+    return adults.astype("Float64").astype("float64")  # blanks stay NaN and are handled as missing
+
+
+def derive_marketing_features(df: pd.DataFrame, params: MarketingCampaignParams, source: str) -> pd.DataFrame:
+    """Add the recipe's derived columns (age, children, family size, totals, enrollment length) to a copy of ``df``."""
+    out = df.copy()
+    reference = pd.Timestamp(params.reference_date)
+    enrolled = parse_dates(df[params.date_column], params.date_format, source)
+    latest = enrolled.max()
+    if pd.notna(latest) and latest > reference:
+        raise UserError(
+            f"params.yaml: preprocess.marketing_campaign.reference_date ({params.reference_date}) is before "
+            f"the latest {params.date_column} in {source} ({latest.date()})"
+        )
+    out["Age"] = reference.year - df[BIRTH_YEAR_COLUMN]
+    out["Children"] = df[CHILD_COLUMNS].sum(axis=1, min_count=len(CHILD_COLUMNS))
+    adults = adults_in_household(df[MARITAL_STATUS_COLUMN], params.partnered_statuses, params.single_statuses, source)
+    out["Family_Size"] = adults + out["Children"]
+    out["Total_Spent"] = df[SPEND_COLUMNS].sum(axis=1, min_count=len(SPEND_COLUMNS))
+    out["Total_Purchases"] = df[PURCHASE_COLUMNS].sum(axis=1, min_count=len(PURCHASE_COLUMNS))
+    out["Enrollment_Days"] = (reference - enrolled).dt.days
+    out["Enrollment_Years"] = out["Enrollment_Days"] / DAYS_PER_YEAR
+    return out
+
+
+def missing_rows(df: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """Boolean mask of rows with a blank in any of ``columns``."""
+    return df[columns].isna().any(axis=1)
+
+
+def outlier_rows(df: pd.DataFrame, bounds: dict[str, Bounds]) -> dict[str, pd.Series]:
+    """One boolean mask per bounded column: rows outside the inclusive [min, max] range (blanks are not outliers)."""
+    masks = {}
+    for column, rule in bounds.items():
+        values = df[column]
+        mask = pd.Series(False, index=df.index)
+        if rule.min is not None:
+            mask |= values < rule.min
+        if rule.max is not None:
+            mask |= values > rule.max
+        masks[column] = mask.fillna(False).astype(bool)
+    return masks

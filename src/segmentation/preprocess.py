@@ -1,0 +1,128 @@
+"""Stage ``preprocess``: raw CSV -> derived features -> filtered rows -> scaled (optionally PCA) matrix."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import pandas as pd
+from sklearn.decomposition import PCA
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from segmentation import data, features
+from segmentation.config import PreprocessParams, flatten, load_section
+from segmentation.errors import UserError, stage_entrypoint
+from segmentation.files import dump_model, write_csv, write_json
+from segmentation.tracking import DualLogger
+
+
+@dataclass
+class PreprocessResult:
+    """What the stage produces: unscaled features, the model matrix, the fitted transformer, row counts."""
+
+    features: pd.DataFrame  # ID + selected features, unscaled (for cluster profiles)
+    matrix: pd.DataFrame  # ID + transformed columns (what KMeans sees)
+    transformer: Pipeline
+    metrics: dict[str, int]
+
+
+def build_transformer(params: PreprocessParams) -> Pipeline:
+    """Imputer (when ``missing: median``) -> StandardScaler (when ``scale``) -> PCA (when ``pca_components``)."""
+    steps: list[tuple[str, object]] = []
+    if params.missing == "median":
+        steps.append(("impute", SimpleImputer(strategy="median")))
+    if params.scale:
+        steps.append(("scale", StandardScaler()))
+    if params.pca_components is not None:
+        # The full SVD is deterministic; the randomized solver would need a seed.
+        steps.append(("pca", PCA(n_components=params.pca_components, svd_solver="full")))
+    if not steps:
+        steps.append(("identity", "passthrough"))
+    return Pipeline(steps)
+
+
+def preprocess(raw: pd.DataFrame, params: PreprocessParams, source: str) -> PreprocessResult:
+    """Validate ``raw``, derive features, drop missing/outlier rows per params, fit the transformer.
+
+    ``source`` names the input in error messages (the CSV's path).
+    """
+    id_col = params.data.id_column
+    data.require_columns(raw, [id_col], source, what="ID")
+    data.require_unique(raw, id_col, source)
+
+    df = raw
+    if params.recipe == "marketing_campaign":
+        recipe = params.marketing_campaign
+        data.require_columns(df, features.marketing_inputs(recipe), source, what="marketing_campaign recipe")
+        data.require_numeric(df, features.MARKETING_NUMERIC_INPUTS, source)
+        df = features.derive_marketing_features(df, recipe, source)
+
+    data.require_columns(df, params.features, source, what="feature (preprocess.features)")
+    data.require_columns(df, params.outliers, source, what="outlier (preprocess.outliers)")
+    data.require_numeric(df, [*params.features, *params.outliers], source)
+    df = df.astype({c: "float64" for c in [*params.features, *params.outliers]})
+
+    metrics: dict[str, int] = {"rows_in": len(df)}
+    if params.missing == "drop":
+        blank = features.missing_rows(df, params.features)
+        metrics["dropped_missing"] = int(blank.sum())
+        df = df[~blank]
+    else:
+        metrics["imputed_rows"] = int(features.missing_rows(df, params.features).sum())
+
+    masks = features.outlier_rows(df, params.outliers)
+    any_outlier = pd.Series(False, index=df.index)
+    for column, mask in masks.items():
+        metrics[f"outliers_{column}"] = int(mask.sum())
+        any_outlier |= mask
+    metrics["dropped_outliers"] = int(any_outlier.sum())
+    df = df[~any_outlier]
+
+    metrics["rows_out"] = len(df)
+    if len(df) < 2:
+        raise UserError(f"{source}: only {len(df)} row(s) left after dropping missing values and outliers")
+
+    table = df[[id_col, *params.features]].reset_index(drop=True)
+    transformer = build_transformer(params)
+    values = transformer.fit_transform(table[params.features])
+    if params.pca_components is not None:
+        names = [f"PC{i + 1}" for i in range(params.pca_components)]
+    else:
+        names = list(params.features)
+    matrix = pd.concat([table[[id_col]], pd.DataFrame(values, columns=names)], axis=1)
+    return PreprocessResult(features=table, matrix=matrix, transformer=transformer, metrics=metrics)
+
+
+@stage_entrypoint
+def main(argv: list[str] | None = None) -> None:
+    """CLI of the ``preprocess`` stage (paths come from dvc.yaml, knobs from params.yaml)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--features", required=True, help="output: ID + unscaled features (CSV)")
+    parser.add_argument("--matrix", required=True, help="output: ID + transformed matrix (CSV)")
+    parser.add_argument("--transformer", required=True, help="output: fitted preprocessing pipeline (pickle)")
+    parser.add_argument("--metrics", required=True, help="output: row counts (JSON)")
+    parser.add_argument("--dagshub-dir", required=True, help="output: DAGsHubLogger metrics.csv + params.yml")
+    args = parser.parse_args(argv)
+
+    params: PreprocessParams = load_section("preprocess", args.params)
+    raw = data.load_csv(params.data)
+    result = preprocess(raw, params, source=params.data.path)
+    with DualLogger("preprocess", dagshub_dir=args.dagshub_dir) as log:
+        write_csv(args.features, result.features)
+        write_csv(args.matrix, result.matrix)
+        dump_model(args.transformer, result.transformer)
+        write_json(args.metrics, result.metrics)
+        log.log_params(flatten(params, "preprocess."))
+        log.log_metrics(result.metrics)
+        log.log_artifact(args.transformer)
+    print(
+        f"preprocess: {result.metrics['rows_in']} rows in, {result.metrics['rows_out']} out, "
+        f"{result.matrix.shape[1] - 1} columns"
+    )
+
+
+if __name__ == "__main__":
+    main()

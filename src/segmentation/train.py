@@ -1,0 +1,173 @@
+"""Stage ``train``: elbow search over k with yellowbrick's ``KElbowVisualizer``, then the final KMeans fit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
+
+from segmentation.config import TrainParams, flatten, load_section
+from segmentation.errors import UserError, stage_entrypoint
+from segmentation.files import dump_model, read_csv, save_figure, write_csv, write_json
+from segmentation.plotting import FIGURE_DPI, new_figure
+from segmentation.tracking import DualLogger
+
+
+@dataclass
+class ElbowResult:
+    """Scores per k, the k chosen and by which rule."""
+
+    k_values: list[int]
+    scores: list[float]
+    k_best: int
+    score_best: float
+    rule: str  # "elbow", "best_score", or the fallback used when no elbow was found
+    figure: object  # the drawn matplotlib Figure
+
+
+def make_kmeans(params: TrainParams, n_clusters: int = 8) -> KMeans:
+    """KMeans with every knob explicit: seeded, ``n_init`` fixed (``'auto'`` moves the knee)."""
+    return KMeans(
+        n_clusters=n_clusters,
+        n_init=params.n_init,
+        max_iter=params.max_iter,
+        random_state=params.random_state,
+    )
+
+
+def fallback_k(k_values: list[int], scores: list[float], metric: str) -> tuple[int, str]:
+    """The documented rule when yellowbrick finds no elbow.
+
+    - silhouette / calinski_harabasz (higher is better): the k with the best score;
+    - distortion (always decreasing): the k where the curve bends most, i.e. the largest second
+      difference of the scores (needs three k values; with two, the smaller k).
+    """
+    if metric != "distortion":
+        i = int(np.argmax(scores))
+        return k_values[i], "fallback_best_score"
+    if len(scores) < 3:
+        return k_values[0], "fallback_k_min"
+    second_diff = np.diff(np.asarray(scores, dtype=float), n=2)
+    return k_values[int(np.argmax(second_diff)) + 1], "fallback_max_curvature"
+
+
+def choose_k(
+    k_values: list[int], scores: list[float], elbow: int | None, metric: str, selection: str
+) -> tuple[int, str]:
+    """Pick k_best: the elbow (or the best score) per ``selection``; never returns None."""
+    if selection == "best_score":
+        i = int(np.argmax(scores))
+        return k_values[i], "best_score"
+    if elbow is not None:
+        return int(elbow), "elbow"
+    return fallback_k(k_values, scores, metric)
+
+
+def elbow_search(X: np.ndarray, params: TrainParams) -> ElbowResult:
+    """Fit KMeans for k in [k_min, k_max] with ``KElbowVisualizer`` and choose k_best."""
+    from segmentation.plotting import kelbow_visualizer_class
+
+    KElbowVisualizer = kelbow_visualizer_class()
+    if params.k_max >= len(X):
+        raise UserError(f"params.yaml: train.k_max ({params.k_max}) must be below the number of rows ({len(X)})")
+    fig, ax = new_figure()
+    viz = KElbowVisualizer(
+        make_kmeans(params),
+        ax=ax,
+        k=(params.k_min, params.k_max + 1),  # yellowbrick's (start, stop) is half-open
+        metric=params.metric,
+        timings=False,  # fit times differ run to run; keep the plot reproducible
+        locate_elbow=params.selection == "elbow",
+        # yellowbrick 1.5 rejects KMeans under scikit-learn >= 1.8 (yellowbrick #1331); the model is a clusterer.
+        force_model=True,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        viz.fit(X)
+    for w in caught:
+        if "knee" not in str(w.message) and "elbow" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    k_values = [int(k) for k in viz.k_values_]
+    scores = [float(s) for s in viz.k_scores_]
+    elbow = viz.elbow_value_ if params.selection == "elbow" else None
+    k_best, rule = choose_k(k_values, scores, elbow, params.metric, params.selection)
+    if rule.startswith("fallback"):
+        print(
+            f"warning: train: no elbow found in the {params.metric} curve for k={params.k_min}..{params.k_max}; "
+            f"using k={k_best} ({rule.removeprefix('fallback_').replace('_', ' ')} rule)",
+            file=sys.stderr,
+        )
+    score_best = scores[k_values.index(k_best)]
+    if rule != "elbow":
+        ax.axvline(k_best, color="black", linestyle="--", label=f"k = {k_best} ({rule.replace('_', ' ')})")
+    viz.finalize()
+    ax.set_title(f"Elbow search ({params.metric}), k_best = {k_best}")
+    ax.set_xlabel("number of clusters k")
+    ax.set_ylabel(f"{params.metric} score")
+    ax.legend(loc="best")
+    return ElbowResult(k_values, scores, k_best, score_best, rule, fig)
+
+
+def fit_final(X: np.ndarray, k: int, params: TrainParams) -> KMeans:
+    """Fit the final KMeans with ``k`` clusters."""
+    return make_kmeans(params, n_clusters=k).fit(X)
+
+
+def train(matrix: pd.DataFrame, id_column: str, params: TrainParams) -> tuple[ElbowResult, KMeans]:
+    """Elbow search then final fit on the matrix's non-ID columns, with the thread count fixed."""
+    X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
+    with threadpool_limits(limits=params.n_threads):
+        elbow = elbow_search(X, params)
+        model = fit_final(X, elbow.k_best, params)
+    return elbow, model
+
+
+@stage_entrypoint
+def main(argv: list[str] | None = None) -> None:
+    """CLI of the ``train`` stage."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--matrix", required=True, help="input: ID + transformed matrix (CSV)")
+    parser.add_argument("--model", required=True, help="output: fitted KMeans (pickle)")
+    parser.add_argument("--elbow-plot", required=True, help="output: elbow plot (PNG)")
+    parser.add_argument("--elbow-scores", required=True, help="output: score per k (CSV, DVC plot data)")
+    parser.add_argument("--metrics", required=True, help="output: k_best and its score (JSON)")
+    parser.add_argument("--dagshub-dir", required=True, help="output: DAGsHubLogger metrics.csv + params.yml")
+    args = parser.parse_args(argv)
+
+    params: TrainParams = load_section("train", args.params)
+    matrix = read_csv(args.matrix)
+    id_column = matrix.columns[0]
+    elbow, model = train(matrix, id_column, params)
+    metrics = {
+        "k_best": elbow.k_best,
+        f"{params.metric}_at_k_best": elbow.score_best,
+        "inertia": float(model.inertia_),
+        "n_iter": int(model.n_iter_),
+    }
+
+    with DualLogger("train", dagshub_dir=args.dagshub_dir) as log:
+        dump_model(args.model, model)
+        save_figure(args.elbow_plot, elbow.figure, dpi=FIGURE_DPI)
+        write_csv(
+            args.elbow_scores,
+            pd.DataFrame({"k": elbow.k_values, "score": elbow.scores, "metric": params.metric}),
+        )
+        write_json(args.metrics, {**metrics, "k_rule": elbow.rule})
+        log.log_params(flatten(params, "train."))
+        log.log_metrics(metrics)
+        log.set_tags({"k_rule": elbow.rule})
+        log.log_artifact(args.model)
+        log.log_artifact(args.elbow_plot)
+        log.log_artifact(args.elbow_scores)
+    print(f"train: k_best = {elbow.k_best} ({elbow.rule}), {params.metric} = {elbow.score_best:.4g}")
+
+
+if __name__ == "__main__":
+    main()
