@@ -16,6 +16,8 @@ export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 export AWS_EC2_METADATA_DISABLED := true
 export UV_PYTHON_DOWNLOADS := never
+# PYTHONDONTWRITEBYTECODE is set on some machines: compile at install or every stage recompiles ~3000 modules.
+export UV_COMPILE_BYTECODE := 1
 
 # uv from PATH, else a pinned copy installed into .uv/ (works where the system pip is locked down).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.uv/bin/uv)

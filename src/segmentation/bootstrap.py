@@ -90,10 +90,12 @@ def restore_raw_data(dvc_file: Path = RAW_DVC, example_dir: Path = EXAMPLE_DIR) 
 def main(argv: list[str] | None = None) -> None:
     """CLI: ``python -m segmentation.bootstrap``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--skip-data", action="store_true", help="only write the no-telemetry .pth")
+    parser.add_argument("--skip-data", action="store_true", help="do not restore the raw data")
+    parser.add_argument("--skip-pth", action="store_true", help="do not write the no-telemetry .pth")
     args = parser.parse_args(argv)
-    pth = write_quiet_pth()
-    print(f"bootstrap: telemetry off for this environment ({pth.name})")
+    if not args.skip_pth:
+        pth = write_quiet_pth()
+        print(f"bootstrap: telemetry off for this environment ({pth.name})")
     if not args.skip_data:
         print(f"bootstrap: raw data {restore_raw_data()}")
 

@@ -1,0 +1,61 @@
+"""Helpers for tests that run the real pipeline in a copy of the project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def project_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """Environment for DVC/stage subprocesses: the project's venv first, no telemetry, nothing global."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DAGSHUB_", "AWS_", "SEGMENTATION_"))}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        DO_NOT_TRACK="true",
+        DVC_NO_ANALYTICS="1",
+        AWS_EC2_METADATA_DISABLED="true",
+        DVC_SITE_CACHE_DIR=str(tmp / "dvc-site-cache"),
+        GIT_AUTHOR_NAME="Test",
+        GIT_AUTHOR_EMAIL="test@example.invalid",
+        GIT_COMMITTER_NAME="Test",
+        GIT_COMMITTER_EMAIL="test@example.invalid",
+        HOME=str(tmp / "home"),
+    )
+    env.update(extra)
+    return env
+
+
+def copy_project(dest: Path) -> Path:
+    """Copy the project's files (tracked and new, not ignored) into ``dest`` as a fresh git repo with one commit."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for rel in filter(None, (p.decode() for p in listed)):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    (dest / "home").mkdir(exist_ok=True)
+    env = project_env(dest.parent)
+    run(["git", "init", "-q", "-b", "main"], dest, env)
+    run(["git", "add", "-A"], dest, env)
+    run(["git", "commit", "-q", "-m", "copy of the template"], dest, env)
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True, timeout: float = 600):
+    """Run a command, returning the CompletedProcess; on an unexpected failure show its output."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

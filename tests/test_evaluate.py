@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+
+from segmentation.config import EvaluateParams
+from segmentation.errors import UserError
+from segmentation.evaluate import evaluate, profile_plot, projection_plot, silhouette_plot
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X, _ = make_blobs(n_samples=300, centers=3, cluster_std=0.5, random_state=1)
+    ids = np.arange(1000, 1300)
+    matrix = pd.DataFrame({"ID": ids, "a": X[:, 0], "b": X[:, 1]})
+    features = pd.DataFrame({"ID": ids, "Income": X[:, 0] * 1000 + 50000, "Age": X[:, 1] + 40})
+    model = KMeans(n_clusters=3, n_init=4, random_state=0).fit(X)
+    return matrix, features, model
+
+
+def test_metrics_profile_and_segments(fitted):
+    matrix, features, model = fitted
+    result = evaluate(matrix, features, model, "ID", EvaluateParams(silhouette_sample_size=5000, random_state=0))
+    m = result.metrics
+    assert m["n_clusters"] == 3
+    assert m["silhouette"] > 0.7  # well separated blobs
+    assert m["silhouette_sample_rows"] == 300
+    assert m["davies_bouldin"] < 0.5
+    assert sum(m[f"size_cluster_{i}"] for i in range(3)) == 300
+    assert result.segments.columns.tolist() == ["ID", "cluster"]
+    assert result.segments["ID"].tolist() == matrix["ID"].tolist()
+    profile = result.profile
+    assert profile.columns.tolist() == ["cluster", "size", "share", "Income", "Age"]
+    assert profile["size"].sum() == 300
+    assert profile["share"].sum() == pytest.approx(1.0)
+    # Profiles are of the unscaled features.
+    assert profile["Income"].between(30000, 70000).all()
+
+
+def test_silhouette_is_sampled_above_the_size(fitted):
+    matrix, features, model = fitted
+    params = EvaluateParams(silhouette_sample_size=100, random_state=7)
+    a = evaluate(matrix, features, model, "ID", params)
+    b = evaluate(matrix, features, model, "ID", params)
+    assert a.metrics["silhouette_sample_rows"] == 100
+    assert a.metrics["silhouette"] == b.metrics["silhouette"]  # seeded sample
+
+
+def test_mismatched_inputs_are_an_error(fitted):
+    matrix, features, model = fitted
+    with pytest.raises(UserError, match="different customers"):
+        evaluate(
+            matrix,
+            features.iloc[::-1].reset_index(drop=True),
+            model,
+            "ID",
+            EvaluateParams(silhouette_sample_size=5000, random_state=0),
+        )
+
+
+def test_plots_have_titles_and_labels(fitted):
+    matrix, features, model = fitted
+    result = evaluate(matrix, features, model, "ID", EvaluateParams(silhouette_sample_size=5000, random_state=0))
+    labels = result.segments["cluster"].to_numpy()
+    for fig in (
+        projection_plot(matrix, labels, "ID"),
+        silhouette_plot(result.silhouette_values, result.silhouette_labels),
+        profile_plot(result.profile),
+    ):
+        ax = fig.axes[0]
+        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
