@@ -22,7 +22,7 @@ export UV_COMPILE_BYTECODE := 1
 # uv from PATH, else a pinned copy installed into .uv/ (works where the system pip is locked down).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.uv/bin/uv)
 
-.PHONY: help setup repro experiment exps metrics plots ui test lint format push pull bench clean
+.PHONY: help setup repro experiment exps metrics plots ui test lint format push pull dagshub remote sync bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -71,6 +71,16 @@ push: ## Push the raw data and every pipeline output to the default DVC remote
 
 pull: ## Pull the raw data and every pipeline output from the default DVC remote
 	dvc pull
+
+dagshub: ## Use DagsHub: make dagshub OWNER=me REPO=segments [S3=1] (token from DAGSHUB_USER_TOKEN)
+	@test -n "$(OWNER)" -a -n "$(REPO)" || { echo "usage: make dagshub OWNER=<user or org> REPO=<repo> [S3=1]"; exit 2; }
+	python -m segmentation.remote dagshub --owner "$(OWNER)" --repo "$(REPO)" $(if $(S3),--s3)
+
+remote: ## Show where data and runs go (DVC remotes, MLflow tracking), without secrets
+	python -m segmentation.remote show
+
+sync: ## Deliver MLflow runs kept locally (tracker unreachable) to the remote tracker
+	python -m segmentation.remote sync
 
 bench: ## Run the benchmarks (figures printed, ratios against a baseline from the same run)
 	$(BIN)/python benchmarks/bench_pipeline.py

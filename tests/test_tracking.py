@@ -8,7 +8,16 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from segmentation.tracking import DualLogger, TrackingSettings, pipeline_run_id, plain, redact_uri
+from segmentation.tracking import (
+    DualLogger,
+    TrackingSettings,
+    apply_dagshub_credentials,
+    bound_http_requests,
+    describe_failure,
+    pipeline_run_id,
+    plain,
+    redact_uri,
+)
 
 
 @pytest.fixture
@@ -28,15 +37,66 @@ def read_metrics_csv(path: Path) -> dict[str, str]:
 
 
 def test_settings_precedence(tmp_path):
-    (tmp_path / "pyproject.toml").write_text('[tool.segmentation]\nexperiment_name = "from-project"\n')
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[tool.segmentation]\nexperiment_name = "from-project"\n')
     local = TrackingSettings.resolve(tmp_path, environ={})
-    assert local.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert local.tracking_uri == local.local_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert local.experiment_name == "from-project"
     assert local.artifact_location == (tmp_path / "mlruns").as_uri()
+    assert not local.is_remote and local.source == "local default"
+
+    pyproject.write_text('[tool.segmentation]\ndagshub_owner = "acme"\ndagshub_repo = "segs"\n')
+    dagshub = TrackingSettings.resolve(tmp_path, environ={})
+    assert dagshub.tracking_uri == "https://dagshub.com/acme/segs.mlflow"
+    assert dagshub.local_uri == local.local_uri and dagshub.is_remote
+    assert TrackingSettings.resolve(tmp_path, environ={"DAGSHUB_CLIENT_HOST": "http://127.0.0.1:9/"}).tracking_uri == (
+        "http://127.0.0.1:9/acme/segs.mlflow"
+    )
+
+    pyproject.write_text(
+        '[tool.segmentation]\ndagshub_owner = "acme"\ndagshub_repo = "segs"\ntracking_uri = "http://h:1"\n'
+    )
+    assert TrackingSettings.resolve(tmp_path, environ={}).tracking_uri == "http://h:1"
+
     env = TrackingSettings.resolve(
         tmp_path, environ={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_EXPERIMENT_NAME": "from-env"}
     )
-    assert (env.tracking_uri, env.experiment_name, env.artifact_location) == ("http://127.0.0.1:9", "from-env", None)
+    assert (env.tracking_uri, env.experiment_name) == ("http://127.0.0.1:9", "from-env")
+    assert env.source.startswith("environment")
+    own = TrackingSettings.resolve(tmp_path, environ={"MLFLOW_TRACKING_URI": "sqlite:///elsewhere.db"})
+    assert own.local_uri == own.tracking_uri == "sqlite:///elsewhere.db" and not own.is_remote
+
+
+def test_dagshub_token_becomes_mlflow_credentials_only_in_the_environment(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.segmentation]\ndagshub_owner = "acme"\ndagshub_repo = "s"\n')
+    env = {"DAGSHUB_USER_TOKEN": "t0ken"}
+    apply_dagshub_credentials(tmp_path, env)
+    assert env == {
+        "DAGSHUB_USER_TOKEN": "t0ken",
+        "MLFLOW_TRACKING_USERNAME": "acme",
+        "MLFLOW_TRACKING_PASSWORD": "t0ken",
+    }
+    explicit = {"DAGSHUB_USER_TOKEN": "t0ken", "MLFLOW_TRACKING_PASSWORD": "other"}
+    apply_dagshub_credentials(tmp_path, explicit)
+    assert explicit["MLFLOW_TRACKING_PASSWORD"] == "other"  # explicit MLflow credentials win
+
+
+def test_http_bounds_respect_user_values():
+    env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+    bound_http_requests(env)
+    assert env == {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    }
+
+
+def test_failures_are_described_without_credentials():
+    assert describe_failure(Exception("API request to x failed with 401 Unauthorized")).startswith(
+        "credentials refused"
+    )
+    assert describe_failure(ConnectionError("[Errno 111] Connection refused")) == "unreachable (connection refused)"
+    assert "s3cr3t" not in describe_failure(Exception("bad gateway at https://u:s3cr3t@h/x"))
 
 
 def test_redact_uri():

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ ENV_PIPELINE_RUN = "SEGMENTATION_PIPELINE_RUN_ID"
 ENV_EXPERIMENT = "MLFLOW_EXPERIMENT_NAME"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 DEFAULT_EXPERIMENT = "customer-segmentation"
+DAGSHUB_DEFAULT_HOST = "https://dagshub.com"
 LOCAL_STORE = "mlflow.db"
 LOCAL_ARTIFACTS = "mlruns"
 RAW_DATA_DVC = Path("data") / "raw.dvc"
@@ -44,26 +47,46 @@ def project_root(cwd: Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class TrackingSettings:
-    """Where MLflow runs go. Precedence: environment > ``[tool.segmentation]`` in pyproject.toml > local default."""
+    """Where MLflow runs go.
+
+    Precedence: ``MLFLOW_TRACKING_URI`` > ``tracking_uri`` in ``[tool.segmentation]`` of pyproject.toml >
+    DagsHub's endpoint when ``dagshub_owner`` and ``dagshub_repo`` are set there > the embedded local store.
+    Every run is first written to the local store (``local_uri``); a remote ``tracking_uri`` then receives a copy,
+    and runs it could not take wait in the local store for ``sync``.
+    """
 
     tracking_uri: str
     experiment_name: str
-    artifact_location: str | None = None  # set only for the embedded local store
+    local_uri: str
+    artifact_location: str | None = None  # only for the embedded local store
+    source: str = "local default"
 
     @classmethod
-    def resolve(cls, root: Path, environ: dict[str, str] | None = None) -> TrackingSettings:
+    def resolve(cls, root: Path, environ: Mapping[str, str] | None = None) -> TrackingSettings:
         """Resolve the settings for the project at ``root``."""
         env = os.environ if environ is None else environ
-        project = _project_config(root)
-        uri = env.get(ENV_TRACKING_URI) or project.get("tracking_uri")
+        project = project_config(root)
         name = env.get(ENV_EXPERIMENT) or project.get("experiment_name") or DEFAULT_EXPERIMENT
-        if uri:
-            return cls(tracking_uri=uri, experiment_name=name)
-        return cls(
-            tracking_uri=f"sqlite:///{root / LOCAL_STORE}",
-            experiment_name=name,
-            artifact_location=(root / LOCAL_ARTIFACTS).as_uri(),
-        )
+        local = f"sqlite:///{root / LOCAL_STORE}"
+        artifacts = (root / LOCAL_ARTIFACTS).as_uri()
+        if env.get(ENV_TRACKING_URI):
+            uri, source = env[ENV_TRACKING_URI], "environment (MLFLOW_TRACKING_URI)"
+        elif project.get("tracking_uri"):
+            uri, source = project["tracking_uri"], "pyproject.toml [tool.segmentation] tracking_uri"
+        elif project.get("dagshub_owner") and project.get("dagshub_repo"):
+            uri = dagshub_url(project["dagshub_owner"], project["dagshub_repo"], ".mlflow", env)
+            source = "pyproject.toml [tool.segmentation] dagshub_owner/dagshub_repo"
+        else:
+            return cls(local, name, local, artifacts)
+        if not is_remote_uri(uri):
+            # A store of the user's own on this machine: it is the local store, nothing to replicate.
+            return cls(uri, name, uri, None, source)
+        return cls(uri, name, local, artifacts, source)
+
+    @property
+    def is_remote(self) -> bool:
+        """True when runs are copied to a tracking server after the local write."""
+        return self.tracking_uri != self.local_uri
 
     @property
     def display_uri(self) -> str:
@@ -71,7 +94,41 @@ class TrackingSettings:
         return redact_uri(self.tracking_uri)
 
 
-def _project_config(root: Path) -> dict[str, Any]:
+def is_remote_uri(uri: str) -> bool:
+    """http(s) tracking servers are remote; sqlite/file stores are local."""
+    return urlsplit(uri).scheme in ("http", "https")
+
+
+def dagshub_host(environ: Mapping[str, str] | None = None) -> str:
+    """DagsHub's address; ``DAGSHUB_CLIENT_HOST`` (read by the DagsHub client too) points elsewhere."""
+    env = os.environ if environ is None else environ
+    return (env.get("DAGSHUB_CLIENT_HOST") or DAGSHUB_DEFAULT_HOST).rstrip("/")
+
+
+def dagshub_url(owner: str, repo: str, suffix: str, environ: Mapping[str, str] | None = None) -> str:
+    """``https://dagshub.com/<owner>/<repo><suffix>`` (suffix ``.dvc`` or ``.mlflow``)."""
+    return f"{dagshub_host(environ)}/{owner}/{repo}{suffix}"
+
+
+def apply_dagshub_credentials(root: Path, environ: MutableMapping[str, str] | None = None) -> None:
+    """Let MLflow authenticate with the DagsHub token when no MLflow credentials are set.
+
+    The token stays in this process's environment: it is never written to a file, a param or a tag.
+    """
+    env = os.environ if environ is None else environ
+    token = env.get("DAGSHUB_USER_TOKEN")
+    if not token or env.get("MLFLOW_TRACKING_PASSWORD") or env.get("MLFLOW_TRACKING_TOKEN"):
+        return
+    user = (
+        env.get("MLFLOW_TRACKING_USERNAME") or env.get("DAGSHUB_USERNAME") or project_config(root).get("dagshub_owner")
+    )
+    if user:
+        env["MLFLOW_TRACKING_USERNAME"] = user
+        env["MLFLOW_TRACKING_PASSWORD"] = token
+
+
+def project_config(root: Path) -> dict[str, Any]:
+    """The ``[tool.segmentation]`` table of the project's pyproject.toml (empty when absent)."""
     path = root / "pyproject.toml"
     if not path.is_file():
         return {}
@@ -241,27 +298,201 @@ class DualLogger:
         from mlflow.tracking import MlflowClient
 
         s = self.settings
-        client = MlflowClient(tracking_uri=s.tracking_uri)
-        experiment = client.get_experiment_by_name(s.experiment_name)
-        experiment_id = (
-            experiment.experiment_id
-            if experiment
-            else client.create_experiment(s.experiment_name, artifact_location=s.artifact_location)
-        )
-        run = client.create_run(experiment_id, run_name=self.record.stage, tags=self._standard_tags())
+        local = MlflowClient(tracking_uri=s.local_uri)
+        experiment_id = _experiment_id(local, s.experiment_name, s.artifact_location)
+        run = local.create_run(experiment_id, run_name=self.record.stage, tags=self._standard_tags())
         self.run_id = run.info.run_id
         ts = self.record.timestamp_ms
-        client.log_batch(
+        local.log_batch(
             self.run_id,
             metrics=[Metric(k, float(v), ts, 0) for k, v in self.record.metrics.items()],
             params=[Param(k, str(v)) for k, v in self.record.params.items()],
             tags=[RunTag("dvc.stage", self.record.stage)],
         )
         for path in self.record.artifacts:
-            client.log_artifact(self.run_id, str(path))
-        client.set_terminated(self.run_id, "FINISHED")
+            local.log_artifact(self.run_id, str(path))
+        local.set_terminated(self.run_id, "FINISHED")
+        where = f"{redact_uri(s.local_uri)}, experiment {s.experiment_name!r}"
+        if s.is_remote:
+            delivered = deliver_or_keep(local, self.run_id, s, self.root)
+            if delivered:
+                where = f"{s.display_uri} and the local store, experiment {s.experiment_name!r}"
         print(
-            f"{self.record.stage}: logged run {self.run_id} to MLflow ({s.display_uri}, "
-            f"experiment {s.experiment_name!r}) and {self.dagshub_dir}/",
+            f"{self.record.stage}: logged run {self.run_id} to MLflow ({where}) and {self.dagshub_dir}/",
             file=sys.stderr,
         )
+
+
+# -- delivery to a remote tracking server ----------------------------------------------------------------------
+
+PENDING_TAG = "segmentation_pending"  # + "_<key>": value = the remote URI (redacted) still to receive the run
+DELIVERED_TAG = "segmentation_delivered"  # + "_<key>": value = the run's ID on that remote
+SOURCE_TAG = "segmentation_source_run"  # on the remote run: the local run's ID (what makes delivery idempotent)
+ENV_TIMEOUT = "SEGMENTATION_TRACKING_TIMEOUT"
+DEFAULT_TIMEOUT_S = 5
+_warned = False
+
+
+def remote_key(uri: str) -> str:
+    """A short stable key for a remote tracking URI (credentials ignored), usable in a tag name."""
+    return hashlib.sha1(redact_uri(uri).encode()).hexdigest()[:10]
+
+
+def _experiment_id(client, name: str, artifact_location: str | None = None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def bound_http_requests(environ: MutableMapping[str, str] | None = None) -> None:
+    """Bound MLflow's HTTP calls: its defaults (7 retries with backoff, 120 s timeout) stall a stage ~4 minutes
+    on a dead server. User-set ``MLFLOW_HTTP_REQUEST_*`` values win."""
+    env = os.environ if environ is None else environ
+    env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", env.get(ENV_TIMEOUT, str(DEFAULT_TIMEOUT_S)))
+    env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One short line for a failed delivery, without credentials."""
+    text = " ".join(str(exc).split())
+    if "401" in text or "Unauthorized" in text or "403" in text:
+        return "credentials refused (check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or DAGSHUB_USER_TOKEN)"
+    for marker in ("Connection refused", "Max retries exceeded", "timed out", "Read timed out", "Name or service"):
+        if marker in text:
+            return f"unreachable ({marker.lower()})"
+    return re.sub(r"(\w+://)[^/\s@]+@", r"\1", text)[:160]  # drop user:password@ from any URL in the text
+
+
+def deliver_or_keep(local, run_id: str, settings: TrackingSettings, root: Path) -> bool:
+    """Copy a finished local run to the remote tracker; on failure tag it pending and warn once (one line)."""
+    global _warned
+    from mlflow.tracking import MlflowClient
+
+    apply_dagshub_credentials(root)
+    bound_http_requests()
+    try:
+        deliver_run(local, run_id, MlflowClient(tracking_uri=settings.tracking_uri), settings)
+        return True
+    except Exception as exc:  # any failure of the remote must leave the stage's results intact
+        local.set_tag(run_id, f"{PENDING_TAG}_{remote_key(settings.tracking_uri)}", settings.display_uri)
+        if not _warned:
+            _warned = True
+            print(
+                f"warning: MLflow tracking server {settings.display_uri}: {describe_failure(exc)}; "
+                "the run is kept in the local store (mlflow.db) and `make sync` delivers it later",
+                file=sys.stderr,
+            )
+        return False
+
+
+def deliver_run(local, run_id: str, remote, settings: TrackingSettings) -> str:
+    """Copy local run ``run_id`` (params, metrics with history, tags, artifacts) to ``remote`` exactly once.
+
+    The remote run carries the local run's ID as a tag: a run already there and finished is not sent again; one
+    left unfinished by an interrupted delivery is deleted and sent again. Returns the remote run's ID.
+    """
+    from mlflow.entities import Param
+
+    key = remote_key(settings.tracking_uri)
+    run = local.get_run(run_id)
+    experiment_id = _experiment_id(remote, settings.experiment_name)
+    for previous in remote.search_runs([experiment_id], filter_string=f"tags.{SOURCE_TAG} = '{run_id}'"):
+        if previous.info.status == "FINISHED":
+            _mark_delivered(local, run_id, key, previous.info.run_id)
+            return previous.info.run_id
+        remote.delete_run(previous.info.run_id)
+
+    tags = {
+        k: v
+        for k, v in run.data.tags.items()
+        if not k.startswith((PENDING_TAG, DELIVERED_TAG)) and k != "mlflow.runName"
+    }
+    new = remote.create_run(
+        experiment_id, start_time=run.info.start_time, tags={**tags, SOURCE_TAG: run_id}, run_name=run.info.run_name
+    )
+    new_id = new.info.run_id
+    metrics = [m for key_ in run.data.metrics for m in local.get_metric_history(run_id, key_)]
+    params = [Param(k, v) for k, v in run.data.params.items()]
+    for i in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limit is 100 params
+        remote.log_batch(new_id, metrics=metrics[i : i + 100], params=params[i : i + 100], tags=[])
+    artifact_dir = _local_path(run.info.artifact_uri)
+    if artifact_dir is not None and artifact_dir.is_dir() and any(artifact_dir.iterdir()):
+        remote.log_artifacts(new_id, str(artifact_dir))
+    remote.set_tag(new_id, "dvc.stage", run.data.tags.get("dvc.stage", ""))
+    remote.set_terminated(new_id, run.info.status, end_time=run.info.end_time)
+    _mark_delivered(local, run_id, key, new_id)
+    return new_id
+
+
+def _mark_delivered(local, run_id: str, key: str, remote_run_id: str) -> None:
+    local.set_tag(run_id, f"{DELIVERED_TAG}_{key}", remote_run_id)
+    pending = f"{PENDING_TAG}_{key}"
+    if pending in local.get_run(run_id).data.tags:
+        local.delete_tag(run_id, pending)
+
+
+def _local_path(uri: str) -> Path | None:
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        from urllib.request import url2pathname
+
+        return Path(url2pathname(parts.path))
+    if parts.scheme == "":
+        return Path(uri)
+    return None
+
+
+@dataclass
+class SyncReport:
+    """What a sync did."""
+
+    delivered: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    considered: int = 0
+
+
+def sync(settings: TrackingSettings, root: Path, include_all: bool = False) -> SyncReport:
+    """Deliver the local runs pending for ``settings.tracking_uri`` (or, with ``include_all``, every local run not
+    yet there). Idempotent: a second sync delivers nothing."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    report = SyncReport()
+    if not settings.is_remote:
+        return report
+    apply_dagshub_credentials(root)
+    bound_http_requests()
+    local = MlflowClient(tracking_uri=settings.local_uri)
+    experiment = local.get_experiment_by_name(settings.experiment_name)
+    if experiment is None:
+        return report
+    key = remote_key(settings.tracking_uri)
+    query = "" if include_all else f"tags.{PENDING_TAG}_{key} = '{settings.display_uri}'"
+    runs, token = [], None
+    while True:
+        page = local.search_runs(
+            [experiment.experiment_id],
+            filter_string=query,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    remote = MlflowClient(tracking_uri=settings.tracking_uri)
+    for run in runs:
+        if f"{DELIVERED_TAG}_{key}" in run.data.tags or run.info.status != "FINISHED":
+            continue
+        report.considered += 1
+        try:
+            deliver_run(local, run.info.run_id, remote, settings)
+            report.delivered.append(run.info.run_id)
+        except Exception as exc:
+            report.failed[run.info.run_id] = describe_failure(exc)
+            break  # the remote is down or refusing: the rest would fail the same way
+    return report

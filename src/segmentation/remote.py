@@ -1,0 +1,165 @@
+"""DagsHub set-up, configuration report and tracking sync: ``python -m segmentation.remote {dagshub,show,sync}``.
+
+``dagshub --owner O --repo R`` makes the project use DagsHub:
+
+- DVC remote ``origin`` (the default) = ``https://dagshub.com/O/R.dvc`` with basic auth, or with ``--s3`` DagsHub's
+  S3-compatible endpoint (bucket R at ``https://dagshub.com/api/v1/repo-buckets/s3/O``). Credentials come from
+  ``DAGSHUB_USER_TOKEN`` (and ``DAGSHUB_USERNAME``, default O) and go only to ``.dvc/config.local`` (git-ignored).
+- MLflow: ``dagshub_owner``/``dagshub_repo`` in ``[tool.segmentation]`` of pyproject.toml make the stages track to
+  ``https://dagshub.com/O/R.mlflow``; at run time the credentials come from ``MLFLOW_TRACKING_USERNAME`` /
+  ``MLFLOW_TRACKING_PASSWORD`` or, failing those, ``DAGSHUB_USER_TOKEN``.
+
+Nothing here talks to DagsHub: no login, no repo creation (create the repo on DagsHub first). ``DAGSHUB_CLIENT_HOST``
+points every URL at another host (a self-hosted DagsHub, or a test server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from segmentation.errors import UserError, stage_entrypoint
+from segmentation.tracking import (
+    TrackingSettings,
+    dagshub_host,
+    dagshub_url,
+    project_config,
+    project_root,
+    sync,
+)
+
+REMOTE_NAME = "origin"
+TOKEN_ENV = "DAGSHUB_USER_TOKEN"
+USER_ENV = "DAGSHUB_USERNAME"
+
+
+def s3_endpoint(owner: str, environ=None) -> str:
+    """DagsHub's S3-compatible endpoint for ``owner``'s repositories (the bucket is the repo name)."""
+    return f"{dagshub_host(environ)}/api/v1/repo-buckets/s3/{owner}"
+
+
+def set_project_dagshub(root: Path, owner: str, repo: str) -> None:
+    """Write ``dagshub_owner``/``dagshub_repo`` into ``[tool.segmentation]``, keeping the file's formatting."""
+    import tomlkit
+
+    path = root / "pyproject.toml"
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    tool = doc.setdefault("tool", tomlkit.table())
+    table = tool.setdefault("segmentation", tomlkit.table())
+    table["dagshub_owner"] = owner
+    table["dagshub_repo"] = repo
+    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+
+
+def configure_dvc_remote(
+    root: Path,
+    owner: str,
+    repo: str,
+    use_s3: bool = False,
+    endpoint: str | None = None,
+    environ=None,
+) -> dict[str, str]:
+    """Make ``origin`` the default DVC remote on DagsHub; credentials only in ``.dvc/config.local``.
+
+    Returns what was configured (without secrets).
+    """
+    from dvc.repo import Repo
+
+    env = os.environ if environ is None else environ
+    token = env.get(TOKEN_ENV)
+    user = env.get(USER_ENV) or owner
+    if use_s3:
+        remote = {"url": f"s3://{repo}", "endpointurl": endpoint or s3_endpoint(owner, env)}
+        secrets = {"access_key_id": token, "secret_access_key": token} if token else {}
+    else:
+        remote = {"url": endpoint or dagshub_url(owner, repo, ".dvc", env), "auth": "basic"}
+        secrets = {"user": user, "password": token} if token else {}
+    dvc_repo = Repo(str(root))
+    try:
+        with dvc_repo.config.edit("repo") as conf:
+            conf["remote"][REMOTE_NAME] = remote
+            conf["core"]["remote"] = REMOTE_NAME
+        with dvc_repo.config.edit("local") as conf:
+            conf["remote"][REMOTE_NAME] = secrets
+    finally:
+        dvc_repo.close()
+    return {**remote, "credentials": ".dvc/config.local" if token else f"none (set {TOKEN_ENV} and re-run)"}
+
+
+def describe(root: Path) -> list[str]:
+    """Lines describing the effective remote and tracking configuration (never a secret)."""
+    from dvc.repo import Repo
+
+    settings = TrackingSettings.resolve(root)
+    project = project_config(root)
+    lines = [
+        f"MLflow tracking: {settings.display_uri}  [{settings.source}]",
+        f"MLflow experiment: {settings.experiment_name}",
+    ]
+    if settings.is_remote:
+        lines.append(f"local store (always written first, replayed by sync): {settings.local_uri}")
+        creds = "MLFLOW_TRACKING_PASSWORD" if os.environ.get("MLFLOW_TRACKING_PASSWORD") else None
+        creds = creds or (TOKEN_ENV if os.environ.get(TOKEN_ENV) else "none set")
+        lines.append(f"tracking credentials from: {creds}")
+    dvc_repo = Repo(str(root))
+    try:
+        conf = dvc_repo.config
+        default = conf["core"].get("remote")
+        for name, remote in conf["remote"].items():
+            flag = " (default)" if name == default else ""
+            stored = "credentials in config" if {"password", "secret_access_key"} & set(remote) else "no credentials"
+            where = f" endpoint {remote['endpointurl']}" if remote.get("endpointurl") else ""
+            lines.append(f"DVC remote {name}{flag}: {remote.get('url')}{where} [{stored}]")
+    finally:
+        dvc_repo.close()
+    if project.get("dagshub_owner"):
+        lines.append(f"DagsHub repo: {dagshub_url(project['dagshub_owner'], project.get('dagshub_repo', '?'), '')}")
+    return lines
+
+
+@stage_entrypoint
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    dh = sub.add_parser("dagshub", help="configure the DVC remote and MLflow tracking for a DagsHub repo")
+    dh.add_argument("--owner", required=True)
+    dh.add_argument("--repo", required=True)
+    dh.add_argument("--s3", action="store_true", help="use DagsHub's S3-compatible endpoint instead of HTTP")
+    dh.add_argument("--endpoint", help="override the storage URL / S3 endpoint (another S3-compatible store)")
+    sub.add_parser("show", help="print the effective configuration (no secrets)")
+    sy = sub.add_parser("sync", help="deliver runs kept locally to the remote MLflow tracker")
+    sy.add_argument("--all", action="store_true", help="also send local runs never meant for this remote")
+    args = parser.parse_args(argv)
+    root = project_root()
+
+    if args.command == "dagshub":
+        for value, what in ((args.owner, "--owner"), (args.repo, "--repo")):
+            if not value or "/" in value or value.strip() != value:
+                raise UserError(f"{what} {value!r}: give a DagsHub user/organisation and repository name")
+        set_project_dagshub(root, args.owner, args.repo)
+        done = configure_dvc_remote(root, args.owner, args.repo, use_s3=args.s3, endpoint=args.endpoint)
+        print(f"DVC remote {REMOTE_NAME} (default): " + ", ".join(f"{k} {v}" for k, v in done.items()))
+        print(f"MLflow tracking: {dagshub_url(args.owner, args.repo, '.mlflow')} (pyproject.toml [tool.segmentation])")
+        print("next: dvc push (or make push), then dvc repro; runs go to DagsHub, kept locally when it is away")
+    elif args.command == "show":
+        print("\n".join(describe(root)))
+    else:
+        settings = TrackingSettings.resolve(root)
+        if not settings.is_remote:
+            print(f"nothing to sync: tracking is local ({settings.display_uri})")
+            return
+        report = sync(settings, root, include_all=args.all)
+        print(
+            f"sync to {settings.display_uri}: {len(report.delivered)} run(s) delivered, "
+            f"{report.considered - len(report.delivered)} not delivered"
+        )
+        if report.failed:
+            reason = next(iter(report.failed.values()))
+            raise UserError(f"MLflow tracking server {settings.display_uri}: {reason}; runs stay pending")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
