@@ -165,7 +165,7 @@ def test_wrong_password_is_one_clear_line_and_nothing_is_lost(project, dagshub, 
     assert all(r.info.status == "FINISHED" and r.data.metrics for r in delivered)
 
 
-@pytest.mark.parametrize("failure", ["dead", "hanging"])
+@pytest.mark.parametrize("failure", ["dead", "hanging", "errors"])
 def test_unreachable_tracker_is_bounded_and_sync_delivers_once(project, dagshub, monkeypatch, failure):
     """Run the pipeline while the tracker is down; bring it back at the same address; sync twice."""
     root, _ = project
@@ -182,13 +182,18 @@ def test_unreachable_tracker_is_bounded_and_sync_delivers_once(project, dagshub,
     if failure == "dead":
         proc, elapsed = repro()  # nothing listens on `port`: connection refused
         bound = DEAD_TRACKER_BOUND_S
-    else:
+    elif failure == "hanging":
         with hanging_server(port):
             proc, elapsed = repro()
         bound = HANGING_TRACKER_BOUND_S
+    else:
+        # A proxy in front of nothing: every request gets "502 Bad Gateway".
+        with routing_proxy({"": f"http://127.0.0.1:{free_port()}"}, port=port):
+            proc, elapsed = repro()
+        bound = DEAD_TRACKER_BOUND_S
     assert elapsed < bound, f"dvc repro took {elapsed:.0f} s with a {failure} tracker"
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 3 and all("unreachable" in w for w in warnings), proc.stderr
+    assert len(warnings) == 3 and all(f"{uri}:" in w and "make sync" in w for w in warnings), proc.stderr
 
     # The tracker comes back at the same address (a proxy to the live server).
     env = dagshub_env(root, dagshub, MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME=experiment)
