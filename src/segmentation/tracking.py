@@ -294,7 +294,7 @@ class DualLogger:
             logger.close()
 
     def _write_mlflow(self) -> None:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
         from mlflow.tracking import MlflowClient
 
         s = self.settings
@@ -307,7 +307,6 @@ class DualLogger:
             self.run_id,
             metrics=[Metric(k, float(v), ts, 0) for k, v in self.record.metrics.items()],
             params=[Param(k, str(v)) for k, v in self.record.params.items()],
-            tags=[RunTag("dvc.stage", self.record.stage)],
         )
         for path in self.record.artifacts:
             local.log_artifact(self.run_id, str(path))
@@ -420,7 +419,6 @@ def deliver_run(local, run_id: str, remote, settings: TrackingSettings) -> str:
     artifact_dir = _local_path(run.info.artifact_uri)
     if artifact_dir is not None and artifact_dir.is_dir() and any(artifact_dir.iterdir()):
         remote.log_artifacts(new_id, str(artifact_dir))
-    remote.set_tag(new_id, "dvc.stage", run.data.tags.get("dvc.stage", ""))
     remote.set_terminated(new_id, run.info.status, end_time=run.info.end_time)
     _mark_delivered(local, run_id, key, new_id)
     return new_id
