@@ -88,6 +88,11 @@ def test_dvc_metrics_params_and_plots(project):
     assert json.loads(run(["dvc", "params", "diff", "--json"], root, env).stdout) == {}
     plots = run(["dvc", "plots", "show", "--json"], root, env)
     assert "reports/elbow_scores.csv" in plots.stdout
+    # The HTML page works offline: Vega is inlined (template written by the set-up), no script from a CDN.
+    run(["dvc", "plots", "show"], root, env)
+    page = (root / "dvc_plots" / "index.html").read_text()
+    assert "<script src" not in page and "cdn.jsdelivr" not in page
+    assert "vegaEmbed" in page and "Elbow search (score per k)" in page
 
 
 def test_one_mlflow_run_per_stage_grouped_and_tagged(project):

@@ -6,6 +6,9 @@
    byte-identical copy of the example dataset kept in git (``data/example/``); otherwise ``dvc pull`` from the
    default remote (e.g. DagsHub). The hash is checked against ``data/raw.dvc`` and the file committed to the
    DVC cache, so that ``dvc checkout`` and ``dvc push`` work.
+3. Make ``dvc plots show`` work offline: DVC's page loads Vega from a CDN; ``.dvc/config`` points
+   ``plots.html_template`` at ``.dvc/tmp/plots_offline.html``, written here with the Vega libraries inlined
+   (from vl-convert-python's bundle).
 """
 
 from __future__ import annotations
@@ -28,6 +31,25 @@ QUIET_ENV = {
 }
 PTH_NAME = "segmentation_no_telemetry.pth"
 RAW_DVC = Path("data/raw.dvc")
+PLOTS_TEMPLATE = Path(".dvc/tmp/plots_offline.html")  # `plots.html_template` in .dvc/config (relative to .dvc/)
+# DVC's own page (dvc_render.html.PAGE_HTML) with the Vega scripts inlined instead of loaded from a CDN.
+PLOTS_PAGE = """<!DOCTYPE html>
+<html>
+<head>
+    {refresh_tag}
+    <title>DVC Plot</title>
+    <script>%s</script>
+    <style>
+        table {
+            border-spacing: 15px;
+        }
+    </style>
+</head>
+<body>
+    {plot_divs}
+</body>
+</html>
+"""
 EXAMPLE_DIR = Path("data/example")
 
 
@@ -37,6 +59,16 @@ def write_quiet_pth(site_packages: Path | None = None) -> Path:
     settings = "; ".join(f"os.environ.setdefault({k!r}, {v!r})" for k, v in QUIET_ENV.items())
     path = site / PTH_NAME
     path.write_text(f"import os; {settings}\n", encoding="utf-8")
+    return path
+
+
+def write_offline_plots_template(path: Path = PLOTS_TEMPLATE) -> Path:
+    """Write DVC's plots page with the Vega, Vega-Lite and Vega-Embed libraries inlined (no CDN)."""
+    import vl_convert
+
+    bundle = vl_convert.javascript_bundle()  # defines window.vegaEmbed, which DVC's plot divs call
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(PLOTS_PAGE % bundle.replace("</script", "<\\/script"), encoding="utf-8")
     return path
 
 
@@ -96,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_pth:
         pth = write_quiet_pth()
         print(f"bootstrap: telemetry off for this environment ({pth.name})")
+    print(f"bootstrap: offline page for `dvc plots show`: {write_offline_plots_template()}")
     if not args.skip_data:
         print(f"bootstrap: raw data {restore_raw_data()}")
 
