@@ -10,6 +10,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# A project generated from the template with keep_example_data=false has neither: the tests that need them skip.
+HAS_EXAMPLE = (REPO / "data" / "example" / "marketing_campaign.csv").is_file() and (REPO / "data" / "raw.dvc").is_file()
+NO_EXAMPLE = "no example dataset (data/example/, data/raw.dvc): this project was generated without it"
 
 
 def project_env(tmp: Path, **extra: str) -> dict[str, str]:
