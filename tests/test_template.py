@@ -6,6 +6,7 @@ Template repository only (copier.yml excludes this file from generated projects)
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import tomllib
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_helpers import NO_EXAMPLE, REPO, copy_project, project_env, run
+from pipeline_helpers import BIN, NO_EXAMPLE, REPO, copy_project, project_env, run
 from segmentation.config import SECTIONS, load_section
 
 pytestmark = pytest.mark.template
@@ -211,6 +212,7 @@ def test_generated_project_sets_up_reproduces_and_passes_its_tests(generated):
         env,
     )
     assert re.search(r"\d+ passed", tests.stdout) and "skipped" not in tests.stdout, tests.stdout
+    run(["make", "lint", f"BIN={BIN}"], gen, env)  # its code is lint-clean, without the template's .copier/
 
 
 def test_project_without_the_example_data(template, tmp_path):
@@ -284,3 +286,18 @@ def edit(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text, f"{path.name}: {old!r} not found"
     path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SEGMENTATION_TEST_SETUP"),
+    reason="opt-in (SEGMENTATION_TEST_SETUP=1): `make setup` in a generated project installs a second venv (~1 min)",
+)
+def test_generated_project_make_setup_with_its_renamed_lock(template, tmp_path):
+    root, env = template
+    gen = copier_copy(root, tmp_path / "setup-shop", {"project_name": "setup-shop"}, env)
+    # Its own venv from its uv.lock (`uv sync --frozen` refuses a lock naming another project); the user's uv cache.
+    cache = os.environ.get("UV_CACHE_DIR") or str(Path.home() / ".cache" / "uv")
+    env = {**env, "UV_CACHE_DIR": cache, "PATH": os.environ["PATH"]}
+    run(["make", "setup"], gen, env)
+    tests = run([".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not pipeline"], gen, env)
+    assert re.search(r"\d+ passed", tests.stdout), tests.stdout
