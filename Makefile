@@ -8,6 +8,8 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 UV_VERSION := 0.13.9
 PORT ?= 5000
+# .copier/ (the template's task script) exists only in the template repository.
+LINT_PATHS := src tests benchmarks $(wildcard .copier)
 ARGS ?=
 
 export PATH := $(BIN):$(PATH)
@@ -59,12 +61,12 @@ test: ## Run the test suite (unit + the real pipeline end to end)
 	$(BIN)/python -m pytest
 
 lint: ## Check code style with ruff (lint + format check)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 format: ## Apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix $(LINT_PATHS)
+	$(BIN)/ruff format $(LINT_PATHS)
 
 push: ## Push the raw data and every pipeline output to the default DVC remote
 	dvc push

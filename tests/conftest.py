@@ -21,6 +21,7 @@ from pathlib import Path  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from pipeline_helpers import HAS_EXAMPLE, NO_EXAMPLE  # noqa: E402
 from segmentation.config import PreprocessParams, load_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +36,8 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def preprocess_params() -> PreprocessParams:
     """The project's own preprocess params, with the data path pointing at the example copy."""
+    if not HAS_EXAMPLE:
+        pytest.skip(NO_EXAMPLE)
     params = load_section("preprocess", REPO / "params.yaml")
     data = params.data.model_copy(update={"path": str(EXAMPLE_CSV)})
     return params.model_copy(update={"data": data})

@@ -10,6 +10,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# A project generated from the template with keep_example_data=false has neither: the tests that need them skip.
+HAS_EXAMPLE = (REPO / "data" / "example" / "marketing_campaign.csv").is_file() and (REPO / "data" / "raw.dvc").is_file()
+DAGSHUB_SINK = "http://127.0.0.1:9"  # the discard port: nothing listens there
+NO_EXAMPLE = "no example dataset (data/example/, data/raw.dvc): this project was generated without it"
 
 
 def project_env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -27,6 +31,9 @@ def project_env(tmp: Path, **extra: str) -> dict[str, str]:
         GIT_COMMITTER_NAME="Test",
         GIT_COMMITTER_EMAIL="test@example.invalid",
         HOME=str(tmp / "home"),
+        # A safety net: a project configured for DagsHub (dagshub_owner/repo) reaches a closed loopback port here,
+        # never dagshub.com. Tests of the DagsHub path point it at their own servers.
+        DAGSHUB_CLIENT_HOST=DAGSHUB_SINK,
     )
     env.update(extra)
     return env

@@ -11,9 +11,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline_helpers import copy_project, project_env, run
+from pipeline_helpers import HAS_EXAMPLE, NO_EXAMPLE, copy_project, project_env, run
+from segmentation.tracking import TrackingSettings
 
-pytestmark = pytest.mark.pipeline
+pytestmark = [pytest.mark.pipeline, pytest.mark.skipif(not HAS_EXAMPLE, reason=NO_EXAMPLE)]
 
 STAGES = ("preprocess", "train", "evaluate")
 OUTPUTS = [
@@ -48,7 +49,8 @@ def project(tmp_path_factory):
 
 def mlflow_runs(root: Path):
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("customer-segmentation")
+    # The project's experiment name: its own in a project generated from the template.
+    exp = client.get_experiment_by_name(TrackingSettings.resolve(root, environ={}).experiment_name)
     return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 

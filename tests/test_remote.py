@@ -19,7 +19,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline_helpers import copy_project, project_env, run
+from pipeline_helpers import HAS_EXAMPLE, NO_EXAMPLE, copy_project, project_env, run
+from segmentation.tracking import TrackingSettings
 from servers import (
     dvc_http_remote,
     free_port,
@@ -29,7 +30,7 @@ from servers import (
     routing_proxy,
 )
 
-pytestmark = pytest.mark.remote
+pytestmark = [pytest.mark.remote, pytest.mark.skipif(not HAS_EXAMPLE, reason=NO_EXAMPLE)]
 
 OWNER, REPO = "acme", "segments"
 STAGES = ["preprocess", "train", "evaluate"]
@@ -121,7 +122,8 @@ def test_full_repro_logs_to_the_tracking_server(project, dagshub, monkeypatch):
     root, outputs = project
     repro = outputs[-1]
     assert "warning" not in repro.stderr
-    runs = dagshub.runs(monkeypatch, "customer-segmentation")
+    experiment = TrackingSettings.resolve(root, environ={}).experiment_name  # the project's own name
+    runs = dagshub.runs(monkeypatch, experiment)
     assert [r.info.run_name for r in runs] == STAGES
     assert len({r.data.tags["pipeline_run_id"] for r in runs}) == 1
     pre, train, _evaluate = runs
@@ -136,7 +138,7 @@ def test_full_repro_logs_to_the_tracking_server(project, dagshub, monkeypatch):
     assert downloaded.read_bytes() == (root / "reports/figures/elbow.png").read_bytes()
     # The same runs are kept in the local store, marked as delivered.
     local = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    local_runs = local.search_runs([local.get_experiment_by_name("customer-segmentation").experiment_id])
+    local_runs = local.search_runs([local.get_experiment_by_name(experiment).experiment_id])
     assert sorted(r.info.run_id for r in local_runs) == sorted(r.data.tags["segmentation_source_run"] for r in runs)
 
 

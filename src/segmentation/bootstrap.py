@@ -5,7 +5,8 @@
 2. Put the raw data in place so that ``dvc status`` is clean on a fresh clone: offline first, from the
    byte-identical copy of the example dataset kept in git (``data/example/``); otherwise ``dvc pull`` from the
    default remote (e.g. DagsHub). The hash is checked against ``data/raw.dvc`` and the file committed to the
-   DVC cache, so that ``dvc checkout`` and ``dvc push`` work.
+   DVC cache, so that ``dvc checkout`` and ``dvc push`` work. A project without ``data/raw.dvc`` (generated without
+   the example dataset) has nothing to restore yet: its user adds a CSV with ``dvc add`` (see README).
 3. Make ``dvc plots show`` work offline: DVC's page loads Vega from a CDN; ``.dvc/config`` points
    ``plots.html_template`` at ``.dvc/tmp/plots_offline.html``, written here with the Vega libraries inlined
    (from vl-convert-python's bundle).
@@ -129,8 +130,15 @@ def main(argv: list[str] | None = None) -> None:
         pth = write_quiet_pth()
         print(f"bootstrap: telemetry off for this environment ({pth.name})")
     print(f"bootstrap: offline page for `dvc plots show`: {write_offline_plots_template()}")
-    if not args.skip_data:
+    if args.skip_data:
+        return
+    if RAW_DVC.is_file():
         print(f"bootstrap: raw data {restore_raw_data()}")
+    else:
+        print(
+            f"bootstrap: no {RAW_DVC}, no data to restore; add your CSV (dvc add data/raw/<file>.csv) "
+            "and set preprocess.data in params.yaml (README: Bring your own data)"
+        )
 
 
 if __name__ == "__main__":

@@ -18,13 +18,30 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+ROW_ID_COLUMN = "row_id"
+
+
 class DataParams(_Params):
     """Where the raw CSV is and how to read it."""
 
     path: str
     separator: str = Field(min_length=1)
     encoding: str = "utf-8"
-    id_column: str
+    # null: the CSV has no ID column; a ``row_id`` column is generated (1 = the first data row, on line 2).
+    id_column: str | None = None
+
+
+class CategoricalParams(_Params):
+    """Non-numeric columns and what to do with them.
+
+    ``onehot``: one 0/1 column per category (sorted) in the model matrix, unknown categories ignored.
+    ``drop``: left out of the model matrix; still described per cluster by the evaluate stage.
+    """
+
+    columns: list[str] = Field(default_factory=list)
+    encoding: Literal["onehot", "drop"] = "onehot"
+    # A guard against one-hot encoding an ID-like column by mistake.
+    max_categories: int = Field(default=50, ge=2)
 
 
 class MarketingCampaignParams(_Params):
@@ -67,6 +84,9 @@ class PreprocessParams(_Params):
     recipe: Literal["marketing_campaign"] | None = "marketing_campaign"
     marketing_campaign: MarketingCampaignParams | None = None
     features: list[str] = Field(min_length=1)
+    categorical: CategoricalParams = Field(default_factory=CategoricalParams)
+    # drop: rows with a blank in a feature (or a one-hot column) are dropped;
+    # median: blanks are imputed (median for numeric features, most frequent category for one-hot columns).
     missing: Literal["drop", "median"] = "drop"
     outliers: dict[str, Bounds] = Field(default_factory=dict)
     scale: bool = True
@@ -76,13 +96,17 @@ class PreprocessParams(_Params):
     def _consistent(self) -> PreprocessParams:
         if self.recipe == "marketing_campaign" and self.marketing_campaign is None:
             raise ValueError("recipe 'marketing_campaign' needs a marketing_campaign section")
-        dupes = sorted({f for f in self.features if self.features.count(f) > 1})
+        columns = [*self.features, *self.categorical.columns]
+        dupes = sorted({f for f in columns if columns.count(f) > 1})
         if dupes:
-            raise ValueError(f"features listed twice: {dupes}")
-        if self.pca_components is not None and self.pca_components > len(self.features):
-            raise ValueError(
-                f"pca_components ({self.pca_components}) exceeds the number of features ({len(self.features)})"
-            )
+            raise ValueError(f"columns listed twice in features / categorical.columns: {dupes}")
+        id_column = self.data.id_column or ROW_ID_COLUMN
+        if id_column in columns:
+            raise ValueError(f"the ID column {id_column} cannot also be a feature or a categorical column")
+        # One-hot columns add at least one column each; their exact number is known only from the data.
+        width = len(self.features) + (len(self.categorical.columns) if self.categorical.encoding == "onehot" else 0)
+        if self.pca_components is not None and self.pca_components > width:
+            raise ValueError(f"pca_components ({self.pca_components}) exceeds the number of features ({width})")
         return self
 
 

@@ -6,9 +6,10 @@ import csv
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from segmentation.config import DataParams
+from segmentation.config import ROW_ID_COLUMN, DataParams
 from segmentation.errors import UserError
 
 
@@ -70,3 +71,36 @@ def require_unique(df: pd.DataFrame, column: str, source: str) -> None:
     dupes = ids[ids.duplicated()]
     if len(dupes):
         raise UserError(f"{source}: ID column {column} has duplicates, e.g. {dupes.iloc[0]!r}")
+
+
+def with_row_id(df: pd.DataFrame, source: str, column: str = ROW_ID_COLUMN) -> pd.DataFrame:
+    """Add a ``row_id`` column (1 = the first data row) for a CSV without an ID column (``id_column: null``)."""
+    if column in df.columns:
+        raise UserError(
+            f"{source}: the file already has a column {column}; set preprocess.data.id_column: {column} to use it"
+        )
+    out = df.copy()
+    out.insert(0, column, range(1, len(df) + 1))
+    return out
+
+
+def as_categories(series: pd.Series) -> pd.Series:
+    """A categorical column as strings (blanks stay NaN); integral numbers read as floats become '2', not '2.0'."""
+    values = series
+    if pd.api.types.is_float_dtype(values):
+        present = values.dropna()
+        if len(present) and (present == present.round()).all():
+            values = values.astype("Int64")
+    out = values.astype("string").astype(object)
+    return out.where(series.notna(), np.nan)
+
+
+def require_few_categories(df: pd.DataFrame, columns: Iterable[str], limit: int, source: str) -> None:
+    """Fail when a column to one-hot encode has more than ``limit`` distinct values (an ID-like column, say)."""
+    for col in columns:
+        n = df[col].nunique(dropna=True)
+        if n > limit:
+            raise UserError(
+                f"{source}: categorical column {col} has {n} distinct values (more than "
+                f"preprocess.categorical.max_categories = {limit}); drop it or raise the limit"
+            )

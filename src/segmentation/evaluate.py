@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_samples
 
 from segmentation.config import EvaluateParams, flatten, load_section
+from segmentation.data import as_categories
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import load_model, read_csv, save_figure, write_csv, write_json
 from segmentation.plotting import FIGURE_DPI, new_figure
@@ -44,18 +46,41 @@ def silhouette_sample(
     return silhouette_samples(X[idx], labels[idx]), labels[idx]
 
 
-def cluster_profile(features: pd.DataFrame, labels: np.ndarray, id_column: str) -> pd.DataFrame:
-    """Size, share and mean of each unscaled feature per cluster."""
-    values = features.drop(columns=[id_column]).assign(**{CLUSTER_COLUMN: labels})
-    grouped = values.groupby(CLUSTER_COLUMN)
+def cluster_profile(
+    features: pd.DataFrame, labels: np.ndarray, id_column: str, categorical: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Size, share and mean of each unscaled numeric feature per cluster.
+
+    Each categorical column adds one ``column=category`` column per category (sorted): the share of the cluster's
+    rows in that category (blanks count in the cluster's rows but in no category).
+    """
+    numeric = features.drop(columns=[id_column, *categorical]).assign(**{CLUSTER_COLUMN: labels})
+    grouped = numeric.groupby(CLUSTER_COLUMN)
     profile = grouped.mean()
-    profile.insert(0, "share", grouped.size() / len(values))
+    profile.insert(0, "share", grouped.size() / len(numeric))
     profile.insert(0, "size", grouped.size())
+    for column in categorical:
+        values = as_categories(features[column])
+        counts = pd.crosstab(labels, values).reindex(index=profile.index, fill_value=0)
+        counts = counts[sorted(counts.columns)]
+        shares = counts.div(profile["size"], axis=0)
+        shares.columns = [f"{column}={category}" for category in shares.columns]
+        profile = profile.join(shares)
     return profile.reset_index()
 
 
-def evaluate(matrix: pd.DataFrame, features: pd.DataFrame, model, id_column: str, params: EvaluateParams) -> Evaluation:
-    """Assign clusters and measure them; ``features`` are the unscaled rows behind ``matrix`` (same IDs, order)."""
+def evaluate(
+    matrix: pd.DataFrame,
+    features: pd.DataFrame,
+    model,
+    id_column: str,
+    params: EvaluateParams,
+    categorical: Sequence[str] = (),
+) -> Evaluation:
+    """Assign clusters and measure them; ``features`` are the unscaled rows behind ``matrix`` (same IDs, order).
+
+    ``categorical`` names the columns of ``features`` that are profiled as category shares rather than means.
+    """
     if not matrix[id_column].equals(features[id_column]):
         raise UserError("data/processed: the features and matrix files hold different customers; run dvc repro")
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
@@ -73,7 +98,8 @@ def evaluate(matrix: pd.DataFrame, features: pd.DataFrame, model, id_column: str
         **{f"size_cluster_{i}": int(n) for i, n in enumerate(sizes)},
     }
     segments = pd.DataFrame({id_column: matrix[id_column], CLUSTER_COLUMN: labels})
-    return Evaluation(metrics, segments, cluster_profile(features, labels, id_column), sil_values, sil_labels)
+    profile = cluster_profile(features, labels, id_column, categorical)
+    return Evaluation(metrics, segments, profile, sil_values, sil_labels)
 
 
 def projection_plot(matrix: pd.DataFrame, labels: np.ndarray, id_column: str):
@@ -149,11 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params: EvaluateParams = load_section("evaluate", args.params)
+    categorical = load_section("preprocess", args.params).categorical.columns
     matrix = read_csv(args.matrix)
     features = read_csv(args.features)
     model = load_model(args.model)
     id_column = matrix.columns[0]
-    result = evaluate(matrix, features, model, id_column, params)
+    result = evaluate(matrix, features, model, id_column, params, categorical)
     labels = result.segments[CLUSTER_COLUMN].to_numpy()
     figures = {
         "clusters_2d.png": projection_plot(matrix, labels, id_column),

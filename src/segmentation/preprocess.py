@@ -6,13 +6,14 @@ import argparse
 from dataclasses import dataclass
 
 import pandas as pd
+from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from segmentation import data, features
-from segmentation.config import PreprocessParams, flatten, load_section
+from segmentation.config import ROW_ID_COLUMN, PreprocessParams, flatten, load_section
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import dump_model, write_csv, write_json
 from segmentation.tracking import DualLogger
@@ -22,19 +23,46 @@ from segmentation.tracking import DualLogger
 class PreprocessResult:
     """What the stage produces: unscaled features, the model matrix, the fitted transformer, row counts."""
 
-    features: pd.DataFrame  # ID + selected features, unscaled (for cluster profiles)
+    features: pd.DataFrame  # ID + selected features, unscaled, + categorical columns as read (for cluster profiles)
     matrix: pd.DataFrame  # ID + transformed columns (what KMeans sees)
     transformer: Pipeline
     metrics: dict[str, int]
 
 
+def onehot_columns(params: PreprocessParams) -> list[str]:
+    """The categorical columns that go into the model matrix (one-hot encoded)."""
+    return list(params.categorical.columns) if params.categorical.encoding == "onehot" else []
+
+
 def build_transformer(params: PreprocessParams) -> Pipeline:
-    """Imputer (when ``missing: median``) -> StandardScaler (when ``scale``) -> PCA (when ``pca_components``)."""
-    steps: list[tuple[str, object]] = []
+    """Numeric features: imputer (``missing: median``) -> StandardScaler (``scale``); then PCA (``pca_components``).
+
+    With one-hot categorical columns, a ColumnTransformer puts the numeric steps beside a most-frequent imputer
+    (``missing: median``) and a OneHotEncoder (sorted categories, unknown ones ignored; 0/1 columns, not scaled).
+    """
+    numeric: list[tuple[str, object]] = []
     if params.missing == "median":
-        steps.append(("impute", SimpleImputer(strategy="median")))
+        numeric.append(("impute", SimpleImputer(strategy="median")))
     if params.scale:
-        steps.append(("scale", StandardScaler()))
+        numeric.append(("scale", StandardScaler()))
+    onehot = onehot_columns(params)
+    steps: list[tuple[str, object]] = []
+    if onehot:
+        categorical: list[tuple[str, object]] = []
+        if params.missing == "median":
+            categorical.append(("impute", SimpleImputer(strategy="most_frequent")))
+        encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=float)
+        categorical.append(("onehot", encoder))
+        columns = ColumnTransformer(
+            [
+                ("numeric", Pipeline(numeric) if numeric else "passthrough", list(params.features)),
+                ("categorical", Pipeline(categorical), onehot),
+            ],
+            verbose_feature_names_out=False,
+        )
+        steps.append(("columns", columns))
+    else:
+        steps.extend(numeric)
     if params.pca_components is not None:
         # The full SVD is deterministic; the randomized solver would need a seed.
         steps.append(("pca", PCA(n_components=params.pca_components, svd_solver="full")))
@@ -46,11 +74,16 @@ def build_transformer(params: PreprocessParams) -> Pipeline:
 def preprocess(raw: pd.DataFrame, params: PreprocessParams, source: str) -> PreprocessResult:
     """Validate ``raw``, derive features, drop missing/outlier rows per params, fit the transformer.
 
-    ``source`` names the input in error messages (the CSV's path).
+    ``source`` names the input in error messages (the CSV's path). Without an ID column (``id_column: null``) a
+    ``row_id`` column (1 = the first data row) identifies the rows in every output.
     """
     id_col = params.data.id_column
-    data.require_columns(raw, [id_col], source, what="ID")
-    data.require_unique(raw, id_col, source)
+    if id_col is None:
+        raw = data.with_row_id(raw, source)
+        id_col = ROW_ID_COLUMN
+    else:
+        data.require_columns(raw, [id_col], source, what="ID")
+        data.require_unique(raw, id_col, source)
 
     df = raw
     if params.recipe == "marketing_campaign":
@@ -59,18 +92,24 @@ def preprocess(raw: pd.DataFrame, params: PreprocessParams, source: str) -> Prep
         data.require_numeric(df, features.MARKETING_NUMERIC_INPUTS, source)
         df = features.derive_marketing_features(df, recipe, source)
 
+    categorical = list(params.categorical.columns)
+    onehot = onehot_columns(params)
     data.require_columns(df, params.features, source, what="feature (preprocess.features)")
+    data.require_columns(df, categorical, source, what="categorical (preprocess.categorical.columns)")
     data.require_columns(df, params.outliers, source, what="outlier (preprocess.outliers)")
     data.require_numeric(df, [*params.features, *params.outliers], source)
+    data.require_few_categories(df, onehot, params.categorical.max_categories, source)
     df = df.astype({c: "float64" for c in [*params.features, *params.outliers]})
+    df = df.assign(**{c: data.as_categories(df[c]) for c in categorical})
 
     metrics: dict[str, int] = {"rows_in": len(df)}
+    used = [*params.features, *onehot]  # the columns the model sees: blanks there are "missing"
     if params.missing == "drop":
-        blank = features.missing_rows(df, params.features)
+        blank = features.missing_rows(df, used)
         metrics["dropped_missing"] = int(blank.sum())
         df = df[~blank]
     else:
-        metrics["imputed_rows"] = int(features.missing_rows(df, params.features).sum())
+        metrics["imputed_rows"] = int(features.missing_rows(df, used).sum())
 
     masks = features.outlier_rows(df, params.outliers)
     any_outlier = pd.Series(False, index=df.index)
@@ -84,13 +123,13 @@ def preprocess(raw: pd.DataFrame, params: PreprocessParams, source: str) -> Prep
     if len(df) < 2:
         raise UserError(f"{source}: only {len(df)} row(s) left after dropping missing values and outliers")
 
-    table = df[[id_col, *params.features]].reset_index(drop=True)
+    table = df[[id_col, *params.features, *categorical]].reset_index(drop=True)
     transformer = build_transformer(params)
-    values = transformer.fit_transform(table[params.features])
+    values = transformer.fit_transform(table[used])
     if params.pca_components is not None:
         names = [f"PC{i + 1}" for i in range(params.pca_components)]
     else:
-        names = list(params.features)
+        names = [str(n) for n in transformer.get_feature_names_out(used)] if onehot else list(params.features)
     matrix = pd.concat([table[[id_col]], pd.DataFrame(values, columns=names)], axis=1)
     return PreprocessResult(features=table, matrix=matrix, transformer=transformer, metrics=metrics)
 

@@ -1,0 +1,331 @@
+"""The copier template: real `copier copy` / `copier update` of this repository, offline, in temporary folders.
+
+Template repository only (copier.yml excludes this file from generated projects).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline_helpers import BIN, DAGSHUB_SINK, NO_EXAMPLE, REPO, copy_project, project_env, run
+from segmentation.config import SECTIONS, load_section
+from segmentation.tracking import remote_key
+
+pytestmark = pytest.mark.template
+
+COPIER = [sys.executable, "-m", "copier"]
+# A generated project's own tests, run with this venv; the slow end-to-end and server tests are this repo's.
+PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+OWN_ANSWERS = {
+    "project_name": "customer-segmentation",
+    "author": "",
+    "dagshub_owner": "",
+    "dagshub_repo": "",
+    "keep_example_data": "true",
+}
+ANSWERS = {
+    "project_name": "acme-segments",
+    "author": "Ada O'Hara",
+    "dagshub_owner": "ada-lab",
+    "dagshub_repo": "acme-dh",
+    "keep_example_data": "true",
+}
+# Files a template repository may hold that no generated project may get (committed here on purpose).
+DECOYS = [
+    "mlflow.db",
+    "mlruns/0/meta.yaml",
+    "mlartifacts/x.txt",
+    ".dvc/cache/files/md5/00/decoy",
+    ".dvc/tmp/lock",
+    ".dvcstore/files/md5/00/decoy",
+    ".venv/pyvenv.cfg",
+    ".uv/bin/uv",
+    ".pytest_cache/README.md",
+    ".ruff_cache/CACHEDIR.TAG",
+    "src/segmentation/__pycache__/config.cpython-311.pyc",
+    "data/raw/marketing_campaign.csv",
+    "data/processed/features.csv",
+    "data/segments.csv",
+    "models/kmeans.joblib",
+    "reports/figures/elbow.png",
+    "dvc_plots/index.html",
+]
+DAGSHUB_MLFLOW = f"{DAGSHUB_SINK}/ada-lab/acme-dh.mlflow"
+# The template's committed results: a generated project makes its own with its first `dvc repro`.
+RESULTS = re.compile(r"^(dvc\.lock|metrics/.*|reports/[^/]*\.csv)$")
+TEMPLATE_ONLY = {"copier.yml", ".copier/tasks.py", "tests/test_template.py"}
+TWINS = {
+    "README.md.jinja",
+    "pyproject.toml.jinja",
+    "params.yaml.jinja",
+    ".dvc/config.jinja",
+    "{{_copier_conf.answers_file}}.jinja",
+}
+
+
+def git_files(root: Path, env) -> set[str]:
+    return set(run(["git", "ls-files"], root, env).stdout.splitlines())
+
+
+def project_files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and ".git" not in p.parts}
+
+
+def copier_copy(template: Path, dest: Path, answers: dict[str, str], env) -> Path:
+    cmd = [*COPIER, "copy", "--trust", "--defaults", "--vcs-ref", "HEAD", "--quiet"]
+    for key, value in answers.items():
+        cmd += ["-d", f"{key}={value}"]
+    run([*cmd, str(template), str(dest)], template.parent, env)
+    return dest
+
+
+def commit_all(root: Path, env, message: str) -> None:
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", message], root, env)
+
+
+def generated_env(root: Path) -> dict[str, str]:
+    """This venv's python/dvc (no second set-up), but the generated project's own package first on the path."""
+    return project_env(root.parent, PYTHONPATH=str(root / "src"))
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A git copy of this repository (working tree included), plus committed decoys that must not be generated."""
+    root = copy_project(tmp_path_factory.mktemp("template") / "template")
+    env = project_env(root.parent)
+    for rel in DECOYS:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("decoy\n")
+    run(["git", "add", "-f", *DECOYS], root, env)
+    run(["git", "commit", "-q", "-m", "decoys"], root, env)
+    return root, env
+
+
+def test_template_rendered_with_its_own_answers_reproduces_itself(template, tmp_path):
+    """No drift: with the template's own answers every generated file equals the template's (README aside)."""
+    root, env = template
+    gen = copier_copy(root, tmp_path / "customer-segmentation", OWN_ANSWERS, env)
+    tracked = git_files(root, env)
+    expected = {f for f in tracked if not RESULTS.match(f)} - set(DECOYS) - TEMPLATE_ONLY - TWINS
+    assert project_files(gen) == expected | {".copier-answers.yml"}
+    different = {f for f in expected if (gen / f).read_bytes() != (root / f).read_bytes()}
+    assert different == {"README.md"}  # the generated README is the rendered twin, not the template's
+    assert (gen / "README.md").read_text().startswith("# customer-segmentation\n")
+
+
+def test_readme_twin_shares_sections_commands_and_targets():
+    """README.md.jinja's headings, code blocks and make targets are the template README's (no drift)."""
+    own = sections((REPO / "README.md").read_text())
+    twin_text = re.sub(r"^\{%.*%\}\n", "", (REPO / "README.md.jinja").read_text(), flags=re.M)
+    twin = sections(twin_text)
+    assert set(twin) - {"(title)"} <= set(own), "a heading of README.md.jinja is missing from README.md"
+    for heading, text in twin.items():
+        if heading == "(title)":
+            continue
+        for block in code_blocks(text):
+            assert block in code_blocks(own[heading]), f"README.md, section {heading!r} lacks:\n{block}"
+    targets = set(re.findall(r"^([a-z][a-z-]*):.*## ", (REPO / "Makefile").read_text(), flags=re.M))
+    for text in ("".join(own.values()), twin_text):
+        used = set(re.findall(r"^make ([a-z-]+)", "\n".join(code_blocks(text)), flags=re.M))
+        assert used and used <= targets, used - targets
+    assert "make setup" in twin["Two commands"] and "make test" in twin["Two commands"]
+
+
+def sections(markdown: str) -> dict[str, str]:
+    """Heading text (any level) -> the text up to the next heading; code blocks are not scanned for headings."""
+    out, heading, fenced = {"(title)": ""}, "(title)", False
+    for line in markdown.splitlines(keepends=True):
+        fenced ^= line.lstrip().startswith("```")
+        match = None if fenced else re.match(r"^#{2,4} (.+)$", line)
+        if match:
+            heading = match.group(1).strip()
+            out[heading] = ""
+        else:
+            out[heading] += line
+    return out
+
+
+def code_blocks(text: str) -> list[str]:
+    """Fenced blocks, also those indented under a list item (their indentation removed)."""
+    blocks = re.findall(r"^( *)```[a-z]*\n(.*?)^\1```$", text, flags=re.M | re.S)
+    return [re.sub(rf"^{indent}", "", body, flags=re.M) for indent, body in blocks]
+
+
+@pytest.fixture(scope="module")
+def generated(template, tmp_path_factory):
+    root, env = template
+    gen = copier_copy(root, tmp_path_factory.mktemp("generated") / "acme", ANSWERS, env)
+    commit_all(gen, env, "generated")
+    return gen, generated_env(gen)
+
+
+def test_answers_arrive_where_they_belong(generated, template):
+    gen, _ = generated
+    root, env = template
+    for path in project_files(gen):
+        data = (gen / path).read_bytes()
+        assert b"{{" not in data and b"{%" not in data, f"template marker left in {path}"
+    readme = (gen / "README.md").read_text()
+    assert readme.startswith("# acme-segments\n")
+    assert "Author: Ada O'Hara." in readme
+    assert "https://dagshub.com/ada-lab/acme-dh" in readme and "make dagshub OWNER=ada-lab REPO=acme-dh" in readme
+    pyproject = tomllib.loads((gen / "pyproject.toml").read_text())
+    assert pyproject["project"]["name"] == "acme-segments"
+    assert pyproject["project"]["authors"] == [{"name": "Ada O'Hara"}]
+    assert pyproject["tool"]["segmentation"] == {
+        "experiment_name": "acme-segments",
+        "dagshub_owner": "ada-lab",
+        "dagshub_repo": "acme-dh",
+    }
+    dvc_config = (gen / ".dvc" / "config").read_text()  # DagsHub storage is the default remote, no credentials
+    assert "remote = origin" in dvc_config and "url = https://dagshub.com/ada-lab/acme-dh.dvc" in dvc_config
+    assert "auth = basic" in dvc_config and "password" not in dvc_config
+    lock = tomllib.loads((gen / "uv.lock").read_text())
+    (own,) = [p for p in lock["package"] if p.get("source") == {"editable": "."}]
+    assert own["name"] == "acme-segments"  # or `uv sync --frozen` (make setup) refuses the lock
+    answers = yaml.safe_load((gen / ".copier-answers.yml").read_text())
+    head = run(["git", "rev-parse", "HEAD"], root, env).stdout.strip()
+    assert head.startswith(answers.pop("_commit")) and answers.pop("_src_path") == str(root)
+    assert answers == {**ANSWERS, "keep_example_data": True}
+    assert ".copier-answers.yml" in git_files(gen, env)  # committed with the project
+    for rel in [*DECOYS, *TEMPLATE_ONLY, *TWINS, "dvc.lock", "metrics/train.json", "reports/elbow_scores.csv"]:
+        assert not (gen / rel).exists(), rel
+    assert (gen / "data/example/marketing_campaign.csv").is_file() and (gen / "data/raw.dvc").is_file()
+
+
+def test_generated_project_sets_up_reproduces_and_passes_its_tests(generated):
+    gen, env = generated
+    where = run([sys.executable, "-c", "import segmentation; print(segmentation.__file__)"], gen, env).stdout
+    assert Path(where.strip()).is_relative_to(gen / "src")  # its own code runs, not the template's
+    assert (
+        "restored from data/example/"
+        in run([sys.executable, "-m", "segmentation.bootstrap", "--skip-pth"], gen, env).stdout
+    )
+    run(["dvc", "repro"], gen, env)
+    assert json.loads(run(["dvc", "status", "--json"], gen, env).stdout) == {}
+    for name in ("preprocess", "train", "evaluate"):  # same data and params as the template: same results
+        assert json.loads((gen / f"metrics/{name}.json").read_text()) == json.loads(
+            (REPO / f"metrics/{name}.json").read_text()
+        )
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{gen / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("acme-segments")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 3
+    # Its runs are meant for its DagsHub repo (here a closed loopback port stands in for dagshub.com: offline,
+    # they stay in the local store, pending for `make sync`).
+    assert all(r.data.tags.get(f"segmentation_pending_{remote_key(DAGSHUB_MLFLOW)}") for r in runs)
+    tests = run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "not pipeline and not template and not remote",
+        ],
+        gen,
+        env,
+    )
+    assert re.search(r"\d+ passed", tests.stdout) and "skipped" not in tests.stdout, tests.stdout
+    run(["make", "lint", f"BIN={BIN}"], gen, env)  # its code is lint-clean, without the template's .copier/
+
+
+def test_project_without_the_example_data(template, tmp_path):
+    root, env = template
+    gen = copier_copy(root, tmp_path / "bare-shop", {"keep_example_data": "false"}, env)
+    commit_all(gen, env, "generated")
+    env = generated_env(gen)
+    assert yaml.safe_load((gen / ".copier-answers.yml").read_text())["project_name"] == "bare-shop"
+    assert not (gen / "data/example").exists() and not (gen / "data/raw.dvc").exists()
+    for section in SECTIONS:
+        load_section(section, gen / "params.yaml")  # still valid params
+    setup = run([sys.executable, "-m", "segmentation.bootstrap", "--skip-pth"], gen, env)
+    assert "no data/raw.dvc, no data to restore" in setup.stdout
+    # Its tests pass; those that need the example data skip, saying why (the slow BYOD test is run by this repo).
+    tests = run(
+        [*PYTEST, "-rs", "-m", "not template and not remote",
+         "--ignore=tests/test_byod_pipeline.py"],
+        gen, env,
+    )  # fmt: skip
+    assert re.search(r"\d+ passed, \d+ skipped", tests.stdout) and NO_EXAMPLE in tests.stdout, tests.stdout
+    # What its README says: add a CSV, `dvc add` it, set the params (here the placeholders fit), `dvc repro`.
+    readme = (gen / "README.md").read_text()
+    assert "dvc add data/raw/customers.csv" in readme
+    failed = run(["dvc", "repro"], gen, env, check=False)
+    assert failed.returncode != 0 and "data/raw/customers.csv" in failed.stderr
+    from sklearn.datasets import load_iris
+
+    iris = load_iris(as_frame=True).frame.iloc[:, :2]
+    (gen / "data/raw").mkdir(parents=True, exist_ok=True)
+    iris.set_axis(["spend", "visits"], axis=1).to_csv(gen / "data/raw/customers.csv", index=False)
+    run(["dvc", "add", "data/raw/customers.csv"], gen, env)
+    run(["dvc", "repro"], gen, env)
+    assert json.loads(run(["dvc", "status", "--json"], gen, env).stdout) == {}
+    assert json.loads((gen / "metrics/preprocess.json").read_text())["rows_out"] == 150
+
+
+def test_update_brings_template_changes_and_keeps_user_edits(tmp_path):
+    env = project_env(tmp_path)
+    root = copy_project(tmp_path / "template")
+    gen = copier_copy(root, tmp_path / "shop", {"project_name": "upd-shop"}, env)
+    commit_all(gen, env, "generated")
+    first = yaml.safe_load((gen / ".copier-answers.yml").read_text())["_commit"]
+    # The user tunes a param and edits the package.
+    edit(gen / "params.yaml", "  k_max: 10\n", "  k_max: 12\n")
+    edit(gen / "src/segmentation/evaluate.py", 'CLUSTER_COLUMN = "cluster"\n', 'CLUSTER_COLUMN = "segment"\n')
+    commit_all(gen, env, "my changes")
+    # The template moves on: another param, a line of code, the project README.
+    for name in ("params.yaml", "params.yaml.jinja"):
+        edit(root / name, "  n_init: 10\n", "  n_init: 12\n")
+    edit(root / "src/segmentation/plotting.py", "\n\ndef ", '\n\nTEMPLATE_CHANGE = "v2"\n\n\ndef ')
+    edit(root / "README.md.jinja", "## Use with DagsHub\n", "## Use with DagsHub\n\nNew in v2.\n")
+    commit_all(root, env, "template v2")
+
+    run([*COPIER, "update", "--trust", "--defaults", "--quiet"], gen, env)
+
+    params = (gen / "params.yaml").read_text()
+    assert "  k_max: 12\n" in params and "  n_init: 12\n" in params
+    assert 'CLUSTER_COLUMN = "segment"\n' in (gen / "src/segmentation/evaluate.py").read_text()
+    assert 'TEMPLATE_CHANGE = "v2"' in (gen / "src/segmentation/plotting.py").read_text()
+    assert "New in v2." in (gen / "README.md").read_text()
+    answers = yaml.safe_load((gen / ".copier-answers.yml").read_text())
+    assert answers["_commit"] != first and answers["project_name"] == "upd-shop"
+    own = [p for p in tomllib.loads((gen / "uv.lock").read_text())["package"] if p.get("source") == {"editable": "."}]
+    assert own[0]["name"] == "upd-shop"
+    changed = run(["git", "status", "--porcelain"], gen, env).stdout
+    assert not list(gen.rglob("*.rej")) and "<<<<<<<" not in params, changed
+    assert set(changed.split()) >= {"M", "params.yaml", "src/segmentation/plotting.py", "README.md"}
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{path.name}: {old!r} not found"
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SEGMENTATION_TEST_SETUP"),
+    reason="opt-in (SEGMENTATION_TEST_SETUP=1): `make setup` in a generated project installs a second venv (~1 min)",
+)
+def test_generated_project_make_setup_with_its_renamed_lock(template, tmp_path):
+    root, env = template
+    gen = copier_copy(root, tmp_path / "setup-shop", {"project_name": "setup-shop"}, env)
+    # Its own venv from its uv.lock (`uv sync --frozen` refuses a lock naming another project); the user's uv cache.
+    cache = os.environ.get("UV_CACHE_DIR") or str(Path.home() / ".cache" / "uv")
+    env = {**env, "UV_CACHE_DIR": cache, "PATH": os.environ["PATH"]}
+    run(["make", "setup"], gen, env)
+    tests = run([".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not pipeline"], gen, env)
+    assert re.search(r"\d+ passed", tests.stdout), tests.stdout
