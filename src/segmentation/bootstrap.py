@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from segmentation.tracking import RAW_DATA_DVC as RAW_DVC
+
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
@@ -31,7 +33,6 @@ QUIET_ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 PTH_NAME = "segmentation_no_telemetry.pth"
-RAW_DVC = Path("data/raw.dvc")
 PLOTS_TEMPLATE = Path(".dvc/tmp/plots_offline.html")  # `plots.html_template` in .dvc/config (relative to .dvc/)
 # DVC's own page (dvc_render.html.PAGE_HTML) with the Vega scripts inlined instead of loaded from a CDN.
 PLOTS_PAGE = """<!DOCTYPE html>

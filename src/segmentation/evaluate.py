@@ -11,7 +11,7 @@ import pandas as pd
 from sklearn.decomposition import PCA
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_samples
 
-from segmentation.config import EvaluateParams, flatten, load_section
+from segmentation.config import EvaluateParams, flatten, parse_section, read_params_file
 from segmentation.data import as_categories
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import load_model, read_csv, save_figure, write_csv, write_json
@@ -174,8 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dagshub-dir", required=True, help="output: DAGsHubLogger metrics.csv + params.yml")
     args = parser.parse_args(argv)
 
-    params: EvaluateParams = load_section("evaluate", args.params)
-    categorical = load_section("preprocess", args.params).categorical.columns
+    # One read of the params file; the profile also needs which preprocess columns are categorical.
+    raw_params = read_params_file(args.params)
+    params: EvaluateParams = parse_section("evaluate", raw_params.get("evaluate"), args.params)
+    categorical = parse_section("preprocess", raw_params.get("preprocess"), args.params).categorical.columns
     matrix = read_csv(args.matrix)
     features = read_csv(args.features)
     model = load_model(args.model)

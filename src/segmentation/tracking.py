@@ -282,6 +282,7 @@ class DualLogger:
     def _write_dagshub(self) -> None:
         from dagshub.logger import DAGsHubLogger
 
+        # Imported here: segmentation.files brings pandas and joblib, which `segmentation.remote` does not need.
         from segmentation.files import atomic_path
 
         out = self.dagshub_dir  # relative to the working directory, like every other stage output
@@ -399,7 +400,7 @@ def deliver_run(local, run_id: str, remote, settings: TrackingSettings) -> str:
     experiment_id = _experiment_id(remote, settings.experiment_name)
     for previous in remote.search_runs([experiment_id], filter_string=f"tags.{SOURCE_TAG} = '{run_id}'"):
         if previous.info.status == "FINISHED":
-            _mark_delivered(local, run_id, key, previous.info.run_id)
+            _mark_delivered(local, run, key, previous.info.run_id)
             return previous.info.run_id
         remote.delete_run(previous.info.run_id)
 
@@ -420,15 +421,15 @@ def deliver_run(local, run_id: str, remote, settings: TrackingSettings) -> str:
     if artifact_dir is not None and artifact_dir.is_dir() and any(artifact_dir.iterdir()):
         remote.log_artifacts(new_id, str(artifact_dir))
     remote.set_terminated(new_id, run.info.status, end_time=run.info.end_time)
-    _mark_delivered(local, run_id, key, new_id)
+    _mark_delivered(local, run, key, new_id)
     return new_id
 
 
-def _mark_delivered(local, run_id: str, key: str, remote_run_id: str) -> None:
-    local.set_tag(run_id, f"{DELIVERED_TAG}_{key}", remote_run_id)
+def _mark_delivered(local, run, key: str, remote_run_id: str) -> None:
+    local.set_tag(run.info.run_id, f"{DELIVERED_TAG}_{key}", remote_run_id)
     pending = f"{PENDING_TAG}_{key}"
-    if pending in local.get_run(run_id).data.tags:
-        local.delete_tag(run_id, pending)
+    if pending in run.data.tags:
+        local.delete_tag(run.info.run_id, pending)
 
 
 def _local_path(uri: str) -> Path | None:
