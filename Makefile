@@ -24,7 +24,7 @@ export UV_COMPILE_BYTECODE := 1
 # uv from PATH, else a pinned copy installed into .uv/ (works where the system pip is locked down).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.uv/bin/uv)
 
-.PHONY: help setup repro experiment exps metrics plots ui test lint format push pull dagshub remote sync bench clean
+.PHONY: help setup repro experiment exps metrics plots ui test check lint format push pull dagshub remote sync bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ ui: ## Open the MLflow UI over the local store on http://127.0.0.1:5000 (PORT=..
 
 test: ## Run the test suite (unit + the real pipeline end to end)
 	$(BIN)/python -m pytest
+
+check: ## Check that the committed results reproduce: dvc.lock up to date, a fresh clone's repro leaves git clean
+	$(BIN)/python -m segmentation.checks
 
 lint: ## Check code style with ruff (lint + format check)
 	$(BIN)/ruff check $(LINT_PATHS)

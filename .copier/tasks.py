@@ -2,17 +2,32 @@
 
 1. uv.lock names the project: rename its root package to the project's [project] name, or
    `uv sync --frozen` (make setup) refuses the lock.
-2. DVC and the tests need a git repository: `git init` unless the project is already inside one.
+2. A template with uncommitted changes: copier includes them through a temporary commit of its own and records
+   that commit, which exists nowhere, so a later `copier update` fails. Record the template's real HEAD instead
+   and say so: the draft changes stay in the project as if they were its own edits.
+3. A template given by a relative path is recorded by its absolute path, so `copier update` finds it.
+4. DVC, `dvc exp run` and `copier update` need a git repository with a first commit: on copy, `git init` (unless
+   the project is already inside a repository) and commit the generated files.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 ROOT_PACKAGE = re.compile(r'(\[\[package\]\]\nname = )"[^"]*"(\nversion = "[^"]*"\nsource = \{ editable = "\." \})')
+ANSWERS = ".copier-answers.yml"
+COMMIT_LINE = re.compile(r"^_commit: (\S+)$", re.M)
+SRC_LINE = re.compile(r"^_src_path: (.+)$", re.M)
+DRAFT_COMMIT = "Copier automated commit for draft changes"  # copier's own message (copier/_vcs.py)
+
+
+def git(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
 
 
 def rename_lock(root: Path) -> None:
@@ -28,13 +43,65 @@ def rename_lock(root: Path) -> None:
         lock.write_text(renamed, encoding="utf-8")
 
 
-def ensure_git(root: Path) -> None:
-    inside = subprocess.run(["git", "rev-parse", "--git-dir"], cwd=root, capture_output=True)
-    if inside.returncode != 0:
-        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+def record_real_template_commit(root: Path, template_clone: Path) -> None:
+    """Replace copier's temporary draft commit in the answers file by the template's real commit (its parent)."""
+    answers = root / ANSWERS
+    commit = COMMIT_LINE.search(answers.read_text(encoding="utf-8")) if answers.is_file() else None
+    if commit is None:
+        return
+    subject = git("log", "-1", "--format=%s", commit.group(1), cwd=template_clone).stdout.strip()
+    if subject != DRAFT_COMMIT:
+        return
+    real = git("describe", "--tags", "--always", f"{commit.group(1)}^", cwd=template_clone).stdout.strip()
+    if not real:
+        return
+    text = answers.read_text(encoding="utf-8")
+    answers.write_text(COMMIT_LINE.sub(f"_commit: {real}", text, count=1), encoding="utf-8")
+    print(
+        f"note: the template had uncommitted changes; they are in this project as your own edits on top of the "
+        f"template's commit {real} (commit them in the template first to have them recorded as the template's)",
+        file=sys.stderr,
+    )
+
+
+def absolute_template_path(root: Path) -> None:
+    """A template given by a relative path (``copier copy ../template x``) is recorded as such, and `copier update`,
+    run from the project, cannot find it: record it absolute (copier leaves the shell's ``PWD`` as it was)."""
+    answers = root / ANSWERS
+    src = SRC_LINE.search(answers.read_text(encoding="utf-8")) if answers.is_file() else None
+    if src is None or "://" in src.group(1) or src.group(1).startswith(("/", "gh:", "gl:", "git@", "'", '"')):
+        return
+    absolute = Path(os.environ.get("PWD", "."), src.group(1)).resolve()
+    if (absolute / ".git").exists():
+        text = answers.read_text(encoding="utf-8")
+        answers.write_text(SRC_LINE.sub(f"_src_path: {absolute}", text, count=1), encoding="utf-8")
+
+
+def ensure_git(root: Path) -> bool:
+    """``git init`` unless ``root`` is inside a repository; True when a repository was created."""
+    if git("rev-parse", "--git-dir", cwd=root).returncode == 0:
+        return False
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    return True
+
+
+def first_commit(root: Path) -> None:
+    """Commit the generated project, with the user's git identity or, when none is set, a neutral one."""
+    identity = []
+    if not git("config", "user.email", cwd=root).stdout.strip() and not os.environ.get("GIT_AUTHOR_EMAIL"):
+        identity = ["-c", "user.name=copier", "-c", "user.email=copier@localhost"]
+    git("add", "-A", cwd=root)
+    done = git(*identity, "commit", "-q", "-m", "Generated from the customer-segmentation template", cwd=root)
+    if done.returncode != 0:
+        print(f"note: no first commit ({done.stderr.strip()}); commit the project yourself", file=sys.stderr)
 
 
 if __name__ == "__main__":
+    operation, template_clone = sys.argv[1], Path(sys.argv[2])
     here = Path.cwd()
     rename_lock(here)
-    ensure_git(here)
+    record_real_template_commit(here, template_clone)
+    absolute_template_path(here)
+    created = ensure_git(here)
+    if created and operation == "copy":
+        first_commit(here)

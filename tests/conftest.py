@@ -21,11 +21,8 @@ from pathlib import Path  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from pipeline_helpers import HAS_EXAMPLE, NO_EXAMPLE  # noqa: E402
+from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO  # noqa: E402
 from segmentation.config import PreprocessParams, load_section  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_CSV = REPO / "data" / "example" / "marketing_campaign.csv"
 
 
 @pytest.fixture(scope="session")
@@ -35,16 +32,15 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def preprocess_params() -> PreprocessParams:
-    """The project's own preprocess params, with the data path pointing at the example copy."""
-    if not HAS_EXAMPLE:
-        pytest.skip(NO_EXAMPLE)
-    params = load_section("preprocess", REPO / "params.yaml")
-    data = params.data.model_copy(update={"path": str(EXAMPLE_CSV)})
+    """The tests' own preprocess params (tests/fixtures/params.yaml), never the project's: those are the user's."""
+    params = load_section("preprocess", REPO / FIXTURE_PARAMS)
+    data = params.data.model_copy(update={"path": str(REPO / FIXTURE_DATA)})
     return params.model_copy(update={"data": data})
 
 
 @pytest.fixture(scope="session")
 def raw_full(preprocess_params) -> pd.DataFrame:
+    """The marketing-campaign sample (428 rows: 400 complete, 24 blank Incomes, 4 outliers), as read by the stage."""
     from segmentation.data import load_csv
 
     return load_csv(preprocess_params.data)
@@ -52,5 +48,5 @@ def raw_full(preprocess_params) -> pd.DataFrame:
 
 @pytest.fixture
 def raw(raw_full) -> pd.DataFrame:
-    """A fresh copy of the example data for tests that modify it."""
+    """A fresh copy of the sample for tests that modify it."""
     return raw_full.copy()

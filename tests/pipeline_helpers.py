@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# A project generated from the template with keep_example_data=false has neither: the tests that need them skip.
-HAS_EXAMPLE = (REPO / "data" / "example" / "marketing_campaign.csv").is_file() and (REPO / "data" / "raw.dvc").is_file()
+# The tests' own params and data (relative to the project): the project's params.yaml and data are the user's.
+FIXTURE_PARAMS = Path("tests") / "fixtures" / "params.yaml"
+FIXTURE_DATA = Path("tests") / "fixtures" / "marketing_sample.csv"
 DAGSHUB_SINK = "http://127.0.0.1:9"  # the discard port: nothing listens there
-NO_EXAMPLE = "no example dataset (data/example/, data/raw.dvc): this project was generated without it"
 
 
 def project_env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -58,6 +60,26 @@ def copy_project(dest: Path) -> Path:
     run(["git", "add", "-A"], dest, env)
     run(["git", "commit", "-q", "-m", "copy of the template"], dest, env)
     return dest
+
+
+def use_fixture_data(root: Path, env: dict[str, str]) -> None:
+    """Point a project copy at the tests' own params and sample data, the way a user brings their own data.
+
+    The user's DVC-tracked data (``*.dvc`` files) leaves the copy; the sample goes to ``data/raw/`` and is tracked
+    with ``dvc add``; ``params.yaml`` becomes the fixture's. The change is committed, so that what a test sees in
+    ``git status`` afterwards is the pipeline's doing.
+    """
+    user_data = run(["git", "ls-files", "*.dvc"], root, env).stdout.split()
+    if user_data:
+        run(["git", "rm", "-q", *user_data], root, env)
+    params = yaml.safe_load((root / FIXTURE_PARAMS).read_text())
+    data = root / params["preprocess"]["data"]["path"]
+    data.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(root / FIXTURE_DATA, data)
+    shutil.copyfile(root / FIXTURE_PARAMS, root / "params.yaml")
+    run(["dvc", "add", "--quiet", str(data.relative_to(root))], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "tests: fixture params and data"], root, env)
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True, timeout: float = 600):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from sklearn.datasets import load_wine
 
-from pipeline_helpers import copy_project, project_env, run
+from pipeline_helpers import FIXTURE_PARAMS, copy_project, project_env, run
 
 pytestmark = pytest.mark.pipeline
 
@@ -33,7 +33,7 @@ def byod(tmp_path_factory):
     root = copy_project(tmp_path_factory.mktemp("byod") / "project")
     env = project_env(root.parent)
     wine = wine_csv(root / "data" / "wine.csv")
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = yaml.safe_load((root / FIXTURE_PARAMS).read_text())  # the tests' own train/evaluate params
     pre = params["preprocess"]
     pre["data"] = {"path": "data/wine.csv", "separator": ";", "encoding": "utf-8", "id_column": None}
     pre.update(

@@ -11,40 +11,33 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline_helpers import HAS_EXAMPLE, NO_EXAMPLE, copy_project, project_env, run
-from segmentation.tracking import TrackingSettings
+from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, copy_project, project_env, run, use_fixture_data
+from segmentation.tracking import TrackingSettings, file_md5
 
-pytestmark = [pytest.mark.pipeline, pytest.mark.skipif(not HAS_EXAMPLE, reason=NO_EXAMPLE)]
+pytestmark = pytest.mark.pipeline
 
 STAGES = ("preprocess", "train", "evaluate")
-OUTPUTS = [
-    "data/processed/features.csv",
-    "data/processed/matrix.csv",
-    "data/segments.csv",
-    "models/preprocessor.joblib",
-    "models/kmeans.joblib",
-    "metrics/preprocess.json",
-    "metrics/train.json",
-    "metrics/evaluate.json",
-    "reports/elbow_scores.csv",
-    "reports/cluster_profile.csv",
-    "reports/figures/elbow.png",
-    "reports/figures/evaluate/clusters_2d.png",
-    "reports/figures/evaluate/silhouette.png",
-    "reports/figures/evaluate/profile.png",
-]
+ROWS_OUT = 400  # the sample's complete, in-range rows
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A fresh copy, set up like a new clone (raw data restored offline), after one `dvc repro`."""
+    """A fresh copy of the project on the tests' own params and sample data, after one `dvc repro`, committed."""
     root = copy_project(tmp_path_factory.mktemp("pipeline") / "project")
     env = project_env(root.parent)
-    setup = run([sys.executable, "-m", "segmentation.bootstrap", "--skip-pth"], root, env)
-    assert "restored from data/example/" in setup.stdout
-    assert json.loads(run(["dvc", "status", "--json", "data/raw.dvc"], root, env).stdout) == {}
+    use_fixture_data(root, env)
     repro = run(["dvc", "repro"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "results"], root, env)
     return root, env, repro
+
+
+def lock_outputs(root: Path) -> list[str]:
+    """Every output, metric and plot file of the pipeline, as dvc.lock records them (directories expanded)."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    outs = [root / o["path"] for stage in lock["stages"].values() for o in stage.get("outs", [])]
+    files = [f for out in outs for f in ([out] if out.is_file() else sorted(out.iterdir()))]
+    return [f.relative_to(root).as_posix() for f in files]
 
 
 def mlflow_runs(root: Path):
@@ -54,29 +47,31 @@ def mlflow_runs(root: Path):
     return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def lock_outs(root: Path) -> dict[str, str]:
-    lock = yaml.safe_load((root / "dvc.lock").read_text())
-    return {o["path"]: o.get("md5") for s in lock["stages"].values() for o in s.get("outs", [])}
+def git_status(root: Path, env) -> str:
+    return run(["git", "status", "--porcelain"], root, env).stdout
 
 
 def test_repro_writes_every_output(project):
     root, _, repro = project
     for stage in STAGES:
         assert f"Running stage '{stage}'" in repro.stdout
-    for rel in OUTPUTS:
+    outputs = lock_outputs(root)
+    assert "data/segments.csv" in outputs and "models/kmeans.joblib" in outputs
+    for rel in outputs:
         assert (root / rel).is_file() and (root / rel).stat().st_size > 0, rel
     assert (root / "reports/figures/elbow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     segments = (root / "data/segments.csv").read_text().splitlines()
-    assert segments[0] == "ID,cluster" and len(segments) == 2212 + 1
+    assert segments[0] == "ID,cluster" and len(segments) == ROWS_OUT + 1
 
 
 def test_status_clean_and_second_repro_is_a_no_op(project):
     root, env, _ = project
-    assert json.loads(run(["dvc", "status", "--json"], root, env).stdout) == {}
+    assert json.loads(run(["dvc", "status", "--json", "dvc.yaml"], root, env).stdout) == {}
     again = run(["dvc", "repro"], root, env)
     assert "Running stage" not in again.stdout
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in again.stdout
+    assert git_status(root, env) == ""
 
 
 def test_dvc_metrics_params_and_plots(project):
@@ -85,34 +80,45 @@ def test_dvc_metrics_params_and_plots(project):
     data = next(iter(metrics.values()))["data"]
     train = data["metrics/train.json"]["data"]
     assert train["k_best"] >= 2
-    assert data["metrics/preprocess.json"]["data"]["rows_out"] == 2212
+    assert data["metrics/preprocess.json"]["data"]["rows_out"] == ROWS_OUT
     assert data["metrics/evaluate.json"]["data"]["n_clusters"] == train["k_best"]
     assert json.loads(run(["dvc", "params", "diff", "--json"], root, env).stdout) == {}
     plots = run(["dvc", "plots", "show", "--json"], root, env)
     assert "reports/elbow_scores.csv" in plots.stdout
     # The HTML page works offline: Vega is inlined (template written by the set-up), no script from a CDN.
+    run([sys.executable, "-m", "segmentation.bootstrap", "--skip-pth", "--skip-data"], root, env)
     run(["dvc", "plots", "show"], root, env)
     page = (root / "dvc_plots" / "index.html").read_text()
     assert "<script src" not in page and "cdn.jsdelivr" not in page
     assert "vegaEmbed" in page and "Elbow search (score per k)" in page
 
 
-def test_one_mlflow_run_per_stage_grouped_and_tagged(project):
+def test_one_mlflow_run_per_stage_with_its_lineage(project):
     root, env, _ = project
     client, runs = mlflow_runs(root)
     assert [r.info.run_name for r in runs] == list(STAGES)
-    commit = run(["git", "rev-parse", "HEAD"], root, env).stdout.strip()
+    commit = run(["git", "rev-parse", "HEAD~1"], root, env).stdout.strip()  # the commit the pipeline ran on
     assert len({r.data.tags["pipeline_run_id"] for r in runs}) == 1
+    sample_md5 = file_md5(root / FIXTURE_DATA)
     for r in runs:
         assert r.info.status == "FINISHED"
         assert r.data.tags["mlflow.source.git.commit"] == commit
-        assert r.data.tags["raw_data_md5"] == "3b624fc2bdbe29fa5fb01bdd577f78cd"
+        # The data the pipeline read (the fixture sample), not the example's data/raw.dvc.
+        assert r.data.tags["raw_data_md5"] == sample_md5
+        assert r.data.tags["raw_data_path"] == "data/raw/marketing_sample.csv"
+        # The run lasts as long as its stage: imports and work, not only the logging.
+        assert r.info.end_time - r.info.start_time > 500
     pre, train, evaluate = runs
     assert pre.data.params["preprocess.pca_components"] == "3"
-    assert pre.data.metrics["rows_out"] == 2212
+    assert pre.data.metrics["rows_out"] == ROWS_OUT
     k_best = json.loads((root / "metrics/train.json").read_text())["k_best"]
-    assert train.data.params["train.k_max"] == "10"
+    assert train.data.params["train.k_max"] == "8"
     assert train.data.metrics["k_best"] == k_best
+    # Downstream runs carry every param that decided their results, with section prefixes.
+    assert train.data.params["preprocess.pca_components"] == "3"
+    assert evaluate.data.params["k_best"] == str(k_best)
+    assert evaluate.data.params["train.n_init"] == "10" and evaluate.data.params["preprocess.scale"] == "True"
+    assert set(pre.data.params) <= set(train.data.params) <= set(evaluate.data.params)
     assert evaluate.data.metrics["silhouette"] == pytest.approx(
         json.loads((root / "metrics/evaluate.json").read_text())["silhouette"]
     )
@@ -130,22 +136,38 @@ def test_dagshub_logger_files_of_every_stage(project):
         assert header == "Name,Value,Timestamp,Step"
         assert rows, stage
         params = yaml.safe_load((folder / "params.yml").read_text())
-        assert params and all(key.startswith(f"{stage}.") for key in params)
+        declared = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]["params"]
+        own = (*(f"{section}." for section in declared), "k_best")  # the stage's declared params only
+        assert params and all(key.startswith(own) for key in params), params
     train_params = yaml.safe_load((root / "metrics/dagshub/train/params.yml").read_text())
-    assert train_params["train.k_max"] == 10  # real types, not strings
+    assert train_params["train.k_max"] == 8  # real types, not strings
 
 
-def test_forced_rerun_reproduces_every_result(project):
+def test_forced_rerun_reproduces_the_commit_byte_for_byte(project):
     root, env, _ = project
-    before_lock = lock_outs(root)
-    before = {name: (root / "metrics" / f"{name}.json").read_text() for name in STAGES}
     run(["dvc", "repro", "--force"], root, env)
-    after = {name: (root / "metrics" / f"{name}.json").read_text() for name in STAGES}
-    assert after == before
-    after_lock = lock_outs(root)
-    # Everything but the DagsHub logger files (their rows carry the logging time) is byte-identical.
-    same = {p: m for p, m in before_lock.items() if not p.startswith("metrics/dagshub")}
-    assert {p: after_lock[p] for p in same} == same
+    # Outputs, metrics, plots, the DagsHub logger files and dvc.lock: all as committed.
+    assert git_status(root, env) == ""
+    assert json.loads(run(["dvc", "status", "--json", "dvc.yaml"], root, env).stdout) == {}
+
+
+def test_a_stale_lock_is_caught(project, tmp_path):
+    root, env, _ = project
+    stale = copy_project(tmp_path / "stale")
+    (stale / "params.yaml").write_text((root / "params.yaml").read_text())
+    (stale / "dvc.lock").write_text((root / "dvc.lock").read_text())
+    run(["git", "commit", "-q", "-am", "results"], stale, env)
+    fresh = run([sys.executable, "-m", "segmentation.checks", "lock"], stale, env, check=False)
+    assert fresh.returncode == 0, fresh.stderr
+    module = stale / "src/segmentation/evaluate.py"
+    module.write_text(module.read_text() + "\n# a change committed without re-running the pipeline\n")
+    (stale / "params.yaml").write_text((stale / "params.yaml").read_text().replace("k_max: 8", "k_max: 9"))
+    run(["git", "commit", "-q", "-am", "code change"], stale, env)
+    found = run([sys.executable, "-m", "segmentation.checks", "lock"], stale, env, check=False)
+    assert found.returncode == 1
+    assert "error: evaluate: src/segmentation/evaluate.py changed since dvc.lock" in found.stderr
+    assert "error: train: params.yaml params changed since dvc.lock (train.k_max 8 -> 9)" in found.stderr
+    assert "Traceback" not in found.stderr
 
 
 def test_bad_params_fail_cleanly_and_earlier_results_survive(project):
@@ -154,7 +176,7 @@ def test_bad_params_fail_cleanly_and_earlier_results_survive(project):
     model_before = (root / "models/kmeans.joblib").read_bytes()
     params_file = root / "params.yaml"
     good = params_file.read_text()
-    params_file.write_text(good.replace("k_max: 10", "k_max: 1"))
+    params_file.write_text(good.replace("k_max: 8", "k_max: 1"))
     try:
         failed = run(["dvc", "repro"], root, env, check=False)
     finally:
@@ -165,31 +187,33 @@ def test_bad_params_fail_cleanly_and_earlier_results_survive(project):
     assert (root / "dvc.lock").read_text() == lock_before
     # Outputs are persistent and replaced only on success: the failed stage left them as they were.
     assert (root / "models/kmeans.joblib").read_bytes() == model_before
-    assert json.loads(run(["dvc", "status", "--json"], root, env).stdout) == {}
+    assert json.loads(run(["dvc", "status", "--json", "dvc.yaml"], root, env).stdout) == {}
     # And the cache holds them too.
     (root / "models/kmeans.joblib").unlink()
     run(["dvc", "checkout", "train"], root, env)
     assert (root / "models/kmeans.joblib").read_bytes() == model_before
-    assert json.loads(run(["dvc", "status", "--json"], root, env).stdout) == {}
+    assert json.loads(run(["dvc", "status", "--json", "dvc.yaml"], root, env).stdout) == {}
 
 
 def test_experiment_with_a_param_override_is_tracked(project):
     root, env, _ = project
     _, before = mlflow_runs(root)
-    run(["dvc", "exp", "run", "-S", "train.k_max=8", "-n", "kmax8"], root, env)
+    run(["dvc", "exp", "run", "-S", "train.k_max=3", "-n", "kmax3"], root, env)
     table = run(["dvc", "exp", "show", "--json"], root, env).stdout
-    assert "kmax8" in table
+    assert "kmax3" in table
     _, after = mlflow_runs(root)
     new = after[len(before) :]
     assert [r.info.run_name for r in new] == ["train", "evaluate"]
-    assert new[0].data.params["train.k_max"] == "8"
+    assert new[0].data.params["train.k_max"] == "3"  # below the base k_best (4): a new model
+    assert new[1].data.params["train.k_max"] == "3"  # evaluate's lineage: the experiment's train params
+    assert {r.data.tags["dvc_exp_name"] for r in new} == {"kmax3"}
     assert len({r.data.tags["pipeline_run_id"] for r in new}) == 1
     assert new[0].data.tags["pipeline_run_id"] != before[0].data.tags["pipeline_run_id"]
 
 
 def test_stage_cli_user_error_is_one_line_and_writes_nothing(tmp_path, repo):
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["preprocess"]["data"]["path"] = str(repo / "data" / "example" / "marketing_campaign.csv")
+    params = yaml.safe_load((repo / FIXTURE_PARAMS).read_text())
+    params["preprocess"]["data"]["path"] = str(repo / FIXTURE_DATA)
     params["preprocess"]["data"]["separator"] = ","
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run(
@@ -200,6 +224,6 @@ def test_stage_cli_user_error_is_one_line_and_writes_nothing(tmp_path, repo):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and "marketing_campaign.csv: only one column found" in lines[0]
+    assert lines[0].startswith("error: ") and "marketing_sample.csv: only one column found" in lines[0]
     assert "set preprocess.data.separator" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

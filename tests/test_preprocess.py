@@ -10,12 +10,12 @@ from segmentation.preprocess import preprocess
 def test_example_rows_and_shapes(raw_full, preprocess_params):
     result = preprocess(raw_full, preprocess_params, "x.csv")
     assert result.metrics == {
-        "rows_in": 2240,
+        "rows_in": 428,  # the sample: 400 complete rows + the rows below
         "dropped_missing": 24,  # blank Income
         "outliers_Age": 3,  # born 1893, 1899, 1900
         "outliers_Income": 1,  # 666666
         "dropped_outliers": 4,
-        "rows_out": 2212,
+        "rows_out": 400,
     }
     assert list(result.matrix.columns) == ["ID", "PC1", "PC2", "PC3"]
     assert list(result.features.columns) == ["ID", *preprocess_params.features]
@@ -36,7 +36,7 @@ def test_without_pca_the_matrix_is_standardised(raw_full, preprocess_params):
 def test_median_imputation_keeps_blank_income_rows(raw_full, preprocess_params):
     result = preprocess(raw_full, preprocess_params.model_copy(update={"missing": "median"}), "x.csv")
     assert result.metrics["imputed_rows"] == 24
-    assert result.metrics["rows_out"] == 2240 - 4
+    assert result.metrics["rows_out"] == 428 - 4
     assert not np.isnan(result.matrix[["PC1", "PC2", "PC3"]].to_numpy()).any()
 
 

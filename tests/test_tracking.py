@@ -8,8 +8,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from segmentation.errors import UserError
 from segmentation.tracking import (
     DualLogger,
+    Lineage,
     TrackingSettings,
     apply_dagshub_credentials,
     bound_http_requests,
@@ -17,18 +19,67 @@ from segmentation.tracking import (
     pipeline_run_id,
     plain,
     redact_uri,
+    upstream_lineage,
 )
+
+
+RAW_MD5 = "0123456789abcdef0123456789abcdef"
+# What DVC records once preprocess and train have run: their deps (the raw data among them), params and outs.
+LOCK = f"""\
+schema: '2.0'
+stages:
+  preprocess:
+    cmd: python -m segmentation.preprocess
+    deps:
+    - path: data/raw/shop.csv
+      hash: md5
+      md5: {RAW_MD5}
+    params:
+      params.yaml:
+        preprocess:
+          data: {{path: data/raw/shop.csv, separator: ','}}
+          recipe: null
+          features: [spend, visits]
+    outs:
+    - path: data/processed/matrix.csv
+      md5: aaa
+  train:
+    cmd: python -m segmentation.train
+    deps:
+    - path: data/processed/matrix.csv
+      md5: aaa
+    params:
+      params.yaml:
+        train: {{k_min: 2, k_max: 7, n_init: 3, random_state: 1, n_threads: 1}}
+    outs:
+    - path: models/kmeans.joblib
+      md5: bbb
+  evaluate:
+    cmd: python -m segmentation.evaluate
+    deps:
+    - path: data/processed/matrix.csv
+      md5: aaa
+    - path: models/kmeans.joblib
+      md5: bbb
+"""
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
-    """An empty project directory as the working directory, with a raw.dvc to hash."""
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "raw.dvc").write_text("outs:\n- md5: 3b624fc2bdbe29fa5fb01bdd577f78cd\n  path: raw/x.csv\n")
+    """An empty project directory as the working directory, with a dvc.lock as DVC leaves it mid-pipeline."""
+    (tmp_path / "dvc.lock").write_text(LOCK)
     (tmp_path / "pyproject.toml").write_text('[tool.segmentation]\nexperiment_name = "demo-exp"\n')
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SEGMENTATION_PIPELINE_RUN_ID", "run-group-1")
+    for var in ("DVC_EXP_NAME", "SOURCE_DATE_EPOCH"):
+        monkeypatch.delenv(var, raising=False)
     return tmp_path
+
+
+def mlflow_runs(project: Path):
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("demo-exp").experiment_id])
+    return client, runs
 
 
 def read_metrics_csv(path: Path) -> dict[str, str]:
@@ -117,15 +168,15 @@ def test_both_sinks_receive_params_and_metrics(project):
         log.log_metrics({"k_best": np.int64(5), "score": np.float64(0.25)})
         log.log_artifact("plot.png")
 
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("demo-exp")
-    (run,) = client.search_runs([exp.experiment_id])
+    client, (run,) = mlflow_runs(project)
     assert run.info.run_name == "train" and run.info.status == "FINISHED"
-    assert run.data.params == {"train.k_max": "10", "train.metric": "distortion", "train.scale": "True"}
+    own = {"train.k_max": "10", "train.metric": "distortion", "train.scale": "True"}
+    assert {k: v for k, v in run.data.params.items() if k.startswith("train.")} == own
     assert run.data.metrics == {"k_best": 5.0, "score": 0.25}
     assert run.data.tags["stage"] == "train"
     assert run.data.tags["pipeline_run_id"] == "run-group-1"
-    assert run.data.tags["raw_data_md5"] == "3b624fc2bdbe29fa5fb01bdd577f78cd"
+    # The raw data behind the stage's input, as dvc.lock records preprocess's dependency on it.
+    assert run.data.tags["raw_data_md5"] == RAW_MD5 and run.data.tags["raw_data_path"] == "data/raw/shop.csv"
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["plot.png"]
 
     dagshub = project / "metrics" / "dagshub" / "train"
@@ -146,8 +197,7 @@ def test_stages_do_not_wipe_each_other(project):
         files = project / "metrics" / "dagshub" / stage
         assert read_metrics_csv(files / "metrics.csv") == {f"{stage}_m": "1.5"}
         assert yaml.safe_load((files / "params.yml").read_text()) == {f"{stage}.p": 1}
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("demo-exp").experiment_id])
+    _, runs = mlflow_runs(project)
     assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate", "preprocess", "train"]
     assert {r.data.tags["pipeline_run_id"] for r in runs} == {"run-group-1"}
 
@@ -160,11 +210,81 @@ def test_a_failed_stage_logs_nothing_and_keeps_earlier_files(project):
         log.log_metrics({"k_best": 9})
         raise RuntimeError("stage failed")
     assert (project / "metrics" / "dagshub" / "train" / "metrics.csv").read_text() == before
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    assert len(client.search_runs([client.get_experiment_by_name("demo-exp").experiment_id])) == 1
+    assert len(mlflow_runs(project)[1]) == 1
 
 
 def test_pipeline_run_id_env_override_and_default():
     assert pipeline_run_id({"SEGMENTATION_PIPELINE_RUN_ID": "abc"}) == "abc"
     # Outside DVC: stable within one process.
     assert pipeline_run_id({}) == pipeline_run_id({})
+
+
+def test_runs_carry_the_params_that_produced_their_inputs(project):
+    with DualLogger("evaluate") as log:
+        log.log_params({"k_best": 4, "evaluate.random_state": 3})
+    _, (run,) = mlflow_runs(project)
+    params = run.data.params
+    assert params["k_best"] == "4" and params["evaluate.random_state"] == "3"
+    # Upstream stages' params from dvc.lock, with their section prefixes; sections filled in as the stage saw them.
+    assert params["train.k_max"] == "7" and params["train.metric"] == "distortion"
+    assert params["preprocess.features"] == "spend,visits" and params["preprocess.pca_components"] == "None"
+    assert run.data.tags["raw_data_md5"] == RAW_MD5
+    # The DagsHub files hold the stage's own params only: what DVC knows as this stage's params.
+    assert yaml.safe_load((project / "metrics/dagshub/evaluate/params.yml").read_text()) == {
+        "k_best": 4,
+        "evaluate.random_state": 3,
+    }
+
+
+def test_lineage_without_a_lock_and_for_the_first_stage(project):
+    (project / "dvc.lock").unlink()
+    assert upstream_lineage("train") == Lineage()
+    (project / "dvc.lock").write_text(LOCK)
+    # The first stage has no upstream: it tags the data it reads itself (log_data).
+    assert upstream_lineage("preprocess") == Lineage()
+    assert upstream_lineage("train").params["preprocess.recipe"] is None
+
+
+def test_the_stage_that_reads_the_data_tags_the_file_it_read(project):
+    with DualLogger("preprocess") as log:
+        log.log_data("data/raw/other.csv", "f" * 32)
+    _, (run,) = mlflow_runs(project)
+    assert run.data.tags["raw_data_md5"] == "f" * 32 and run.data.tags["raw_data_path"] == "data/raw/other.csv"
+
+
+def test_run_duration_is_the_stage_process_and_exp_name_is_tagged(project, monkeypatch):
+    import psutil
+
+    monkeypatch.setenv("DVC_EXP_NAME", "kmax8")
+    with DualLogger("train") as log:
+        log.log_metrics({"k_best": 3})
+    _, (run,) = mlflow_runs(project)
+    assert run.info.start_time == int(psutil.Process().create_time() * 1000)
+    assert run.info.end_time > run.info.start_time
+    assert run.data.tags["dvc_exp_name"] == "kmax8"
+
+
+def test_dagshub_metrics_file_keeps_its_times_while_values_are_unchanged(project, monkeypatch):
+    metrics = project / "metrics" / "dagshub" / "train" / "metrics.csv"
+    with DualLogger("train") as log:
+        log.log_metrics({"k_best": 5, "score": 0.25})
+    first = metrics.read_bytes()
+    with DualLogger("train") as log:
+        log.log_metrics({"k_best": 5, "score": 0.25})
+    assert metrics.read_bytes() == first  # same values: the file is kept byte for byte
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    with DualLogger("train") as log:
+        log.log_metrics({"k_best": 6, "score": 0.25})
+    with metrics.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["Name"], r["Value"], r["Timestamp"]) for r in rows] == [
+        ("k_best", "6", "1700000000000"),
+        ("score", "0.25", "1700000000000"),
+    ]
+
+
+def test_bad_source_date_epoch_is_a_user_error_before_anything_is_written(project, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(UserError, match=r"SOURCE_DATE_EPOCH='yesterday': expected whole seconds"):
+        DualLogger("train")
+    assert not (project / "metrics").exists()

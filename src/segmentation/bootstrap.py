@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from segmentation.tracking import RAW_DATA_DVC as RAW_DVC
+from segmentation.tracking import file_md5
 
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -53,6 +52,7 @@ PLOTS_PAGE = """<!DOCTYPE html>
 </html>
 """
 EXAMPLE_DIR = Path("data/example")
+RAW_DVC = Path("data") / "raw.dvc"
 
 
 def write_quiet_pth(site_packages: Path | None = None) -> Path:
@@ -74,15 +74,6 @@ def write_offline_plots_template(path: Path = PLOTS_TEMPLATE) -> Path:
     return path
 
 
-def md5_of(path: Path) -> str:
-    """MD5 of a file's bytes (what DVC records for a file)."""
-    digest = hashlib.md5()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def tracked_outputs(dvc_file: Path) -> list[tuple[Path, str]]:
     """(workspace path, md5) of each file output of a ``.dvc`` file."""
     outs = yaml.safe_load(dvc_file.read_text(encoding="utf-8"))["outs"]
@@ -96,19 +87,19 @@ def _dvc(*args: str) -> subprocess.CompletedProcess:
 def restore_raw_data(dvc_file: Path = RAW_DVC, example_dir: Path = EXAMPLE_DIR) -> str:
     """Make the outputs of ``dvc_file`` present and committed to the cache; return how it was done."""
     outs = tracked_outputs(dvc_file)
-    missing = [(p, md5) for p, md5 in outs if not (p.is_file() and md5_of(p) == md5)]
+    missing = [(p, md5) for p, md5 in outs if not (p.is_file() and file_md5(p) == md5)]
     how = "already in place"
     if missing:
         # Offline first: the copy kept in git; `dvc pull` only for what it does not hold.
         copies = [(p, example_dir / p.name, md5) for p, md5 in missing]
-        if all(c.is_file() and md5_of(c) == md5 for _, c, md5 in copies):
+        if all(c.is_file() and file_md5(c) == md5 for _, c, md5 in copies):
             for path, copy, _ in copies:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(copy, path)
             how = f"restored from {example_dir}/"
         else:
             pulled = _dvc("pull", "--quiet", str(dvc_file))
-            if pulled.returncode != 0 or not all(p.is_file() and md5_of(p) == md5 for p, md5 in missing):
+            if pulled.returncode != 0 or not all(p.is_file() and file_md5(p) == md5 for p, md5 in missing):
                 raise SystemExit(
                     f"error: {dvc_file}: data missing, no matching copy in {example_dir}/ and `dvc pull` failed "
                     f"({pulled.stderr.strip() or 'no remote configured'})"

@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     # One read of the params file; the profile also needs which preprocess columns are categorical.
     raw_params = read_params_file(args.params)
     params: EvaluateParams = parse_section("evaluate", raw_params.get("evaluate"), args.params)
-    categorical = parse_section("preprocess", raw_params.get("preprocess"), args.params).categorical.columns
+    categorical_params = parse_section("preprocess", raw_params.get("preprocess"), args.params).categorical
+    categorical = categorical_params.columns
     matrix = read_csv(args.matrix)
     features = read_csv(args.features)
     model = load_model(args.model)
@@ -198,7 +199,9 @@ def main(argv: list[str] | None = None) -> None:
             save_figure(f"{args.plots_dir}/{name}", fig, dpi=FIGURE_DPI)
             log.log_artifact(f"{args.plots_dir}/{name}")
         log.log_artifact(args.profile)
-        log.log_params(flatten(params, "evaluate."))
+        # The k the model was trained with decides every result here; train's params come from dvc.lock.
+        log.log_params({"k_best": int(model.n_clusters), **flatten(params, "evaluate.")})
+        log.log_params(flatten(categorical_params, "preprocess.categorical."))
         log.log_metrics(result.metrics)
     m = result.metrics
     print(

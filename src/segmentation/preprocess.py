@@ -16,7 +16,7 @@ from segmentation import data, features
 from segmentation.config import ROW_ID_COLUMN, PreprocessParams, flatten, load_section
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import dump_model, write_csv, write_json
-from segmentation.tracking import DualLogger
+from segmentation.tracking import DualLogger, file_md5
 
 
 @dataclass
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         dump_model(args.transformer, result.transformer)
         write_json(args.metrics, result.metrics)
         log.log_params(flatten(params, "preprocess."))
+        log.log_data(params.data.path, file_md5(params.data.path))
         log.log_metrics(result.metrics)
         log.log_artifact(args.transformer)
     print(

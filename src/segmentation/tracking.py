@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,7 +31,11 @@ DEFAULT_EXPERIMENT = "customer-segmentation"
 DAGSHUB_DEFAULT_HOST = "https://dagshub.com"
 LOCAL_STORE = "mlflow.db"
 LOCAL_ARTIFACTS = "mlruns"
-RAW_DATA_DVC = Path("data") / "raw.dvc"
+LOCK_FILE = "dvc.lock"
+PARAMS_FILE = "params.yaml"
+DATA_PATH_PARAM = "preprocess.data.path"  # the raw data file, whose md5 every run is tagged with
+ENV_EXP_NAME = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
+ENV_SOURCE_DATE = "SOURCE_DATE_EPOCH"  # reproducible-builds convention: a fixed time for files that record one
 # `dvc exp run --temp` and queued experiments run in a copy under .dvc/tmp/exps: track into the real repo.
 _DVC_TEMP_EXPS = (".dvc", "tmp", "exps")
 
@@ -157,14 +162,68 @@ def git_commit(root: Path) -> str | None:
     return out.stdout.strip() or None
 
 
-def raw_data_md5(root: Path) -> str | None:
-    """The DVC hash of the raw data, as recorded in ``data/raw.dvc``."""
-    path = root / RAW_DATA_DVC
+def file_md5(path: str | Path) -> str:
+    """MD5 of a file's bytes: what DVC records for a file."""
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What produced a stage's inputs, as ``dvc.lock`` records it: the upstream stages' params and the raw data."""
+
+    params: dict[str, Any] = field(default_factory=dict)  # flat, with section prefixes: {"train.k_max": 10}
+    data_path: str | None = None
+    data_md5: str | None = None
+
+
+def _flat_section(key: str, value: Any) -> dict[str, Any]:
+    """A params section as recorded in dvc.lock, flattened like the stage logged it (defaults filled in)."""
+    from segmentation.config import SECTIONS, flatten, parse_section
+    from segmentation.errors import UserError
+
+    if not isinstance(value, dict):
+        return {key: value}
+    if key in SECTIONS:
+        try:
+            return flatten(parse_section(key, value), f"{key}.")
+        except UserError:
+            pass  # recorded by an older version of the params model: log it as recorded
+    return flatten(value, f"{key}.")
+
+
+def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
+    """The params of every stage upstream of ``stage`` and the raw data's path and md5, from ``dvc.lock``.
+
+    DVC writes a stage's entry as soon as it has run, so during ``dvc repro`` / ``dvc exp run`` the entries of the
+    upstream stages describe exactly the inputs this stage reads. Outside DVC (a stage run by hand) they describe
+    the last pipeline run. A missing or unreadable lock gives an empty lineage.
+    """
     try:
-        outs = yaml.safe_load(path.read_text(encoding="utf-8")).get("outs") or []
-    except (OSError, AttributeError, yaml.YAMLError):
-        return None
-    return outs[0].get("md5") if outs else None
+        stages = yaml.safe_load(Path(lock_path).read_text(encoding="utf-8"))["stages"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return Lineage()
+    producer = {out["path"]: name for name, entry in stages.items() for out in entry.get("outs") or []}
+    upstream: list[str] = []
+    todo = [stage]
+    while todo:
+        for dep in (stages.get(todo.pop()) or {}).get("deps") or []:
+            name = producer.get(dep["path"])
+            if name and name != stage and name not in upstream:
+                upstream.append(name)
+                todo.append(name)
+    params: dict[str, Any] = {}
+    deps: dict[str, str] = {}
+    for name in upstream:
+        entry = stages.get(name) or {}
+        deps.update({d["path"]: d.get("md5") for d in entry.get("deps") or []})
+        for key, value in ((entry.get("params") or {}).get(PARAMS_FILE) or {}).items():
+            params.update(_flat_section(key, value))
+    data_path = params.get(DATA_PATH_PARAM)
+    return Lineage(params, data_path, deps.get(data_path) if data_path else None)
 
 
 def pipeline_run_id(environ: dict[str, str] | None = None) -> str:
@@ -207,7 +266,21 @@ class StageRecord:
     metrics: dict[str, float | int] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
-    timestamp_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    started_ms: int = field(default_factory=lambda: process_start_ms())
+    data_path: str | None = None  # the raw data the stage read itself (preprocess); else taken from dvc.lock
+    data_md5: str | None = None
+
+
+def process_start_ms() -> int:
+    """When this process started: a run's duration is the stage's, imports and data loading included."""
+    import psutil
+
+    return int(psutil.Process().create_time() * 1000)
+
+
+def now_ms() -> int:
+    """The current time in milliseconds since the epoch."""
+    return int(time.time() * 1000)
 
 
 class DualLogger:
@@ -216,6 +289,10 @@ class DualLogger:
     Use as a context manager: nothing is written unless the block succeeds, so a failed stage
     neither wipes the previous results of its DagsHub files nor leaves a half-logged MLflow run.
     Each stage has its own DagsHub files (the logger's constructor truncates its files).
+
+    The MLflow run also carries the lineage of the stage's inputs (upstream params and the raw data's md5, from
+    ``dvc.lock``), so runs of any stage can be compared on what produced them; the DagsHub files hold the stage's
+    own params only, like every other output of a DVC stage.
     """
 
     def __init__(
@@ -224,11 +301,15 @@ class DualLogger:
         dagshub_dir: str | Path | None = None,
         root: Path | None = None,
         settings: TrackingSettings | None = None,
+        lock_path: str | Path = LOCK_FILE,
     ) -> None:
         self.root = root or project_root()
         self.settings = settings or TrackingSettings.resolve(self.root)
         self.record = StageRecord(stage=stage)
         self.dagshub_dir = Path(dagshub_dir) if dagshub_dir is not None else DAGSHUB_DIR / stage
+        # Relative to the working directory: a `dvc exp run --temp` copy has its own dvc.lock.
+        self.lock_path = Path(lock_path)
+        self.dagshub_timestamp_ms = dagshub_timestamp()  # a bad SOURCE_DATE_EPOCH fails before anything is written
         self.run_id: str | None = None
 
     # -- collecting ---------------------------------------------------------------------------------------
@@ -248,6 +329,10 @@ class DualLogger:
         """Record a file (plot, model) to upload to MLflow."""
         self.record.artifacts.append(Path(path))
 
+    def log_data(self, path: str | Path, md5: str) -> None:
+        """Record the raw data file the stage read and its md5 (the other stages take it from ``dvc.lock``)."""
+        self.record.data_path, self.record.data_md5 = str(path), md5
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         """Record extra run tags."""
         self.record.tags.update({k: str(v) for k, v in tags.items()})
@@ -265,7 +350,7 @@ class DualLogger:
         self._write_dagshub()
         self._write_mlflow()
 
-    def _standard_tags(self) -> dict[str, str]:
+    def _standard_tags(self, lineage: Lineage) -> dict[str, str]:
         tags = {
             "stage": self.record.stage,
             "pipeline_run_id": pipeline_run_id(),
@@ -274,44 +359,69 @@ class DualLogger:
         commit = git_commit(self.root)
         if commit:
             tags["mlflow.source.git.commit"] = commit
-        data_md5 = raw_data_md5(self.root)
-        if data_md5:
-            tags["raw_data_md5"] = data_md5
+        data_path = self.record.data_path or lineage.data_path
+        data_md5 = self.record.data_md5 or lineage.data_md5
+        if data_path and data_md5:
+            tags["raw_data_path"], tags["raw_data_md5"] = data_path, data_md5
+        if os.environ.get(ENV_EXP_NAME):
+            tags["dvc_exp_name"] = os.environ[ENV_EXP_NAME]
         return {**tags, **self.record.tags}
 
     def _write_dagshub(self) -> None:
+        """Write ``params.yml`` and ``metrics.csv`` with the DagsHub client's logger.
+
+        The logger stamps each metric row with a time. For byte-stable, meaningful files: a ``metrics.csv`` whose
+        names, values and steps are unchanged is kept as it was (with the time its values were first logged);
+        otherwise rows get the time of ``SOURCE_DATE_EPOCH`` when set, else the time of logging.
+        """
         from dagshub.logger import DAGsHubLogger
 
         # Imported here: segmentation.files brings pandas and joblib, which `segmentation.remote` does not need.
         from segmentation.files import atomic_path
 
+        stamp = self.dagshub_timestamp_ms
+
+        class StampedLogger(DAGsHubLogger):
+            def epoch_milisec(self) -> int:
+                return stamp
+
         out = self.dagshub_dir  # relative to the working directory, like every other stage output
-        with atomic_path(out / "metrics.csv") as metrics_tmp, atomic_path(out / "params.yml") as params_tmp:
-            logger = DAGsHubLogger(metrics_path=str(metrics_tmp), hparams_path=str(params_tmp), eager_logging=False)
+        metrics_path = out / "metrics.csv"
+        with atomic_path(metrics_path) as metrics_tmp, atomic_path(out / "params.yml") as params_tmp:
+            logger = StampedLogger(metrics_path=str(metrics_tmp), hparams_path=str(params_tmp), eager_logging=False)
             logger.log_hyperparams(self.record.params)
             if self.record.metrics:
                 logger.log_metrics(self.record.metrics, step_num=1)
             logger.save()
             logger.close()
+            if metrics_path.is_file() and _metric_rows(metrics_path) == _metric_rows(metrics_tmp):
+                shutil.copyfile(metrics_path, metrics_tmp)  # same values: keep the file, and its times, as it was
 
     def _write_mlflow(self) -> None:
         from mlflow.entities import Metric, Param
         from mlflow.tracking import MlflowClient
 
         s = self.settings
+        lineage = upstream_lineage(self.record.stage, self.lock_path)
+        # Upstream params first: a stage's own values win where a key appears in both.
+        params = {**lineage.params, **self.record.params}
         local = MlflowClient(tracking_uri=s.local_uri)
         experiment_id = _experiment_id(local, s.experiment_name, s.artifact_location)
-        run = local.create_run(experiment_id, run_name=self.record.stage, tags=self._standard_tags())
-        self.run_id = run.info.run_id
-        ts = self.record.timestamp_ms
-        local.log_batch(
-            self.run_id,
-            metrics=[Metric(k, float(v), ts, 0) for k, v in self.record.metrics.items()],
-            params=[Param(k, str(v)) for k, v in self.record.params.items()],
+        run = local.create_run(
+            experiment_id,
+            start_time=self.record.started_ms,
+            run_name=self.record.stage,
+            tags=self._standard_tags(lineage),
         )
+        self.run_id = run.info.run_id
+        ts = now_ms()
+        metrics = [Metric(k, float(v), ts, 0) for k, v in self.record.metrics.items()]
+        param_list = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, max(len(param_list), len(metrics), 1), 100):  # MLflow's batch limit is 100 params
+            local.log_batch(self.run_id, metrics=metrics[i : i + 100], params=param_list[i : i + 100])
         for path in self.record.artifacts:
             local.log_artifact(self.run_id, str(path))
-        local.set_terminated(self.run_id, "FINISHED")
+        local.set_terminated(self.run_id, "FINISHED", end_time=now_ms())
         where = f"{redact_uri(s.local_uri)}, experiment {s.experiment_name!r}"
         if s.is_remote:
             delivered = deliver_or_keep(local, self.run_id, s, self.root)
@@ -321,6 +431,27 @@ class DualLogger:
             f"{self.record.stage}: logged run {self.run_id} to MLflow ({where}) and {self.dagshub_dir}/",
             file=sys.stderr,
         )
+
+
+def dagshub_timestamp(environ: Mapping[str, str] | None = None) -> int:
+    """The time stamped on new DagsHub metric rows: ``SOURCE_DATE_EPOCH`` (seconds) when set, else now (ms)."""
+    env = os.environ if environ is None else environ
+    epoch = env.get(ENV_SOURCE_DATE, "").strip()
+    if not epoch:
+        return now_ms()
+    if not epoch.isdigit():
+        from segmentation.errors import UserError
+
+        raise UserError(f"{ENV_SOURCE_DATE}={epoch!r}: expected whole seconds since 1970-01-01")
+    return int(epoch) * 1000
+
+
+def _metric_rows(path: Path) -> list[tuple[str, str, str]]:
+    """(name, value, step) of each row of a DagsHub ``metrics.csv``: its content without the logging times."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [(row.get("Name"), row.get("Value"), row.get("Step")) for row in csv.DictReader(fh)]
 
 
 # -- delivery to a remote tracking server ----------------------------------------------------------------------

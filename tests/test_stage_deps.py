@@ -1,0 +1,76 @@
+"""dvc.yaml declares every module a stage runs: a change to any of them re-runs the stage (and only those stages)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline_helpers import REPO
+
+PACKAGE = "segmentation"
+SRC = REPO / "src"
+
+
+def stage_modules() -> dict[str, str]:
+    """Stage name -> the module its command runs (``python -m segmentation.<module>``)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for name, stage in stages.items():
+        match = re.search(rf"python -m ({PACKAGE}\.[\w.]+)", stage["cmd"])
+        assert match, f"stage {name}: command does not run a module of {PACKAGE}: {stage['cmd']}"
+        out[name] = match.group(1)
+    return out
+
+
+def module_file(module: str) -> Path:
+    path = SRC / Path(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def imported_modules(module: str) -> set[str]:
+    """Modules of the package that ``module`` imports, anywhere in its body (lazy imports in functions too)."""
+    tree = ast.parse(module_file(module).read_text(), filename=str(module_file(module)))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from segmentation import data` imports the submodule segmentation.data
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        found.update(n for n in names if n.split(".")[0] == PACKAGE and module_file(n).is_file())
+    return found
+
+
+def closure(module: str) -> set[str]:
+    """``module``, every package module it imports transitively, and the packages that contain them."""
+    seen, todo = set(), [module]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        parts = current.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # importing a.b runs a/__init__.py
+        todo.extend(imported_modules(current))
+    return seen
+
+
+@pytest.mark.parametrize("stage", list(stage_modules()))
+def test_stage_declares_exactly_the_modules_it_imports(stage):
+    deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage].get("deps", [])
+    declared = {d for d in deps if isinstance(d, str) and d.startswith(f"src/{PACKAGE}/")}
+    needed = {module_file(m).relative_to(REPO).as_posix() for m in closure(stage_modules()[stage])}
+    assert sorted(needed - declared) == [], f"stage {stage}: modules it runs but does not declare as deps"
+    assert sorted(declared - needed) == [], f"stage {stage}: declared deps it never imports (needless re-runs)"
+
+
+def test_the_import_scan_sees_lazy_imports():
+    """tracking imports segmentation.files inside a function: the scan must still find it."""
+    assert "segmentation.files" in imported_modules("segmentation.tracking")
+    assert "segmentation" in closure("segmentation.errors")
