@@ -37,7 +37,9 @@ stages:
     params:
       params.yaml:
         preprocess:
-          data: {{path: data/raw/shop.csv, separator: ','}}
+          data:
+            path: data/raw/shop.csv
+            separator: ','
           recipe: null
           features: [spend, visits]
     outs:
@@ -50,7 +52,12 @@ stages:
       md5: aaa
     params:
       params.yaml:
-        train: {{k_min: 2, k_max: 7, n_init: 3, random_state: 1, n_threads: 1}}
+        train:
+          k_min: 2
+          k_max: 7
+          n_init: 3
+          random_state: 1
+          n_threads: 1
     outs:
     - path: models/kmeans.joblib
       md5: bbb
