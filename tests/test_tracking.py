@@ -22,7 +22,6 @@ from segmentation.tracking import (
     upstream_lineage,
 )
 
-
 RAW_MD5 = "0123456789abcdef0123456789abcdef"
 # What DVC records once preprocess and train have run: their deps (the raw data among them), params and outs.
 LOCK = f"""\

@@ -53,7 +53,7 @@ def stale_lock(root: Path) -> list[str]:
 
 
 def _param_changes(root: Path, stage: str, params_file: str) -> list[str]:
-    """The dotted params of ``stage`` whose value in ``params_file`` differs from ``dvc.lock``: ``train.k_max 8 -> 9``."""
+    """The params of ``stage`` whose value in ``params_file`` differs from ``dvc.lock``, e.g. ``train.k_max 8 -> 9``."""
     import yaml
 
     from segmentation.config import flatten
@@ -70,7 +70,8 @@ def _param_changes(root: Path, stage: str, params_file: str) -> list[str]:
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         new.update(flatten({key: value}))
-    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    keys = sorted(old.keys() | new.keys())
+    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
 def _clone_env(clone: Path) -> dict[str, str]:
