@@ -24,7 +24,7 @@ export UV_COMPILE_BYTECODE := 1
 # uv from PATH, else a pinned copy installed into .uv/ (works where the system pip is locked down).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.uv/bin/uv)
 
-.PHONY: help setup repro experiment exps metrics plots ui test lint format push pull dagshub remote sync bench clean
+.PHONY: help setup repro experiment exps metrics plots ui check-deps test lint format push pull dagshub remote sync bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ plots: ## Render the DVC plots to dvc_plots/index.html
 # Without MLflow's job runner: 2 processes and ~0.5 GiB instead of 10 and ~2.3 GiB.
 ui: ## Open the MLflow UI over the local store on http://127.0.0.1:5000 (PORT=...)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
+
+check-deps: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Check that the installed packages' requirements agree (uv pip check on .venv)
+	$(UV) pip check --python $(BIN)/python
 
 test: ## Run the test suite (unit + the real pipeline end to end)
 	$(BIN)/python -m pytest
