@@ -33,8 +33,9 @@ pytestmark = pytest.mark.ui
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 EXPERIMENT = "ui-check"
-# What the pages show when their calls fail (the run page, the experiment page).
-ERROR_BANNERS = ("Can't load run details", "Experiment load error", "Something went wrong")
+# What the pages show when their calls fail: the run page, the experiment page, the UI's generic messages
+# ("Something went wrong", "Failed to load chart data", "Failed to load child runs", "Image failed to load", ...).
+ERROR_BANNERS = ("Can't load run details", "Experiment load error", "went wrong", "Failed to load", "failed to load")
 
 
 @dataclass
