@@ -1,6 +1,7 @@
-"""Real servers on 127.0.0.1 for the remote tests, each started and stopped by the tests that use it.
+"""Real servers on 127.0.0.1 for the remote and UI tests, each started and stopped by the tests that use it.
 
 - an MLflow tracking server with username/password (``--app-name basic-auth``), artifacts served by it;
+- the MLflow UI of ``make ui`` over a project's local store;
 - moto's S3 server (an S3-compatible store like DagsHub's);
 - a DVC HTTP remote with basic auth (GET/HEAD to read, POST/PUT to upload, as DVC's HTTP remote does);
 - a routing proxy playing DagsHub's host, so that DagsHub-shaped URLs (``/<owner>/<repo>.mlflow``, ``.dvc``, the S3
@@ -103,6 +104,21 @@ def mlflow_basic_auth_server(workdir: Path, admin_password: str) -> Iterator[str
     with process_group(cmd, workdir, env, log) as proc:
         url = f"http://{HOST}:{port}"
         wait_http(f"{url}/health", timeout=90, proc=proc, log=log)
+        yield url
+
+
+@contextlib.contextmanager
+def mlflow_ui(project: Path, makefile: Path, timeout: float = 60) -> Iterator[str]:
+    """``make ui`` (the Makefile's own target and command line) over ``project``'s local store; yields its URL.
+
+    The server's output goes to ``project/mlflow-ui.log``.
+    """
+    port = free_port()
+    env = server_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    log = project / "mlflow-ui.log"
+    with process_group(["make", "-f", str(makefile), "ui", f"PORT={port}"], project, env, log) as proc:
+        url = f"http://{HOST}:{port}"
+        wait_http(f"{url}/health", timeout=timeout, proc=proc, log=log)
         yield url
 
 
