@@ -185,6 +185,18 @@ def test_pca_with_more_components_than_rows_is_a_params_error():
         preprocess(table(rows=2, c=[1.0, 2.0]), params(features=["a", "b", "c"], pca_components=3), "x.csv")
 
 
+def test_identical_rows_stop_preprocess_before_pca_divides_by_zero():
+    frame = table(rows=50, a=np.full(50, 3.0), b=np.full(50, 7.0))
+    frame.loc[4, "b"] = np.nan  # imputed with the median: still one value
+    with pytest.raises(UserError) as err:
+        preprocess(frame, params(pca_components=2), "x.csv")
+    assert str(err.value) == (
+        "x.csv: every model column (a, b) has a single value on all 50 rows kept: nothing to cluster; check the data"
+    )
+    frame.loc[9, "a"] = 4.0  # one row differs: fine
+    assert preprocess(frame, params(pca_components=2), "x.csv").metrics["rows_out"] == 50
+
+
 def test_line_of_a_value_inside_a_multiline_row(tmp_path):
     # Row 2 starts on line 3; its note spans lines 3-4, so its value of b (after the note) is on line 4.
     (tmp_path / "data.csv").write_text('id,a,note,b\n1,1,x,1\n2,2,"two\nlines",bad\n3,3,y,3\n', encoding="utf-8")

@@ -137,6 +137,11 @@ def preprocess(raw: pd.DataFrame, params: PreprocessParams, source: str) -> Prep
     if metrics["dropped_outliers"]:
         require_values(df, used, params, source, after=" left after dropping outliers")
     require_computable(df, params.features, source, lines, derived)
+    if all(df[c].nunique(dropna=True) <= 1 for c in used):  # one distinct row: PCA would divide by a zero variance
+        raise UserError(
+            f"{source}: every model column ({', '.join(used)}) has a single value on all {len(df)} rows kept: "
+            "nothing to cluster; check the data"
+        )
 
     table = df[[id_col, *params.features, *categorical]].reset_index(drop=True)
     transformer = build_transformer(params)
