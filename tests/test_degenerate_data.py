@@ -282,6 +282,16 @@ def test_impossible_recipe_values_are_errors(column, value, expected):
         preprocess(frame, marketing_params(), "m.csv")
 
 
+def test_a_date_format_pandas_cannot_use_is_a_params_error():
+    recipe = {**RECIPE, "date_format": "%Q"}
+    with pytest.raises(UserError) as err:
+        preprocess(marketing_table(), marketing_params(marketing_campaign=recipe), "m.csv")
+    assert str(err.value) == (
+        "params.yaml: preprocess.marketing_campaign.date_format ('%Q'): 'Q' is a bad directive in format '%Q'; "
+        "use strftime codes, e.g. '%d-%m-%Y'"
+    )
+
+
 def test_recipe_sum_that_overflows_names_the_derived_column():
     frame = marketing_table().astype({"MntWines": float, "MntMeatProducts": float})
     frame.loc[6, ["MntWines", "MntMeatProducts"]] = 1.7e308  # each finite, their sum is not

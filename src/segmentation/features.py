@@ -39,7 +39,13 @@ def marketing_inputs(params: MarketingCampaignParams) -> list[str]:
 
 def parse_dates(series: pd.Series, date_format: str, source: str, lines: LineLocator | None = None) -> pd.Series:
     """Parse dates with an explicit format (pandas would guess month-first from the first row and then fail)."""
-    parsed = pd.to_datetime(series, format=date_format, errors="coerce")
+    try:
+        parsed = pd.to_datetime(series, format=date_format, errors="coerce")
+    except ValueError as exc:  # with errors="coerce" only the format itself can fail (e.g. '%Q')
+        raise UserError(
+            f"params.yaml: preprocess.marketing_campaign.date_format ({date_format!r}): {exc}; "
+            "use strftime codes, e.g. '%d-%m-%Y'"
+        ) from None
     bad = series[parsed.isna() & series.notna()]
     if len(bad):
         line = (lines or LineLocator()).line(bad.index[0], str(series.name))
