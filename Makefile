@@ -82,9 +82,15 @@ push: ## Push the raw data and every pipeline output to the default DVC remote
 pull: ## Pull the raw data and every pipeline output from the default DVC remote
 	dvc pull
 
+# OWNER, REPO and S3 reach the command through the environment as typed ($(value ...): not expanded by make, not
+# exported as make would expand them, never on a shell command line), so a value holding `...`, $(...) or quotes
+# runs nothing; segmentation.remote checks the names. Never write $(OWNER) in a recipe.
+unexport OWNER REPO S3
+dagshub: export SEGMENTATION_DAGSHUB_OWNER = $(value OWNER)
+dagshub: export SEGMENTATION_DAGSHUB_REPO = $(value REPO)
+dagshub: export SEGMENTATION_DAGSHUB_S3 = $(value S3)
 dagshub: ## Use DagsHub: make dagshub OWNER=me REPO=segments [S3=1] (token from DAGSHUB_USER_TOKEN)
-	@test -n "$(OWNER)" -a -n "$(REPO)" || { echo "usage: make dagshub OWNER=<user or org> REPO=<repo> [S3=1]"; exit 2; }
-	python -m segmentation.remote dagshub --owner "$(OWNER)" --repo "$(REPO)" $(if $(S3),--s3)
+	python -m segmentation.remote dagshub
 
 remote: ## Show where data and runs go (DVC remotes, MLflow tracking), without secrets
 	python -m segmentation.remote show

@@ -19,6 +19,7 @@ class _Params(BaseModel):
 
 
 ROW_ID_COLUMN = "row_id"
+SEED_MAX = 2**32 - 1  # scikit-learn and numpy take seeds in [0, 2**32 - 1]
 
 
 class DataParams(_Params):
@@ -120,9 +121,12 @@ class TrainParams(_Params):
     selection: Literal["elbow", "best_score"] = "elbow"
     n_init: int = Field(ge=1)
     max_iter: int = Field(default=300, ge=1)
-    random_state: int
+    random_state: int = Field(ge=0, le=SEED_MAX)
     # KMeans results can differ with the thread count (scikit-learn #27518): fix it for reproducibility.
     n_threads: int = Field(ge=1)
+    # Fewest rows a cluster should have: k_max may be at most rows / min_cluster_size (else an error), and a
+    # chosen clustering with a smaller cluster (a singleton included) is reported as a warning.
+    min_cluster_size: int = Field(default=10, ge=2)
 
     @model_validator(mode="after")
     def _k_range(self) -> TrainParams:
@@ -137,8 +141,9 @@ class EvaluateParams(_Params):
     """``evaluate`` section."""
 
     # Silhouette is O(n^2): above this many rows it is computed on a seeded sample of this size.
+    # It must also exceed the number of clusters (checked against the model by the evaluate stage).
     silhouette_sample_size: int = Field(ge=2)
-    random_state: int
+    random_state: int = Field(ge=0, le=SEED_MAX)
 
 
 SECTIONS: dict[str, type[_Params]] = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -11,18 +11,23 @@ import pandas as pd
 
 from segmentation.config import ROW_ID_COLUMN, DataParams
 from segmentation.errors import UserError
+from segmentation.files import SOURCE_ATTR, CsvSource, LineLocator, plain
 
 
 def load_csv(params: DataParams) -> pd.DataFrame:
     """Read the raw CSV described by ``params``; a missing, empty or undecodable file is a :class:`UserError`."""
     path = Path(params.path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a CSV file (set preprocess.data.path in params.yaml)")
     if not path.is_file():
         raise UserError(f"{path}: data file not found (set preprocess.data.path in params.yaml)")
     try:
         df = pd.read_csv(path, sep=params.separator, encoding=params.encoding, quoting=csv.QUOTE_MINIMAL)
-    except UnicodeDecodeError as exc:
+    except UnicodeDecodeError:
+        # pandas decodes in chunks: its exc.start is an offset into a chunk, not into the file.
+        where = decode_error_position(path, params.encoding)
         raise UserError(
-            f"{path}: cannot decode as {params.encoding} (byte {exc.start}); set preprocess.data.encoding"
+            f"{path}: cannot decode as {params.encoding}: {where}; set preprocess.data.encoding (e.g. latin-1)"
         ) from None
     except LookupError:
         raise UserError(f"{path}: unknown encoding {params.encoding!r} in preprocess.data.encoding") from None
@@ -40,7 +45,19 @@ def load_csv(params: DataParams) -> pd.DataFrame:
             )
     if df.empty:
         raise UserError(f"{path}: no data rows")
+    df.attrs[SOURCE_ATTR] = CsvSource(str(path), params.separator, params.encoding, len(df))
     return df
+
+
+def decode_error_position(path: Path, encoding: str) -> str:
+    """Where the first undecodable byte of ``path`` is: ``byte 0xe9 at offset 1234 (line 17)``."""
+    raw = path.read_bytes()
+    try:
+        raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].decode(encoding, errors="replace").count("\n") + 1
+        return f"byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line})"
+    return "an undecodable byte"  # pandas failed where a whole-file decode does not: no position to give
 
 
 def require_columns(df: pd.DataFrame, columns: Iterable[str], source: str, what: str = "required") -> None:
@@ -50,27 +67,62 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], source: str, what:
         raise UserError(f"{source}: {what} column(s) missing: {', '.join(missing)}")
 
 
-def require_numeric(df: pd.DataFrame, columns: Iterable[str], source: str) -> None:
+def require_numeric(df: pd.DataFrame, columns: Iterable[str], source: str, lines: LineLocator | None = None) -> None:
     """Fail naming the first non-numeric column and one offending value (blanks are allowed: they are missing)."""
+    lines = lines or LineLocator()
     for col in columns:
         series = df[col]
         if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
             continue
         coerced = pd.to_numeric(series, errors="coerce")
         bad = series[coerced.isna() & series.notna()]
-        # +2: one for the header line, one because lines count from 1.
-        example = f"; e.g. {bad.iloc[0]!r} on line {bad.index[0] + 2}" if len(bad) else ""
+        example = f"; e.g. {plain(bad.iloc[0])!r} on line {lines.line(bad.index[0], col)}" if len(bad) else ""
         raise UserError(f"{source}: column {col} must be numeric{example}")
 
 
-def require_unique(df: pd.DataFrame, column: str, source: str) -> None:
+def require_finite(
+    df: pd.DataFrame,
+    columns: Iterable[str],
+    source: str,
+    lines: LineLocator | None = None,
+    derived: Collection[str] = (),
+) -> None:
+    """Fail naming the first column holding ``inf`` or ``-inf`` and the line of one such value.
+
+    ``derived`` names columns computed from others (a sum that overflows): the message says so.
+    """
+    lines = lines or LineLocator()
+    for col in columns:
+        values = df[col]
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        bad = values[np.isinf(values.to_numpy(dtype=float, na_value=np.nan))]
+        if len(bad):
+            what = f"{col} (derived from other columns: they overflow)" if col in derived else col
+            raise UserError(
+                f"{source}: column {what} must be finite; {plain(bad.iloc[0])!r} on line "
+                f"{lines.line(bad.index[0], None if col in derived else col)} ({len(bad)} such value(s)); "
+                "fix or blank the value"
+            )
+
+
+def require_unique(df: pd.DataFrame, column: str, source: str, lines: LineLocator | None = None) -> None:
     """Fail when ``column`` (the customer ID) has blanks or duplicates."""
+    lines = lines or LineLocator()
     ids = df[column]
     if ids.isna().any():
-        raise UserError(f"{source}: ID column {column} has {int(ids.isna().sum())} blank value(s)")
+        raise UserError(
+            f"{source}: ID column {column} has {int(ids.isna().sum())} blank value(s), "
+            f"e.g. on line {lines.line(ids.index[ids.isna()][0], column)}"
+        )
     dupes = ids[ids.duplicated()]
     if len(dupes):
-        raise UserError(f"{source}: ID column {column} has duplicates, e.g. {dupes.iloc[0]!r}")
+        value = dupes.iloc[0]
+        first = ids.index[ids == value][0]
+        raise UserError(
+            f"{source}: ID column {column} has duplicates, e.g. {plain(value)!r} on lines "
+            f"{lines.line(first, column)} and {lines.line(dupes.index[0], column)}"
+        )
 
 
 def with_row_id(df: pd.DataFrame, source: str, column: str = ROW_ID_COLUMN) -> pd.DataFrame:

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_samples
 
 from segmentation.config import EvaluateParams, flatten, parse_section, read_params_file
 from segmentation.data import as_categories
 from segmentation.errors import UserError, stage_entrypoint
-from segmentation.files import load_model, read_csv, save_figure, write_csv, write_json
+from segmentation.files import load_model, read_csv, read_matrix, save_figure, write_csv, write_json
 from segmentation.plotting import FIGURE_DPI, new_figure
 from segmentation.tracking import DualLogger
 
 CLUSTER_COLUMN = "cluster"
+# The model's inertia on the matrix must equal the inertia it was fitted with, up to float summation order
+# (threads): a larger gap means the model was fitted on other data.
+INERTIA_RTOL = 1e-6
 
 
 @dataclass
@@ -41,9 +48,68 @@ def silhouette_sample(
         idx = np.sort(np.random.default_rng(random_state).choice(len(X), size=sample_size, replace=False))
     if len(np.unique(labels[idx])) < 2:
         raise UserError(
-            f"params.yaml: evaluate.silhouette_sample_size ({sample_size}) is too small: the sample holds one cluster"
+            f"params.yaml: evaluate.silhouette_sample_size ({sample_size}) is too small: the sample holds one "
+            "cluster; raise it"
         )
     return silhouette_samples(X[idx], labels[idx]), labels[idx]
+
+
+def read_train_metrics(path: str | Path) -> dict[str, Any] | None:
+    """The train stage's metrics (``k_best``, ``inertia``), or None when the file is absent."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(
+            f"{path}: is a directory, not the train stage's metrics; remove it, then: dvc repro -f -s train"
+        )
+    if not path.exists():
+        return None
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        metrics = None
+    if not isinstance(metrics, dict):
+        raise UserError(f"{path}: not the JSON the train stage writes; rebuild it: dvc repro -f -s train")
+    return metrics
+
+
+def check_model(
+    model: Any,
+    X: np.ndarray,
+    model_source: str,
+    matrix_source: str,
+    train_metrics: Mapping[str, Any] | None = None,
+    metrics_source: str = "metrics/train.json",
+) -> None:
+    """Fail unless ``model`` is a fitted KMeans fitted on ``X``, with the k and inertia ``train_metrics`` records.
+
+    Catches a foreign or stale ``models/kmeans.joblib`` before scikit-learn does, with the fix in one line.
+    """
+    rebuild = "rebuild it: dvc repro -f -s train"
+    if not isinstance(model, KMeans) or not hasattr(model, "cluster_centers_"):
+        what = "an unfitted KMeans" if isinstance(model, KMeans) else f"a {type(model).__name__}"
+        raise UserError(f"{model_source}: holds {what}, not a fitted KMeans model; {rebuild}")
+    if model.n_features_in_ != X.shape[1]:
+        raise UserError(
+            f"{model_source}: fitted on {model.n_features_in_} column(s), but {matrix_source} has {X.shape[1]}; "
+            f"{rebuild}"
+        )
+    if train_metrics is not None:
+        k, inertia = train_metrics.get("k_best"), train_metrics.get("inertia")
+        if k != model.n_clusters:
+            raise UserError(
+                f"{model_source}: has {model.n_clusters} clusters, but {metrics_source} says k_best = {k}; {rebuild}"
+            )
+        if not isinstance(inertia, int | float) or not np.isclose(model.inertia_, inertia, rtol=INERTIA_RTOL):
+            raise UserError(
+                f"{model_source}: its inertia ({model.inertia_:.6g}) is not the one {metrics_source} records "
+                f"({inertia}); {rebuild}"
+            )
+    on_matrix = -float(model.score(X))
+    if not np.isclose(on_matrix, model.inertia_, rtol=INERTIA_RTOL):
+        raise UserError(
+            f"{model_source}: was not fitted on {matrix_source} (inertia {on_matrix:.6g} on it, "
+            f"{model.inertia_:.6g} when fitted); {rebuild}"
+        )
 
 
 def cluster_profile(
@@ -84,6 +150,11 @@ def evaluate(
     if not matrix[id_column].equals(features[id_column]):
         raise UserError("data/processed: the features and matrix files hold different customers; run dvc repro")
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
+    if params.silhouette_sample_size <= model.n_clusters:
+        raise UserError(
+            f"params.yaml: evaluate.silhouette_sample_size ({params.silhouette_sample_size}) must be greater than "
+            f"the number of clusters ({model.n_clusters}); raise it"
+        )
     labels = model.predict(X)
     sizes = np.bincount(labels, minlength=model.n_clusters)
     sil_values, sil_labels = silhouette_sample(X, labels, params.silhouette_sample_size, params.random_state)
@@ -167,6 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--matrix", required=True, help="input: ID + transformed matrix (CSV)")
     parser.add_argument("--features", required=True, help="input: ID + unscaled features (CSV)")
     parser.add_argument("--model", required=True, help="input: fitted KMeans (pickle)")
+    parser.add_argument(
+        "--train-metrics",
+        default="metrics/train.json",
+        help="input: the train stage's metrics; the model must have its k_best and inertia (skipped when absent)",
+    )
     parser.add_argument("--segments", required=True, help="output: ID -> cluster (CSV)")
     parser.add_argument("--profile", required=True, help="output: per-cluster profile (CSV)")
     parser.add_argument("--metrics", required=True, help="output: quality metrics (JSON)")
@@ -179,10 +255,12 @@ def main(argv: list[str] | None = None) -> None:
     params: EvaluateParams = parse_section("evaluate", raw_params.get("evaluate"), args.params)
     categorical_params = parse_section("preprocess", raw_params.get("preprocess"), args.params).categorical
     categorical = categorical_params.columns
-    matrix = read_csv(args.matrix)
-    features = read_csv(args.features)
-    model = load_model(args.model)
+    matrix = read_matrix(args.matrix, stage="preprocess")
+    features = read_csv(args.features, stage="preprocess")
+    model = load_model(args.model, stage="train")
     id_column = matrix.columns[0]
+    X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
+    check_model(model, X, args.model, args.matrix, read_train_metrics(args.train_metrics), args.train_metrics)
     result = evaluate(matrix, features, model, id_column, params, categorical)
     labels = result.segments[CLUSTER_COLUMN].to_numpy()
     figures = {

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from segmentation.config import Bounds, MarketingCampaignParams
 from segmentation.errors import UserError
+from segmentation.files import LineLocator, plain
 
 # The marketing-campaign recipe's inputs: columns of the Kaggle "Customer Personality Analysis" schema.
 SPEND_COLUMNS = ["MntWines", "MntFruits", "MntMeatProducts", "MntFishProducts", "MntSweetProducts", "MntGoldProds"]
@@ -24,6 +26,10 @@ MARKETING_DERIVED = [
     "Enrollment_Years",
 ]
 DAYS_PER_YEAR = 365.25
+# Counts and amounts of the example schema cannot be negative: such a value is a data error (the stage stops), not an
+# outlier (implausible but possible values, e.g. an age of 120, are for preprocess.outliers: rows dropped, counted).
+# Columns not in the file are skipped: the recipe itself reads only MARKETING_NUMERIC_INPUTS.
+NON_NEGATIVE_COLUMNS = [*CHILD_COLUMNS, *SPEND_COLUMNS, *PURCHASE_COLUMNS, "NumWebVisitsMonth", "Recency", "Income"]
 
 
 def marketing_inputs(params: MarketingCampaignParams) -> list[str]:
@@ -31,13 +37,20 @@ def marketing_inputs(params: MarketingCampaignParams) -> list[str]:
     return [*MARKETING_NUMERIC_INPUTS, params.date_column, MARITAL_STATUS_COLUMN]
 
 
-def parse_dates(series: pd.Series, date_format: str, source: str) -> pd.Series:
+def parse_dates(series: pd.Series, date_format: str, source: str, lines: LineLocator | None = None) -> pd.Series:
     """Parse dates with an explicit format (pandas would guess month-first from the first row and then fail)."""
-    parsed = pd.to_datetime(series, format=date_format, errors="coerce")
+    try:
+        parsed = pd.to_datetime(series, format=date_format, errors="coerce")
+    except ValueError as exc:  # with errors="coerce" only the format itself can fail (e.g. '%Q')
+        raise UserError(
+            f"params.yaml: preprocess.marketing_campaign.date_format ({date_format!r}): {exc}; "
+            "use strftime codes, e.g. '%d-%m-%Y'"
+        ) from None
     bad = series[parsed.isna() & series.notna()]
     if len(bad):
+        line = (lines or LineLocator()).line(bad.index[0], str(series.name))
         raise UserError(
-            f"{source}: column {series.name}: {bad.iloc[0]!r} on line {bad.index[0] + 2} "
+            f"{source}: column {series.name}: {plain(bad.iloc[0])!r} on line {line} "
             f"does not match date format {date_format!r} ({len(bad)} such value(s))"
         )
     return parsed
@@ -60,11 +73,30 @@ def adults_in_household(status: pd.Series, partnered: list[str], single: list[st
     return adults.astype("Float64").astype("float64")  # blanks stay NaN and are handled as missing
 
 
-def derive_marketing_features(df: pd.DataFrame, params: MarketingCampaignParams, source: str) -> pd.DataFrame:
-    """Add the recipe's derived columns (age, children, family size, totals, enrollment length) to a copy of ``df``."""
+def require_non_negative(df: pd.DataFrame, columns: list[str], source: str, lines: LineLocator | None = None) -> None:
+    """Fail naming the first of ``columns`` (those present in ``df``) with a negative value, and its line."""
+    for col in [c for c in columns if c in df.columns]:
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values[values < 0]
+        if len(bad):
+            raise UserError(
+                f"{source}: column {col} cannot be negative (a count or an amount); {plain(bad.iloc[0])!r} on line "
+                f"{(lines or LineLocator()).line(bad.index[0], col)} ({len(bad)} such value(s)); fix or blank it"
+            )
+
+
+def derive_marketing_features(
+    df: pd.DataFrame, params: MarketingCampaignParams, source: str, lines: LineLocator | None = None
+) -> pd.DataFrame:
+    """Add the recipe's derived columns (age, children, family size, totals, enrollment length) to a copy of ``df``.
+
+    Negative counts or amounts (``NON_NEGATIVE_COLUMNS``) and birth years after ``reference_date`` (a negative age)
+    are errors naming the column and the line.
+    """
+    require_non_negative(df, NON_NEGATIVE_COLUMNS, source, lines)
     out = df.copy()
     reference = pd.Timestamp(params.reference_date)
-    enrolled = parse_dates(df[params.date_column], params.date_format, source)
+    enrolled = parse_dates(df[params.date_column], params.date_format, source, lines)
     latest = enrolled.max()
     if pd.notna(latest) and latest > reference:
         raise UserError(
@@ -72,11 +104,21 @@ def derive_marketing_features(df: pd.DataFrame, params: MarketingCampaignParams,
             f"the latest {params.date_column} in {source} ({latest.date()})"
         )
     out["Age"] = reference.year - df[BIRTH_YEAR_COLUMN]
+    unborn = out["Age"][out["Age"] < 0]
+    if len(unborn):
+        label = unborn.index[0]
+        raise UserError(
+            f"{source}: column {BIRTH_YEAR_COLUMN}: {plain(df[BIRTH_YEAR_COLUMN][label])!r} on line "
+            f"{(lines or LineLocator()).line(label, BIRTH_YEAR_COLUMN)} is after "
+            f"preprocess.marketing_campaign.reference_date ({params.reference_date}), a negative age "
+            f"({len(unborn)} such value(s)); fix the value or move reference_date"
+        )
     out["Children"] = df[CHILD_COLUMNS].sum(axis=1, min_count=len(CHILD_COLUMNS))
     adults = adults_in_household(df[MARITAL_STATUS_COLUMN], params.partnered_statuses, params.single_statuses, source)
     out["Family_Size"] = adults + out["Children"]
-    out["Total_Spent"] = df[SPEND_COLUMNS].sum(axis=1, min_count=len(SPEND_COLUMNS))
-    out["Total_Purchases"] = df[PURCHASE_COLUMNS].sum(axis=1, min_count=len(PURCHASE_COLUMNS))
+    with np.errstate(over="ignore"):  # a sum that overflows is inf: reported by data.require_finite, line and all
+        out["Total_Spent"] = df[SPEND_COLUMNS].sum(axis=1, min_count=len(SPEND_COLUMNS))
+        out["Total_Purchases"] = df[PURCHASE_COLUMNS].sum(axis=1, min_count=len(PURCHASE_COLUMNS))
     out["Enrollment_Days"] = (reference - enrolled).dt.days
     out["Enrollment_Years"] = out["Enrollment_Days"] / DAYS_PER_YEAR
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
@@ -15,7 +16,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from segmentation import data, features
 from segmentation.config import ROW_ID_COLUMN, PreprocessParams, flatten, load_section
 from segmentation.errors import UserError, stage_entrypoint
-from segmentation.files import dump_model, write_csv, write_json
+from segmentation.files import LineLocator, dump_model, write_csv, write_json
 from segmentation.tracking import DualLogger, file_md5
 
 
@@ -77,33 +78,39 @@ def preprocess(raw: pd.DataFrame, params: PreprocessParams, source: str) -> Prep
     ``source`` names the input in error messages (the CSV's path). Without an ID column (``id_column: null``) a
     ``row_id`` column (1 = the first data row) identifies the rows in every output.
     """
+    lines = LineLocator.of(raw)  # physical lines of the CSV's rows, for messages
     id_col = params.data.id_column
     if id_col is None:
         raw = data.with_row_id(raw, source)
         id_col = ROW_ID_COLUMN
     else:
         data.require_columns(raw, [id_col], source, what="ID")
-        data.require_unique(raw, id_col, source)
+        data.require_unique(raw, id_col, source, lines)
 
     df = raw
+    derived: list[str] = []
     if params.recipe == "marketing_campaign":
         recipe = params.marketing_campaign
         data.require_columns(df, features.marketing_inputs(recipe), source, what="marketing_campaign recipe")
-        data.require_numeric(df, features.MARKETING_NUMERIC_INPUTS, source)
-        df = features.derive_marketing_features(df, recipe, source)
+        data.require_numeric(df, features.MARKETING_NUMERIC_INPUTS, source, lines)
+        data.require_finite(df, features.MARKETING_NUMERIC_INPUTS, source, lines)
+        df = features.derive_marketing_features(df, recipe, source, lines)
+        derived = features.MARKETING_DERIVED
 
     categorical = list(params.categorical.columns)
     onehot = onehot_columns(params)
     data.require_columns(df, params.features, source, what="feature (preprocess.features)")
     data.require_columns(df, categorical, source, what="categorical (preprocess.categorical.columns)")
     data.require_columns(df, params.outliers, source, what="outlier (preprocess.outliers)")
-    data.require_numeric(df, [*params.features, *params.outliers], source)
+    data.require_numeric(df, [*params.features, *params.outliers], source, lines)
+    data.require_finite(df, [*params.features, *params.outliers], source, lines, derived=derived)
     data.require_few_categories(df, onehot, params.categorical.max_categories, source)
     df = df.astype({c: "float64" for c in [*params.features, *params.outliers]})
     df = df.assign(**{c: data.as_categories(df[c]) for c in categorical})
 
     metrics: dict[str, int] = {"rows_in": len(df)}
     used = [*params.features, *onehot]  # the columns the model sees: blanks there are "missing"
+    require_values(df, used, params, source)
     if params.missing == "drop":
         blank = features.missing_rows(df, used)
         metrics["dropped_missing"] = int(blank.sum())
@@ -122,16 +129,80 @@ def preprocess(raw: pd.DataFrame, params: PreprocessParams, source: str) -> Prep
     metrics["rows_out"] = len(df)
     if len(df) < 2:
         raise UserError(f"{source}: only {len(df)} row(s) left after dropping missing values and outliers")
+    if params.pca_components is not None and params.pca_components > len(df):
+        raise UserError(
+            f"params.yaml: preprocess.pca_components ({params.pca_components}) exceeds the {len(df)} rows left in "
+            f"{source}; lower it or set it to null"
+        )
+    if metrics["dropped_outliers"]:
+        require_values(df, used, params, source, after=" left after dropping outliers")
+    require_computable(df, params.features, source, lines, derived)
+    if all(df[c].nunique(dropna=True) <= 1 for c in used):  # one distinct row: PCA would divide by a zero variance
+        raise UserError(
+            f"{source}: every model column ({', '.join(used)}) has a single value on all {len(df)} rows kept: "
+            "nothing to cluster; check the data"
+        )
 
     table = df[[id_col, *params.features, *categorical]].reset_index(drop=True)
     transformer = build_transformer(params)
     values = transformer.fit_transform(table[used])
+    bad = ~np.isfinite(values)
+    if bad.any():  # not expected after the checks above: a clear stop rather than NaN in the matrix
+        row, col = np.argwhere(bad)[0]
+        raise UserError(
+            f"{source}: preprocessing the row on line {lines.line(df.index[row])} gave a non-finite value "
+            f"(column {col + 1} of the model matrix); check that row's values"
+        )
     if params.pca_components is not None:
         names = [f"PC{i + 1}" for i in range(params.pca_components)]
     else:
         names = [str(n) for n in transformer.get_feature_names_out(used)] if onehot else list(params.features)
     matrix = pd.concat([table[[id_col]], pd.DataFrame(values, columns=names)], axis=1)
     return PreprocessResult(features=table, matrix=matrix, transformer=transformer, metrics=metrics)
+
+
+def require_values(
+    df: pd.DataFrame, columns: list[str], params: PreprocessParams, source: str, after: str = ""
+) -> None:
+    """Fail naming the first of ``columns`` that is blank on every row of ``df``.
+
+    ``missing: median`` cannot impute such a column (scikit-learn would drop it silently) and ``missing: drop``
+    would drop every row.
+    """
+    for col in columns:
+        if df[col].isna().all():
+            setting = "preprocess.features" if col in params.features else "preprocess.categorical.columns"
+            consequence = (
+                "preprocess.missing: median cannot impute it"
+                if params.missing == "median"
+                else "preprocess.missing: drop would drop every row"
+            )
+            raise UserError(
+                f"{source}: column {col} is blank on all {len(df)} rows{after}; {consequence}: "
+                f"fill it in or remove it from {setting}"
+            )
+
+
+def require_computable(
+    df: pd.DataFrame, columns: list[str], source: str, lines: LineLocator, derived: list[str]
+) -> None:
+    """Fail when a numeric column's values are too large for float64 arithmetic (scaling, PCA, KMeans distances).
+
+    The rule: the sum of the column's squared values must be finite (values up to about 1e150 pass; ``1e308``
+    does not). The message names the column and the line of its largest value.
+    """
+    for col in columns:
+        x = df[col].to_numpy(dtype=float, na_value=np.nan)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ok = np.isfinite(np.nansum(np.square(x)))
+        if not ok:
+            i = int(np.nanargmax(np.abs(x)))
+            what = f"{col} (derived from other columns)" if col in derived else col
+            line = lines.line(df.index[i], None if col in derived else col)
+            raise UserError(
+                f"{source}: column {what}: {float(x[i])!r} on line {line} is too large to compute with (its square "
+                "overflows float64); fix the value or bound the column in preprocess.outliers"
+            )
 
 
 @stage_entrypoint

@@ -11,12 +11,17 @@
 
 Nothing here talks to DagsHub: no login, no repo creation (create the repo on DagsHub first). ``DAGSHUB_CLIENT_HOST``
 points every URL at another host (a self-hosted DagsHub, or a test server).
+
+``make dagshub OWNER=... REPO=... [S3=1]`` passes its values in ``SEGMENTATION_DAGSHUB_OWNER``/``_REPO``/``_S3``
+(read when ``--owner``/``--repo``/``--s3`` are not given): neither make nor a shell parses them. Names are checked
+against DagsHub's rule before anything is written. Every URL printed is redacted (no ``user:password@``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -27,12 +32,42 @@ from segmentation.tracking import (
     dagshub_url,
     project_config,
     project_root,
+    redact_uri,
     sync,
 )
 
 REMOTE_NAME = "origin"
 TOKEN_ENV = "DAGSHUB_USER_TOKEN"
 USER_ENV = "DAGSHUB_USERNAME"
+# How `make dagshub` hands over OWNER, REPO and S3: through the environment, never through a command line.
+OWNER_ENV = "SEGMENTATION_DAGSHUB_OWNER"
+REPO_ENV = "SEGMENTATION_DAGSHUB_REPO"
+S3_ENV = "SEGMENTATION_DAGSHUB_S3"
+USAGE = "usage: make dagshub OWNER=<user or org> REPO=<repo> [S3=1]"
+# DagsHub user, organisation and repository names: letters, digits, '-', '_' and '.', starting with a letter or a
+# digit (copier.yml's rule), and no '..'. Everything else (spaces, newlines, '/', '?', '#', quotes, '$', '`') fails.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+SHOWN_CHARS = 60  # a hostile value is echoed in the error, truncated
+
+
+def check_name(value: str, what: str, kind: str) -> str:
+    """Return ``value`` if it is a valid DagsHub ``kind`` name, else fail naming ``what`` (OWNER, --repo...)."""
+    if NAME.fullmatch(value) and ".." not in value:
+        return value
+    shown = repr(value if len(value) <= SHOWN_CHARS else value[:SHOWN_CHARS] + "...")
+    raise UserError(
+        f"{what} {shown}: not a DagsHub {kind} name (letters, digits, '-', '_' and '.', starting with a letter or "
+        "a digit, no '..')"
+    )
+
+
+def safe_url(url: object) -> str:
+    """``url`` fit to print: without ``user:password@`` (tracking.redact_uri), even when it does not parse."""
+    text = str(url)
+    try:
+        return redact_uri(text)
+    except ValueError:  # e.g. a port that is not a number: drop whatever sits between '//' and '@'
+        return re.sub(r"//[^/?#]*@", "//", text)
 
 
 def s3_endpoint(owner: str, environ=None) -> str:
@@ -90,12 +125,13 @@ def configure_dvc_remote(
 
 def describe(root: Path) -> list[str]:
     """Lines describing the effective remote and tracking configuration (never a secret)."""
+    from dvc.config import ConfigError
     from dvc.repo import Repo
 
     settings = TrackingSettings.resolve(root)
     project = project_config(root)
     lines = [
-        f"MLflow tracking: {settings.display_uri}  [{settings.source}]",
+        f"MLflow tracking: {safe_url(settings.tracking_uri)}  [{settings.source}]",
         f"MLflow experiment: {settings.experiment_name}",
     ]
     if settings.is_remote:
@@ -103,19 +139,29 @@ def describe(root: Path) -> list[str]:
         creds = "MLFLOW_TRACKING_PASSWORD" if os.environ.get("MLFLOW_TRACKING_PASSWORD") else None
         creds = creds or (TOKEN_ENV if os.environ.get(TOKEN_ENV) else "none set")
         lines.append(f"tracking credentials from: {creds}")
-    dvc_repo = Repo(str(root))
+    try:
+        dvc_repo = Repo(str(root))
+    except ConfigError as exc:  # DVC's message names the key, not its value
+        raise UserError(f".dvc/config or .dvc/config.local: {exc}; fix it with dvc remote modify") from None
     try:
         conf = dvc_repo.config
         default = conf["core"].get("remote")
         for name, remote in conf["remote"].items():
             flag = " (default)" if name == default else ""
-            stored = "credentials in config" if {"password", "secret_access_key"} & set(remote) else "no credentials"
-            where = f" endpoint {remote['endpointurl']}" if remote.get("endpointurl") else ""
-            lines.append(f"DVC remote {name}{flag}: {remote.get('url')}{where} [{stored}]")
+            urls = [str(remote[key]) for key in ("url", "endpointurl") if remote.get(key)]
+            if any(safe_url(url) != url for url in urls):
+                stored = "credentials in the URL, not shown"
+            elif {"password", "secret_access_key"} & set(remote):
+                stored = "credentials in config"
+            else:
+                stored = "no credentials"
+            where = f" endpoint {safe_url(remote['endpointurl'])}" if remote.get("endpointurl") else ""
+            lines.append(f"DVC remote {name}{flag}: {safe_url(remote.get('url'))}{where} [{stored}]")
     finally:
         dvc_repo.close()
     if project.get("dagshub_owner"):
-        lines.append(f"DagsHub repo: {dagshub_url(project['dagshub_owner'], project.get('dagshub_repo', '?'), '')}")
+        repo_url = dagshub_url(project["dagshub_owner"], project.get("dagshub_repo", "?"), "")
+        lines.append(f"DagsHub repo: {safe_url(repo_url)}")
     return lines
 
 
@@ -125,9 +171,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     dh = sub.add_parser("dagshub", help="configure the DVC remote and MLflow tracking for a DagsHub repo")
-    dh.add_argument("--owner", required=True)
-    dh.add_argument("--repo", required=True)
-    dh.add_argument("--s3", action="store_true", help="use DagsHub's S3-compatible endpoint instead of HTTP")
+    dh.add_argument("--owner", help=f"DagsHub user or organisation (default: ${OWNER_ENV})")
+    dh.add_argument("--repo", help=f"DagsHub repository (default: ${REPO_ENV})")
+    dh.add_argument(
+        "--s3", action="store_true", help=f"use DagsHub's S3-compatible endpoint instead of HTTP (or ${S3_ENV}=1)"
+    )
     dh.add_argument("--endpoint", help="override the storage URL / S3 endpoint (another S3-compatible store)")
     sub.add_parser("show", help="print the effective configuration (no secrets)")
     sy = sub.add_parser("sync", help="deliver runs kept locally to the remote MLflow tracker")
@@ -136,29 +184,36 @@ def main(argv: list[str] | None = None) -> None:
     root = project_root()
 
     if args.command == "dagshub":
-        for value, what in ((args.owner, "--owner"), (args.repo, "--repo")):
-            if not value or "/" in value or value.strip() != value:
-                raise UserError(f"{what} {value!r}: give a DagsHub user/organisation and repository name")
-        set_project_dagshub(root, args.owner, args.repo)
-        done = configure_dvc_remote(root, args.owner, args.repo, use_s3=args.s3, endpoint=args.endpoint)
-        print(f"DVC remote {REMOTE_NAME} (default): " + ", ".join(f"{k} {v}" for k, v in done.items()))
-        print(f"MLflow tracking: {dagshub_url(args.owner, args.repo, '.mlflow')} (pyproject.toml [tool.segmentation])")
+        owner, repo = args.owner, args.repo
+        owner_name, repo_name = ("--owner", "--repo") if owner is not None or repo is not None else ("OWNER", "REPO")
+        owner = os.environ.get(OWNER_ENV, "") if owner is None else owner
+        repo = os.environ.get(REPO_ENV, "") if repo is None else repo
+        if not owner or not repo:
+            raise UserError(USAGE)
+        check_name(owner, owner_name, "user or organisation")
+        check_name(repo, repo_name, "repository")
+        use_s3 = args.s3 or bool(os.environ.get(S3_ENV))
+        set_project_dagshub(root, owner, repo)
+        done = configure_dvc_remote(root, owner, repo, use_s3=use_s3, endpoint=args.endpoint)
+        shown = {k: safe_url(v) if k in ("url", "endpointurl") else v for k, v in done.items()}
+        print(f"DVC remote {REMOTE_NAME} (default): " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+        print(f"MLflow tracking: {safe_url(dagshub_url(owner, repo, '.mlflow'))} (pyproject.toml [tool.segmentation])")
         print("next: dvc push (or make push), then dvc repro; runs go to DagsHub, kept locally when it is away")
     elif args.command == "show":
         print("\n".join(describe(root)))
     else:
         settings = TrackingSettings.resolve(root)
         if not settings.is_remote:
-            print(f"nothing to sync: tracking is local ({settings.display_uri})")
+            print(f"nothing to sync: tracking is local ({safe_url(settings.tracking_uri)})")
             return
         report = sync(settings, root, include_all=args.all)
         print(
-            f"sync to {settings.display_uri}: {len(report.delivered)} run(s) delivered, "
+            f"sync to {safe_url(settings.tracking_uri)}: {len(report.delivered)} run(s) delivered, "
             f"{report.considered - len(report.delivered)} not delivered"
         )
         if report.failed:
             reason = next(iter(report.failed.values()))
-            raise UserError(f"MLflow tracking server {settings.display_uri}: {reason}; runs stay pending")
+            raise UserError(f"MLflow tracking server {safe_url(settings.tracking_uri)}: {reason}; runs stay pending")
 
 
 if __name__ == "__main__":

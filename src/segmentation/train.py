@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from segmentation.config import TrainParams, flatten, load_section
 from segmentation.errors import UserError, stage_entrypoint
-from segmentation.files import dump_model, read_csv, save_figure, write_csv, write_json
+from segmentation.files import dump_model, read_matrix, save_figure, write_csv, write_json
 from segmentation.plotting import FIGURE_DPI, new_figure
 from segmentation.tracking import DualLogger
 
@@ -38,6 +39,71 @@ def make_kmeans(params: TrainParams, n_clusters: int = 8) -> KMeans:
         n_init=params.n_init,
         max_iter=params.max_iter,
         random_state=params.random_state,
+    )
+
+
+class ProgressKMeans(KMeans):
+    """KMeans that prints one line per fit on stderr: yellowbrick's elbow search fits one model per k silently.
+
+    Same parameters and ``fit`` as KMeans, so the scores are those of a plain KMeans. ``k_max`` (an attribute, not
+    a parameter) is shown as the end of the search.
+    """
+
+    k_max: int | None = None
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit as KMeans does, then print ``train: k=4/10 fitted (0.3 s)``."""
+        start = time.perf_counter()
+        super().fit(X, y=y, sample_weight=sample_weight)
+        of = f"/{self.k_max}" if self.k_max else ""
+        print(
+            f"train: k={self.n_clusters}{of} fitted ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True
+        )
+        return self
+
+
+def check_k_range(X: np.ndarray, params: TrainParams, source: str) -> None:
+    """Fail unless the rows of ``X`` can hold ``k_max`` clusters.
+
+    - ``k_max`` must be below the number of rows, and at most rows / ``min_cluster_size`` (the documented bound);
+    - ``X`` must have at least ``k_max`` distinct rows (KMeans cannot make more clusters than distinct points: with
+      all rows identical every score is 0 and any k would be "chosen").
+    """
+    rows = len(X)
+    if params.k_max >= rows:
+        raise UserError(f"params.yaml: train.k_max ({params.k_max}) must be below the number of rows ({rows})")
+    most = rows // params.min_cluster_size
+    if params.k_max > most:
+        raise UserError(
+            f"params.yaml: train.k_max ({params.k_max}) is more than {rows} rows allow: at most rows / "
+            f"train.min_cluster_size ({params.min_cluster_size}) = {most}; lower k_max (or min_cluster_size)"
+        )
+    distinct = len(pd.DataFrame(X).drop_duplicates())
+    if distinct < params.k_max:
+        fix = (
+            "nothing to cluster: check the data"
+            if distinct <= params.k_min
+            else f"lower train.k_max to at most {distinct} or check the data"
+        )
+        raise UserError(
+            f"{source}: only {distinct} distinct row(s) among {rows} (identical customers?), fewer than "
+            f"train.k_max ({params.k_max}); {fix}"
+        )
+
+
+def small_clusters(labels: np.ndarray, k: int, min_size: int) -> dict[int, int]:
+    """Clusters with fewer than ``min_size`` rows: ``{cluster: size}`` (empty when every cluster is big enough)."""
+    sizes = np.bincount(labels, minlength=k)
+    return {i: int(n) for i, n in enumerate(sizes) if n < min_size}
+
+
+def small_cluster_warning(small: dict[int, int], k: int, min_size: int) -> str:
+    """One line describing ``small`` clusters (from :func:`small_clusters`), for stderr and the MLflow tag."""
+    sizes = ", ".join(f"cluster {i}: {n} row{'s' if n != 1 else ''}" for i, n in small.items())
+    singleton = " (singletons are usually outliers: see preprocess.outliers)" if 1 in small.values() else ""
+    return (
+        f"k={k} has {len(small)} cluster(s) below train.min_cluster_size ({min_size}): {sizes}{singleton}; "
+        "check the data or lower train.k_max"
     )
 
 
@@ -69,16 +135,20 @@ def choose_k(
     return fallback_k(k_values, scores, metric)
 
 
-def elbow_search(X: np.ndarray, params: TrainParams) -> ElbowResult:
-    """Fit KMeans for k in [k_min, k_max] with ``KElbowVisualizer`` and choose k_best."""
+def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model matrix") -> ElbowResult:
+    """Fit KMeans for k in [k_min, k_max] with ``KElbowVisualizer`` and choose k_best (one progress line per k).
+
+    ``source`` names the matrix in error messages (see :func:`check_k_range`).
+    """
     from segmentation.plotting import kelbow_visualizer_class
 
     KElbowVisualizer = kelbow_visualizer_class()
-    if params.k_max >= len(X):
-        raise UserError(f"params.yaml: train.k_max ({params.k_max}) must be below the number of rows ({len(X)})")
+    check_k_range(X, params, source)
+    estimator = ProgressKMeans(**make_kmeans(params).get_params())
+    estimator.k_max = params.k_max
     fig, ax = new_figure()
     viz = KElbowVisualizer(
-        make_kmeans(params),
+        estimator,
         ax=ax,
         k=(params.k_min, params.k_max + 1),  # yellowbrick's (start, stop) is half-open
         metric=params.metric,
@@ -119,11 +189,13 @@ def fit_final(X: np.ndarray, k: int, params: TrainParams) -> KMeans:
     return make_kmeans(params, n_clusters=k).fit(X)
 
 
-def train(matrix: pd.DataFrame, id_column: str, params: TrainParams) -> tuple[ElbowResult, KMeans]:
+def train(
+    matrix: pd.DataFrame, id_column: str, params: TrainParams, source: str = "the model matrix"
+) -> tuple[ElbowResult, KMeans]:
     """Elbow search then final fit on the matrix's non-ID columns, with the thread count fixed."""
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
     with threadpool_limits(limits=params.n_threads):
-        elbow = elbow_search(X, params)
+        elbow = elbow_search(X, params, source)
         model = fit_final(X, elbow.k_best, params)
     return elbow, model
 
@@ -142,15 +214,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params: TrainParams = load_section("train", args.params)
-    matrix = read_csv(args.matrix)
+    matrix = read_matrix(args.matrix, stage="preprocess")
     id_column = matrix.columns[0]
-    elbow, model = train(matrix, id_column, params)
+    elbow, model = train(matrix, id_column, params, source=args.matrix)
     metrics = {
         "k_best": elbow.k_best,
         f"{params.metric}_at_k_best": elbow.score_best,
         "inertia": float(model.inertia_),
         "n_iter": int(model.n_iter_),
     }
+    tags = {"k_rule": elbow.rule}
+    small = small_clusters(model.labels_, elbow.k_best, params.min_cluster_size)
+    if small:  # a warning, kept with the results: in metrics/train.json and as an MLflow tag
+        message = small_cluster_warning(small, elbow.k_best, params.min_cluster_size)
+        print(f"warning: train: {message}", file=sys.stderr)
+        metrics.update(clusters_below_min_size=len(small), smallest_cluster_size=min(small.values()))
+        tags["warning_small_clusters"] = message
 
     with DualLogger("train", dagshub_dir=args.dagshub_dir) as log:
         dump_model(args.model, model)
@@ -162,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         write_json(args.metrics, {**metrics, "k_rule": elbow.rule})
         log.log_params(flatten(params, "train."))
         log.log_metrics(metrics)
-        log.set_tags({"k_rule": elbow.rule})
+        log.set_tags(tags)
         log.log_artifact(args.model)
         log.log_artifact(args.elbow_plot)
         log.log_artifact(args.elbow_scores)
