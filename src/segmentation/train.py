@@ -14,9 +14,9 @@ from threadpoolctl import threadpool_limits
 
 from segmentation.config import TrainParams, flatten, load_section
 from segmentation.errors import UserError, stage_entrypoint
-from segmentation.files import dump_model, read_csv, save_figure, write_csv, write_json
+from segmentation.files import read_csv
 from segmentation.plotting import FIGURE_DPI, new_figure
-from segmentation.tracking import DualLogger
+from segmentation.stage import run as run_stage
 
 
 @dataclass
@@ -152,14 +152,14 @@ def main(argv: list[str] | None = None) -> None:
         "n_iter": int(model.n_iter_),
     }
 
-    with DualLogger("train", dagshub_dir=args.dagshub_dir) as log:
-        dump_model(args.model, model)
-        save_figure(args.elbow_plot, elbow.figure, dpi=FIGURE_DPI)
-        write_csv(
+    with run_stage("train", args.dagshub_dir) as (out, log):
+        out.dump_model(args.model, model)
+        out.save_figure(args.elbow_plot, elbow.figure, dpi=FIGURE_DPI)
+        out.write_csv(
             args.elbow_scores,
             pd.DataFrame({"k": elbow.k_values, "score": elbow.scores, "metric": params.metric}),
         )
-        write_json(args.metrics, {**metrics, "k_rule": elbow.rule})
+        out.write_json(args.metrics, {**metrics, "k_rule": elbow.rule})
         log.log_params(flatten(params, "train."))
         log.log_metrics(metrics)
         log.set_tags({"k_rule": elbow.rule})
