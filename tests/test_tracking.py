@@ -294,3 +294,18 @@ def test_bad_source_date_epoch_is_a_user_error_before_anything_is_written(projec
     with pytest.raises(UserError, match=r"SOURCE_DATE_EPOCH='yesterday': expected whole seconds"):
         DualLogger("train")
     assert not (project / "metrics").exists()
+
+
+def test_lineage_on_a_first_run_comes_from_dvc_yaml(project):
+    """A first `dvc repro`: the lock holds only preprocess when train runs; dvc.yaml says train reads its output."""
+    lock = yaml.safe_load(LOCK)
+    lock["stages"] = {"preprocess": lock["stages"]["preprocess"]}
+    (project / "dvc.lock").write_text(yaml.safe_dump(lock))
+    (project / "dvc.yaml").write_text(
+        "stages:\n"
+        "  preprocess:\n    cmd: x\n    deps: [data/raw/shop.csv]\n    outs:\n    - data/processed/matrix.csv:\n"
+        "        persist: true\n"
+        "  train:\n    cmd: y\n    deps: [data/processed/matrix.csv]\n    outs: [models/kmeans.joblib]\n"
+    )
+    lineage = upstream_lineage("train")
+    assert lineage.data_md5 == RAW_MD5 and lineage.params["preprocess.features"] == "spend,visits"

@@ -55,8 +55,7 @@ def logged(tmp_path_factory) -> Logged:
     from segmentation.tracking import DualLogger
 
     root = tmp_path_factory.mktemp("ui") / "project"
-    (root / "data").mkdir(parents=True)
-    (root / "data" / "raw.dvc").write_text("outs:\n- md5: 3b624fc2bdbe29fa5fb01bdd577f78cd\n  path: raw/x.csv\n")
+    root.mkdir(parents=True)
     (root / "pyproject.toml").write_text(f'[tool.segmentation]\nexperiment_name = "{EXPERIMENT}"\n')
     out = Logged(root)
     out.artifacts = {
@@ -76,6 +75,7 @@ def logged(tmp_path_factory) -> Logged:
             with DualLogger(stage, root=root) as log:
                 log.log_params(params)
                 log.log_metrics(metrics)
+                log.log_data("data/raw/x.csv", "3b624fc2bdbe29fa5fb01bdd577f78cd")  # tagged raw_data_md5
                 if stage == "train":
                     for name in out.artifacts:
                         log.log_artifact(root / name)

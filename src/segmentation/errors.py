@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 
@@ -12,17 +14,50 @@ class UserError(Exception):
 
 
 def stage_entrypoint(func: Callable[..., None]) -> Callable[..., None]:
-    """Run a stage's ``main``; a :class:`UserError` prints ``error: ...`` and exits with status 2.
+    """Run a stage's ``main``; a :class:`UserError` prints ``error: ...`` and exits with status 2, Ctrl-C one
+    ``interrupted: ...`` line and status 130.
 
     Anything else is a bug in the template and keeps its traceback.
     """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs) -> None:
+        previous = _watch_interrupts()
         try:
             func(*args, **kwargs)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            spec = getattr(sys.modules.get(func.__module__), "__spec__", None)  # `python -m` runs it as __main__
+            name = (spec.name if spec else func.__module__).rpartition(".")[2]
+            print(f"interrupted: {name} stopped; its outputs are replaced all together or not at all", file=sys.stderr)
+            raise SystemExit(130) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
 
     return wrapper
+
+
+_interrupted = False
+
+
+def _on_sigint(signum, frame) -> None:
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def _watch_interrupts():
+    """Note Ctrl-C as well as raising KeyboardInterrupt: Python drops an interrupt that lands in a finalizer
+    ("Exception ignored in ..."), and the stage would then go on to commit."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, _on_sigint)
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C came at any point, even one where Python swallowed it."""
+    if _interrupted:
+        raise KeyboardInterrupt

@@ -18,9 +18,9 @@ from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silho
 from segmentation.config import EvaluateParams, flatten, parse_section, read_params_file
 from segmentation.data import as_categories
 from segmentation.errors import UserError, stage_entrypoint
-from segmentation.files import load_model, read_csv, read_matrix, save_figure, write_csv, write_json
+from segmentation.files import load_model, read_csv, read_matrix
 from segmentation.plotting import FIGURE_DPI, new_figure
-from segmentation.tracking import DualLogger
+from segmentation.stage import run as run_stage
 
 CLUSTER_COLUMN = "cluster"
 # The model's inertia on the matrix must equal the inertia it was fitted with, up to float summation order
@@ -269,12 +269,12 @@ def main(argv: list[str] | None = None) -> None:
         "profile.png": profile_plot(result.profile),
     }
 
-    with DualLogger("evaluate", dagshub_dir=args.dagshub_dir) as log:
-        write_csv(args.segments, result.segments)
-        write_csv(args.profile, result.profile)
-        write_json(args.metrics, result.metrics)
+    with run_stage("evaluate", args.dagshub_dir) as (out, log):
+        out.write_csv(args.segments, result.segments)
+        out.write_csv(args.profile, result.profile)
+        out.write_json(args.metrics, result.metrics)
         for name, fig in figures.items():
-            save_figure(f"{args.plots_dir}/{name}", fig, dpi=FIGURE_DPI)
+            out.save_figure(f"{args.plots_dir}/{name}", fig, dpi=FIGURE_DPI)
             log.log_artifact(f"{args.plots_dir}/{name}")
         log.log_artifact(args.profile)
         # The k the model was trained with decides every result here; train's params come from dvc.lock.

@@ -16,8 +16,9 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from segmentation import data, features
 from segmentation.config import ROW_ID_COLUMN, PreprocessParams, flatten, load_section
 from segmentation.errors import UserError, stage_entrypoint
-from segmentation.files import LineLocator, dump_model, write_csv, write_json
-from segmentation.tracking import DualLogger, file_md5
+from segmentation.files import LineLocator
+from segmentation.stage import run as run_stage
+from segmentation.tracking import file_md5
 
 
 @dataclass
@@ -220,11 +221,11 @@ def main(argv: list[str] | None = None) -> None:
     params: PreprocessParams = load_section("preprocess", args.params)
     raw = data.load_csv(params.data)
     result = preprocess(raw, params, source=params.data.path)
-    with DualLogger("preprocess", dagshub_dir=args.dagshub_dir) as log:
-        write_csv(args.features, result.features)
-        write_csv(args.matrix, result.matrix)
-        dump_model(args.transformer, result.transformer)
-        write_json(args.metrics, result.metrics)
+    with run_stage("preprocess", args.dagshub_dir) as (out, log):
+        out.write_csv(args.features, result.features)
+        out.write_csv(args.matrix, result.matrix)
+        out.dump_model(args.transformer, result.transformer)
+        out.write_json(args.metrics, result.metrics)
         log.log_params(flatten(params, "preprocess."))
         log.log_data(params.data.path, file_md5(params.data.path))
         log.log_metrics(result.metrics)

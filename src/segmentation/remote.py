@@ -27,11 +27,13 @@ from pathlib import Path
 
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.tracking import (
+    PENDING_DIR,
     TrackingSettings,
     dagshub_host,
     dagshub_url,
     project_config,
     project_root,
+    record_kept_runs,
     redact_uri,
     sync,
 )
@@ -203,8 +205,11 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(describe(root)))
     else:
         settings = TrackingSettings.resolve(root)
+        kept = record_kept_runs(settings, root)
+        if kept:
+            print(f"recorded {kept} run(s) kept in {PENDING_DIR}/ in the local store ({safe_url(settings.local_uri)})")
         if not settings.is_remote:
-            print(f"nothing to sync: tracking is local ({safe_url(settings.tracking_uri)})")
+            print(f"nothing to deliver: tracking is local ({safe_url(settings.tracking_uri)})")
             return
         report = sync(settings, root, include_all=args.all)
         print(

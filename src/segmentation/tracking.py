@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,20 +199,25 @@ def _flat_section(key: str, value: Any) -> dict[str, Any]:
 def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
     """The params of every stage upstream of ``stage`` and the raw data's path and md5, from ``dvc.lock``.
 
-    DVC writes a stage's entry as soon as it has run, so during ``dvc repro`` / ``dvc exp run`` the entries of the
-    upstream stages describe exactly the inputs this stage reads. Outside DVC (a stage run by hand) they describe
-    the last pipeline run. A missing or unreadable lock gives an empty lineage.
+    Which stages are upstream comes from the pipeline's definition (``dvc.yaml`` beside the lock; on a first run
+    the lock has no entry for this stage yet) and from the lock. DVC writes a stage's entry as soon as it has run,
+    so during ``dvc repro`` / ``dvc exp run`` the entries of the upstream stages describe exactly the inputs this
+    stage reads; outside DVC (a stage run by hand), the last pipeline run. No lock: an empty lineage.
     """
+    lock_path = Path(lock_path)
     try:
-        stages = yaml.safe_load(Path(lock_path).read_text(encoding="utf-8"))["stages"]
+        stages = yaml.safe_load(lock_path.read_text(encoding="utf-8"))["stages"]
     except (OSError, yaml.YAMLError, TypeError, KeyError):
         return Lineage()
-    producer = {out["path"]: name for name, entry in stages.items() for out in entry.get("outs") or []}
+    deps_of, producer = _pipeline_graph(lock_path.with_name("dvc.yaml"))
+    for name, entry in stages.items():
+        deps_of.setdefault(name, set()).update(d["path"] for d in entry.get("deps") or [])
+        producer.update({out["path"]: name for out in entry.get("outs") or []})
     upstream: list[str] = []
     todo = [stage]
     while todo:
-        for dep in (stages.get(todo.pop()) or {}).get("deps") or []:
-            name = producer.get(dep["path"])
+        for dep in sorted(deps_of.get(todo.pop(), ())):
+            name = producer.get(dep)
             if name and name != stage and name not in upstream:
                 upstream.append(name)
                 todo.append(name)
@@ -226,6 +232,37 @@ def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
     return Lineage(params, data_path, deps.get(data_path) if data_path else None)
 
 
+def _pipeline_graph(dvc_yaml: Path) -> tuple[dict[str, set[str]], dict[str, str]]:
+    """(stage -> its dependency paths, output path -> its stage) as ``dvc.yaml`` declares them (literal paths)."""
+    try:
+        stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return {}, {}
+    deps_of: dict[str, set[str]] = {}
+    producer: dict[str, str] = {}
+    for name, stage in stages.items():
+        deps_of[name] = {d for d in stage.get("deps") or [] if isinstance(d, str)}
+        for kind in ("outs", "metrics", "plots"):
+            for out in stage.get(kind) or []:
+                path = out if isinstance(out, str) else next(iter(out), None) if isinstance(out, dict) else None
+                if path:
+                    producer[path] = name
+    return deps_of, producer
+
+
+def dvc_process():
+    """The DVC process (``dvc repro``, ``dvc exp run``, a queue worker) that this stage runs under, or None."""
+    import psutil
+
+    for proc in psutil.Process().parents():
+        try:
+            if any(Path(arg).name == "dvc" for arg in proc.cmdline()[:3]):
+                return proc
+        except psutil.Error:
+            continue
+    return None
+
+
 def pipeline_run_id(environ: dict[str, str] | None = None) -> str:
     """An ID shared by the stages of one pipeline execution.
 
@@ -238,14 +275,7 @@ def pipeline_run_id(environ: dict[str, str] | None = None) -> str:
         return env[ENV_PIPELINE_RUN]
     import psutil
 
-    anchor = psutil.Process()
-    for proc in anchor.parents():
-        try:
-            if any(Path(arg).name == "dvc" for arg in proc.cmdline()[:3]):
-                anchor = proc
-                break
-        except psutil.Error:
-            continue
+    anchor = dvc_process() or psutil.Process()
     seed = f"{socket.gethostname()}:{anchor.pid}:{anchor.create_time()}"
     return hashlib.sha1(seed.encode()).hexdigest()[:16]
 
@@ -311,6 +341,7 @@ class DualLogger:
         self.lock_path = Path(lock_path)
         self.dagshub_timestamp_ms = dagshub_timestamp()  # a bad SOURCE_DATE_EPOCH fails before anything is written
         self.run_id: str | None = None
+        self._replayed = 0
 
     # -- collecting ---------------------------------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
@@ -346,9 +377,15 @@ class DualLogger:
             self.close()
 
     def close(self) -> None:
-        """Write the DagsHub files, then the MLflow run."""
-        self._write_dagshub()
-        self._write_mlflow()
+        """Write the DagsHub files (on their own) and the MLflow run. Stages use :func:`segmentation.stage.run`,
+        which commits the DagsHub files together with the stage's other outputs."""
+        from segmentation.files import StageOutputs
+
+        with StageOutputs() as outputs:
+            self.stage_dagshub_files(outputs)
+            self.log_run(outputs)
+            outputs.commit()
+        self.deliver()
 
     def _standard_tags(self, lineage: Lineage) -> dict[str, str]:
         tags = {
@@ -367,17 +404,15 @@ class DualLogger:
             tags["dvc_exp_name"] = os.environ[ENV_EXP_NAME]
         return {**tags, **self.record.tags}
 
-    def _write_dagshub(self) -> None:
-        """Write ``params.yml`` and ``metrics.csv`` with the DagsHub client's logger.
+    def stage_dagshub_files(self, outputs) -> None:
+        """Write ``params.yml`` and ``metrics.csv`` with the DagsHub client's logger, as part of ``outputs``
+        (a :class:`segmentation.files.StageOutputs`).
 
         The logger stamps each metric row with a time. For byte-stable, meaningful files: a ``metrics.csv`` whose
         names, values and steps are unchanged is kept as it was (with the time its values were first logged);
         otherwise rows get the time of ``SOURCE_DATE_EPOCH`` when set, else the time of logging.
         """
         from dagshub.logger import DAGsHubLogger
-
-        # Imported here: segmentation.files brings pandas and joblib, which `segmentation.remote` does not need.
-        from segmentation.files import atomic_path
 
         stamp = self.dagshub_timestamp_ms
 
@@ -387,50 +422,213 @@ class DualLogger:
 
         out = self.dagshub_dir  # relative to the working directory, like every other stage output
         metrics_path = out / "metrics.csv"
-        with atomic_path(metrics_path) as metrics_tmp, atomic_path(out / "params.yml") as params_tmp:
-            logger = StampedLogger(metrics_path=str(metrics_tmp), hparams_path=str(params_tmp), eager_logging=False)
-            logger.log_hyperparams(self.record.params)
-            if self.record.metrics:
-                logger.log_metrics(self.record.metrics, step_num=1)
-            logger.save()
-            logger.close()
-            if metrics_path.is_file() and _metric_rows(metrics_path) == _metric_rows(metrics_tmp):
-                shutil.copyfile(metrics_path, metrics_tmp)  # same values: keep the file, and its times, as it was
+        metrics_tmp, params_tmp = outputs.path(metrics_path), outputs.path(out / "params.yml")
+        logger = StampedLogger(metrics_path=str(metrics_tmp), hparams_path=str(params_tmp), eager_logging=False)
+        logger.log_hyperparams(self.record.params)
+        if self.record.metrics:
+            logger.log_metrics(self.record.metrics, step_num=1)
+        logger.save()
+        logger.close()
+        if metrics_path.is_file() and _metric_rows(metrics_path) == _metric_rows(metrics_tmp):
+            shutil.copyfile(metrics_path, metrics_tmp)  # same values: keep the file, and its times, as it was
 
-    def _write_mlflow(self) -> None:
-        from mlflow.entities import Metric, Param
-        from mlflow.tracking import MlflowClient
+    def log_run(self, outputs) -> None:
+        """Log the run to the local MLflow store, with its artifacts read from ``outputs`` (a
+        :class:`segmentation.files.StageOutputs`) before they are committed: a stage stopped while logging (killed,
+        Ctrl-C) has replaced none of its outputs, so they stay in step with ``dvc.lock``.
 
+        Tracking is a record of the results, never a reason to lose them: when the local store cannot take the run
+        (corrupt or read-only ``mlflow.db``, an unknown URI scheme, a store locked for too long) the stage goes on,
+        prints one ``warning:`` line, and the run waits in ``mlruns-pending/`` until the store works again (the next
+        stage's logging or ``make sync`` records it).
+        """
         s = self.settings
         lineage = upstream_lineage(self.record.stage, self.lock_path)
-        # Upstream params first: a stage's own values win where a key appears in both.
-        params = {**lineage.params, **self.record.params}
-        local = MlflowClient(tracking_uri=s.local_uri)
-        experiment_id = _experiment_id(local, s.experiment_name, s.artifact_location)
-        run = local.create_run(
-            experiment_id,
-            start_time=self.record.started_ms,
-            run_name=self.record.stage,
+        artifacts = [(outputs.staged(p) if outputs is not None else None) or p for p in self.record.artifacts]
+        self._pending = PendingRun(
+            stage=self.record.stage,
+            # Upstream params first: a stage's own values win where a key appears in both.
+            params={**lineage.params, **self.record.params},
+            metrics=dict(self.record.metrics),
             tags=self._standard_tags(lineage),
+            artifacts=[str(p) for p in artifacts],
+            start_time=self.record.started_ms,
+            end_time=now_ms(),
         )
-        self.run_id = run.info.run_id
-        ts = now_ms()
-        metrics = [Metric(k, float(v), ts, 0) for k, v in self.record.metrics.items()]
-        param_list = [Param(k, str(v)) for k, v in params.items()]
-        for i in range(0, max(len(param_list), len(metrics), 1), 100):  # MLflow's batch limit is 100 params
-            local.log_batch(self.run_id, metrics=metrics[i : i + 100], params=param_list[i : i + 100])
-        for path in self.record.artifacts:
-            local.log_artifact(self.run_id, str(path))
-        local.set_terminated(self.run_id, "FINISHED", end_time=now_ms())
+        try:
+            with local_store_lock(self.root), _quiet_mlflow():
+                local = MlflowClientFor(s.local_uri)
+                self.run_id = record_run(local, s, self._pending, self.root)
+                if s.is_remote:  # pending until delivered: a stage stopped while delivering leaves it for sync
+                    local.set_tag(self.run_id, f"{PENDING_TAG}_{remote_key(s.tracking_uri)}", s.display_uri)
+                self._replayed = replay_pending(local, s, self.root)
+        except Exception as exc:  # any store failure: keep the record, never the stage's results at stake
+            folder = self._pending.save(self.root, artifacts)
+            print(
+                f"warning: MLflow store {redact_uri(s.local_uri)}: {describe_store_failure(exc)}; the run is kept in "
+                f"{folder.relative_to(self.root)}/ and recorded by the next stage or `make sync` once the store "
+                "works (move a broken mlflow.db aside, or fix its permissions)",
+                file=sys.stderr,
+            )
+            self.run_id = None
+
+    def deliver(self) -> None:
+        """After the commit: copy the run to the remote tracker, if one is configured, and say where it went."""
+        s = self.settings
+        if self.run_id is None:
+            return
         where = f"{redact_uri(s.local_uri)}, experiment {s.experiment_name!r}"
-        if s.is_remote:
-            delivered = deliver_or_keep(local, self.run_id, s, self.root)
-            if delivered:
-                where = f"{s.display_uri} and the local store, experiment {s.experiment_name!r}"
+        if s.is_remote and deliver_or_keep(MlflowClientFor(s.local_uri), self.run_id, s, self.root):
+            where = f"{s.display_uri} and the local store, experiment {s.experiment_name!r}"
+        extra = f" (and {self._replayed} run(s) kept from earlier)" if self._replayed else ""
         print(
-            f"{self.record.stage}: logged run {self.run_id} to MLflow ({where}) and {self.dagshub_dir}/",
+            f"{self.record.stage}: logged run {self.run_id}{extra} to MLflow ({where}) and {self.dagshub_dir}/",
             file=sys.stderr,
         )
+
+
+@contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """MLflow logs a store error with its traceback before raising it; the one warning line says it instead."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic", "sqlalchemy")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def MlflowClientFor(uri: str):
+    """An MLflow client for ``uri`` (imported here: mlflow costs ~1.3 s to import)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+PENDING_DIR = "mlruns-pending"
+LOCK_NAME = ".mlflow.lock"
+LOCK_WAIT_S = 120
+
+
+@dataclass
+class PendingRun:
+    """One stage's run as MLflow gets it; saved as JSON (with copies of its artifacts) when the store fails."""
+
+    stage: str
+    params: dict[str, Any]
+    metrics: dict[str, float | int]
+    tags: dict[str, str]
+    artifacts: list[str]
+    start_time: int
+    end_time: int
+
+    def save(self, root: Path, artifacts: list[Path]) -> Path:
+        """Write ``mlruns-pending/<start>-<stage>-<pid>/run.json`` and copies of the artifacts as they are now."""
+        import json
+
+        folder = root / PENDING_DIR / f"{self.start_time}-{self.stage}-{os.getpid()}"
+        (folder / "artifacts").mkdir(parents=True, exist_ok=True)
+        artifacts = [Path(p) for p in artifacts]
+        for path in artifacts:
+            if path.is_file():
+                shutil.copy2(path, folder / "artifacts" / path.name)
+        record = {**self.__dict__, "artifacts": [p.name for p in artifacts if p.is_file()]}
+        (folder / "run.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+        return folder
+
+
+def record_run(client, settings: TrackingSettings, run: PendingRun, root: Path, artifact_dir: Path | None = None):
+    """Create a finished run in the store behind ``client``; returns its ID."""
+    from mlflow.entities import Metric, Param
+
+    experiment_id = _experiment_id(client, settings.experiment_name, settings.artifact_location, settings.local_uri)
+    created = client.create_run(experiment_id, start_time=run.start_time, run_name=run.stage, tags=run.tags)
+    run_id = created.info.run_id
+    metrics = [Metric(k, float(v), run.end_time, 0) for k, v in run.metrics.items()]
+    params = [Param(k, str(v)) for k, v in run.params.items()]
+    for i in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limit is 100 params
+        client.log_batch(run_id, metrics=metrics[i : i + 100], params=params[i : i + 100])
+    for name in run.artifacts:
+        client.log_artifact(run_id, str(artifact_dir / name if artifact_dir else name))
+    client.set_terminated(run_id, "FINISHED", end_time=run.end_time)
+    return run_id
+
+
+def replay_pending(client, settings: TrackingSettings, root: Path) -> int:
+    """Record the runs kept in ``mlruns-pending/`` (oldest first) and remove them; returns how many."""
+    import json
+
+    folder = root / PENDING_DIR
+    done = 0
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        record_file = entry / "run.json"
+        if not record_file.is_file():
+            continue
+        run = PendingRun(**json.loads(record_file.read_text(encoding="utf-8")))
+        record_run(client, settings, run, root, artifact_dir=entry / "artifacts")
+        shutil.rmtree(entry)
+        done += 1
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return done
+
+
+def record_kept_runs(settings: TrackingSettings, root: Path) -> int:
+    """Record the runs waiting in ``mlruns-pending/`` in the local store (``make sync``); a store that still fails
+    is a :class:`~segmentation.errors.UserError` naming it."""
+    if not (root / PENDING_DIR).is_dir():
+        return 0
+    try:
+        with local_store_lock(root):
+            return replay_pending(MlflowClientFor(settings.local_uri), settings, root)
+    except Exception as exc:
+        from segmentation.errors import UserError
+
+        raise UserError(
+            f"MLflow store {redact_uri(settings.local_uri)}: {describe_store_failure(exc)}; runs stay in {PENDING_DIR}/"
+        ) from None
+
+
+@contextmanager
+def local_store_lock(root: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """One writer at a time on the local store: parallel stages (``dvc queue start -j 2``) would otherwise meet
+    SQLite's "database is locked". Bounded: past ``wait_s`` it gives up with :class:`TimeoutError`."""
+    import fcntl
+
+    with open(root / LOCK_NAME, "a+") as fh:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the store was locked by another stage for over {wait_s:.0f} s") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def describe_store_failure(exc: BaseException) -> str:
+    """One short line for a local store that cannot take a run."""
+    text = " ".join(str(exc).split())
+    for marker, meaning in (
+        ("readonly database", "read-only"),
+        ("file is not a database", "not an MLflow database (corrupt?)"),
+        ("database disk image is malformed", "corrupt"),
+        ("unable to open database", "cannot be opened"),
+        ("database is locked", "locked by another process"),
+    ):
+        if marker in text:
+            return meaning
+    return re.sub(r"(\w+://)[^/\s@]+@", r"\1", text)[:160] or type(exc).__name__
 
 
 def dagshub_timestamp(environ: Mapping[str, str] | None = None) -> int:
@@ -469,11 +667,42 @@ def remote_key(uri: str) -> str:
     return hashlib.sha1(redact_uri(uri).encode()).hexdigest()[:10]
 
 
-def _experiment_id(client, name: str, artifact_location: str | None = None) -> str:
+def _experiment_id(client, name: str, artifact_location: str | None = None, store_uri: str | None = None) -> str:
+    """The experiment's ID; created when missing, restored when deleted (one line says so).
+
+    For the embedded local store (``artifact_location`` given), an experiment whose artifacts live elsewhere (the
+    project was copied or moved) is pointed back inside the project.
+    """
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+        print(f"note: MLflow experiment {name!r} had been deleted; restored it, with its runs", file=sys.stderr)
+    if artifact_location and store_uri and experiment.artifact_location != artifact_location:
+        relocate_artifacts(store_uri, experiment.experiment_id, experiment.artifact_location, artifact_location)
+    return experiment.experiment_id
+
+
+def relocate_artifacts(store_uri: str, experiment_id: str, old: str, new: str) -> None:
+    """Point an experiment and its runs from ``old`` to ``new`` in a SQLite store.
+
+    MLflow records absolute artifact paths; after ``cp -a proj proj2`` or ``mv``, runs would write into (or
+    recreate) the old folder. MLflow's API cannot change an experiment's artifact location, so the two columns are
+    updated in the store itself; the artifacts of earlier runs are where the copy put them, under ``new``.
+    """
+    import sqlite3
+
+    if not store_uri.startswith("sqlite:///"):
+        return
+    with sqlite3.connect(store_uri.removeprefix("sqlite:///")) as db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(experiment_id)))
+        db.execute(
+            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?)"
+            " WHERE experiment_id = ? AND artifact_uri LIKE ?",
+            (new, len(old) + 1, int(experiment_id), f"{old}%"),
+        )
+    print(f"note: the project has moved: MLflow artifacts now go to {new} (were {old})", file=sys.stderr)
 
 
 def bound_http_requests(environ: MutableMapping[str, str] | None = None) -> None:
@@ -507,6 +736,7 @@ def deliver_or_keep(local, run_id: str, settings: TrackingSettings, root: Path) 
         deliver_run(local, run_id, MlflowClient(tracking_uri=settings.tracking_uri), settings)
         return True
     except Exception as exc:  # any failure of the remote must leave the stage's results intact
+        # Tagged pending when recorded (DualLogger.record); for other callers, tag it here.
         local.set_tag(run_id, f"{PENDING_TAG}_{remote_key(settings.tracking_uri)}", settings.display_uri)
         if not _warned:
             _warned = True

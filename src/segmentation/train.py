@@ -15,9 +15,9 @@ from threadpoolctl import threadpool_limits
 
 from segmentation.config import TrainParams, flatten, load_section
 from segmentation.errors import UserError, stage_entrypoint
-from segmentation.files import dump_model, read_matrix, save_figure, write_csv, write_json
+from segmentation.files import read_matrix
 from segmentation.plotting import FIGURE_DPI, new_figure
-from segmentation.tracking import DualLogger
+from segmentation.stage import run as run_stage
 
 
 @dataclass
@@ -231,14 +231,14 @@ def main(argv: list[str] | None = None) -> None:
         metrics.update(clusters_below_min_size=len(small), smallest_cluster_size=min(small.values()))
         tags["warning_small_clusters"] = message
 
-    with DualLogger("train", dagshub_dir=args.dagshub_dir) as log:
-        dump_model(args.model, model)
-        save_figure(args.elbow_plot, elbow.figure, dpi=FIGURE_DPI)
-        write_csv(
+    with run_stage("train", args.dagshub_dir) as (out, log):
+        out.dump_model(args.model, model)
+        out.save_figure(args.elbow_plot, elbow.figure, dpi=FIGURE_DPI)
+        out.write_csv(
             args.elbow_scores,
             pd.DataFrame({"k": elbow.k_values, "score": elbow.scores, "metric": params.metric}),
         )
-        write_json(args.metrics, {**metrics, "k_rule": elbow.rule})
+        out.write_json(args.metrics, {**metrics, "k_rule": elbow.rule})
         log.log_params(flatten(params, "train."))
         log.log_metrics(metrics)
         log.set_tags(tags)

@@ -1,0 +1,64 @@
+"""The runner every stage's CLI shares: outputs committed all together, then the run logged."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from segmentation.errors import UserError, raise_if_interrupted
+from segmentation.files import StageOutputs
+from segmentation.tracking import DualLogger, dvc_process
+
+# The dvc process this stage runs under, looked up when the stage starts (its CLI imports this module first): once
+# dvc is killed, the stage is re-parented and its ancestry no longer shows it.
+STARTED_BY_DVC = dvc_process()
+
+
+@contextmanager
+def run(stage: str, dagshub_dir: str | Path) -> Iterator[tuple[StageOutputs, DualLogger]]:
+    """Collect a stage's outputs and its record; on success commit them together, then log the run.
+
+    Inside the block, write every output through ``outputs`` and record params, metrics and artifacts on ``log``.
+    If the block fails (an error, Ctrl-C), nothing is replaced and nothing is logged. Then the DagsHub logger
+    files join the other outputs, the run is logged to the local MLflow store (a store problem only warns), and
+    all outputs are moved into place at once; last, the run is delivered to a remote tracker if there is one.
+
+    Under DVC, a stage whose ``dvc`` process has gone (killed) commits nothing: DVC could not record the new
+    outputs in ``dvc.lock``, so they would be out of step with it.
+    """
+    log = DualLogger(stage, dagshub_dir=dagshub_dir)
+    dvc = STARTED_BY_DVC
+    with StageOutputs() as outputs:
+        yield outputs, log
+        log.stage_dagshub_files(outputs)
+        # DVC sets DVC_STAGE for the commands it runs: under DVC, its process must still be there to record us.
+        _require_dvc(stage, dvc)
+        log.log_run(outputs)  # MLflow reads the artifacts from the staged files
+        _require_dvc(stage, dvc)
+        outputs.commit()
+    log.deliver()
+
+
+def _require_dvc(stage: str, dvc) -> None:
+    """Stop before the commit if Ctrl-C came (even one Python swallowed) or if dvc has gone.
+
+    Under DVC (it sets DVC_STAGE for the commands it runs), its process must still be there to record the new
+    outputs in dvc.lock; if it has gone (killed), committing them would put them out of step with it."""
+    raise_if_interrupted()
+    if os.environ.get("DVC_STAGE") and (dvc is None or not _alive(dvc)):
+        raise UserError(
+            f"{stage}: dvc stopped before the stage finished (killed?); outputs left as they were, in step with "
+            "dvc.lock: run dvc repro again"
+        )
+
+
+def _alive(proc) -> bool:
+    """True while ``proc`` (a psutil.Process) runs: a killed process not yet reaped is a zombie, not alive."""
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

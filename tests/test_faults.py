@@ -1,0 +1,325 @@
+"""Failures halfway, through the real stages and `dvc repro`: a stage commits all of its outputs or none, and a
+broken tracking store never costs the results.
+
+Real faults only: an immutable folder or file (`chattr +i`, which stops root too), a full disk (a small tmpfs the
+test mounts and removes), SIGKILL of the stage and of dvc at several moments, Ctrl-C, and a corrupt, read-only,
+deleted or unknown MLflow store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline_helpers import copy_project, project_env, run, use_fixture_data
+from segmentation.errors import UserError
+from segmentation.files import StageOutputs
+
+pytestmark = pytest.mark.pipeline
+
+RESULT_DIRS = ("data", "models", "metrics", "reports")
+EXPERIMENT = "customer-segmentation"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The project on the tests' own params and data, after one `dvc repro`, results committed."""
+    root = copy_project(tmp_path_factory.mktemp("faults") / "project")
+    env = project_env(root.parent)
+    use_fixture_data(root, env)
+    run(["dvc", "repro"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "results"], root, env)
+    return root, env
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every result file (and dvc.lock), by content."""
+    files = {p for d in RESULT_DIRS for p in (root / d).rglob("*") if p.is_file()} | {root / "dvc.lock"}
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(files)}
+
+
+def assert_intact(root: Path, env, before: dict[str, bytes]) -> None:
+    """Every earlier result byte-identical, in step with dvc.lock, no temporary file left behind."""
+    after = snapshot(root)
+    assert sorted(after) == sorted(before), set(after) ^ set(before)
+    changed = [p for p in before if after[p] != before[p]]
+    assert changed == [], changed
+    assert json.loads(run(["dvc", "status", "--json", "dvc.yaml"], root, env).stdout) == {}
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+@contextmanager
+def immutable(*paths: Path):
+    run(["chattr", "+i", *map(str, paths)], paths[0].parent, os.environ.copy())
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, paths)], check=False)
+
+
+def test_an_unwritable_folder_after_the_first_outputs_changes_nothing(project):
+    """evaluate stages segments, profile and metrics first; the figure folder then refuses: nothing is replaced."""
+    root, env = project
+    before = snapshot(root)
+    with immutable(root / "reports/figures/evaluate"):
+        failed = run(["dvc", "repro", "--force", "--single-item", "evaluate"], root, env, check=False)
+    assert failed.returncode != 0
+    (line,) = error_lines(failed)
+    assert line.startswith("error: reports/figures/evaluate/clusters_2d.png: cannot write (Operation not permitted)")
+    assert "Traceback" not in failed.stderr
+    assert_intact(root, env, before)
+    assert not list((root / "data").glob(".segments.csv.*.tmp"))
+
+
+def test_an_immutable_output_file_changes_nothing(project):
+    root, env = project
+    before = snapshot(root)
+    with immutable(root / "metrics/evaluate.json"):
+        failed = run(["dvc", "repro", "--force", "--single-item", "evaluate"], root, env, check=False)
+    assert failed.returncode != 0
+    (line,) = error_lines(failed)
+    assert "metrics/evaluate.json: cannot replace (Operation not permitted); earlier results are unchanged" in line
+    assert_intact(root, env, before)
+
+
+def test_a_full_disk_changes_nothing(project, tmp_path):
+    root, env = project
+    before = snapshot(root)
+    folder = root / "reports/figures/evaluate"
+    saved = {p.name: p.read_bytes() for p in folder.iterdir()}
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        for name, data in saved.items():  # the same figures, on a disk with no room for new ones
+            (folder / name).write_bytes(data)
+        try:
+            with open(folder / "filler", "wb", buffering=0) as fh:
+                while True:
+                    fh.write(b"\0" * 4096)
+        except OSError:  # the disk is full
+            pass
+        failed = run(["dvc", "repro", "--force", "--single-item", "evaluate"], root, env, check=False)
+        assert failed.returncode != 0
+        (line,) = error_lines(failed)
+        assert "cannot write (No space left on device); earlier results are unchanged" in line
+        assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "filler"} == saved
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+    assert_intact(root, env, before)
+
+
+def test_commit_puts_back_what_it_replaced_when_a_move_fails(tmp_path, monkeypatch):
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_text(f"old {name}")
+    real_replace = os.replace
+    calls = []
+
+    def flaky_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the second output's move fails (after the first one was moved into place)
+            raise OSError(5, "Input/output error", str(dst))
+        return real_replace(src, dst)
+
+    with StageOutputs() as out:
+        for name in ("a", "b", "c"):
+            out.path(tmp_path / name).write_text(f"new {name}")
+        monkeypatch.setattr(os, "replace", flaky_replace)
+        with pytest.raises(
+            UserError, match=r"/b: cannot replace \(Input/output error\); earlier results are unchanged"
+        ):
+            out.commit()
+        monkeypatch.setattr(os, "replace", real_replace)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a": "old a", "b": "old b", "c": "old c"}
+
+
+def stage_process(dvc: subprocess.Popen, module: str, timeout: float = 120) -> psutil.Process | None:
+    """The stage process (python -m segmentation.<module>) that dvc started, once it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and dvc.poll() is None:
+        for child in psutil.Process(dvc.pid).children(recursive=True):
+            try:
+                if f"segmentation.{module}" in child.cmdline():
+                    return child
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
+    return None
+
+
+def set_param(root: Path, key: str, value) -> str:
+    """Set train.<key> in params.yaml; returns the previous file text."""
+    text = (root / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    params["train"][key] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return text
+
+
+@pytest.mark.parametrize("victim", ["stage", "dvc"])
+@pytest.mark.parametrize("delay_s", [0.0, 1.5, 3.0])
+def test_kill_9_at_several_moments_then_repro_recovers(project, victim, delay_s):
+    """SIGKILL while train runs with a changed param: outputs stay in step with dvc.lock; the next repro recovers."""
+    root, env = project
+    before = snapshot(root)
+    good = set_param(root, "n_init", 3)  # a new model: a commit of new outputs would be visible
+    try:
+        dvc = subprocess.Popen(
+            ["dvc", "repro", "--single-item", "train"], cwd=root, env=env, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        stage = stage_process(dvc, "train")
+        assert stage is not None, "the train stage never started"
+        time.sleep(delay_s)
+        (stage if victim == "stage" else psutil.Process(dvc.pid)).kill()
+        if victim == "dvc":
+            stage.wait(120)  # the orphaned stage sees dvc gone and commits nothing
+        dvc.communicate(timeout=120)
+        # Outputs and dvc.lock agree: either the stage ran to the end and DVC recorded it, or nothing was replaced.
+        status = json.loads(run(["dvc", "status", "--json", "dvc.yaml"], root, env).stdout)
+        if status:
+            assert not any("changed outs" in item for item in status.get("train", []) if isinstance(item, dict))
+            assert snapshot(root) == before, [p for p, b in before.items() if snapshot(root).get(p) != b]
+        recovered = run(["dvc", "repro"], root, env)
+        assert "Running stage 'train'" in recovered.stdout
+        assert json.loads(run(["dvc", "status", "--json", "dvc.yaml"], root, env).stdout) == {}
+    finally:
+        (root / "params.yaml").write_text(good)
+        run(["dvc", "repro"], root, env)
+    # Back on the committed params: the committed results (the DagsHub files carry the times of the changes).
+    assert run(["git", "status", "--porcelain", "--", "metrics/*.json", "reports"], root, env).stdout == ""
+    run(["git", "reset", "-q", "--hard"], root, env)  # dvc autostages dvc.lock: back to HEAD, index too
+    run(["dvc", "checkout"], root, env)
+    assert snapshot(root) == before
+
+
+def test_ctrl_c_prints_one_line_and_changes_nothing(project):
+    root, env = project
+    before = snapshot(root)
+    cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["train"]["cmd"].split()
+    stage = subprocess.Popen(
+        [sys.executable, *cmd[1:]], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(2.5)  # inside imports or the elbow search
+    stage.send_signal(signal.SIGINT)
+    _, stderr = stage.communicate(timeout=120)
+    assert stage.returncode == 130, stderr
+    assert stderr.strip().splitlines() == [
+        "interrupted: train stopped; its outputs are replaced all together or not at all"
+    ]
+    assert_intact(root, env, before)
+
+
+def mlflow_runs(root: Path, stage: str | None = None):
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return client, [r for r in runs if stage is None or r.info.run_name == stage]
+
+
+def test_a_deleted_experiment_is_restored(project):
+    root, env = project
+    client, runs = mlflow_runs(root)
+    client.delete_experiment(runs[0].info.experiment_id)  # one click in the MLflow UI
+    proc = run(["dvc", "repro", "--force", "--single-item", "evaluate"], root, env)
+    assert f"note: MLflow experiment '{EXPERIMENT}' had been deleted; restored it, with its runs" in proc.stderr
+    client, after = mlflow_runs(root)
+    assert client.get_experiment(runs[0].info.experiment_id).lifecycle_stage == "active"
+    assert len(after) == len(runs) + 1
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "read-only", "unknown scheme"])
+def test_a_broken_store_warns_keeps_the_run_and_sync_records_it_later(project, fault):
+    root, env = project
+    store = root / "mlflow.db"
+    good_store = store.read_bytes()
+    _, runs_before = mlflow_runs(root, "evaluate")
+    extra = {}
+    if fault == "corrupt":
+        store.write_bytes(b"this is not a database " * 100)
+    elif fault == "read-only":
+        run(["chattr", "+i", str(store)], root, env)
+    else:
+        extra = {"MLFLOW_TRACKING_URI": "foo://nowhere"}
+    try:
+        proc = run(["dvc", "repro", "--force", "--single-item", "evaluate"], root, {**env, **extra})
+    finally:
+        subprocess.run(["chattr", "-i", str(store)], check=False)
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "the run is kept in mlruns-pending/" in warnings[0] and "`make sync`" in warnings[0]
+    # The stage's results are in place and recorded by DVC.
+    assert json.loads(run(["dvc", "status", "--json", "dvc.yaml"], root, env).stdout) == {}
+    (kept,) = (root / "mlruns-pending").iterdir()
+    record = json.loads((kept / "run.json").read_text())
+    assert record["stage"] == "evaluate" and "silhouette" in record["metrics"]
+    assert (kept / "artifacts" / "cluster_profile.csv").is_file()
+
+    store.write_bytes(good_store)  # the user repairs the store (or moves it aside)
+    synced = run([sys.executable, "-m", "segmentation.remote", "sync"], root, env)
+    assert "recorded 1 run(s) kept in mlruns-pending/" in synced.stdout
+    assert not (root / "mlruns-pending").exists()
+    client, runs_after = mlflow_runs(root, "evaluate")
+    assert len(runs_after) == len(runs_before) + 1
+    new = runs_after[-1]
+    assert new.data.metrics["silhouette"] == record["metrics"]["silhouette"]
+    assert "cluster_profile.csv" in {a.path for a in client.list_artifacts(new.info.run_id)}
+
+
+def test_a_copied_project_keeps_its_artifacts_inside_itself(project, tmp_path):
+    root, env = project
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, symlinks=True)  # cp -a
+    env = project_env(tmp_path)
+    proc = run(["dvc", "repro", "--force", "--single-item", "evaluate"], copy, env)
+    assert f"note: the project has moved: MLflow artifacts now go to {(copy / 'mlruns').as_uri()}" in proc.stderr
+    client = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment.artifact_location == (copy / "mlruns").as_uri()
+    runs = client.search_runs([experiment.experiment_id])
+    assert all(r.info.artifact_uri.startswith((copy / "mlruns").as_uri()) for r in runs)
+    newest = max(runs, key=lambda r: r.info.start_time)
+    assert (copy / "mlruns" / newest.info.run_id / "artifacts" / "profile.png").is_file()
+    assert not (root / "mlruns" / newest.info.run_id).exists()
+
+
+def test_queued_experiments_on_two_workers_are_all_recorded(project):
+    root, env = project
+    _, before = mlflow_runs(root)
+    for k_max in (3, 4, 5, 6):
+        run(["dvc", "exp", "run", "--queue", "-S", f"train.k_max={k_max}", "-n", f"q{k_max}"], root, env)
+    run(["dvc", "queue", "start", "-j", "2"], root, env)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], root, env).stdout
+        if not any(state in status for state in ("Running", "Queued")):
+            break
+        time.sleep(2)
+    logs = run(["dvc", "queue", "status"], root, env).stdout
+    assert "Failed" not in logs, logs
+    table = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
+    names = json.dumps(table)
+    for k_max in (3, 4, 5, 6):
+        assert f'"q{k_max}"' in names
+    _, after = mlflow_runs(root)
+    new = after[len(before) :]
+    trains = sorted(r.data.params["train.k_max"] for r in new if r.info.run_name == "train")
+    assert trains == ["3", "4", "5", "6"]
+    assert all("silhouette" in r.data.metrics for r in new if r.info.run_name == "evaluate")
+    assert not (root / "mlruns-pending").exists()
