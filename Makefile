@@ -24,7 +24,7 @@ export UV_COMPILE_BYTECODE := 1
 # uv from PATH, else a pinned copy installed into .uv/ (works where the system pip is locked down).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.uv/bin/uv)
 
-.PHONY: help setup repro experiment exps metrics plots ui check-deps test check lint format push pull dagshub remote sync bench clean
+.PHONY: help setup repro experiment exps metrics plots ui check-deps test test-all check lint format push pull dagshub remote sync bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -62,7 +62,13 @@ ui: ## Open the MLflow UI over the local store on http://127.0.0.1:5000 (PORT=..
 check-deps: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Check that the installed packages' requirements agree (uv pip check on .venv)
 	$(UV) pip check --python $(BIN)/python
 
-test: ## Run the test suite (unit + the real pipeline end to end)
+# The slow suites carry markers (pyproject.toml): `make test` leaves them to `make test-all`.
+FAST := not pipeline and not remote and not template and not ui
+
+test: ## Fast feedback (~2 min): unit and bad-input tests, your pipeline run once on your params and data
+	$(BIN)/python -m pytest -m "$(FAST)"
+
+test-all: ## The full suite, what CI runs: + end to end, faults, DagsHub servers, MLflow UI, template
 	$(BIN)/python -m pytest
 
 check: ## Check that the committed results reproduce: dvc.lock up to date, a fresh clone's repro leaves git clean

@@ -15,8 +15,6 @@ import yaml
 
 from pipeline_helpers import REPO, copy_project, project_env, run
 
-pytestmark = pytest.mark.pipeline
-
 
 def test_the_pipeline_runs_on_your_params_and_data(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -492,6 +492,8 @@ def _quiet_mlflow() -> Iterator[None]:
     """MLflow logs a store error with its traceback before raising it; the one warning line says it instead."""
     import logging
 
+    import mlflow  # noqa: F401 - configures its loggers on import: quiet them after that, not before
+
     loggers = [logging.getLogger(name) for name in ("mlflow", "alembic", "sqlalchemy")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
