@@ -24,7 +24,7 @@ export UV_COMPILE_BYTECODE := 1
 # uv from PATH, else a pinned copy installed into .uv/ (works where the system pip is locked down).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.uv/bin/uv)
 
-.PHONY: help setup repro experiment exps metrics plots ui check-deps test test-all check lint format push pull dagshub remote sync bench clean
+.PHONY: help setup repro experiment exps compare metrics plots ui check-deps test test-all check lint format push pull dagshub remote sync bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,12 +39,14 @@ setup: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Create .venv from
 repro: ## Run the pipeline (dvc repro): preprocess -> train -> evaluate
 	dvc repro
 
-experiment: ## Run a DVC experiment and show the table, e.g. make experiment ARGS="-S train.k_max=12"
-	dvc exp run $(ARGS)
-	dvc exp show --no-pager
+experiment: ## Run a DVC experiment in a temporary copy (workspace untouched), then the table: ARGS="-S train.k_max=12"
+	python -m segmentation.experiments run $(ARGS)
 
-exps: ## Show the experiments table
-	dvc exp show --no-pager
+exps: ## The experiments: changed params and key metrics, 80 columns (all columns: dvc exp show)
+	python -m segmentation.experiments show
+
+compare: ## Experiments side by side: params that differ, metrics, segment sizes (NAMES="exp1 exp2" to pick)
+	python -m segmentation.experiments compare $(NAMES)
 
 metrics: ## Show metrics and params differences against HEAD
 	dvc metrics show
