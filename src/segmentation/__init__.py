@@ -1,6 +1,9 @@
 """Reproducible customer segmentation: preprocess -> train -> evaluate."""
 
 import os
+import signal
+import sys
+import threading
 
 # No outside traffic from the tools the stages import (MLflow's telemetry, DVC's analytics, botocore's
 # metadata probe), unless the user explicitly set these variables.
@@ -11,3 +14,15 @@ for _name, _value in {
     "AWS_EC2_METADATA_DISABLED": "true",
 }.items():
     os.environ.setdefault(_name, _value)
+
+
+def _interrupted_while_loading(signum, frame) -> None:
+    # Nothing has been read or written yet: leave at once, with one line instead of an import traceback.
+    sys.stderr.write("interrupted: stopped while loading; nothing was changed\n")
+    os._exit(130)
+
+
+# `python -m segmentation.<stage>` imports this package first (sys.argv[0] is still "-m" then): Ctrl-C during the
+# seconds the libraries take to load gets one line. The stage's entry point then takes over (errors.py).
+if sys.argv[:1] == ["-m"] and threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, _interrupted_while_loading)
