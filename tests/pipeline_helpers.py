@@ -88,3 +88,22 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True, time
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_stage_cli(tmp_path: Path, module: str, args: list[str], **sections) -> subprocess.CompletedProcess:
+    """Run a stage's CLI (``python -m segmentation.<module> ARGS``) in ``tmp_path`` with a params.yaml of
+    ``sections``."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(sections))
+    return subprocess.run(
+        [sys.executable, "-m", f"segmentation.{module}", *args],
+        cwd=tmp_path, env=project_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def the_error(proc: subprocess.CompletedProcess, tmp_path: Path) -> str:
+    """Exactly one ``error:`` line, no traceback, exit 2, nothing written (no out/, no MLflow store)."""
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+    return lines[0]

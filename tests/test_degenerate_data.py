@@ -6,15 +6,13 @@ Small synthetic CSV files and frames built here; the preprocess stage CLI is run
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from pipeline_helpers import project_env
+from pipeline_helpers import run_stage_cli, the_error
 from segmentation.config import PreprocessParams
 from segmentation.data import load_csv
 from segmentation.errors import UserError
@@ -50,20 +48,7 @@ def table(rows: int = 8, **columns) -> pd.DataFrame:
 
 def run_preprocess(tmp_path: Path, preprocess_section: dict) -> subprocess.CompletedProcess:
     """The real stage CLI in ``tmp_path`` (its own params.yaml; outputs would go under out/)."""
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"preprocess": preprocess_section}))
-    return subprocess.run(
-        [sys.executable, "-m", "segmentation.preprocess", *OUTPUTS],
-        cwd=tmp_path, env=project_env(tmp_path), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-
-
-def the_error(proc: subprocess.CompletedProcess, tmp_path: Path) -> str:
-    """The stage failed with exactly one ``error:`` line, no traceback, and wrote nothing."""
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert not (tmp_path / "out").exists()
-    return lines[0]
+    return run_stage_cli(tmp_path, "preprocess", OUTPUTS, preprocess=preprocess_section)
 
 
 # --- the stage CLI: one line naming the file, the column and the physical line --------------------------------------

@@ -9,19 +9,18 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import joblib
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from pipeline_helpers import project_env
+from pipeline_helpers import run_stage_cli as stage
+from pipeline_helpers import the_error
 from segmentation.config import EvaluateParams, TrainParams, parse_section
 from segmentation.errors import UserError
 from segmentation.evaluate import check_model, evaluate, read_train_metrics
@@ -51,24 +50,6 @@ def uneven_blobs() -> np.ndarray:
     """Three well separated groups of 100, 100 and 20 rows."""
     X, _ = make_blobs(n_samples=[100, 100, 20], centers=[[0, 0], [10, 0], [0, 10]], cluster_std=0.5, random_state=0)
     return X
-
-
-def stage(tmp_path: Path, module: str, args: list[str], **sections) -> subprocess.CompletedProcess:
-    """Run a stage CLI in ``tmp_path`` with a params.yaml holding ``sections``."""
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(sections))
-    return subprocess.run(
-        [sys.executable, "-m", f"segmentation.{module}", *args],
-        cwd=tmp_path, env=project_env(tmp_path), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-
-
-def the_error(proc: subprocess.CompletedProcess, tmp_path: Path) -> str:
-    """Exactly one ``error:`` line, no traceback, exit 2, nothing written."""
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
-    return lines[0]
 
 
 # --- train: the rows must hold k_max clusters ------------------------------------------------------------------------

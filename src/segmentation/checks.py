@@ -119,27 +119,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("check", nargs="?", choices=["lock", "clone", "all"], default="all")
     args = parser.parse_args(argv)
     root = Path.cwd()
-    failed = False
-    if args.check in ("lock", "all"):
-        stale = stale_lock(root)
-        for line in stale:
-            print(f"error: {line}", file=sys.stderr)
-        if stale:
-            print("fix: run `dvc repro` and commit dvc.lock with the results", file=sys.stderr)
-            failed = True
-        else:
-            print("check: dvc.lock matches the code, params and data")
-    if args.check in ("clone", "all") and not failed:
-        differences = fresh_clone_differences(root)
-        for line in differences:
-            print(f"error: {line}", file=sys.stderr)
-        if differences:
-            print("fix: commit every result of `dvc repro` (dvc.lock, metrics/, reports/)", file=sys.stderr)
-            failed = True
-        else:
-            print("check: in a fresh clone, dvc repro and dvc repro --force leave git status empty")
-    if failed:
-        raise SystemExit(1)
+    checks = [
+        ("lock", stale_lock, "run `dvc repro` and commit dvc.lock with the results",
+         "dvc.lock matches the code, params and data"),
+        ("clone", fresh_clone_differences, "commit every result of `dvc repro` (dvc.lock, metrics/, reports/)",
+         "in a fresh clone, dvc repro and dvc repro --force leave git status empty"),
+    ]  # fmt: skip
+    for name, check, fix, passed in checks:
+        if args.check not in (name, "all"):
+            continue
+        problems = check(root)
+        if problems:  # a stale lock makes the clone check moot: stop at the first that fails
+            for line in problems:
+                print(f"error: {line}", file=sys.stderr)
+            print(f"fix: {fix}", file=sys.stderr)
+            raise SystemExit(1)
+        print(f"check: {passed}")
 
 
 if __name__ == "__main__":
