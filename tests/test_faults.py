@@ -312,10 +312,24 @@ def test_queued_experiments_on_two_workers_are_all_recorded(project):
         time.sleep(2)
     logs = run(["dvc", "queue", "status"], root, env).stdout
     assert "Failed" not in logs, logs
-    table = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
-    names = json.dumps(table)
+    revs = {
+        rev["name"]: rev["rev"]
+        for entry in json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
+        for group in entry.get("experiments") or []
+        for rev in group.get("revs") or []
+    }
     for k_max in (3, 4, 5, 6):
-        assert f'"q{k_max}"' in names
+        name = f"q{k_max}"
+        assert name in revs, revs
+        # Each experiment's DagsHub logger files are its own: its params, whole rows of its metrics.
+        params = yaml.safe_load(
+            run(["git", "show", f"{revs[name]}:metrics/dagshub/train/params.yml"], root, env).stdout
+        )
+        assert params["train.k_max"] == k_max
+        rows = run(["git", "show", f"{revs[name]}:metrics/dagshub/train/metrics.csv"], root, env).stdout.splitlines()
+        assert rows[0] == "Name,Value,Timestamp,Step" and all(len(r.split(",")) == 4 for r in rows[1:])
+        log = run(["dvc", "queue", "logs", name], root, env, check=False)
+        assert "database is locked" not in log.stdout + log.stderr and "warning: MLflow" not in log.stdout + log.stderr
     _, after = mlflow_runs(root)
     new = after[len(before) :]
     trains = sorted(r.data.params["train.k_max"] for r in new if r.info.run_name == "train")
