@@ -12,7 +12,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, copy_project, project_env, run, use_fixture_data
-from segmentation.tracking import TrackingSettings, file_md5
+from segmentation.lineage import file_md5
+from segmentation.tracking import TrackingSettings
 
 pytestmark = pytest.mark.pipeline
 

@@ -18,7 +18,7 @@ import yaml
 
 from pipeline_helpers import BIN, DAGSHUB_SINK, REPO, copy_project, project_env, run
 from segmentation.config import SECTIONS, load_section
-from segmentation.tracking import remote_key
+from segmentation.delivery import remote_key
 
 pytestmark = pytest.mark.template
 

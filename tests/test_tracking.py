@@ -8,18 +8,15 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from segmentation.delivery import bound_http_requests, describe_failure
 from segmentation.errors import UserError
+from segmentation.lineage import Lineage, pipeline_run_id, upstream_lineage
 from segmentation.tracking import (
     DualLogger,
-    Lineage,
     TrackingSettings,
     apply_dagshub_credentials,
-    bound_http_requests,
-    describe_failure,
-    pipeline_run_id,
     plain,
     redact_uri,
-    upstream_lineage,
 )
 
 RAW_MD5 = "0123456789abcdef0123456789abcdef"

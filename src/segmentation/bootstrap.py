@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from segmentation.tracking import file_md5
+from segmentation.lineage import file_md5
 
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",

@@ -17,8 +17,8 @@ from segmentation import data, features
 from segmentation.config import ROW_ID_COLUMN, PreprocessParams, flatten, load_section
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import LineLocator
+from segmentation.lineage import file_md5
 from segmentation.stage import run as run_stage
-from segmentation.tracking import file_md5
 
 
 @dataclass

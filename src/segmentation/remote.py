@@ -25,17 +25,16 @@ import re
 import sys
 from pathlib import Path
 
+from segmentation.delivery import sync
 from segmentation.errors import UserError, stage_entrypoint
+from segmentation.store import PENDING_DIR, record_kept_runs
 from segmentation.tracking import (
-    PENDING_DIR,
     TrackingSettings,
     dagshub_host,
     dagshub_url,
     project_config,
     project_root,
-    record_kept_runs,
     redact_uri,
-    sync,
 )
 
 REMOTE_NAME = "origin"

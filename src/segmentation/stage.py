@@ -9,7 +9,8 @@ from pathlib import Path
 
 from segmentation.errors import UserError, raise_if_interrupted
 from segmentation.files import StageOutputs
-from segmentation.tracking import DualLogger, dvc_process
+from segmentation.lineage import dvc_process
+from segmentation.tracking import DualLogger
 
 # The dvc process this stage runs under, looked up when the stage starts (its CLI imports this module first): once
 # dvc is killed, the stage is re-parented and its ancestry no longer shows it.

@@ -1,40 +1,42 @@
 """The dual logger: every stage's params and metrics go to MLflow and to DagsHub's open-format files.
 
 MLflow holds the browsable history (local SQLite store by default); the ``DAGsHubLogger`` files under
-``metrics/dagshub/<stage>/`` are committed with the code, so each commit carries its own results.
+``metrics/dagshub/<stage>/`` are committed with the code, so each commit carries its own results. Here: where runs
+go (settings), what produced a run (lineage from ``dvc.lock``), the logger, and the local store (kept runs, one
+writer at a time). Delivery to a remote tracker and ``make sync`` are in :mod:`segmentation.delivery`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import shutil
-import socket
-import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import yaml
+from segmentation.lineage import LOCK_FILE, Lineage, git_commit, pipeline_run_id, upstream_lineage
+from segmentation.store import (
+    MlflowClientFor,
+    PendingRun,
+    describe_store_failure,
+    local_store_lock,
+    quiet_mlflow,
+    record_run,
+    replay_pending,
+)
 
 DAGSHUB_DIR = Path("metrics") / "dagshub"
-ENV_PIPELINE_RUN = "SEGMENTATION_PIPELINE_RUN_ID"
 ENV_EXPERIMENT = "MLFLOW_EXPERIMENT_NAME"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 DEFAULT_EXPERIMENT = "customer-segmentation"
 DAGSHUB_DEFAULT_HOST = "https://dagshub.com"
 LOCAL_STORE = "mlflow.db"
 LOCAL_ARTIFACTS = "mlruns"
-LOCK_FILE = "dvc.lock"
-PARAMS_FILE = "params.yaml"
-DATA_PATH_PARAM = "preprocess.data.path"  # the raw data file, whose md5 every run is tagged with
 ENV_EXP_NAME = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
 ENV_SOURCE_DATE = "SOURCE_DATE_EPOCH"  # reproducible-builds convention: a fixed time for files that record one
 # `dvc exp run --temp` and queued experiments run in a copy under .dvc/tmp/exps: track into the real repo.
@@ -150,134 +152,6 @@ def redact_uri(uri: str) -> str:
         netloc = f"{host}:{parts.port}" if parts.port else host
         return urlunsplit(parts._replace(netloc=netloc))
     return uri
-
-
-def git_commit(root: Path) -> str | None:
-    """HEAD's commit hash, or None outside git / before the first commit."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def file_md5(path: str | Path) -> str:
-    """MD5 of a file's bytes: what DVC records for a file."""
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class Lineage:
-    """What produced a stage's inputs, as ``dvc.lock`` records it: the upstream stages' params and the raw data."""
-
-    params: dict[str, Any] = field(default_factory=dict)  # flat, with section prefixes: {"train.k_max": 10}
-    data_path: str | None = None
-    data_md5: str | None = None
-
-
-def _flat_section(key: str, value: Any) -> dict[str, Any]:
-    """A params section as recorded in dvc.lock, flattened like the stage logged it (defaults filled in)."""
-    from segmentation.config import SECTIONS, flatten, parse_section
-    from segmentation.errors import UserError
-
-    if not isinstance(value, dict):
-        return {key: value}
-    if key in SECTIONS:
-        try:
-            return flatten(parse_section(key, value), f"{key}.")
-        except UserError:
-            pass  # recorded by an older version of the params model: log it as recorded
-    return flatten(value, f"{key}.")
-
-
-def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
-    """The params of every stage upstream of ``stage`` and the raw data's path and md5, from ``dvc.lock``.
-
-    Which stages are upstream comes from the pipeline's definition (``dvc.yaml`` beside the lock; on a first run
-    the lock has no entry for this stage yet) and from the lock. DVC writes a stage's entry as soon as it has run,
-    so during ``dvc repro`` / ``dvc exp run`` the entries of the upstream stages describe exactly the inputs this
-    stage reads; outside DVC (a stage run by hand), the last pipeline run. No lock: an empty lineage.
-    """
-    lock_path = Path(lock_path)
-    try:
-        stages = yaml.safe_load(lock_path.read_text(encoding="utf-8"))["stages"]
-    except (OSError, yaml.YAMLError, TypeError, KeyError):
-        return Lineage()
-    deps_of, producer = _pipeline_graph(lock_path.with_name("dvc.yaml"))
-    for name, entry in stages.items():
-        deps_of.setdefault(name, set()).update(d["path"] for d in entry.get("deps") or [])
-        producer.update({out["path"]: name for out in entry.get("outs") or []})
-    upstream: list[str] = []
-    todo = [stage]
-    while todo:
-        for dep in sorted(deps_of.get(todo.pop(), ())):
-            name = producer.get(dep)
-            if name and name != stage and name not in upstream:
-                upstream.append(name)
-                todo.append(name)
-    params: dict[str, Any] = {}
-    deps: dict[str, str] = {}
-    for name in upstream:
-        entry = stages.get(name) or {}
-        deps.update({d["path"]: d.get("md5") for d in entry.get("deps") or []})
-        for key, value in ((entry.get("params") or {}).get(PARAMS_FILE) or {}).items():
-            params.update(_flat_section(key, value))
-    data_path = params.get(DATA_PATH_PARAM)
-    return Lineage(params, data_path, deps.get(data_path) if data_path else None)
-
-
-def _pipeline_graph(dvc_yaml: Path) -> tuple[dict[str, set[str]], dict[str, str]]:
-    """(stage -> its dependency paths, output path -> its stage) as ``dvc.yaml`` declares them (literal paths)."""
-    try:
-        stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
-    except (OSError, yaml.YAMLError, TypeError, KeyError):
-        return {}, {}
-    deps_of: dict[str, set[str]] = {}
-    producer: dict[str, str] = {}
-    for name, stage in stages.items():
-        deps_of[name] = {d for d in stage.get("deps") or [] if isinstance(d, str)}
-        for kind in ("outs", "metrics", "plots"):
-            for out in stage.get(kind) or []:
-                path = out if isinstance(out, str) else next(iter(out), None) if isinstance(out, dict) else None
-                if path:
-                    producer[path] = name
-    return deps_of, producer
-
-
-def dvc_process():
-    """The DVC process (``dvc repro``, ``dvc exp run``, a queue worker) that this stage runs under, or None."""
-    import psutil
-
-    for proc in psutil.Process().parents():
-        try:
-            if any(Path(arg).name == "dvc" for arg in proc.cmdline()[:3]):
-                return proc
-        except psutil.Error:
-            continue
-    return None
-
-
-def pipeline_run_id(environ: dict[str, str] | None = None) -> str:
-    """An ID shared by the stages of one pipeline execution.
-
-    ``dvc repro`` / ``dvc exp run`` start every stage as a descendant of one DVC process, so that process's
-    PID and start time identify the execution. ``SEGMENTATION_PIPELINE_RUN_ID`` overrides it; a stage run by
-    hand outside DVC is an execution of its own.
-    """
-    env = os.environ if environ is None else environ
-    if env.get(ENV_PIPELINE_RUN):
-        return env[ENV_PIPELINE_RUN]
-    import psutil
-
-    anchor = dvc_process() or psutil.Process()
-    seed = f"{socket.gethostname()}:{anchor.pid}:{anchor.create_time()}"
-    return hashlib.sha1(seed.encode()).hexdigest()[:16]
 
 
 def plain(value: Any) -> Any:
@@ -456,10 +330,12 @@ class DualLogger:
             end_time=now_ms(),
         )
         try:
-            with local_store_lock(self.root), _quiet_mlflow():
+            with local_store_lock(self.root), quiet_mlflow():
                 local = MlflowClientFor(s.local_uri)
                 self.run_id = record_run(local, s, self._pending, self.root)
                 if s.is_remote:  # pending until delivered: a stage stopped while delivering leaves it for sync
+                    from segmentation.delivery import PENDING_TAG, remote_key
+
                     local.set_tag(self.run_id, f"{PENDING_TAG}_{remote_key(s.tracking_uri)}", s.display_uri)
                 self._replayed = replay_pending(local, s, self.root)
         except Exception as exc:  # any store failure: keep the record, never the stage's results at stake
@@ -478,6 +354,8 @@ class DualLogger:
         if self.run_id is None:
             return
         where = f"{redact_uri(s.local_uri)}, experiment {s.experiment_name!r}"
+        from segmentation.delivery import deliver_or_keep
+
         if s.is_remote and deliver_or_keep(MlflowClientFor(s.local_uri), self.run_id, s, self.root):
             where = f"{s.display_uri} and the local store, experiment {s.experiment_name!r}"
         extra = f" (and {self._replayed} run(s) kept from earlier)" if self._replayed else ""
@@ -485,152 +363,6 @@ class DualLogger:
             f"{self.record.stage}: logged run {self.run_id}{extra} to MLflow ({where}) and {self.dagshub_dir}/",
             file=sys.stderr,
         )
-
-
-@contextmanager
-def _quiet_mlflow() -> Iterator[None]:
-    """MLflow logs a store error with its traceback before raising it; the one warning line says it instead."""
-    import logging
-
-    import mlflow  # noqa: F401 - configures its loggers on import: quiet them after that, not before
-
-    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic", "sqlalchemy")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-def MlflowClientFor(uri: str):
-    """An MLflow client for ``uri`` (imported here: mlflow costs ~1.3 s to import)."""
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-PENDING_DIR = "mlruns-pending"
-LOCK_NAME = ".mlflow.lock"
-LOCK_WAIT_S = 120
-
-
-@dataclass
-class PendingRun:
-    """One stage's run as MLflow gets it; saved as JSON (with copies of its artifacts) when the store fails."""
-
-    stage: str
-    params: dict[str, Any]
-    metrics: dict[str, float | int]
-    tags: dict[str, str]
-    artifacts: list[str]
-    start_time: int
-    end_time: int
-
-    def save(self, root: Path, artifacts: list[Path]) -> Path:
-        """Write ``mlruns-pending/<start>-<stage>-<pid>/run.json`` and copies of the artifacts as they are now."""
-        import json
-
-        folder = root / PENDING_DIR / f"{self.start_time}-{self.stage}-{os.getpid()}"
-        (folder / "artifacts").mkdir(parents=True, exist_ok=True)
-        artifacts = [Path(p) for p in artifacts]
-        for path in artifacts:
-            if path.is_file():
-                shutil.copy2(path, folder / "artifacts" / path.name)
-        record = {**self.__dict__, "artifacts": [p.name for p in artifacts if p.is_file()]}
-        (folder / "run.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
-        return folder
-
-
-def record_run(client, settings: TrackingSettings, run: PendingRun, root: Path, artifact_dir: Path | None = None):
-    """Create a finished run in the store behind ``client``; returns its ID."""
-    from mlflow.entities import Metric, Param
-
-    experiment_id = _experiment_id(client, settings.experiment_name, settings.artifact_location, settings.local_uri)
-    created = client.create_run(experiment_id, start_time=run.start_time, run_name=run.stage, tags=run.tags)
-    run_id = created.info.run_id
-    metrics = [Metric(k, float(v), run.end_time, 0) for k, v in run.metrics.items()]
-    params = [Param(k, str(v)) for k, v in run.params.items()]
-    for i in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limit is 100 params
-        client.log_batch(run_id, metrics=metrics[i : i + 100], params=params[i : i + 100])
-    for name in run.artifacts:
-        client.log_artifact(run_id, str(artifact_dir / name if artifact_dir else name))
-    client.set_terminated(run_id, "FINISHED", end_time=run.end_time)
-    return run_id
-
-
-def replay_pending(client, settings: TrackingSettings, root: Path) -> int:
-    """Record the runs kept in ``mlruns-pending/`` (oldest first) and remove them; returns how many."""
-    import json
-
-    folder = root / PENDING_DIR
-    done = 0
-    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-        record_file = entry / "run.json"
-        if not record_file.is_file():
-            continue
-        run = PendingRun(**json.loads(record_file.read_text(encoding="utf-8")))
-        record_run(client, settings, run, root, artifact_dir=entry / "artifacts")
-        shutil.rmtree(entry)
-        done += 1
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-    return done
-
-
-def record_kept_runs(settings: TrackingSettings, root: Path) -> int:
-    """Record the runs waiting in ``mlruns-pending/`` in the local store (``make sync``); a store that still fails
-    is a :class:`~segmentation.errors.UserError` naming it."""
-    if not (root / PENDING_DIR).is_dir():
-        return 0
-    try:
-        with local_store_lock(root):
-            return replay_pending(MlflowClientFor(settings.local_uri), settings, root)
-    except Exception as exc:
-        from segmentation.errors import UserError
-
-        raise UserError(
-            f"MLflow store {redact_uri(settings.local_uri)}: {describe_store_failure(exc)}; runs stay in {PENDING_DIR}/"
-        ) from None
-
-
-@contextmanager
-def local_store_lock(root: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
-    """One writer at a time on the local store: parallel stages (``dvc queue start -j 2``) would otherwise meet
-    SQLite's "database is locked". Bounded: past ``wait_s`` it gives up with :class:`TimeoutError`."""
-    import fcntl
-
-    with open(root / LOCK_NAME, "a+") as fh:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the store was locked by another stage for over {wait_s:.0f} s") from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def describe_store_failure(exc: BaseException) -> str:
-    """One short line for a local store that cannot take a run."""
-    text = " ".join(str(exc).split())
-    for marker, meaning in (
-        ("readonly database", "read-only"),
-        ("file is not a database", "not an MLflow database (corrupt?)"),
-        ("database disk image is malformed", "corrupt"),
-        ("unable to open database", "cannot be opened"),
-        ("database is locked", "locked by another process"),
-    ):
-        if marker in text:
-            return meaning
-    return re.sub(r"(\w+://)[^/\s@]+@", r"\1", text)[:160] or type(exc).__name__
 
 
 def dagshub_timestamp(environ: Mapping[str, str] | None = None) -> int:
@@ -652,209 +384,3 @@ def _metric_rows(path: Path) -> list[tuple[str, str, str]]:
 
     with open(path, newline="", encoding="utf-8") as fh:
         return [(row.get("Name"), row.get("Value"), row.get("Step")) for row in csv.DictReader(fh)]
-
-
-# -- delivery to a remote tracking server ----------------------------------------------------------------------
-
-PENDING_TAG = "segmentation_pending"  # + "_<key>": value = the remote URI (redacted) still to receive the run
-DELIVERED_TAG = "segmentation_delivered"  # + "_<key>": value = the run's ID on that remote
-SOURCE_TAG = "segmentation_source_run"  # on the remote run: the local run's ID (what makes delivery idempotent)
-ENV_TIMEOUT = "SEGMENTATION_TRACKING_TIMEOUT"
-DEFAULT_TIMEOUT_S = 5
-_warned = False
-
-
-def remote_key(uri: str) -> str:
-    """A short stable key for a remote tracking URI (credentials ignored), usable in a tag name."""
-    return hashlib.sha1(redact_uri(uri).encode()).hexdigest()[:10]
-
-
-def _experiment_id(client, name: str, artifact_location: str | None = None, store_uri: str | None = None) -> str:
-    """The experiment's ID; created when missing, restored when deleted (one line says so).
-
-    For the embedded local store (``artifact_location`` given), an experiment whose artifacts live elsewhere (the
-    project was copied or moved) is pointed back inside the project.
-    """
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    if experiment.lifecycle_stage == "deleted":
-        client.restore_experiment(experiment.experiment_id)
-        print(f"note: MLflow experiment {name!r} had been deleted; restored it, with its runs", file=sys.stderr)
-    if artifact_location and store_uri and experiment.artifact_location != artifact_location:
-        relocate_artifacts(store_uri, experiment.experiment_id, experiment.artifact_location, artifact_location)
-    return experiment.experiment_id
-
-
-def relocate_artifacts(store_uri: str, experiment_id: str, old: str, new: str) -> None:
-    """Point an experiment and its runs from ``old`` to ``new`` in a SQLite store.
-
-    MLflow records absolute artifact paths; after ``cp -a proj proj2`` or ``mv``, runs would write into (or
-    recreate) the old folder. MLflow's API cannot change an experiment's artifact location, so the two columns are
-    updated in the store itself; the artifacts of earlier runs are where the copy put them, under ``new``.
-    """
-    import sqlite3
-
-    if not store_uri.startswith("sqlite:///"):
-        return
-    with sqlite3.connect(store_uri.removeprefix("sqlite:///")) as db:
-        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(experiment_id)))
-        db.execute(
-            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?)"
-            " WHERE experiment_id = ? AND artifact_uri LIKE ?",
-            (new, len(old) + 1, int(experiment_id), f"{old}%"),
-        )
-    print(f"note: the project has moved: MLflow artifacts now go to {new} (were {old})", file=sys.stderr)
-
-
-def bound_http_requests(environ: MutableMapping[str, str] | None = None) -> None:
-    """Bound MLflow's HTTP calls: its defaults (7 retries with backoff, 120 s timeout) stall a stage ~4 minutes
-    on a dead server. User-set ``MLFLOW_HTTP_REQUEST_*`` values win."""
-    env = os.environ if environ is None else environ
-    env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", env.get(ENV_TIMEOUT, str(DEFAULT_TIMEOUT_S)))
-    env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-
-
-def describe_failure(exc: BaseException) -> str:
-    """One short line for a failed delivery, without credentials."""
-    text = " ".join(str(exc).split())
-    if "401" in text or "Unauthorized" in text or "403" in text:
-        return "credentials refused (check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or DAGSHUB_USER_TOKEN)"
-    for marker in ("Connection refused", "Max retries exceeded", "timed out", "Read timed out", "Name or service"):
-        if marker in text:
-            return f"unreachable ({marker.lower()})"
-    return re.sub(r"(\w+://)[^/\s@]+@", r"\1", text)[:160]  # drop user:password@ from any URL in the text
-
-
-def deliver_or_keep(local, run_id: str, settings: TrackingSettings, root: Path) -> bool:
-    """Copy a finished local run to the remote tracker; on failure tag it pending and warn once (one line)."""
-    global _warned
-    from mlflow.tracking import MlflowClient
-
-    apply_dagshub_credentials(root)
-    bound_http_requests()
-    try:
-        deliver_run(local, run_id, MlflowClient(tracking_uri=settings.tracking_uri), settings)
-        return True
-    except Exception as exc:  # any failure of the remote must leave the stage's results intact
-        # Tagged pending when recorded (DualLogger.record); for other callers, tag it here.
-        local.set_tag(run_id, f"{PENDING_TAG}_{remote_key(settings.tracking_uri)}", settings.display_uri)
-        if not _warned:
-            _warned = True
-            print(
-                f"warning: MLflow tracking server {settings.display_uri}: {describe_failure(exc)}; "
-                "the run is kept in the local store (mlflow.db) and `make sync` delivers it later",
-                file=sys.stderr,
-            )
-        return False
-
-
-def deliver_run(local, run_id: str, remote, settings: TrackingSettings) -> str:
-    """Copy local run ``run_id`` (params, metrics with history, tags, artifacts) to ``remote`` exactly once.
-
-    The remote run carries the local run's ID as a tag: a run already there and finished is not sent again; one
-    left unfinished by an interrupted delivery is deleted and sent again. Returns the remote run's ID.
-    """
-    from mlflow.entities import Param
-
-    key = remote_key(settings.tracking_uri)
-    run = local.get_run(run_id)
-    experiment_id = _experiment_id(remote, settings.experiment_name)
-    for previous in remote.search_runs([experiment_id], filter_string=f"tags.{SOURCE_TAG} = '{run_id}'"):
-        if previous.info.status == "FINISHED":
-            _mark_delivered(local, run, key, previous.info.run_id)
-            return previous.info.run_id
-        remote.delete_run(previous.info.run_id)
-
-    tags = {
-        k: v
-        for k, v in run.data.tags.items()
-        if not k.startswith((PENDING_TAG, DELIVERED_TAG)) and k != "mlflow.runName"
-    }
-    new = remote.create_run(
-        experiment_id, start_time=run.info.start_time, tags={**tags, SOURCE_TAG: run_id}, run_name=run.info.run_name
-    )
-    new_id = new.info.run_id
-    metrics = [m for key_ in run.data.metrics for m in local.get_metric_history(run_id, key_)]
-    params = [Param(k, v) for k, v in run.data.params.items()]
-    for i in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limit is 100 params
-        remote.log_batch(new_id, metrics=metrics[i : i + 100], params=params[i : i + 100], tags=[])
-    artifact_dir = _local_path(run.info.artifact_uri)
-    if artifact_dir is not None and artifact_dir.is_dir() and any(artifact_dir.iterdir()):
-        remote.log_artifacts(new_id, str(artifact_dir))
-    remote.set_terminated(new_id, run.info.status, end_time=run.info.end_time)
-    _mark_delivered(local, run, key, new_id)
-    return new_id
-
-
-def _mark_delivered(local, run, key: str, remote_run_id: str) -> None:
-    local.set_tag(run.info.run_id, f"{DELIVERED_TAG}_{key}", remote_run_id)
-    pending = f"{PENDING_TAG}_{key}"
-    if pending in run.data.tags:
-        local.delete_tag(run.info.run_id, pending)
-
-
-def _local_path(uri: str) -> Path | None:
-    parts = urlsplit(uri)
-    if parts.scheme == "file":
-        from urllib.request import url2pathname
-
-        return Path(url2pathname(parts.path))
-    if parts.scheme == "":
-        return Path(uri)
-    return None
-
-
-@dataclass
-class SyncReport:
-    """What a sync did."""
-
-    delivered: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    considered: int = 0
-
-
-def sync(settings: TrackingSettings, root: Path, include_all: bool = False) -> SyncReport:
-    """Deliver the local runs pending for ``settings.tracking_uri`` (or, with ``include_all``, every local run not
-    yet there). Idempotent: a second sync delivers nothing."""
-    from mlflow.entities import ViewType
-    from mlflow.tracking import MlflowClient
-
-    report = SyncReport()
-    if not settings.is_remote:
-        return report
-    apply_dagshub_credentials(root)
-    bound_http_requests()
-    local = MlflowClient(tracking_uri=settings.local_uri)
-    experiment = local.get_experiment_by_name(settings.experiment_name)
-    if experiment is None:
-        return report
-    key = remote_key(settings.tracking_uri)
-    query = "" if include_all else f"tags.{PENDING_TAG}_{key} = '{settings.display_uri}'"
-    runs, token = [], None
-    while True:
-        page = local.search_runs(
-            [experiment.experiment_id],
-            filter_string=query,
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            order_by=["attributes.start_time ASC"],
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
-    remote = MlflowClient(tracking_uri=settings.tracking_uri)
-    for run in runs:
-        if f"{DELIVERED_TAG}_{key}" in run.data.tags or run.info.status != "FINISHED":
-            continue
-        report.considered += 1
-        try:
-            deliver_run(local, run.info.run_id, remote, settings)
-            report.delivered.append(run.info.run_id)
-        except Exception as exc:
-            report.failed[run.info.run_id] = describe_failure(exc)
-            break  # the remote is down or refusing: the rest would fail the same way
-    return report

@@ -1,0 +1,185 @@
+"""Delivery of runs to a remote MLflow tracker (DagsHub's endpoint, or any server) and ``make sync``.
+
+Every run is first written to the local store (:mod:`segmentation.tracking`); a remote tracker then receives a copy
+with bounded HTTP calls. A run it could not take stays tagged pending in the local store, and :func:`sync` delivers
+it later, exactly once (the remote run carries the local run's ID).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from segmentation.store import ensure_experiment
+from segmentation.tracking import TrackingSettings, apply_dagshub_credentials, redact_uri
+
+PENDING_TAG = "segmentation_pending"  # + "_<key>": value = the remote URI (redacted) still to receive the run
+DELIVERED_TAG = "segmentation_delivered"  # + "_<key>": value = the run's ID on that remote
+SOURCE_TAG = "segmentation_source_run"  # on the remote run: the local run's ID (what makes delivery idempotent)
+ENV_TIMEOUT = "SEGMENTATION_TRACKING_TIMEOUT"
+DEFAULT_TIMEOUT_S = 5
+_warned = False
+
+
+def remote_key(uri: str) -> str:
+    """A short stable key for a remote tracking URI (credentials ignored), usable in a tag name."""
+    return hashlib.sha1(redact_uri(uri).encode()).hexdigest()[:10]
+
+
+def bound_http_requests(environ: MutableMapping[str, str] | None = None) -> None:
+    """Bound MLflow's HTTP calls: its defaults (7 retries with backoff, 120 s timeout) stall a stage ~4 minutes
+    on a dead server. User-set ``MLFLOW_HTTP_REQUEST_*`` values win."""
+    env = os.environ if environ is None else environ
+    env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", env.get(ENV_TIMEOUT, str(DEFAULT_TIMEOUT_S)))
+    env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One short line for a failed delivery, without credentials."""
+    text = " ".join(str(exc).split())
+    if "401" in text or "Unauthorized" in text or "403" in text:
+        return "credentials refused (check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or DAGSHUB_USER_TOKEN)"
+    for marker in ("Connection refused", "Max retries exceeded", "timed out", "Read timed out", "Name or service"):
+        if marker in text:
+            return f"unreachable ({marker.lower()})"
+    return re.sub(r"(\w+://)[^/\s@]+@", r"\1", text)[:160]  # drop user:password@ from any URL in the text
+
+
+def deliver_or_keep(local, run_id: str, settings: TrackingSettings, root: Path) -> bool:
+    """Copy a finished local run to the remote tracker; on failure tag it pending and warn once (one line)."""
+    global _warned
+    from mlflow.tracking import MlflowClient
+
+    apply_dagshub_credentials(root)
+    bound_http_requests()
+    try:
+        deliver_run(local, run_id, MlflowClient(tracking_uri=settings.tracking_uri), settings)
+        return True
+    except Exception as exc:  # any failure of the remote must leave the stage's results intact
+        # Tagged pending when recorded (DualLogger.record); for other callers, tag it here.
+        local.set_tag(run_id, f"{PENDING_TAG}_{remote_key(settings.tracking_uri)}", settings.display_uri)
+        if not _warned:
+            _warned = True
+            print(
+                f"warning: MLflow tracking server {settings.display_uri}: {describe_failure(exc)}; "
+                "the run is kept in the local store (mlflow.db) and `make sync` delivers it later",
+                file=sys.stderr,
+            )
+        return False
+
+
+def deliver_run(local, run_id: str, remote, settings: TrackingSettings) -> str:
+    """Copy local run ``run_id`` (params, metrics with history, tags, artifacts) to ``remote`` exactly once.
+
+    The remote run carries the local run's ID as a tag: a run already there and finished is not sent again; one
+    left unfinished by an interrupted delivery is deleted and sent again. Returns the remote run's ID.
+    """
+    from mlflow.entities import Param
+
+    key = remote_key(settings.tracking_uri)
+    run = local.get_run(run_id)
+    experiment_id = ensure_experiment(remote, settings.experiment_name)
+    for previous in remote.search_runs([experiment_id], filter_string=f"tags.{SOURCE_TAG} = '{run_id}'"):
+        if previous.info.status == "FINISHED":
+            _mark_delivered(local, run, key, previous.info.run_id)
+            return previous.info.run_id
+        remote.delete_run(previous.info.run_id)
+
+    tags = {
+        k: v
+        for k, v in run.data.tags.items()
+        if not k.startswith((PENDING_TAG, DELIVERED_TAG)) and k != "mlflow.runName"
+    }
+    new = remote.create_run(
+        experiment_id, start_time=run.info.start_time, tags={**tags, SOURCE_TAG: run_id}, run_name=run.info.run_name
+    )
+    new_id = new.info.run_id
+    metrics = [m for key_ in run.data.metrics for m in local.get_metric_history(run_id, key_)]
+    params = [Param(k, v) for k, v in run.data.params.items()]
+    for i in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limit is 100 params
+        remote.log_batch(new_id, metrics=metrics[i : i + 100], params=params[i : i + 100], tags=[])
+    artifact_dir = _local_path(run.info.artifact_uri)
+    if artifact_dir is not None and artifact_dir.is_dir() and any(artifact_dir.iterdir()):
+        remote.log_artifacts(new_id, str(artifact_dir))
+    remote.set_terminated(new_id, run.info.status, end_time=run.info.end_time)
+    _mark_delivered(local, run, key, new_id)
+    return new_id
+
+
+def _mark_delivered(local, run, key: str, remote_run_id: str) -> None:
+    local.set_tag(run.info.run_id, f"{DELIVERED_TAG}_{key}", remote_run_id)
+    pending = f"{PENDING_TAG}_{key}"
+    if pending in run.data.tags:
+        local.delete_tag(run.info.run_id, pending)
+
+
+def _local_path(uri: str) -> Path | None:
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        from urllib.request import url2pathname
+
+        return Path(url2pathname(parts.path))
+    if parts.scheme == "":
+        return Path(uri)
+    return None
+
+
+@dataclass
+class SyncReport:
+    """What a sync did."""
+
+    delivered: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    considered: int = 0
+
+
+def sync(settings: TrackingSettings, root: Path, include_all: bool = False) -> SyncReport:
+    """Deliver the local runs pending for ``settings.tracking_uri`` (or, with ``include_all``, every local run not
+    yet there). Idempotent: a second sync delivers nothing."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    report = SyncReport()
+    if not settings.is_remote:
+        return report
+    apply_dagshub_credentials(root)
+    bound_http_requests()
+    local = MlflowClient(tracking_uri=settings.local_uri)
+    experiment = local.get_experiment_by_name(settings.experiment_name)
+    if experiment is None:
+        return report
+    key = remote_key(settings.tracking_uri)
+    query = "" if include_all else f"tags.{PENDING_TAG}_{key} = '{settings.display_uri}'"
+    runs, token = [], None
+    while True:
+        page = local.search_runs(
+            [experiment.experiment_id],
+            filter_string=query,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    remote = MlflowClient(tracking_uri=settings.tracking_uri)
+    for run in runs:
+        if f"{DELIVERED_TAG}_{key}" in run.data.tags or run.info.status != "FINISHED":
+            continue
+        report.considered += 1
+        try:
+            deliver_run(local, run.info.run_id, remote, settings)
+            report.delivered.append(run.info.run_id)
+        except Exception as exc:
+            report.failed[run.info.run_id] = describe_failure(exc)
+            break  # the remote is down or refusing: the rest would fail the same way
+    return report

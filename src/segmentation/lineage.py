@@ -1,0 +1,147 @@
+"""What produced a run: the lineage a stage's MLflow run carries (upstream params and raw data from ``dvc.lock``,
+the git commit) and which pipeline execution it belongs to."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOCK_FILE = "dvc.lock"
+PARAMS_FILE = "params.yaml"
+DATA_PATH_PARAM = "preprocess.data.path"  # the raw data file, whose md5 every run is tagged with
+ENV_PIPELINE_RUN = "SEGMENTATION_PIPELINE_RUN_ID"
+
+
+def git_commit(root: Path) -> str | None:
+    """HEAD's commit hash, or None outside git / before the first commit."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def file_md5(path: str | Path) -> str:
+    """MD5 of a file's bytes: what DVC records for a file."""
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What produced a stage's inputs, as ``dvc.lock`` records it: the upstream stages' params and the raw data."""
+
+    params: dict[str, Any] = field(default_factory=dict)  # flat, with section prefixes: {"train.k_max": 10}
+    data_path: str | None = None
+    data_md5: str | None = None
+
+
+def _flat_section(key: str, value: Any) -> dict[str, Any]:
+    """A params section as recorded in dvc.lock, flattened like the stage logged it (defaults filled in)."""
+    from segmentation.config import SECTIONS, flatten, parse_section
+    from segmentation.errors import UserError
+
+    if not isinstance(value, dict):
+        return {key: value}
+    if key in SECTIONS:
+        try:
+            return flatten(parse_section(key, value), f"{key}.")
+        except UserError:
+            pass  # recorded by an older version of the params model: log it as recorded
+    return flatten(value, f"{key}.")
+
+
+def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
+    """The params of every stage upstream of ``stage`` and the raw data's path and md5, from ``dvc.lock``.
+
+    Which stages are upstream comes from the pipeline's definition (``dvc.yaml`` beside the lock; on a first run
+    the lock has no entry for this stage yet) and from the lock. DVC writes a stage's entry as soon as it has run,
+    so during ``dvc repro`` / ``dvc exp run`` the entries of the upstream stages describe exactly the inputs this
+    stage reads; outside DVC (a stage run by hand), the last pipeline run. No lock: an empty lineage.
+    """
+    lock_path = Path(lock_path)
+    try:
+        stages = yaml.safe_load(lock_path.read_text(encoding="utf-8"))["stages"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return Lineage()
+    deps_of, producer = _pipeline_graph(lock_path.with_name("dvc.yaml"))
+    for name, entry in stages.items():
+        deps_of.setdefault(name, set()).update(d["path"] for d in entry.get("deps") or [])
+        producer.update({out["path"]: name for out in entry.get("outs") or []})
+    upstream: list[str] = []
+    todo = [stage]
+    while todo:
+        for dep in sorted(deps_of.get(todo.pop(), ())):
+            name = producer.get(dep)
+            if name and name != stage and name not in upstream:
+                upstream.append(name)
+                todo.append(name)
+    params: dict[str, Any] = {}
+    deps: dict[str, str] = {}
+    for name in upstream:
+        entry = stages.get(name) or {}
+        deps.update({d["path"]: d.get("md5") for d in entry.get("deps") or []})
+        for key, value in ((entry.get("params") or {}).get(PARAMS_FILE) or {}).items():
+            params.update(_flat_section(key, value))
+    data_path = params.get(DATA_PATH_PARAM)
+    return Lineage(params, data_path, deps.get(data_path) if data_path else None)
+
+
+def _pipeline_graph(dvc_yaml: Path) -> tuple[dict[str, set[str]], dict[str, str]]:
+    """(stage -> its dependency paths, output path -> its stage) as ``dvc.yaml`` declares them (literal paths)."""
+    try:
+        stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return {}, {}
+    deps_of: dict[str, set[str]] = {}
+    producer: dict[str, str] = {}
+    for name, stage in stages.items():
+        deps_of[name] = {d for d in stage.get("deps") or [] if isinstance(d, str)}
+        for kind in ("outs", "metrics", "plots"):
+            for out in stage.get(kind) or []:
+                path = out if isinstance(out, str) else next(iter(out), None) if isinstance(out, dict) else None
+                if path:
+                    producer[path] = name
+    return deps_of, producer
+
+
+def dvc_process():
+    """The DVC process (``dvc repro``, ``dvc exp run``, a queue worker) that this stage runs under, or None."""
+    import psutil
+
+    for proc in psutil.Process().parents():
+        try:
+            if any(Path(arg).name == "dvc" for arg in proc.cmdline()[:3]):
+                return proc
+        except psutil.Error:
+            continue
+    return None
+
+
+def pipeline_run_id(environ: dict[str, str] | None = None) -> str:
+    """An ID shared by the stages of one pipeline execution.
+
+    ``dvc repro`` / ``dvc exp run`` start every stage as a descendant of one DVC process, so that process's
+    PID and start time identify the execution. ``SEGMENTATION_PIPELINE_RUN_ID`` overrides it; a stage run by
+    hand outside DVC is an execution of its own.
+    """
+    env = os.environ if environ is None else environ
+    if env.get(ENV_PIPELINE_RUN):
+        return env[ENV_PIPELINE_RUN]
+    import psutil
+
+    anchor = dvc_process() or psutil.Process()
+    seed = f"{socket.gethostname()}:{anchor.pid}:{anchor.create_time()}"
+    return hashlib.sha1(seed.encode()).hexdigest()[:16]

@@ -1,0 +1,207 @@
+"""The local MLflow store: every run is recorded here first, one writer at a time; runs it cannot take wait in
+``mlruns-pending/``; a deleted experiment is restored, a moved project's artifact paths follow it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from segmentation.tracking import TrackingSettings
+
+PENDING_DIR = "mlruns-pending"
+LOCK_NAME = ".mlflow.lock"
+LOCK_WAIT_S = 120
+
+
+@contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """MLflow logs a store error with its traceback before raising it; the one warning line says it instead."""
+    import logging
+
+    import mlflow  # noqa: F401 - configures its loggers on import: quiet them after that, not before
+
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic", "sqlalchemy")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def MlflowClientFor(uri: str):
+    """An MLflow client for ``uri`` (imported here: mlflow costs ~1.3 s to import)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+@dataclass
+class PendingRun:
+    """One stage's run as MLflow gets it; saved as JSON (with copies of its artifacts) when the store fails."""
+
+    stage: str
+    params: dict[str, Any]
+    metrics: dict[str, float | int]
+    tags: dict[str, str]
+    artifacts: list[str]
+    start_time: int
+    end_time: int
+
+    def save(self, root: Path, artifacts: list[Path]) -> Path:
+        """Write ``mlruns-pending/<start>-<stage>-<pid>/run.json`` and copies of the artifacts as they are now."""
+        import json
+
+        folder = root / PENDING_DIR / f"{self.start_time}-{self.stage}-{os.getpid()}"
+        (folder / "artifacts").mkdir(parents=True, exist_ok=True)
+        artifacts = [Path(p) for p in artifacts]
+        for path in artifacts:
+            if path.is_file():
+                shutil.copy2(path, folder / "artifacts" / path.name)
+        record = {**self.__dict__, "artifacts": [p.name for p in artifacts if p.is_file()]}
+        (folder / "run.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+        return folder
+
+
+def record_run(client, settings: TrackingSettings, run: PendingRun, root: Path, artifact_dir: Path | None = None):
+    """Create a finished run in the store behind ``client``; returns its ID."""
+    from mlflow.entities import Metric, Param
+
+    experiment_id = ensure_experiment(client, settings.experiment_name, settings.artifact_location, settings.local_uri)
+    created = client.create_run(experiment_id, start_time=run.start_time, run_name=run.stage, tags=run.tags)
+    run_id = created.info.run_id
+    metrics = [Metric(k, float(v), run.end_time, 0) for k, v in run.metrics.items()]
+    params = [Param(k, str(v)) for k, v in run.params.items()]
+    for i in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limit is 100 params
+        client.log_batch(run_id, metrics=metrics[i : i + 100], params=params[i : i + 100])
+    for name in run.artifacts:
+        client.log_artifact(run_id, str(artifact_dir / name if artifact_dir else name))
+    client.set_terminated(run_id, "FINISHED", end_time=run.end_time)
+    return run_id
+
+
+def replay_pending(client, settings: TrackingSettings, root: Path) -> int:
+    """Record the runs kept in ``mlruns-pending/`` (oldest first) and remove them; returns how many."""
+
+    folder = root / PENDING_DIR
+    done = 0
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        record_file = entry / "run.json"
+        if not record_file.is_file():
+            continue
+        run = PendingRun(**json.loads(record_file.read_text(encoding="utf-8")))
+        record_run(client, settings, run, root, artifact_dir=entry / "artifacts")
+        shutil.rmtree(entry)
+        done += 1
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return done
+
+
+def _redact(uri: str) -> str:
+    from segmentation.tracking import redact_uri
+
+    return redact_uri(uri)
+
+
+def record_kept_runs(settings: TrackingSettings, root: Path) -> int:
+    """Record the runs waiting in ``mlruns-pending/`` in the local store (``make sync``); a store that still fails
+    is a :class:`~segmentation.errors.UserError` naming it."""
+    if not (root / PENDING_DIR).is_dir():
+        return 0
+    try:
+        with local_store_lock(root):
+            return replay_pending(MlflowClientFor(settings.local_uri), settings, root)
+    except Exception as exc:
+        from segmentation.errors import UserError
+
+        raise UserError(
+            f"MLflow store {_redact(settings.local_uri)}: {describe_store_failure(exc)}; runs stay in {PENDING_DIR}/"
+        ) from None
+
+
+@contextmanager
+def local_store_lock(root: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """One writer at a time on the local store: parallel stages (``dvc queue start -j 2``) would otherwise meet
+    SQLite's "database is locked". Bounded: past ``wait_s`` it gives up with :class:`TimeoutError`."""
+    import fcntl
+
+    with open(root / LOCK_NAME, "a+") as fh:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the store was locked by another stage for over {wait_s:.0f} s") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def describe_store_failure(exc: BaseException) -> str:
+    """One short line for a local store that cannot take a run."""
+    text = " ".join(str(exc).split())
+    for marker, meaning in (
+        ("readonly database", "read-only"),
+        ("file is not a database", "not an MLflow database (corrupt?)"),
+        ("database disk image is malformed", "corrupt"),
+        ("unable to open database", "cannot be opened"),
+        ("database is locked", "locked by another process"),
+    ):
+        if marker in text:
+            return meaning
+    return re.sub(r"(\w+://)[^/\s@]+@", r"\1", text)[:160] or type(exc).__name__
+
+
+def ensure_experiment(client, name: str, artifact_location: str | None = None, store_uri: str | None = None) -> str:
+    """The experiment's ID; created when missing, restored when deleted (one line says so).
+
+    For the embedded local store (``artifact_location`` given), an experiment whose artifacts live elsewhere (the
+    project was copied or moved) is pointed back inside the project.
+    """
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+        print(f"note: MLflow experiment {name!r} had been deleted; restored it, with its runs", file=sys.stderr)
+    if artifact_location and store_uri and experiment.artifact_location != artifact_location:
+        relocate_artifacts(store_uri, experiment.experiment_id, experiment.artifact_location, artifact_location)
+    return experiment.experiment_id
+
+
+def relocate_artifacts(store_uri: str, experiment_id: str, old: str, new: str) -> None:
+    """Point an experiment and its runs from ``old`` to ``new`` in a SQLite store.
+
+    MLflow records absolute artifact paths; after ``cp -a proj proj2`` or ``mv``, runs would write into (or
+    recreate) the old folder. MLflow's API cannot change an experiment's artifact location, so the two columns are
+    updated in the store itself; the artifacts of earlier runs are where the copy put them, under ``new``.
+    """
+    import sqlite3
+
+    if not store_uri.startswith("sqlite:///"):
+        return
+    with sqlite3.connect(store_uri.removeprefix("sqlite:///")) as db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(experiment_id)))
+        db.execute(
+            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?)"
+            " WHERE experiment_id = ? AND artifact_uri LIKE ?",
+            (new, len(old) + 1, int(experiment_id), f"{old}%"),
+        )
+    print(f"note: the project has moved: MLflow artifacts now go to {new} (were {old})", file=sys.stderr)
