@@ -21,6 +21,9 @@ DAGSHUB_SINK = "http://127.0.0.1:9"  # the discard port: nothing listens there
 def project_env(tmp: Path, **extra: str) -> dict[str, str]:
     """Environment for DVC/stage subprocesses: the project's venv first, no telemetry, nothing global."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DAGSHUB_", "AWS_", "SEGMENTATION_"))}
+    # Under `make test`, make's own variables would turn a test's `make ...` into a sub-make ("make[1]: ..." lines).
+    for var in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"):
+        env.pop(var, None)
     env.update(
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         MLFLOW_DISABLE_TELEMETRY="true",
