@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +35,38 @@ def _temp_beside(path: Path) -> Path:
     before it is moved into place.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_leftovers(path)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     tmp = folder / path.name
     tmp.touch()
     os.chmod(tmp, 0o666 & ~_UMASK)  # outputs get the usual permissions
     return tmp
+
+
+def remove_leftovers(path: Path) -> None:
+    """Remove what a killed stage left beside ``path``: its temporary folder and commit backup.
+
+    They are named ``.<name>.<pid>.*``; those of a process that still runs (a parallel experiment) are left alone.
+    (``.gitignore`` and ``.dvcignore`` keep them out of git and out of DVC's directory hashes meanwhile.)
+    """
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        pid = leftover.name[len(path.name) + 2 :].split(".", 1)[0]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove_temp(tmp: Path) -> None:

@@ -23,8 +23,8 @@ def run(stage: str, dagshub_dir: str | Path) -> Iterator[tuple[StageOutputs, Dua
 
     Inside the block, write every output through ``outputs`` and record params, metrics and artifacts on ``log``.
     If the block fails (an error, Ctrl-C), nothing is replaced and nothing is logged. Then the DagsHub logger
-    files join the other outputs, the run is logged to the local MLflow store (a store problem only warns), and
-    all outputs are moved into place at once; last, the run is delivered to a remote tracker if there is one.
+    files join the other outputs, the run is logged to the local MLflow store (a store problem only warns) and
+    delivered to a remote tracker if there is one, and last all outputs are moved into place at once.
 
     Under DVC, a stage whose ``dvc`` process has gone (killed) commits nothing: DVC could not record the new
     outputs in ``dvc.lock``, so they would be out of step with it.
@@ -37,9 +37,9 @@ def run(stage: str, dagshub_dir: str | Path) -> Iterator[tuple[StageOutputs, Dua
         # DVC sets DVC_STAGE for the commands it runs: under DVC, its process must still be there to record us.
         _require_dvc(stage, dvc)
         log.log_run(outputs)  # MLflow reads the artifacts from the staged files
+        log.deliver()  # best effort, bounded; before the commit, so that little can stop a stage after it
         _require_dvc(stage, dvc)
         outputs.commit()
-    log.deliver()
 
 
 def _require_dvc(stage: str, dvc) -> None:
