@@ -6,7 +6,9 @@ MLflow holds the browsable history (local SQLite store by default); the ``DAGsHu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -456,12 +458,13 @@ class DualLogger:
             end_time=now_ms(),
         )
         try:
-            with local_store_lock(self.root), _quiet_mlflow():
-                local = MlflowClientFor(s.local_uri)
-                self.run_id = record_run(local, s, self._pending, self.root)
-                if s.is_remote:  # pending until delivered: a stage stopped while delivering leaves it for sync
-                    local.set_tag(self.run_id, f"{PENDING_TAG}_{remote_key(s.tracking_uri)}", s.display_uri)
-                self._replayed = replay_pending(local, s, self.root)
+            reply = _HELPER.record(self._pending) if _HELPER is not None else None
+            if reply is None:  # no helper (or it is gone): in this process
+                self.run_id, self._replayed = store_run(s, self._pending, self.root)
+            elif "error" in reply:
+                raise StoreFailure(reply["error"])
+            else:
+                self.run_id, self._replayed = reply["run_id"], reply["replayed"]
         except Exception as exc:  # any store failure: keep the record, never the stage's results at stake
             folder = self._pending.save(self.root, artifacts)
             print(
@@ -485,6 +488,127 @@ class DualLogger:
             f"{self.record.stage}: logged run {self.run_id}{extra} to MLflow ({where}) and {self.dagshub_dir}/",
             file=sys.stderr,
         )
+
+
+def store_run(settings: TrackingSettings, run: PendingRun, root: Path) -> tuple[str, int]:
+    """Record ``run`` in the local store (one writer at a time), then the runs kept pending from earlier; returns
+    the run's ID and how many kept runs were recorded."""
+    with local_store_lock(root), _quiet_mlflow():
+        local = MlflowClientFor(settings.local_uri)
+        run_id = record_run(local, settings, run, root)
+        if settings.is_remote:  # pending until delivered: a stage stopped while delivering leaves it for sync
+            local.set_tag(run_id, f"{PENDING_TAG}_{remote_key(settings.tracking_uri)}", settings.display_uri)
+        return run_id, replay_pending(local, settings, root)
+
+
+class StoreFailure(Exception):
+    """The local store could not take a run (as the store helper described it)."""
+
+
+class StoreHelper:
+    """A helper process that imports MLflow and opens the local store while the stage does its work (MLflow costs
+    ~2.5 s per stage: import, store start-up), then records the stage's run when asked, before the stage commits.
+
+    It reads one request on its stdin and answers on its stdout. If the stage ends without asking (an error, Ctrl-C,
+    SIGKILL), the helper reads end-of-file and exits having written nothing. Should the helper itself fail, the stage
+    records the run in its own process, as without a helper.
+    """
+
+    def __init__(self) -> None:
+        # Its stderr is not the stage's: the stage's pipes close when the stage ends (dvc waits for them), whatever
+        # the helper still does; what the store has to say comes back with the answer.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "segmentation.tracking", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def record(self, run: PendingRun) -> dict[str, Any] | None:
+        """The helper's answer (``run_id`` and ``replayed``, or ``error``); None if it has gone."""
+        import json
+
+        try:
+            self.proc.stdin.write(json.dumps(run.__dict__) + "\n")
+            self.proc.stdin.flush()
+            answer = self.proc.stdout.readline()
+            reply = json.loads(answer) if answer else None
+        except (OSError, ValueError):
+            return None
+        finally:
+            self.close()
+        if reply and reply.get("notes"):
+            print(reply["notes"], end="", file=sys.stderr, flush=True)
+        return reply
+
+    def close(self) -> None:
+        """Let the helper go (it exits on end-of-file)."""
+        for stream in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+_HELPER: StoreHelper | None = None
+
+
+def start_store_helper() -> None:
+    """Start the helper for this stage's run (see :class:`StoreHelper`); at most one per process."""
+    global _HELPER
+    if _HELPER is None:
+        try:
+            _HELPER = StoreHelper()
+        except OSError:
+            _HELPER = None
+
+
+def serve() -> None:
+    """The helper's side: warm up (import MLflow, open the store when no other stage holds it), then record the one
+    run the stage sends, answer, and exit. Ctrl-C is the stage's to handle: the helper ignores it.
+
+    A local SQLite store that does not exist yet is created aside (schema and all, ~2 s) and moved into place only
+    when the stage asks for its run to be recorded: a stage that fails leaves no store behind.
+    """
+    import json
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    root = project_root()
+    settings = TrackingSettings.resolve(root)
+    db = Path(settings.local_uri.removeprefix("sqlite:///")) if settings.local_uri.startswith("sqlite:///") else None
+    fresh = db.with_name(f".{db.name}.{os.getpid()}.tmp") if db is not None and not db.exists() else None
+    try:
+        with _quiet_mlflow():
+            from mlflow.entities import Metric, Param  # noqa: F401 - imported now, used by record_run
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: F401
+
+            with local_store_lock(root, wait_s=0):  # the store's own start-up (schema, migrations) under the lock
+                MlflowClientFor(f"sqlite:///{fresh}" if fresh else settings.local_uri).search_experiments(max_results=1)
+    except Exception:  # a busy or broken store: the request below tries again and reports it
+        pass
+    try:
+        request = sys.stdin.readline()
+        if not request:
+            return  # the stage stopped without logging: nothing to write
+        if fresh is not None and fresh.is_file():
+            with local_store_lock(root):
+                if not db.exists():
+                    os.replace(fresh, db)
+        notes = io.StringIO()  # the store's notes (an experiment restored, artifacts moved) go to the stage
+        try:
+            with contextlib.redirect_stderr(notes):
+                run_id, replayed = store_run(settings, PendingRun(**json.loads(request)), root)
+            answer = {"run_id": run_id, "replayed": replayed}
+        except Exception as exc:
+            answer = {"error": describe_store_failure(exc)}
+        answer["notes"] = notes.getvalue()
+        if fresh is not None:
+            fresh.unlink(missing_ok=True)
+        print(json.dumps(answer), flush=True)
+    finally:
+        if fresh is not None:
+            fresh.unlink(missing_ok=True)
+    os._exit(0)  # all written and committed: skip tearing down MLflow's modules
 
 
 @contextmanager
@@ -858,3 +982,7 @@ def sync(settings: TrackingSettings, root: Path, include_all: bool = False) -> S
             report.failed[run.info.run_id] = describe_failure(exc)
             break  # the remote is down or refusing: the rest would fail the same way
     return report
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
+    serve()
