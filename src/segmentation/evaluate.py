@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segmentation.errors import exit_on_interrupt
 from segmentation.tracking import start_store_helper
 
 if __name__ == "__main__":  # run as a stage: MLflow gets ready in a helper process while the imports below run
+    exit_on_interrupt("evaluate")
     start_store_helper()
 
 

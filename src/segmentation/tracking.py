@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -506,106 +507,150 @@ class StoreFailure(Exception):
 
 
 class StoreHelper:
-    """A helper process that imports MLflow and opens the local store while the stage does its work (MLflow costs
-    ~2.5 s per stage: import, store start-up), then records the stage's run when asked, before the stage commits.
+    """A helper process that imports MLflow and opens the local store while the stages work (MLflow costs ~2.5 s of
+    CPU: import, store start-up), then records each stage's run when asked, before the stage commits.
 
-    It reads one request on its stdin and answers on its stdout. If the stage ends without asking (an error, Ctrl-C,
-    SIGKILL), the helper reads end-of-file and exits having written nothing. Should the helper itself fail, the stage
-    records the run in its own process, as without a helper.
+    One helper serves every stage of one ``dvc repro`` (or ``dvc exp run``): the first stage starts it, the next
+    ones find it by its socket. It belongs to that dvc process (to the stage itself when run by hand) and exits
+    once its owner is gone. A stage sends its run only when it is about to commit, and waits for the answer: a stage
+    that stops or fails before (an error, Ctrl-C, SIGKILL) sends nothing and nothing is written. Should the helper
+    be unreachable or fail, the stage records the run in its own process, as without a helper.
     """
 
     def __init__(self) -> None:
-        # Its stderr is not the stage's: the stage's pipes close when the stage ends (dvc waits for them), whatever
-        # the helper still does; what the store has to say comes back with the answer.
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "segmentation.tracking", "--serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        import psutil
+
+        owner = dvc_process() or psutil.Process()
+        key = f"{project_root()}:{owner.pid}:{owner.create_time()}"
+        self.address = str(Path(tempfile.gettempdir()) / f"segmentation-{hashlib.sha1(key.encode()).hexdigest()[:16]}")
+        self.proc = None
+        if not self._reachable():
+            # No stdio shared with the stage: dvc waits for the stage's pipes to close, not for the helper.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "segmentation.tracking", "--serve", self.address, str(owner.pid)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+
+    def _reachable(self) -> bool:
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.connect(self.address)
+            return True
+        return False
 
     def record(self, run: PendingRun) -> dict[str, Any] | None:
-        """The helper's answer (``run_id`` and ``replayed``, or ``error``); None if it has gone."""
+        """The helper's answer (``run_id`` and ``replayed``, or ``error``); None if it cannot be reached."""
         import json
 
-        try:
-            self.proc.stdin.write(json.dumps(run.__dict__) + "\n")
-            self.proc.stdin.flush()
-            answer = self.proc.stdout.readline()
-            reply = json.loads(answer) if answer else None
-        except (OSError, ValueError):
-            return None
-        finally:
-            self.close()
+        deadline = time.monotonic() + HELPER_WAIT_S
+        while True:  # a helper just started binds its socket at once: wait for it, not for its imports
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                    conn.connect(self.address)
+                    conn.sendall((json.dumps(run.__dict__) + "\n").encode())
+                    conn.shutdown(socket.SHUT_WR)
+                    with conn.makefile(encoding="utf-8") as answer:
+                        reply = json.loads(answer.readline() or "null")
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline or (self.proc is not None and self.proc.poll() is not None):
+                    return None
+                time.sleep(0.05)
+            except (OSError, ValueError):
+                return None
         if reply and reply.get("notes"):
             print(reply["notes"], end="", file=sys.stderr, flush=True)
         return reply
 
-    def close(self) -> None:
-        """Let the helper go (it exits on end-of-file)."""
-        for stream in (self.proc.stdin, self.proc.stdout):
-            with contextlib.suppress(OSError):
-                stream.close()
 
-
+HELPER_WAIT_S = 30
+HELPER_POLL_S = 0.25
 _HELPER: StoreHelper | None = None
 
 
 def start_store_helper() -> None:
-    """Start the helper for this stage's run (see :class:`StoreHelper`); at most one per process."""
+    """Find or start the helper for this stage's run (see :class:`StoreHelper`); at most once per process."""
     global _HELPER
     if _HELPER is None:
         try:
             _HELPER = StoreHelper()
-        except OSError:
+        except (OSError, ImportError):
             _HELPER = None
 
 
-def serve() -> None:
-    """The helper's side: warm up (import MLflow, open the store when no other stage holds it), then record the one
-    run the stage sends, answer, and exit. Ctrl-C is the stage's to handle: the helper ignores it.
+def serve(address: str, owner_pid: int) -> None:
+    """The helper's side: bind the socket, warm up (import MLflow, open the store when no other stage holds it), then
+    record each run a stage sends and answer, until the owner process (dvc, or the stage run by hand) is gone.
+    Ctrl-C is the stages' to handle: the helper ignores it.
 
     A local SQLite store that does not exist yet is created aside (schema and all, ~2 s) and moved into place only
-    when the stage asks for its run to be recorded: a stage that fails leaves no store behind.
+    when a stage asks for its run to be recorded: a pipeline whose stages all fail leaves no store behind.
     """
     import json
     import signal
 
+    import psutil
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for ended in (signal.SIGTERM, signal.SIGHUP):  # stopped from outside: clean up on the way out
+        signal.signal(ended, lambda *_: sys.exit(0))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(address)  # a socket left by a helper that was killed
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(address)
+    server.listen(8)
+    server.settimeout(HELPER_POLL_S)
     root = project_root()
     settings = TrackingSettings.resolve(root)
     db = Path(settings.local_uri.removeprefix("sqlite:///")) if settings.local_uri.startswith("sqlite:///") else None
     fresh = db.with_name(f".{db.name}.{os.getpid()}.tmp") if db is not None and not db.exists() else None
     try:
-        with _quiet_mlflow():
-            from mlflow.entities import Metric, Param  # noqa: F401 - imported now, used by record_run
-            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: F401
-
-            with local_store_lock(root, wait_s=0):  # the store's own start-up (schema, migrations) under the lock
-                MlflowClientFor(f"sqlite:///{fresh}" if fresh else settings.local_uri).search_experiments(max_results=1)
-    except Exception:  # a busy or broken store: the request below tries again and reports it
-        pass
-    try:
-        request = sys.stdin.readline()
-        if not request:
-            return  # the stage stopped without logging: nothing to write
-        if fresh is not None and fresh.is_file():
-            with local_store_lock(root):
-                if not db.exists():
-                    os.replace(fresh, db)
-        notes = io.StringIO()  # the store's notes (an experiment restored, artifacts moved) go to the stage
+        owner = psutil.Process(owner_pid)
         try:
-            with contextlib.redirect_stderr(notes):
-                run_id, replayed = store_run(settings, PendingRun(**json.loads(request)), root)
-            answer = {"run_id": run_id, "replayed": replayed}
-        except Exception as exc:
-            answer = {"error": describe_store_failure(exc)}
-        answer["notes"] = notes.getvalue()
-        if fresh is not None:
-            fresh.unlink(missing_ok=True)
-        print(json.dumps(answer), flush=True)
+            with _quiet_mlflow():
+                from mlflow.entities import Metric, Param  # noqa: F401 - imported now, used by record_run
+                from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: F401
+
+                with local_store_lock(root, wait_s=0):  # the store's start-up (schema, migrations) under the lock
+                    uri = f"sqlite:///{fresh}" if fresh else settings.local_uri
+                    MlflowClientFor(uri).search_experiments(max_results=1)
+        except Exception:  # a busy or broken store: each request tries again and reports it
+            pass
+        while owner.is_running() and owner.status() != psutil.STATUS_ZOMBIE:
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn, conn.makefile("rw", encoding="utf-8") as stream:
+                conn.settimeout(HELPER_WAIT_S)  # a stage connects only with its run ready to send
+                try:
+                    request = stream.readline()
+                except OSError:
+                    request = ""
+                if not request.endswith("\n"):
+                    continue  # a probe, or a stage stopped while sending: nothing to write
+                if fresh is not None and fresh.is_file():
+                    with local_store_lock(root):
+                        if not db.exists():
+                            os.replace(fresh, db)
+                notes = io.StringIO()  # the store's notes (an experiment restored, artifacts moved) go to the stage
+                try:
+                    with contextlib.redirect_stderr(notes):
+                        run_id, replayed = store_run(settings, PendingRun(**json.loads(request)), root)
+                    answer = {"run_id": run_id, "replayed": replayed}
+                except Exception as exc:
+                    answer = {"error": describe_store_failure(exc)}
+                answer["notes"] = notes.getvalue()
+                with contextlib.suppress(OSError):
+                    stream.write(json.dumps(answer) + "\n")
+                    stream.flush()
+    except psutil.Error:
+        pass
     finally:
+        server.close()
+        with contextlib.suppress(OSError):
+            os.unlink(address)
         if fresh is not None:
             fresh.unlink(missing_ok=True)
     os._exit(0)  # all written and committed: skip tearing down MLflow's modules
@@ -984,5 +1029,5 @@ def sync(settings: TrackingSettings, root: Path, include_all: bool = False) -> S
     return report
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
-    serve()
+if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
+    serve(sys.argv[2], int(sys.argv[3]))

@@ -14,9 +14,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from segmentation.errors import exit_on_interrupt
 from segmentation.tracking import start_store_helper
 
 if __name__ == "__main__":  # run as a stage: MLflow gets ready in a helper process while the imports below run
+    exit_on_interrupt("train")
     start_store_helper()
 
 
