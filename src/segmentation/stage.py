@@ -1,4 +1,4 @@
-"""The runner every stage's CLI shares: outputs committed all together, then the run logged."""
+"""The runner every stage's CLI shares: the run logged, then all outputs committed together."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ STARTED_BY_DVC = dvc_process()
 
 @contextmanager
 def run(stage: str, dagshub_dir: str | Path) -> Iterator[tuple[StageOutputs, DualLogger]]:
-    """Collect a stage's outputs and its record; on success commit them together, then log the run.
+    """Collect a stage's outputs and its record; on success log the run, then commit the outputs together.
 
     Inside the block, write every output through ``outputs`` and record params, metrics and artifacts on ``log``.
     If the block fails (an error, Ctrl-C), nothing is replaced and nothing is logged. Then the DagsHub logger
