@@ -239,6 +239,53 @@ def test_ctrl_c_prints_one_line_and_changes_nothing(project):
     assert_intact(root, env, before)
 
 
+SWALLOWED_CTRL_C = """
+import os, signal, sys, weakref
+import segmentation.tracking as tracking
+from segmentation.train import main
+
+logged = tracking.DualLogger.log_run
+
+
+def log_run(self, outputs):
+    logged(self, outputs)
+    # Ctrl-C while MLflow's finalizers run: Python reports it as "Exception ignored" and goes on.
+    class Garbage:
+        pass
+
+    def finalizer(ref):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10_000):
+            pass
+
+    garbage = Garbage()
+    ref = weakref.ref(garbage, finalizer)
+    del garbage
+
+
+tracking.DualLogger.log_run = log_run
+main(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_swallowed_in_a_finalizer_still_stops_the_stage(project):
+    """The interrupt lands where Python cannot raise it (a weakref callback, after the run was logged): the
+    stage still stops before its commit, says one line, and withdraws the run it had logged."""
+    root, env = project
+    before = snapshot(root)
+    _, runs_before = mlflow_runs(root, "train")
+    cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["train"]["cmd"].split()
+    proc = subprocess.run(
+        [sys.executable, "-c", SWALLOWED_CTRL_C, *cmd[3:]], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 130, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("train: k=")]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: train stopped"), proc.stderr
+    _, runs_after = mlflow_runs(root, "train")
+    assert [r.info.run_id for r in runs_after] == [r.info.run_id for r in runs_before]
+    assert_intact(root, env, before)
+
+
 def mlflow_runs(root: Path, stage: str | None = None):
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)

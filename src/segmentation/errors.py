@@ -51,10 +51,24 @@ def _on_sigint(signum, frame) -> None:
 
 def _watch_interrupts():
     """Note Ctrl-C as well as raising KeyboardInterrupt: Python drops an interrupt that lands in a finalizer
-    ("Exception ignored in ..."), and the stage would then go on to commit."""
+    ("Exception ignored in ..."), and the stage would then go on to commit; the flag stops it at the next check."""
     if threading.current_thread() is not threading.main_thread():
         return None
+    if sys.unraisablehook is not _quiet_unraisable:
+        _quiet_unraisable.previous = sys.unraisablehook
+        sys.unraisablehook = _quiet_unraisable
     return signal.signal(signal.SIGINT, _on_sigint)
+
+
+def _quiet_unraisable(unraisable) -> None:
+    """Say nothing of a Ctrl-C that Python swallowed in a finalizer: it is noted, and the stage stops at the next
+    check with its one ``interrupted:`` line instead of a stray traceback."""
+    if _interrupted and unraisable.exc_type is KeyboardInterrupt:
+        return
+    _quiet_unraisable.previous(unraisable)
+
+
+_quiet_unraisable.previous = sys.unraisablehook
 
 
 def raise_if_interrupted() -> None:

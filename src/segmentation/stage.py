@@ -37,8 +37,13 @@ def run(stage: str, dagshub_dir: str | Path) -> Iterator[tuple[StageOutputs, Dua
         # DVC sets DVC_STAGE for the commands it runs: under DVC, its process must still be there to record us.
         _require_dvc(stage, dvc)
         log.log_run(outputs)  # MLflow reads the artifacts from the staged files
-        log.deliver()  # best effort, bounded; before the commit, so that little can stop a stage after it
-        _require_dvc(stage, dvc)
+        try:
+            _require_dvc(stage, dvc)  # Ctrl-C while logging (Python may have swallowed it in a finalizer)
+            log.deliver()  # best effort, bounded; before the commit, so that little can stop a stage after it
+            _require_dvc(stage, dvc)
+        except BaseException:
+            log.withdraw_run()  # no run in the store for outputs that were never committed
+            raise
         outputs.commit()
 
 

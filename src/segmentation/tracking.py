@@ -348,6 +348,22 @@ class DualLogger:
             )
             self.run_id = None
 
+    def withdraw_run(self) -> None:
+        """Delete the run just logged locally (the stage stopped before its commit): the store keeps no record of
+        outputs that were never committed. Best effort: a store that fails here leaves the run, with a warning."""
+        if self.run_id is None:
+            return
+        try:
+            with local_store_lock(self.root), quiet_mlflow():
+                MlflowClientFor(self.settings.local_uri).delete_run(self.run_id)
+        except Exception as exc:
+            print(
+                f"warning: MLflow store {redact_uri(self.settings.local_uri)}: could not withdraw run {self.run_id} "
+                f"of a stage that stopped before its commit ({describe_store_failure(exc)})",
+                file=sys.stderr,
+            )
+        self.run_id = None
+
     def deliver(self) -> None:
         """After the commit: copy the run to the remote tracker, if one is configured, and say where it went."""
         s = self.settings
