@@ -106,8 +106,8 @@ remote: ## Show where data and runs go (DVC remotes, MLflow tracking), without s
 sync: ## Deliver MLflow runs kept locally (tracker unreachable) to the remote tracker
 	python -m segmentation.remote sync
 
-bench: ## Run the benchmarks (figures printed, ratios against a baseline from the same run)
-	$(BIN)/python benchmarks/bench_pipeline.py
+bench: ## Speed and scale: the seed's script vs dvc repro, example to 1M rows (LARGE=1: also 3M and 10M rows)
+	$(BIN)/python benchmarks/bench_scale.py $(if $(LARGE),--large) $(ARGS)
 
 clean: ## Remove the local MLflow store and Python caches (keeps data, DVC cache and .venv)
 	rm -rf mlflow.db mlruns .pytest_cache .ruff_cache dvc_plots

@@ -1,5 +1,7 @@
 """Benchmarks: time the pipeline's pure functions on the example data and compare with baselines from the same run.
 
+(`make bench` runs benchmarks/bench_scale.py: the whole pipeline against the seed's script at scale.)
+
 Machines are shared and noisy: read the ratios, not the absolute seconds. Each figure is the median of --repeat runs.
 
     python benchmarks/bench_pipeline.py [--repeat 5] [--rows 0] [--pipeline]
@@ -40,7 +42,7 @@ def median_time(fn, repeat: int) -> float:
 
 
 def plain_kmeans_loop(X: np.ndarray, params) -> None:
-    """Baseline: the same KMeans fits as the elbow search, without yellowbrick, scoring or plotting."""
+    """Baseline: the same KMeans fits as the elbow search, one after the other, without scoring or plotting."""
     for k in range(params.k_min, params.k_max + 1):
         KMeans(n_clusters=k, n_init=params.n_init, random_state=params.random_state).fit(X)
 
@@ -88,7 +90,7 @@ def main() -> None:
 
     print(f"preprocess (pure function)           {t_pre:8.3f} s")
     print(f"baseline: plain KMeans loop over k   {t_base:8.3f} s   1.00x")
-    print(f"elbow_search (yellowbrick + plot)    {t_elbow:8.3f} s   {t_elbow / t_base:.2f}x baseline")
+    print(f"elbow_search (scores, knee, plot)   {t_elbow:8.3f} s   {t_elbow / t_base:.2f}x baseline")
     print(f"same loop with n_init=1              {t_one:8.3f} s   {t_one / t_base:.2f}x baseline")
     if args.pipeline:
         full, noop = pipeline_times()

@@ -67,7 +67,7 @@ def test_byod_repro_segments_every_row(byod):
 
 def test_byod_matrix_and_profile(byod):
     root, _, _, _ = byod
-    matrix = pd.read_csv(root / "data/processed/matrix.csv")
+    matrix = pd.read_parquet(root / "data/processed/matrix.parquet")
     onehot = ["hue_band_dull", "hue_band_mid", "hue_band_vivid"]
     assert list(matrix.columns) == ["row_id", *FEATURES, *onehot]
     assert set(np.unique(matrix[onehot].to_numpy())) == {0.0, 1.0}

@@ -25,6 +25,7 @@ def test_project_params_are_valid(repo):
         ({"selection": "best_score"}, "selection 'best_score' needs metric silhouette or calinski_harabasz"),
         ({"n_init": "auto"}, "train.n_init: Input should be a valid integer"),
         ({"n_clusters": 4}, "train.n_clusters: unknown parameter"),
+        ({"search_sample_size": 99}, "train: search_sample_size (99) must be at least k_max x min_cluster_size (100)"),
     ],
 )
 def test_train_params_errors_name_the_parameter(override, expected):

@@ -115,10 +115,12 @@ def test_k_range_rules():
     )
 
 
-def test_progress_wrapper_keeps_yellowbrick_scores_identical(capsys):
+@pytest.mark.parametrize("metric", ["distortion", "silhouette", "calinski_harabasz"])
+def test_the_search_gives_yellowbricks_scores_and_knee_with_a_line_per_k(capsys, metric):
+    """The stage no longer imports yellowbrick (~2 s): its scores and knee must still be KElbowVisualizer's."""
     X, _ = make_blobs(n_samples=300, centers=4, cluster_std=0.8, random_state=5)
-    params = train_params(k_max=7)
-    viz = kelbow_visualizer_class()(make_kmeans(params), k=(2, 8), timings=False, force_model=True)
+    params = train_params(k_max=7, metric=metric)
+    viz = kelbow_visualizer_class()(make_kmeans(params), k=(2, 8), metric=metric, timings=False, force_model=True)
     viz.fit(X)
     result = elbow_search(X, params)
     assert result.scores == [float(s) for s in viz.k_scores_] and result.k_best == viz.elbow_value_

@@ -66,9 +66,22 @@ def test_plots_have_titles_and_labels(fitted):
     result = evaluate(matrix, features, model, "ID", EvaluateParams(silhouette_sample_size=5000, random_state=0))
     labels = result.segments["cluster"].to_numpy()
     for fig in (
-        projection_plot(matrix, labels, "ID"),
+        projection_plot(matrix, labels, "ID", sample_size=20000, random_state=0),
         silhouette_plot(result.silhouette_values, result.silhouette_labels),
         profile_plot(result.profile),
     ):
         ax = fig.axes[0]
         assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+
+
+def test_the_projection_plot_draws_a_seeded_sample_and_keeps_the_full_sizes(fitted):
+    matrix, _, model = fitted
+    labels = model.predict(matrix[["a", "b"]].to_numpy())
+    fig = projection_plot(matrix, labels, "ID", sample_size=100, random_state=0)
+    ax = fig.axes[0]
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 100
+    assert "a sample of 100 of 300" in ax.get_title()
+    sizes = np.bincount(labels)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"cluster {k} ({n})" for k, n in enumerate(sizes)]
+    again = projection_plot(matrix, labels, "ID", sample_size=100, random_state=0).axes[0]
+    np.testing.assert_array_equal(ax.collections[0].get_offsets(), again.collections[0].get_offsets())

@@ -185,7 +185,9 @@ def test_kill_9_at_several_moments_then_repro_recovers(project, victim, delay_s)
     """SIGKILL while train runs with a changed param: outputs stay in step with dvc.lock; the next repro recovers."""
     root, env = project
     before = snapshot(root)
-    good = set_param(root, "n_init", 3)  # a new model: a commit of new outputs would be visible
+    # A new model (a commit of new outputs would be visible), and a search of ~5 s, so that every kill moment lands
+    # while train runs (with the usual n_init, the stage is over in about 3 s on these 400 rows).
+    good = set_param(root, "n_init", 1000)
     try:
         dvc = subprocess.Popen(
             ["dvc", "repro", "--single-item", "train"], cwd=root, env=env, start_new_session=True,
@@ -227,15 +229,20 @@ def test_ctrl_c_prints_one_line_and_changes_nothing(project):
     root, env = project
     before = snapshot(root)
     cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["train"]["cmd"].split()
-    stage = subprocess.Popen(
-        [sys.executable, *cmd[1:]], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    time.sleep(2.5)  # inside imports or the elbow search
-    stage.send_signal(signal.SIGINT)
-    _, stderr = stage.communicate(timeout=120)
+    good = set_param(root, "n_init", 1000)  # a search of ~5 s: the stage is still at work when Ctrl-C comes
+    try:
+        stage = subprocess.Popen(
+            [sys.executable, *cmd[1:]], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(2.5)  # inside imports or the elbow search
+        stage.send_signal(signal.SIGINT)
+        _, stderr = stage.communicate(timeout=120)
+    finally:
+        (root / "params.yaml").write_text(good)
     assert stage.returncode == 130, stderr
-    lines = [line for line in stderr.strip().splitlines() if not line.startswith("train: k=")]  # progress
-    assert len(lines) == 1 and lines[0].startswith("interrupted: "), stderr  # in the search, or while loading
+    # The search's progress lines (one per k fitted) may come first; then the one line, nothing else.
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith("train: k=")]
+    assert lines == ["interrupted: train stopped; its outputs are replaced all together or not at all"], stderr
     assert_intact(root, env, before)
 
 

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.remote
 
 OWNER, REPO = "acme", "segments"
 STAGES = ["preprocess", "train", "evaluate"]
-CACHED = ["data/raw/marketing_sample.csv", "data/processed/matrix.csv", "models/kmeans.joblib", "data/segments.csv"]
+CACHED = ["data/raw/marketing_sample.csv", "data/processed/matrix.parquet", "models/kmeans.joblib", "data/segments.csv"]
 # Without the bound, MLflow's default retries stall a stage ~247 s per request on a dead server (NOTES.md);
 # with it a stage loses seconds. The margins here only tell "seconds" from "minutes" on a loaded machine.
 DEAD_TRACKER_BOUND_S = 150

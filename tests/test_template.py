@@ -53,7 +53,7 @@ DECOYS = [
     ".ruff_cache/CACHEDIR.TAG",
     "src/segmentation/__pycache__/config.cpython-311.pyc",
     "data/raw/marketing_campaign.csv",
-    "data/processed/features.csv",
+    "data/processed/features.parquet",
     "data/segments.csv",
     "models/kmeans.joblib",
     "reports/figures/elbow.png",

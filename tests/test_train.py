@@ -7,12 +7,21 @@ from sklearn.datasets import make_blobs
 
 from segmentation.config import TrainParams
 from segmentation.errors import UserError
-from segmentation.train import choose_k, elbow_search, fallback_k, train
+from segmentation.train import CURVES, choose_k, elbow_search, fallback_k, find_knee, search_sample, train
 
 
 def params(**override) -> TrainParams:
     base = {"k_min": 2, "k_max": 8, "metric": "distortion", "n_init": 4, "random_state": 0, "n_threads": 1}
     return TrainParams(**{**base, **override})
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Each search draws its elbow figure: close them (matplotlib warns past 20 open figures)."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +93,61 @@ def test_elbow_plot_is_labelled(blobs):
     assert "k_best = 4" in ax.get_title()
     assert ax.get_xlabel() == "number of clusters k"
     assert ax.get_ylabel() == "distortion score"
+
+
+@pytest.fixture(scope="module")
+def many_blobs() -> pd.DataFrame:
+    X, _ = make_blobs(n_samples=6000, centers=4, cluster_std=0.6, random_state=3)
+    return pd.DataFrame({"ID": np.arange(len(X)), "x": X[:, 0], "y": X[:, 1]})
+
+
+def test_above_the_sample_size_the_search_fits_a_seeded_sample_then_all_rows(many_blobs, capsys):
+    p = params(search_sample_size=1000)
+    elbow, model = train(many_blobs, "ID", p)
+    assert (elbow.k_best, elbow.search_rows) == (4, 1000)
+    assert len(model.labels_) == len(many_blobs)  # the final model: one fit on every row
+    assert model.n_init == 1 and isinstance(model.init, np.ndarray)  # started from the sample's centres at k_best
+    np.testing.assert_array_equal(model.init, elbow.models[4].cluster_centers_)
+    assert "final fit, k=4 on all 6000 rows from the sample's centres" in capsys.readouterr().err
+    # The sample: seeded, without replacement, sorted; the rule: more rows than search_sample_size.
+    idx = search_sample(6000, p)
+    assert len(idx) == len(set(idx)) == 1000 and list(idx) == sorted(idx)
+    np.testing.assert_array_equal(idx, search_sample(6000, p))
+    assert search_sample(1000, p) is None and search_sample(6000, params()) is None
+
+
+def test_at_or_below_the_sample_size_the_search_uses_every_row_and_its_model(blobs):
+    elbow, model = train(blobs, "ID", params(search_sample_size=400))
+    assert elbow.search_rows == 400
+    assert model is elbow.models[elbow.k_best]  # no refit: the search's own seeded n_init fit
+
+
+@pytest.mark.parametrize("search_sample_size", [None, 1000])
+def test_results_do_not_depend_on_the_thread_count(many_blobs, search_sample_size):
+    one, m1 = train(many_blobs, "ID", params(n_threads=1, search_sample_size=search_sample_size))
+    two, m2 = train(many_blobs, "ID", params(n_threads=2, search_sample_size=search_sample_size))
+    assert one.scores == two.scores and one.k_best == two.k_best
+    for k in one.k_values:
+        np.testing.assert_array_equal(one.models[k].cluster_centers_, two.models[k].cluster_centers_)
+    if search_sample_size is None:
+        np.testing.assert_array_equal(m1.cluster_centers_, m2.cluster_centers_)
+
+
+def test_the_knee_is_yellowbricks():
+    """find_knee is a port of yellowbrick 1.5's KneeLocator: same knee on random curves of every shape it handles."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from yellowbrick.utils import KneeLocator
+
+        rng = np.random.default_rng(0)
+        for _ in range(300):
+            x = list(range(2, 2 + int(rng.integers(3, 12))))
+            y = list(np.cumsum(rng.exponential(1.0, len(x))))
+            for metric, (nature, direction) in CURVES.items():
+                curve = y[::-1] if metric == "distortion" else y
+                if rng.random() < 0.3:
+                    curve = list(rng.normal(size=len(x)))  # no shape at all: often no knee
+                expected = KneeLocator(x, curve, curve_nature=nature, curve_direction=direction).knee
+                assert find_knee(x, curve, nature, direction) == expected, (x, curve, metric)

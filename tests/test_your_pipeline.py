@@ -34,7 +34,7 @@ def test_the_pipeline_runs_on_your_params_and_data(tmp_path):
     for stage, entry in lock.items():
         for out in entry.get("outs", []):
             assert (root / out["path"]).exists(), f"stage {stage}: output {out['path']} missing"
-    kept = pd.read_csv(root / "data/processed/features.csv")
+    kept = pd.read_parquet(root / "data/processed/features.parquet")
     segments = pd.read_csv(root / "data/segments.csv")
     id_column = kept.columns[0]
     assert list(segments.columns) == [id_column, "cluster"]

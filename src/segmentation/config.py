@@ -122,16 +122,26 @@ class TrainParams(_Params):
     n_init: int = Field(ge=1)
     max_iter: int = Field(default=300, ge=1)
     random_state: int = Field(ge=0, le=SEED_MAX)
-    # KMeans results can differ with the thread count (scikit-learn #27518): fix it for reproducibility.
+    # The search fits this many k values at once, each on one thread (so its scores do not depend on it); the final
+    # fit on all rows (above search_sample_size) uses this many threads, and its result can differ with the count
+    # (scikit-learn #27518): it is fixed here for reproducibility.
     n_threads: int = Field(ge=1)
     # Fewest rows a cluster should have: k_max may be at most rows / min_cluster_size (else an error), and a
     # chosen clustering with a smaller cluster (a singleton included) is reported as a warning.
     min_cluster_size: int = Field(default=10, ge=2)
+    # Above this many rows the elbow search fits on a seeded sample of this many rows, and the final model is one
+    # KMeans fit on all rows started from the sample's centres at k_best; null: always every row.
+    search_sample_size: int | None = Field(default=None, ge=2)
 
     @model_validator(mode="after")
     def _k_range(self) -> TrainParams:
         if self.k_max <= self.k_min:
             raise ValueError(f"k_max ({self.k_max}) must be greater than k_min ({self.k_min})")
+        if self.search_sample_size is not None and self.search_sample_size < self.k_max * self.min_cluster_size:
+            raise ValueError(
+                f"search_sample_size ({self.search_sample_size}) must be at least k_max x min_cluster_size "
+                f"({self.k_max * self.min_cluster_size})"
+            )
         if self.selection == "best_score" and self.metric == "distortion":
             raise ValueError("selection 'best_score' needs metric silhouette or calinski_harabasz")
         return self
@@ -143,6 +153,9 @@ class EvaluateParams(_Params):
     # Silhouette is O(n^2): above this many rows it is computed on a seeded sample of this size.
     # It must also exceed the number of clusters (checked against the model by the evaluate stage).
     silhouette_sample_size: int = Field(ge=2)
+    # The 2-D projection plot draws at most this many points, a seeded sample (a scatter of millions is slow and
+    # no more readable); metrics and profiles always use every row.
+    plot_sample_size: int = Field(default=20000, ge=100)
     random_state: int = Field(ge=0, le=SEED_MAX)
 
 

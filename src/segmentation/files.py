@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
 
@@ -114,12 +113,22 @@ class StageOutputs:
 
     def write_csv(self, target: str | Path, df: pd.DataFrame) -> None:
         """Comma-separated CSV without the index (floats round-trip exactly)."""
-        self._write(target, lambda tmp: df.to_csv(tmp, index=False, lineterminator="\n"))
+        self._write(target, lambda tmp: write_csv(tmp, df))
+
+    def write_table(self, target: str | Path, df: pd.DataFrame) -> None:
+        """A table between stages: Parquet when ``target`` ends in ``.parquet`` (columnar, typed, exact, ~30x
+        faster to write than CSV), else CSV."""
+        if Path(target).suffix == PARQUET:
+            self._write(target, lambda tmp: write_parquet(tmp, df))
+        else:
+            self.write_csv(target, df)
 
     def dump_model(self, target: str | Path, obj: Any) -> None:
         """A fitted estimator, pickled with joblib."""
 
         def dump(tmp: Path) -> None:
+            import joblib
+
             with open(tmp, "wb") as fh:
                 joblib.dump(obj, fh)
 
@@ -259,6 +268,38 @@ class LineLocator:
         return starts
 
 
+PARQUET = ".parquet"
+FAST_CSV_ROWS = 100_000
+
+
+def write_csv(path: str | Path, df: pd.DataFrame) -> None:
+    """``df`` as CSV without the index, ``\\n`` line ends. A large all-integer table (segments: ID -> cluster) is
+    written by pyarrow's CSV writer, ~7x faster than pandas and byte-identical for integers; anything else by pandas.
+    """
+    simple_names = all(isinstance(c, str) and not any(ch in c for ch in ',"\n\r') for c in df.columns)
+    if len(df) >= FAST_CSV_ROWS and simple_names and all(pd.api.types.is_integer_dtype(t) for t in df.dtypes):
+        import pyarrow as pa
+        import pyarrow.csv as pa_csv
+
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        with open(path, "wb") as fh:
+            fh.write((",".join(df.columns) + "\n").encode("utf-8"))
+            options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
+            pa_csv.write_csv(table, fh, write_options=options)
+        return
+    df.to_csv(path, index=False, lineterminator="\n")
+
+
+def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
+    """``df`` as Parquet without its index; the same frame gives the same bytes (no timestamps in the file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    plain_df = df.copy(deep=False)
+    plain_df.attrs = {}  # pandas would try to store them (a CsvSource) in the file's metadata
+    pq.write_table(pa.Table.from_pandas(plain_df, preserve_index=False), path, compression="zstd")
+
+
 def plain(value: Any) -> Any:
     """A numpy scalar as the Python value it holds, so that messages show ``5524``, not ``np.int64(5524)``."""
     return value.item() if isinstance(value, np.generic) else value
@@ -276,40 +317,59 @@ def _existing_file(path: str | Path, stage: str | None) -> Path:
 
 
 def read_csv(path: str | Path, stage: str | None = None) -> pd.DataFrame:
-    """Read a CSV written by a previous stage (``stage``, named in the fix); a missing or unreadable file is a
-    :class:`~segmentation.errors.UserError`."""
+    """Read a table written by a previous stage (``stage``, named in the fix): Parquet for a ``.parquet`` path, else
+    CSV; a missing or unreadable file is a :class:`~segmentation.errors.UserError`."""
     path = _existing_file(path, stage)
+    rebuild = f"dvc repro -f -s {stage}" if stage else "dvc repro -f"
+    if path.suffix == PARQUET:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pandas()
+        except (pa.ArrowException, OSError, ValueError):
+            raise UserError(f"{path}: not a Parquet file written by the pipeline; rebuild it: {rebuild}") from None
     try:
         return pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         reason = "empty" if isinstance(exc, pd.errors.EmptyDataError) else "not a CSV file written by the pipeline"
-        rebuild = f"dvc repro -f -s {stage}" if stage else "dvc repro -f"
         raise UserError(f"{path}: {reason}; rebuild it: {rebuild}") from None
 
 
 def read_matrix(path: str | Path, stage: str = "preprocess") -> pd.DataFrame:
     """Read the model matrix (an ID column, then numeric columns); a blank, text or infinite value is a
-    :class:`~segmentation.errors.UserError` naming the column and the line, with the fix."""
+    :class:`~segmentation.errors.UserError` naming the column and the line (the row, in a Parquet file), with the
+    fix."""
     matrix = read_csv(path, stage)
     rebuild = f"rebuild it: dvc repro -f -s {stage}"
     if matrix.shape[1] < 2 or matrix.empty:
         raise UserError(f"{path}: expected an ID column and model columns with rows; {rebuild}")
+    parquet = Path(path).suffix == PARQUET
     for column in matrix.columns[1:]:
-        values = pd.to_numeric(matrix[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        series = matrix[column]
+        if pd.api.types.is_float_dtype(series) and not pd.api.types.is_extension_array_dtype(series):
+            values = series.to_numpy()  # already numbers: no conversion, no copy
+        else:
+            values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        if np.isfinite(values).all():
+            continue
         bad = np.flatnonzero(~np.isfinite(values))
-        if len(bad):
-            lines = LineLocator(CsvSource(str(path), ",", "utf-8", len(matrix)))
-            shown = matrix[column].iloc[bad[0]]
-            value = "a blank" if pd.isna(shown) else repr(plain(shown))
-            raise UserError(
-                f"{path}: column {column} has {value} on line {lines.line(bad[0], str(column))} "
-                f"(the model matrix must be finite numbers); {rebuild}"
-            )
+        shown = series.iloc[bad[0]]
+        value = "a blank" if pd.isna(shown) else repr(plain(shown))
+        if parquet:
+            where = f"row {bad[0] + 1}"
+        else:
+            where = f"line {LineLocator(CsvSource(str(path), ',', 'utf-8', len(matrix))).line(bad[0], str(column))}"
+        raise UserError(
+            f"{path}: column {column} has {value} on {where} (the model matrix must be finite numbers); {rebuild}"
+        )
     return matrix
 
 
 def load_model(path: str | Path, stage: str | None = None) -> Any:
     """Load a joblib pickle written by a previous stage (``stage``, named in the fix when it cannot be read)."""
+    import joblib
+
     path = _existing_file(path, stage)
     try:
         return joblib.load(path)

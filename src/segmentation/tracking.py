@@ -26,9 +26,8 @@ from segmentation.store import (
     describe_store_failure,
     local_store_lock,
     quiet_mlflow,
-    record_run,
-    replay_pending,
 )
+from segmentation.store_helper import record_with_helper
 
 DAGSHUB_DIR = Path("metrics") / "dagshub"
 ENV_EXPERIMENT = "MLFLOW_EXPERIMENT_NAME"
@@ -330,14 +329,7 @@ class DualLogger:
             end_time=now_ms(),
         )
         try:
-            with local_store_lock(self.root), quiet_mlflow():
-                local = MlflowClientFor(s.local_uri)
-                self.run_id = record_run(local, s, self._pending, self.root)
-                if s.is_remote:  # pending until delivered: a stage stopped while delivering leaves it for sync
-                    from segmentation.delivery import PENDING_TAG, remote_key
-
-                    local.set_tag(self.run_id, f"{PENDING_TAG}_{remote_key(s.tracking_uri)}", s.display_uri)
-                self._replayed = replay_pending(local, s, self.root)
+            self.run_id, self._replayed = record_with_helper(s, self._pending, self.root)
         except Exception as exc:  # any store failure: keep the record, never the stage's results at stake
             folder = self._pending.save(self.root, artifacts)
             print(

@@ -1,12 +1,26 @@
-"""Stage ``train``: elbow search over k with yellowbrick's ``KElbowVisualizer``, then the final KMeans fit."""
+"""Stage ``train``: elbow search over k (yellowbrick's scores and knee rule), then the final KMeans fit.
+
+The search fits one seeded KMeans (``n_init`` restarts) per k on the search rows: all rows, or above
+``search_sample_size`` rows a seeded sample of that many. Fits run ``n_threads`` at a time, each on one thread, so the
+scores do not depend on the thread count. The final model is the search's fit at k_best when the search saw every row;
+otherwise one KMeans fit on all rows started from the sample's centres at k_best.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-import warnings
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from segmentation.errors import exit_on_interrupt
+from segmentation.store_helper import start_store_helper
+
+if __name__ == "__main__":  # run as a stage: MLflow gets ready in a helper process while the imports below run
+    exit_on_interrupt("train")
+    start_store_helper()
+
 
 import numpy as np
 import pandas as pd
@@ -17,6 +31,8 @@ from segmentation.config import TrainParams, flatten, load_section
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import read_matrix
 from segmentation.plotting import FIGURE_DPI, new_figure
+from segmentation.progress import Progress
+from segmentation.stage import exit_now
 from segmentation.stage import run as run_stage
 
 
@@ -30,6 +46,8 @@ class ElbowResult:
     score_best: float
     rule: str  # "elbow", "best_score", or the fallback used when no elbow was found
     figure: object  # the drawn matplotlib Figure
+    search_rows: int = 0  # rows the search fitted on: all of them, or the seeded sample
+    models: dict[int, KMeans] = field(default_factory=dict, repr=False)  # the search's fit per k
 
 
 def make_kmeans(params: TrainParams, n_clusters: int = 8) -> KMeans:
@@ -42,32 +60,98 @@ def make_kmeans(params: TrainParams, n_clusters: int = 8) -> KMeans:
     )
 
 
-class ProgressKMeans(KMeans):
-    """KMeans that prints one line per fit on stderr: yellowbrick's elbow search fits one model per k silently.
-
-    Same parameters and ``fit`` as KMeans, so the scores are those of a plain KMeans. ``k_max`` (an attribute, not
-    a parameter) is shown as the end of the search.
-    """
-
-    k_max: int | None = None
-
-    def fit(self, X, y=None, sample_weight=None):
-        """Fit as KMeans does, then print ``train: k=4/10 fitted (0.3 s)``."""
-        start = time.perf_counter()
-        super().fit(X, y=y, sample_weight=sample_weight)
-        of = f"/{self.k_max}" if self.k_max else ""
-        print(
-            f"train: k={self.n_clusters}{of} fitted ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True
-        )
-        return self
+def search_sample(rows: int, params: TrainParams) -> np.ndarray | None:
+    """The rows the elbow search fits on: None for all of them (``rows`` <= ``search_sample_size``, or no limit),
+    else the sorted indices of a sample of ``search_sample_size`` rows drawn without replacement, seeded by
+    ``random_state``."""
+    size = params.search_sample_size
+    if size is None or rows <= size:
+        return None
+    return np.sort(np.random.default_rng(params.random_state).choice(rows, size=size, replace=False))
 
 
-def check_k_range(X: np.ndarray, params: TrainParams, source: str) -> None:
-    """Fail unless the rows of ``X`` can hold ``k_max`` clusters.
+def distortion_score(X: np.ndarray, labels: np.ndarray) -> float:
+    """yellowbrick's ``distortion_score``: the sum over clusters of squared Euclidean distances to the cluster mean
+    (computed as yellowbrick 1.5 does, so the scores are the same to the last bit)."""
+    from sklearn.metrics import pairwise_distances
+
+    total = 0.0
+    for label in np.unique(labels):
+        members = X[labels == label]
+        center = np.array([members.mean(axis=0)])
+        total += (pairwise_distances(members, center, metric="euclidean") ** 2).sum()
+    return float(total)
+
+
+def score(X: np.ndarray, labels: np.ndarray, metric: str) -> float:
+    """The elbow curve's score of a clustering, as ``KElbowVisualizer`` computes it for ``metric``."""
+    if metric == "distortion":
+        return distortion_score(X, labels)
+    if metric == "silhouette":
+        from sklearn.metrics import silhouette_score
+
+        return float(silhouette_score(X, labels, metric="euclidean"))
+    from sklearn.metrics import calinski_harabasz_score
+
+    return float(calinski_harabasz_score(X, labels))
+
+
+# yellowbrick's KElbowVisualizer: the shape of each metric's curve, for the knee locator.
+CURVES = {
+    "distortion": ("convex", "decreasing"),
+    "silhouette": ("concave", "increasing"),
+    "calinski_harabasz": ("concave", "increasing"),
+}
+
+
+def find_knee(x: list[int], y: list[float], curve_nature: str, curve_direction: str, S: float = 1.0) -> int | None:
+    """The knee (elbow) of the curve ``y(x)`` by yellowbrick 1.5's ``KneeLocator`` (the Kneedle algorithm, offline
+    mode, first knee), or None when it finds none. A port of its code without importing yellowbrick (~2 s);
+    tests/test_degenerate_model.py checks it against yellowbrick."""
+    from scipy.signal import argrelextrema
+
+    xs, ys = np.asarray(x), np.asarray(y, dtype=float)
+    if len(xs) < 2 or xs.max() == xs.min() or ys.max() == ys.min():
+        return None
+    x_norm = (xs - xs.min()) / (xs.max() - xs.min())
+    y_norm = (ys - ys.min()) / (ys.max() - ys.min())
+    if curve_direction == "decreasing":  # turn an elbow into a knee (concave, increasing)
+        y_norm = np.flip(y_norm) if curve_nature == "concave" else y_norm.max() - y_norm
+    elif curve_nature == "convex":
+        y_norm = np.flip(y_norm.max() - y_norm)
+    y_diff = y_norm - x_norm
+    maxima = argrelextrema(y_diff, np.greater_equal)[0]
+    minima = argrelextrema(y_diff, np.less_equal)[0]
+    if not maxima.size:
+        return None
+    thresholds = y_diff[maxima] - S * np.abs(np.diff(x_norm).mean())
+    max_index = 0
+    threshold, threshold_index = None, None
+    for i, xi in enumerate(x_norm):
+        if i < maxima[0]:
+            continue
+        if xi == 1.0:
+            break
+        if (maxima == i).any():
+            threshold, threshold_index = thresholds[max_index], i
+            max_index += 1
+        if (minima == i).any():
+            threshold = 0.0
+        if y_diff[i + 1] < threshold:
+            if (curve_nature == "convex") == (curve_direction == "decreasing"):
+                return int(xs[threshold_index])
+            return int(xs[-(threshold_index + 1)])
+    return None
+
+
+def check_k_range(X: np.ndarray, params: TrainParams, source: str, sample: np.ndarray | None = None) -> None:
+    """Fail unless the rows of ``X`` (and the search ``sample`` of them, when there is one) can hold ``k_max``
+    clusters.
 
     - ``k_max`` must be below the number of rows, and at most rows / ``min_cluster_size`` (the documented bound);
     - ``X`` must have at least ``k_max`` distinct rows (KMeans cannot make more clusters than distinct points: with
-      all rows identical every score is 0 and any k would be "chosen").
+      all rows identical every score is 0 and any k would be "chosen"); so must the sample the search fits on.
+      Counted on the sample first: all rows are counted only when it holds too few.
     """
     rows = len(X)
     if params.k_max >= rows:
@@ -78,7 +162,9 @@ def check_k_range(X: np.ndarray, params: TrainParams, source: str) -> None:
             f"params.yaml: train.k_max ({params.k_max}) is more than {rows} rows allow: at most rows / "
             f"train.min_cluster_size ({params.min_cluster_size}) = {most}; lower k_max (or min_cluster_size)"
         )
-    distinct = len(pd.DataFrame(X).drop_duplicates())
+    if sample is not None and len(sample) < rows and distinct_rows(sample) >= params.k_max:
+        return
+    distinct = distinct_rows(X)
     if distinct < params.k_max:
         fix = (
             "nothing to cluster: check the data"
@@ -89,6 +175,16 @@ def check_k_range(X: np.ndarray, params: TrainParams, source: str) -> None:
             f"{source}: only {distinct} distinct row(s) among {rows} (identical customers?), fewer than "
             f"train.k_max ({params.k_max}); {fix}"
         )
+    if sample is not None and len(sample) < rows:
+        raise UserError(
+            f"{source}: the elbow search's sample of {len(sample)} rows holds only {distinct_rows(sample)} distinct "
+            f"row(s), fewer than train.k_max ({params.k_max}); raise train.search_sample_size"
+        )
+
+
+def distinct_rows(X: np.ndarray) -> int:
+    """How many distinct rows ``X`` has."""
+    return len(pd.DataFrame(X).drop_duplicates())
 
 
 def small_clusters(labels: np.ndarray, k: int, min_size: int) -> dict[int, int]:
@@ -135,37 +231,38 @@ def choose_k(
     return fallback_k(k_values, scores, metric)
 
 
+def fit_k(X: np.ndarray, k: int, params: TrainParams) -> tuple[KMeans, float, float]:
+    """One search fit: seeded KMeans with ``k`` clusters on one thread; returns (model, score, seconds)."""
+    start = time.perf_counter()
+    with threadpool_limits(limits=1, user_api="openmp"):  # OpenMP's thread count is per calling thread
+        model = make_kmeans(params, n_clusters=k).fit(X)
+    return model, score(X, model.labels_, params.metric), time.perf_counter() - start
+
+
 def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model matrix") -> ElbowResult:
-    """Fit KMeans for k in [k_min, k_max] with ``KElbowVisualizer`` and choose k_best (one progress line per k).
+    """Fit KMeans for k in [k_min, k_max] on the search rows and choose k_best (progress per k on stderr).
 
     ``source`` names the matrix in error messages (see :func:`check_k_range`).
     """
-    from segmentation.plotting import kelbow_visualizer_class
-
-    KElbowVisualizer = kelbow_visualizer_class()
-    check_k_range(X, params, source)
-    estimator = ProgressKMeans(**make_kmeans(params).get_params())
-    estimator.k_max = params.k_max
-    fig, ax = new_figure()
-    viz = KElbowVisualizer(
-        estimator,
-        ax=ax,
-        k=(params.k_min, params.k_max + 1),  # yellowbrick's (start, stop) is half-open
-        metric=params.metric,
-        timings=False,  # fit times differ run to run; keep the plot reproducible
-        locate_elbow=params.selection == "elbow",
-        # yellowbrick 1.5 rejects KMeans under scikit-learn >= 1.8 (yellowbrick #1331); the model is a clusterer.
-        force_model=True,
-    )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        viz.fit(X)
-    for w in caught:
-        if "knee" not in str(w.message) and "elbow" not in str(w.message):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    k_values = [int(k) for k in viz.k_values_]
-    scores = [float(s) for s in viz.k_scores_]
-    elbow = viz.elbow_value_ if params.selection == "elbow" else None
+    idx = search_sample(len(X), params)
+    S = X if idx is None else X[idx]
+    check_k_range(X, params, source, sample=S)
+    k_values = list(range(params.k_min, params.k_max + 1))
+    fits: dict[int, tuple[KMeans, float]] = {}
+    what = f"on {len(S)} of {len(X)} rows" if idx is not None else f"on {len(X)} rows"
+    # BLAS's thread limit is process-wide: one thread for all; OpenMP's is set by each worker thread (fit_k).
+    with (
+        Progress("train", f"elbow search {what}", total=len(k_values), unit="k") as progress,
+        threadpool_limits(limits=1, user_api="blas"),
+        ThreadPoolExecutor(params.n_threads) as pool,
+    ):
+        futures = {k: pool.submit(fit_k, S, k, params) for k in k_values}
+        for k in k_values:
+            model, value, seconds = futures[k].result()
+            fits[k] = (model, value)
+            progress.step(f"k={k}/{params.k_max} fitted ({seconds:.1f} s)")
+    scores = [fits[k][1] for k in k_values]
+    elbow = find_knee(k_values, scores, *CURVES[params.metric]) if params.selection == "elbow" else None
     k_best, rule = choose_k(k_values, scores, elbow, params.metric, params.selection)
     if rule.startswith("fallback"):
         print(
@@ -174,30 +271,61 @@ def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model ma
             file=sys.stderr,
         )
     score_best = scores[k_values.index(k_best)]
-    if rule != "elbow":
-        ax.axvline(k_best, color="black", linestyle="--", label=f"k = {k_best} ({rule.replace('_', ' ')})")
-    viz.finalize()
-    ax.set_title(f"Elbow search ({params.metric}), k_best = {k_best}")
+    figure = elbow_figure(k_values, scores, k_best, score_best, rule, params.metric, len(S), len(X))
+    return ElbowResult(
+        k_values, scores, k_best, score_best, rule, figure, len(S), {k: model for k, (model, _) in fits.items()}
+    )
+
+
+def elbow_figure(
+    k_values: list[int], scores: list[float], k_best: int, score_best: float, rule: str, metric: str, rows: int,
+    total: int,
+):  # fmt: skip
+    """The elbow curve as yellowbrick draws it (diamonds, a dashed line at the chosen k), titled with k_best."""
+    fig, ax = new_figure()
+    ax.plot(k_values, scores, marker="D", color="C0")
+    label = f"elbow at $k={k_best}$, $score={score_best:0.3f}$" if rule == "elbow" else (
+        f"k = {k_best} ({rule.replace('_', ' ')})"
+    )  # fmt: skip
+    ax.axvline(k_best, color="black", linestyle="--", label=label)
+    on = "" if rows == total else f", on a sample of {rows} of {total} rows"
+    ax.set_title(f"Elbow search ({metric}{on}), k_best = {k_best}")
     ax.set_xlabel("number of clusters k")
-    ax.set_ylabel(f"{params.metric} score")
-    ax.legend(loc="best")
-    return ElbowResult(k_values, scores, k_best, score_best, rule, fig)
+    ax.set_ylabel(f"{metric} score")
+    ax.legend(loc="upper right")  # a fixed place: "best" searches every point of the plot
+    return fig
 
 
-def fit_final(X: np.ndarray, k: int, params: TrainParams) -> KMeans:
-    """Fit the final KMeans with ``k`` clusters."""
-    return make_kmeans(params, n_clusters=k).fit(X)
+def fit_final(X: np.ndarray, elbow: ElbowResult, params: TrainParams) -> KMeans:
+    """The final model with ``elbow.k_best`` clusters on all rows of ``X``.
+
+    The search's own fit when it saw every row; otherwise one KMeans run on all rows (``n_threads`` threads) started
+    from the centres the search found on its sample (its ``n_init`` restarts already chose them).
+    """
+    k = elbow.k_best
+    if elbow.search_rows == len(X):
+        return elbow.models[k]
+    start = time.perf_counter()
+    centres = elbow.models[k].cluster_centers_
+    model = KMeans(n_clusters=k, init=centres, n_init=1, max_iter=params.max_iter, random_state=params.random_state)
+    with threadpool_limits(limits=params.n_threads):
+        model.fit(X)
+    print(
+        f"train: final fit, k={k} on all {len(X)} rows from the sample's centres "
+        f"({time.perf_counter() - start:.1f} s, {model.n_iter_} iterations)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return model
 
 
 def train(
     matrix: pd.DataFrame, id_column: str, params: TrainParams, source: str = "the model matrix"
 ) -> tuple[ElbowResult, KMeans]:
-    """Elbow search then final fit on the matrix's non-ID columns, with the thread count fixed."""
+    """Elbow search then final model on the matrix's non-ID columns."""
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
-    with threadpool_limits(limits=params.n_threads):
-        elbow = elbow_search(X, params, source)
-        model = fit_final(X, elbow.k_best, params)
-    return elbow, model
+    elbow = elbow_search(X, params, source)
+    return elbow, fit_final(X, elbow, params)
 
 
 @stage_entrypoint
@@ -205,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     """CLI of the ``train`` stage."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--matrix", required=True, help="input: ID + transformed matrix (CSV)")
+    parser.add_argument("--matrix", required=True, help="input: ID + transformed matrix (.parquet or .csv)")
     parser.add_argument("--model", required=True, help="output: fitted KMeans (pickle)")
     parser.add_argument("--elbow-plot", required=True, help="output: elbow plot (PNG)")
     parser.add_argument("--elbow-scores", required=True, help="output: score per k (CSV, DVC plot data)")
@@ -222,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{params.metric}_at_k_best": elbow.score_best,
         "inertia": float(model.inertia_),
         "n_iter": int(model.n_iter_),
+        "search_rows": elbow.search_rows,  # all rows, or the seeded sample (train.search_sample_size)
     }
     tags = {"k_rule": elbow.rule}
     small = small_clusters(model.labels_, elbow.k_best, params.min_cluster_size)
@@ -250,3 +379,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    exit_now()  # succeeded: skip the interpreter's teardown

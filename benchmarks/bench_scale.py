@@ -1,0 +1,199 @@
+"""Speed and scale: the seed's one-script method against this project's `dvc repro`, side by side (`make bench`).
+
+    python benchmarks/bench_scale.py [--rows 10000,100000,1000000] [--large] [--runs 5] [--seeds 42,0,1,2,3]
+
+For each size: synthetic marketing-campaign data (benchmarks/make_data.py: the example rows resampled with noise,
+seeded, cached in .bench/), then --runs rounds, interleaved: the seed's script (benchmarks/seed_script.py), then a
+first `dvc repro` in a fresh copy of this project whose params point at the data. Round i seeds both with
+seeds[i] (train.random_state / evaluate.random_state; the seed's KMeans random_state), so the rounds also show
+whether k_best holds across seeds. Figures are the min over rounds: wall time (per stage for the project, from
+dvc's output), peak RSS (the largest process: /usr/bin/time's maximum resident set of the command and the
+children it waited for). The example itself (2,240 rows) is measured the same way, plus a no-op `dvc repro`.
+--large adds 3M and 10M rows (10M: the project only, one round, unless --seed-at-10m).
+
+Shared machines are noisy: the load is printed; read the ratios of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from make_data import EXAMPLE, make_data  # noqa: E402
+
+from pipeline_helpers import copy_project, project_env, run  # noqa: E402
+
+TIME = "/usr/bin/time"
+STAGES = ("preprocess", "train", "evaluate")
+DATA_DIR = ROOT / ".bench"
+
+
+def load() -> str:
+    """The load averages (1, 5, 15 min)."""
+    return " ".join(os.getloadavg()[i].__format__(".2f") for i in range(3))
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 3600) -> tuple[float, int, str, str, list]:
+    """Run ``cmd`` under /usr/bin/time; returns (wall s, peak RSS KiB, stdout, stderr, [(t, stdout line)])."""
+    out = Path(tempfile.mktemp(prefix="time-", dir=cwd.parent))
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [TIME, "-f", "%e %M", "-o", str(out), *cmd], cwd=cwd, env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines = []
+    for line in proc.stdout:
+        lines.append((time.perf_counter() - start, line.rstrip("\n")))
+    stderr = proc.stderr.read()
+    proc.wait(timeout)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    rss = int(out.read_text().split()[-1])
+    out.unlink()
+    return wall, rss, "\n".join(line for _, line in lines), stderr, lines
+
+
+def stage_times(lines: list[tuple[float, str]], wall: float) -> dict[str, float]:
+    """Seconds per stage: from its "Running stage" line to the next stage's (or the end of the command)."""
+    marks = [(t, m.group(1)) for t, line in lines if (m := re.match(r"Running stage '(\w+)'", line))]
+    times = {}
+    for i, (t, name) in enumerate(marks):
+        end = marks[i + 1][0] if i + 1 < len(marks) else wall
+        times[name] = end - t
+    return times
+
+
+def data_for(rows: int) -> Path:
+    if rows == 0:
+        return EXAMPLE
+    path = DATA_DIR / f"marketing_{rows}.csv"
+    if not path.is_file():
+        start = time.perf_counter()
+        make_data(rows, path, seed=0)
+        print(f"  generated {path.name} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - start:.0f} s")
+    return path
+
+
+def project_copy(tmp: Path, data: Path, seed: int) -> tuple[Path, dict[str, str]]:
+    """A fresh copy of the project (a git repo), params pointing at ``data`` (linked in), seeds set to ``seed``."""
+    root = copy_project(tmp / "project")
+    env = project_env(tmp)
+    if data != EXAMPLE:
+        for tracked in run(["git", "ls-files", "*.dvc"], root, env).stdout.split():
+            run(["git", "rm", "-q", tracked], root, env)
+        target = root / "data" / "bench" / data.name
+        target.parent.mkdir(parents=True)
+        try:
+            os.link(data, target)
+        except OSError:
+            shutil.copyfile(data, target)
+        path = f"data/bench/{data.name}"
+    else:
+        (root / "data" / "raw").mkdir(exist_ok=True)
+        shutil.copyfile(EXAMPLE, root / "data" / "raw" / EXAMPLE.name)
+        path = None
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    if path:
+        params["preprocess"]["data"]["path"] = path
+    params["train"]["random_state"] = seed
+    params["evaluate"]["random_state"] = seed
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "bench params"], root, env)
+    return root, env
+
+
+def bench_size(rows: int, runs: int, seeds: list[int], with_seed: bool, noop: bool) -> dict:
+    data = data_for(rows)
+    label = f"{rows:,}" if rows else "example (2,240)"
+    seed_res, proj_res = [], []
+    for i in range(runs):
+        seed = seeds[i % len(seeds)]
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            tmp = Path(tmp)
+            root, env = project_copy(tmp, data, seed)
+            if with_seed:
+                wall, rss, out, _, _ = timed(
+                    [sys.executable, str(ROOT / "benchmarks" / "seed_script.py"), str(data), "--random-state",
+                     str(seed)], root, env,
+                )  # fmt: skip
+                k = int(re.search(r"k_best=(\d+)", out).group(1))
+                seed_res.append({"wall": wall, "rss": rss, "k": k, "seed": seed})
+            wall, rss, _, _, lines = timed(["dvc", "repro"], root, env)
+            train = yaml.safe_load((root / "metrics" / "train.json").read_text())
+            entry = {"wall": wall, "rss": rss, "k": train["k_best"], "seed": seed, "stages": stage_times(lines, wall),
+                     "search_rows": train.get("search_rows")}  # fmt: skip
+            if noop and i == runs - 1:
+                entry["noop"] = min(timed(["dvc", "repro"], root, env)[0] for _ in range(3))
+            proj_res.append(entry)
+        s = f"seed {seed_res[-1]['wall']:6.1f} s k={seed_res[-1]['k']}  " if with_seed else ""
+        print(f"  {label} round {i + 1}/{runs} (random_state {seed}): {s}project {wall:6.1f} s k={train['k_best']}"
+              f"  load {load()}", flush=True)  # fmt: skip
+    return {"rows": rows, "label": label, "seed": seed_res, "project": proj_res}
+
+
+def report(results: list[dict]) -> None:
+    print()
+    print(
+        "| rows | seed script | project `dvc repro` | ratio | per stage (pre / train / eval) "
+        "| peak RSS seed / project | k_best seed (per random_state) | k_best project | search rows |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        proj = r["project"]
+        p_wall = min(e["wall"] for e in proj)
+        p_rss = max(e["rss"] for e in proj) / 2**20
+        stages = " / ".join(f"{min(e['stages'].get(s, 0) for e in proj):.1f}" for s in STAGES)
+        k_proj = ",".join(str(e["k"]) for e in proj)
+        if r["seed"]:
+            s_wall = min(e["wall"] for e in r["seed"])
+            s_rss = max(e["rss"] for e in r["seed"]) / 2**20
+            k_seed = ",".join(str(e["k"]) for e in r["seed"])
+            seed_cols = f"{s_wall:.1f} s | {p_wall:.1f} s | {p_wall / s_wall:.2f}"
+            rss = f"{s_rss:.2f} / {p_rss:.2f} GiB"
+        else:
+            seed_cols, rss, k_seed = f"- | {p_wall:.1f} s | -", f"- / {p_rss:.2f} GiB", "-"
+        print(f"| {r['label']} | {seed_cols} | {stages} s | {rss} | {k_seed} | {k_proj} | {proj[0]['search_rows']} |")
+    for r in results:
+        noop = [e["noop"] for e in r["project"] if "noop" in e]
+        if noop:
+            print(f"\nno-op `dvc repro` ({r['label']}): {noop[0]:.2f} s (min of 3)")
+    print(f"\nrandom_state per round: {', '.join(str(e['seed']) for e in results[0]['project'])}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="10000,100000,1000000", help="comma-separated sizes (0: none)")
+    parser.add_argument("--large", action="store_true", help="also 3M (3 rounds) and 10M rows (1 round)")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--seeds", default="42,0,1,2,3")
+    parser.add_argument("--no-example", action="store_true", help="skip the example data")
+    parser.add_argument("--seed-at-10m", action="store_true", help="also run the seed's script at 10M rows")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    print(f"bench_scale: {os.cpu_count()} cores, load {load()} (1/5/15 min), {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"  uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    plan = [] if args.no_example else [(0, args.runs, True, True)]
+    plan += [(int(r), args.runs, True, False) for r in args.rows.split(",") if int(r)]
+    if args.large:
+        plan += [(3_000_000, min(args.runs, 3), True, False), (10_000_000, 1, args.seed_at_10m, False)]
+    results = [bench_size(rows, runs, seeds, with_seed, noop) for rows, runs, with_seed, noop in plan]
+    report(results)
+    print(f"\nload at the end {load()}")
+
+
+if __name__ == "__main__":
+    main()
