@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from pipeline_helpers import copy_project, project_env, run, use_fixture_data
@@ -280,7 +281,7 @@ def test_ctrl_c_swallowed_in_a_finalizer_still_stops_the_stage(project):
     stage still stops before its commit, says one line, and withdraws the run it had logged."""
     root, env = project
     before = snapshot(root)
-    _, runs_before = mlflow_runs(root, "train")
+    runs_before = every_run(root)
     cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["train"]["cmd"].split()
     proc = subprocess.run(
         [sys.executable, "-c", SWALLOWED_CTRL_C, *cmd[3:]], cwd=root, env=env, capture_output=True, text=True
@@ -288,8 +289,7 @@ def test_ctrl_c_swallowed_in_a_finalizer_still_stops_the_stage(project):
     assert proc.returncode == 130, proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("train: k=")]
     assert len(lines) == 1 and lines[0].startswith("interrupted: train stopped"), proc.stderr
-    _, runs_after = mlflow_runs(root, "train")
-    assert [r.info.run_id for r in runs_after] == [r.info.run_id for r in runs_before]
+    assert every_run(root) == runs_before  # not even a deleted one, which restoring the experiment would revive
     assert_intact(root, env, before)
 
 
@@ -298,6 +298,14 @@ def mlflow_runs(root: Path, stage: str | None = None):
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     return client, [r for r in runs if stage is None or r.info.run_name == stage]
+
+
+def every_run(root: Path) -> list[str]:
+    """The IDs of all runs in the local store, deleted ones too."""
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL, max_results=10_000)
+    return sorted(r.info.run_id for r in runs)
 
 
 def test_a_deleted_experiment_is_restored(project):

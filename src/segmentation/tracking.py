@@ -345,9 +345,20 @@ class DualLogger:
         outputs that were never committed. Best effort: a store that fails here leaves the run, with a warning."""
         if self.run_id is None:
             return
+        from urllib.request import url2pathname
+
         try:
             with local_store_lock(self.root), quiet_mlflow():
-                MlflowClientFor(self.settings.local_uri).delete_run(self.run_id)
+                client = MlflowClientFor(self.settings.local_uri)
+                artifacts = urlsplit(client.get_run(self.run_id).info.artifact_uri)
+                store = client._tracking_client.store
+                if hasattr(store, "_hard_delete_run"):
+                    # For good, as `mlflow gc` does: restoring a deleted experiment would bring back a soft-deleted run.
+                    store._hard_delete_run(self.run_id)
+                    if artifacts.scheme in ("", "file"):
+                        shutil.rmtree(url2pathname(artifacts.path), ignore_errors=True)
+                else:
+                    client.delete_run(self.run_id)
         except Exception as exc:
             print(
                 f"warning: MLflow store {redact_uri(self.settings.local_uri)}: could not withdraw run {self.run_id} "
