@@ -431,3 +431,97 @@ def test_ctrl_c_on_dvc_repro_gives_no_traceback(project, delay_s):
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     assert [line for line in stderr.splitlines() if line.startswith("interrupted:")], stderr
     assert_intact(root, env, before)
+
+
+def warm_stage(root: Path, timeout: float = 60) -> psutil.Process | None:
+    """The stage process forked by this project's MLflow helper (a warm stage), once there is one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in psutil.process_iter(["cmdline", "cwd"]):
+            try:
+                if "--serve" not in (proc.info["cmdline"] or []) or proc.info["cwd"] != str(root):
+                    continue
+                forks = [p for c in proc.children() for p in c.children()]  # helper -> relay -> stage
+                if forks:
+                    return forks[0]
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
+    return None
+
+
+def test_warm_and_cold_stages_write_the_same_bytes(project):
+    """The later stages of a dvc repro run in a fork of the helper (libraries loaded): same outputs as without."""
+    root, env = project
+    before = snapshot(root)
+    run(["dvc", "repro", "--force"], root, {**env, "SEGMENTATION_WARM_STAGES": "0"})
+    assert snapshot(root) == before
+    proc = subprocess.Popen(
+        ["dvc", "repro", "--force"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert warm_stage(root) is not None, "no stage ran in a fork of the helper"
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert snapshot(root) == before
+    assert "warning" not in err.lower() and "Traceback" not in err, err
+
+
+def test_kill_9_of_a_warm_stage_kills_the_stage_and_repro_recovers(project):
+    """DVC sees only the launcher of a warm stage: killing it kills the stage too, and nothing is committed."""
+    root, env = project
+    before = snapshot(root)
+    good = set_param(root, "n_init", 1000)  # train at work for seconds: the kill lands while it runs
+    try:
+        dvc = subprocess.Popen(
+            ["dvc", "repro", "--force"], cwd=root, env=env, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        launcher = stage_process(dvc, "train")
+        assert launcher is not None, "the train stage never started"
+        stage = warm_stage(root)
+        assert stage is not None, "train did not run in a fork of the helper"
+        time.sleep(1.0)
+        launcher.kill()
+        _, alive = psutil.wait_procs([stage], timeout=10)
+        assert not alive, "the warm stage outlived its launcher"
+        dvc.communicate(timeout=120)
+        assert dvc.returncode != 0
+        after = snapshot(root)
+        assert not {p for p in TRAIN_OUTPUTS if after[p] != before[p]}, "a killed stage committed outputs"
+        assert "Running stage 'train'" in run(["dvc", "repro"], root, env).stdout
+        assert not [p for p in root.rglob(".*.tmp") if ".dvc" not in p.parts], "temporary files left in place"
+    finally:
+        (root / "params.yaml").write_text(good)
+        run(["dvc", "repro"], root, env)
+    run(["git", "reset", "-q", "--hard"], root, env)
+    run(["dvc", "checkout"], root, env)
+    assert snapshot(root) == before
+
+
+def test_ctrl_c_reaches_a_warm_stage_once(project):
+    """Ctrl-C in the terminal (the whole process group of dvc repro): the warm stage gets it once, through its
+    launcher, and says one line; no traceback, earlier results intact."""
+    root, env = project
+    before = snapshot(root)
+    good = set_param(root, "n_init", 1000)
+    try:
+        dvc = subprocess.Popen(
+            ["dvc", "repro", "--force"], cwd=root, env=env, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert stage_process(dvc, "train") is not None
+        stage = warm_stage(root)
+        assert stage is not None, "train did not run in a fork of the helper"
+        time.sleep(1.0)
+        os.killpg(dvc.pid, signal.SIGINT)
+        _, stderr = dvc.communicate(timeout=120)
+        psutil.wait_procs([stage], timeout=10)
+        assert not stage.is_running()
+    finally:
+        (root / "params.yaml").write_text(good)
+    assert dvc.returncode != 0
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert [line for line in stderr.splitlines() if line.startswith("interrupted: train")], stderr
+    # preprocess ran again (same bytes); train stopped: everything as it was, in step with dvc.lock
+    run(["git", "reset", "-q", "--hard"], root, env)
+    assert_intact(root, env, before)

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from segmentation.errors import exit_on_interrupt
-from segmentation.store_helper import start_store_helper
+from segmentation.store_helper import run_warm, start_store_helper
 
-if __name__ == "__main__":  # run as a stage: MLflow gets ready in a helper process while the imports below run
+if __name__ == "__main__":  # run as a stage: MLflow (and the libraries) get ready in a helper process
     exit_on_interrupt("preprocess")
     start_store_helper()
+    run_warm("preprocess")  # the later stages of a dvc repro: in a fork of the helper, libraries loaded
 
 
 import numpy as np

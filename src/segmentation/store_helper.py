@@ -80,6 +80,21 @@ class StoreHelper:
             return True
         return False
 
+    def wait_warm(self) -> bool:
+        """Wait while the helper loads the stages' libraries (it started before this stage, so it is further on
+        than this process would be); False if it is gone, not loading them, or takes over ``HELPER_WAIT_S``."""
+        deadline = time.monotonic() + HELPER_WAIT_S
+        while not os.path.exists(self.address + ".warm"):
+            try:
+                pid = int(Path(self.address + ".loading").read_text())
+                os.kill(pid, 0)  # still there?
+            except (OSError, ValueError):
+                return os.path.exists(self.address + ".warm")  # it may have just finished
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def record(self, run: PendingRun) -> dict[str, Any] | None:
         """The helper's answer (``run_id`` and ``replayed``, or ``error``); None if it cannot be reached."""
         import json
@@ -118,6 +133,185 @@ def start_store_helper() -> None:
             _HELPER = None
 
 
+ENV_WARM = "SEGMENTATION_WARM_STAGES"  # "0": every stage loads its libraries itself
+STAGES = ("preprocess", "train", "evaluate")
+_IN_WARM_STAGE = False  # True in a stage forked from the helper
+
+
+def run_warm(stage: str) -> None:
+    """Run this stage in a fork of the helper if the helper has the libraries loaded; never returns then.
+
+    Each stage is its own process that imports pandas, scikit-learn and matplotlib (~1.5 to 2.4 s of CPU). The
+    helper of this ``dvc repro`` imports them once, while the first stage works; the later stages then run in a
+    fork of it. This process (the one DVC started) stays as the stage's launcher: it hands over its arguments,
+    environment, working directory and standard streams, passes Ctrl-C on, and exits with the stage's status. If
+    the launcher is killed, the stage is killed. Should anything fail before the stage starts, or the helper not be
+    ready yet, the stage runs here, as without a helper.
+    """
+    if _IN_WARM_STAGE or _HELPER is None or _HELPER.proc is not None or os.environ.get(ENV_WARM) == "0":
+        return  # a helper this stage just started is still loading: not worth the wait
+    if not _HELPER.wait_warm():
+        return
+    import json
+    import signal
+
+    from segmentation.lineage import dvc_process
+
+    dvc = dvc_process()
+    request = {"stage": stage, "argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}
+    request["launcher"] = os.getpid()
+    request["dvc"] = dvc.pid if dvc is not None else None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(HELPER_WAIT_S)
+        conn.connect(_HELPER.address)
+        socket.send_fds(conn, [b"R"], [0, 1, 2])
+        conn.sendall((json.dumps(request) + "\n").encode())
+        stream = conn.makefile(encoding="utf-8")
+        started = json.loads(stream.readline() or "null")
+    except (OSError, ValueError):
+        conn.close()
+        return
+    if not started or "pid" not in started:
+        conn.close()
+        return
+    # From here the stage runs in the fork: pass Ctrl-C (and a polite stop) on, then exit as it did.
+    pid = started["pid"]
+
+    def forward(signum, frame) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+    conn.settimeout(None)
+    while True:
+        try:
+            line = stream.readline()
+            break
+        except InterruptedError:
+            continue
+    try:
+        status = int(json.loads(line)["status"]) if line else 1
+    except (ValueError, KeyError, TypeError):
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _run_forked_stage(conn: socket.socket, server: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
+    """In the helper, for one stage: fork the stage, tell the launcher its PID, wait for it, send its status.
+
+    Runs in a child of the helper (the helper goes back to serving at once); the stage is that child's own child,
+    so that its status can be read and sent on, and that it can be killed should the launcher go first.
+    """
+    import signal
+
+    try:  # whatever happens, this process ends here: never back into the helper's loop
+        server.close()
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        pid = os.fork()
+        if pid == 0:
+            conn.close()
+            _become_stage(fds, request)  # never returns
+        for fd in fds:
+            os.close(fd)
+        _relay_status(conn, pid)
+    finally:
+        os._exit(0)
+
+
+def _relay_status(conn: socket.socket, pid: int) -> None:
+    """Send the launcher the stage's PID, then its exit status; kill the stage if the launcher goes first."""
+    import json
+    import select
+    import signal
+
+    status = 1
+    try:
+        conn.sendall((json.dumps({"pid": pid}) + "\n").encode())
+        stage = os.pidfd_open(pid)
+        while True:
+            ready, _, _ = select.select([conn, stage], [], [])
+            if stage in ready:
+                _, wait_status = os.waitpid(pid, 0)
+                status = os.waitstatus_to_exitcode(wait_status)
+                status = 128 - status if status < 0 else status  # killed by a signal: as a shell says it
+                break
+            if conn in ready and not conn.recv(1):  # the launcher is gone (killed): so goes the stage
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+        conn.sendall((json.dumps({"status": status}) + "\n").encode())
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _become_stage(fds: list[int], request: dict[str, Any]) -> None:
+    """In the stage's process (a fork of the helper): take the launcher's streams, directory, environment and
+    arguments, then run the stage module as ``__main__``, as ``python -m`` would."""
+    import importlib
+    import runpy
+    import signal
+
+    status = 1
+    try:
+        os.setpgid(0, 0)  # Ctrl-C reaches it once, through the launcher (the terminal signals the launcher's group)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = [f"-m segmentation.{request['stage']}", *request["argv"]]
+        from segmentation import lineage, stage
+
+        lineage.launcher_pid = request["launcher"]
+        stage.STARTED_BY_DVC = lineage.dvc_process() if request["dvc"] else None
+        # The helper runs as __main__: the stage's code sees this module under its own name.
+        helper = importlib.import_module("segmentation.store_helper")
+        helper._HELPER, helper._IN_WARM_STAGE = helper.HelperClient(request["address"]), True
+        # As `python -m` does: the module runs as __main__, not also under its own name (the warm-up imported it).
+        sys.modules.pop(f"segmentation.{request['stage']}", None)
+        runpy.run_module(f"segmentation.{request['stage']}", run_name="__main__", alter_sys=True)
+        status = 0
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
+
+
+class HelperClient(StoreHelper):
+    """The helper as seen from a stage it forked: the same socket, nothing to start."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.proc = None
+
+
+def _warm_up_stages() -> None:
+    """Import what the stages import (and matplotlib's fonts), so that forks of the helper start ready."""
+    import importlib
+
+    for stage in STAGES:
+        importlib.import_module(f"segmentation.{stage}")
+    import matplotlib.font_manager  # noqa: F401 - loads the font cache
+    import pyarrow.parquet  # noqa: F401
+
+
 def record_with_helper(settings: TrackingSettings, run: PendingRun, root: Path) -> tuple[str, int]:
     """Record ``run`` through the helper when there is one, else in this process; a store failure the helper
     reports is raised as :class:`StoreFailure`."""
@@ -148,10 +342,13 @@ def serve(address: str, owner_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for ended in (signal.SIGTERM, signal.SIGHUP):  # stopped from outside: clean up on the way out
         signal.signal(ended, lambda *_: sys.exit(0))
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(address)  # a socket left by a helper that was killed
+    for path in (address, address + ".warm", address + ".loading"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by a helper that was killed
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(address)
+    if os.environ.get(ENV_WARM) != "0":  # stages that start meanwhile wait for the libraries (see run_warm)
+        Path(address + ".loading").write_text(str(os.getpid()))
     server.listen(8)
     server.settimeout(HELPER_POLL_S)
     root = project_root()
@@ -170,17 +367,34 @@ def serve(address: str, owner_pid: int) -> None:
                     MlflowClientFor(uri).search_experiments(max_results=1)
         except Exception:  # a busy or broken store: each request tries again and reports it
             pass
+        warm = os.environ.get(ENV_WARM) != "0"
+        if warm:
+            try:
+                _warm_up_stages()
+                Path(address + ".warm").touch()
+            except Exception:  # the stages load their libraries themselves
+                warm = False
+            with contextlib.suppress(OSError):
+                os.unlink(address + ".loading")
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the forks that run stages are reaped by the system
         while owner.is_running() and owner.status() != psutil.STATUS_ZOMBIE:
             try:
                 conn, _ = server.accept()
             except TimeoutError:
                 continue
             with conn, conn.makefile("rw", encoding="utf-8") as stream:
-                conn.settimeout(HELPER_WAIT_S)  # a stage connects only with its run ready to send
+                conn.settimeout(HELPER_WAIT_S)  # a stage connects only with its run (or itself) ready to send
                 try:
-                    request = stream.readline()
-                except OSError:
-                    request = ""
+                    first, fds, _, _ = socket.recv_fds(conn, 1, 3)
+                    request = first.decode() + stream.readline()
+                except (OSError, UnicodeDecodeError):
+                    first, request, fds = b"", "", []
+                if first == b"R":  # a stage to run in a fork (see run_warm)
+                    if warm and len(fds) == 3 and request.endswith("\n") and os.fork() == 0:
+                        _run_forked_stage(conn, server, fds, {**json.loads(request[1:]), "address": address})
+                    for fd in fds:
+                        os.close(fd)
+                    continue
                 if not request.endswith("\n"):
                     continue  # a probe, or a stage stopped while sending: nothing to write
                 if fresh is not None and fresh.is_file():
@@ -202,8 +416,9 @@ def serve(address: str, owner_pid: int) -> None:
         pass
     finally:
         server.close()
-        with contextlib.suppress(OSError):
-            os.unlink(address)
+        for path in (address, address + ".warm", address + ".loading"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         if fresh is not None:
             fresh.unlink(missing_ok=True)
     os._exit(0)  # all written and committed: skip tearing down MLflow's modules

@@ -176,9 +176,9 @@ class StageRecord:
 
 def process_start_ms() -> int:
     """When this process started: a run's duration is the stage's, imports and data loading included."""
-    import psutil
+    from segmentation.lineage import stage_process
 
-    return int(psutil.Process().create_time() * 1000)
+    return int(stage_process().create_time() * 1000)
 
 
 def now_ms() -> int:
