@@ -10,6 +10,8 @@
 3. Make ``dvc plots show`` work offline: DVC's page loads Vega from a CDN; ``.dvc/config`` points
    ``plots.html_template`` at ``.dvc/tmp/plots_offline.html``, written here with the Vega libraries inlined
    (from vl-convert-python's bundle).
+4. Create the local MLflow store (``mlflow.db``, when it is the tracking store and does not exist yet): its schema
+   migrations take ~2 s, paid here once instead of by the first ``dvc repro``.
 """
 
 from __future__ import annotations
@@ -112,16 +114,47 @@ def restore_raw_data(dvc_file: Path = RAW_DVC, example_dir: Path = EXAMPLE_DIR) 
     return how
 
 
+def prepare_local_store(root: Path | None = None) -> str | None:
+    """Create the local SQLite MLflow store if it is the one in use and missing (aside, then moved into place under
+    the store's lock); returns what was done, or None when there was nothing to do."""
+    import os
+
+    from segmentation.store import MlflowClientFor, local_store_lock, quiet_mlflow
+    from segmentation.tracking import TrackingSettings, project_root
+
+    root = root or project_root()
+    uri = TrackingSettings.resolve(root).local_uri
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    if db.exists():
+        return None
+    fresh = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        with quiet_mlflow():
+            MlflowClientFor(f"sqlite:///{fresh}").search_experiments(max_results=1)
+        with local_store_lock(root):
+            if db.exists():
+                return None
+            os.replace(fresh, db)
+    finally:
+        fresh.unlink(missing_ok=True)
+    return f"created {os.path.relpath(db, root)}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: ``python -m segmentation.bootstrap``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-data", action="store_true", help="do not restore the raw data")
     parser.add_argument("--skip-pth", action="store_true", help="do not write the no-telemetry .pth")
+    parser.add_argument("--skip-store", action="store_true", help="do not create the local MLflow store")
     args = parser.parse_args(argv)
     if not args.skip_pth:
         pth = write_quiet_pth()
         print(f"bootstrap: telemetry off for this environment ({pth.name})")
     print(f"bootstrap: offline page for `dvc plots show`: {write_offline_plots_template()}")
+    if not args.skip_store and (done := prepare_local_store()):
+        print(f"bootstrap: local MLflow store {done}")
     if args.skip_data:
         return
     if RAW_DVC.is_file():

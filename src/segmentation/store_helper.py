@@ -164,7 +164,7 @@ def run_warm(stage: str) -> None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.settimeout(HELPER_WAIT_S)
-        conn.connect(_HELPER.address)
+        conn.connect(_HELPER.address + ".stages")
         socket.send_fds(conn, [b"R"], [0, 1, 2])
         conn.sendall((json.dumps(request) + "\n").encode())
         stream = conn.makefile(encoding="utf-8")
@@ -308,8 +308,28 @@ def _warm_up_stages() -> None:
 
     for stage in STAGES:
         importlib.import_module(f"segmentation.{stage}")
-    import matplotlib.font_manager  # noqa: F401 - loads the font cache
-    import pyarrow.parquet  # noqa: F401
+    # What the stages import inside functions (only when they run), and matplotlib's first drawing (fonts loaded).
+    for module in (
+        "dagshub.logger",
+        "joblib",
+        "pyarrow.csv",
+        "pyarrow.parquet",
+        "scipy.signal",
+        "sklearn.compose",
+        "sklearn.decomposition",
+        "sklearn.impute",
+        "sklearn.metrics",
+        "sklearn.pipeline",
+        "sklearn.preprocessing",
+    ):
+        importlib.import_module(module)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1], label="warm-up")
+    ax.legend()
+    fig.savefig(io.BytesIO(), format="png")
+    plt.close(fig)
 
 
 def record_with_helper(settings: TrackingSettings, run: PendingRun, root: Path) -> tuple[str, int]:
@@ -324,39 +344,72 @@ def record_with_helper(settings: TrackingSettings, run: PendingRun, root: Path) 
 
 
 def serve(address: str, owner_pid: int) -> None:
-    """The helper's side: bind the socket, warm up (import MLflow, open the store when no other stage holds it), then
-    record each run a stage sends and answer, until the owner process (dvc, or the stage run by hand) is gone.
-    Ctrl-C is the stages' to handle: the helper ignores it.
+    """The helper's side, until the owner process (dvc, or the stage run by hand) is gone. Ctrl-C is the stages' to
+    handle: the helper ignores it.
+
+    It splits in two at once, so that both get ready side by side (2 cores or more): this process imports MLflow,
+    opens the store and records each run a stage sends (socket ``address``); its child loads the stages' libraries
+    and forks the stages that ask (socket ``address.stages``, see :func:`run_warm`).
 
     A local SQLite store that does not exist yet is created aside (schema and all, ~2 s) and moved into place only
     when a stage asks for its run to be recorded: a pipeline whose stages all fail leaves no store behind.
     """
-    import json
     import signal
 
     import psutil
 
-    from segmentation.store import MlflowClientFor, PendingRun, describe_store_failure, local_store_lock, quiet_mlflow
-    from segmentation.tracking import TrackingSettings, project_root
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for ended in (signal.SIGTERM, signal.SIGHUP):  # stopped from outside: clean up on the way out
         signal.signal(ended, lambda *_: sys.exit(0))
-    for path in (address, address + ".warm", address + ".loading"):
+    stages_address = address + ".stages"
+    for path in (address, stages_address, address + ".warm", address + ".loading"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # left by a helper that was killed
+    server = _listen(address)
+    try:
+        owner = psutil.Process(owner_pid)
+    except psutil.Error:
+        os._exit(0)
+    if os.environ.get(ENV_WARM) != "0":
+        stages = _listen(stages_address)
+        Path(address + ".loading").write_text(str(os.getpid()))  # stages that start meanwhile wait (run_warm)
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children (the stage server, relays) are reaped by the system
+        if os.fork() == 0:
+            server.close()
+            _serve_stages(stages, address, owner)  # never returns
+        stages.close()
+    _serve_runs(server, address, owner)
+
+
+def _listen(address: str) -> socket.socket:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(address)
-    if os.environ.get(ENV_WARM) != "0":  # stages that start meanwhile wait for the libraries (see run_warm)
-        Path(address + ".loading").write_text(str(os.getpid()))
     server.listen(8)
     server.settimeout(HELPER_POLL_S)
+    return server
+
+
+def _owner_alive(owner) -> bool:
+    import psutil
+
+    try:
+        return owner.is_running() and owner.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _serve_runs(server: socket.socket, address: str, owner) -> None:
+    """Import MLflow, open the store, then record each run a stage sends and answer."""
+    import json
+
+    from segmentation.store import MlflowClientFor, PendingRun, describe_store_failure, local_store_lock, quiet_mlflow
+    from segmentation.tracking import TrackingSettings, project_root
+
     root = project_root()
     settings = TrackingSettings.resolve(root)
     db = Path(settings.local_uri.removeprefix("sqlite:///")) if settings.local_uri.startswith("sqlite:///") else None
     fresh = db.with_name(f".{db.name}.{os.getpid()}.tmp") if db is not None and not db.exists() else None
     try:
-        owner = psutil.Process(owner_pid)
         try:
             with quiet_mlflow():
                 from mlflow.entities import Metric, Param  # noqa: F401 - imported now, used by record_run
@@ -367,34 +420,17 @@ def serve(address: str, owner_pid: int) -> None:
                     MlflowClientFor(uri).search_experiments(max_results=1)
         except Exception:  # a busy or broken store: each request tries again and reports it
             pass
-        warm = os.environ.get(ENV_WARM) != "0"
-        if warm:
-            try:
-                _warm_up_stages()
-                Path(address + ".warm").touch()
-            except Exception:  # the stages load their libraries themselves
-                warm = False
-            with contextlib.suppress(OSError):
-                os.unlink(address + ".loading")
-        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the forks that run stages are reaped by the system
-        while owner.is_running() and owner.status() != psutil.STATUS_ZOMBIE:
+        while _owner_alive(owner):
             try:
                 conn, _ = server.accept()
             except TimeoutError:
                 continue
             with conn, conn.makefile("rw", encoding="utf-8") as stream:
-                conn.settimeout(HELPER_WAIT_S)  # a stage connects only with its run (or itself) ready to send
+                conn.settimeout(HELPER_WAIT_S)  # a stage connects only with its run ready to send
                 try:
-                    first, fds, _, _ = socket.recv_fds(conn, 1, 3)
-                    request = first.decode() + stream.readline()
-                except (OSError, UnicodeDecodeError):
-                    first, request, fds = b"", "", []
-                if first == b"R":  # a stage to run in a fork (see run_warm)
-                    if warm and len(fds) == 3 and request.endswith("\n") and os.fork() == 0:
-                        _run_forked_stage(conn, server, fds, {**json.loads(request[1:]), "address": address})
-                    for fd in fds:
-                        os.close(fd)
-                    continue
+                    request = stream.readline()
+                except OSError:
+                    request = ""
                 if not request.endswith("\n"):
                     continue  # a probe, or a stage stopped while sending: nothing to write
                 if fresh is not None and fresh.is_file():
@@ -412,16 +448,53 @@ def serve(address: str, owner_pid: int) -> None:
                 with contextlib.suppress(OSError):
                     stream.write(json.dumps(answer) + "\n")
                     stream.flush()
-    except psutil.Error:
-        pass
     finally:
         server.close()
-        for path in (address, address + ".warm", address + ".loading"):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.unlink(address)
         if fresh is not None:
             fresh.unlink(missing_ok=True)
-    os._exit(0)  # all written and committed: skip tearing down MLflow's modules
+        os._exit(0)  # all written and committed: skip tearing down MLflow's modules
+
+
+def _serve_stages(server: socket.socket, address: str, owner) -> None:
+    """Load the stages' libraries, then fork each stage that asks (see :func:`run_warm`)."""
+    import json
+
+    warm = False
+    try:
+        Path(address + ".loading").write_text(str(os.getpid()))
+        try:
+            _warm_up_stages()
+            Path(address + ".warm").touch()
+            warm = True
+        except Exception:  # the stages load their libraries themselves
+            pass
+        with contextlib.suppress(OSError):
+            os.unlink(address + ".loading")
+        while _owner_alive(owner):
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(HELPER_WAIT_S)  # a stage connects with its request ready to send
+                try:
+                    first, fds, _, _ = socket.recv_fds(conn, 1, 3)
+                    with conn.makefile(encoding="utf-8") as stream:
+                        request = stream.readline()
+                except (OSError, UnicodeDecodeError):
+                    first, request, fds = b"", "", []
+                if first == b"R" and warm and len(fds) == 3 and request.endswith("\n") and os.fork() == 0:
+                    _run_forked_stage(conn, server, fds, {**json.loads(request), "address": address})
+                for fd in fds:
+                    os.close(fd)
+    finally:
+        server.close()
+        for path in (address + ".stages", address + ".warm", address + ".loading"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        os._exit(0)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--serve"] and len(sys.argv) == 4:
