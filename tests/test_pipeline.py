@@ -218,15 +218,17 @@ def test_stage_cli_user_error_is_one_line_and_writes_nothing(tmp_path, repo):
     params = yaml.safe_load((repo / FIXTURE_PARAMS).read_text())
     params["preprocess"]["data"]["path"] = str(repo / FIXTURE_DATA)
     params["preprocess"]["data"]["separator"] = ","
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    project = tmp_path / "project"  # HOME (tmp_path/home) apart: the helper's libraries may fill their caches there
+    project.mkdir()
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run(
         [sys.executable, "-m", "segmentation.preprocess", "--features", "f.csv", "--matrix", "m.csv",
          "--transformer", "t.joblib", "--metrics", "p.json", "--dagshub-dir", "dh"],
-        cwd=tmp_path, env=project_env(tmp_path), capture_output=True, text=True, timeout=300,
+        cwd=project, env=project_env(tmp_path), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and "marketing_sample.csv: only one column found" in lines[0]
     assert "set preprocess.data.separator" in lines[0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+    assert sorted(p.name for p in project.iterdir()) == ["params.yaml"]

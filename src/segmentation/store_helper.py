@@ -302,11 +302,18 @@ class HelperClient(StoreHelper):
         self.proc = None
 
 
-def _warm_up_stages() -> None:
-    """Import what the stages import (and matplotlib's fonts), so that forks of the helper start ready."""
+class _OwnerGone(Exception):
+    pass
+
+
+def _warm_up_stages(owner=None) -> None:
+    """Import what the stages import (and matplotlib's fonts), so that forks of the helper start ready; stop early
+    if ``owner`` is gone (the first stage failed at once: no stage will ask)."""
     import importlib
 
     for stage in STAGES:
+        if owner is not None and not _owner_alive(owner):
+            raise _OwnerGone
         importlib.import_module(f"segmentation.{stage}")
     # What the stages import inside functions (only when they run), and matplotlib's first drawing (fonts loaded).
     for module in (
@@ -465,7 +472,7 @@ def _serve_stages(server: socket.socket, address: str, owner) -> None:
     try:
         Path(address + ".loading").write_text(str(os.getpid()))
         try:
-            _warm_up_stages()
+            _warm_up_stages(owner)
             Path(address + ".warm").touch()
             warm = True
         except Exception:  # the stages load their libraries themselves
