@@ -74,7 +74,10 @@ def test_byod_matrix_and_profile(byod):
     assert (matrix[onehot].sum(axis=1) == 1).all()
     profile = pd.read_csv(root / "reports/cluster_profile.csv")
     assert list(profile.columns) == ["cluster", "size", "share", *FEATURES, "hue_band=dull", "hue_band=mid",
-                                     "hue_band=vivid"]  # fmt: skip
+                                     "hue_band=vivid", "hue_band=(blank)"]  # fmt: skip
+    # The 2 blank hue_band rows are shown: each cluster's shares add up to 1.
+    shares = profile[[c for c in profile.columns if c.startswith("hue_band=")]].sum(axis=1)
+    assert np.allclose(shares, 1.0, atol=1e-3)  # the CSV's shares are rounded to 4 decimals
     # Profiles are on the unscaled features: mean alcohol of wines is about 13 (12.4 .. 13.7 per cultivar).
     assert profile["alcohol"].between(11, 15).all()
 
