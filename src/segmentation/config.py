@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from segmentation.errors import UserError
 
@@ -162,14 +162,15 @@ class EvaluateParams(_Params):
     # them through to the features file; numeric ones are averaged, others shown as category shares.
     profile_columns: list[str] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _profile_columns(self) -> EvaluateParams:
-        if any(not name.strip() for name in self.profile_columns):
-            raise ValueError("profile_columns: empty column name")
-        dupes = sorted({c for c in self.profile_columns if self.profile_columns.count(c) > 1})
+    @field_validator("profile_columns")
+    @classmethod
+    def _profile_columns(cls, names: list[str]) -> list[str]:
+        if any(not name.strip() for name in names):
+            raise ValueError("empty column name")
+        dupes = sorted({c for c in names if names.count(c) > 1})
         if dupes:
-            raise ValueError(f"profile_columns: listed twice: {dupes}")
-        return self
+            raise ValueError(f"listed twice: {dupes}")
+        return names
 
 
 SECTIONS: dict[str, type[_Params]] = {
