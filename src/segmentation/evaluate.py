@@ -30,7 +30,7 @@ from segmentation.config import EvaluateParams, flatten, parse_section, read_par
 from segmentation.data import as_categories, expand_columns
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import load_model, read_csv, read_matrix
-from segmentation.lineage import upstream_lineage
+from segmentation.lineage import _pipeline_graph, upstream_lineage
 from segmentation.plotting import FIGURE_DPI, new_figure
 from segmentation.stage import exit_now
 from segmentation.stage import run as run_stage
@@ -299,15 +299,22 @@ def profiled_columns(
     return numeric, [c for c in extras if c not in numeric]
 
 
-def source_tree_id(directory: Path) -> str:
-    """The git tree id of the package's ``*.py`` files: ``git rev-parse <commit>:src/segmentation`` at a commit
-    holding exactly this code (computed from the files, so uncommitted code gets an id no commit has)."""
-    entries = b""
-    for path in sorted(directory.glob("*.py"), key=lambda p: p.name.encode()):
-        data = path.read_bytes()
-        blob = hashlib.sha1(b"blob %d\0" % len(data) + data).digest()
-        entries += b"100644 " + path.name.encode() + b"\0" + blob
-    return hashlib.sha1(b"tree %d\0" % len(entries) + entries).hexdigest()
+def source_files(stage: str = "evaluate", dvc_yaml: str | Path = "dvc.yaml") -> dict[str, str]:
+    """The git blob id of each Python file the stage declares as a dependency in ``dvc.yaml`` (the package's files
+    when there is none): the code that produced its outputs, by content. A file cannot name the commit it is
+    committed in, but ``git log --find-object=<id>`` finds the commits holding each file. The list changes exactly
+    when the stage re-runs, so a fresh clone reproduces the report byte for byte."""
+    deps = sorted(d for d in _pipeline_graph(Path(dvc_yaml))[0].get(stage, ()) if d.endswith(".py"))
+    paths = [Path(d) for d in deps if Path(d).is_file()]
+    if paths:
+        return {p.as_posix(): _blob_id(p) for p in paths}
+    package = Path(__file__).resolve().parent  # a stage run by hand, outside a project
+    return {f"{package.name}/{p.name}": _blob_id(p) for p in sorted(package.glob("*.py"))}
+
+
+def _blob_id(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def read_optional_csv(path: str | None) -> pd.DataFrame | None:
@@ -402,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
                     {**lineage.params, **flatten(params, "evaluate.")},
                     lineage.data_path,
                     lineage.data_md5,
-                    source_tree_id(Path(__file__).resolve().parent),
+                    source_files("evaluate"),
                 ),
             )
             out.write_text(args.report, page)

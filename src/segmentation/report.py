@@ -388,16 +388,20 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
-def provenance_section(params: Mapping[str, Any], data_path: str | None, data_md5: str | None, code: str) -> str:
+def provenance_section(
+    params: Mapping[str, Any], data_path: str | None, data_md5: str | None, code: Mapping[str, str]
+) -> str:
+    """The params, the raw data and its md5, and the code (git blob id per source file) behind the page."""
+    files = "<br>".join(f"<code>{_e(blob)}</code> {_e(path)}" for path, blob in code.items())
     rows = [
         f"<tr><th>Data</th><td><code>{_e(data_path or '?')}</code> (md5 <code>{_e(data_md5 or '?')}</code>)</td></tr>",
-        f"<tr><th>Code</th><td>source tree <code>{_e(code)}</code></td></tr>",
+        f"<tr><th>Code (git blob ids)</th><td>{files}</td></tr>",
     ]
     rows += [f"<tr><th>{_e(k)}</th><td><code>{_e(v)}</code></td></tr>" for k, v in params.items()]
     return (
-        "<p>The git commit of the code is the one whose <code>git rev-parse &lt;commit&gt;:src/segmentation</code> "
-        "is the source tree below; a file cannot name the commit it is committed in. The MLflow run that holds "
-        "this page is tagged with the commit (<code>mlflow.source.git.commit</code>).</p>"
+        "<p>The git commit: <code>git log --find-object=&lt;blob id&gt;</code> lists the commits that hold each "
+        "source file below (a file cannot name the commit it is committed in). The MLflow run that holds this page "
+        "is tagged with the commit checked out when it ran (<code>mlflow.source.git.commit</code>).</p>"
         "<table>" + "".join(rows) + "</table>"
     )
 
