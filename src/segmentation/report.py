@@ -356,7 +356,11 @@ def k_choice_section(
         }
         if best:
             says = "; ".join(f"{readings[c]} prefers k = {k}" for c, k in best.items())
-            parts.append(f"<p>The other criteria, computed on the same matrix: {_e(says)}.</p>")
+            parts.append(
+                "<p>The other criteria, from one k-means fit per k on the same matrix (3 restarts; above "
+                "<code>evaluate.silhouette_sample_size</code> rows, on a seeded sample of that many): "
+                f"{_e(says)}.</p>"
+            )
         head = "".join(f"<th>{_e(c)}</th>" for c in table.columns)
         body = []
         for _, r in table.iterrows():
