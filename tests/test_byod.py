@@ -139,7 +139,10 @@ def test_profile_has_category_shares_per_cluster():
         {"row_id": [1, 2, 3, 4], "spend": [1.0, 3.0, 10.0, 20.0], "channel": ["web", "app", "web", np.nan]}
     )
     profile = cluster_profile(features, np.array([0, 0, 1, 1]), "row_id", ["channel"])
-    assert list(profile.columns) == ["cluster", "size", "share", "spend", "channel=app", "channel=web"]
+    assert list(profile.columns) == [
+        "cluster", "size", "share", "spend", "channel=app", "channel=web", "channel=(blank)"
+    ]  # fmt: skip
     assert profile["spend"].tolist() == [2.0, 15.0]
-    assert profile["channel=web"].tolist() == [0.5, 0.5]  # the blank counts in cluster 1's rows, in no category
+    assert profile["channel=web"].tolist() == [0.5, 0.5]
     assert profile["channel=app"].tolist() == [0.5, 0.0]
+    assert profile["channel=(blank)"].tolist() == [0.0, 0.5]  # shown, so that each cluster's shares add up to 1

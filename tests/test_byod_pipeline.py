@@ -45,6 +45,7 @@ def byod(tmp_path_factory):
         pca_components=None,
     )
     params["train"]["k_max"] = 6
+    params["evaluate"]["profile_columns"] = ["hue", "magnes*"]  # wine columns not clustered: profiled only
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     repro = run(["dvc", "repro"], root, env)
     return root, env, wine, repro
@@ -73,8 +74,11 @@ def test_byod_matrix_and_profile(byod):
     assert set(np.unique(matrix[onehot].to_numpy())) == {0.0, 1.0}
     assert (matrix[onehot].sum(axis=1) == 1).all()
     profile = pd.read_csv(root / "reports/cluster_profile.csv")
-    assert list(profile.columns) == ["cluster", "size", "share", *FEATURES, "hue_band=dull", "hue_band=mid",
-                                     "hue_band=vivid"]  # fmt: skip
+    assert list(profile.columns) == ["cluster", "size", "share", *FEATURES, "hue", "magnesium", "hue_band=dull",
+                                     "hue_band=mid", "hue_band=vivid", "hue_band=(blank)"]  # fmt: skip
+    # The 2 blank hue_band rows are shown: each cluster's shares add up to 1.
+    shares = profile[[c for c in profile.columns if c.startswith("hue_band=")]].sum(axis=1)
+    assert np.allclose(shares, 1.0, atol=1e-3)  # the CSV's shares are rounded to 4 decimals
     # Profiles are on the unscaled features: mean alcohol of wines is about 13 (12.4 .. 13.7 per cultivar).
     assert profile["alcohol"].between(11, 15).all()
 

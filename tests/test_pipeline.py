@@ -126,7 +126,10 @@ def test_one_mlflow_run_per_stage_with_its_lineage(project):
     artifacts = {a.path for a in client.list_artifacts(train.info.run_id)}
     assert {"kmeans.joblib", "elbow.png", "elbow_scores.csv"} <= artifacts
     artifacts = {a.path for a in client.list_artifacts(evaluate.info.run_id)}
-    assert {"clusters_2d.png", "silhouette.png", "profile.png", "cluster_profile.csv"} <= artifacts
+    assert {"clusters_2d.png", "silhouette.png", "profile.png", "cluster_profile.csv", "segments.html"} <= artifacts
+    # The run holds the very page the pipeline committed (issue 10 §1).
+    logged_page = Path(client.download_artifacts(evaluate.info.run_id, "segments.html", str(root.parent)))
+    assert logged_page.read_bytes() == (root / "reports/segments.html").read_bytes()
 
 
 def test_dagshub_logger_files_of_every_stage(project):
@@ -159,6 +162,8 @@ def test_a_stale_lock_is_caught(project, tmp_path):
     (stale / "dvc.lock").write_text((root / "dvc.lock").read_text())
     for metrics in (root / "metrics").glob("*.json"):  # results kept in git (evaluate reads train.json)
         (stale / "metrics" / metrics.name).write_text(metrics.read_text())
+    scores = "reports/elbow_scores.csv"  # kept in git too: evaluate reads it for the segment report
+    (stale / scores).write_text((root / scores).read_text())
     run(["git", "commit", "-q", "-am", "results"], stale, env)
     fresh = run([sys.executable, "-m", "segmentation.checks", "lock"], stale, env, check=False)
     assert fresh.returncode == 0, fresh.stderr

@@ -61,8 +61,8 @@ DECOYS = [
 ]
 DAGSHUB_MLFLOW = f"{DAGSHUB_SINK}/ada-lab/acme-dh.mlflow"
 # The template's committed results: a generated project makes its own with its first `dvc repro`.
-RESULTS = re.compile(r"^(dvc\.lock|metrics/.*|reports/[^/]*\.csv)$")
-TEMPLATE_ONLY = {"copier.yml", ".copier/tasks.py", "tests/test_template.py"}
+RESULTS = re.compile(r"^(dvc\.lock|metrics/.*|reports/[^/]*\.(csv|html))$")
+TEMPLATE_ONLY = {"copier.yml", ".copier/tasks.py", "tests/test_template.py", "docs/segments.png"}
 TWINS = {
     "README.md.jinja",
     "pyproject.toml.jinja",

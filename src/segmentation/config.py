@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from segmentation.errors import UserError
 
@@ -157,6 +157,20 @@ class EvaluateParams(_Params):
     # no more readable); metrics and profiles always use every row.
     plot_sample_size: int = Field(default=20000, ge=100)
     random_state: int = Field(ge=0, le=SEED_MAX)
+    # Raw columns profiled per segment (report, cluster_profile.csv) but not used for clustering: names or globs
+    # (``Mnt*``) matched against the raw CSV's columns and the recipe's derived ones. The preprocess stage passes
+    # them through to the features file; numeric ones are averaged, others shown as category shares.
+    profile_columns: list[str] = Field(default_factory=list)
+
+    @field_validator("profile_columns")
+    @classmethod
+    def _profile_columns(cls, names: list[str]) -> list[str]:
+        if any(not name.strip() for name in names):
+            raise ValueError("empty column name")
+        dupes = sorted({c for c in names if names.count(c) > 1})
+        if dupes:
+            raise ValueError(f"listed twice: {dupes}")
+        return names
 
 
 SECTIONS: dict[str, type[_Params]] = {
@@ -214,6 +228,20 @@ def _describe(section: str, exc: ValidationError) -> str:
             msg = f"{msg} (got {err['input']!r})"
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
+
+
+def profile_patterns(raw: dict[str, Any], source: str = PARAMS_FILE) -> list[str]:
+    """``evaluate.profile_columns`` from a whole params file (the preprocess stage passes those columns through):
+    [] when absent; checked like the evaluate stage checks it."""
+    section = raw.get("evaluate")
+    if not isinstance(section, dict) or section.get("profile_columns") is None:
+        return []
+    try:
+        return EvaluateParams.model_validate(
+            {"silhouette_sample_size": 2, "random_state": 0, "profile_columns": section["profile_columns"]}
+        ).profile_columns
+    except ValidationError as exc:
+        raise UserError(f"{source}: {_describe('evaluate', exc)}") from None
 
 
 def flatten(params: _Params | dict[str, Any], prefix: str = "") -> dict[str, Any]:

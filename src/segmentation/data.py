@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Collection, Iterable
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,7 @@ def load_csv(params: DataParams, columns: Collection[str] | None = None) -> pd.D
         usecols = None
         if columns is not None:
             header = pd.read_csv(path, nrows=0, **options).columns
-            wanted = set(columns)
-            usecols = [c for c in header if c in wanted] or None
+            usecols = [c for c in header if matches(c, columns)] or None
         df = pd.read_csv(path, usecols=usecols, **options)
     except UnicodeDecodeError:
         # pandas decodes in chunks: its exc.start is an offset into a chunk, not into the file.
@@ -57,6 +57,27 @@ def load_csv(params: DataParams, columns: Collection[str] | None = None) -> pd.D
         raise UserError(f"{path}: no data rows")
     df.attrs[SOURCE_ATTR] = CsvSource(str(path), params.separator, params.encoding, len(df))
     return df
+
+
+GLOB_CHARS = frozenset("*?[")
+
+
+def matches(column: str, patterns: Collection[str]) -> bool:
+    """True when ``column`` is one of ``patterns`` or matches one of its globs (``Mnt*``; case-sensitive)."""
+    return column in patterns or any(GLOB_CHARS & set(p) and fnmatchcase(column, p) for p in patterns)
+
+
+def expand_columns(patterns: Iterable[str], columns: Iterable[str], setting: str, source: str) -> list[str]:
+    """The columns that ``patterns`` (names or globs, in order) name, each once, in the order of ``patterns`` then
+    of ``columns``; a name or glob that matches no column is a :class:`UserError` naming ``setting``."""
+    columns = list(columns)
+    found: list[str] = []
+    for pattern in patterns:
+        hits = [c for c in columns if matches(c, [pattern])]
+        if not hits:
+            raise UserError(f"params.yaml: {setting}: no column {pattern!r} in {source}")
+        found.extend(hits)
+    return list(dict.fromkeys(found))
 
 
 def decode_error_position(path: Path, encoding: str) -> str:

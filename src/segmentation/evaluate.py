@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,10 +25,12 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_samples
 
+from segmentation import report
 from segmentation.config import EvaluateParams, flatten, parse_section, read_params_file
-from segmentation.data import as_categories
+from segmentation.data import as_categories, expand_columns
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import load_model, read_csv, read_matrix
+from segmentation.lineage import _pipeline_graph, upstream_lineage
 from segmentation.plotting import FIGURE_DPI, new_figure
 from segmentation.stage import exit_now
 from segmentation.stage import run as run_stage
@@ -128,7 +131,7 @@ def cluster_profile(
     """Size, share and mean of each unscaled numeric feature per cluster.
 
     Each categorical column adds one ``column=category`` column per category (sorted): the share of the cluster's
-    rows in that category (blanks count in the cluster's rows but in no category).
+    rows in that category; a column with blanks adds ``column=(blank)`` last, so that its shares add up to 1.
     """
     numeric = features.drop(columns=[id_column, *categorical]).assign(**{CLUSTER_COLUMN: labels})
     grouped = numeric.groupby(CLUSTER_COLUMN)
@@ -141,6 +144,9 @@ def cluster_profile(
         counts = counts[sorted(counts.columns)]
         shares = counts.div(profile["size"], axis=0)
         shares.columns = [f"{column}={category}" for category in shares.columns]
+        if values.isna().any():
+            blanks = pd.Series(values.isna().to_numpy()).groupby(labels).sum()
+            shares[f"{column}={report.BLANK}"] = blanks.reindex(profile.index, fill_value=0) / profile["size"]
         profile = profile.join(shares)
     return profile.reset_index()
 
@@ -236,18 +242,83 @@ def profile_plot(profile: pd.DataFrame):
     spread = feats.std(ddof=0).replace(0, 1.0)
     z = ((feats - overall) / spread).to_numpy(dtype=float)
     fig, ax = new_figure(size=(max(6.0, 1.1 * feats.shape[1] + 2), 1.0 * len(profile) + 2))
-    limit = max(float(np.abs(z).max()), 1e-9)
+    limit = max(float(np.nanmax(np.abs(z))), 1e-9)
     image = ax.imshow(z, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     ax.set_xticks(range(feats.shape[1]), feats.columns, rotation=45, ha="right")
     rows = [f"cluster {c} (n={n})" for c, n in zip(profile[CLUSTER_COLUMN], profile["size"], strict=True)]
     ax.set_yticks(range(len(profile)), rows)
     for (i, j), mean in np.ndenumerate(feats.to_numpy(dtype=float)):
-        ax.text(j, i, f"{mean:.3g}", ha="center", va="center", fontsize=8)
+        # Short labels (29k, 1,393, 0.82) in the colour that contrasts with the cell's.
+        colour = report.text_colour(image.cmap(image.norm(z[i, j])))
+        ax.text(j, i, report.compact_number(mean), ha="center", va="center", fontsize=8, color=colour)
     ax.set_title("Cluster profiles: mean of each feature (colour: relative to the other clusters)")
     ax.set_xlabel("feature")
     ax.set_ylabel("cluster")
     fig.colorbar(image, ax=ax, label="relative level (z-score of cluster means)")
     return fig
+
+
+def criteria_per_k(X: np.ndarray, ks: Sequence[int], sample_size: int, random_state: int) -> pd.DataFrame:
+    """Silhouette, Calinski-Harabasz and Davies-Bouldin of a k-means fit per k, on a seeded sample of at most
+    ``sample_size`` rows (3 restarts, one thread: the same numbers on any machine): what the criteria the search
+    did not use say about k. Columns k, silhouette, calinski_harabasz, davies_bouldin."""
+    from sklearn.metrics import silhouette_score
+    from threadpoolctl import threadpool_limits
+
+    idx = np.arange(len(X))
+    if len(X) > sample_size:
+        idx = np.sort(np.random.default_rng(random_state).choice(len(X), size=sample_size, replace=False))
+    sample = X[idx]
+    rows = []
+    with threadpool_limits(1):
+        for k in ks:
+            if not 2 <= k < len(sample):
+                continue
+            labels = KMeans(n_clusters=k, n_init=3, random_state=random_state).fit_predict(sample)
+            if len(np.unique(labels)) < 2:
+                continue
+            rows.append(
+                {
+                    "k": int(k),
+                    "silhouette": float(silhouette_score(sample, labels)),
+                    "calinski_harabasz": float(calinski_harabasz_score(sample, labels)),
+                    "davies_bouldin": float(davies_bouldin_score(sample, labels)),
+                }
+            )
+    return pd.DataFrame(rows, columns=["k", "silhouette", "calinski_harabasz", "davies_bouldin"])
+
+
+def profiled_columns(
+    features: pd.DataFrame, id_column: str, model_features: Sequence[str], categorical: Sequence[str], patterns
+) -> tuple[list[str], list[str]]:
+    """(numeric, non-numeric) columns of ``features`` that ``evaluate.profile_columns`` adds to the profile."""
+    columns = [c for c in features.columns if c != id_column]
+    found = expand_columns(patterns, columns, "evaluate.profile_columns", "the features file (run dvc repro)")
+    extras = [c for c in found if c not in {*model_features, *categorical}]
+    numeric = [c for c in extras if pd.api.types.is_numeric_dtype(features[c])]
+    return numeric, [c for c in extras if c not in numeric]
+
+
+def source_files(stage: str = "evaluate", dvc_yaml: str | Path = "dvc.yaml") -> dict[str, str]:
+    """The git blob id of each Python file the stage declares as a dependency in ``dvc.yaml`` (the package's files
+    when there is none): the code that produced its outputs, by content. A file cannot name the commit it is
+    committed in, but ``git log --find-object=<id>`` finds the commits holding each file. The list changes exactly
+    when the stage re-runs, so a fresh clone reproduces the report byte for byte."""
+    deps = sorted(d for d in _pipeline_graph(Path(dvc_yaml))[0].get(stage, ()) if d.endswith(".py"))
+    paths = [Path(d) for d in deps if Path(d).is_file()]
+    if paths:
+        return {p.as_posix(): _blob_id(p) for p in paths}
+    package = Path(__file__).resolve().parent  # a stage run by hand, outside a project
+    return {f"{package.name}/{p.name}": _blob_id(p) for p in sorted(package.glob("*.py"))}
+
+
+def _blob_id(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def read_optional_csv(path: str | None) -> pd.DataFrame | None:
+    return read_csv(path, stage="train") if path and Path(path).is_file() else None
 
 
 @stage_entrypoint
@@ -268,15 +339,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", required=True, help="output: quality metrics (JSON)")
     parser.add_argument("--plots-dir", required=True, help="output: clusters_2d.png, silhouette.png, profile.png")
     parser.add_argument("--dagshub-dir", required=True, help="output: DAGsHubLogger metrics.csv + params.yml")
+    parser.add_argument("--elbow-scores", help="input: the train stage's score per k (CSV), for the report")
+    parser.add_argument("--elbow-plot", help="input: the train stage's elbow plot (PNG), for the report")
+    parser.add_argument("--report", help="output: the segment report, one self-contained HTML page")
     args = parser.parse_args(argv)
 
     # One read of the params file; the profile also needs which preprocess columns are categorical.
     raw_params = read_params_file(args.params)
     params: EvaluateParams = parse_section("evaluate", raw_params.get("evaluate"), args.params)
-    categorical_params = parse_section("preprocess", raw_params.get("preprocess"), args.params).categorical
-    categorical = categorical_params.columns
+    preprocess_params = parse_section("preprocess", raw_params.get("preprocess"), args.params)
+    categorical_params = preprocess_params.categorical
     matrix = read_matrix(args.matrix, stage="preprocess")
     features = read_csv(args.features, stage="preprocess")
+    model_features = [c for c in preprocess_params.features if c in features.columns]
+    numeric_extras, text_extras = profiled_columns(
+        features, matrix.columns[0], model_features, categorical_params.columns, params.profile_columns
+    )
+    categorical = [*categorical_params.columns, *text_extras]
     model = load_model(args.model, stage="train")
     id_column = matrix.columns[0]
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
@@ -289,14 +368,52 @@ def main(argv: list[str] | None = None) -> None:
         "profile.png": profile_plot(result.profile),
     }
 
+    numeric = [*model_features, *numeric_extras]
+    kinds = {c: report.column_kind(c, features[c]) for c in numeric}
+    profile = result.profile
+    elbow = read_optional_csv(args.elbow_scores)
+    criteria = None
+    if args.report and elbow is not None and "k" in elbow:
+        criteria = criteria_per_k(X, [int(k) for k in elbow["k"]], params.silhouette_sample_size, params.random_state)
+
     with run_stage("evaluate", args.dagshub_dir) as (out, log):
         out.write_csv(args.segments, result.segments)
-        out.write_csv(args.profile, result.profile)
+        out.write_csv(args.profile, report.rounded_profile(profile, kinds))
         out.write_json(args.metrics, result.metrics)
+        images: dict[str, bytes | None] = {}
         for name, fig in figures.items():
             out.save_figure(f"{args.plots_dir}/{name}", fig, dpi=FIGURE_DPI)
             log.log_artifact(f"{args.plots_dir}/{name}")
+            images[name.removesuffix(".png")] = out.staged(f"{args.plots_dir}/{name}").read_bytes()
         log.log_artifact(args.profile)
+        if args.report:
+            n = len(labels)
+            overall = {c: float(features[c].mean()) for c in numeric}
+            overall.update({c: float((profile[c] * profile["size"]).sum() / n) for c in profile.columns if "=" in c})
+            z = report.contrasts(features[numeric], labels)
+            segments = report.describe_segments(profile, overall, z, model_features, numeric_extras, kinds)
+            lineage = upstream_lineage("evaluate")
+            elbow_plot = Path(args.elbow_plot) if args.elbow_plot else None
+            elbow_png = elbow_plot.read_bytes() if elbow_plot and elbow_plot.is_file() else None
+            page = report.render_report(
+                segments=segments,
+                profile=profile,
+                overall=overall,
+                features=model_features,
+                extras=numeric_extras,
+                kinds=kinds,
+                metrics=result.metrics,
+                images=images,
+                k_choice=report.k_choice_section(elbow, read_train_metrics(args.train_metrics), criteria, elbow_png),
+                provenance=report.provenance_section(
+                    {**lineage.params, **flatten(params, "evaluate.")},
+                    lineage.data_path,
+                    lineage.data_md5,
+                    source_files("evaluate"),
+                ),
+            )
+            out.write_text(args.report, page)
+            log.log_artifact(args.report)
         # The k the model was trained with decides every result here; train's params come from dvc.lock.
         log.log_params({"k_best": int(model.n_clusters), **flatten(params, "evaluate.")})
         log.log_params(flatten(categorical_params, "preprocess.categorical."))

@@ -111,6 +111,10 @@ class StageOutputs:
         """Indented JSON (keys in insertion order, for readable diffs)."""
         self._write(target, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
 
+    def write_text(self, target: str | Path, text: str) -> None:
+        """A text file (UTF-8, ``\\n`` line ends on every platform)."""
+        self._write(target, lambda tmp: tmp.write_bytes(text.encode("utf-8")))
+
     def write_csv(self, target: str | Path, df: pd.DataFrame) -> None:
         """Comma-separated CSV without the index (floats round-trip exactly)."""
         self._write(target, lambda tmp: write_csv(tmp, df))

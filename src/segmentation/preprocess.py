@@ -21,7 +21,14 @@ import numpy as np
 import pandas as pd
 
 from segmentation import data, features
-from segmentation.config import ROW_ID_COLUMN, PreprocessParams, flatten, load_section
+from segmentation.config import (
+    ROW_ID_COLUMN,
+    PreprocessParams,
+    flatten,
+    parse_section,
+    profile_patterns,
+    read_params_file,
+)
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import LineLocator
 from segmentation.lineage import file_md5
@@ -34,7 +41,8 @@ from segmentation.stage import run as run_stage
 class PreprocessResult:
     """What the stage produces: unscaled features, the model matrix, the fitted transformer, row counts."""
 
-    features: pd.DataFrame  # ID + selected features, unscaled, + categorical columns as read (for cluster profiles)
+    # ID + selected features, unscaled, + categorical columns as read, + evaluate.profile_columns (for profiles)
+    features: pd.DataFrame
     matrix: pd.DataFrame  # ID + transformed columns (what KMeans sees)
     transformer: Any  # a scikit-learn Pipeline
     metrics: dict[str, int]
@@ -99,8 +107,13 @@ def build_transformer(params: PreprocessParams):
     return Pipeline(steps)
 
 
-def preprocess(raw: pd.DataFrame, params: PreprocessParams, source: str) -> PreprocessResult:
+def preprocess(
+    raw: pd.DataFrame, params: PreprocessParams, source: str, profile_columns: list[str] | None = None
+) -> PreprocessResult:
     """Validate ``raw``, derive features, drop missing/outlier rows per params, fit the transformer.
+
+    ``profile_columns`` (``evaluate.profile_columns``: names or globs of raw or derived columns) are passed through
+    to the features table as read (blanks kept, not checked): profiled per cluster, never clustered.
 
     ``source`` names the input in error messages (the CSV's path). Without an ID column (``id_column: null``) a
     ``row_id`` column (1 = the first data row) identifies the rows in every output.
@@ -132,8 +145,10 @@ def preprocess(raw: pd.DataFrame, params: PreprocessParams, source: str) -> Prep
     data.require_numeric(df, [*params.features, *params.outliers], source, lines)
     data.require_finite(df, [*params.features, *params.outliers], source, lines, derived=derived)
     data.require_few_categories(df, onehot, params.categorical.max_categories, source)
+    profiled = data.expand_columns(profile_columns or [], df.columns, "evaluate.profile_columns", source)
+    extra = [c for c in profiled if c not in {id_col, *params.features, *categorical}]
     # From here on only the columns that matter: no copy of the whole raw table.
-    df = df[list(dict.fromkeys([id_col, *params.features, *categorical, *params.outliers]))]
+    df = df[list(dict.fromkeys([id_col, *params.features, *categorical, *params.outliers, *extra]))]
     df = df.astype({c: "float64" for c in [*params.features, *params.outliers]})
     df = df.assign(**{c: data.as_categories(df[c]) for c in categorical})
 
@@ -176,7 +191,10 @@ def preprocess(raw: pd.DataFrame, params: PreprocessParams, source: str) -> Prep
             "nothing to cluster; check the data"
         )
 
-    table = df[[id_col, *params.features, *categorical]].reset_index(drop=True)
+    table = df[[id_col, *params.features, *categorical, *extra]].reset_index(drop=True)
+    text = [c for c in extra if not pd.api.types.is_numeric_dtype(table[c])]
+    if text:
+        table = table.assign(**{c: data.as_categories(table[c]) for c in text})
     transformer = build_transformer(params)
     values = transformer.fit_transform(table[used])
     bad = ~np.isfinite(values)
@@ -250,16 +268,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dagshub-dir", required=True, help="output: DAGsHubLogger metrics.csv + params.yml")
     args = parser.parse_args(argv)
 
-    params: PreprocessParams = load_section("preprocess", args.params)
+    raw_params = read_params_file(args.params)
+    params: PreprocessParams = parse_section("preprocess", raw_params.get("preprocess"), args.params)
+    profile_columns = profile_patterns(raw_params, args.params)  # passed through for the evaluate stage
     # The raw file's md5 (for the MLflow run) is computed in a thread while the stage works: hashlib releases the GIL.
     hashing = ThreadPoolExecutor(1)
     md5 = hashing.submit(file_md5, params.data.path) if Path(params.data.path).is_file() else None
     hashing.shutdown(wait=False)
     build_transformer(params)  # imports scikit-learn now, so that the steps below time only their work
     with step("preprocess", f"read {params.data.path}"):
-        raw = data.load_csv(params.data, columns=input_columns(params))
+        raw = data.load_csv(params.data, columns=[*input_columns(params), *profile_columns])
     with step("preprocess", f"checked, derived and transformed {len(raw)} rows"):
-        result = preprocess(raw, params, source=params.data.path)
+        result = preprocess(raw, params, source=params.data.path, profile_columns=profile_columns)
     del raw  # the outputs are written without the raw table in memory
     with run_stage("preprocess", args.dagshub_dir) as (out, log):
         with step("preprocess", "wrote the features and the matrix"):

@@ -1,0 +1,470 @@
+"""The segment report: names and descriptions of the segments, rounded profiles in original units, and one
+self-contained HTML page (styles and images inline, no network) that a business reader understands.
+
+Pure functions: DataFrames and bytes in, strings out. The evaluate stage does the I/O. Same inputs, same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+CLUSTER_COLUMN = "cluster"
+SIZE_COLUMN = "size"
+SHARE_COLUMN = "share"
+BLANK = "(blank)"  # the category of a blank value in a category-share column ``column=(blank)``
+
+MONEY = "money"  # whole currency units, thousands separators: 76,000
+RATE = "rate"  # a 0/1 flag or a share: its mean is a percentage, 12.3%
+NUMBER = "number"  # counts, ages, years: one decimal, 1.2
+# Money columns are told by their names: the data carries no units.
+MONEY_NAME = re.compile(r"income|spent|spend|mnt|amount|revenue|price|sales|salary|cost|value", re.I)
+
+# Phrases of the example data's columns: (above the others, below the others, noun in descriptions).
+# Any other column reads "High <noun>" / "Low <noun>", its noun made from its name.
+PHRASES: dict[str, tuple[str, str, str]] = {
+    "Income": ("High income", "Low income", "income"),
+    "Recency": ("Lapsed buyers", "Recent buyers", "days since last purchase"),
+    "Age": ("Older", "Younger", "age"),
+    "Children": ("Many children", "Few children", "children"),
+    "Family_Size": ("Large households", "Small households", "household size"),
+    "Total_Spent": ("Big spenders", "Low spenders", "spending (2 years)"),
+    "Total_Purchases": ("Frequent buyers", "Infrequent buyers", "purchases"),
+    "NumWebVisitsMonth": ("Frequent web visitors", "Rare web visitors", "web visits per month"),
+    "Enrollment_Years": ("Long-standing customers", "New customers", "years as customer"),
+    "Response": ("Responsive to the last campaign", "Unresponsive to the last campaign", "accepted last campaign"),
+}
+NAME_FEATURES = 3  # phrases in a segment's name
+EXTRA_Z = 0.5  # a profile-only column joins the description when it sets the segment apart by at least this
+
+
+# -- numbers ------------------------------------------------------------------------------------------------------
+
+
+def column_kind(name: str, values: pd.Series) -> str:
+    """How a profiled column is shown: ``rate`` (0/1 values), ``money`` (by its name) or ``number``."""
+    present = values.dropna()
+    if len(present) and present.isin([0, 1]).all():
+        return RATE
+    if MONEY_NAME.search(name):
+        return MONEY
+    return NUMBER
+
+
+def format_value(value: float, kind: str) -> str:
+    """A mean in original units for a reader: ``76,000``, ``1.2``, ``12.3%``; blank as an en dash."""
+    if value is None or not np.isfinite(value):
+        return "–"
+    if kind == MONEY:
+        return f"{value:,.0f}"
+    if kind == RATE:
+        return f"{100 * value:.1f}%"
+    return f"{value:,.1f}"
+
+
+def compact_number(value: float) -> str:
+    """A short label for a heatmap cell: 29k, 1.2M, 1,393, 48.0, 0.82."""
+    if not np.isfinite(value):
+        return "–"
+    size = abs(value)
+    if size >= 1e6:
+        return f"{value / 1e6:.1f}M"
+    if size >= 1e4:
+        return f"{value / 1e3:.0f}k"
+    if size >= 100:
+        return f"{value:,.0f}"
+    if size >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def text_colour(rgba: Sequence[float]) -> str:
+    """Black or white, whichever contrasts more with a cell of colour ``rgba`` (relative luminance, WCAG)."""
+
+    def linear(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(float(c)) for c in rgba[:3])
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    # Contrast ratio with black (L + 0.05) / 0.05 against white 1.05 / (L + 0.05): equal at L = 0.179.
+    return "black" if luminance > 0.179 else "white"
+
+
+def rounded_profile(profile: pd.DataFrame, kinds: Mapping[str, str]) -> pd.DataFrame:
+    """``cluster_profile.csv`` for people and diffs: money to whole units, other means to 2 decimals, shares and
+    rates as fractions to 4 decimals (0.1234 = 12.34%). Columns not in ``kinds`` are category shares."""
+    out = profile.copy()
+    for column in out.columns:
+        if column in (CLUSTER_COLUMN, SIZE_COLUMN):
+            continue
+        kind = RATE if column == SHARE_COLUMN else kinds.get(column, RATE)
+        out[column] = out[column].round({MONEY: 0, RATE: 4}.get(kind, 2))
+        if kind == MONEY:
+            out[column] = out[column].astype("Int64")  # 29185, not 29185.0 (a blank mean stays blank)
+    return out
+
+
+# -- names and descriptions ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One cluster for a reader: a short name, what sets it apart, its size."""
+
+    cluster: int
+    name: str
+    description: str
+    size: int
+    share: float
+
+
+def contrasts(values: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
+    """Per cluster (rows) and column: (cluster mean - mean of all other customers) / the column's spread over all
+    customers. Blanks are left out of every mean; a constant column scores 0."""
+    data = values.to_numpy(dtype=float)
+    present = ~np.isnan(data)
+    filled = np.where(present, data, 0.0)
+    total, count = filled.sum(axis=0), present.sum(axis=0)
+    spread = np.nanstd(data, axis=0) if len(data) else np.zeros(data.shape[1])
+    rows = {}
+    for k in np.unique(labels):
+        mine = labels == k
+        s_k, n_k = filled[mine].sum(axis=0), present[mine].sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_k = s_k / n_k
+            others = (total - s_k) / (count - n_k)
+            z = (mean_k - others) / spread
+        rows[int(k)] = np.where(np.isfinite(z), z, 0.0)
+    return pd.DataFrame.from_dict(rows, orient="index", columns=list(values.columns))
+
+
+def noun(column: str) -> str:
+    """What a column measures, for a sentence: its phrase's noun, or its name split into words."""
+    if column in PHRASES:
+        return PHRASES[column][2]
+    spend = re.fullmatch(r"Mnt(\w+?)(Products|Prods)?", column)  # the example's MntWines, MntGoldProds...
+    if spend:
+        return f"spending on {noun(spend.group(1))}"
+    campaign = re.fullmatch(r"AcceptedCmp(\d+)", column)
+    if campaign:
+        return f"accepted campaign {campaign.group(1)}"
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", column).replace("_", " ").split()
+    return " ".join(w if w.isupper() and len(w) > 1 else w.lower() for w in words) or column
+
+
+def phrase(column: str, z: float, segment_mean: float) -> str:
+    """``High income`` / ``Low spending`` / ``No children``: how a segment stands out on ``column``."""
+    if z < 0 and np.isfinite(segment_mean) and abs(segment_mean) < 0.05:
+        return f"No {noun(column)}"
+    high, low, _ = PHRASES.get(column, (f"High {noun(column)}", f"Low {noun(column)}", ""))
+    return high if z > 0 else low
+
+
+def top_columns(z: pd.Series, n: int) -> list[str]:
+    """The ``n`` columns with the largest |z|; ties in column order (deterministic)."""
+    order = sorted(range(len(z)), key=lambda i: (-round(abs(float(z.iloc[i])), 9), i))
+    return [z.index[i] for i in order[:n]]
+
+
+def describe_segments(
+    profile: pd.DataFrame,
+    overall: Mapping[str, float],
+    z: pd.DataFrame,
+    features: Sequence[str],
+    extras: Sequence[str],
+    kinds: Mapping[str, str],
+) -> list[Segment]:
+    """A unique name and a one-sentence description per cluster of ``profile``.
+
+    The name joins the phrases of the ``NAME_FEATURES`` clustering ``features`` on which the segment is furthest
+    from the other customers (``z``); the description gives those means against the overall ones, in original
+    units, plus the profile-only column (``extras``) that sets it apart most, if it does by ``EXTRA_Z`` or more.
+    """
+    segments = []
+    for _, row in profile.iterrows():
+        k = int(row[CLUSTER_COLUMN])
+        top = top_columns(z.loc[k, list(features)], NAME_FEATURES) if len(features) else []
+        phrases = [phrase(c, float(z.loc[k, c]), float(row[c])) for c in top]
+        name = ", ".join([phrases[0], *(p[0].lower() + p[1:] for p in phrases[1:])]) if phrases else f"Segment {k}"
+        shown = list(top)
+        if extras:
+            (best,) = top_columns(z.loc[k, list(extras)], 1)
+            if abs(float(z.loc[k, best])) >= EXTRA_Z:
+                shown.append(best)
+        parts = [
+            f"{noun(c)} {format_value(float(row[c]), kinds[c])} vs {format_value(overall[c], kinds[c])} overall"
+            for c in shown
+        ]
+        description = (parts[0][0].upper() + "; ".join(parts)[1:] + ".") if parts else ""
+        segments.append(Segment(k, name, description, int(row[SIZE_COLUMN]), float(row[SHARE_COLUMN])))
+    counts = pd.Series([s.name for s in segments]).value_counts()
+    return [
+        Segment(s.cluster, f"{s.name} (segment {s.cluster})", s.description, s.size, s.share)
+        if counts[s.name] > 1
+        else s
+        for s in segments
+    ]
+
+
+# -- the page ------------------------------------------------------------------------------------------------------
+
+METRIC_READINGS: dict[str, tuple[str, Any]] = {
+    "silhouette": (
+        "Silhouette (−1 to 1, higher is better)",
+        lambda v: (
+            "well separated segments"
+            if v >= 0.5
+            else "reasonable structure: segments overlap at their edges"
+            if v >= 0.25
+            else "weak structure: segments overlap a lot; read them as tendencies"
+        ),
+    ),
+    "calinski_harabasz": (
+        "Calinski–Harabasz (higher is better)",
+        lambda v: "between-segment spread over within-segment spread; compare it across runs on the same data",
+    ),
+    "davies_bouldin": (
+        "Davies–Bouldin (0 and up, lower is better)",
+        lambda v: (
+            "compact, distinct segments"
+            if v < 0.7
+            else "segments fairly distinct"
+            if v < 1.5
+            else "segments close to each other relative to their size"
+        ),
+    ),
+    "smallest_cluster_share": (
+        "Smallest segment",
+        lambda v: (
+            "a small niche: check it is worth a campaign of its own"
+            if v < 0.05
+            else "every segment is large enough to act on"
+        ),
+    ),
+}
+
+STYLE = """
+body{font-family:"DejaVu Sans",Arial,sans-serif;margin:2em auto;max-width:1200px;color:#1d2733;padding:0 1em}
+h1{margin-bottom:.2em}h2{border-bottom:2px solid #d8dee6;padding-bottom:.2em;margin-top:1.8em}
+.lead{color:#4a5663}
+.cards{display:flex;flex-wrap:wrap;gap:12px}
+.card{flex:1 1 260px;border:1px solid #d8dee6;border-left:6px solid #2f6db5;border-radius:6px;padding:.6em .9em}
+.card h3{margin:.1em 0 .3em 0;font-size:1.05em}.card .size{color:#4a5663;font-size:.9em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+th,td{border:1px solid #d8dee6;padding:.25em .6em}th{background:#eef2f6;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.group th{background:#dde5ee}td.overall,th.overall{background:#f7f9fb;font-weight:bold}
+tr.best td{background:#fff4d6}
+img{max-width:100%;height:auto;border:1px solid #eef2f6}
+.figs{display:flex;flex-wrap:wrap;gap:16px}.figs figure{flex:1 1 520px;margin:0}
+figcaption{color:#4a5663;font-size:.9em}
+code{background:#eef2f6;padding:0 .25em;border-radius:3px}
+.muted{color:#6b7785;font-size:.9em}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def image_tag(png: bytes | None, alt: str) -> str:
+    """An inline PNG (data URI), or a note when there is none."""
+    if not png:
+        return f'<p class="muted">({_e(alt)}: not available)</p>'
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def profile_table(
+    profile: pd.DataFrame,
+    overall: Mapping[str, float],
+    segments: Sequence[Segment],
+    features: Sequence[str],
+    extras: Sequence[str],
+    kinds: Mapping[str, str],
+) -> str:
+    """The profile, one column per segment and one for all customers, one row per column profiled."""
+    by_cluster = {s.cluster: s for s in segments}
+    head = "".join(f"<th>{_e(by_cluster[int(c)].name)}</th>" for c in profile[CLUSTER_COLUMN])
+    rows = [f'<tr><th>Segment</th>{head}<th class="overall">All customers</th></tr>']
+    sizes = "".join(f'<td class="num">{int(n):,}</td>' for n in profile[SIZE_COLUMN])
+    rows.append(f'<tr><th>Customers</th>{sizes}<td class="num overall">{int(profile[SIZE_COLUMN].sum()):,}</td></tr>')
+    shares = "".join(f'<td class="num">{format_value(v, RATE)}</td>' for v in profile[SHARE_COLUMN])
+    rows.append(f'<tr><th>Share</th>{shares}<td class="num overall">100.0%</td></tr>')
+    span = len(profile) + 2
+
+    def block(title: str, columns: Sequence[str]) -> None:
+        if not columns:
+            return
+        rows.append(f'<tr class="group"><th colspan="{span}">{_e(title)}</th></tr>')
+        for c in columns:
+            kind = kinds.get(c, RATE)
+            cells = "".join(f'<td class="num">{format_value(float(v), kind)}</td>' for v in profile[c])
+            label = c if "=" not in c else c.replace("=", ": ", 1)
+            rows.append(
+                f'<tr><th>{_e(label)}</th>{cells}<td class="num overall">{format_value(overall[c], kind)}</td></tr>'
+            )
+
+    category_columns = [c for c in profile.columns if "=" in c]
+    block("Used for clustering (mean per customer)", [c for c in features if c in profile.columns])
+    block("Profiled only, not used for clustering (mean per customer)", [c for c in extras if c in profile.columns])
+    block("Category shares (each column's shares add up to 100%, blanks included)", category_columns)
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def k_choice_section(
+    elbow: pd.DataFrame | None,
+    train_metrics: Mapping[str, Any] | None,
+    criteria: pd.DataFrame | None,
+    elbow_png: bytes | None,
+) -> str:
+    """How k was chosen: the train stage's score per k and rule, and what silhouette, Calinski–Harabasz and
+    Davies–Bouldin say per k (``criteria``: columns k, silhouette, calinski_harabasz, davies_bouldin)."""
+    tm = dict(train_metrics or {})
+    k_best = tm.get("k_best")
+    metric = str(elbow["metric"].iloc[0]) if elbow is not None and "metric" in elbow and len(elbow) else "score"
+    rule = tm.get("k_rule", "?")
+    rule_text = {
+        "elbow": "the elbow (knee) of the curve: where adding a segment stops paying off",
+        "best_score": f"the best {metric} score",
+    }.get(str(rule), str(rule))
+    parts = [
+        f"<p>The train stage fitted k-means for each k and scored it by <b>{_e(metric)}</b>; "
+        f"it chose <b>k = {_e(k_best)}</b> by {_e(rule_text)}.</p>"
+    ]
+    table = pd.DataFrame({"k": []})
+    if elbow is not None and len(elbow):
+        table = elbow[["k", "score"]].rename(columns={"score": metric})
+    if criteria is not None and len(criteria):
+        table = criteria if not len(table) else table.merge(criteria, on="k", how="outer")
+    if len(table):
+        best = {}
+        for column, better in (("silhouette", max), ("calinski_harabasz", max), ("davies_bouldin", min)):
+            if column in table:
+                best[column] = int(table.loc[table[column] == better(table[column]), "k"].iloc[0])
+        readings = {
+            "silhouette": "silhouette (higher is better)",
+            "calinski_harabasz": "Calinski–Harabasz (higher is better)",
+            "davies_bouldin": "Davies–Bouldin (lower is better)",
+        }
+        if best:
+            says = "; ".join(f"{readings[c]} prefers k = {k}" for c, k in best.items())
+            parts.append(
+                "<p>The other criteria, from one k-means fit per k on the same matrix (3 restarts; above "
+                "<code>evaluate.silhouette_sample_size</code> rows, on a seeded sample of that many): "
+                f"{_e(says)}.</p>"
+            )
+        head = "".join(f"<th>{_e(c)}</th>" for c in table.columns)
+        body = []
+        for _, r in table.iterrows():
+            cls = ' class="best"' if k_best is not None and int(r["k"]) == int(k_best) else ""
+            cells = "".join(
+                f'<td class="num">{int(r[c]) if c == "k" else _fmt_score(r[c])}</td>' for c in table.columns
+            )
+            body.append(f"<tr{cls}>{cells}</tr>")
+        parts.append(f"<table><tr>{head}</tr>{''.join(body)}</table>")
+        parts.append('<p class="muted">Highlighted: the k the model uses.</p>')
+    parts.append(f"<figure>{image_tag(elbow_png, 'Elbow curve: score per k')}</figure>")
+    return "".join(parts)
+
+
+def _fmt_score(value: float) -> str:
+    if not np.isfinite(value):
+        return "–"
+    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3f}"
+
+
+def metrics_table(metrics: Mapping[str, Any]) -> str:
+    rows = ["<tr><th>Metric</th><th>Value</th><th>Reading</th></tr>"]
+    for key, (label, reading) in METRIC_READINGS.items():
+        if key not in metrics:
+            continue
+        value = float(metrics[key])
+        shown = format_value(value, RATE) if key == "smallest_cluster_share" else _fmt_score(value)
+        rows.append(f'<tr><th>{_e(label)}</th><td class="num">{shown}</td><td>{_e(reading(value))}</td></tr>')
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def provenance_section(
+    params: Mapping[str, Any], data_path: str | None, data_md5: str | None, code: Mapping[str, str]
+) -> str:
+    """The params, the raw data and its md5, and the code (git blob id per source file) behind the page."""
+    files = "<br>".join(f"<code>{_e(blob)}</code> {_e(path)}" for path, blob in code.items())
+    rows = [
+        f"<tr><th>Data</th><td><code>{_e(data_path or '?')}</code> (md5 <code>{_e(data_md5 or '?')}</code>)</td></tr>",
+        f"<tr><th>Code (git blob ids)</th><td>{files}</td></tr>",
+    ]
+    rows += [f"<tr><th>{_e(k)}</th><td><code>{_e(v)}</code></td></tr>" for k, v in params.items()]
+    return (
+        "<p>The git commit: <code>git log --find-object=&lt;blob id&gt;</code> lists the commits that hold each "
+        "source file below (a file cannot name the commit it is committed in). The MLflow run that holds this page "
+        "is tagged with the commit checked out when it ran (<code>mlflow.source.git.commit</code>).</p>"
+        "<table>" + "".join(rows) + "</table>"
+    )
+
+
+def render_report(
+    *,
+    segments: Sequence[Segment],
+    profile: pd.DataFrame,
+    overall: Mapping[str, float],
+    features: Sequence[str],
+    extras: Sequence[str],
+    kinds: Mapping[str, str],
+    metrics: Mapping[str, Any],
+    images: Mapping[str, bytes | None],
+    k_choice: str,
+    provenance: str,
+) -> str:
+    """The whole page: one HTML string, styles and images inline, no script, no URL."""
+    n = int(profile[SIZE_COLUMN].sum())
+    cards = "".join(
+        f'<div class="card"><h3>{_e(s.name)}</h3>'
+        f'<div class="size">{s.size:,} customers · {format_value(s.share, RATE)} · cluster {s.cluster}</div>'
+        f"<p>{_e(s.description)}</p></div>"
+        for s in segments
+    )
+    figure = "".join(
+        f"<figure>{image_tag(images.get(key), caption)}<figcaption>{_e(caption)}</figcaption></figure>"
+        for key, caption in (
+            ("clusters_2d", "The customers on the two main directions of the data, coloured by segment"),
+            ("silhouette", "Silhouette per customer: how much closer each is to its own segment than to the next"),
+        )
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Customer segments</title>
+<style>{STYLE}</style>
+</head>
+<body>
+<h1>Customer segments</h1>
+<p class="lead">{n:,} customers in {len(segments)} segments. Each segment is named after what sets it apart from
+the other customers (features furthest above or below them).</p>
+<h2>The segments</h2>
+<div class="cards">{cards}</div>
+<h2>Profile</h2>
+<p>Averages per customer in original units (money in whole units, counts with one decimal, 0/1 flags as the share
+of customers with the flag), against the average over all customers.</p>
+{profile_table(profile, overall, segments, features, extras, kinds)}
+<figure>{image_tag(images.get("profile"), "Heatmap of the profile")}<figcaption>Colour: how far each segment's
+average is above (red) or below (blue) the overall one; cell text: the average.</figcaption></figure>
+<h2>How the number of segments was chosen</h2>
+{k_choice}
+<h2>Quality</h2>
+{metrics_table(metrics)}
+<div class="figs">{figure}</div>
+<h2>What produced this report</h2>
+{provenance}
+</body>
+</html>
+"""

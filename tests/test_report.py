@@ -1,0 +1,261 @@
+"""The segment report (issue 10 §1): names, rounding, profile columns and the self-contained page, as pure functions;
+the preprocess stage's one-line error for an unknown ``evaluate.profile_columns`` entry."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline_helpers import run_stage_cli, the_error
+from segmentation import report
+from segmentation.config import EvaluateParams, PreprocessParams, parse_section, profile_patterns
+from segmentation.data import expand_columns, matches
+from segmentation.errors import UserError
+from segmentation.evaluate import cluster_profile, profile_plot
+from segmentation.preprocess import preprocess
+
+# -- numbers --------------------------------------------------------------------------------------------------------
+
+
+def test_values_are_shown_in_original_units():
+    assert report.format_value(76012.4, report.MONEY) == "76,012"
+    assert report.format_value(1.26, report.NUMBER) == "1.3"
+    assert report.format_value(0.1234, report.RATE) == "12.3%"
+    assert report.format_value(float("nan"), report.MONEY) == "–"
+
+
+@pytest.mark.parametrize(
+    ("value", "label"),
+    [(29185.17, "29k"), (1392.59, "1,393"), (2_500_000, "2.5M"), (47.99, "48.0"), (0.8186, "0.82"), (-12000, "-12k")],
+)
+def test_heatmap_labels_are_short(value, label):
+    assert report.compact_number(value) == label
+
+
+def test_text_colour_contrasts_with_its_cell():
+    assert report.text_colour((0.02, 0.19, 0.38, 1.0)) == "white"  # dark blue (RdBu_r's low end)
+    assert report.text_colour((0.4, 0.0, 0.12, 1.0)) == "white"  # dark red
+    assert report.text_colour((0.97, 0.97, 0.97, 1.0)) == "black"  # the near-white middle
+
+
+def test_column_kinds():
+    assert report.column_kind("Response", pd.Series([0, 1, 1, np.nan])) == report.RATE
+    assert report.column_kind("MntWines", pd.Series([0, 120, 35])) == report.MONEY
+    assert report.column_kind("Income", pd.Series([30000.0, 52000.0])) == report.MONEY
+    assert report.column_kind("Children", pd.Series([0, 1, 2, 3])) == report.NUMBER
+
+
+def test_rounded_profile_rounds_per_kind():
+    profile = pd.DataFrame(
+        {
+            "cluster": [0, 1],
+            "size": [3, 1],
+            "share": [0.75, 0.25],
+            "Income": [29185.173044925126, 77691.52320675105],
+            "Age": [38.02329450915141, 46.6],
+            "Response": [0.11148086522462562, 0.3],
+            "Education=PhD": [0.123456, 0.0],
+        }
+    )
+    kinds = {"Income": report.MONEY, "Age": report.NUMBER, "Response": report.RATE}
+    out = report.rounded_profile(profile, kinds)
+    assert out["Income"].tolist() == [29185, 77692]
+    assert out["Age"].tolist() == [38.02, 46.6]
+    assert out["Response"].tolist() == [0.1115, 0.3]
+    assert out["Education=PhD"].tolist() == [0.1235, 0.0]
+    assert out["share"].tolist() == [0.75, 0.25]
+    assert "29185," in out.to_csv(index=False)  # whole units, no "29185.0"
+
+
+# -- names and descriptions -----------------------------------------------------------------------------------------
+
+
+def example():
+    """Three segments of 4 customers: rich without children, poor families, and middling ones."""
+    features = pd.DataFrame(
+        {
+            "Income": [90000, 95000, 85000, 92000, 20000, 22000, 25000, 21000, 50000, 52000, 51000, 49000],
+            "Children": [0, 0, 0, 0, 3, 2, 3, 2, 1, 1, 1, 2],
+            "Age": [50, 52, 48, 51, 40, 38, 41, 39, 45, 44, 46, 45],
+            "Response": [1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0],
+        },
+        dtype=float,
+    )
+    labels = np.repeat([0, 1, 2], 4)
+    profile = cluster_profile(features.assign(ID=range(12))[["ID", *features.columns]], labels, "ID")
+    kinds = {c: report.column_kind(c, features[c]) for c in features}
+    overall = {c: float(features[c].mean()) for c in features}
+    z = report.contrasts(features, labels)
+    return features, labels, profile, kinds, overall, z
+
+
+def test_contrasts_compare_each_segment_with_the_other_customers():
+    features, labels, _, _, _, z = example()
+    others = features["Income"][labels != 0].mean()
+    expected = (features["Income"][labels == 0].mean() - others) / features["Income"].std(ddof=0)
+    assert z.loc[0, "Income"] == pytest.approx(expected)
+    assert z.loc[0, "Income"] > 0 > z.loc[1, "Income"]
+
+
+def test_segments_get_names_and_descriptions_in_original_units():
+    _, _, profile, kinds, overall, z = example()
+    segments = report.describe_segments(profile, overall, z, ["Income", "Children", "Age"], ["Response"], kinds)
+    names = [s.name for s in segments]
+    assert len(set(names)) == 3
+    assert names[0].startswith("High income") and "no children" in names[0]
+    assert names[1].startswith("Low income") or "many children" in names[1].lower()
+    assert "income 90,500 vs 54,333 overall" in segments[0].description.lower()
+    assert "accepted last campaign 75.0% vs 33.3% overall" in segments[0].description  # the profile-only column
+    assert (segments[0].size, segments[0].share) == (4, pytest.approx(1 / 3))
+
+
+def test_colliding_names_get_a_disambiguator():
+    features = pd.DataFrame({"Income": [1.0, 1.0, 5.0, 5.0, 9.0, 9.0, 1.0, 1.0]})
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    profile = cluster_profile(features.assign(ID=range(8))[["ID", "Income"]], labels, "ID")
+    z = report.contrasts(features, labels)
+    segments = report.describe_segments(profile, {"Income": 4.0}, z, ["Income"], [], {"Income": report.MONEY})
+    names = [s.name for s in segments]
+    assert names[0] == "Low income (segment 0)" and names[3] == "Low income (segment 3)"
+    assert len(set(names)) == 4
+
+
+def test_names_of_other_columns_are_readable():
+    assert report.noun("NumWebVisitsMonth") == "web visits per month"
+    assert report.noun("MntGoldProds") == "spending on gold"
+    assert report.noun("AcceptedCmp3") == "accepted campaign 3"
+    assert report.noun("avg_basket_EUR") == "avg basket EUR"
+
+
+# -- profile columns ------------------------------------------------------------------------------------------------
+
+
+def test_globs_expand_against_the_columns_in_order():
+    columns = ["ID", "MntWines", "MntFruits", "AcceptedCmp3", "AcceptedCmp1", "Response", "Income"]
+    got = expand_columns(["Response", "AcceptedCmp*", "Mnt*", "Response"], columns, "evaluate.profile_columns", "x")
+    assert got == ["Response", "AcceptedCmp3", "AcceptedCmp1", "MntWines", "MntFruits"]
+    assert matches("MntWines", ["Mnt*"]) and not matches("mntwines", ["Mnt*"])  # case-sensitive, like the CSV
+
+
+def test_an_unknown_profile_column_is_a_user_error():
+    with pytest.raises(UserError, match=r"evaluate\.profile_columns: no column 'Nope\*' in data.csv"):
+        expand_columns(["Response", "Nope*"], ["Response"], "evaluate.profile_columns", "data.csv")
+
+
+def test_profile_columns_are_validated():
+    with pytest.raises(UserError, match=r"evaluate\.profile_columns: .*listed twice"):
+        parse_section("evaluate", {"silhouette_sample_size": 10, "random_state": 0, "profile_columns": ["a", "a"]})
+    assert EvaluateParams(silhouette_sample_size=10, random_state=0).profile_columns == []
+    assert profile_patterns({"evaluate": {"profile_columns": ["Mnt*"]}}) == ["Mnt*"]
+    assert profile_patterns({"train": {}}) == []
+    with pytest.raises(UserError, match=r"evaluate\.profile_columns"):
+        profile_patterns({"evaluate": {"profile_columns": "Mnt*"}})
+
+
+def plain_section(path: str = "data.csv") -> dict:
+    return {
+        "data": {"path": path, "separator": ",", "encoding": "utf-8", "id_column": "id"},
+        "recipe": None,
+        "features": ["a", "b"],
+        "missing": "drop",
+        "outliers": {},
+        "scale": True,
+        "pca_components": None,
+    }
+
+
+def test_preprocess_passes_profile_columns_through():
+    raw = pd.DataFrame(
+        {
+            "id": range(1, 7),
+            "a": [1.0, 2, 3, 4, 5, 6],
+            "b": [2.0, 1, 4, 3, 6, np.nan],  # the last row is dropped (blank feature)
+            "MntX": [10, 20, 30, 40, 50, 60],
+            "MntY": [1, 2, 3, 4, 5, 6],
+            "tier": ["gold", None, "silver", "gold", "gold", "silver"],  # text: kept as categories, blank kept
+            "unused": 0,
+        }
+    )
+    result = preprocess(raw, PreprocessParams(**plain_section()), "data.csv", ["tier", "Mnt*", "a"])
+    assert result.features.columns.tolist() == ["id", "a", "b", "tier", "MntX", "MntY"]
+    assert result.features["MntX"].tolist() == [10, 20, 30, 40, 50]
+    assert result.features["tier"].isna().tolist() == [False, True, False, False, False]
+    assert result.matrix.columns.tolist() == ["id", "a", "b"]  # never clustered
+
+
+def test_an_unknown_profile_column_stops_preprocess_in_one_line(tmp_path):
+    pd.DataFrame({"id": range(1, 9), "a": np.arange(8.0), "b": np.arange(8.0) ** 2, "MntX": 1}).to_csv(
+        tmp_path / "data.csv", index=False
+    )
+    outputs = ["--features", "out/f.csv", "--matrix", "out/m.csv", "--transformer", "out/t.joblib",
+               "--metrics", "out/p.json", "--dagshub-dir", "out/dh"]  # fmt: skip
+    evaluate = {"silhouette_sample_size": 10, "random_state": 0, "profile_columns": ["Mnt*", "Response"]}
+    proc = run_stage_cli(tmp_path, "preprocess", outputs, preprocess=plain_section(), evaluate=evaluate)
+    line = the_error(proc, tmp_path)
+    assert line == "error: params.yaml: evaluate.profile_columns: no column 'Response' in data.csv"
+
+
+# -- the page -------------------------------------------------------------------------------------------------------
+
+
+def test_category_shares_add_up_with_blanks():
+    features = pd.DataFrame({"ID": range(5), "x": [1.0, 2, 3, 4, 5], "tier": ["a", None, "b", "a", None]})
+    profile = cluster_profile(features, np.array([0, 0, 0, 1, 1]), "ID", ["tier"])
+    shares = profile[["tier=a", "tier=b", "tier=(blank)"]]
+    assert np.allclose(shares.sum(axis=1), 1.0)
+
+
+def page(png: bytes = b"\x89PNG fake") -> str:
+    _, _, profile, kinds, overall, z = example()
+    segments = report.describe_segments(profile, overall, z, ["Income", "Children", "Age"], ["Response"], kinds)
+    elbow = pd.DataFrame({"k": [2, 3, 4], "score": [10.0, 6.0, 5.5], "metric": "distortion"})
+    criteria = pd.DataFrame(
+        {"k": [2, 3, 4], "silhouette": [0.5, 0.6, 0.4], "calinski_harabasz": [10.0, 30.0, 20.0],
+         "davies_bouldin": [0.9, 0.5, 0.8]}
+    )  # fmt: skip
+    return report.render_report(
+        segments=segments,
+        profile=profile,
+        overall=overall,
+        features=["Income", "Children", "Age"],
+        extras=["Response"],
+        kinds=kinds,
+        metrics={"silhouette": 0.61, "calinski_harabasz": 30.0, "davies_bouldin": 0.5, "smallest_cluster_share": 1 / 3},
+        images={"profile": png, "clusters_2d": png, "silhouette": png},
+        k_choice=report.k_choice_section(elbow, {"k_best": 3, "k_rule": "elbow"}, criteria, png),
+        provenance=report.provenance_section(
+            {"train.k_max": 10, "evaluate.x": "<b>"}, "d.csv", "abc", {"src/x.py": "f00"}
+        ),
+    )
+
+
+def test_the_page_is_self_contained_and_deterministic():
+    html = page()
+    assert html == page()  # same inputs, same bytes
+    assert not re.search(r"https?://", html)
+    assert not re.search(r"""(src|href)=["'](?!data:)""", html)  # every source inline
+    assert html.count('src="data:image/png;base64,') == 4  # heatmap, elbow, 2-D view, silhouette
+    assert "<script" not in html and "&lt;b&gt;" in html  # params are escaped
+    assert "90,500" in html and "75.0%" in html  # rounded, original units
+    assert "silhouette (higher is better) prefers k = 3" in html
+    assert "<b>k = 3</b>" in html
+
+
+def test_missing_figures_are_noted_not_broken():
+    html = page(png=b"")
+    assert "<img" not in html and "not available" in html
+
+
+def test_heatmap_labels_and_colours():
+    _, _, profile, _, _, _ = example()
+    fig = profile_plot(profile)
+    texts = fig.axes[0].texts
+    labels = [t.get_text() for t in texts]
+    assert "90k" in labels and "0.00" in labels  # Income of segment 0, its Children
+    assert {t.get_color() for t in texts} == {"black", "white"}
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
