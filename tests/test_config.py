@@ -19,7 +19,7 @@ def test_project_params_are_valid(repo):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ({"k_max": 2}, "train: k_max (2) must be greater than k_min (2)"),
+        ({"k_max": 1}, "train: k_max (1) must not be below k_min (2)"),
         ({"k_min": 1}, "train.k_min: Input should be greater than or equal to 2 (got 1)"),
         ({"metric": "manhattan"}, "train.metric: Input should be 'distortion', 'silhouette' or 'calinski_harabasz'"),
         ({"selection": "best_score"}, "selection 'best_score' needs metric silhouette or calinski_harabasz"),

@@ -190,7 +190,7 @@ def test_bad_params_fail_cleanly_and_earlier_results_survive(project):
     finally:
         params_file.write_text(good)
     assert failed.returncode != 0
-    assert "error: params.yaml: train: k_max (1) must be greater than k_min (2)" in failed.stderr
+    assert "error: params.yaml: train: k_max (1) must not be below k_min (2)" in failed.stderr
     assert "Traceback" not in failed.stderr + failed.stdout
     assert (root / "dvc.lock").read_text() == lock_before
     # Outputs are persistent and replaced only on success: the failed stage left them as they were.

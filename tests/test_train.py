@@ -151,3 +151,31 @@ def test_the_knee_is_yellowbricks():
                     curve = list(rng.normal(size=len(x)))  # no shape at all: often no knee
                 expected = KneeLocator(x, curve, curve_nature=nature, curve_direction=direction).knee
                 assert find_knee(x, curve, nature, direction) == expected, (x, curve, metric)
+
+
+def test_a_fixed_k_is_used_whatever_the_elbow_says(blobs):
+    """train.k: the business's number of segments; the search still runs, and its plot shows both."""
+    elbow, model = train(blobs, "ID", params(k=6))
+    assert (elbow.k_best, elbow.rule) == (6, "fixed")
+    assert model.n_clusters == 6 and len(set(model.labels_)) == 6
+    assert elbow.k_values == list(range(2, 9))  # the curve to compare with: its elbow is at 4
+    assert "fixed" in elbow.figure.axes[0].get_legend().get_texts()[0].get_text()
+
+
+def test_a_fixed_k_outside_the_search_range_is_fitted_too(blobs):
+    elbow, model = train(blobs, "ID", params(k_min=2, k_max=5, k=7))
+    assert elbow.k_values == [2, 3, 4, 5, 7] and elbow.k_best == 7 and model.n_clusters == 7
+
+
+def test_k_min_equal_to_k_max_is_a_fixed_k_without_a_search(blobs):
+    elbow, model = train(blobs, "ID", params(k_min=3, k_max=3))
+    assert (elbow.k_values, elbow.k_best, elbow.rule, model.n_clusters) == ([3], 3, "fixed", 3)
+
+
+def test_fixed_k_params_are_checked(blobs):
+    with pytest.raises(ValueError, match=r"k_max \(2\) must not be below k_min \(3\)"):
+        params(k_min=3, k_max=2)
+    with pytest.raises(ValueError, match="greater than or equal to 2"):
+        params(k=1)
+    with pytest.raises(UserError, match=r"train\.k \(50\) is more than 400 rows allow"):
+        train(blobs, "ID", params(k=50))

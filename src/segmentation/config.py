@@ -132,15 +132,25 @@ class TrainParams(_Params):
     # Above this many rows the elbow search fits on a seeded sample of this many rows, and the final model is one
     # KMeans fit on all rows started from the sample's centres at k_best; null: always every row.
     search_sample_size: int | None = Field(default=None, ge=2)
+    # A fixed number of segments (when the business already knows how many it can handle): the model has k
+    # clusters whatever the elbow says; the search over k_min..k_max still runs, to show where the elbow is.
+    # null: k is chosen by the search. k_min == k_max is a fixed k too, without the search.
+    k: int | None = Field(default=None, ge=2)
+
+    @property
+    def k_top(self) -> tuple[int, str]:
+        """The largest k fitted and the param that sets it (``k_max``, or ``k`` above it)."""
+        return (self.k, "k") if self.k is not None and self.k > self.k_max else (self.k_max, "k_max")
 
     @model_validator(mode="after")
     def _k_range(self) -> TrainParams:
-        if self.k_max <= self.k_min:
-            raise ValueError(f"k_max ({self.k_max}) must be greater than k_min ({self.k_min})")
-        if self.search_sample_size is not None and self.search_sample_size < self.k_max * self.min_cluster_size:
+        if self.k_max < self.k_min:
+            raise ValueError(f"k_max ({self.k_max}) must not be below k_min ({self.k_min})")
+        top, name = self.k_top
+        if self.search_sample_size is not None and self.search_sample_size < top * self.min_cluster_size:
             raise ValueError(
-                f"search_sample_size ({self.search_sample_size}) must be at least k_max x min_cluster_size "
-                f"({self.k_max * self.min_cluster_size})"
+                f"search_sample_size ({self.search_sample_size}) must be at least {name} x min_cluster_size "
+                f"({top * self.min_cluster_size})"
             )
         if self.selection == "best_score" and self.metric == "distortion":
             raise ValueError("selection 'best_score' needs metric silhouette or calinski_harabasz")

@@ -335,10 +335,12 @@ def k_choice_section(
         "elbow": "the elbow (knee) of the curve: where adding a segment stops paying off",
         "best_score": f"the best {metric} score",
     }.get(str(rule), str(rule))
-    parts = [
-        f"<p>The train stage fitted k-means for each k and scored it by <b>{_e(metric)}</b>; "
-        f"it chose <b>k = {_e(k_best)}</b> by {_e(rule_text)}.</p>"
-    ]
+    chose = (
+        f"k = <b>{_e(k_best)}</b> was fixed in params (<code>train.k</code>, or k_min = k_max), whatever the curve says"
+        if rule == "fixed"
+        else f"it chose <b>k = {_e(k_best)}</b> by {_e(rule_text)}"
+    )
+    parts = [f"<p>The train stage fitted k-means for each k and scored it by <b>{_e(metric)}</b>; {chose}.</p>"]
     table = pd.DataFrame({"k": []})
     if elbow is not None and len(elbow):
         table = elbow[["k", "score"]].rename(columns={"score": metric})

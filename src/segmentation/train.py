@@ -155,31 +155,32 @@ def check_k_range(X: np.ndarray, params: TrainParams, source: str, sample: np.nd
       Counted on the sample first: all rows are counted only when it holds too few.
     """
     rows = len(X)
-    if params.k_max >= rows:
-        raise UserError(f"params.yaml: train.k_max ({params.k_max}) must be below the number of rows ({rows})")
+    top, name = params.k_top  # k_max, or a fixed train.k above it
+    if top >= rows:
+        raise UserError(f"params.yaml: train.{name} ({top}) must be below the number of rows ({rows})")
     most = rows // params.min_cluster_size
-    if params.k_max > most:
+    if top > most:
         raise UserError(
-            f"params.yaml: train.k_max ({params.k_max}) is more than {rows} rows allow: at most rows / "
-            f"train.min_cluster_size ({params.min_cluster_size}) = {most}; lower k_max (or min_cluster_size)"
+            f"params.yaml: train.{name} ({top}) is more than {rows} rows allow: at most rows / "
+            f"train.min_cluster_size ({params.min_cluster_size}) = {most}; lower {name} (or min_cluster_size)"
         )
-    if sample is not None and len(sample) < rows and distinct_rows(sample) >= params.k_max:
+    if sample is not None and len(sample) < rows and distinct_rows(sample) >= top:
         return
     distinct = distinct_rows(X)
-    if distinct < params.k_max:
+    if distinct < top:
         fix = (
             "nothing to cluster: check the data"
-            if distinct <= params.k_min
-            else f"lower train.k_max to at most {distinct} or check the data"
+            if distinct <= min(params.k_min, top)
+            else f"lower train.{name} to at most {distinct} or check the data"
         )
         raise UserError(
             f"{source}: only {distinct} distinct row(s) among {rows} (identical customers?), fewer than "
-            f"train.k_max ({params.k_max}); {fix}"
+            f"train.{name} ({top}); {fix}"
         )
     if sample is not None and len(sample) < rows:
         raise UserError(
             f"{source}: the elbow search's sample of {len(sample)} rows holds only {distinct_rows(sample)} distinct "
-            f"row(s), fewer than train.k_max ({params.k_max}); raise train.search_sample_size"
+            f"row(s), fewer than train.{name} ({top}); raise train.search_sample_size"
         )
 
 
@@ -248,7 +249,7 @@ def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model ma
     idx = search_sample(len(X), params)
     S = X if idx is None else X[idx]
     check_k_range(X, params, source, sample=S)
-    k_values = list(range(params.k_min, params.k_max + 1))
+    k_values = sorted(set(range(params.k_min, params.k_max + 1)) | ({params.k} if params.k is not None else set()))
     fits: dict[int, tuple[KMeans, float]] = {}
     what = f"on {len(S)} of {len(X)} rows" if idx is not None else f"on {len(X)} rows"
     # BLAS's thread limit is process-wide: one thread for all; OpenMP's is set by each worker thread (fit_k).
@@ -261,10 +262,13 @@ def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model ma
         for k in k_values:
             model, value, seconds = futures[k].result()
             fits[k] = (model, value)
-            progress.step(f"k={k}/{params.k_max} fitted ({seconds:.1f} s)")
+            progress.step(f"k={k}/{k_values[-1]} fitted ({seconds:.1f} s)")
     scores = [fits[k][1] for k in k_values]
-    elbow = find_knee(k_values, scores, *CURVES[params.metric]) if params.selection == "elbow" else None
-    k_best, rule = choose_k(k_values, scores, elbow, params.metric, params.selection)
+    if params.k is not None or len(k_values) == 1:  # fixed by the user: no rule to apply
+        k_best, rule = (params.k if params.k is not None else k_values[0]), "fixed"
+    else:
+        elbow = find_knee(k_values, scores, *CURVES[params.metric]) if params.selection == "elbow" else None
+        k_best, rule = choose_k(k_values, scores, elbow, params.metric, params.selection)
     if rule.startswith("fallback"):
         print(
             f"warning: train: no elbow found in the {params.metric} curve for k={params.k_min}..{params.k_max}; "
@@ -286,7 +290,7 @@ def elbow_figure(
     fig, ax = new_figure()
     ax.plot(k_values, scores, marker="D", color="C0")
     label = f"elbow at $k={k_best}$, $score={score_best:0.3f}$" if rule == "elbow" else (
-        f"k = {k_best} ({rule.replace('_', ' ')})"
+        f"k = {k_best} (fixed in params)" if rule == "fixed" else f"k = {k_best} ({rule.replace('_', ' ')})"
     )  # fmt: skip
     ax.axvline(k_best, color="black", linestyle="--", label=label)
     on = "" if rows == total else f", on a sample of {rows} of {total} rows"
