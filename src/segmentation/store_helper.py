@@ -312,6 +312,8 @@ def _warm_up_stages() -> None:
     for module in (
         "dagshub.logger",
         "joblib",
+        "mlflow.models",
+        "mlflow.sklearn",
         "pyarrow.csv",
         "pyarrow.parquet",
         "scipy.signal",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,11 +29,12 @@ import pandas as pd
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
-from segmentation.config import TrainParams, flatten, load_section
+from segmentation.config import PreprocessParams, TrainParams, flatten, load_section
 from segmentation.errors import UserError, stage_entrypoint
-from segmentation.files import read_matrix
+from segmentation.files import load_model, read_matrix
 from segmentation.plotting import FIGURE_DPI, new_figure
 from segmentation.progress import Progress
+from segmentation.segmenter import build_segmenter, input_schema
 from segmentation.stage import exit_now
 from segmentation.stage import run as run_stage
 
@@ -329,13 +331,43 @@ def train(
     return elbow, fit_final(X, elbow, params)
 
 
+MLFLOW_MODEL_NAME = "segmenter"  # the train run's MLflow model: runs:/<run id>/segmenter
+
+
+def save_mlflow_model(segmenter, folder: str) -> str:
+    """Write ``segmenter`` as an MLflow model (sklearn flavor, input signature of the raw columns) into
+    ``folder``/segmenter; returns its path. Its ``MLmodel`` holds a creation time and a UUID: it is logged to the
+    run, never a DVC output (``models/segmenter.joblib`` is).
+
+    The requirements are given, not inferred (inferring them loads the model in a subprocess: seconds); with
+    ``--env-manager local`` they are not installed: the model runs in the project's environment, which provides
+    the ``segmentation`` package its feature step comes from.
+    """
+    from importlib.metadata import version
+
+    import mlflow.sklearn
+
+    path = f"{folder}/{MLFLOW_MODEL_NAME}"
+    requirements = [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "cloudpickle")]
+    mlflow.sklearn.save_model(
+        segmenter,
+        path,
+        signature=input_schema(segmenter),
+        pip_requirements=requirements,
+        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+    )
+    return path
+
+
 @stage_entrypoint
 def main(argv: list[str] | None = None) -> None:
     """CLI of the ``train`` stage."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--matrix", required=True, help="input: ID + transformed matrix (.parquet or .csv)")
+    parser.add_argument("--preprocessor", required=True, help="input: fitted preprocessing (pickle)")
     parser.add_argument("--model", required=True, help="output: fitted KMeans (pickle)")
+    parser.add_argument("--segmenter", required=True, help="output: raw row -> segment, a scikit-learn Pipeline")
     parser.add_argument("--elbow-plot", required=True, help="output: elbow plot (PNG)")
     parser.add_argument("--elbow-scores", required=True, help="output: score per k (CSV, DVC plot data)")
     parser.add_argument("--metrics", required=True, help="output: k_best and its score (JSON)")
@@ -343,7 +375,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params: TrainParams = load_section("train", args.params)
+    preprocess_params: PreprocessParams = load_section("preprocess", args.params)
     matrix = read_matrix(args.matrix, stage="preprocess")
+    preprocessor = load_model(args.preprocessor, stage="preprocess")
     id_column = matrix.columns[0]
     elbow, model = train(matrix, id_column, params, source=args.matrix)
     metrics = {
@@ -361,8 +395,10 @@ def main(argv: list[str] | None = None) -> None:
         metrics.update(clusters_below_min_size=len(small), smallest_cluster_size=min(small.values()))
         tags["warning_small_clusters"] = message
 
-    with run_stage("train", args.dagshub_dir) as (out, log):
+    segmenter = build_segmenter(preprocess_params, preprocessor, model)
+    with tempfile.TemporaryDirectory(prefix="segmenter-") as folder, run_stage("train", args.dagshub_dir) as (out, log):
         out.dump_model(args.model, model)
+        out.dump_model(args.segmenter, segmenter)
         out.save_figure(args.elbow_plot, elbow.figure, dpi=FIGURE_DPI)
         out.write_csv(
             args.elbow_scores,
@@ -375,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
         log.log_artifact(args.model)
         log.log_artifact(args.elbow_plot)
         log.log_artifact(args.elbow_scores)
+        log.log_artifact_dir(save_mlflow_model(segmenter, folder), MLFLOW_MODEL_NAME)
     print(f"train: k_best = {elbow.k_best} ({elbow.rule}), {params.metric} = {elbow.score_best:.4g}")
 
 
