@@ -347,15 +347,18 @@ def save_mlflow_model(segmenter, folder: str) -> str:
 
     import mlflow.sklearn
 
+    from segmentation.store import quiet_mlflow
+
     path = f"{folder}/{MLFLOW_MODEL_NAME}"
     requirements = [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "cloudpickle")]
-    mlflow.sklearn.save_model(
-        segmenter,
-        path,
-        signature=input_schema(segmenter),
-        pip_requirements=requirements,
-        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
-    )
+    with quiet_mlflow():  # its notes on pickle safety and pip's version are not the user's concern here
+        mlflow.sklearn.save_model(
+            segmenter,
+            path,
+            signature=input_schema(segmenter),
+            pip_requirements=requirements,
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+        )
     return path
 
 
