@@ -283,3 +283,34 @@ def test_mlflow_model_is_not_a_dvc_output():
     outs = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["outs"]
     names = [next(iter(o)) if isinstance(o, dict) else o for o in outs]
     assert "models/segmenter.joblib" in names and not any("mlflow" in n or n.endswith("segmenter") for n in names)
+
+
+def test_a_kept_run_keeps_its_model_directory(tmp_path):
+    """A run the store could not take waits in mlruns-pending/ with its directory artifacts (the MLflow model),
+    and is recorded with them later (make sync)."""
+    from segmentation.store import PENDING_DIR, MlflowClientFor, PendingRun, replay_pending
+    from segmentation.tracking import TrackingSettings
+
+    model = tmp_path / "tmp" / "segmenter"
+    (model / "sub").mkdir(parents=True)
+    (model / "MLmodel").write_text("flavors: {}\n")
+    (model / "sub" / "model.pkl").write_bytes(b"pickle")
+    (tmp_path / "plot.png").write_bytes(b"png")
+    pending = PendingRun("train", {"train.k_max": 3}, {"k_best": 2}, {"stage": "train"}, [str(tmp_path / "plot.png")],
+                         1, 2, artifact_dirs={"segmenter": str(model)})  # fmt: skip
+    kept = pending.save(tmp_path, [tmp_path / "plot.png"])
+    record = json.loads((kept / "run.json").read_text())
+    assert record["artifact_dirs"] == {"segmenter": "segmenter"}
+    assert (kept / "artifact_dirs" / "segmenter" / "sub" / "model.pkl").read_bytes() == b"pickle"
+    (model / "MLmodel").unlink()  # the stage's temporary folder is gone by the time the run is replayed
+
+    settings = TrackingSettings.resolve(tmp_path, environ={})
+    client = MlflowClientFor(settings.local_uri)
+    assert replay_pending(client, settings, tmp_path) == 1
+    assert not (tmp_path / PENDING_DIR).exists()
+    (run,) = client.search_runs([client.get_experiment_by_name(settings.experiment_name).experiment_id])
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"plot.png", "segmenter"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "segmenter")} == {
+        "segmenter/MLmodel",
+        "segmenter/sub",
+    }

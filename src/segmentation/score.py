@@ -69,7 +69,6 @@ def score(
     id_col = params.data.id_column
     if id_col is None:
         raw = data.with_row_id(raw, source)
-        raw.attrs = {}
         id_col = ROW_ID_COLUMN
     else:
         data.require_columns(raw, [id_col], source, what="ID")

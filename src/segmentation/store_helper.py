@@ -313,6 +313,7 @@ def _warm_up_stages() -> None:
         "dagshub.logger",
         "joblib",
         "mlflow.models",
+        "mlflow.pyfunc",
         "mlflow.sklearn",
         "pyarrow.csv",
         "pyarrow.parquet",
