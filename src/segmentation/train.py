@@ -368,19 +368,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--matrix", required=True, help="input: ID + transformed matrix (.parquet or .csv)")
-    parser.add_argument("--preprocessor", required=True, help="input: fitted preprocessing (pickle)")
     parser.add_argument("--model", required=True, help="output: fitted KMeans (pickle)")
-    parser.add_argument("--segmenter", required=True, help="output: raw row -> segment, a scikit-learn Pipeline")
+    parser.add_argument("--preprocessor", help="input: fitted preprocessing (pickle); needed with --segmenter")
+    parser.add_argument(
+        "--segmenter", help="output: raw row -> segment, a scikit-learn Pipeline (pickle), also an MLflow model"
+    )
     parser.add_argument("--elbow-plot", required=True, help="output: elbow plot (PNG)")
     parser.add_argument("--elbow-scores", required=True, help="output: score per k (CSV, DVC plot data)")
     parser.add_argument("--metrics", required=True, help="output: k_best and its score (JSON)")
     parser.add_argument("--dagshub-dir", required=True, help="output: DAGsHubLogger metrics.csv + params.yml")
     args = parser.parse_args(argv)
+    if args.segmenter and not args.preprocessor:
+        parser.error("--segmenter needs --preprocessor (the fitted preprocessing it includes)")
 
     params: TrainParams = load_section("train", args.params)
-    preprocess_params: PreprocessParams = load_section("preprocess", args.params)
     matrix = read_matrix(args.matrix, stage="preprocess")
-    preprocessor = load_model(args.preprocessor, stage="preprocess")
+    if args.segmenter:  # the segmenter's feature step is the preprocess recipe
+        preprocess_params: PreprocessParams = load_section("preprocess", args.params)
+        preprocessor = load_model(args.preprocessor, stage="preprocess")
     id_column = matrix.columns[0]
     elbow, model = train(matrix, id_column, params, source=args.matrix)
     metrics = {
@@ -398,10 +403,11 @@ def main(argv: list[str] | None = None) -> None:
         metrics.update(clusters_below_min_size=len(small), smallest_cluster_size=min(small.values()))
         tags["warning_small_clusters"] = message
 
-    segmenter = build_segmenter(preprocess_params, preprocessor, model)
+    segmenter = build_segmenter(preprocess_params, preprocessor, model) if args.segmenter else None
     with tempfile.TemporaryDirectory(prefix="segmenter-") as folder, run_stage("train", args.dagshub_dir) as (out, log):
         out.dump_model(args.model, model)
-        out.dump_model(args.segmenter, segmenter)
+        if segmenter is not None:
+            out.dump_model(args.segmenter, segmenter)
         out.save_figure(args.elbow_plot, elbow.figure, dpi=FIGURE_DPI)
         out.write_csv(
             args.elbow_scores,
@@ -414,7 +420,8 @@ def main(argv: list[str] | None = None) -> None:
         log.log_artifact(args.model)
         log.log_artifact(args.elbow_plot)
         log.log_artifact(args.elbow_scores)
-        log.log_artifact_dir(save_mlflow_model(segmenter, folder), MLFLOW_MODEL_NAME)
+        if segmenter is not None:
+            log.log_artifact_dir(save_mlflow_model(segmenter, folder), MLFLOW_MODEL_NAME)
     print(f"train: k_best = {elbow.k_best} ({elbow.rule}), {params.metric} = {elbow.score_best:.4g}")
 
 
