@@ -334,23 +334,6 @@ def train(
 MLFLOW_MODEL_NAME = "segmenter"  # the train run's MLflow model: runs:/<run id>/segmenter
 
 
-def prepare_mlflow_model() -> None:
-    """Start what saving the MLflow model waits for in a thread, while the search runs: MLflow checks the model's
-    requirements against the installed packages, and maps them by reading every package's metadata once (~0.4 s,
-    cached in the process). Best effort: without it, :func:`save_mlflow_model` does it itself."""
-    import threading
-
-    def warm() -> None:
-        try:
-            from mlflow.utils.requirements_utils import _init_packages_to_modules_map
-
-            _init_packages_to_modules_map()
-        except Exception:  # an MLflow without this helper: save_model maps them itself
-            pass
-
-    threading.Thread(target=warm, name="mlflow-requirements", daemon=True).start()
-
-
 def save_mlflow_model(segmenter, folder: str) -> str:
     """Write ``segmenter`` as an MLflow model (sklearn flavor, input signature of the raw columns) into
     ``folder``/segmenter; returns its path. Its ``MLmodel`` holds a creation time and a UUID: it is logged to the
@@ -403,7 +386,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.segmenter:  # the segmenter's feature step is the preprocess recipe
         preprocess_params: PreprocessParams = load_section("preprocess", args.params)
         preprocessor = load_model(args.preprocessor, stage="preprocess")
-        prepare_mlflow_model()
     id_column = matrix.columns[0]
     elbow, model = train(matrix, id_column, params, source=args.matrix)
     metrics = {
