@@ -346,19 +346,29 @@ def save_mlflow_model(segmenter, folder: str) -> str:
     from importlib.metadata import version
 
     import mlflow.sklearn
+    import mlflow.utils.environment as mlflow_environment
 
     from segmentation.store import quiet_mlflow
 
     path = f"{folder}/{MLFLOW_MODEL_NAME}"
     requirements = [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "cloudpickle")]
-    with quiet_mlflow():  # its notes on pickle safety and pip's version are not the user's concern here
-        mlflow.sklearn.save_model(
-            segmenter,
-            path,
-            signature=input_schema(segmenter),
-            pip_requirements=requirements,
-            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
-        )
+    # MLflow checks the requirements against the installed packages by reading every package's metadata (~0.4 s):
+    # these are the installed versions, read above, so the check is skipped while saving.
+    check = getattr(mlflow_environment, "warn_dependency_requirement_mismatches", None)
+    if check is not None:
+        mlflow_environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        with quiet_mlflow():  # its notes on pickle safety and pip's version are not the user's concern here
+            mlflow.sklearn.save_model(
+                segmenter,
+                path,
+                signature=input_schema(segmenter),
+                pip_requirements=requirements,
+                serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+            )
+    finally:
+        if check is not None:
+            mlflow_environment.warn_dependency_requirement_mismatches = check
     return path
 
 
