@@ -24,7 +24,7 @@ export UV_COMPILE_BYTECODE := 1
 # uv from PATH, else a pinned copy installed into .uv/ (works where the system pip is locked down).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.uv/bin/uv)
 
-.PHONY: help setup repro experiment exps compare metrics plots ui check-deps test test-all check lint format push pull dagshub remote sync bench clean
+.PHONY: help setup repro score experiment exps compare metrics plots ui check-deps test test-all check lint format push pull dagshub remote sync bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,15 @@ setup: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Create .venv from
 
 repro: ## Run the pipeline (dvc repro): preprocess -> train -> evaluate
 	dvc repro
+
+# INPUT and OUTPUT reach the command through the environment as typed (as OWNER and REPO below): a file name with
+# spaces, quotes or $ is data, never shell syntax.
+unexport INPUT OUTPUT
+score: export SEGMENTATION_SCORE_INPUT = $(value INPUT)
+score: export SEGMENTATION_SCORE_OUTPUT = $(value OUTPUT)
+score: ## Score new customers: make score INPUT=new.csv [OUTPUT=scores/new_segments.csv] (ID -> segment)
+	@if [ -z "$$SEGMENTATION_SCORE_INPUT" ]; then echo "error: make score needs INPUT=<csv of new customers>" >&2; exit 2; fi
+	python -m segmentation.score --input "$$SEGMENTATION_SCORE_INPUT" $${SEGMENTATION_SCORE_OUTPUT:+--output "$$SEGMENTATION_SCORE_OUTPUT"}
 
 experiment: ## Run a DVC experiment in a temporary copy (workspace untouched), then the table: ARGS="-S train.k_max=12"
 	python -m segmentation.experiments run $(ARGS)

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 PENDING_DIR = "mlruns-pending"
 LOCK_NAME = ".mlflow.lock"
 LOCK_WAIT_S = 120
+DIRS_NAME = "artifact_dirs"  # a kept run's directory artifacts, beside its "artifacts" folder
 
 
 @contextmanager
@@ -59,9 +60,12 @@ class PendingRun:
     artifacts: list[str]
     start_time: int
     end_time: int
+    # Directories logged under a name (an MLflow model: ``{"segmenter": "/tmp/.../segmenter"}``).
+    artifact_dirs: dict[str, str] = field(default_factory=dict)
 
     def save(self, root: Path, artifacts: list[Path]) -> Path:
-        """Write ``mlruns-pending/<start>-<stage>-<pid>/run.json`` and copies of the artifacts as they are now."""
+        """Write ``mlruns-pending/<start>-<stage>-<pid>/run.json`` and copies of the artifacts as they are now
+        (directories under ``artifact_dirs/<name>``)."""
         import json
 
         folder = root / PENDING_DIR / f"{self.start_time}-{self.stage}-{os.getpid()}"
@@ -70,7 +74,12 @@ class PendingRun:
         for path in artifacts:
             if path.is_file():
                 shutil.copy2(path, folder / "artifacts" / path.name)
-        record = {**self.__dict__, "artifacts": [p.name for p in artifacts if p.is_file()]}
+        dirs = {}
+        for name, path in self.artifact_dirs.items():
+            if Path(path).is_dir():
+                shutil.copytree(path, folder / DIRS_NAME / name, dirs_exist_ok=True)
+                dirs[name] = name
+        record = {**self.__dict__, "artifacts": [p.name for p in artifacts if p.is_file()], "artifact_dirs": dirs}
         (folder / "run.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
         return folder
 
@@ -88,6 +97,9 @@ def record_run(client, settings: TrackingSettings, run: PendingRun, root: Path, 
         client.log_batch(run_id, metrics=metrics[i : i + 100], params=params[i : i + 100])
     for name in run.artifacts:
         client.log_artifact(run_id, str(artifact_dir / name if artifact_dir else name))
+    for name, path in run.artifact_dirs.items():
+        source = artifact_dir.parent / DIRS_NAME / name if artifact_dir else Path(path)
+        client.log_artifacts(run_id, str(source), artifact_path=name)
     client.set_terminated(run_id, "FINISHED", end_time=run.end_time)
     return run_id
 

@@ -319,6 +319,9 @@ def _warm_up_stages(owner=None) -> None:
     for module in (
         "dagshub.logger",
         "joblib",
+        "mlflow.models",
+        "mlflow.pyfunc",
+        "mlflow.sklearn",
         "pyarrow.csv",
         "pyarrow.parquet",
         "scipy.signal",
@@ -330,6 +333,7 @@ def _warm_up_stages(owner=None) -> None:
         "sklearn.preprocessing",
     ):
         importlib.import_module(module)
+    _warm_up_model_saving()
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots()
@@ -337,6 +341,21 @@ def _warm_up_stages(owner=None) -> None:
     ax.legend()
     fig.savefig(io.BytesIO(), format="png")
     plt.close(fig)
+
+
+def _warm_up_model_saving() -> None:
+    """Save a tiny scikit-learn model as an MLflow model once: MLflow's first save reads every installed package's
+    metadata to check the requirements (~0.4 s) and keeps what it read, so the train stage's own save is quick."""
+    import tempfile
+
+    import mlflow.sklearn
+    from sklearn.dummy import DummyClassifier
+
+    from segmentation.store import quiet_mlflow
+
+    model = DummyClassifier().fit([[0.0], [1.0]], [0, 1])
+    with tempfile.TemporaryDirectory() as folder, quiet_mlflow():
+        mlflow.sklearn.save_model(model, f"{folder}/model", pip_requirements=["scikit-learn"])
 
 
 def record_with_helper(settings: TrackingSettings, run: PendingRun, root: Path) -> tuple[str, int]:

@@ -169,6 +169,7 @@ class StageRecord:
     metrics: dict[str, float | int] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
+    artifact_dirs: dict[str, Path] = field(default_factory=dict)  # name -> directory (an MLflow model)
     started_ms: int = field(default_factory=lambda: process_start_ms())
     data_path: str | None = None  # the raw data the stage read itself (preprocess); else taken from dvc.lock
     data_md5: str | None = None
@@ -232,6 +233,11 @@ class DualLogger:
     def log_artifact(self, path: str | Path) -> None:
         """Record a file (plot, model) to upload to MLflow."""
         self.record.artifacts.append(Path(path))
+
+    def log_artifact_dir(self, path: str | Path, name: str) -> None:
+        """Record a directory to upload to MLflow under ``name`` (an MLflow model); it must exist until the run is
+        logged (the end of :func:`segmentation.stage.run`)."""
+        self.record.artifact_dirs[name] = Path(path)
 
     def log_data(self, path: str | Path, md5: str) -> None:
         """Record the raw data file the stage read and its md5 (the other stages take it from ``dvc.lock``)."""
@@ -325,6 +331,7 @@ class DualLogger:
             metrics=dict(self.record.metrics),
             tags=self._standard_tags(lineage),
             artifacts=[str(p) for p in artifacts],
+            artifact_dirs={name: str(p) for name, p in self.record.artifact_dirs.items()},
             start_time=self.record.started_ms,
             end_time=now_ms(),
         )

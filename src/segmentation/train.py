@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,11 +29,12 @@ import pandas as pd
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
-from segmentation.config import TrainParams, flatten, load_section
+from segmentation.config import PreprocessParams, TrainParams, flatten, load_section
 from segmentation.errors import UserError, stage_entrypoint
-from segmentation.files import read_matrix
+from segmentation.files import load_model, read_matrix
 from segmentation.plotting import FIGURE_DPI, new_figure
 from segmentation.progress import Progress
+from segmentation.segmenter import build_segmenter, input_schema
 from segmentation.stage import exit_now
 from segmentation.stage import run as run_stage
 
@@ -333,6 +335,37 @@ def train(
     return elbow, fit_final(X, elbow, params)
 
 
+MLFLOW_MODEL_NAME = "segmenter"  # the train run's MLflow model: runs:/<run id>/segmenter
+
+
+def save_mlflow_model(segmenter, folder: str) -> str:
+    """Write ``segmenter`` as an MLflow model (sklearn flavor, input signature of the raw columns) into
+    ``folder``/segmenter; returns its path. Its ``MLmodel`` holds a creation time and a UUID: it is logged to the
+    run, never a DVC output (``models/segmenter.joblib`` is).
+
+    The requirements are given, not inferred (inferring them loads the model in a subprocess: seconds); with
+    ``--env-manager local`` they are not installed: the model runs in the project's environment, which provides
+    the ``segmentation`` package its feature step comes from.
+    """
+    from importlib.metadata import version
+
+    import mlflow.sklearn
+
+    from segmentation.store import quiet_mlflow
+
+    path = f"{folder}/{MLFLOW_MODEL_NAME}"
+    requirements = [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "cloudpickle")]
+    with quiet_mlflow():  # its notes on pickle safety and pip's version are not the user's concern here
+        mlflow.sklearn.save_model(
+            segmenter,
+            path,
+            signature=input_schema(segmenter),
+            pip_requirements=requirements,
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+        )
+    return path
+
+
 @stage_entrypoint
 def main(argv: list[str] | None = None) -> None:
     """CLI of the ``train`` stage."""
@@ -340,14 +373,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--matrix", required=True, help="input: ID + transformed matrix (.parquet or .csv)")
     parser.add_argument("--model", required=True, help="output: fitted KMeans (pickle)")
+    parser.add_argument("--preprocessor", help="input: fitted preprocessing (pickle); needed with --segmenter")
+    parser.add_argument(
+        "--segmenter", help="output: raw row -> segment, a scikit-learn Pipeline (pickle), also an MLflow model"
+    )
     parser.add_argument("--elbow-plot", required=True, help="output: elbow plot (PNG)")
     parser.add_argument("--elbow-scores", required=True, help="output: score per k (CSV, DVC plot data)")
     parser.add_argument("--metrics", required=True, help="output: k_best and its score (JSON)")
     parser.add_argument("--dagshub-dir", required=True, help="output: DAGsHubLogger metrics.csv + params.yml")
     args = parser.parse_args(argv)
+    if args.segmenter and not args.preprocessor:
+        parser.error("--segmenter needs --preprocessor (the fitted preprocessing it includes)")
 
     params: TrainParams = load_section("train", args.params)
     matrix = read_matrix(args.matrix, stage="preprocess")
+    if args.segmenter:  # the segmenter's feature step is the preprocess recipe
+        preprocess_params: PreprocessParams = load_section("preprocess", args.params)
+        preprocessor = load_model(args.preprocessor, stage="preprocess")
     id_column = matrix.columns[0]
     elbow, model = train(matrix, id_column, params, source=args.matrix)
     metrics = {
@@ -365,8 +407,11 @@ def main(argv: list[str] | None = None) -> None:
         metrics.update(clusters_below_min_size=len(small), smallest_cluster_size=min(small.values()))
         tags["warning_small_clusters"] = message
 
-    with run_stage("train", args.dagshub_dir) as (out, log):
+    segmenter = build_segmenter(preprocess_params, preprocessor, model) if args.segmenter else None
+    with tempfile.TemporaryDirectory(prefix="segmenter-") as folder, run_stage("train", args.dagshub_dir) as (out, log):
         out.dump_model(args.model, model)
+        if segmenter is not None:
+            out.dump_model(args.segmenter, segmenter)
         out.save_figure(args.elbow_plot, elbow.figure, dpi=FIGURE_DPI)
         out.write_csv(
             args.elbow_scores,
@@ -379,6 +424,8 @@ def main(argv: list[str] | None = None) -> None:
         log.log_artifact(args.model)
         log.log_artifact(args.elbow_plot)
         log.log_artifact(args.elbow_scores)
+        if segmenter is not None:
+            log.log_artifact_dir(save_mlflow_model(segmenter, folder), MLFLOW_MODEL_NAME)
     print(f"train: k_best = {elbow.k_best} ({elbow.rule}), {params.metric} = {elbow.score_best:.4g}")
 
 

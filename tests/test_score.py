@@ -1,0 +1,316 @@
+"""Scoring new customers with the trained segmenter (one scikit-learn Pipeline: recipe, preprocessing, KMeans).
+
+- in-process: the segmenter reproduces the training labels from raw rows; its feature step is preprocess's recipe;
+- `make score` in a project trained on the sample minus held-back rows: training rows get their segments.csv
+  cluster, held-back rows the hand-wired recipe -> preprocessor.joblib -> kmeans.joblib answer, blank rows are
+  reported, a bad file is one error line and writes nothing;
+- (remote) the train run's MLflow model served by `mlflow models serve --env-manager local` on 127.0.0.1 answers
+  the same segments over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from urllib.request import Request, urlopen
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO, copy_project, project_env, run, use_fixture_data
+from segmentation import features as recipe
+from segmentation.config import load_section
+from segmentation.errors import UserError
+from segmentation.preprocess import preprocess
+from segmentation.score import score
+from segmentation.segmenter import RecipeFeatures, build_segmenter
+from segmentation.train import train
+from servers import HOST, free_port, process_group, server_env, wait_http
+
+HELD_BACK = 40  # complete rows of the sample left out of training, scored as new customers
+BLANK_INCOME = 24  # rows of the sample with a blank Income: training drops them, scoring reports them
+OUTLIERS = 4  # rows outside preprocess.outliers: training leaves them out, scoring scores them
+
+
+@pytest.fixture(scope="module")
+def trained(raw_full, preprocess_params):
+    """preprocess and train run in-process on the sample; the segmenter built from their results."""
+    result = preprocess(raw_full, preprocess_params, "sample.csv")
+    _, model = train(result.matrix, "ID", load_section("train", REPO / FIXTURE_PARAMS))
+    return result, model, build_segmenter(preprocess_params, result.transformer, model)
+
+
+def kept_rows(raw: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
+    return raw.set_index("ID").loc[ids].reset_index()
+
+
+def test_segmenter_gives_the_training_labels_from_raw_rows(trained, raw_full):
+    result, model, segmenter = trained
+    X = result.matrix.drop(columns=["ID"]).to_numpy()
+    labels = model.predict(X)  # what evaluate writes to data/segments.csv
+    assert np.array_equal(segmenter.predict(kept_rows(raw_full, result.matrix["ID"])), labels)
+    assert [name for name, _ in segmenter.steps] == ["features", "preprocess", "cluster"]
+
+
+def test_segmenter_survives_a_pickle_round_trip(trained, raw_full, tmp_path):
+    result, _, segmenter = trained
+    joblib.dump(segmenter, tmp_path / "segmenter.joblib")
+    loaded = joblib.load(tmp_path / "segmenter.joblib")
+    rows = kept_rows(raw_full, result.matrix["ID"])
+    assert np.array_equal(loaded.predict(rows), segmenter.predict(rows))
+
+
+def test_feature_step_is_the_preprocess_recipe(trained, raw_full, preprocess_params):
+    result, _, segmenter = trained
+    step = segmenter.named_steps["features"]
+    assert isinstance(step, RecipeFeatures)
+    assert step.reference_date == "2015-01-01" and step.recipe == "marketing_campaign"
+    out = step.transform(kept_rows(raw_full, result.features["ID"]))
+    expected = result.features[preprocess_params.features]
+    pd.testing.assert_frame_equal(out.reset_index(drop=True), expected, check_exact=True)
+    assert list(step.get_feature_names_out()) == list(preprocess_params.features)
+    # A proper estimator: its params are its constructor's arguments (clone, get_params).
+    again = clone(step)
+    assert again.get_params() == step.get_params()
+    pd.testing.assert_frame_equal(again.fit(raw_full).transform(raw_full), step.transform(raw_full))
+
+
+def test_feature_step_measures_age_at_the_reference_date(raw_full, preprocess_params):
+    step = RecipeFeatures.from_params(preprocess_params)
+    later = clone(step).set_params(reference_date="2016-01-01")
+    row = raw_full.head(1)
+    assert later.transform(row)["Age"].iloc[0] == step.transform(row)["Age"].iloc[0] + 1
+    assert recipe.BIRTH_YEAR_COLUMN in step.raw_columns() and "Age" not in step.raw_columns()
+
+
+def test_score_reports_blank_rows_and_scores_outliers(trained, raw_full, preprocess_params):
+    _, _, segmenter = trained
+    scored, rejects, outliers = score(raw_full, segmenter, preprocess_params, "new.csv")
+    assert list(scored.columns) == ["ID", "segment"] and list(rejects.columns) == ["ID", "reason"]
+    assert len(rejects) == BLANK_INCOME and set(rejects["reason"]) == {"blank Income"}
+    assert rejects["ID"].isin(raw_full.loc[raw_full["Income"].isna(), "ID"]).all()
+    assert len(scored) == len(raw_full) - BLANK_INCOME and outliers == OUTLIERS
+    assert scored["ID"].tolist() == raw_full.loc[raw_full["Income"].notna(), "ID"].tolist()  # the file's order
+
+
+def test_score_checks_the_file_as_preprocess_does(trained, raw, preprocess_params):
+    _, _, segmenter = trained
+    raw.loc[3, "Dt_Customer"] = "31-02-2014"
+    with pytest.raises(UserError, match=r"new.csv: column Dt_Customer: '31-02-2014' on line 5 does not match"):
+        score(raw, segmenter, preprocess_params, "new.csv")
+    with pytest.raises(UserError, match=r"new.csv: marketing_campaign recipe column\(s\) missing: Year_Birth"):
+        score(raw.drop(columns=["Year_Birth"]), segmenter, preprocess_params, "new.csv")
+    raw.loc[5, "ID"] = raw.loc[4, "ID"]
+    with pytest.raises(UserError, match=r"ID column ID has duplicates"):
+        score(raw, segmenter, preprocess_params, "new.csv")
+
+
+# -- a project trained on the sample minus held-back rows -------------------------------------------------------------
+
+
+def sample_lines() -> tuple[str, list[str]]:
+    """The sample's header and data lines, exactly as in the file (line ends included)."""
+    lines = (REPO / FIXTURE_DATA).read_bytes().decode("utf-8").splitlines(keepends=True)
+    return lines[0], lines[1:]
+
+
+def held_back_ids() -> list[int]:
+    """IDs of the last HELD_BACK complete, in-bounds rows of the sample."""
+    raw = pd.read_csv(REPO / FIXTURE_DATA, sep="\t")
+    complete = raw[raw["Income"].notna() & (raw["Year_Birth"] > 1925) & (raw["Income"] <= 600000)]
+    return complete["ID"].tail(HELD_BACK).tolist()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project copy on the tests' params, trained (dvc repro) on the sample without the held-back rows; its
+    ``new_customers.csv`` is the whole sample (training rows, held-back rows, blank and outlier rows)."""
+    tmp = tmp_path_factory.mktemp("score")
+    root = copy_project(tmp / "project")
+    env = project_env(tmp)
+    use_fixture_data(root, env)
+    header, lines = sample_lines()
+    held = {str(i) for i in held_back_ids()}
+    training = [line for line in lines if line.split("\t", 1)[0] not in held]
+    assert len(training) == len(lines) - HELD_BACK
+    data = root / "data" / "raw" / "marketing_sample.csv"
+    data.write_bytes((header + "".join(training)).encode("utf-8"))
+    run(["dvc", "add", "--quiet", "data/raw/marketing_sample.csv"], root, env)
+    run(["dvc", "repro"], root, env)
+    (root / "new_customers.csv").write_bytes((header + "".join(lines)).encode("utf-8"))
+    return root, env
+
+
+def hand_wired(root: Path, rows: pd.DataFrame) -> np.ndarray:
+    """The recipe, preprocessor.joblib and kmeans.joblib applied one after the other (what the segmenter spares)."""
+    params = load_section("preprocess", root / "params.yaml")
+    derived = recipe.derive_marketing_features(rows, params.marketing_campaign, "rows")
+    matrix = joblib.load(root / "models/preprocessor.joblib").transform(derived[params.features].astype(float))
+    return joblib.load(root / "models/kmeans.joblib").predict(matrix)
+
+
+def test_make_score_on_held_back_rows(project):
+    root, env = project
+    status = run(["git", "status", "--porcelain", "--untracked-files=no"], root, env).stdout
+    proc = run(["make", "score", "INPUT=new_customers.csv"], root, env)
+    out = root / "scores" / "new_customers_segments.csv"
+    assert f"score: {428 - BLANK_INCOME} of 428 row(s) scored -> scores/new_customers_segments.csv" in proc.stdout
+    scores = pd.read_csv(out)
+    assert list(scores.columns) == ["ID", "segment"]
+    segments = pd.read_csv(root / "data" / "segments.csv")
+    trained_rows = scores.merge(segments, on="ID")
+    assert len(trained_rows) == len(segments) == 400 - HELD_BACK  # every training row is scored...
+    assert (trained_rows["segment"] == trained_rows["cluster"]).all()  # ...with its segments.csv cluster
+    held = held_back_ids()
+    new = scores.set_index("ID").loc[held, "segment"].to_numpy()
+    raw = pd.read_csv(root / "new_customers.csv", sep="\t").set_index("ID").loc[held].reset_index()
+    assert np.array_equal(new, hand_wired(root, raw))  # held-back rows: the same recipe, scaling and model
+    assert len(scores) == 400 + OUTLIERS  # outliers are scored too
+    # The blank-Income rows are reported in one line and in the rejects file, not lost.
+    rejects = pd.read_csv(root / "scores" / "new_customers_segments_rejects.csv")
+    assert len(rejects) == BLANK_INCOME and set(rejects["reason"]) == {"blank Income"}
+    summary = [line for line in proc.stderr.splitlines() if line.startswith("score:")]
+    assert len(summary) == 1 and f"{BLANK_INCOME} of 428 row(s) not scored (blank Income: {BLANK_INCOME};" in summary[0]
+    assert str(rejects["ID"].iloc[0]) in summary[0] and "new_customers_segments_rejects.csv" in summary[0]
+    assert f"note: {OUTLIERS} scored row(s) are outside preprocess.outliers" in proc.stderr
+    # OUTPUT= names the file; scoring changes nothing else (scores/ is git-ignored).
+    run(["make", "score", "INPUT=new_customers.csv", "OUTPUT=scores/custom.csv"], root, env)
+    assert pd.read_csv(root / "scores" / "custom.csv").equals(scores)
+    assert run(["git", "status", "--porcelain", "--untracked-files=no"], root, env).stdout == status
+    assert "scores/" not in run(["git", "status", "--porcelain"], root, env).stdout
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda df: df.assign(Dt_Customer=df["Dt_Customer"].where(df.index != 2, "2014-13-01")),
+         r"error: bad.csv: column Dt_Customer: '2014-13-01' on line 4 does not match date format '%d-%m-%Y'"),
+        (lambda df: df.drop(columns=["Marital_Status"]),
+         r"error: bad.csv: marketing_campaign recipe column(s) missing: Marital_Status"),
+        (lambda df: df.assign(Income=df["Income"].astype(object).where(df.index != 0, "lots")),
+         r"error: bad.csv: column Income must be numeric; e.g. 'lots' on line 2"),
+    ],
+    ids=["bad-date", "missing-column", "not-numeric"],
+)  # fmt: skip
+def test_score_bad_file_is_one_line_and_writes_nothing(project, edit, message):
+    root, env = project
+    bad = edit(pd.read_csv(root / "new_customers.csv", sep="\t").head(10))
+    bad.to_csv(root / "bad.csv", sep="\t", index=False)
+    proc = run([sys.executable, "-m", "segmentation.score", "--input", "bad.csv", "--output", "out/bad.csv"], root,
+               env, check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+    assert not (root / "out").exists()
+
+
+def test_make_score_bad_file_writes_nothing(project):
+    root, env = project
+    bad = pd.read_csv(root / "new_customers.csv", sep="\t").head(10)
+    bad.loc[2, "Dt_Customer"] = "2014-13-01"
+    bad.to_csv(root / "bad.csv", sep="\t", index=False)
+    made = run(["make", "score", "INPUT=bad.csv"], root, env, check=False)
+    errors = [line for line in made.stderr.splitlines() if line.startswith("error:")]
+    assert made.returncode != 0 and len(errors) == 1 and "Traceback" not in made.stderr, made.stderr
+    assert errors[0].startswith("error: bad.csv: column Dt_Customer: '2014-13-01' on line 4 does not match")
+    assert not (root / "scores" / "bad_segments.csv").exists()
+
+
+def test_make_score_needs_an_input(project):
+    root, env = project
+    proc = run(["make", "score"], root, env, check=False)
+    assert proc.returncode != 0 and "error: make score needs INPUT=" in proc.stderr
+
+
+# -- the MLflow model of the train run, served over HTTP ------------------------------------------------------------
+
+
+def train_run_id(root: Path) -> str:
+    with sqlite3.connect(root / "mlflow.db") as db:
+        rows = db.execute("SELECT run_uuid FROM runs WHERE name = 'train' ORDER BY start_time DESC").fetchall()
+    assert len(rows) == 1, rows
+    return rows[0][0]
+
+
+@pytest.mark.remote
+def test_served_model_answers_the_segments_over_http(project):
+    root, _ = project
+    run_id = train_run_id(root)
+    assert (next((root / "mlruns").rglob("segmenter/MLmodel"))).is_file()
+    port = free_port()
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"runs:/{run_id}/segmenter",
+        "--env-manager", "local", "-h", HOST, "-p", str(port), "--workers", "1",
+    ]  # fmt: skip
+    env = server_env(
+        MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
+        PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        PIP_NO_INDEX="1",  # nothing may be installed: --env-manager local uses this environment as it is
+    )
+    segments = pd.read_csv(root / "data" / "segments.csv")
+    raw = pd.read_csv(root / "new_customers.csv", sep="\t")
+    rows = raw[raw["ID"].isin(segments["ID"])].head(60)  # raw rows, every column of the file (ID included)
+    body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+    with process_group(cmd, root, env, root / "serve.log") as proc:
+        url = f"http://{HOST}:{port}"
+        wait_http(f"{url}/ping", timeout=120, proc=proc, log=root / "serve.log")
+        request = Request(
+            f"{url}/invocations", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+        csv_request = Request(
+            f"{url}/invocations", data=rows.drop(columns=["ID"]).to_csv(index=False).encode(),
+            headers={"Content-Type": "text/csv"},
+        )  # fmt: skip
+        with urlopen(csv_request, timeout=60) as response:
+            csv_answer = json.loads(response.read())
+    expected = segments.set_index("ID").loc[rows["ID"], "cluster"].tolist()
+    assert answer["predictions"] == expected
+    assert csv_answer["predictions"] == expected
+    assert proc.returncode is not None  # stopped
+
+
+def test_mlflow_model_is_not_a_dvc_output():
+    """Its MLmodel holds a creation time and a UUID: only models/segmenter.joblib is versioned by DVC."""
+    import yaml
+
+    outs = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["outs"]
+    names = [next(iter(o)) if isinstance(o, dict) else o for o in outs]
+    assert "models/segmenter.joblib" in names and not any("mlflow" in n or n.endswith("segmenter") for n in names)
+
+
+def test_a_kept_run_keeps_its_model_directory(tmp_path):
+    """A run the store could not take waits in mlruns-pending/ with its directory artifacts (the MLflow model),
+    and is recorded with them later (make sync)."""
+    from segmentation.store import PENDING_DIR, MlflowClientFor, PendingRun, replay_pending
+    from segmentation.tracking import TrackingSettings
+
+    model = tmp_path / "tmp" / "segmenter"
+    (model / "sub").mkdir(parents=True)
+    (model / "MLmodel").write_text("flavors: {}\n")
+    (model / "sub" / "model.pkl").write_bytes(b"pickle")
+    (tmp_path / "plot.png").write_bytes(b"png")
+    pending = PendingRun("train", {"train.k_max": 3}, {"k_best": 2}, {"stage": "train"}, [str(tmp_path / "plot.png")],
+                         1, 2, artifact_dirs={"segmenter": str(model)})  # fmt: skip
+    kept = pending.save(tmp_path, [tmp_path / "plot.png"])
+    record = json.loads((kept / "run.json").read_text())
+    assert record["artifact_dirs"] == {"segmenter": "segmenter"}
+    assert (kept / "artifact_dirs" / "segmenter" / "sub" / "model.pkl").read_bytes() == b"pickle"
+    (model / "MLmodel").unlink()  # the stage's temporary folder is gone by the time the run is replayed
+
+    settings = TrackingSettings.resolve(tmp_path, environ={})
+    client = MlflowClientFor(settings.local_uri)
+    assert replay_pending(client, settings, tmp_path) == 1
+    assert not (tmp_path / PENDING_DIR).exists()
+    (run,) = client.search_runs([client.get_experiment_by_name(settings.experiment_name).experiment_id])
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"plot.png", "segmenter"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "segmenter")} == {
+        "segmenter/MLmodel",
+        "segmenter/sub",
+    }
