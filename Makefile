@@ -76,7 +76,7 @@ check-deps: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Check that t
 # The slow suites carry markers (pyproject.toml): `make test` leaves them to `make test-all`.
 FAST := not pipeline and not remote and not template and not ui
 
-test: ## Fast feedback (~2 min): unit and bad-input tests, your pipeline run once on your params and data
+test: ## Fast feedback (~3 min): unit and bad-input tests, report in Chromium, scoring, your pipeline on your data
 	$(BIN)/python -m pytest -m "$(FAST)"
 
 test-all: ## The full suite, what CI runs: + end to end, faults, DagsHub servers, MLflow UI, template

@@ -24,7 +24,7 @@ import pytest
 from pipeline_helpers import copy_project, project_env, run, use_fixture_data
 from test_ui import ARTIFACTS, chromium  # noqa: F401 (the session fixture: installs Debian's chromium if needed)
 
-pytestmark = pytest.mark.ui
+# Not marked `ui`: the fast suite (`make test`) opens the report in Chromium too.
 
 OFFLINE = [
     "--proxy-server=127.0.0.1:9",  # the discard port: nothing listens there

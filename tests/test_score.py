@@ -237,8 +237,7 @@ def train_run_id(root: Path) -> str:
     return rows[0][0]
 
 
-@pytest.mark.remote
-def test_served_model_answers_the_segments_over_http(project):
+def test_served_model_answers_the_segments_over_http(project):  # in `make test` too: a real server on 127.0.0.1
     root, _ = project
     run_id = train_run_id(root)
     assert (next((root / "mlruns").rglob("segmenter/MLmodel"))).is_file()

@@ -167,6 +167,9 @@ class EvaluateParams(_Params):
     # no more readable); metrics and profiles always use every row.
     plot_sample_size: int = Field(default=20000, ge=100)
     random_state: int = Field(ge=0, le=SEED_MAX)
+    # The report's "what the other criteria say" per k (a k-means fit per k, silhouette, CH, DB) is computed on a
+    # seeded sample of at most this many rows: silhouette costs rows^2 per k.
+    criteria_sample_size: int = Field(default=2000, ge=100)
     # Raw columns profiled per segment (report, cluster_profile.csv) but not used for clustering: names or globs
     # (``Mnt*``) matched against the raw CSV's columns and the recipe's derived ones. The preprocess stage passes
     # them through to the features file; numeric ones are averaged, others shown as category shares.
