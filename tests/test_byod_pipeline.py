@@ -74,7 +74,7 @@ def test_byod_matrix_and_profile(byod):
     assert set(np.unique(matrix[onehot].to_numpy())) == {0.0, 1.0}
     assert (matrix[onehot].sum(axis=1) == 1).all()
     profile = pd.read_csv(root / "reports/cluster_profile.csv")
-    assert list(profile.columns) == ["cluster", "size", "share", *FEATURES, "hue", "magnesium", "hue_band=dull",
+    assert list(profile.columns) == ["cluster", "name", "size", "share", *FEATURES, "hue", "magnesium", "hue_band=dull",
                                      "hue_band=mid", "hue_band=vivid", "hue_band=(blank)"]  # fmt: skip
     # The 2 blank hue_band rows are shown: each cluster's shares add up to 1.
     shares = profile[[c for c in profile.columns if c.startswith("hue_band=")]].sum(axis=1)

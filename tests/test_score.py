@@ -161,7 +161,11 @@ def test_make_score_on_held_back_rows(project):
     out = root / "scores" / "new_customers_segments.csv"
     assert f"score: {428 - BLANK_INCOME} of 428 row(s) scored -> scores/new_customers_segments.csv" in proc.stdout
     scores = pd.read_csv(out)
-    assert list(scores.columns) == ["ID", "segment"]
+    assert list(scores.columns) == ["ID", "segment", "segment_name"]
+    # Each segment's name, as the evaluate stage wrote it beside its profile (and in the report).
+    profile = pd.read_csv(root / "reports" / "cluster_profile.csv")
+    names = dict(zip(profile["cluster"], profile["name"], strict=True))
+    assert (scores["segment_name"] == scores["segment"].map(names)).all() and scores["segment_name"].str.len().all()
     segments = pd.read_csv(root / "data" / "segments.csv")
     trained_rows = scores.merge(segments, on="ID")
     assert len(trained_rows) == len(segments) == 400 - HELD_BACK  # every training row is scored...
@@ -313,3 +317,18 @@ def test_a_kept_run_keeps_its_model_directory(tmp_path):
         "segmenter/MLmodel",
         "segmenter/sub",
     }
+
+
+def test_segment_names_only_when_the_profile_has_them_for_these_segments(tmp_path):
+    from segmentation.score import segment_names, with_names
+
+    profile = tmp_path / "cluster_profile.csv"
+    assert segment_names(profile, 2) is None  # no profile yet
+    profile.write_text("cluster,name,size\n0,Big spenders,10\n1,Young families,12\n")
+    assert segment_names(profile, 2) == {0: "Big spenders", 1: "Young families"}
+    assert segment_names(profile, 3) is None  # a profile of another model
+    profile.write_text("cluster,size\n0,10\n1,12\n")
+    assert segment_names(profile, 2) is None  # an older profile, without names
+    scored = pd.DataFrame({"ID": [7, 8], "segment": [1, 0]})
+    assert with_names(scored, {0: "a", 1: "b"})["segment_name"].tolist() == ["b", "a"]
+    assert with_names(scored, None)["segment_name"].tolist() == ["", ""]

@@ -377,9 +377,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.report and elbow is not None and "k" in elbow:
         criteria = criteria_per_k(X, [int(k) for k in elbow["k"]], params.criteria_sample_size, params.random_state)
 
+    n = len(labels)
+    overall = {c: float(features[c].mean()) for c in numeric}
+    overall.update({c: float((profile[c] * profile["size"]).sum() / n) for c in profile.columns if "=" in c})
+    z = report.contrasts(features[numeric], labels)
+    segments = report.describe_segments(profile, overall, z, model_features, numeric_extras, kinds)
+    rounded = report.rounded_profile(profile, kinds)
+    # The names go with the profile: `make score` puts them beside each new customer's segment.
+    rounded.insert(1, report.NAME_COLUMN, [segment.name for segment in segments])
+
     with run_stage("evaluate", args.dagshub_dir) as (out, log):
         out.write_csv(args.segments, result.segments)
-        out.write_csv(args.profile, report.rounded_profile(profile, kinds))
+        out.write_csv(args.profile, rounded)
         out.write_json(args.metrics, result.metrics)
         images: dict[str, bytes | None] = {}
         for name, fig in figures.items():
@@ -388,11 +397,6 @@ def main(argv: list[str] | None = None) -> None:
             images[name.removesuffix(".png")] = out.staged(f"{args.plots_dir}/{name}").read_bytes()
         log.log_artifact(args.profile)
         if args.report:
-            n = len(labels)
-            overall = {c: float(features[c].mean()) for c in numeric}
-            overall.update({c: float((profile[c] * profile["size"]).sum() / n) for c in profile.columns if "=" in c})
-            z = report.contrasts(features[numeric], labels)
-            segments = report.describe_segments(profile, overall, z, model_features, numeric_extras, kinds)
             lineage = upstream_lineage("evaluate")
             elbow_plot = Path(args.elbow_plot) if args.elbow_plot else None
             elbow_png = elbow_plot.read_bytes() if elbow_plot and elbow_plot.is_file() else None

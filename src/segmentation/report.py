@@ -114,6 +114,9 @@ def rounded_profile(profile: pd.DataFrame, kinds: Mapping[str, str]) -> pd.DataF
 # -- names and descriptions ---------------------------------------------------------------------------------------
 
 
+NAME_COLUMN = "name"  # the segment's name, in reports/cluster_profile.csv
+
+
 @dataclass(frozen=True)
 class Segment:
     """One cluster for a reader: a short name, what sets it apart, its size."""

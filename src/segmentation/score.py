@@ -28,10 +28,13 @@ from segmentation import data, features
 from segmentation.config import ROW_ID_COLUMN, PreprocessParams, load_section
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import LineLocator, StageOutputs, load_model
+from segmentation.report import NAME_COLUMN
 
 SEGMENT_COLUMN = "segment"
+SEGMENT_NAME_COLUMN = "segment_name"
 REASON_COLUMN = "reason"
 DEFAULT_MODEL = "models/segmenter.joblib"
+DEFAULT_PROFILE = "reports/cluster_profile.csv"  # the evaluate stage's profile: one row per segment, with its name
 OUTPUT_DIR = Path("scores")
 SHOWN_IDS = 10  # IDs named in the summary line; all of them are in the rejects file
 
@@ -93,6 +96,26 @@ def score(
     return scored.reset_index(drop=True), rejects.reset_index(drop=True), int((outside & ok).sum())
 
 
+def segment_names(profile_path: Path, n_clusters: int) -> dict[int, str] | None:
+    """Each segment's name from the evaluate stage's profile, or None when it has none for this segmenter's
+    segments (no profile yet, an older one without names, or one of another number of segments)."""
+    if not profile_path.is_file():
+        return None
+    try:
+        profile = pd.read_csv(profile_path, usecols=["cluster", NAME_COLUMN])
+    except (ValueError, OSError, pd.errors.ParserError):
+        return None
+    names = dict(zip(profile["cluster"].astype(int), profile[NAME_COLUMN].astype(str), strict=True))
+    return names if sorted(names) == list(range(n_clusters)) else None
+
+
+def with_names(scored: pd.DataFrame, names: dict[int, str] | None) -> pd.DataFrame:
+    """``scored`` with a ``segment_name`` column after ``segment`` (blank without ``names``)."""
+    named = scored.copy()
+    named.insert(2, SEGMENT_NAME_COLUMN, scored[SEGMENT_COLUMN].map(names) if names else "")
+    return named
+
+
 def rejects_line(rejects: pd.DataFrame, total: int, path: Path) -> str:
     """One line: how many rows were not scored, why, which IDs (the first few), where the full list is."""
     id_col = rejects.columns[0]
@@ -110,9 +133,12 @@ def main(argv: list[str] | None = None) -> None:
     """CLI: score a CSV of new customers with the trained segmenter."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="CSV of customers, with the training data's columns")
-    parser.add_argument("--output", help="ID -> segment CSV (default: scores/<input stem>_segments.csv)")
+    parser.add_argument("--output", help="ID -> segment, name CSV (default: scores/<input stem>_segments.csv)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"the trained segmenter (default {DEFAULT_MODEL})")
     parser.add_argument("--separator", help="the input's separator (default: preprocess.data.separator)")
+    parser.add_argument(
+        "--profile", default=DEFAULT_PROFILE, help=f"where the segments' names are (default {DEFAULT_PROFILE})"
+    )
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
@@ -127,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     segmenter = load_model(args.model, stage="train")
     raw = data.load_csv(params.data.model_copy(update=update))
     scored, rejects, outliers = score(raw, segmenter, params, str(source))
+    names = segment_names(Path(args.profile), int(segmenter.named_steps["cluster"].n_clusters))
+    scored = with_names(scored, names)
 
     rejects_file = rejects_path(output)
     with StageOutputs() as out:
@@ -139,6 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"score: {len(scored)} of {len(raw)} row(s) scored -> {output}")
     if len(rejects):
         print(rejects_line(rejects, len(raw), rejects_file), file=sys.stderr)
+    if names is None:
+        print(
+            f"note: no segment names in {args.profile} for these {segmenter.named_steps['cluster'].n_clusters} "
+            "segments (run dvc repro: evaluate writes them); segment_name left blank",
+            file=sys.stderr,
+        )
     if outliers:
         print(
             f"note: {outliers} scored row(s) are outside preprocess.outliers (training left such rows out of the fit)",
