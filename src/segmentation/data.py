@@ -156,6 +156,18 @@ def require_unique(df: pd.DataFrame, column: str, source: str, lines: LineLocato
         )
 
 
+def identify_rows(
+    raw: pd.DataFrame, id_column: str | None, source: str, lines: LineLocator
+) -> tuple[pd.DataFrame, str]:
+    """``raw`` with the column that identifies its rows, and that column's name: the data's ID column (present and
+    unique, else a one-line error), or a ``row_id`` added when ``id_column`` is null."""
+    if id_column is None:
+        return with_row_id(raw, source), ROW_ID_COLUMN
+    require_columns(raw, [id_column], source, what="ID")
+    require_unique(raw, id_column, source, lines)
+    return raw, id_column
+
+
 def with_row_id(df: pd.DataFrame, source: str, column: str = ROW_ID_COLUMN) -> pd.DataFrame:
     """Add a ``row_id`` column (1 = the first data row) for a CSV without an ID column (``id_column: null``)."""
     if column in df.columns:

@@ -119,13 +119,7 @@ def preprocess(
     ``row_id`` column (1 = the first data row) identifies the rows in every output.
     """
     lines = LineLocator.of(raw)  # physical lines of the CSV's rows, for messages
-    id_col = params.data.id_column
-    if id_col is None:
-        raw = data.with_row_id(raw, source)
-        id_col = ROW_ID_COLUMN
-    else:
-        data.require_columns(raw, [id_col], source, what="ID")
-        data.require_unique(raw, id_col, source, lines)
+    raw, id_col = data.identify_rows(raw, params.data.id_column, source, lines)
 
     df = raw
     derived: list[str] = []

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from segmentation import data, features
-from segmentation.config import ROW_ID_COLUMN, PreprocessParams, load_section
+from segmentation.config import PreprocessParams, load_section
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import LineLocator, StageOutputs, load_model
 from segmentation.report import NAME_COLUMN
@@ -69,13 +69,7 @@ def score(
     for the rows that cannot be scored, and how many scored rows are outside ``preprocess.outliers``.
     """
     lines = LineLocator.of(raw)
-    id_col = params.data.id_column
-    if id_col is None:
-        raw = data.with_row_id(raw, source)
-        id_col = ROW_ID_COLUMN
-    else:
-        data.require_columns(raw, [id_col], source, what="ID")
-        data.require_unique(raw, id_col, source, lines)
+    raw, id_col = data.identify_rows(raw, params.data.id_column, source, lines)
     step = segmenter.named_steps["features"]
     derived = step.derive(raw, source)  # the checks and the recipe of the training data; a bad value stops here
     X = step.select(derived)
