@@ -50,8 +50,9 @@ EXTRA_Z = 0.5  # a profile-only column joins the description when it sets the se
 
 def column_kind(name: str, values: pd.Series) -> str:
     """How a profiled column is shown: ``rate`` (0/1 values), ``money`` (by its name) or ``number``."""
-    present = values.dropna()
-    if len(present) and present.isin([0, 1]).all():
+    data = values.to_numpy(dtype=float, na_value=np.nan)
+    present = data[~np.isnan(data)]
+    if len(present) and np.all((present == 0) | (present == 1)):
         return RATE
     if MONEY_NAME.search(name):
         return MONEY
@@ -131,21 +132,22 @@ class Segment:
 def contrasts(values: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
     """Per cluster (rows) and column: (cluster mean - mean of all other customers) / the column's spread over all
     customers. Blanks are left out of every mean; a constant column scores 0."""
-    data = values.to_numpy(dtype=float)
-    present = ~np.isnan(data)
-    filled = np.where(present, data, 0.0)
-    total, count = filled.sum(axis=0), present.sum(axis=0)
-    spread = np.nanstd(data, axis=0) if len(data) else np.zeros(data.shape[1])
-    rows = {}
-    for k in np.unique(labels):
-        mine = labels == k
-        s_k, n_k = filled[mine].sum(axis=0), present[mine].sum(axis=0)
+    clusters, codes = np.unique(labels, return_inverse=True)
+    rows = np.empty((len(clusters), values.shape[1]))
+    # Column by column, sums per cluster by bincount: one pass over the rows (masking them per cluster was k passes).
+    for j, (_, column) in enumerate(values.items()):
+        data = column.to_numpy(dtype=float, na_value=np.nan)
+        present = ~np.isnan(data)
+        has_blanks = not present.all()
+        filled = np.where(present, data, 0.0) if has_blanks else data
+        s_k = np.bincount(codes, weights=filled, minlength=len(clusters))
+        n_k = np.bincount(codes, weights=present, minlength=len(clusters)) if has_blanks else np.bincount(codes)
+        total, count = s_k.sum(), n_k.sum()
+        spread = (np.nanstd(data) if has_blanks else data.std()) if len(data) else 0.0
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean_k = s_k / n_k
-            others = (total - s_k) / (count - n_k)
-            z = (mean_k - others) / spread
-        rows[int(k)] = np.where(np.isfinite(z), z, 0.0)
-    return pd.DataFrame.from_dict(rows, orient="index", columns=list(values.columns))
+            z = (s_k / n_k - (total - s_k) / (count - n_k)) / spread
+        rows[:, j] = np.where(np.isfinite(z), z, 0.0)
+    return pd.DataFrame(rows, index=[int(k) for k in clusters], columns=list(values.columns))
 
 
 def noun(column: str) -> str:
