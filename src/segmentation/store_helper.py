@@ -400,11 +400,20 @@ def serve(address: str, owner_pid: int) -> None:
         stages = _listen(stages_address)
         Path(address + ".loading").write_text(str(os.getpid()))  # stages that start meanwhile wait (run_warm)
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children (the stage server, relays) are reaped by the system
+        # Both halves need MLflow (and the pandas, pyarrow and scipy it imports): imported once, before the split,
+        # rather than twice side by side while the first stage loads its own libraries (~1.3 s of CPU less).
+        _import_shared()
         if os.fork() == 0:
             server.close()
             _serve_stages(stages, address, owner)  # never returns
         stages.close()
     _serve_runs(server, address, owner)
+
+
+def _import_shared() -> None:
+    """Import what both halves of the helper use; a failure is left to each half to meet and handle."""
+    with contextlib.suppress(Exception):
+        import mlflow  # noqa: F401
 
 
 def _listen(address: str) -> socket.socket:
