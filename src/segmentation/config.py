@@ -162,7 +162,7 @@ class HDBSCANParams(AlgorithmParams):
     nearest cluster centroid."""
 
     min_cluster_size: int = Field(default=20, ge=2)  # the smallest group HDBSCAN calls a cluster
-    min_samples: int | None = Field(default=None, ge=1)  # null: min_cluster_size; higher marks more rows noise
+    min_samples: int | None = Field(default=10, ge=1)  # null: min_cluster_size; higher marks more rows noise
     cluster_selection_epsilon: float = Field(default=0.0, ge=0)  # merge clusters closer than this
     fit_sample_size: int = Field(default=20000, ge=2)  # ~2 s at 20,000 rows in 3 dimensions
 

@@ -139,8 +139,8 @@ def check_model(
             raise UserError(
                 f"{model_source}: was fitted on {model.n_rows_} rows, but {matrix_source} has {len(X)}; {rebuild}"
             )
-        labels = model.training_labels(X)
-        means = [X[labels == c].mean(axis=0) if (labels == c).any() else np.full(X.shape[1], np.nan) for c in range(k)]
+        fitted = X if model.fit_rows_ is None else X[model.fit_rows_]  # the rows its clusterer was fitted on
+        means = [fitted[model.fit_labels_ == c].mean(axis=0) for c in range(k)]
         if not np.allclose(np.stack(means), model.cluster_centers_, rtol=INERTIA_RTOL, atol=1e-9):
             raise UserError(
                 f"{model_source}: was not fitted on {matrix_source} (its centroids are not the means of its clusters "

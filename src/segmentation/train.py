@@ -359,7 +359,8 @@ def elbow_figure(
     ax.plot(k_values, scores, marker="D", color="C0")
     lower = metric in ("bic", "aic")  # information criteria: the lowest wins, no elbow
     label = f"elbow at $k={k_best}$, $score={score_best:0.3f}$" if rule == "elbow" else (
-        f"k = {k_best} (fixed in params)" if rule == "fixed" else f"k = {k_best} ({rule.replace('_', ' ')})"
+        f"k = {k_best} (fixed in params)" if rule == "fixed" else
+        f"lowest {metric} at $k={k_best}$" if lower else f"k = {k_best} ({rule.replace('_', ' ')})"
     )  # fmt: skip
     ax.axvline(k_best, color="black", linestyle="--", label=label)
     on = "" if rows == total else f", on a sample of {rows} of {total} rows"
@@ -480,7 +481,9 @@ def main(argv: list[str] | None = None) -> None:
     labels = algorithms.fit_labels(model, X)
     # The criterion that chose k names the score (distortion_at_k_best, bic_at_k_best); inertia only where the
     # algorithm has one (k-means family), the Gaussian mixture's log-likelihood instead: evaluate checks the model.
-    metrics: dict[str, Any] = {"k_best": elbow.k_best, f"{elbow.metric}_at_k_best": elbow.score_best}
+    metrics: dict[str, Any] = {"k_best": elbow.k_best}
+    if elbow.rule != "density":  # HDBSCAN has no criterion: it found k itself (noise_share below)
+        metrics[f"{elbow.metric}_at_k_best"] = elbow.score_best
     metrics.update(algorithms.fit_record(model, X))
     if hasattr(model, "n_iter_"):
         metrics["n_iter"] = int(model.n_iter_)
