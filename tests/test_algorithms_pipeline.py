@@ -72,4 +72,3 @@ def test_the_pipeline_and_scoring_with_each_algorithm(project, algorithm):
     else:  # the rule reproduces most of the clusterer's own assignment
         clustered = scored[scored["cluster"] != algorithms.NOISE]
         assert (clustered["segment"] == clustered["cluster"]).mean() >= 0.8
-

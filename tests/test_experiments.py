@@ -61,7 +61,6 @@ def test_compare_puts_experiments_side_by_side_with_segment_sizes():
     assert all(len(line) <= WIDTH for line in text.splitlines())
 
 
-
 def test_compare_shows_the_algorithm_its_k_rule_and_noise():
     base = show_entry("main", {"train": {"algorithm": "kmeans", "k_max": 10}}, 5, 0.32, [500, 400])
     hdb = show_entry("hdb", {"train": {"algorithm": "hdbscan", "k_max": 10}}, 2, 0.40, [300, 1180])
