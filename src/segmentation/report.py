@@ -421,7 +421,7 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
         if key not in metrics:
             continue
         value = float(metrics[key])
-        shown = format_value(value, RATE) if key == "smallest_cluster_share" else _fmt_score(value)
+        shown = format_value(value, RATE) if key in ("smallest_cluster_share", "noise_share") else _fmt_score(value)
         rows.append(f'<tr><th>{_e(label)}</th><td class="num">{shown}</td><td>{_e(reading(value))}</td></tr>')
     return "<table>" + "".join(rows) + "</table>"
 
