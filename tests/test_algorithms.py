@@ -115,6 +115,18 @@ def test_hdbscan_finding_fewer_than_two_clusters_is_an_error():
         train(matrix, "ID", p)
 
 
+def test_a_fit_the_library_refuses_is_one_line():
+    X = np.random.default_rng(0).normal(size=(30, 2))
+    matrix = pd.DataFrame({"ID": np.arange(30), "a": X[:, 0], "b": X[:, 1]})
+    with pytest.raises(UserError, match=r"train.hdbscan.min_samples \(or min_cluster_size\) \(40\) must be at most"):
+        train(matrix, "ID", params("hdbscan", hdbscan={"min_samples": 40}))
+    p = params("gaussian_mixture", k_max=3, min_cluster_size=2, n_init=1)
+    with pytest.raises(
+        UserError, match=r"^train: gaussian_mixture with k=2 on 30 rows failed: .* lower train.k_max\)$"
+    ):
+        train(matrix.assign(a=np.nan), "ID", p)
+
+
 @pytest.mark.parametrize("algorithm", ["agglomerative", "hdbscan"])
 def test_without_predict_fit_a_sample_and_assign_the_rest_to_the_nearest_centroid(blobs, algorithm):
     matrix, y = blobs

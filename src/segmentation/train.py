@@ -250,13 +250,26 @@ def fit_k(X: np.ndarray, k: int, params: TrainParams) -> tuple[Any, float, float
     seconds). The score is ``train.metric``'s (elbow) or the model's BIC/AIC."""
     start = time.perf_counter()
     with threadpool_limits(limits=1, user_api="openmp"):  # OpenMP's thread count is per calling thread
-        model = algorithms.make(params, k).fit(X)
+        model = fit_model(params, k, X)
     criterion = algorithms.get(params).criterion(params)
     if criterion in ("bic", "aic"):
         value = float(getattr(model, criterion)(X))
     else:
         value = score(X, algorithms.fit_labels(model, X), params.metric)
     return model, value, time.perf_counter() - start
+
+
+def fit_model(params: TrainParams, k: int, X: np.ndarray):
+    """``train.algorithm`` with ``k`` clusters fitted on ``X``. A fit the library refuses (e.g. a Gaussian mixture
+    component with an ill-defined covariance on too few distinct rows) is a user error naming the algorithm's
+    params, not a traceback."""
+    try:
+        return algorithms.make(params, k).fit(X)
+    except ValueError as exc:
+        raise UserError(
+            f"train: {params.algorithm} with k={k} on {len(X)} rows failed: {str(exc).splitlines()[0]} "
+            f"(see train.{params.algorithm} in params.yaml, or lower train.k_max)"
+        ) from None
 
 
 def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model matrix") -> ElbowResult:
@@ -313,8 +326,14 @@ def density_clusters(X: np.ndarray, params: TrainParams) -> ElbowResult:
     idx = search_sample(len(X), params)
     S = X if idx is None else X[idx]
     start = time.perf_counter()
+    needs = params.hdbscan.min_samples or params.hdbscan.min_cluster_size
+    if needs > len(S):
+        raise UserError(
+            f"params.yaml: train.hdbscan.min_samples (or min_cluster_size) ({needs}) must be at most the rows it is "
+            f"fitted on ({len(S)}); lower it"
+        )
     with threadpool_limits(limits=params.n_threads):
-        model = algorithms.make(params, 0).fit(S)
+        model = fit_model(params, 0, S)
     labels = algorithms.fit_labels(model, S)
     sizes = algorithms.cluster_sizes(labels, int(labels.max()) + 1)
     k = sum(1 for c in sizes if c != NOISE)
@@ -391,16 +410,15 @@ def fit_final(X: np.ndarray, elbow: ElbowResult, params: TrainParams) -> Any:
     if elbow.search_rows == len(X):
         return elbow.models[k]
     start = time.perf_counter()
-    if params.algorithm == "kmeans":
-        centres = elbow.models[k].cluster_centers_
-        model = KMeans(
-            n_clusters=k, init=centres, n_init=1, max_iter=params.max_iter, random_state=params.random_state,
-            algorithm=params.kmeans.method,
-        )  # fmt: skip
-    else:
-        model = algorithms.make(params, k)
     with threadpool_limits(limits=params.n_threads):
-        model.fit(X)
+        if params.algorithm == "kmeans":
+            centres = elbow.models[k].cluster_centers_
+            model = KMeans(
+                n_clusters=k, init=centres, n_init=1, max_iter=params.max_iter, random_state=params.random_state,
+                algorithm=params.kmeans.method,
+            ).fit(X)  # fmt: skip
+        else:
+            model = fit_model(params, k, X)
     start_from = " from the sample's centres" if params.algorithm == "kmeans" else ""
     print(
         f"train: final fit, k={k} on all {len(X)} rows{start_from} "
