@@ -234,3 +234,19 @@ def test_only_the_kmeans_family_claims_an_inertia(blobs):
     _, gmm = train(matrix, "ID", params("gaussian_mixture", k=TRUE_K))
     with pytest.raises(UserError, match=r"its log-likelihood on m.csv \(.*\) is not the one t.json records \(1.0\)"):
         check_model(gmm, X, "m.joblib", "m.csv", {"k_best": TRUE_K, "log_likelihood": 1.0}, "t.json")
+
+
+def test_the_report_says_how_each_algorithm_chose_k():
+    bic = pd.DataFrame({"k": [2, 3, 4], "score": [30.0, 10.0, 20.0], "metric": "bic"})
+    page = report.k_choice_section(bic, {"k_best": 3, "k_rule": "min_bic"}, None, None, algorithm="a Gaussian mixture")
+    assert "fitted a Gaussian mixture for each k and scored it by <b>bic</b>" in page
+    assert "chose <b>k = 3</b> by the lowest BIC" in page
+    found = pd.DataFrame({"k": [2], "score": [0.33], "metric": "noise_share"})
+    page = report.k_choice_section(
+        found, {"k_best": 2, "k_rule": "density", "noise_share": 0.3287}, None, None, "HDBSCAN"
+    )
+    assert "HDBSCAN found <b>k = 2</b> segments itself" in page and "no search over k" in page
+    assert "32.9% of the customers it fitted on are in no group (noise)" in page
+    assert "k-means" in report.k_choice_section(
+        bic.assign(metric="distortion"), {"k_best": 3, "k_rule": "elbow"}, None, None
+    )

@@ -422,7 +422,8 @@ def fit_final(X: np.ndarray, elbow: ElbowResult, params: TrainParams) -> Any:
     start_from = " from the sample's centres" if params.algorithm == "kmeans" else ""
     print(
         f"train: final fit, k={k} on all {len(X)} rows{start_from} "
-        f"({time.perf_counter() - start:.1f} s, {getattr(model, 'n_iter_', '?')} iterations)",
+        f"({time.perf_counter() - start:.1f} s"
+        f"{f', {model.n_iter_} iterations' if hasattr(model, 'n_iter_') else ''})",
         file=sys.stderr,
         flush=True,
     )
