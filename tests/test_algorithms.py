@@ -148,6 +148,17 @@ def test_without_predict_fit_a_sample_and_assign_the_rest_to_the_nearest_centroi
         check_model(model, X[::-1].copy(), "m.joblib", "m.csv")
 
 
+@pytest.mark.parametrize("algorithm", ["minibatch_kmeans", "bisecting_kmeans", "gaussian_mixture"])
+def test_a_sampled_search_then_one_fit_on_every_row(blobs, algorithm):
+    matrix, y = blobs
+    X = matrix.drop(columns="ID").to_numpy()
+    elbow, model = train(matrix, "ID", params(algorithm, search_sample_size=300))
+    assert (elbow.search_rows, elbow.k_best) == (300, TRUE_K)
+    assert model is not elbow.models[TRUE_K]  # refitted on all 500 rows
+    assert adjusted_rand_score(y, model.predict(X)) > 0.99
+    check_model(model, X, "m.joblib", "m.csv", {"k_best": TRUE_K, **algorithms.fit_record(model, X)}, "t.json")
+
+
 def test_the_centroid_rule():
     X = np.array([[0.0, 0.0], [0.0, 2.0], [10.0, 0.0], [10.0, 2.0], [5.0, 50.0]])
     y = np.array([0, 0, 1, 1, NOISE])
