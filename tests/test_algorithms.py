@@ -47,7 +47,7 @@ def test_the_registry_and_the_params_name_the_same_algorithms():
     assert TrainParams.model_fields["algorithm"].default == "kmeans"
     for name in algorithm_names():
         p = params(name)
-        assert algorithms.make(p, 3) is not None
+        assert type(algorithms.make(p, 3)).__name__ == algorithms.REGISTRY[name].estimator
         assert p.algorithm_params is getattr(p, name)
 
 
@@ -56,9 +56,12 @@ def test_an_unknown_algorithm_is_one_line_listing_the_valid_ones():
     with pytest.raises(UserError) as err:
         parse_section("train", raw)
     assert str(err.value) == (
-        "params.yaml: train.algorithm: unknown algorithm 'dbscan'; one of: kmeans, minibatch_kmeans, "
-        "bisecting_kmeans, gaussian_mixture, agglomerative, hdbscan (got 'dbscan')"
+        f"params.yaml: train.algorithm: unknown algorithm 'dbscan'; one of: {', '.join(algorithm_names())} "
+        "(got 'dbscan')"
     )
+    assert algorithm_names()[:6] == [
+        "kmeans", "minibatch_kmeans", "bisecting_kmeans", "gaussian_mixture", "agglomerative", "hdbscan"
+    ]  # fmt: skip
 
 
 def test_algorithm_params_are_validated_like_the_others():

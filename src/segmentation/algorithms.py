@@ -36,6 +36,7 @@ class Algorithm:
     """One clustering algorithm of ``train.algorithm``."""
 
     label: str  # how the report names it: "The train stage fitted <label> for each k"
+    estimator: str  # the class name of what ``make`` returns: how the evaluate stage recognises a model file
     make: Callable[[TrainParams, int], Any]  # an unfitted estimator with k clusters (ignored when it finds k itself)
     # The k search: ELBOW, "bic"/"aic" (the lowest wins), or None (the algorithm finds k itself: no search).
     criterion: Callable[[TrainParams], str | None]
@@ -103,12 +104,16 @@ def _elbow(p: TrainParams) -> str:
 
 
 REGISTRY: dict[str, Algorithm] = {
-    "kmeans": Algorithm("k-means", _kmeans, _elbow),
-    "minibatch_kmeans": Algorithm("mini-batch k-means", _minibatch_kmeans, _elbow),
-    "bisecting_kmeans": Algorithm("bisecting k-means", _bisecting_kmeans, _elbow),
-    "gaussian_mixture": Algorithm("a Gaussian mixture", _gaussian_mixture, lambda p: p.gaussian_mixture.criterion),
-    "agglomerative": Algorithm("agglomerative clustering", _agglomerative, _elbow, predicts=False),
-    "hdbscan": Algorithm("HDBSCAN", _hdbscan, lambda p: None, predicts=False, noise=True),
+    "kmeans": Algorithm("k-means", "KMeans", _kmeans, _elbow),
+    "minibatch_kmeans": Algorithm("mini-batch k-means", "MiniBatchKMeans", _minibatch_kmeans, _elbow),
+    "bisecting_kmeans": Algorithm("bisecting k-means", "BisectingKMeans", _bisecting_kmeans, _elbow),
+    "gaussian_mixture": Algorithm(
+        "a Gaussian mixture", "GaussianMixture", _gaussian_mixture, lambda p: p.gaussian_mixture.criterion
+    ),
+    "agglomerative": Algorithm(
+        "agglomerative clustering", "AgglomerativeClustering", _agglomerative, _elbow, predicts=False
+    ),
+    "hdbscan": Algorithm("HDBSCAN", "HDBSCAN", _hdbscan, lambda p: None, predicts=False, noise=True),
 }
 
 
@@ -185,16 +190,11 @@ def algorithm_name(model: Any) -> str | None:
     """The ``train.algorithm`` a fitted model comes from, or None for a foreign object."""
     if isinstance(model, CentroidAssigner):
         return model.algorithm if model.algorithm in REGISTRY else None
-    from sklearn.cluster import BisectingKMeans, KMeans, MiniBatchKMeans
-    from sklearn.mixture import GaussianMixture
-
-    classes = {
-        KMeans: "kmeans",
-        MiniBatchKMeans: "minibatch_kmeans",
-        BisectingKMeans: "bisecting_kmeans",
-        GaussianMixture: "gaussian_mixture",
-    }
-    return classes.get(type(model))
+    # Only from scikit-learn: a pickled object of another library with the same class name is not ours.
+    if not type(model).__module__.startswith("sklearn."):
+        return None
+    names = {entry.estimator: name for name, entry in REGISTRY.items() if entry.predicts}
+    return names.get(type(model).__name__)
 
 
 def is_fitted(model: Any) -> bool:
