@@ -201,7 +201,7 @@ def test_foreign_pickle(evaluate_dir):
     tmp_path, _, _ = evaluate_dir
     joblib.dump({"n_clusters": 3}, tmp_path / "k.joblib")
     assert the_error(run_evaluate(tmp_path), tmp_path) == (
-        "error: k.joblib: holds a dict, not a fitted KMeans model; rebuild it: dvc repro -f -s train"
+        "error: k.joblib: holds a dict, not a fitted clustering model; rebuild it: dvc repro -f -s train"
     )
 
 
@@ -233,7 +233,7 @@ def test_check_model_rules(evaluate_dir, tmp_path_factory):
     wide = KMeans(n_clusters=3, n_init=1, random_state=0).fit(np.column_stack([X, X[:, 0]]))
     with pytest.raises(UserError, match=r"^k.joblib: fitted on 3 column\(s\), but m.csv has 2; rebuild it: dvc"):
         check_model(wide, X, "k.joblib", "m.csv", metrics, "t.json")
-    with pytest.raises(UserError, match=r"^k.joblib: holds an unfitted KMeans, not a fitted KMeans model"):
+    with pytest.raises(UserError, match=r"^k.joblib: holds an unfitted KMeans, not a fitted clustering model"):
         check_model(KMeans(3), X, "k.joblib", "m.csv", metrics, "t.json")
     with pytest.raises(UserError, match=r"its inertia \([\d.]+\) is not the one t.json records \(1.0\)"):
         check_model(good, X, "k.joblib", "m.csv", {"k_best": 3, "inertia": 1.0}, "t.json")

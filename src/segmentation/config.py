@@ -111,9 +111,67 @@ class PreprocessParams(_Params):
         return self
 
 
+class AlgorithmParams(_Params):
+    """Base of a clustering algorithm's own sub-section of ``train`` (``train.<algorithm>``).
+
+    A field of :class:`TrainParams` typed with a subclass of it *is* an algorithm: its name is a valid
+    ``train.algorithm``, and :data:`segmentation.algorithms.REGISTRY` holds its factory under that name.
+    """
+
+
+class KMeansParams(AlgorithmParams):
+    """``train.kmeans``: scikit-learn's ``KMeans`` (``n_init``, ``max_iter``, ``random_state`` from ``train``)."""
+
+    method: Literal["lloyd", "elkan"] = "lloyd"  # KMeans' ``algorithm``; lloyd is the default
+
+
+class MiniBatchKMeansParams(AlgorithmParams):
+    """``train.minibatch_kmeans``: ``MiniBatchKMeans``, k-means on random batches (faster on many rows)."""
+
+    batch_size: int = Field(default=1024, ge=1)
+    max_no_improvement: int = Field(default=10, ge=1)  # batches without a better inertia before it stops
+
+
+class BisectingKMeansParams(AlgorithmParams):
+    """``train.bisecting_kmeans``: ``BisectingKMeans``, the clusters split in two one at a time."""
+
+    bisecting_strategy: Literal["biggest_inertia", "largest_cluster"] = "biggest_inertia"
+
+
+class GaussianMixtureParams(AlgorithmParams):
+    """``train.gaussian_mixture``: ``GaussianMixture``; k is the one with the lowest BIC (or AIC) over
+    ``k_min..k_max``, not an elbow."""
+
+    covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
+    criterion: Literal["bic", "aic"] = "bic"
+    reg_covar: float = Field(default=1e-6, gt=0)  # added to the covariances' diagonal: keeps them invertible
+
+
+class AgglomerativeParams(AlgorithmParams):
+    """``train.agglomerative``: ``AgglomerativeClustering``; fitted on a seeded sample (its memory grows with
+    rows^2), the other rows and new customers go to the nearest cluster centroid."""
+
+    linkage: Literal["ward", "complete", "average", "single"] = "ward"
+    # 5,000 rows: ~100 MB of pairwise distances; 20,000 would take ~1.6 GB.
+    fit_sample_size: int = Field(default=5000, ge=2)
+
+
+class HDBSCANParams(AlgorithmParams):
+    """``train.hdbscan``: scikit-learn's ``HDBSCAN``; finds the number of clusters itself (no k search) and marks
+    rows in no dense group as noise (-1). Fitted on a seeded sample; the other rows and new customers go to the
+    nearest cluster centroid."""
+
+    min_cluster_size: int = Field(default=20, ge=2)  # the smallest group HDBSCAN calls a cluster
+    min_samples: int | None = Field(default=10, ge=1)  # null: min_cluster_size; higher marks more rows noise
+    cluster_selection_epsilon: float = Field(default=0.0, ge=0)  # merge clusters closer than this
+    fit_sample_size: int = Field(default=20000, ge=2)  # ~2 s at 20,000 rows in 3 dimensions
+
+
 class TrainParams(_Params):
     """``train`` section."""
 
+    # The clustering algorithm: the name of one of the AlgorithmParams fields below (its own sub-section).
+    algorithm: str = "kmeans"
     k_min: int = Field(ge=2)  # calinski_harabasz and silhouette are undefined for k=1
     k_max: int
     metric: Literal["distortion", "silhouette", "calinski_harabasz"] = "distortion"
@@ -136,6 +194,25 @@ class TrainParams(_Params):
     # clusters whatever the elbow says; the search over k_min..k_max still runs, to show where the elbow is.
     # null: k is chosen by the search. k_min == k_max is a fixed k too, without the search.
     k: int | None = Field(default=None, ge=2)
+    # Each algorithm's own knobs (used only when it is train.algorithm).
+    kmeans: KMeansParams = Field(default_factory=KMeansParams)
+    minibatch_kmeans: MiniBatchKMeansParams = Field(default_factory=MiniBatchKMeansParams)
+    bisecting_kmeans: BisectingKMeansParams = Field(default_factory=BisectingKMeansParams)
+    gaussian_mixture: GaussianMixtureParams = Field(default_factory=GaussianMixtureParams)
+    agglomerative: AgglomerativeParams = Field(default_factory=AgglomerativeParams)
+    hdbscan: HDBSCANParams = Field(default_factory=HDBSCANParams)
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, name: str) -> str:
+        if name not in algorithm_names():
+            raise ValueError(f"unknown algorithm {name!r}; one of: {', '.join(algorithm_names())}")
+        return name
+
+    @property
+    def algorithm_params(self) -> AlgorithmParams:
+        """The chosen algorithm's own sub-section (``train.<algorithm>``)."""
+        return getattr(self, self.algorithm)
 
     @property
     def k_top(self) -> tuple[int, str]:
@@ -154,7 +231,20 @@ class TrainParams(_Params):
             )
         if self.selection == "best_score" and self.metric == "distortion":
             raise ValueError("selection 'best_score' needs metric silhouette or calinski_harabasz")
+        if self.algorithm == "hdbscan" and self.k is not None:
+            raise ValueError(
+                "k: hdbscan finds the number of clusters itself (train.hdbscan.min_cluster_size); set k: null"
+            )
         return self
+
+
+def algorithm_names() -> list[str]:
+    """The valid ``train.algorithm`` values: the sub-sections of ``train`` that are algorithms' params."""
+    return [
+        name
+        for name, field in TrainParams.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, AlgorithmParams)
+    ]
 
 
 class EvaluateParams(_Params):

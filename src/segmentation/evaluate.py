@@ -25,7 +25,8 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_samples
 
-from segmentation import report
+from segmentation import algorithms, report
+from segmentation.algorithms import NOISE
 from segmentation.config import EvaluateParams, flatten, parse_section, read_params_file
 from segmentation.data import as_categories, expand_columns
 from segmentation.errors import UserError, stage_entrypoint
@@ -93,42 +94,65 @@ def check_model(
     train_metrics: Mapping[str, Any] | None = None,
     metrics_source: str = "metrics/train.json",
 ) -> None:
-    """Fail unless ``model`` is a fitted KMeans fitted on ``X``, with the k and inertia ``train_metrics`` records.
+    """Fail unless ``model`` is a fitted model of a ``train.algorithm`` fitted on ``X``, with the k and the fit
+    record (``inertia`` for the k-means family, ``log_likelihood`` for the Gaussian mixture) ``train_metrics``
+    holds. An assigner (agglomerative, HDBSCAN) must have been fitted for ``X``'s rows: its centroids are the means
+    of its clusters there.
 
     Catches a foreign or stale ``models/kmeans.joblib`` before scikit-learn does, with the fix in one line.
     """
     rebuild = "rebuild it: dvc repro -f -s train"
-    if not isinstance(model, KMeans) or not hasattr(model, "cluster_centers_"):
-        what = "an unfitted KMeans" if isinstance(model, KMeans) else f"a {type(model).__name__}"
-        raise UserError(f"{model_source}: holds {what}, not a fitted KMeans model; {rebuild}")
+    name = algorithms.algorithm_name(model)
+    if name is None or not algorithms.is_fitted(model):
+        what = f"an unfitted {type(model).__name__}" if name is not None else f"a {type(model).__name__}"
+        raise UserError(f"{model_source}: holds {what}, not a fitted clustering model; {rebuild}")
     if model.n_features_in_ != X.shape[1]:
         raise UserError(
             f"{model_source}: fitted on {model.n_features_in_} column(s), but {matrix_source} has {X.shape[1]}; "
             f"{rebuild}"
         )
+    k = algorithms.n_clusters(model)
+    recorded = algorithms.fit_record(model, X)  # inertia_ as fitted; the mixture's log-likelihood on X
     if train_metrics is not None:
-        k, inertia = train_metrics.get("k_best"), train_metrics.get("inertia")
-        if k != model.n_clusters:
+        if train_metrics.get("k_best") != k:
             raise UserError(
-                f"{model_source}: has {model.n_clusters} clusters, but {metrics_source} says k_best = {k}; {rebuild}"
+                f"{model_source}: has {k} clusters, but {metrics_source} says k_best = {train_metrics.get('k_best')}; "
+                f"{rebuild}"
             )
-        if not isinstance(inertia, int | float) or not np.isclose(model.inertia_, inertia, rtol=INERTIA_RTOL):
+        for key, value in recorded.items():
+            wrote = train_metrics.get(key)
+            if not isinstance(wrote, int | float) or not np.isclose(value, wrote, rtol=INERTIA_RTOL):
+                what = "inertia" if key == "inertia" else f"{key.replace('_', '-')} on {matrix_source}"
+                raise UserError(
+                    f"{model_source}: its {what} ({value:.6g}) is not the one {metrics_source} records ({wrote}); "
+                    f"{rebuild}"
+                )
+    if hasattr(model, "inertia_"):
+        on_matrix = algorithms.inertia_on(model, X)
+        if not np.isclose(on_matrix, model.inertia_, rtol=INERTIA_RTOL):
             raise UserError(
-                f"{model_source}: its inertia ({model.inertia_:.6g}) is not the one {metrics_source} records "
-                f"({inertia}); {rebuild}"
+                f"{model_source}: was not fitted on {matrix_source} (inertia {on_matrix:.6g} on it, "
+                f"{model.inertia_:.6g} when fitted); {rebuild}"
             )
-    on_matrix = -float(model.score(X))
-    if not np.isclose(on_matrix, model.inertia_, rtol=INERTIA_RTOL):
-        raise UserError(
-            f"{model_source}: was not fitted on {matrix_source} (inertia {on_matrix:.6g} on it, "
-            f"{model.inertia_:.6g} when fitted); {rebuild}"
-        )
+    if isinstance(model, algorithms.CentroidAssigner):
+        if model.n_rows_ != len(X):
+            raise UserError(
+                f"{model_source}: was fitted on {model.n_rows_} rows, but {matrix_source} has {len(X)}; {rebuild}"
+            )
+        fitted = X if model.fit_rows_ is None else X[model.fit_rows_]  # the rows its clusterer was fitted on
+        means = [fitted[model.fit_labels_ == c].mean(axis=0) for c in range(k)]
+        if not np.allclose(np.stack(means), model.cluster_centers_, rtol=INERTIA_RTOL, atol=1e-9):
+            raise UserError(
+                f"{model_source}: was not fitted on {matrix_source} (its centroids are not the means of its clusters "
+                f"there); {rebuild}"
+            )
 
 
 def cluster_profile(
     features: pd.DataFrame, labels: np.ndarray, id_column: str, categorical: Sequence[str] = ()
 ) -> pd.DataFrame:
-    """Size, share and mean of each unscaled numeric feature per cluster.
+    """Size, share and mean of each unscaled numeric feature per cluster; noise rows (-1, HDBSCAN) are a segment of
+    their own, last.
 
     Each categorical column adds one ``column=category`` column per category (sorted): the share of the cluster's
     rows in that category; a column with blanks adds ``column=(blank)`` last, so that its shares add up to 1.
@@ -138,6 +162,8 @@ def cluster_profile(
     profile = grouped.mean()
     profile.insert(0, "share", grouped.size() / len(numeric))
     profile.insert(0, "size", grouped.size())
+    if NOISE in profile.index:  # the clusters first, in order, then the rows in none
+        profile = profile.reindex([*(c for c in profile.index if c != NOISE), NOISE])
     for column in categorical:
         values = as_categories(features[column])
         counts = pd.crosstab(labels, values).reindex(index=profile.index, fill_value=0)
@@ -161,29 +187,37 @@ def evaluate(
 ) -> Evaluation:
     """Assign clusters and measure them; ``features`` are the unscaled rows behind ``matrix`` (same IDs, order).
 
-    ``categorical`` names the columns of ``features`` that are profiled as category shares rather than means.
+    ``categorical`` names the columns of ``features`` that are profiled as category shares rather than means. The
+    clusters are the model's ``predict``, or for an algorithm without one its training assignment. Noise rows (-1)
+    are left out of silhouette, Calinski-Harabasz and Davies-Bouldin; ``noise_share`` says how many there are.
     """
     if not matrix[id_column].equals(features[id_column]):
         raise UserError("data/processed: the features and matrix files hold different customers; run dvc repro")
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
-    if params.silhouette_sample_size <= model.n_clusters:
+    k = algorithms.n_clusters(model)
+    if params.silhouette_sample_size <= k:
         raise UserError(
             f"params.yaml: evaluate.silhouette_sample_size ({params.silhouette_sample_size}) must be greater than "
-            f"the number of clusters ({model.n_clusters}); raise it"
+            f"the number of clusters ({k}); raise it"
         )
-    labels = model.predict(X)
-    sizes = np.bincount(labels, minlength=model.n_clusters)
-    sil_values, sil_labels = silhouette_sample(X, labels, params.silhouette_sample_size, params.random_state)
+    labels = algorithms.training_labels(model, X)
+    sizes = algorithms.cluster_sizes(labels, k)
+    clustered = labels != NOISE
+    Xc, labels_c = (X, labels) if clustered.all() else (X[clustered], labels[clustered])
+    sil_values, sil_labels = silhouette_sample(Xc, labels_c, params.silhouette_sample_size, params.random_state)
     metrics: dict[str, float | int] = {
-        "n_clusters": int(model.n_clusters),
+        "n_clusters": k,
         "silhouette": float(sil_values.mean()),
         "silhouette_sample_rows": len(sil_values),
-        "calinski_harabasz": float(calinski_harabasz_score(X, labels)),
-        "davies_bouldin": float(davies_bouldin_score(X, labels)),
-        "inertia": float(model.inertia_),
-        "smallest_cluster_share": float(sizes.min() / len(labels)),
-        **{f"size_cluster_{i}": int(n) for i, n in enumerate(sizes)},
+        "calinski_harabasz": float(calinski_harabasz_score(Xc, labels_c)),
+        "davies_bouldin": float(davies_bouldin_score(Xc, labels_c)),
     }
+    if hasattr(model, "inertia_"):  # the k-means family's; the other algorithms have none
+        metrics["inertia"] = float(model.inertia_)
+    metrics["smallest_cluster_share"] = float(min(n for c, n in sizes.items() if c != NOISE) / len(labels))
+    if algorithms.REGISTRY[algorithms.algorithm_name(model)].noise:
+        metrics["noise_share"] = float((~clustered).mean())
+    metrics.update({algorithms.size_key(c): n for c, n in sizes.items()})
     segments = pd.DataFrame({id_column: matrix[id_column], CLUSTER_COLUMN: labels})
     profile = cluster_profile(features, labels, id_column, categorical)
     return Evaluation(metrics, segments, profile, sil_values, sil_labels)
@@ -200,14 +234,16 @@ def projection_plot(matrix: pd.DataFrame, labels: np.ndarray, id_column: str, sa
     xy = PCA(n_components=n, svd_solver="covariance_eigh").fit_transform(X)
     if n == 1:
         xy = np.column_stack([xy[:, 0], np.zeros(len(xy))])
-    sizes = np.bincount(labels)
+    clusters, counts = np.unique(labels, return_counts=True)
+    sizes = dict(zip(clusters.tolist(), counts.tolist(), strict=True))
     shown = np.arange(len(xy))
     if len(xy) > sample_size:
         shown = np.sort(np.random.default_rng(random_state).choice(len(xy), size=sample_size, replace=False))
     fig, ax = new_figure()
-    for k in np.unique(labels):
+    for k in [*(c for c in sizes if c != NOISE), *(c for c in sizes if c == NOISE)]:  # noise last, in grey
         pts = xy[shown[labels[shown] == k]]
-        ax.scatter(pts[:, 0], pts[:, 1], s=8, alpha=0.6, label=f"cluster {k} ({sizes[k]})")
+        name, colour = (algorithms.NOISE_NAME, {"color": "grey"}) if k == NOISE else (f"cluster {k}", {})
+        ax.scatter(pts[:, 0], pts[:, 1], s=8, alpha=0.6, label=f"{name} ({sizes[k]})", **colour)
     drawn = "" if len(shown) == len(xy) else f" (a sample of {len(shown)} of {len(xy)})"
     ax.set_title(f"Customers in 2-D (PCA of the model matrix), coloured by cluster{drawn}")
     ax.set_xlabel("component 1")
@@ -245,7 +281,10 @@ def profile_plot(profile: pd.DataFrame):
     limit = max(float(np.nanmax(np.abs(z))), 1e-9)
     image = ax.imshow(z, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     ax.set_xticks(range(feats.shape[1]), feats.columns, rotation=45, ha="right")
-    rows = [f"cluster {c} (n={n})" for c, n in zip(profile[CLUSTER_COLUMN], profile["size"], strict=True)]
+    rows = [
+        f"{algorithms.NOISE_NAME if c == NOISE else f'cluster {c}'} (n={n})"
+        for c, n in zip(profile[CLUSTER_COLUMN], profile["size"], strict=True)
+    ]
     ax.set_yticks(range(len(profile)), rows)
     for (i, j), mean in np.ndenumerate(feats.to_numpy(dtype=float)):
         # Short labels (29k, 1,393, 0.82) in the colour that contrasts with the cell's.
@@ -329,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--matrix", required=True, help="input: ID + transformed matrix (.parquet or .csv)")
     parser.add_argument("--features", required=True, help="input: ID + unscaled features (.parquet or .csv)")
-    parser.add_argument("--model", required=True, help="input: fitted KMeans (pickle)")
+    parser.add_argument("--model", required=True, help="input: the fitted clusterer of train.algorithm (pickle)")
     parser.add_argument(
         "--train-metrics",
         default="metrics/train.json",
@@ -409,7 +448,13 @@ def main(argv: list[str] | None = None) -> None:
                 kinds=kinds,
                 metrics=result.metrics,
                 images=images,
-                k_choice=report.k_choice_section(elbow, read_train_metrics(args.train_metrics), criteria, elbow_png),
+                k_choice=report.k_choice_section(
+                    elbow,
+                    read_train_metrics(args.train_metrics),
+                    criteria,
+                    elbow_png,
+                    algorithm=algorithms.REGISTRY[algorithms.algorithm_name(model)].label,
+                ),
                 provenance=report.provenance_section(
                     {**lineage.params, **flatten(params, "evaluate.")},
                     lineage.data_path,
@@ -420,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
             out.write_text(args.report, page)
             log.log_artifact(args.report)
         # The k the model was trained with decides every result here; train's params come from dvc.lock.
-        log.log_params({"k_best": int(model.n_clusters), **flatten(params, "evaluate.")})
+        log.log_params({"k_best": algorithms.n_clusters(model), **flatten(params, "evaluate.")})
         log.log_params(flatten(categorical_params, "preprocess.categorical."))
         log.log_metrics(result.metrics)
     m = result.metrics

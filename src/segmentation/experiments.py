@@ -29,6 +29,9 @@ KEY_METRICS = [
     ("DB", "metrics/evaluate.json", "davies_bouldin"),
 ]
 SIZES_FILE = "metrics/evaluate.json"
+# Also side by side (make compare): how k was chosen, and HDBSCAN's share of rows in no cluster (when any has one).
+COMPARE_METRICS = [("k rule", "metrics/train.json", "k_rule"), ("noise", "metrics/evaluate.json", "noise_share")]
+NOISE_SIZE = "size_noise"
 WIDTH = 80
 
 
@@ -128,14 +131,18 @@ def table(rows: list[Experiment], width: int = WIDTH) -> str:
 
 
 def compare(rows: list[Experiment], width: int = WIDTH) -> str:
-    """Side by side, one column per experiment: the params that differ, the key metrics, every cluster's size."""
+    """Side by side, one column per experiment: the params that differ (``train.algorithm`` among them when it
+    does), the key metrics, the k rule, the noise share (HDBSCAN), every cluster's size and the noise rows'."""
     changed = changed_params(rows)
     sizes = sorted(
         {k for r in rows for k in r.metrics.get(SIZES_FILE, {}) if k.startswith("size_cluster_")},
         key=lambda k: int(k.rsplit("_", 1)[-1]),
     )
+    if any(r.metric(SIZES_FILE, NOISE_SIZE) is not None for r in rows):
+        sizes.append(NOISE_SIZE)
+    extra = [(h, p, key) for h, p, key in COMPARE_METRICS if any(r.metric(p, key) is not None for r in rows)]
     lines = [[k, *(fmt(r.params.get(k)) for r in rows)] for k in changed]
-    lines += [[h, *(fmt(r.metric(p, key)) for r in rows)] for h, p, key in KEY_METRICS]
+    lines += [[h, *(fmt(r.metric(p, key)) for r in rows)] for h, p, key in [*KEY_METRICS, *extra]]
     lines += [[f"size {k.rsplit('_', 1)[-1]}", *(fmt(r.metric(SIZES_FILE, k)) for r in rows)] for k in sizes]
     return render(["", *(r.name for r in rows)], lines, width)
 

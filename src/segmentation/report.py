@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from segmentation.algorithms import NOISE
+
 CLUSTER_COLUMN = "cluster"
 SIZE_COLUMN = "size"
 SHARE_COLUMN = "share"
@@ -43,6 +45,8 @@ PHRASES: dict[str, tuple[str, str, str]] = {
 }
 NAME_FEATURES = 3  # phrases in a segment's name
 EXTRA_Z = 0.5  # a profile-only column joins the description when it sets the segment apart by at least this
+NOISE_SEGMENT = "Unassigned (noise)"  # the name of HDBSCAN's noise rows (-1) as a segment
+NOISE_LEAD = "In no segment: HDBSCAN found them too far from every dense group"
 
 
 # -- numbers ------------------------------------------------------------------------------------------------------
@@ -191,6 +195,7 @@ def describe_segments(
     The name joins the phrases of the ``NAME_FEATURES`` clustering ``features`` on which the segment is furthest
     from the other customers (``z``); the description gives those means against the overall ones, in original
     units, plus the profile-only column (``extras``) that sets it apart most, if it does by ``EXTRA_Z`` or more.
+    Noise rows (cluster -1) are named ``NOISE_SEGMENT`` and described as such.
     """
     segments = []
     for _, row in profile.iterrows():
@@ -208,6 +213,8 @@ def describe_segments(
             for c in shown
         ]
         description = (parts[0][0].upper() + "; ".join(parts)[1:] + ".") if parts else ""
+        if k == NOISE:
+            name, description = NOISE_SEGMENT, f"{NOISE_LEAD}{'; ' + '; '.join(parts) if parts else ''}."
         segments.append(Segment(k, name, description, int(row[SIZE_COLUMN]), float(row[SHARE_COLUMN])))
     counts = pd.Series([s.name for s in segments]).value_counts()
     return [
@@ -251,6 +258,13 @@ METRIC_READINGS: dict[str, tuple[str, Any]] = {
             "a small niche: check it is worth a campaign of its own"
             if v < 0.05
             else "every segment is large enough to act on"
+        ),
+    ),
+    "noise_share": (
+        "Customers in no segment (noise)",
+        lambda v: (
+            "a segment of their own in the profile, left out of the scores above; new customers always get "
+            "the nearest segment"
         ),
     ),
 }
@@ -329,9 +343,11 @@ def k_choice_section(
     train_metrics: Mapping[str, Any] | None,
     criteria: pd.DataFrame | None,
     elbow_png: bytes | None,
+    algorithm: str = "k-means",
 ) -> str:
     """How k was chosen: the train stage's score per k and rule, and what silhouette, Calinski–Harabasz and
-    Davies–Bouldin say per k (``criteria``: columns k, silhouette, calinski_harabasz, davies_bouldin)."""
+    Davies–Bouldin say per k (``criteria``: columns k, silhouette, calinski_harabasz, davies_bouldin).
+    ``algorithm`` is the clustering algorithm's name for a reader (the registry's label)."""
     tm = dict(train_metrics or {})
     k_best = tm.get("k_best")
     metric = str(elbow["metric"].iloc[0]) if elbow is not None and "metric" in elbow and len(elbow) else "score"
@@ -339,13 +355,26 @@ def k_choice_section(
     rule_text = {
         "elbow": "the elbow (knee) of the curve: where adding a segment stops paying off",
         "best_score": f"the best {metric} score",
+        "min_bic": "the lowest BIC: the best trade-off between fit and the number of parameters",
+        "min_aic": "the lowest AIC: the best trade-off between fit and the number of parameters",
     }.get(str(rule), str(rule))
     chose = (
         f"k = <b>{_e(k_best)}</b> was fixed in params (<code>train.k</code>, or k_min = k_max), whatever the curve says"
         if rule == "fixed"
         else f"it chose <b>k = {_e(k_best)}</b> by {_e(rule_text)}"
     )
-    parts = [f"<p>The train stage fitted k-means for each k and scored it by <b>{_e(metric)}</b>; {chose}.</p>"]
+    if rule == "density":  # HDBSCAN: no search, the clusters are what it finds
+        noise = float(tm.get("noise_share", 0.0))
+        parts = [
+            f"<p>{_e(algorithm)} found <b>k = {_e(k_best)}</b> segments itself: the dense groups of at least "
+            "<code>train.hdbscan.min_cluster_size</code> customers; there was no search over k. "
+            f"{format_value(noise, RATE)} of the customers it fitted on are in no group (noise).</p>"
+        ]
+        elbow = None  # its one "score" is the noise share, given above
+    else:
+        parts = [
+            f"<p>The train stage fitted {_e(algorithm)} for each k and scored it by <b>{_e(metric)}</b>; {chose}.</p>"
+        ]
     table = pd.DataFrame({"k": []})
     if elbow is not None and len(elbow):
         table = elbow[["k", "score"]].rename(columns={"score": metric})
@@ -394,7 +423,7 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
         if key not in metrics:
             continue
         value = float(metrics[key])
-        shown = format_value(value, RATE) if key == "smallest_cluster_share" else _fmt_score(value)
+        shown = format_value(value, RATE) if key in ("smallest_cluster_share", "noise_share") else _fmt_score(value)
         rows.append(f'<tr><th>{_e(label)}</th><td class="num">{shown}</td><td>{_e(reading(value))}</td></tr>')
     return "<table>" + "".join(rows) + "</table>"
 
@@ -434,7 +463,8 @@ def render_report(
     n = int(profile[SIZE_COLUMN].sum())
     cards = "".join(
         f'<div class="card"><h3>{_e(s.name)}</h3>'
-        f'<div class="size">{s.size:,} customers · {format_value(s.share, RATE)} · cluster {s.cluster}</div>'
+        f'<div class="size">{s.size:,} customers · {format_value(s.share, RATE)} · '
+        f"{'no cluster' if s.cluster == NOISE else f'cluster {s.cluster}'}</div>"
         f"<p>{_e(s.description)}</p></div>"
         for s in segments
     )

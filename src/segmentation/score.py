@@ -2,7 +2,7 @@
 
 ``python -m segmentation.score --input new_customers.csv [--output scores/new_customers_segments.csv]``, or
 ``make score INPUT=new_customers.csv [OUTPUT=...]``. Not a DVC stage: it reads ``models/segmenter.joblib`` (the train
-stage's one artifact: feature recipe, preprocessing and KMeans as one scikit-learn ``Pipeline``) and the
+stage's one artifact: feature recipe, preprocessing and the clusterer as one scikit-learn ``Pipeline``) and the
 ``preprocess.data`` params (separator, encoding, ID column).
 
 - The file is checked as preprocess checks the training data (columns, numbers, DD-MM-YYYY dates, unique IDs...):
@@ -10,6 +10,9 @@ stage's one artifact: feature recipe, preprocessing and KMeans as one scikit-lea
 - Rows the segmenter cannot score (a blank in a model column when training dropped such rows, ``missing: drop``)
   are not lost: they are counted with their IDs in one ``score:`` line and listed with the reason in
   ``<output>_rejects.csv`` (``ID,reason``); a run without rejects removes a stale rejects file.
+- Every customer gets a segment by the clusterer's ``predict``; for an algorithm without one (agglomerative,
+  HDBSCAN) the nearest cluster centroid of its training assignment (:class:`segmentation.algorithms.CentroidAssigner`):
+  never noise.
 - Rows outside ``preprocess.outliers`` are scored (they are customers; training left them out of the fit), and
   counted in one ``note:`` line.
 - The outputs replace the previous ones all together, only once everything succeeded.
@@ -24,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from segmentation import data, features
+from segmentation import algorithms, data, features
 from segmentation.config import PreprocessParams, load_section
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import LineLocator, StageOutputs, load_model
@@ -92,7 +95,8 @@ def score(
 
 def segment_names(profile_path: Path, n_clusters: int) -> dict[int, str] | None:
     """Each segment's name from the evaluate stage's profile, or None when it has none for this segmenter's
-    segments (no profile yet, an older one without names, or one of another number of segments)."""
+    segments (no profile yet, an older one without names, or one of another number of segments). A noise row
+    (HDBSCAN's -1) may be there too: scoring never gives it."""
     if not profile_path.is_file():
         return None
     try:
@@ -100,7 +104,7 @@ def segment_names(profile_path: Path, n_clusters: int) -> dict[int, str] | None:
     except (ValueError, OSError, pd.errors.ParserError):
         return None
     names = dict(zip(profile["cluster"].astype(int), profile[NAME_COLUMN].astype(str), strict=True))
-    return names if sorted(names) == list(range(n_clusters)) else None
+    return names if sorted(k for k in names if k != algorithms.NOISE) == list(range(n_clusters)) else None
 
 
 def with_names(scored: pd.DataFrame, names: dict[int, str] | None) -> pd.DataFrame:
@@ -147,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     segmenter = load_model(args.model, stage="train")
     raw = data.load_csv(params.data.model_copy(update=update))
     scored, rejects, outliers = score(raw, segmenter, params, str(source))
-    names = segment_names(Path(args.profile), int(segmenter.named_steps["cluster"].n_clusters))
+    k = algorithms.n_clusters(segmenter.named_steps["cluster"])
+    names = segment_names(Path(args.profile), k)
     scored = with_names(scored, names)
 
     rejects_file = rejects_path(output)
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         print(rejects_line(rejects, len(raw), rejects_file), file=sys.stderr)
     if names is None:
         print(
-            f"note: no segment names in {args.profile} for these {segmenter.named_steps['cluster'].n_clusters} "
+            f"note: no segment names in {args.profile} for these {k} "
             "segments (run dvc repro: evaluate writes them); segment_name left blank",
             file=sys.stderr,
         )

@@ -1,9 +1,11 @@
 """The segmenter: one scikit-learn ``Pipeline`` from a raw CSV row to a segment.
 
-``Pipeline([("features", RecipeFeatures(...)), ("preprocess", <models/preprocessor.joblib>), ("cluster", KMeans)])``:
+``Pipeline([("features", RecipeFeatures(...)), ("preprocess", <models/preprocessor.joblib>), ("cluster", model)])``:
 the feature recipe of :mod:`segmentation.features` (derived columns, the model's columns in order), the fitted
-preprocessing and the fitted clusterer. The train stage builds it (``models/segmenter.joblib`` and the MLflow model
-``segmenter`` of the train run); ``python -m segmentation.score`` and ``mlflow models serve`` use it as it is.
+preprocessing and the fitted clusterer of ``train.algorithm`` (always one with ``predict``: for an algorithm without
+one, :class:`segmentation.algorithms.CentroidAssigner`, the nearest centroid of its training assignment). The train
+stage builds it (``models/segmenter.joblib`` and the MLflow model ``segmenter`` of the train run);
+``python -m segmentation.score`` and ``mlflow models serve`` use it as it is.
 """
 
 from __future__ import annotations

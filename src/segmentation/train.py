@@ -1,9 +1,13 @@
-"""Stage ``train``: elbow search over k (yellowbrick's scores and knee rule), then the final KMeans fit.
+"""Stage ``train``: the search over k for ``train.algorithm`` (yellowbrick's elbow scores and knee rule for the
+k-means family and agglomerative clustering, the lowest BIC/AIC for the Gaussian mixture, none for HDBSCAN), then the
+final fit.
 
-The search fits one seeded KMeans (``n_init`` restarts) per k on the search rows: all rows, or above
+The search fits one seeded model (``n_init`` restarts) per k on the search rows: all rows, or above
 ``search_sample_size`` rows a seeded sample of that many. Fits run ``n_threads`` at a time, each on one thread, so the
 scores do not depend on the thread count. The final model is the search's fit at k_best when the search saw every row;
-otherwise one KMeans fit on all rows started from the sample's centres at k_best.
+otherwise (KMeans) one KMeans fit on all rows started from the sample's centres at k_best, or (the other algorithms
+that predict) one fit on all rows. Algorithms without ``predict`` are fitted on their sample only and extended to the
+other rows by :class:`segmentation.algorithms.CentroidAssigner` (see :mod:`segmentation.algorithms`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from segmentation.errors import exit_on_interrupt
 from segmentation.store_helper import run_warm, start_store_helper
@@ -29,6 +34,8 @@ import pandas as pd
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
+from segmentation import algorithms
+from segmentation.algorithms import NOISE, CentroidAssigner
 from segmentation.config import PreprocessParams, TrainParams, flatten, load_section
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import load_model, read_matrix
@@ -47,27 +54,29 @@ class ElbowResult:
     scores: list[float]
     k_best: int
     score_best: float
-    rule: str  # "elbow", "best_score", or the fallback used when no elbow was found
+    rule: str  # "elbow", "best_score", "min_bic"/"min_aic", "density" (HDBSCAN), "fixed" or a fallback
     figure: object  # the drawn matplotlib Figure
     search_rows: int = 0  # rows the search fitted on: all of them, or the seeded sample
-    models: dict[int, KMeans] = field(default_factory=dict, repr=False)  # the search's fit per k
+    models: dict[int, Any] = field(default_factory=dict, repr=False)  # the search's fit per k
+    metric: str = "distortion"  # what the scores are: train.metric, bic/aic, or noise_share (HDBSCAN: no search)
+    sample: np.ndarray | None = field(default=None, repr=False)  # the search rows' indices (None: every row)
 
 
 def make_kmeans(params: TrainParams, n_clusters: int = 8) -> KMeans:
     """KMeans with every knob explicit: seeded, ``n_init`` fixed (``'auto'`` moves the knee)."""
-    return KMeans(
-        n_clusters=n_clusters,
-        n_init=params.n_init,
-        max_iter=params.max_iter,
-        random_state=params.random_state,
-    )
+    return algorithms.REGISTRY["kmeans"].make(params, n_clusters)
 
 
 def search_sample(rows: int, params: TrainParams) -> np.ndarray | None:
-    """The rows the elbow search fits on: None for all of them (``rows`` <= ``search_sample_size``, or no limit),
-    else the sorted indices of a sample of ``search_sample_size`` rows drawn without replacement, seeded by
-    ``random_state``."""
+    """The rows the search fits on: None for all of them (``rows`` <= the sample size, or no limit), else the sorted
+    indices of a sample drawn without replacement, seeded by ``random_state``.
+
+    The sample size is ``search_sample_size``; for an algorithm without ``predict`` (fitted on its sample only) at
+    most its ``fit_sample_size`` too."""
     size = params.search_sample_size
+    if not algorithms.get(params).predicts:
+        own = params.algorithm_params.fit_sample_size
+        size = own if size is None else min(size, own)
     if size is None or rows <= size:
         return None
     return np.sort(np.random.default_rng(params.random_state).choice(rows, size=size, replace=False))
@@ -192,8 +201,9 @@ def distinct_rows(X: np.ndarray) -> int:
 
 
 def small_clusters(labels: np.ndarray, k: int, min_size: int) -> dict[int, int]:
-    """Clusters with fewer than ``min_size`` rows: ``{cluster: size}`` (empty when every cluster is big enough)."""
-    sizes = np.bincount(labels, minlength=k)
+    """Clusters with fewer than ``min_size`` rows: ``{cluster: size}`` (empty when every cluster is big enough;
+    noise rows, -1, are no cluster)."""
+    sizes = np.bincount(labels[labels != NOISE], minlength=k)
     return {i: int(n) for i, n in enumerate(sizes) if n < min_size}
 
 
@@ -235,24 +245,48 @@ def choose_k(
     return fallback_k(k_values, scores, metric)
 
 
-def fit_k(X: np.ndarray, k: int, params: TrainParams) -> tuple[KMeans, float, float]:
-    """One search fit: seeded KMeans with ``k`` clusters on one thread; returns (model, score, seconds)."""
+def fit_k(X: np.ndarray, k: int, params: TrainParams) -> tuple[Any, float, float]:
+    """One search fit: ``train.algorithm`` seeded with ``k`` clusters on one thread; returns (model, score,
+    seconds). The score is ``train.metric``'s (elbow) or the model's BIC/AIC."""
     start = time.perf_counter()
     with threadpool_limits(limits=1, user_api="openmp"):  # OpenMP's thread count is per calling thread
-        model = make_kmeans(params, n_clusters=k).fit(X)
-    return model, score(X, model.labels_, params.metric), time.perf_counter() - start
+        model = fit_model(params, k, X)
+    criterion = algorithms.get(params).criterion(params)
+    if criterion in ("bic", "aic"):
+        value = float(getattr(model, criterion)(X))
+    else:
+        value = score(X, algorithms.fit_labels(model, X), params.metric)
+    return model, value, time.perf_counter() - start
+
+
+def fit_model(params: TrainParams, k: int, X: np.ndarray):
+    """``train.algorithm`` with ``k`` clusters fitted on ``X``. A fit the library refuses (e.g. a Gaussian mixture
+    component with an ill-defined covariance on too few distinct rows) is a user error naming the algorithm's
+    params, not a traceback."""
+    try:
+        return algorithms.make(params, k).fit(X)
+    except ValueError as exc:
+        raise UserError(
+            f"train: {params.algorithm} with k={k} on {len(X)} rows failed: {str(exc).splitlines()[0]} "
+            f"(see train.{params.algorithm} in params.yaml, or lower train.k_max)"
+        ) from None
 
 
 def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model matrix") -> ElbowResult:
-    """Fit KMeans for k in [k_min, k_max] on the search rows and choose k_best (progress per k on stderr).
+    """Fit ``train.algorithm`` for k in [k_min, k_max] on the search rows and choose k_best (progress per k on
+    stderr): the elbow of ``train.metric``'s curve, or the lowest BIC/AIC (Gaussian mixture). HDBSCAN has no search
+    (:func:`density_clusters`).
 
     ``source`` names the matrix in error messages (see :func:`check_k_range`).
     """
+    criterion = algorithms.get(params).criterion(params)
+    if criterion is None:
+        return density_clusters(X, params)
     idx = search_sample(len(X), params)
     S = X if idx is None else X[idx]
     check_k_range(X, params, source, sample=S)
     k_values = sorted(set(range(params.k_min, params.k_max + 1)) | ({params.k} if params.k is not None else set()))
-    fits: dict[int, tuple[KMeans, float]] = {}
+    fits: dict[int, tuple[Any, float]] = {}
     what = f"on {len(S)} of {len(X)} rows" if idx is not None else f"on {len(X)} rows"
     # BLAS's thread limit is process-wide: one thread for all; OpenMP's is set by each worker thread (fit_k).
     with (
@@ -266,8 +300,11 @@ def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model ma
             fits[k] = (model, value)
             progress.step(f"k={k}/{k_values[-1]} fitted ({seconds:.1f} s)")
     scores = [fits[k][1] for k in k_values]
+    metric = params.metric if criterion == algorithms.ELBOW else criterion
     if params.k is not None or len(k_values) == 1:  # fixed by the user: no rule to apply
         k_best, rule = (params.k if params.k is not None else k_values[0]), "fixed"
+    elif criterion != algorithms.ELBOW:  # an information criterion: the lowest is the best trade-off
+        k_best, rule = k_values[int(np.argmin(scores))], f"min_{criterion}"
     else:
         elbow = find_knee(k_values, scores, *CURVES[params.metric]) if params.selection == "elbow" else None
         k_best, rule = choose_k(k_values, scores, elbow, params.metric, params.selection)
@@ -278,10 +315,58 @@ def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model ma
             file=sys.stderr,
         )
     score_best = scores[k_values.index(k_best)]
-    figure = elbow_figure(k_values, scores, k_best, score_best, rule, params.metric, len(S), len(X))
-    return ElbowResult(
-        k_values, scores, k_best, score_best, rule, figure, len(S), {k: model for k, (model, _) in fits.items()}
+    figure = elbow_figure(k_values, scores, k_best, score_best, rule, metric, len(S), len(X))
+    models = {k: model for k, (model, _) in fits.items()}
+    return ElbowResult(k_values, scores, k_best, score_best, rule, figure, len(S), models, metric, idx)
+
+
+def density_clusters(X: np.ndarray, params: TrainParams) -> ElbowResult:
+    """HDBSCAN: no search over k; one fit on the search rows finds the clusters (and noise) itself. Its "curve" is
+    one point: k found, with the share of noise rows as the score; the figure shows the clusters' sizes."""
+    idx = search_sample(len(X), params)
+    S = X if idx is None else X[idx]
+    start = time.perf_counter()
+    needs = params.hdbscan.min_samples or params.hdbscan.min_cluster_size
+    if needs > len(S):
+        raise UserError(
+            f"params.yaml: train.hdbscan.min_samples (or min_cluster_size) ({needs}) must be at most the rows it is "
+            f"fitted on ({len(S)}); lower it"
+        )
+    with threadpool_limits(limits=params.n_threads):
+        model = fit_model(params, 0, S)
+    labels = algorithms.fit_labels(model, S)
+    sizes = algorithms.cluster_sizes(labels, int(labels.max()) + 1)
+    k = sum(1 for c in sizes if c != NOISE)
+    what = f"on {len(S)} of {len(X)} rows" if idx is not None else f"on {len(X)} rows"
+    print(
+        f"train: {params.algorithm} {what}: {algorithms.describe(sizes)} ({time.perf_counter() - start:.1f} s)",
+        file=sys.stderr,
+        flush=True,
     )
+    if k < 2:
+        raise UserError(
+            f"params.yaml: train.hdbscan found {algorithms.describe(sizes)} in {len(S)} rows; lower "
+            f"train.hdbscan.min_cluster_size ({params.hdbscan.min_cluster_size}) or min_samples to find at least 2"
+        )
+    noise_share = sizes.get(NOISE, 0) / len(S)
+    figure = sizes_figure(sizes, params, len(S), len(X))
+    return ElbowResult([k], [noise_share], k, noise_share, "density", figure, len(S), {k: model}, "noise_share", idx)
+
+
+def sizes_figure(sizes: dict[int, int], params: TrainParams, rows: int, total: int):
+    """HDBSCAN's stand-in for the elbow plot: the size of each cluster it found, noise included."""
+    fig, ax = new_figure()
+    names = [algorithms.NOISE_NAME if c == NOISE else str(c) for c in sizes]
+    ax.bar(names, list(sizes.values()), color=["grey" if c == NOISE else "C0" for c in sizes])
+    on = "" if rows == total else f", on a sample of {rows} of {total} rows"
+    k = sum(1 for c in sizes if c != NOISE)
+    ax.set_title(
+        f"No k search ({params.algorithm}: min_cluster_size = {params.hdbscan.min_cluster_size}{on}), "
+        f"k_best = {k} found"
+    )
+    ax.set_xlabel("cluster")
+    ax.set_ylabel("rows")
+    return fig
 
 
 def elbow_figure(
@@ -291,35 +376,54 @@ def elbow_figure(
     """The elbow curve as yellowbrick draws it (diamonds, a dashed line at the chosen k), titled with k_best."""
     fig, ax = new_figure()
     ax.plot(k_values, scores, marker="D", color="C0")
+    lower = metric in ("bic", "aic")  # information criteria: the lowest wins, no elbow
     label = f"elbow at $k={k_best}$, $score={score_best:0.3f}$" if rule == "elbow" else (
-        f"k = {k_best} (fixed in params)" if rule == "fixed" else f"k = {k_best} ({rule.replace('_', ' ')})"
+        f"k = {k_best} (fixed in params)" if rule == "fixed" else
+        f"lowest {metric} at $k={k_best}$" if lower else f"k = {k_best} ({rule.replace('_', ' ')})"
     )  # fmt: skip
     ax.axvline(k_best, color="black", linestyle="--", label=label)
     on = "" if rows == total else f", on a sample of {rows} of {total} rows"
-    ax.set_title(f"Elbow search ({metric}{on}), k_best = {k_best}")
+    ax.set_title(f"{'k search' if lower else 'Elbow search'} ({metric}{', lower is better' if lower else ''}{on}), "
+                 f"k_best = {k_best}")  # fmt: skip
     ax.set_xlabel("number of clusters k")
     ax.set_ylabel(f"{metric} score")
     ax.legend(loc="upper right")  # a fixed place: "best" searches every point of the plot
     return fig
 
 
-def fit_final(X: np.ndarray, elbow: ElbowResult, params: TrainParams) -> KMeans:
+def fit_final(X: np.ndarray, elbow: ElbowResult, params: TrainParams) -> Any:
     """The final model with ``elbow.k_best`` clusters on all rows of ``X``.
 
-    The search's own fit when it saw every row; otherwise one KMeans run on all rows (``n_threads`` threads) started
-    from the centres the search found on its sample (its ``n_init`` restarts already chose them).
+    - An algorithm without ``predict``: a :class:`CentroidAssigner` of the search's fit at k_best (its labels on the
+      search rows, the nearest centroid for the others and for new customers).
+    - Otherwise the search's own fit when it saw every row. Else, KMeans: one run on all rows (``n_threads``
+      threads) started from the centres the search found on its sample (its ``n_init`` restarts already chose
+      them); the other algorithms: one fit with k_best on all rows.
     """
     k = elbow.k_best
+    if not algorithms.get(params).predicts:
+        S = X if elbow.sample is None else X[elbow.sample]
+        fitted = elbow.models[k]
+        return CentroidAssigner(params.algorithm).fit(
+            S, algorithms.fit_labels(fitted, S), rows=len(X), fit_rows=elbow.sample
+        )
     if elbow.search_rows == len(X):
         return elbow.models[k]
     start = time.perf_counter()
-    centres = elbow.models[k].cluster_centers_
-    model = KMeans(n_clusters=k, init=centres, n_init=1, max_iter=params.max_iter, random_state=params.random_state)
     with threadpool_limits(limits=params.n_threads):
-        model.fit(X)
+        if params.algorithm == "kmeans":
+            centres = elbow.models[k].cluster_centers_
+            model = KMeans(
+                n_clusters=k, init=centres, n_init=1, max_iter=params.max_iter, random_state=params.random_state,
+                algorithm=params.kmeans.method,
+            ).fit(X)  # fmt: skip
+        else:
+            model = fit_model(params, k, X)
+    start_from = " from the sample's centres" if params.algorithm == "kmeans" else ""
     print(
-        f"train: final fit, k={k} on all {len(X)} rows from the sample's centres "
-        f"({time.perf_counter() - start:.1f} s, {model.n_iter_} iterations)",
+        f"train: final fit, k={k} on all {len(X)} rows{start_from} "
+        f"({time.perf_counter() - start:.1f} s"
+        f"{f', {model.n_iter_} iterations' if hasattr(model, 'n_iter_') else ''})",
         file=sys.stderr,
         flush=True,
     )
@@ -328,8 +432,8 @@ def fit_final(X: np.ndarray, elbow: ElbowResult, params: TrainParams) -> KMeans:
 
 def train(
     matrix: pd.DataFrame, id_column: str, params: TrainParams, source: str = "the model matrix"
-) -> tuple[ElbowResult, KMeans]:
-    """Elbow search then final model on the matrix's non-ID columns."""
+) -> tuple[ElbowResult, Any]:
+    """The search over k (or HDBSCAN's own clusters) then the final model on the matrix's non-ID columns."""
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
     elbow = elbow_search(X, params, source)
     return elbow, fit_final(X, elbow, params)
@@ -372,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--matrix", required=True, help="input: ID + transformed matrix (.parquet or .csv)")
-    parser.add_argument("--model", required=True, help="output: fitted KMeans (pickle)")
+    parser.add_argument("--model", required=True, help="output: the fitted clusterer of train.algorithm (pickle)")
     parser.add_argument("--preprocessor", help="input: fitted preprocessing (pickle); needed with --segmenter")
     parser.add_argument(
         "--segmenter", help="output: raw row -> segment, a scikit-learn Pipeline (pickle), also an MLflow model"
@@ -392,15 +496,21 @@ def main(argv: list[str] | None = None) -> None:
         preprocessor = load_model(args.preprocessor, stage="preprocess")
     id_column = matrix.columns[0]
     elbow, model = train(matrix, id_column, params, source=args.matrix)
-    metrics = {
-        "k_best": elbow.k_best,
-        f"{params.metric}_at_k_best": elbow.score_best,
-        "inertia": float(model.inertia_),
-        "n_iter": int(model.n_iter_),
-        "search_rows": elbow.search_rows,  # all rows, or the seeded sample (train.search_sample_size)
-    }
+    X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
+    labels = algorithms.fit_labels(model, X)
+    # The criterion that chose k names the score (distortion_at_k_best, bic_at_k_best); inertia only where the
+    # algorithm has one (k-means family), the Gaussian mixture's log-likelihood instead: evaluate checks the model.
+    metrics: dict[str, Any] = {"k_best": elbow.k_best}
+    if elbow.rule != "density":  # HDBSCAN has no criterion: it found k itself (noise_share below)
+        metrics[f"{elbow.metric}_at_k_best"] = elbow.score_best
+    metrics.update(algorithms.fit_record(model, X))
+    if hasattr(model, "n_iter_"):
+        metrics["n_iter"] = int(model.n_iter_)
+    metrics["search_rows"] = elbow.search_rows  # all rows, or the seeded sample (search/fit_sample_size)
+    if algorithms.get(params).noise:
+        metrics["noise_share"] = float((labels == NOISE).mean())
     tags = {"k_rule": elbow.rule}
-    small = small_clusters(model.labels_, elbow.k_best, params.min_cluster_size)
+    small = small_clusters(labels, elbow.k_best, params.min_cluster_size)
     if small:  # a warning, kept with the results: in metrics/train.json and as an MLflow tag
         message = small_cluster_warning(small, elbow.k_best, params.min_cluster_size)
         print(f"warning: train: {message}", file=sys.stderr)
@@ -415,7 +525,7 @@ def main(argv: list[str] | None = None) -> None:
         out.save_figure(args.elbow_plot, elbow.figure, dpi=FIGURE_DPI)
         out.write_csv(
             args.elbow_scores,
-            pd.DataFrame({"k": elbow.k_values, "score": elbow.scores, "metric": params.metric}),
+            pd.DataFrame({"k": elbow.k_values, "score": elbow.scores, "metric": elbow.metric}),
         )
         out.write_json(args.metrics, {**metrics, "k_rule": elbow.rule})
         log.log_params(flatten(params, "train."))
@@ -426,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
         log.log_artifact(args.elbow_scores)
         if segmenter is not None:
             log.log_artifact_dir(save_mlflow_model(segmenter, folder), MLFLOW_MODEL_NAME)
-    print(f"train: k_best = {elbow.k_best} ({elbow.rule}), {params.metric} = {elbow.score_best:.4g}")
+    print(f"train: k_best = {elbow.k_best} ({elbow.rule}), {elbow.metric} = {elbow.score_best:.4g}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,247 @@
+"""The clustering algorithms ``train.algorithm`` selects: one :class:`Algorithm` entry each in :data:`REGISTRY`.
+
+An entry says how to build the estimator for k clusters from the ``train`` params (its own sub-section
+``train.<name>`` included, a model in :mod:`segmentation.config`), which criterion chooses k, and whether the
+estimator predicts. Algorithms without ``predict`` (agglomerative, HDBSCAN) are fitted on a seeded sample of at most
+``train.<name>.fit_sample_size`` rows (their cost grows with rows^2); :class:`CentroidAssigner` then gives every
+other row, and every new customer, the cluster whose centroid (mean of its training rows, noise excluded) is
+nearest. HDBSCAN's noise rows (label ``NOISE``, -1) keep that label in the training assignment: a segment of their
+own, left out of the quality scores.
+
+Adding an algorithm: its params model (a subclass of ``config.AlgorithmParams``, a field of ``TrainParams`` named
+after it), one entry here, its sub-section in ``params.yaml``.
+
+scikit-learn is imported inside the factories: the modules that only need the names stay light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin
+
+from segmentation.config import TrainParams
+
+NOISE = -1  # HDBSCAN's label for rows in no cluster
+NOISE_NAME = "noise"  # its name in metric keys (size_noise) and plot legends
+
+ELBOW = "elbow"  # the k search of train.metric's curve and its knee (train.selection)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One clustering algorithm of ``train.algorithm``."""
+
+    label: str  # how the report names it: "The train stage fitted <label> for each k"
+    estimator: str  # the class name of what ``make`` returns: how the evaluate stage recognises a model file
+    make: Callable[[TrainParams, int], Any]  # an unfitted estimator with k clusters (ignored when it finds k itself)
+    # The k search: ELBOW, "bic"/"aic" (the lowest wins), or None (the algorithm finds k itself: no search).
+    criterion: Callable[[TrainParams], str | None]
+    predicts: bool = True  # False: fitted on a sample, extended to all rows and new ones by CentroidAssigner
+    noise: bool = False  # labels some rows NOISE: noise_share is a metric, noise a segment of its own
+
+
+def _kmeans(p: TrainParams, k: int):
+    from sklearn.cluster import KMeans
+
+    # Every knob explicit: seeded, n_init fixed ('auto' moves the knee).
+    return KMeans(
+        n_clusters=k, n_init=p.n_init, max_iter=p.max_iter, random_state=p.random_state, algorithm=p.kmeans.method
+    )
+
+
+def _minibatch_kmeans(p: TrainParams, k: int):
+    from sklearn.cluster import MiniBatchKMeans
+
+    q = p.minibatch_kmeans
+    return MiniBatchKMeans(
+        n_clusters=k, n_init=p.n_init, max_iter=p.max_iter, random_state=p.random_state, batch_size=q.batch_size,
+        max_no_improvement=q.max_no_improvement,
+    )  # fmt: skip
+
+
+def _bisecting_kmeans(p: TrainParams, k: int):
+    from sklearn.cluster import BisectingKMeans
+
+    return BisectingKMeans(
+        n_clusters=k, n_init=p.n_init, max_iter=p.max_iter, random_state=p.random_state,
+        bisecting_strategy=p.bisecting_kmeans.bisecting_strategy,
+    )  # fmt: skip
+
+
+def _gaussian_mixture(p: TrainParams, k: int):
+    from sklearn.mixture import GaussianMixture
+
+    q = p.gaussian_mixture
+    return GaussianMixture(
+        n_components=k, covariance_type=q.covariance_type, reg_covar=q.reg_covar, n_init=p.n_init,
+        max_iter=p.max_iter, random_state=p.random_state,
+    )  # fmt: skip
+
+
+def _agglomerative(p: TrainParams, k: int):
+    from sklearn.cluster import AgglomerativeClustering
+
+    return AgglomerativeClustering(n_clusters=k, linkage=p.agglomerative.linkage)
+
+
+def _hdbscan(p: TrainParams, k: int):
+    from sklearn.cluster import HDBSCAN
+
+    q = p.hdbscan
+    # copy=True: it must not scale the caller's rows in place (and scikit-learn warns without it).
+    return HDBSCAN(
+        min_cluster_size=q.min_cluster_size, min_samples=q.min_samples,
+        cluster_selection_epsilon=q.cluster_selection_epsilon, copy=True,
+    )  # fmt: skip
+
+
+def _elbow(p: TrainParams) -> str:
+    return ELBOW
+
+
+REGISTRY: dict[str, Algorithm] = {
+    "kmeans": Algorithm("k-means", "KMeans", _kmeans, _elbow),
+    "minibatch_kmeans": Algorithm("mini-batch k-means", "MiniBatchKMeans", _minibatch_kmeans, _elbow),
+    "bisecting_kmeans": Algorithm("bisecting k-means", "BisectingKMeans", _bisecting_kmeans, _elbow),
+    "gaussian_mixture": Algorithm(
+        "a Gaussian mixture", "GaussianMixture", _gaussian_mixture, lambda p: p.gaussian_mixture.criterion
+    ),
+    "agglomerative": Algorithm(
+        "agglomerative clustering", "AgglomerativeClustering", _agglomerative, _elbow, predicts=False
+    ),
+    "hdbscan": Algorithm("HDBSCAN", "HDBSCAN", _hdbscan, lambda p: None, predicts=False, noise=True),
+}
+
+
+def get(params: TrainParams) -> Algorithm:
+    """The registry entry of ``train.algorithm``."""
+    return REGISTRY[params.algorithm]
+
+
+def make(params: TrainParams, k: int):
+    """An unfitted estimator of ``train.algorithm`` with ``k`` clusters, every knob from ``params``."""
+    return get(params).make(params, k)
+
+
+def fit_labels(model: Any, X: np.ndarray) -> np.ndarray:
+    """The cluster of each row ``model`` was just fitted on: its ``labels_``, else ``predict`` (Gaussian mixture);
+    for a :class:`CentroidAssigner`, the training assignment."""
+    if isinstance(model, CentroidAssigner):
+        return model.training_labels(X)
+    labels = getattr(model, "labels_", None)
+    return np.asarray(labels) if labels is not None else model.predict(X)
+
+
+class CentroidAssigner(ClusterMixin, BaseEstimator):
+    """The documented rule for algorithms without ``predict``: a row goes to the cluster whose centroid is nearest
+    (Euclidean; ties to the lower cluster number). The centroids are the means of each cluster's training rows,
+    noise (-1) excluded, so new customers always get a cluster, never noise.
+
+    ``fit(X, y)`` takes the training assignment ``y`` of rows ``X`` (the clusterer's labels on its sample) and
+    ``rows``/``fit_rows``: how many rows the whole training matrix has and which of them ``X`` is (None: all).
+    :meth:`training_labels` gives the training matrix its assignment back: the clusterer's own labels on the
+    sample (noise kept), the rule on the other rows.
+    """
+
+    def __init__(self, algorithm: str = "") -> None:
+        self.algorithm = algorithm  # the registry name of the clusterer whose assignment it extends
+
+    def fit(self, X: np.ndarray, y: np.ndarray, rows: int | None = None, fit_rows: np.ndarray | None = None):
+        X, y = np.asarray(X, dtype=float), np.asarray(y)
+        clusters = np.unique(y[y != NOISE])
+        if not np.array_equal(clusters, np.arange(len(clusters))):
+            raise ValueError(f"cluster labels must be 0..k-1 (and {NOISE} for noise), got {clusters.tolist()}")
+        self.cluster_centers_ = np.stack([X[y == c].mean(axis=0) for c in clusters])
+        self.n_clusters = len(clusters)
+        self.n_features_in_ = X.shape[1]
+        self.n_rows_ = len(X) if rows is None else int(rows)
+        self.fit_rows_ = None if fit_rows is None else np.asarray(fit_rows, dtype=np.int64)
+        self.fit_labels_ = y.astype(np.int32)
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        from sklearn.metrics import pairwise_distances_argmin
+        from sklearn.utils.validation import check_is_fitted, validate_data
+
+        check_is_fitted(self, "cluster_centers_")
+        X = validate_data(self, X, reset=False, dtype=float)
+        return pairwise_distances_argmin(X, self.cluster_centers_).astype(np.int32)
+
+    def training_labels(self, X: np.ndarray) -> np.ndarray:
+        """The training assignment of the ``n_rows_`` rows of the training matrix ``X``."""
+        if self.fit_rows_ is None:
+            return self.fit_labels_.copy()
+        labels = self.predict(X)
+        labels[self.fit_rows_] = self.fit_labels_
+        return labels
+
+
+def n_clusters(model: Any) -> int:
+    """How many clusters a fitted model has (noise not counted)."""
+    k = getattr(model, "n_clusters", None)
+    return int(k if k is not None else model.n_components)
+
+
+def algorithm_name(model: Any) -> str | None:
+    """The ``train.algorithm`` a fitted model comes from, or None for a foreign object."""
+    if isinstance(model, CentroidAssigner):
+        return model.algorithm if model.algorithm in REGISTRY else None
+    # Only from scikit-learn: a pickled object of another library with the same class name is not ours.
+    if not type(model).__module__.startswith("sklearn."):
+        return None
+    names = {entry.estimator: name for name, entry in REGISTRY.items() if entry.predicts}
+    return names.get(type(model).__name__)
+
+
+def is_fitted(model: Any) -> bool:
+    """Whether a model of the registry has been fitted."""
+    return any(hasattr(model, a) for a in ("cluster_centers_", "means_"))
+
+
+def training_labels(model: Any, X: np.ndarray) -> np.ndarray:
+    """Each training row's cluster: ``predict`` for the algorithms that predict, the fitted assignment otherwise
+    (:meth:`CentroidAssigner.training_labels`: noise rows stay noise)."""
+    if isinstance(model, CentroidAssigner):
+        return model.training_labels(X)
+    return model.predict(X)
+
+
+def inertia_on(model: Any, X: np.ndarray) -> float:
+    """Sum of squared distances of the rows of ``X`` to the centre of the cluster ``model`` predicts for them
+    (k-means family: equals ``inertia_`` on the rows it was fitted on; bisecting k-means predicts down its tree)."""
+    labels = model.predict(X)
+    return float(((X - model.cluster_centers_[labels]) ** 2).sum())
+
+
+def fit_record(model: Any, X: np.ndarray) -> dict[str, float]:
+    """What ``metrics/train.json`` records to recognise the fitted model and the matrix it was fitted on:
+    ``inertia`` (k-means family only: the others have none), the mean ``log_likelihood`` (Gaussian mixture),
+    nothing for the assigners (checked against their centroids)."""
+    if hasattr(model, "inertia_"):
+        return {"inertia": float(model.inertia_)}
+    if hasattr(model, "means_"):
+        return {"log_likelihood": float(model.score(X))}
+    return {}
+
+
+def size_key(cluster: int) -> str:
+    """The metric key of a cluster's size: ``size_cluster_3``, ``size_noise``."""
+    return f"size_{NOISE_NAME}" if cluster == NOISE else f"size_cluster_{cluster}"
+
+
+def cluster_sizes(labels: np.ndarray, k: int) -> dict[int, int]:
+    """Rows per cluster 0..k-1 (empty ones included), then the noise rows when there are any."""
+    sizes = {c: int(n) for c, n in enumerate(np.bincount(labels[labels != NOISE], minlength=k))}
+    noise = int((labels == NOISE).sum())
+    return {**sizes, NOISE: noise} if noise else sizes
+
+
+def describe(sizes: Mapping[int, int]) -> str:
+    """``4 clusters + 12 noise rows``, for messages."""
+    k = sum(1 for c in sizes if c != NOISE)
+    noise = sizes.get(NOISE, 0)
+    return f"{k} cluster(s)" + (f" + {noise} noise row(s)" if noise else "")
