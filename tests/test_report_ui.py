@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import copy_project, project_env, run, use_fixture_data
+from pipeline_helpers import copy_project, paths, project_env, run, use_fixture_data
 from test_ui import ARTIFACTS, chromium  # noqa: F401 (the session fixture: installs Debian's chromium if needed)
 
 # Not marked `ui`: the fast suite (`make test`) opens the report in Chromium too.
@@ -140,7 +140,7 @@ PAGE_CHECK = """(() => {
 
 def test_report_renders_offline_in_chromium(project, chromium, tmp_path):  # noqa: F811
     root, _ = project
-    page = root / "reports" / "segments.html"
+    page = root / paths()["report"]
     source = page.read_text(encoding="utf-8")
     # Self-contained: no URL at all, every src/href inline.
     assert not re.search(r"https?://", source)

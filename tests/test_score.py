@@ -22,7 +22,17 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
-from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO, copy_project, project_env, run, use_fixture_data
+from pipeline_helpers import (
+    FIXTURE_DATA,
+    FIXTURE_PARAMS,
+    REPO,
+    copy_project,
+    paths,
+    project_env,
+    run,
+    stages,
+    use_fixture_data,
+)
 from segmentation import features as recipe
 from segmentation.config import load_section
 from segmentation.errors import UserError
@@ -33,6 +43,7 @@ from segmentation.train import train
 from servers import HOST, free_port, process_group, server_env, wait_http
 
 HELD_BACK = 40  # complete rows of the sample left out of training, scored as new customers
+P = paths()  # every path as dvc.yaml declares it
 BLANK_INCOME = 24  # rows of the sample with a blank Income: training drops them, scoring reports them
 OUTLIERS = 4  # rows outside preprocess.outliers: training leaves them out, scoring scores them
 
@@ -147,11 +158,11 @@ def project(tmp_path_factory):
 
 
 def hand_wired(root: Path, rows: pd.DataFrame) -> np.ndarray:
-    """The recipe, preprocessor.joblib and kmeans.joblib applied one after the other (what the segmenter spares)."""
+    """The recipe, the preprocessor and the model applied one after the other (what the segmenter spares)."""
     params = load_section("preprocess", root / "params.yaml")
     derived = recipe.derive_marketing_features(rows, params.marketing_campaign, "rows")
-    matrix = joblib.load(root / "models/preprocessor.joblib").transform(derived[params.features].astype(float))
-    return joblib.load(root / "models/kmeans.joblib").predict(matrix)
+    matrix = joblib.load(root / P["preprocessor"]).transform(derived[params.features].astype(float))
+    return joblib.load(root / P["model"]).predict(matrix)
 
 
 def test_make_score_on_held_back_rows(project):
@@ -163,10 +174,10 @@ def test_make_score_on_held_back_rows(project):
     scores = pd.read_csv(out)
     assert list(scores.columns) == ["ID", "segment", "segment_name"]
     # Each segment's name, as the evaluate stage wrote it beside its profile (and in the report).
-    profile = pd.read_csv(root / "reports" / "cluster_profile.csv")
+    profile = pd.read_csv(root / P["profile"])
     names = dict(zip(profile["cluster"], profile["name"], strict=True))
     assert (scores["segment_name"] == scores["segment"].map(names)).all() and scores["segment_name"].str.len().all()
-    segments = pd.read_csv(root / "data" / "segments.csv")
+    segments = pd.read_csv(root / P["segments"])
     trained_rows = scores.merge(segments, on="ID")
     assert len(trained_rows) == len(segments) == 400 - HELD_BACK  # every training row is scored...
     assert (trained_rows["segment"] == trained_rows["cluster"]).all()  # ...with its segments.csv cluster
@@ -255,7 +266,7 @@ def test_served_model_answers_the_segments_over_http(project):  # in `make test`
         PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin",
         PIP_NO_INDEX="1",  # nothing may be installed: --env-manager local uses this environment as it is
     )
-    segments = pd.read_csv(root / "data" / "segments.csv")
+    segments = pd.read_csv(root / P["segments"])
     raw = pd.read_csv(root / "new_customers.csv", sep="\t")
     rows = raw[raw["ID"].isin(segments["ID"])].head(60)  # raw rows, every column of the file (ID included)
     body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
@@ -280,12 +291,9 @@ def test_served_model_answers_the_segments_over_http(project):  # in `make test`
 
 
 def test_mlflow_model_is_not_a_dvc_output():
-    """Its MLmodel holds a creation time and a UUID: only models/segmenter.joblib is versioned by DVC."""
-    import yaml
-
-    outs = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["outs"]
-    names = [next(iter(o)) if isinstance(o, dict) else o for o in outs]
-    assert "models/segmenter.joblib" in names and not any("mlflow" in n or n.endswith("segmenter") for n in names)
+    """Its MLmodel holds a creation time and a UUID: only the segmenter's pickle is versioned by DVC."""
+    names = stages()["train"].outs
+    assert P["segmenter"] in names and not any("mlflow" in n or n.endswith("segmenter") for n in names)
 
 
 def test_a_kept_run_keeps_its_model_directory(tmp_path):

@@ -95,7 +95,7 @@ def check_model(
 ) -> None:
     """Fail unless ``model`` is a fitted KMeans fitted on ``X``, with the k and inertia ``train_metrics`` records.
 
-    Catches a foreign or stale ``models/kmeans.joblib`` before scikit-learn does, with the fix in one line.
+    Catches a foreign or stale model file before scikit-learn does, with the fix in one line.
     """
     rebuild = "rebuild it: dvc repro -f -s train"
     if not isinstance(model, KMeans) or not hasattr(model, "cluster_centers_"):
