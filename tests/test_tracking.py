@@ -9,13 +9,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline_helpers import stage_names
-from segmentation.delivery import bound_http_requests, describe_failure
+from segmentation.delivery import apply_dagshub_credentials, bound_http_requests, describe_failure
 from segmentation.errors import UserError
 from segmentation.lineage import Lineage, pipeline_run_id, upstream_lineage
 from segmentation.tracking import (
     DualLogger,
     TrackingSettings,
-    apply_dagshub_credentials,
     plain,
     redact_uri,
 )
