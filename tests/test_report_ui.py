@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import copy_project, paths, project_env, run, use_fixture_data
+from pipeline_helpers import paths
 from test_ui import ARTIFACTS, chromium  # noqa: F401 (the session fixture: installs Debian's chromium if needed)
 
 # Not marked `ui`: the fast suite (`make test`) opens the report in Chromium too.
@@ -32,14 +32,11 @@ OFFLINE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A fresh copy of the project on the tests' params and sample data, after one `dvc repro`."""
-    root = copy_project(tmp_path_factory.mktemp("report") / "project")
-    env = project_env(root.parent)
-    use_fixture_data(root, env)
-    run(["dvc", "repro"], root, env)
-    return root, env
+@pytest.fixture
+def project(trained_project):
+    """A project copy on the tests' params and sample data (less the rows held back for scoring), after one
+    ``dvc repro``."""
+    return trained_project
 
 
 class DevTools:

@@ -2,7 +2,7 @@
 
 - in-process: the segmenter reproduces the training labels from raw rows; its feature step is preprocess's recipe;
 - `make score` in a project trained on the sample minus held-back rows: training rows get their segments.csv
-  cluster, held-back rows the hand-wired recipe -> preprocessor.joblib -> kmeans.joblib answer, blank rows are
+  cluster, held-back rows the hand-wired recipe -> preprocessor -> model answer, blank rows are
   reported, a bad file is one error line and writes nothing;
 - (remote) the train run's MLflow model served by `mlflow models serve --env-manager local` on 127.0.0.1 answers
   the same segments over HTTP.
@@ -22,17 +22,7 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
-from pipeline_helpers import (
-    FIXTURE_DATA,
-    FIXTURE_PARAMS,
-    REPO,
-    copy_project,
-    paths,
-    project_env,
-    run,
-    stages,
-    use_fixture_data,
-)
+from pipeline_helpers import FIXTURE_PARAMS, HELD_BACK, REPO, held_back_ids, paths, run, stages
 from segmentation import features as recipe
 from segmentation.config import load_section
 from segmentation.errors import UserError
@@ -42,7 +32,6 @@ from segmentation.segmenter import RecipeFeatures, build_segmenter
 from segmentation.train import train
 from servers import HOST, free_port, process_group, server_env, wait_http
 
-HELD_BACK = 40  # complete rows of the sample left out of training, scored as new customers
 P = paths()  # every path as dvc.yaml declares it
 BLANK_INCOME = 24  # rows of the sample with a blank Income: training drops them, scoring reports them
 OUTLIERS = 4  # rows outside preprocess.outliers: training leaves them out, scoring scores them
@@ -124,37 +113,10 @@ def test_score_checks_the_file_as_preprocess_does(trained, raw, preprocess_param
 # -- a project trained on the sample minus held-back rows -------------------------------------------------------------
 
 
-def sample_lines() -> tuple[str, list[str]]:
-    """The sample's header and data lines, exactly as in the file (line ends included)."""
-    lines = (REPO / FIXTURE_DATA).read_bytes().decode("utf-8").splitlines(keepends=True)
-    return lines[0], lines[1:]
-
-
-def held_back_ids() -> list[int]:
-    """IDs of the last HELD_BACK complete, in-bounds rows of the sample."""
-    raw = pd.read_csv(REPO / FIXTURE_DATA, sep="\t")
-    complete = raw[raw["Income"].notna() & (raw["Year_Birth"] > 1925) & (raw["Income"] <= 600000)]
-    return complete["ID"].tail(HELD_BACK).tolist()
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A project copy on the tests' params, trained (dvc repro) on the sample without the held-back rows; its
-    ``new_customers.csv`` is the whole sample (training rows, held-back rows, blank and outlier rows)."""
-    tmp = tmp_path_factory.mktemp("score")
-    root = copy_project(tmp / "project")
-    env = project_env(tmp)
-    use_fixture_data(root, env)
-    header, lines = sample_lines()
-    held = {str(i) for i in held_back_ids()}
-    training = [line for line in lines if line.split("\t", 1)[0] not in held]
-    assert len(training) == len(lines) - HELD_BACK
-    data = root / "data" / "raw" / "marketing_sample.csv"
-    data.write_bytes((header + "".join(training)).encode("utf-8"))
-    run(["dvc", "add", "--quiet", "data/raw/marketing_sample.csv"], root, env)
-    run(["dvc", "repro"], root, env)
-    (root / "new_customers.csv").write_bytes((header + "".join(lines)).encode("utf-8"))
-    return root, env
+@pytest.fixture
+def project(trained_project):
+    """The shared trained project (conftest.trained_project)."""
+    return trained_project
 
 
 def hand_wired(root: Path, rows: pd.DataFrame) -> np.ndarray:
