@@ -75,11 +75,14 @@ check-deps: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Check that t
 
 # The slow suites carry markers (pyproject.toml): `make test` leaves them to `make test-all`.
 FAST := not pipeline and not remote and not template and not ui
+# `make test` runs on WORKERS processes (pytest-xdist), each test file whole on one of them (its module fixtures made
+# once). `make test-all` stays serial: its fault tests time their kills against a loaded machine.
+WORKERS ?= 2
 
-test: ## Fast feedback (~3 min): unit and bad-input tests, report in Chromium, scoring, your pipeline on your data
-	$(BIN)/python -m pytest -m "$(FAST)"
+test: ## Fast feedback (<2 min on 2 cores): unit and bad-input tests, report in Chromium, scoring, your pipeline
+	$(BIN)/python -m pytest -m "$(FAST)" -n $(WORKERS) --dist loadfile
 
-test-all: ## The full suite, what CI runs: + end to end, faults, DagsHub servers, MLflow UI, template
+test-all: ## The full suite, what CI runs (~20 min): + end to end, faults, DagsHub servers, MLflow UI, template
 	$(BIN)/python -m pytest
 
 check: ## Check that the committed results reproduce: dvc.lock up to date, a fresh clone's repro leaves git clean

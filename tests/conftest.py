@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 os.environ.update(
@@ -21,7 +22,18 @@ from pathlib import Path  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO  # noqa: E402
+from pipeline_helpers import (  # noqa: E402
+    FIXTURE_DATA,
+    FIXTURE_PARAMS,
+    HELD_BACK,
+    REPO,
+    copy_project,
+    held_back_ids,
+    project_env,
+    run,
+    sample_lines,
+    use_fixture_data,
+)
 from segmentation.config import PreprocessParams, load_section  # noqa: E402
 
 
@@ -50,3 +62,36 @@ def raw_full(preprocess_params) -> pd.DataFrame:
 def raw(raw_full) -> pd.DataFrame:
     """A fresh copy of the sample for tests that modify it."""
     return raw_full.copy()
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory):
+    """One real pipeline run shared by the fast suite's scoring and report tests (test_score, test_report_ui): a
+    project copy on the tests' params, trained (``dvc repro``) on the sample without the held-back rows; its
+    ``new_customers.csv`` is the whole sample (training rows, held-back rows, blank and outlier rows). Tests read it
+    and write only beside it (``scores/``, their own files).
+
+    Under pytest-xdist each worker has its own session: the run is made once, in the folder the workers share, by the
+    first worker that asks (the others wait on a lock). (xdist's ``--dist loadgroup`` would keep the two files on one
+    worker, but xdist 3.8 does not tag the groups' tests under pytest 9.2.)"""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    tmp = shared / "trained"
+    root, env = tmp / "project", project_env(tmp)
+    with open(shared / "trained.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        if not (tmp / "done").exists():
+            tmp.mkdir(exist_ok=True)
+            copy_project(root)
+            use_fixture_data(root, env)
+            header, lines = sample_lines()
+            held = {str(i) for i in held_back_ids()}
+            training = [line for line in lines if line.split("\t", 1)[0] not in held]
+            assert len(training) == len(lines) - HELD_BACK
+            data = root / "data" / "raw" / "marketing_sample.csv"
+            data.write_bytes((header + "".join(training)).encode("utf-8"))
+            run(["dvc", "add", "--quiet", "data/raw/marketing_sample.csv"], root, env)
+            run(["dvc", "repro"], root, env)
+            (root / "new_customers.csv").write_bytes((header + "".join(lines)).encode("utf-8"))
+            (tmp / "done").touch()
+    return root, env

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -16,6 +18,55 @@ BIN = Path(sys.executable).parent
 FIXTURE_PARAMS = Path("tests") / "fixtures" / "params.yaml"
 FIXTURE_DATA = Path("tests") / "fixtures" / "marketing_sample.csv"
 DAGSHUB_SINK = "http://127.0.0.1:9"  # the discard port: nothing listens there
+HELD_BACK = 40  # complete rows of the sample left out of training (trained_project), scored as new customers
+
+
+@dataclass(frozen=True)
+class StageDef:
+    """One stage of ``dvc.yaml`` as DVC reads it (``${...}`` resolved)."""
+
+    name: str
+    cmd: str
+    deps: tuple[str, ...]  # files and folders (not params)
+    outs: tuple[str, ...]  # every output, metric and plot file or folder, in dvc.yaml's order
+
+
+@functools.cache
+def stages(root: Path = REPO) -> dict[str, StageDef]:
+    """The pipeline's stages in ``dvc.yaml``'s order, resolved by DVC itself (not by the code under test): tests
+    take stage names and output paths from here instead of writing them again."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        found = {s.name: s for s in repo.index.stages if getattr(s, "name", None)}
+    order = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    return {
+        name: StageDef(
+            name,
+            found[name].cmd,
+            tuple(str(d.def_path) for d in found[name].deps if not isinstance(d, ParamsDependency)),
+            tuple(str(o.def_path) for o in found[name].outs),
+        )
+        for name in order
+    }
+
+
+def stage_names(root: Path = REPO) -> list[str]:
+    """The stages, in the order ``dvc repro`` runs them here (dvc.yaml's)."""
+    return list(stages(root))
+
+
+def outputs(root: Path = REPO) -> list[str]:
+    """Every output, metric and plot of every stage (files or folders), as dvc.yaml declares them."""
+    return [out for stage in stages(root).values() for out in stage.outs]
+
+
+def paths(root: Path = REPO) -> dict[str, str]:
+    """The named paths of ``dvc.yaml`` (``vars: paths``), e.g. ``paths()["model"]``."""
+    from segmentation.pipeline import paths as declared
+
+    return declared(root)
 
 
 def project_env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -97,9 +148,10 @@ def run_stage_cli(tmp_path: Path, module: str, args: list[str], **sections) -> s
     """Run a stage's CLI (``python -m segmentation.<module> ARGS``) in ``tmp_path`` with a params.yaml of
     ``sections``."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(sections))
+    env = project_env(tmp_path, SEGMENTATION_STORE_HELPER="0")  # no helper warming MLflow up for a stage that stops
     return subprocess.run(
         [sys.executable, "-m", f"segmentation.{module}", *args],
-        cwd=tmp_path, env=project_env(tmp_path), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
 
@@ -110,3 +162,18 @@ def the_error(proc: subprocess.CompletedProcess, tmp_path: Path) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
     return lines[0]
+
+
+def sample_lines() -> tuple[str, list[str]]:
+    """The sample's header and data lines, exactly as in the file (line ends included)."""
+    lines = (REPO / FIXTURE_DATA).read_bytes().decode("utf-8").splitlines(keepends=True)
+    return lines[0], lines[1:]
+
+
+def held_back_ids() -> list[int]:
+    """IDs of the last HELD_BACK complete, in-bounds rows of the sample."""
+    import pandas as pd
+
+    raw = pd.read_csv(REPO / FIXTURE_DATA, sep="\t")
+    complete = raw[raw["Income"].notna() & (raw["Year_Birth"] > 1925) & (raw["Income"] <= 600000)]
+    return complete["ID"].tail(HELD_BACK).tolist()

@@ -10,10 +10,11 @@ import pytest
 import yaml
 from sklearn.datasets import load_wine
 
-from pipeline_helpers import FIXTURE_PARAMS, copy_project, project_env, run
+from pipeline_helpers import FIXTURE_PARAMS, copy_project, paths, project_env, run
 
 pytestmark = pytest.mark.pipeline
 
+P = paths()  # every path as dvc.yaml declares it
 FEATURES = ["alcohol", "malic_acid", "color_intensity", "proline", "flavanoids"]
 
 
@@ -54,13 +55,13 @@ def byod(tmp_path_factory):
 def test_byod_repro_segments_every_row(byod):
     root, _, wine, repro = byod
     assert "Running stage 'evaluate'" in repro.stdout
-    segments = pd.read_csv(root / "data/segments.csv")
+    segments = pd.read_csv(root / P["segments"])
     assert list(segments.columns) == ["row_id", "cluster"]
     assert segments["row_id"].tolist() == list(range(1, len(wine) + 1))  # blanks imputed: no row lost
-    pre = json.loads((root / "metrics/preprocess.json").read_text())
+    pre = json.loads((root / P["preprocess_metrics"]).read_text())
     assert pre == {"rows_in": 178, "imputed_rows": 5, "dropped_outliers": 0, "rows_out": 178}
-    k_best = json.loads((root / "metrics/train.json").read_text())["k_best"]
-    evaluate = json.loads((root / "metrics/evaluate.json").read_text())
+    k_best = json.loads((root / P["train_metrics"]).read_text())["k_best"]
+    evaluate = json.loads((root / P["evaluate_metrics"]).read_text())
     assert evaluate["n_clusters"] == k_best == segments["cluster"].nunique()
     assert sum(evaluate[f"size_cluster_{i}"] for i in range(k_best)) == 178
     assert 0 < evaluate["silhouette"] <= 1
@@ -68,12 +69,12 @@ def test_byod_repro_segments_every_row(byod):
 
 def test_byod_matrix_and_profile(byod):
     root, _, _, _ = byod
-    matrix = pd.read_parquet(root / "data/processed/matrix.parquet")
+    matrix = pd.read_parquet(root / P["matrix"])
     onehot = ["hue_band_dull", "hue_band_mid", "hue_band_vivid"]
     assert list(matrix.columns) == ["row_id", *FEATURES, *onehot]
     assert set(np.unique(matrix[onehot].to_numpy())) == {0.0, 1.0}
     assert (matrix[onehot].sum(axis=1) == 1).all()
-    profile = pd.read_csv(root / "reports/cluster_profile.csv")
+    profile = pd.read_csv(root / P["profile"])
     assert list(profile.columns) == ["cluster", "name", "size", "share", *FEATURES, "hue", "magnesium", "hue_band=dull",
                                      "hue_band=mid", "hue_band=vivid", "hue_band=(blank)"]  # fmt: skip
     # The 2 blank hue_band rows are shown: each cluster's shares add up to 1.

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline_helpers import copy_project, project_env, run, use_fixture_data
+from pipeline_helpers import copy_project, paths, project_env, run, use_fixture_data
 from segmentation.experiments import WIDTH, compare, parse_show, table
+
+P = paths()  # every path as dvc.yaml declares it (dvc exp show keys the metrics by file)
 
 
 def show_entry(name, params, k_best, silhouette, sizes):
@@ -15,8 +17,8 @@ def show_entry(name, params, k_best, silhouette, sizes):
         "data": {
             "params": {"params.yaml": {"data": params}},
             "metrics": {
-                "metrics/train.json": {"data": {"k_best": k_best, "inertia": 123.4}},
-                "metrics/evaluate.json": {
+                P["train_metrics"]: {"data": {"k_best": k_best, "inertia": 123.4}},
+                P["evaluate_metrics"]: {
                     "data": {
                         "silhouette": silhouette,
                         "calinski_harabasz": 1243.4219,
@@ -40,7 +42,7 @@ def sample_show():
 
 
 def test_table_shows_only_the_changed_params_and_the_key_metrics_in_80_columns():
-    rows = parse_show(sample_show())
+    rows = parse_show(sample_show(), P)
     assert [r.name for r in rows] == ["main", "a-very-long-experiment-name-indeed"]
     text = table(rows)
     header, _rule, *lines = text.splitlines()
@@ -51,7 +53,7 @@ def test_table_shows_only_the_changed_params_and_the_key_metrics_in_80_columns()
 
 
 def test_compare_puts_experiments_side_by_side_with_segment_sizes():
-    text = compare(parse_show(sample_show()))
+    text = compare(parse_show(sample_show(), P))
     lines = {
         line.split()[0] if not line.startswith("size") else " ".join(line.split()[:2]): line.split()
         for line in text.splitlines()[2:]

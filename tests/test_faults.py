@@ -24,20 +24,16 @@ import yaml
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from pipeline_helpers import copy_project, project_env, run, use_fixture_data
+from pipeline_helpers import copy_project, outputs, paths, project_env, run, stages, use_fixture_data
 from segmentation.errors import UserError
 from segmentation.files import StageOutputs
 
 pytestmark = pytest.mark.pipeline
 
-RESULT_DIRS = ("data", "models", "metrics", "reports")
+P = paths()  # every path as dvc.yaml declares it
+RESULT_DIRS = sorted({Path(out).parts[0] for out in outputs()})  # data, metrics, models, reports
 # train's outputs that a change of n_init changes (its figure may come out the same)
-TRAIN_OUTPUTS = (
-    "models/kmeans.joblib",
-    "metrics/train.json",
-    "reports/elbow_scores.csv",
-    "metrics/dagshub/train/params.yml",
-)
+TRAIN_OUTPUTS = (P["model"], P["train_metrics"], P["elbow_scores"], f"{P['dagshub']}/train/params.yml")
 EXPERIMENT = "customer-segmentation"
 
 
@@ -85,31 +81,32 @@ def test_an_unwritable_folder_after_the_first_outputs_changes_nothing(project):
     """evaluate stages segments, profile and metrics first; the figure folder then refuses: nothing is replaced."""
     root, env = project
     before = snapshot(root)
-    with immutable(root / "reports/figures/evaluate"):
+    with immutable(root / P["evaluate_plots"]):
         failed = run(["dvc", "repro", "--force", "--single-item", "evaluate"], root, env, check=False)
     assert failed.returncode != 0
     (line,) = error_lines(failed)
-    assert line.startswith("error: reports/figures/evaluate/clusters_2d.png: cannot write (Operation not permitted)")
+    assert line.startswith(f"error: {P['evaluate_plots']}/clusters_2d.png: cannot write (Operation not permitted)")
     assert "Traceback" not in failed.stderr
     assert_intact(root, env, before)
-    assert not list((root / "data").glob(".segments.csv.*.tmp"))
+    segments = root / P["segments"]
+    assert not list(segments.parent.glob(f".{segments.name}.*.tmp"))
 
 
 def test_an_immutable_output_file_changes_nothing(project):
     root, env = project
     before = snapshot(root)
-    with immutable(root / "metrics/evaluate.json"):
+    with immutable(root / P["evaluate_metrics"]):
         failed = run(["dvc", "repro", "--force", "--single-item", "evaluate"], root, env, check=False)
     assert failed.returncode != 0
     (line,) = error_lines(failed)
-    assert "metrics/evaluate.json: cannot replace (Operation not permitted); earlier results are unchanged" in line
+    assert f"{P['evaluate_metrics']}: cannot replace (Operation not permitted); earlier results are unchanged" in line
     assert_intact(root, env, before)
 
 
 def test_a_full_disk_changes_nothing(project, tmp_path):
     root, env = project
     before = snapshot(root)
-    folder = root / "reports/figures/evaluate"
+    folder = root / P["evaluate_plots"]
     saved = {p.name: p.read_bytes() for p in folder.iterdir()}
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(folder)], capture_output=True)
     if mounted.returncode != 0:
@@ -220,7 +217,8 @@ def test_kill_9_at_several_moments_then_repro_recovers(project, victim, delay_s)
         (root / "params.yaml").write_text(good)
         run(["dvc", "repro"], root, env)
     # Back on the committed params: the committed results (the DagsHub files carry the times of the changes).
-    assert run(["git", "status", "--porcelain", "--", "metrics/*.json", "reports"], root, env).stdout == ""
+    results = [out for out in outputs() if not out.startswith(P["dagshub"])]
+    assert run(["git", "status", "--porcelain", "--", *results], root, env).stdout == ""
     run(["git", "reset", "-q", "--hard"], root, env)  # dvc autostages dvc.lock: back to HEAD, index too
     run(["dvc", "checkout"], root, env)
     assert snapshot(root) == before
@@ -229,7 +227,7 @@ def test_kill_9_at_several_moments_then_repro_recovers(project, victim, delay_s)
 def test_ctrl_c_prints_one_line_and_changes_nothing(project):
     root, env = project
     before = snapshot(root)
-    cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["train"]["cmd"].split()
+    cmd = stages(root)["train"].cmd.split()
     good = set_param(root, "n_init", 1000)  # a search of ~5 s: the stage is still at work when Ctrl-C comes
     try:
         stage = subprocess.Popen(
@@ -282,7 +280,7 @@ def test_ctrl_c_swallowed_in_a_finalizer_still_stops_the_stage(project):
     root, env = project
     before = snapshot(root)
     runs_before = every_run(root)
-    cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["train"]["cmd"].split()
+    cmd = stages(root)["train"].cmd.split()
     proc = subprocess.run(
         [sys.executable, "-c", SWALLOWED_CTRL_C, *cmd[3:]], cwd=root, env=env, capture_output=True, text=True
     )
@@ -398,11 +396,10 @@ def test_queued_experiments_on_two_workers_are_all_recorded(project):
         name = f"q{k_max}"
         assert name in revs, revs
         # Each experiment's DagsHub logger files are its own: its params, whole rows of its metrics.
-        params = yaml.safe_load(
-            run(["git", "show", f"{revs[name]}:metrics/dagshub/train/params.yml"], root, env).stdout
-        )
+        params = yaml.safe_load(run(["git", "show", f"{revs[name]}:{P['dagshub']}/train/params.yml"], root, env).stdout)
         assert params["train.k_max"] == k_max
-        rows = run(["git", "show", f"{revs[name]}:metrics/dagshub/train/metrics.csv"], root, env).stdout.splitlines()
+        dagshub_metrics = f"{revs[name]}:{P['dagshub']}/train/metrics.csv"
+        rows = run(["git", "show", dagshub_metrics], root, env).stdout.splitlines()
         assert rows[0] == "Name,Value,Timestamp,Step" and all(len(r.split(",")) == 4 for r in rows[1:])
         log = run(["dvc", "queue", "logs", name], root, env, check=False)
         assert "database is locked" not in log.stdout + log.stderr and "warning: MLflow" not in log.stdout + log.stderr

@@ -11,13 +11,23 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, copy_project, project_env, run, use_fixture_data
+from pipeline_helpers import (
+    FIXTURE_DATA,
+    FIXTURE_PARAMS,
+    copy_project,
+    paths,
+    project_env,
+    run,
+    stage_names,
+    use_fixture_data,
+)
 from segmentation.lineage import file_md5
 from segmentation.tracking import TrackingSettings
 
 pytestmark = pytest.mark.pipeline
 
-STAGES = ("preprocess", "train", "evaluate")
+STAGES = stage_names()
+P = paths()  # every path as dvc.yaml declares it
 ROWS_OUT = 400  # the sample's complete, in-range rows
 
 
@@ -57,11 +67,11 @@ def test_repro_writes_every_output(project):
     for stage in STAGES:
         assert f"Running stage '{stage}'" in repro.stdout
     outputs = lock_outputs(root)
-    assert "data/segments.csv" in outputs and "models/kmeans.joblib" in outputs
+    assert P["segments"] in outputs and P["model"] in outputs
     for rel in outputs:
         assert (root / rel).is_file() and (root / rel).stat().st_size > 0, rel
-    assert (root / "reports/figures/elbow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    segments = (root / "data/segments.csv").read_text().splitlines()
+    assert (root / P["elbow_plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    segments = (root / P["segments"]).read_text().splitlines()
     assert segments[0] == "ID,cluster" and len(segments) == ROWS_OUT + 1
 
 
@@ -79,13 +89,13 @@ def test_dvc_metrics_params_and_plots(project):
     root, env, _ = project
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], root, env).stdout)
     data = next(iter(metrics.values()))["data"]
-    train = data["metrics/train.json"]["data"]
+    train = data[P["train_metrics"]]["data"]
     assert train["k_best"] >= 2
-    assert data["metrics/preprocess.json"]["data"]["rows_out"] == ROWS_OUT
-    assert data["metrics/evaluate.json"]["data"]["n_clusters"] == train["k_best"]
+    assert data[P["preprocess_metrics"]]["data"]["rows_out"] == ROWS_OUT
+    assert data[P["evaluate_metrics"]]["data"]["n_clusters"] == train["k_best"]
     assert json.loads(run(["dvc", "params", "diff", "--json"], root, env).stdout) == {}
     plots = run(["dvc", "plots", "show", "--json"], root, env)
-    assert "reports/elbow_scores.csv" in plots.stdout
+    assert P["elbow_scores"] in plots.stdout
     # The HTML page works offline: Vega is inlined (template written by the set-up), no script from a CDN.
     run([sys.executable, "-m", "segmentation.bootstrap", "--skip-pth", "--skip-data"], root, env)
     run(["dvc", "plots", "show"], root, env)
@@ -112,7 +122,7 @@ def test_one_mlflow_run_per_stage_with_its_lineage(project):
     pre, train, evaluate = runs
     assert pre.data.params["preprocess.pca_components"] == "3"
     assert pre.data.metrics["rows_out"] == ROWS_OUT
-    k_best = json.loads((root / "metrics/train.json").read_text())["k_best"]
+    k_best = json.loads((root / P["train_metrics"]).read_text())["k_best"]
     assert train.data.params["train.k_max"] == "8"
     assert train.data.metrics["k_best"] == k_best
     # Downstream runs carry every param that decided their results, with section prefixes.
@@ -121,21 +131,22 @@ def test_one_mlflow_run_per_stage_with_its_lineage(project):
     assert evaluate.data.params["train.n_init"] == "10" and evaluate.data.params["preprocess.scale"] == "True"
     assert set(pre.data.params) <= set(train.data.params) <= set(evaluate.data.params)
     assert evaluate.data.metrics["silhouette"] == pytest.approx(
-        json.loads((root / "metrics/evaluate.json").read_text())["silhouette"]
+        json.loads((root / P["evaluate_metrics"]).read_text())["silhouette"]
     )
     artifacts = {a.path for a in client.list_artifacts(train.info.run_id)}
-    assert {"kmeans.joblib", "elbow.png", "elbow_scores.csv"} <= artifacts
+    assert {Path(P[name]).name for name in ("model", "elbow_plot", "elbow_scores")} <= artifacts
     artifacts = {a.path for a in client.list_artifacts(evaluate.info.run_id)}
-    assert {"clusters_2d.png", "silhouette.png", "profile.png", "cluster_profile.csv", "segments.html"} <= artifacts
+    report = Path(P["report"]).name
+    assert {"clusters_2d.png", "silhouette.png", "profile.png", Path(P["profile"]).name, report} <= artifacts
     # The run holds the very page the pipeline committed (issue 10 §1).
-    logged_page = Path(client.download_artifacts(evaluate.info.run_id, "segments.html", str(root.parent)))
-    assert logged_page.read_bytes() == (root / "reports/segments.html").read_bytes()
+    logged_page = Path(client.download_artifacts(evaluate.info.run_id, report, str(root.parent)))
+    assert logged_page.read_bytes() == (root / P["report"]).read_bytes()
 
 
 def test_dagshub_logger_files_of_every_stage(project):
     root, _, _ = project
     for stage in STAGES:
-        folder = root / "metrics" / "dagshub" / stage
+        folder = root / P["dagshub"] / stage
         header, *rows = (folder / "metrics.csv").read_text().splitlines()
         assert header == "Name,Value,Timestamp,Step"
         assert rows, stage
@@ -143,7 +154,7 @@ def test_dagshub_logger_files_of_every_stage(project):
         declared = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]["params"]
         own = (*(f"{section}." for section in declared), "k_best")  # the stage's declared params only
         assert params and all(key.startswith(own) for key in params), params
-    train_params = yaml.safe_load((root / "metrics/dagshub/train/params.yml").read_text())
+    train_params = yaml.safe_load((root / P["dagshub"] / "train" / "params.yml").read_text())
     assert train_params["train.k_max"] == 8  # real types, not strings
 
 
@@ -160,10 +171,9 @@ def test_a_stale_lock_is_caught(project, tmp_path):
     stale = copy_project(tmp_path / "stale")
     (stale / "params.yaml").write_text((root / "params.yaml").read_text())
     (stale / "dvc.lock").write_text((root / "dvc.lock").read_text())
-    for metrics in (root / "metrics").glob("*.json"):  # results kept in git (evaluate reads train.json)
-        (stale / "metrics" / metrics.name).write_text(metrics.read_text())
-    scores = "reports/elbow_scores.csv"  # kept in git too: evaluate reads it for the segment report
-    (stale / scores).write_text((root / scores).read_text())
+    # Results kept in git (evaluate reads train.json and the scores per k for the report).
+    for name in ("preprocess_metrics", "train_metrics", "evaluate_metrics", "elbow_scores"):
+        (stale / P[name]).write_text((root / P[name]).read_text())
     run(["git", "commit", "-q", "-am", "results"], stale, env)
     fresh = run([sys.executable, "-m", "segmentation.checks", "lock"], stale, env, check=False)
     assert fresh.returncode == 0, fresh.stderr
@@ -181,7 +191,7 @@ def test_a_stale_lock_is_caught(project, tmp_path):
 def test_bad_params_fail_cleanly_and_earlier_results_survive(project):
     root, env, _ = project
     lock_before = (root / "dvc.lock").read_text()
-    model_before = (root / "models/kmeans.joblib").read_bytes()
+    model_before = (root / P["model"]).read_bytes()
     params_file = root / "params.yaml"
     good = params_file.read_text()
     params_file.write_text(good.replace("k_max: 8", "k_max: 1"))
@@ -194,12 +204,12 @@ def test_bad_params_fail_cleanly_and_earlier_results_survive(project):
     assert "Traceback" not in failed.stderr + failed.stdout
     assert (root / "dvc.lock").read_text() == lock_before
     # Outputs are persistent and replaced only on success: the failed stage left them as they were.
-    assert (root / "models/kmeans.joblib").read_bytes() == model_before
+    assert (root / P["model"]).read_bytes() == model_before
     assert json.loads(run(["dvc", "status", "--json", "dvc.yaml"], root, env).stdout) == {}
     # And the cache holds them too.
-    (root / "models/kmeans.joblib").unlink()
+    (root / P["model"]).unlink()
     run(["dvc", "checkout", "train"], root, env)
-    assert (root / "models/kmeans.joblib").read_bytes() == model_before
+    assert (root / P["model"]).read_bytes() == model_before
     assert json.loads(run(["dvc", "status", "--json", "dvc.yaml"], root, env).stdout) == {}
 
 

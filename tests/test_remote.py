@@ -19,7 +19,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline_helpers import copy_project, project_env, run, use_fixture_data
+from pipeline_helpers import copy_project, paths, project_env, run, stage_names, use_fixture_data
 from segmentation.tracking import TrackingSettings
 from servers import (
     dvc_http_remote,
@@ -33,8 +33,9 @@ from servers import (
 pytestmark = pytest.mark.remote
 
 OWNER, REPO = "acme", "segments"
-STAGES = ["preprocess", "train", "evaluate"]
-CACHED = ["data/raw/marketing_sample.csv", "data/processed/matrix.parquet", "models/kmeans.joblib", "data/segments.csv"]
+STAGES = stage_names()
+P = paths()  # every path as dvc.yaml declares it
+CACHED = ["data/raw/marketing_sample.csv", P["matrix"], P["model"], P["segments"]]
 # Without the bound, MLflow's default retries stall a stage ~247 s per request on a dead server (NOTES.md);
 # with it a stage loses seconds. The margins here only tell "seconds" from "minutes" on a loaded machine.
 DEAD_TRACKER_BOUND_S = 150
@@ -129,13 +130,14 @@ def test_full_repro_logs_to_the_tracking_server(project, dagshub, monkeypatch):
     pre, train, _evaluate = runs
     assert pre.data.metrics["rows_out"] == 400
     assert train.data.params["train.k_max"] == "8"
-    assert train.data.metrics["k_best"] == json.loads((root / "metrics/train.json").read_text())["k_best"]
+    assert train.data.metrics["k_best"] == json.loads((root / P["train_metrics"]).read_text())["k_best"]
     client = dagshub.client(monkeypatch)
-    assert {"kmeans.joblib", "elbow.png", "elbow_scores.csv"} <= {
+    assert {Path(P[name]).name for name in ("model", "elbow_plot", "elbow_scores")} <= {
         a.path for a in client.list_artifacts(train.info.run_id)
     }
-    downloaded = Path(client.download_artifacts(train.info.run_id, "elbow.png", str(root.parent / "dl")))
-    assert downloaded.read_bytes() == (root / "reports/figures/elbow.png").read_bytes()
+    plot = Path(P["elbow_plot"])
+    downloaded = Path(client.download_artifacts(train.info.run_id, plot.name, str(root.parent / "dl")))
+    assert downloaded.read_bytes() == (root / plot).read_bytes()
     # The same runs are kept in the local store, marked as delivered.
     local = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     local_runs = local.search_runs([local.get_experiment_by_name(experiment).experiment_id])
@@ -155,7 +157,7 @@ def test_wrong_password_is_one_clear_line_and_nothing_is_lost(project, dagshub, 
     kept = local.search_runs([local.get_experiment_by_name("wrong-password").experiment_id])
     assert sorted(r.info.run_name for r in kept) == sorted(STAGES)
     for stage in STAGES:  # the DagsHub logger files were written too
-        assert (root / "metrics/dagshub" / stage / "metrics.csv").stat().st_size > 30
+        assert (root / P["dagshub"] / stage / "metrics.csv").stat().st_size > 30
 
     env = dagshub_env(root, dagshub, MLFLOW_EXPERIMENT_NAME="wrong-password")
     first = run([sys.executable, "-m", "segmentation.remote", "sync"], root, env)
@@ -292,6 +294,4 @@ def test_the_token_is_nowhere(project, dagshub, monkeypatch):
             for r in client.search_runs([exp.experiment_id]):
                 assert token not in json.dumps([r.data.params, r.data.tags])
     for stage in STAGES:
-        assert token not in yaml.safe_dump(
-            yaml.safe_load((root / "metrics/dagshub" / stage / "params.yml").read_text())
-        )
+        assert token not in yaml.safe_dump(yaml.safe_load((root / P["dagshub"] / stage / "params.yml").read_text()))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_helpers import copy_project, project_env, run, use_fixture_data
+from pipeline_helpers import paths
 from test_ui import ARTIFACTS, chromium  # noqa: F401 (the session fixture: installs Debian's chromium if needed)
 
 # Not marked `ui`: the fast suite (`make test`) opens the report in Chromium too.
@@ -32,14 +32,11 @@ OFFLINE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A fresh copy of the project on the tests' params and sample data, after one `dvc repro`."""
-    root = copy_project(tmp_path_factory.mktemp("report") / "project")
-    env = project_env(root.parent)
-    use_fixture_data(root, env)
-    run(["dvc", "repro"], root, env)
-    return root, env
+@pytest.fixture
+def project(trained_project):
+    """A project copy on the tests' params and sample data (less the rows held back for scoring), after one
+    ``dvc repro``."""
+    return trained_project
 
 
 class DevTools:
@@ -140,7 +137,7 @@ PAGE_CHECK = """(() => {
 
 def test_report_renders_offline_in_chromium(project, chromium, tmp_path):  # noqa: F811
     root, _ = project
-    page = root / "reports" / "segments.html"
+    page = root / paths()["report"]
     source = page.read_text(encoding="utf-8")
     # Self-contained: no URL at all, every src/href inline.
     assert not re.search(r"https?://", source)

@@ -2,7 +2,7 @@
 
 - in-process: the segmenter reproduces the training labels from raw rows; its feature step is preprocess's recipe;
 - `make score` in a project trained on the sample minus held-back rows: training rows get their segments.csv
-  cluster, held-back rows the hand-wired recipe -> preprocessor.joblib -> kmeans.joblib answer, blank rows are
+  cluster, held-back rows the hand-wired recipe -> preprocessor -> model answer, blank rows are
   reported, a bad file is one error line and writes nothing;
 - (remote) the train run's MLflow model served by `mlflow models serve --env-manager local` on 127.0.0.1 answers
   the same segments over HTTP.
@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
-from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO, copy_project, project_env, run, use_fixture_data
+from pipeline_helpers import FIXTURE_PARAMS, HELD_BACK, REPO, held_back_ids, paths, run, stages
 from segmentation import features as recipe
 from segmentation.config import load_section
 from segmentation.errors import UserError
@@ -32,7 +32,7 @@ from segmentation.segmenter import RecipeFeatures, build_segmenter
 from segmentation.train import train
 from servers import HOST, free_port, process_group, server_env, wait_http
 
-HELD_BACK = 40  # complete rows of the sample left out of training, scored as new customers
+P = paths()  # every path as dvc.yaml declares it
 BLANK_INCOME = 24  # rows of the sample with a blank Income: training drops them, scoring reports them
 OUTLIERS = 4  # rows outside preprocess.outliers: training leaves them out, scoring scores them
 
@@ -113,45 +113,18 @@ def test_score_checks_the_file_as_preprocess_does(trained, raw, preprocess_param
 # -- a project trained on the sample minus held-back rows -------------------------------------------------------------
 
 
-def sample_lines() -> tuple[str, list[str]]:
-    """The sample's header and data lines, exactly as in the file (line ends included)."""
-    lines = (REPO / FIXTURE_DATA).read_bytes().decode("utf-8").splitlines(keepends=True)
-    return lines[0], lines[1:]
-
-
-def held_back_ids() -> list[int]:
-    """IDs of the last HELD_BACK complete, in-bounds rows of the sample."""
-    raw = pd.read_csv(REPO / FIXTURE_DATA, sep="\t")
-    complete = raw[raw["Income"].notna() & (raw["Year_Birth"] > 1925) & (raw["Income"] <= 600000)]
-    return complete["ID"].tail(HELD_BACK).tolist()
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A project copy on the tests' params, trained (dvc repro) on the sample without the held-back rows; its
-    ``new_customers.csv`` is the whole sample (training rows, held-back rows, blank and outlier rows)."""
-    tmp = tmp_path_factory.mktemp("score")
-    root = copy_project(tmp / "project")
-    env = project_env(tmp)
-    use_fixture_data(root, env)
-    header, lines = sample_lines()
-    held = {str(i) for i in held_back_ids()}
-    training = [line for line in lines if line.split("\t", 1)[0] not in held]
-    assert len(training) == len(lines) - HELD_BACK
-    data = root / "data" / "raw" / "marketing_sample.csv"
-    data.write_bytes((header + "".join(training)).encode("utf-8"))
-    run(["dvc", "add", "--quiet", "data/raw/marketing_sample.csv"], root, env)
-    run(["dvc", "repro"], root, env)
-    (root / "new_customers.csv").write_bytes((header + "".join(lines)).encode("utf-8"))
-    return root, env
+@pytest.fixture
+def project(trained_project):
+    """The shared trained project (conftest.trained_project)."""
+    return trained_project
 
 
 def hand_wired(root: Path, rows: pd.DataFrame) -> np.ndarray:
-    """The recipe, preprocessor.joblib and kmeans.joblib applied one after the other (what the segmenter spares)."""
+    """The recipe, the preprocessor and the model applied one after the other (what the segmenter spares)."""
     params = load_section("preprocess", root / "params.yaml")
     derived = recipe.derive_marketing_features(rows, params.marketing_campaign, "rows")
-    matrix = joblib.load(root / "models/preprocessor.joblib").transform(derived[params.features].astype(float))
-    return joblib.load(root / "models/kmeans.joblib").predict(matrix)
+    matrix = joblib.load(root / P["preprocessor"]).transform(derived[params.features].astype(float))
+    return joblib.load(root / P["model"]).predict(matrix)
 
 
 def test_make_score_on_held_back_rows(project):
@@ -163,10 +136,10 @@ def test_make_score_on_held_back_rows(project):
     scores = pd.read_csv(out)
     assert list(scores.columns) == ["ID", "segment", "segment_name"]
     # Each segment's name, as the evaluate stage wrote it beside its profile (and in the report).
-    profile = pd.read_csv(root / "reports" / "cluster_profile.csv")
+    profile = pd.read_csv(root / P["profile"])
     names = dict(zip(profile["cluster"], profile["name"], strict=True))
     assert (scores["segment_name"] == scores["segment"].map(names)).all() and scores["segment_name"].str.len().all()
-    segments = pd.read_csv(root / "data" / "segments.csv")
+    segments = pd.read_csv(root / P["segments"])
     trained_rows = scores.merge(segments, on="ID")
     assert len(trained_rows) == len(segments) == 400 - HELD_BACK  # every training row is scored...
     assert (trained_rows["segment"] == trained_rows["cluster"]).all()  # ...with its segments.csv cluster
@@ -255,7 +228,7 @@ def test_served_model_answers_the_segments_over_http(project):  # in `make test`
         PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin",
         PIP_NO_INDEX="1",  # nothing may be installed: --env-manager local uses this environment as it is
     )
-    segments = pd.read_csv(root / "data" / "segments.csv")
+    segments = pd.read_csv(root / P["segments"])
     raw = pd.read_csv(root / "new_customers.csv", sep="\t")
     rows = raw[raw["ID"].isin(segments["ID"])].head(60)  # raw rows, every column of the file (ID included)
     body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
@@ -280,12 +253,9 @@ def test_served_model_answers_the_segments_over_http(project):  # in `make test`
 
 
 def test_mlflow_model_is_not_a_dvc_output():
-    """Its MLmodel holds a creation time and a UUID: only models/segmenter.joblib is versioned by DVC."""
-    import yaml
-
-    outs = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["outs"]
-    names = [next(iter(o)) if isinstance(o, dict) else o for o in outs]
-    assert "models/segmenter.joblib" in names and not any("mlflow" in n or n.endswith("segmenter") for n in names)
+    """Its MLmodel holds a creation time and a UUID: only the segmenter's pickle is versioned by DVC."""
+    names = stages()["train"].outs
+    assert P["segmenter"] in names and not any("mlflow" in n or n.endswith("segmenter") for n in names)
 
 
 def test_a_kept_run_keeps_its_model_directory(tmp_path):

@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
-from pipeline_helpers import REPO
+from pipeline_helpers import REPO, stages
 
 PACKAGE = "segmentation"
 SRC = REPO / "src"
@@ -17,11 +16,10 @@ SRC = REPO / "src"
 
 def stage_modules() -> dict[str, str]:
     """Stage name -> the module its command runs (``python -m segmentation.<module>``)."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     out = {}
-    for name, stage in stages.items():
-        match = re.search(rf"python -m ({PACKAGE}\.[\w.]+)", stage["cmd"])
-        assert match, f"stage {name}: command does not run a module of {PACKAGE}: {stage['cmd']}"
+    for name, stage in stages().items():
+        match = re.search(rf"python -m ({PACKAGE}\.[\w.]+)", stage.cmd)
+        assert match, f"stage {name}: command does not run a module of {PACKAGE}: {stage.cmd}"
         out[name] = match.group(1)
     return out
 
@@ -63,8 +61,7 @@ def closure(module: str) -> set[str]:
 
 @pytest.mark.parametrize("stage", list(stage_modules()))
 def test_stage_declares_exactly_the_modules_it_imports(stage):
-    deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage].get("deps", [])
-    declared = {d for d in deps if isinstance(d, str) and d.startswith(f"src/{PACKAGE}/")}
+    declared = {d for d in stages()[stage].deps if d.startswith(f"src/{PACKAGE}/")}
     needed = {module_file(m).relative_to(REPO).as_posix() for m in closure(stage_modules()[stage])}
     assert sorted(needed - declared) == [], f"stage {stage}: modules it runs but does not declare as deps"
     assert sorted(declared - needed) == [], f"stage {stage}: declared deps it never imports (needless re-runs)"

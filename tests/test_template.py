@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline_helpers import BIN, DAGSHUB_SINK, REPO, copy_project, project_env, run
+from pipeline_helpers import BIN, DAGSHUB_SINK, REPO, copy_project, paths, project_env, run
 from segmentation.config import SECTIONS, load_section
 from segmentation.delivery import remote_key
 
@@ -40,6 +40,7 @@ ANSWERS = {
     "keep_example_data": "true",
 }
 # Files a template repository may hold that no generated project may get (committed here on purpose).
+P = paths()  # every path as dvc.yaml declares it
 DECOYS = [
     "mlflow.db",
     "mlruns/0/meta.yaml",
@@ -53,10 +54,10 @@ DECOYS = [
     ".ruff_cache/CACHEDIR.TAG",
     "src/segmentation/__pycache__/config.cpython-311.pyc",
     "data/raw/marketing_campaign.csv",
-    "data/processed/features.parquet",
-    "data/segments.csv",
-    "models/kmeans.joblib",
-    "reports/figures/elbow.png",
+    P["features"],
+    P["segments"],
+    P["model"],
+    P["elbow_plot"],
     "dvc_plots/index.html",
 ]
 DAGSHUB_MLFLOW = f"{DAGSHUB_SINK}/ada-lab/acme-dh.mlflow"
@@ -206,7 +207,7 @@ def test_answers_arrive_where_they_belong(generated, template):
     assert head.startswith(answers.pop("_commit")) and answers.pop("_src_path") == str(root)
     assert answers == {**ANSWERS, "keep_example_data": True}
     assert ".copier-answers.yml" in git_files(gen, env)  # committed with the project
-    for rel in [*DECOYS, *TEMPLATE_ONLY, *TWINS, "dvc.lock", "metrics/train.json", "reports/elbow_scores.csv"]:
+    for rel in [*DECOYS, *TEMPLATE_ONLY, *TWINS, "dvc.lock", P["train_metrics"], P["elbow_scores"]]:
         assert not (gen / rel).exists(), rel
     assert (gen / "data/example/marketing_campaign.csv").is_file() and (gen / "data/raw.dvc").is_file()
 

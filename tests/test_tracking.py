@@ -8,13 +8,13 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from segmentation.delivery import bound_http_requests, describe_failure
+from pipeline_helpers import stage_names
+from segmentation.delivery import apply_dagshub_credentials, bound_http_requests, describe_failure
 from segmentation.errors import UserError
 from segmentation.lineage import Lineage, pipeline_run_id, upstream_lineage
 from segmentation.tracking import (
     DualLogger,
     TrackingSettings,
-    apply_dagshub_credentials,
     plain,
     redact_uri,
 )
@@ -55,14 +55,14 @@ stages:
           random_state: 1
           n_threads: 1
     outs:
-    - path: models/kmeans.joblib
+    - path: models/clusterer.joblib
       md5: bbb
   evaluate:
     cmd: python -m segmentation.evaluate
     deps:
     - path: data/processed/matrix.csv
       md5: aaa
-    - path: models/kmeans.joblib
+    - path: models/clusterer.joblib
       md5: bbb
 """
 
@@ -192,16 +192,16 @@ def test_both_sinks_receive_params_and_metrics(project):
 
 
 def test_stages_do_not_wipe_each_other(project):
-    for stage in ("preprocess", "train", "evaluate"):
+    for stage in stage_names():
         with DualLogger(stage) as log:
             log.log_params({f"{stage}.p": 1})
             log.log_metrics({f"{stage}_m": 1.5})
-    for stage in ("preprocess", "train", "evaluate"):
+    for stage in stage_names():
         files = project / "metrics" / "dagshub" / stage
         assert read_metrics_csv(files / "metrics.csv") == {f"{stage}_m": "1.5"}
         assert yaml.safe_load((files / "params.yml").read_text()) == {f"{stage}.p": 1}
     _, runs = mlflow_runs(project)
-    assert sorted(r.data.tags["stage"] for r in runs) == ["evaluate", "preprocess", "train"]
+    assert sorted(r.data.tags["stage"] for r in runs) == sorted(stage_names())
     assert {r.data.tags["pipeline_run_id"] for r in runs} == {"run-group-1"}
 
 
@@ -233,7 +233,7 @@ def test_runs_carry_the_params_that_produced_their_inputs(project):
     assert params["preprocess.features"] == "spend,visits" and params["preprocess.pca_components"] == "None"
     assert run.data.tags["raw_data_md5"] == RAW_MD5
     # The DagsHub files hold the stage's own params only: what DVC knows as this stage's params.
-    assert yaml.safe_load((project / "metrics/dagshub/evaluate/params.yml").read_text()) == {
+    assert yaml.safe_load((project / "metrics" / "dagshub" / "evaluate" / "params.yml").read_text()) == {
         "k_best": 4,
         "evaluate.random_state": 3,
     }
@@ -302,7 +302,7 @@ def test_lineage_on_a_first_run_comes_from_dvc_yaml(project):
         "stages:\n"
         "  preprocess:\n    cmd: x\n    deps: [data/raw/shop.csv]\n    outs:\n    - data/processed/matrix.csv:\n"
         "        persist: true\n"
-        "  train:\n    cmd: y\n    deps: [data/processed/matrix.csv]\n    outs: [models/kmeans.joblib]\n"
+        "  train:\n    cmd: y\n    deps: [data/processed/matrix.csv]\n    outs: [models/clusterer.joblib]\n"
     )
     lineage = upstream_lineage("train")
     assert lineage.data_md5 == RAW_MD5 and lineage.params["preprocess.features"] == "spend,visits"

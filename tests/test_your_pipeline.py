@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline_helpers import REPO, copy_project, project_env, run
+from pipeline_helpers import REPO, copy_project, paths, project_env, run
 
 
 def test_the_pipeline_runs_on_your_params_and_data(tmp_path):
@@ -34,12 +34,13 @@ def test_the_pipeline_runs_on_your_params_and_data(tmp_path):
     for stage, entry in lock.items():
         for out in entry.get("outs", []):
             assert (root / out["path"]).exists(), f"stage {stage}: output {out['path']} missing"
-    kept = pd.read_parquet(root / "data/processed/features.parquet")
-    segments = pd.read_csv(root / "data/segments.csv")
+    p = paths(root)
+    kept = pd.read_parquet(root / p["features"])
+    segments = pd.read_csv(root / p["segments"])
     id_column = kept.columns[0]
     assert list(segments.columns) == [id_column, "cluster"]
     assert segments[id_column].equals(kept[id_column])  # every kept row, in order, exactly once
-    assert json.loads((root / "metrics/preprocess.json").read_text())["rows_out"] == len(segments)
-    k_best = json.loads((root / "metrics/train.json").read_text())["k_best"]
+    assert json.loads((root / p["preprocess_metrics"]).read_text())["rows_out"] == len(segments)
+    k_best = json.loads((root / p["train_metrics"]).read_text())["k_best"]
     assert set(segments["cluster"]) <= set(range(k_best))
-    assert json.loads((root / "metrics/evaluate.json").read_text())["n_clusters"] == k_best
+    assert json.loads((root / p["evaluate_metrics"]).read_text())["n_clusters"] == k_best

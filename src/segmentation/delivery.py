@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from segmentation.store import ensure_experiment
-from segmentation.tracking import TrackingSettings, apply_dagshub_credentials, redact_uri
+from segmentation.tracking import TrackingSettings, project_config, redact_uri
 
 PENDING_TAG = "segmentation_pending"  # + "_<key>": value = the remote URI (redacted) still to receive the run
 DELIVERED_TAG = "segmentation_delivered"  # + "_<key>": value = the run's ID on that remote
@@ -25,6 +25,23 @@ SOURCE_TAG = "segmentation_source_run"  # on the remote run: the local run's ID 
 ENV_TIMEOUT = "SEGMENTATION_TRACKING_TIMEOUT"
 DEFAULT_TIMEOUT_S = 5
 _warned = False
+
+
+def apply_dagshub_credentials(root: Path, environ: MutableMapping[str, str] | None = None) -> None:
+    """Let MLflow authenticate with the DagsHub token when no MLflow credentials are set.
+
+    The token stays in this process's environment: it is never written to a file, a param or a tag.
+    """
+    env = os.environ if environ is None else environ
+    token = env.get("DAGSHUB_USER_TOKEN")
+    if not token or env.get("MLFLOW_TRACKING_PASSWORD") or env.get("MLFLOW_TRACKING_TOKEN"):
+        return
+    user = (
+        env.get("MLFLOW_TRACKING_USERNAME") or env.get("DAGSHUB_USERNAME") or project_config(root).get("dagshub_owner")
+    )
+    if user:
+        env["MLFLOW_TRACKING_USERNAME"] = user
+        env["MLFLOW_TRACKING_PASSWORD"] = token
 
 
 def remote_key(uri: str) -> str:

@@ -14,9 +14,9 @@ class UserError(Exception):
     """A problem with the user's input (data, params, paths): reported in one line, no traceback."""
 
 
-def stage_entrypoint(func: Callable[..., None]) -> Callable[..., None]:
+def stage_entrypoint(func: Callable[..., None], name: str | None = None) -> Callable[..., None]:
     """Run a stage's ``main``; a :class:`UserError` prints ``error: ...`` and exits with status 2, Ctrl-C one
-    ``interrupted: ...`` line and status 130.
+    ``interrupted: ...`` line (naming ``name``, by default ``func``'s module) and status 130.
 
     Anything else is a bug in the template and keeps its traceback.
     """
@@ -30,15 +30,19 @@ def stage_entrypoint(func: Callable[..., None]) -> Callable[..., None]:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
-            spec = getattr(sys.modules.get(func.__module__), "__spec__", None)  # `python -m` runs it as __main__
-            name = (spec.name if spec else func.__module__).rpartition(".")[2]
-            print(f"interrupted: {name} stopped; its outputs are replaced all together or not at all", file=sys.stderr)
+            stage = name or _module_name(func)
+            print(f"interrupted: {stage} stopped; its outputs are replaced all together or not at all", file=sys.stderr)
             raise SystemExit(130) from None
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
 
     return wrapper
+
+
+def _module_name(func: Callable[..., None]) -> str:
+    spec = getattr(sys.modules.get(func.__module__), "__spec__", None)  # `python -m` runs it as __main__
+    return (spec.name if spec else func.__module__).rpartition(".")[2]
 
 
 _interrupted = False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -27,14 +26,13 @@ from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silho
 
 from segmentation import algorithms, report
 from segmentation.algorithms import NOISE
-from segmentation.config import EvaluateParams, flatten, parse_section, read_params_file
+from segmentation.config import EvaluateParams, flatten, parse_section
 from segmentation.data import as_categories, expand_columns
-from segmentation.errors import UserError, stage_entrypoint
+from segmentation.errors import UserError
 from segmentation.files import load_model, read_csv, read_matrix
 from segmentation.lineage import _pipeline_graph, upstream_lineage
 from segmentation.plotting import FIGURE_DPI, new_figure
-from segmentation.stage import exit_now
-from segmentation.stage import run as run_stage
+from segmentation.stage import Outcome, cli, exit_now
 
 CLUSTER_COLUMN = "cluster"
 # The model's inertia on the matrix must equal the inertia it was fitted with, up to float summation order
@@ -99,7 +97,7 @@ def check_model(
     holds. An assigner (agglomerative, HDBSCAN) must have been fitted for ``X``'s rows: its centroids are the means
     of its clusters there.
 
-    Catches a foreign or stale ``models/kmeans.joblib`` before scikit-learn does, with the fix in one line.
+    Catches a foreign or stale model file before scikit-learn does, with the fix in one line.
     """
     rebuild = "rebuild it: dvc repro -f -s train"
     name = algorithms.algorithm_name(model)
@@ -361,32 +359,9 @@ def read_optional_csv(path: str | None) -> pd.DataFrame | None:
     return read_csv(path, stage="train") if path and Path(path).is_file() else None
 
 
-@stage_entrypoint
-def main(argv: list[str] | None = None) -> None:
-    """CLI of the ``evaluate`` stage."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--matrix", required=True, help="input: ID + transformed matrix (.parquet or .csv)")
-    parser.add_argument("--features", required=True, help="input: ID + unscaled features (.parquet or .csv)")
-    parser.add_argument("--model", required=True, help="input: the fitted clusterer of train.algorithm (pickle)")
-    parser.add_argument(
-        "--train-metrics",
-        default="metrics/train.json",
-        help="input: the train stage's metrics; the model must have its k_best and inertia (skipped when absent)",
-    )
-    parser.add_argument("--segments", required=True, help="output: ID -> cluster (CSV)")
-    parser.add_argument("--profile", required=True, help="output: per-cluster profile (CSV)")
-    parser.add_argument("--metrics", required=True, help="output: quality metrics (JSON)")
-    parser.add_argument("--plots-dir", required=True, help="output: clusters_2d.png, silhouette.png, profile.png")
-    parser.add_argument("--dagshub-dir", required=True, help="output: DAGsHubLogger metrics.csv + params.yml")
-    parser.add_argument("--elbow-scores", help="input: the train stage's score per k (CSV), for the report")
-    parser.add_argument("--elbow-plot", help="input: the train stage's elbow plot (PNG), for the report")
-    parser.add_argument("--report", help="output: the segment report, one self-contained HTML page")
-    args = parser.parse_args(argv)
-
-    # One read of the params file; the profile also needs which preprocess columns are categorical.
-    raw_params = read_params_file(args.params)
-    params: EvaluateParams = parse_section("evaluate", raw_params.get("evaluate"), args.params)
+def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
+    """Check the model against the matrix, run :func:`evaluate`, name the segments; say what to write and log."""
+    # The profile also needs which preprocess columns are categorical.
     preprocess_params = parse_section("preprocess", raw_params.get("preprocess"), args.params)
     categorical_params = preprocess_params.categorical
     matrix = read_matrix(args.matrix, stage="preprocess")
@@ -425,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     # The names go with the profile: `make score` puts them beside each new customer's segment.
     rounded.insert(1, report.NAME_COLUMN, [segment.name for segment in segments])
 
-    with run_stage("evaluate", args.dagshub_dir) as (out, log):
+    def write(out, log) -> None:
         out.write_csv(args.segments, result.segments)
         out.write_csv(args.profile, rounded)
         out.write_json(args.metrics, result.metrics)
@@ -468,11 +443,35 @@ def main(argv: list[str] | None = None) -> None:
         log.log_params({"k_best": algorithms.n_clusters(model), **flatten(params, "evaluate.")})
         log.log_params(flatten(categorical_params, "preprocess.categorical."))
         log.log_metrics(result.metrics)
+
     m = result.metrics
-    print(
+    return Outcome(
+        write,
         f"evaluate: {m['n_clusters']} clusters, silhouette {m['silhouette']:.3f}, "
-        f"Calinski-Harabasz {m['calinski_harabasz']:.1f}, Davies-Bouldin {m['davies_bouldin']:.3f}"
+        f"Calinski-Harabasz {m['calinski_harabasz']:.1f}, Davies-Bouldin {m['davies_bouldin']:.3f}",
     )
+
+
+main = cli(
+    "evaluate",
+    __doc__,
+    work,
+    {
+        "matrix": "input: ID + transformed matrix (.parquet or .csv)",
+        "features": "input: ID + unscaled features (.parquet or .csv)",
+        "model": "input: the fitted clusterer of train.algorithm (pickle)",
+        "train_metrics": "input: the train stage's metrics; the model must have its k_best and inertia (or "
+        "log-likelihood; skipped when the file is absent)",
+        "segments": "output: ID -> cluster (CSV)",
+        "profile": "output: per-cluster profile (CSV)",
+        "metrics": "output: quality metrics (JSON)",
+        "plots_dir": "output: clusters_2d.png, silhouette.png, profile.png",
+        "elbow_scores": "input: the train stage's score per k (CSV), for the report",
+        "elbow_plot": "input: the train stage's elbow plot (PNG), for the report",
+        "report": "output: the segment report, one self-contained HTML page",
+    },
+    optional={"elbow_scores", "elbow_plot", "report"},
+)
 
 
 if __name__ == "__main__":

@@ -17,20 +17,21 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from segmentation import pipeline
 from segmentation.config import flatten
 from segmentation.errors import UserError, stage_entrypoint
 
 PARAMS_FILE = "params.yaml"
-# (column header, metrics file, key): what says how good and how many the segments are.
+# (column header, metrics file by its name in dvc.yaml's paths, key): what says how good and how many the segments are.
 KEY_METRICS = [
-    ("k", "metrics/train.json", "k_best"),
-    ("silhouette", "metrics/evaluate.json", "silhouette"),
-    ("CH", "metrics/evaluate.json", "calinski_harabasz"),
-    ("DB", "metrics/evaluate.json", "davies_bouldin"),
+    ("k", "train_metrics", "k_best"),
+    ("silhouette", "evaluate_metrics", "silhouette"),
+    ("CH", "evaluate_metrics", "calinski_harabasz"),
+    ("DB", "evaluate_metrics", "davies_bouldin"),
 ]
-SIZES_FILE = "metrics/evaluate.json"
+SIZES_FILE = "evaluate_metrics"
 # Also side by side (make compare): how k was chosen, and HDBSCAN's share of rows in no cluster (when any has one).
-COMPARE_METRICS = [("k rule", "metrics/train.json", "k_rule"), ("noise", "metrics/evaluate.json", "noise_share")]
+COMPARE_METRICS = [("k rule", "train_metrics", "k_rule"), ("noise", "evaluate_metrics", "noise_share")]
 NOISE_SIZE = "size_noise"
 WIDTH = 80
 
@@ -41,29 +42,32 @@ class Experiment:
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)  # flat: {"train.k_max": 10}
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # metrics file -> its values
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # metrics file's name in paths -> its values
 
-    def metric(self, path: str, key: str) -> Any:
-        return self.metrics.get(path, {}).get(key)
+    def metric(self, name: str, key: str) -> Any:
+        return self.metrics.get(name, {}).get(key)
 
 
-def parse_show(entries: list[dict[str, Any]]) -> list[Experiment]:
-    """The baseline(s) and their experiments from ``dvc exp show --json`` (the workspace row left out)."""
+def parse_show(entries: list[dict[str, Any]], paths: dict[str, str]) -> list[Experiment]:
+    """The baseline(s) and their experiments from ``dvc exp show --json`` (the workspace row left out).
+
+    ``paths`` (name -> path: ``dvc.yaml``'s ``vars: paths``) names the metrics files, as ``KEY_METRICS`` does."""
+    names = {path: name for name, path in paths.items()}
     rows = []
     for entry in entries:
         if entry.get("rev") == "workspace":
             continue
-        rows.append(_experiment(entry.get("name") or str(entry.get("rev", ""))[:7], entry.get("data") or {}))
+        rows.append(_experiment(entry.get("name") or str(entry.get("rev", ""))[:7], entry.get("data") or {}, names))
         for group in entry.get("experiments") or []:
             for rev in group.get("revs") or []:
                 name = rev.get("name") or group.get("name") or str(rev.get("rev", ""))[:7]
-                rows.append(_experiment(name, rev.get("data") or {}))
+                rows.append(_experiment(name, rev.get("data") or {}, names))
     return rows
 
 
-def _experiment(name: str, data: dict[str, Any]) -> Experiment:
+def _experiment(name: str, data: dict[str, Any], names: dict[str, str]) -> Experiment:
     params = ((data.get("params") or {}).get(PARAMS_FILE) or {}).get("data") or {}
-    metrics = {path: (m or {}).get("data") or {} for path, m in (data.get("metrics") or {}).items()}
+    metrics = {names.get(path, path): (m or {}).get("data") or {} for path, m in (data.get("metrics") or {}).items()}
     return Experiment(name, flatten(params), metrics)
 
 
@@ -154,7 +158,7 @@ def load(dvc: list[str] | None = None) -> list[Experiment]:
     if shown.returncode != 0:
         tail = (shown.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"dvc exp show failed: {tail}")
-    return parse_show(json.loads(shown.stdout or "[]"))
+    return parse_show(json.loads(shown.stdout or "[]"), pipeline.paths())
 
 
 @stage_entrypoint

@@ -86,12 +86,22 @@ class StageOutputs:
 
     def __init__(self) -> None:
         self._staged: dict[Path, Path] = {}  # target -> temporary file
+        self._scratch: list[Path] = []
 
     def __enter__(self) -> StageOutputs:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.discard()
+        for folder in self._scratch:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def scratch(self, prefix: str) -> Path:
+        """A new temporary folder for files that are logged but are no outputs (an MLflow model); it lasts until
+        the stage's run is logged and is removed, whatever happens, when this context ends."""
+        folder = Path(tempfile.mkdtemp(prefix=prefix))
+        self._scratch.append(folder)
+        return folder
 
     def path(self, target: str | Path) -> Path:
         """A temporary file to write ``target``'s new content to."""

@@ -13,6 +13,9 @@ from typing import Any
 
 import yaml
 
+from segmentation import pipeline
+from segmentation.errors import UserError
+
 LOCK_FILE = "dvc.lock"
 PARAMS_FILE = "params.yaml"
 DATA_PATH_PARAM = "preprocess.data.path"  # the raw data file, whose md5 every run is tagged with
@@ -51,7 +54,6 @@ class Lineage:
 def _flat_section(key: str, value: Any) -> dict[str, Any]:
     """A params section as recorded in dvc.lock, flattened like the stage logged it (defaults filled in)."""
     from segmentation.config import SECTIONS, flatten, parse_section
-    from segmentation.errors import UserError
 
     if not isinstance(value, dict):
         return {key: value}
@@ -100,10 +102,11 @@ def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
 
 
 def _pipeline_graph(dvc_yaml: Path) -> tuple[dict[str, set[str]], dict[str, str]]:
-    """(stage -> its dependency paths, output path -> its stage) as ``dvc.yaml`` declares them (literal paths)."""
+    """(stage -> its dependency paths, output path -> its stage) as ``dvc.yaml`` declares them (``${...}``
+    resolved: the paths come from its ``vars``)."""
     try:
-        stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
-    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        stages = pipeline.stages(dvc_yaml.parent)
+    except UserError:
         return {}, {}
     deps_of: dict[str, set[str]] = {}
     producer: dict[str, str] = {}

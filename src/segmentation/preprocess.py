@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,20 +20,12 @@ import numpy as np
 import pandas as pd
 
 from segmentation import data, features
-from segmentation.config import (
-    ROW_ID_COLUMN,
-    PreprocessParams,
-    flatten,
-    parse_section,
-    profile_patterns,
-    read_params_file,
-)
-from segmentation.errors import UserError, stage_entrypoint
+from segmentation.config import ROW_ID_COLUMN, PreprocessParams, flatten, profile_patterns
+from segmentation.errors import UserError
 from segmentation.files import LineLocator
 from segmentation.lineage import file_md5
 from segmentation.progress import step
-from segmentation.stage import exit_now
-from segmentation.stage import run as run_stage
+from segmentation.stage import Outcome, cli, exit_now
 
 
 @dataclass
@@ -250,20 +241,8 @@ def require_computable(
             )
 
 
-@stage_entrypoint
-def main(argv: list[str] | None = None) -> None:
-    """CLI of the ``preprocess`` stage (paths come from dvc.yaml, knobs from params.yaml)."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--features", required=True, help="output: ID + unscaled features (.parquet or .csv)")
-    parser.add_argument("--matrix", required=True, help="output: ID + transformed matrix (.parquet or .csv)")
-    parser.add_argument("--transformer", required=True, help="output: fitted preprocessing pipeline (pickle)")
-    parser.add_argument("--metrics", required=True, help="output: row counts (JSON)")
-    parser.add_argument("--dagshub-dir", required=True, help="output: DAGsHubLogger metrics.csv + params.yml")
-    args = parser.parse_args(argv)
-
-    raw_params = read_params_file(args.params)
-    params: PreprocessParams = parse_section("preprocess", raw_params.get("preprocess"), args.params)
+def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
+    """Read the raw CSV (only the columns used), run :func:`preprocess`, say what to write and log."""
     profile_columns = profile_patterns(raw_params, args.params)  # passed through for the evaluate stage
     # The raw file's md5 (for the MLflow run) is computed in a thread while the stage works: hashlib releases the GIL.
     hashing = ThreadPoolExecutor(1)
@@ -275,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     with step("preprocess", f"checked, derived and transformed {len(raw)} rows"):
         result = preprocess(raw, params, source=params.data.path, profile_columns=profile_columns)
     del raw  # the outputs are written without the raw table in memory
-    with run_stage("preprocess", args.dagshub_dir) as (out, log):
+
+    def write(out, log) -> None:
         with step("preprocess", "wrote the features and the matrix"):
             out.write_table(args.features, result.features)
             out.write_table(args.matrix, result.matrix)
@@ -285,10 +265,22 @@ def main(argv: list[str] | None = None) -> None:
         log.log_data(params.data.path, md5.result())
         log.log_metrics(result.metrics)
         log.log_artifact(args.transformer)
-    print(
-        f"preprocess: {result.metrics['rows_in']} rows in, {result.metrics['rows_out']} out, "
-        f"{result.matrix.shape[1] - 1} columns"
-    )
+
+    m, columns = result.metrics, result.matrix.shape[1] - 1
+    return Outcome(write, f"preprocess: {m['rows_in']} rows in, {m['rows_out']} out, {columns} columns")
+
+
+main = cli(
+    "preprocess",
+    __doc__,
+    work,
+    {
+        "features": "output: ID + unscaled features (.parquet or .csv)",
+        "matrix": "output: ID + transformed matrix (.parquet or .csv)",
+        "transformer": "output: fitted preprocessing pipeline (pickle)",
+        "metrics": "output: row counts (JSON)",
+    },
+)
 
 
 if __name__ == "__main__":

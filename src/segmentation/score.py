@@ -1,9 +1,9 @@
 """Score new customers: a raw CSV (the training data's columns) -> ID, segment, with the trained segmenter.
 
 ``python -m segmentation.score --input new_customers.csv [--output scores/new_customers_segments.csv]``, or
-``make score INPUT=new_customers.csv [OUTPUT=...]``. Not a DVC stage: it reads ``models/segmenter.joblib`` (the train
-stage's one artifact: feature recipe, preprocessing and the clusterer as one scikit-learn ``Pipeline``) and the
-``preprocess.data`` params (separator, encoding, ID column).
+``make score INPUT=new_customers.csv [OUTPUT=...]``. Not a DVC stage: it reads the segmenter (``paths.segmenter`` in
+``dvc.yaml``, the train stage's one artifact: feature recipe, preprocessing and the clusterer as one scikit-learn
+``Pipeline``) and the ``preprocess.data`` params (separator, encoding, ID column).
 
 - The file is checked as preprocess checks the training data (columns, numbers, DD-MM-YYYY dates, unique IDs...):
   a bad file is one ``error:`` line naming the column and the line, exit status 2, nothing written.
@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from segmentation import algorithms, data, features
+from segmentation import algorithms, data, features, pipeline
 from segmentation.config import PreprocessParams, load_section
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import LineLocator, StageOutputs, load_model
@@ -36,8 +36,6 @@ from segmentation.report import NAME_COLUMN
 SEGMENT_COLUMN = "segment"
 SEGMENT_NAME_COLUMN = "segment_name"
 REASON_COLUMN = "reason"
-DEFAULT_MODEL = "models/segmenter.joblib"
-DEFAULT_PROFILE = "reports/cluster_profile.csv"  # the evaluate stage's profile: one row per segment, with its name
 OUTPUT_DIR = Path("scores")
 SHOWN_IDS = 10  # IDs named in the summary line; all of them are in the rejects file
 
@@ -132,13 +130,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="CSV of customers, with the training data's columns")
     parser.add_argument("--output", help="ID -> segment, name CSV (default: scores/<input stem>_segments.csv)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"the trained segmenter (default {DEFAULT_MODEL})")
+    parser.add_argument("--model", help="the trained segmenter (default: paths.segmenter in dvc.yaml)")
     parser.add_argument("--separator", help="the input's separator (default: preprocess.data.separator)")
     parser.add_argument(
-        "--profile", default=DEFAULT_PROFILE, help=f"where the segments' names are (default {DEFAULT_PROFILE})"
+        "--profile", help="the evaluate stage's profile, with the segments' names (default: paths.profile in dvc.yaml)"
     )
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
+    # The train and evaluate stages' outputs, where dvc.yaml puts them.
+    args.model = args.model or pipeline.path("segmenter")
+    args.profile = args.profile or pipeline.path("profile")
 
     params: PreprocessParams = load_section("preprocess", args.params)
     source = Path(args.input)

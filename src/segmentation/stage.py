@@ -1,14 +1,35 @@
-"""The runner every stage's CLI shares: the run logged, then all outputs committed together."""
+"""The runner every stage's CLI shares: paths and params in, the work done, the run logged, then all outputs
+committed together.
+
+A stage is a module with a pure function and a ``work`` that reads its inputs, calls it and says what to write::
+
+    def work(args, params, raw_params) -> Outcome:
+        result = my_pure_function(read_csv(args.table), params)
+
+        def write(out, log):  # inside the run: outputs through ``out``, the record on ``log``
+            out.write_csv(args.result, result.table)
+            log.log_metrics(result.metrics)
+
+        return Outcome(write, f"mystage: {len(result.table)} rows")
+
+    main = cli("mystage", __doc__, work, {"table": "input: ...", "result": "output: ..."})
+
+plus its entry in ``dvc.yaml`` (the command passes every path: ``--table ${paths.table} ...``).
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from segmentation.errors import UserError, raise_if_interrupted
+from segmentation.config import PARAMS_FILE, parse_section, read_params_file
+from segmentation.errors import UserError, raise_if_interrupted, stage_entrypoint
 from segmentation.files import StageOutputs
 from segmentation.lineage import dvc_process
 from segmentation.tracking import DualLogger
@@ -78,3 +99,47 @@ def _alive(proc) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a stage's work hands back to the runner."""
+
+    # Called inside :func:`run`: write every output through ``out`` (StageOutputs), record params, metrics and
+    # artifacts on ``log`` (DualLogger). Nothing is replaced until it has returned and the run is logged.
+    write: Callable[[StageOutputs, DualLogger], None]
+    summary: str  # one line, printed once the outputs are committed
+
+
+Work = Callable[[argparse.Namespace, Any, dict[str, Any]], Outcome]
+
+
+def cli(
+    stage: str, description: str | None, work: Work, files: Mapping[str, str], optional: Collection[str] = ()
+) -> Callable[[list[str] | None], None]:
+    """The ``main(argv)`` of a stage: parse the file options, load its params section, run ``work``, commit.
+
+    ``files`` maps each option (``matrix`` -> ``--matrix``) to its help; all are required but ``optional`` ones;
+    ``--params`` and ``--dagshub-dir`` (the DAGsHubLogger folder) come with every stage. ``work(args, params,
+    raw_params)`` gets the parsed options, the stage's own validated section of the params file, and the whole file
+    (for the few keys a stage reads from other sections); it does the work and returns an :class:`Outcome`.
+    User errors anywhere are one ``error:`` line (exit 2), Ctrl-C one ``interrupted:`` line (exit 130).
+    """
+
+    def main(argv: list[str] | None = None) -> None:
+        parser = argparse.ArgumentParser(description=description)
+        parser.add_argument("--params", default=PARAMS_FILE, help="the params file (default %(default)s)")
+        for name, help_text in files.items():
+            parser.add_argument(f"--{name.replace('_', '-')}", required=name not in optional, help=help_text)
+        parser.add_argument("--dagshub-dir", required=True, help="output: DAGsHubLogger metrics.csv + params.yml")
+        args = parser.parse_args(argv)
+
+        raw_params = read_params_file(args.params)
+        params = parse_section(stage, raw_params.get(stage), args.params)
+        outcome = work(args, params, raw_params)
+        with run(stage, args.dagshub_dir) as (out, log):
+            outcome.write(out, log)
+        print(outcome.summary)
+
+    main.__doc__ = f"CLI of the ``{stage}`` stage (paths come from dvc.yaml, knobs from params.yaml)."
+    return stage_entrypoint(main, name=stage)

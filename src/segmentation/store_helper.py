@@ -121,19 +121,23 @@ class StoreHelper:
 
 
 _HELPER: StoreHelper | None = None
+ENV_HELPER = "SEGMENTATION_STORE_HELPER"  # "0": no helper, every stage records its own run
+ENV_WARM = "SEGMENTATION_WARM_STAGES"  # "0": every stage loads its libraries itself
 
 
 def start_store_helper() -> None:
-    """Find or start the helper for this stage's run (see :class:`StoreHelper`); at most once per process."""
+    """Find or start the helper for this stage's run (see :class:`StoreHelper`); at most once per process.
+
+    ``SEGMENTATION_STORE_HELPER=0``: none; the stage records its run itself (a stage run by hand that is expected
+    to stop early, as in the bad-input tests, spares the helper's ~3 s of imports)."""
     global _HELPER
-    if _HELPER is None:
+    if _HELPER is None and os.environ.get(ENV_HELPER) != "0":
         try:
             _HELPER = StoreHelper()
         except (OSError, ImportError):
             _HELPER = None
 
 
-ENV_WARM = "SEGMENTATION_WARM_STAGES"  # "0": every stage loads its libraries itself
 STAGES = ("preprocess", "train", "evaluate")
 _IN_WARM_STAGE = False  # True in a stage forked from the helper
 

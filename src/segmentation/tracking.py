@@ -2,8 +2,9 @@
 
 MLflow holds the browsable history (local SQLite store by default); the ``DAGsHubLogger`` files under
 ``metrics/dagshub/<stage>/`` are committed with the code, so each commit carries its own results. Here: where runs
-go (settings), what produced a run (lineage from ``dvc.lock``), the logger, and the local store (kept runs, one
-writer at a time). Delivery to a remote tracker and ``make sync`` are in :mod:`segmentation.delivery`.
+go (settings) and the logger the stages use. What produced a run is in :mod:`segmentation.lineage`, the local store
+in :mod:`segmentation.store`, delivery to a remote tracker (and its credentials) and ``make sync`` in
+:mod:`segmentation.delivery`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import shutil
 import sys
 import time
 import tomllib
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,23 +116,6 @@ def dagshub_host(environ: Mapping[str, str] | None = None) -> str:
 def dagshub_url(owner: str, repo: str, suffix: str, environ: Mapping[str, str] | None = None) -> str:
     """``https://dagshub.com/<owner>/<repo><suffix>`` (suffix ``.dvc`` or ``.mlflow``)."""
     return f"{dagshub_host(environ)}/{owner}/{repo}{suffix}"
-
-
-def apply_dagshub_credentials(root: Path, environ: MutableMapping[str, str] | None = None) -> None:
-    """Let MLflow authenticate with the DagsHub token when no MLflow credentials are set.
-
-    The token stays in this process's environment: it is never written to a file, a param or a tag.
-    """
-    env = os.environ if environ is None else environ
-    token = env.get("DAGSHUB_USER_TOKEN")
-    if not token or env.get("MLFLOW_TRACKING_PASSWORD") or env.get("MLFLOW_TRACKING_TOKEN"):
-        return
-    user = (
-        env.get("MLFLOW_TRACKING_USERNAME") or env.get("DAGSHUB_USERNAME") or project_config(root).get("dagshub_owner")
-    )
-    if user:
-        env["MLFLOW_TRACKING_USERNAME"] = user
-        env["MLFLOW_TRACKING_PASSWORD"] = token
 
 
 def project_config(root: Path) -> dict[str, Any]:

@@ -12,9 +12,7 @@ other rows by :class:`segmentation.algorithms.CentroidAssigner` (see :mod:`segme
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,14 +34,13 @@ from threadpoolctl import threadpool_limits
 
 from segmentation import algorithms
 from segmentation.algorithms import NOISE, CentroidAssigner
-from segmentation.config import PreprocessParams, TrainParams, flatten, load_section
-from segmentation.errors import UserError, stage_entrypoint
+from segmentation.config import PreprocessParams, TrainParams, flatten, parse_section
+from segmentation.errors import UserError
 from segmentation.files import load_model, read_matrix
 from segmentation.plotting import FIGURE_DPI, new_figure
 from segmentation.progress import Progress
 from segmentation.segmenter import build_segmenter, input_schema
-from segmentation.stage import exit_now
-from segmentation.stage import run as run_stage
+from segmentation.stage import Outcome, cli, exit_now
 
 
 @dataclass
@@ -470,29 +467,13 @@ def save_mlflow_model(segmenter, folder: str) -> str:
     return path
 
 
-@stage_entrypoint
-def main(argv: list[str] | None = None) -> None:
-    """CLI of the ``train`` stage."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--matrix", required=True, help="input: ID + transformed matrix (.parquet or .csv)")
-    parser.add_argument("--model", required=True, help="output: the fitted clusterer of train.algorithm (pickle)")
-    parser.add_argument("--preprocessor", help="input: fitted preprocessing (pickle); needed with --segmenter")
-    parser.add_argument(
-        "--segmenter", help="output: raw row -> segment, a scikit-learn Pipeline (pickle), also an MLflow model"
-    )
-    parser.add_argument("--elbow-plot", required=True, help="output: elbow plot (PNG)")
-    parser.add_argument("--elbow-scores", required=True, help="output: score per k (CSV, DVC plot data)")
-    parser.add_argument("--metrics", required=True, help="output: k_best and its score (JSON)")
-    parser.add_argument("--dagshub-dir", required=True, help="output: DAGsHubLogger metrics.csv + params.yml")
-    args = parser.parse_args(argv)
+def work(args, params: TrainParams, raw_params: dict[str, Any]) -> Outcome:
+    """Read the matrix, run :func:`train`, build the segmenter; say what to write and log."""
     if args.segmenter and not args.preprocessor:
-        parser.error("--segmenter needs --preprocessor (the fitted preprocessing it includes)")
-
-    params: TrainParams = load_section("train", args.params)
+        raise UserError("--segmenter needs --preprocessor (the fitted preprocessing it includes)")
     matrix = read_matrix(args.matrix, stage="preprocess")
     if args.segmenter:  # the segmenter's feature step is the preprocess recipe
-        preprocess_params: PreprocessParams = load_section("preprocess", args.params)
+        preprocess_params: PreprocessParams = parse_section("preprocess", raw_params.get("preprocess"), args.params)
         preprocessor = load_model(args.preprocessor, stage="preprocess")
     id_column = matrix.columns[0]
     elbow, model = train(matrix, id_column, params, source=args.matrix)
@@ -516,9 +497,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"warning: train: {message}", file=sys.stderr)
         metrics.update(clusters_below_min_size=len(small), smallest_cluster_size=min(small.values()))
         tags["warning_small_clusters"] = message
-
     segmenter = build_segmenter(preprocess_params, preprocessor, model) if args.segmenter else None
-    with tempfile.TemporaryDirectory(prefix="segmenter-") as folder, run_stage("train", args.dagshub_dir) as (out, log):
+
+    def write(out, log) -> None:
         out.dump_model(args.model, model)
         if segmenter is not None:
             out.dump_model(args.segmenter, segmenter)
@@ -535,8 +516,26 @@ def main(argv: list[str] | None = None) -> None:
         log.log_artifact(args.elbow_plot)
         log.log_artifact(args.elbow_scores)
         if segmenter is not None:
-            log.log_artifact_dir(save_mlflow_model(segmenter, folder), MLFLOW_MODEL_NAME)
-    print(f"train: k_best = {elbow.k_best} ({elbow.rule}), {elbow.metric} = {elbow.score_best:.4g}")
+            log.log_artifact_dir(save_mlflow_model(segmenter, str(out.scratch("segmenter-"))), MLFLOW_MODEL_NAME)
+
+    return Outcome(write, f"train: k_best = {elbow.k_best} ({elbow.rule}), {elbow.metric} = {elbow.score_best:.4g}")
+
+
+main = cli(
+    "train",
+    __doc__,
+    work,
+    {
+        "matrix": "input: ID + transformed matrix (.parquet or .csv)",
+        "model": "output: the fitted clusterer of train.algorithm (pickle)",
+        "preprocessor": "input: fitted preprocessing (pickle); needed with --segmenter",
+        "segmenter": "output: raw row -> segment, a scikit-learn Pipeline (pickle), also an MLflow model",
+        "elbow_plot": "output: elbow plot (PNG)",
+        "elbow_scores": "output: score per k (CSV, DVC plot data)",
+        "metrics": "output: k_best and its score (JSON)",
+    },
+    optional={"preprocessor", "segmenter"},
+)
 
 
 if __name__ == "__main__":

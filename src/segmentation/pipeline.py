@@ -1,0 +1,96 @@
+"""The pipeline as ``dvc.yaml`` declares it: its paths (``vars: paths``) and its stages, ``${...}`` resolved.
+
+``dvc.yaml`` is the one place where each path is written: the stages get theirs on their command line, and code that
+reads results outside a stage (``make score``, the report's provenance, the lineage of a run) asks here. A plain YAML
+read (~1 ms), not DVC's own parser (~0.8 s to import): the resolution is DVC's for what this project uses, names
+from ``vars`` and from ``params.yaml``; tests/test_paths.py checks it against DVC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segmentation.errors import UserError
+
+DVC_YAML = "dvc.yaml"
+PARAMS_FILE = "params.yaml"  # DVC reads it for ${...} too, as its default params file
+_REFERENCE = re.compile(r"\$\{\s*([\w.-]+)\s*\}")
+
+
+def definition(root: str | Path = ".") -> dict[str, Any]:
+    """``dvc.yaml`` as written (``${...}`` not resolved); a missing or broken file is a :class:`UserError`."""
+    path = Path(root) / DVC_YAML
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(
+            f"{path}: cannot read the pipeline's definition ({exc.strerror}); run from the project"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+        raise UserError(f"{path}: no stages: section")
+    return data
+
+
+def variables(root: str | Path = ".", data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``${...}`` can name, as for DVC: ``params.yaml`` (when present), then the mappings under ``vars``."""
+    data = definition(root) if data is None else data
+    context: dict[str, Any] = {}
+    params = Path(root) / PARAMS_FILE
+    # A broken params file is reported by the stages themselves; here only the paths matter.
+    with contextlib.suppress(OSError, yaml.YAMLError):
+        context.update(yaml.safe_load(params.read_text(encoding="utf-8")) or {})
+    for item in data.get("vars") or []:
+        if isinstance(item, dict):  # a file name in vars (another params file) is not used by this project
+            context.update(item)
+    return context
+
+
+def resolve(value: Any, context: dict[str, Any]) -> Any:
+    """``value`` with every ``${name.sub}`` replaced from ``context``, in keys, lists and strings alike.
+
+    A reference ``context`` does not hold is left as written: DVC would stop on it, and so will the stage."""
+
+    def lookup(match: re.Match) -> str:
+        found: Any = context
+        for part in match.group(1).split("."):
+            if not isinstance(found, dict) or part not in found:
+                return match.group(0)
+            found = found[part]
+        return str(found)
+
+    if isinstance(value, dict):
+        return {resolve(k, context): resolve(v, context) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, context) for v in value]
+    if isinstance(value, str):
+        return _REFERENCE.sub(lookup, value)
+    return value
+
+
+def stages(root: str | Path = ".") -> dict[str, dict[str, Any]]:
+    """Stage name -> its definition (cmd, deps, outs, metrics, plots), ``${...}`` resolved."""
+    data = definition(root)
+    return resolve(data["stages"], variables(root, data))
+
+
+def paths(root: str | Path = ".") -> dict[str, str]:
+    """The pipeline's named paths (``vars: - paths:`` in ``dvc.yaml``), relative to the project."""
+    for item in definition(root).get("vars") or []:
+        if isinstance(item, dict) and isinstance(item.get("paths"), dict):
+            return {str(k): str(v) for k, v in item["paths"].items()}
+    return {}
+
+
+def path(name: str, root: str | Path = ".") -> str:
+    """One named path, e.g. ``path("segmenter")``; a :class:`UserError` when ``dvc.yaml`` does not declare it."""
+    found = paths(root)
+    if name not in found:
+        raise UserError(f"{Path(root) / DVC_YAML}: vars: paths: has no {name}: (the pipeline's path for it)")
+    return found[name]
