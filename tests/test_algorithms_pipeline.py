@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline_helpers import FIXTURE_DATA, copy_project, project_env, run, use_fixture_data
+from pipeline_helpers import FIXTURE_DATA, copy_project, paths, project_env, run, use_fixture_data
 from segmentation import algorithms
+
+P = paths()  # every path as dvc.yaml declares it
 
 pytestmark = pytest.mark.pipeline
 
@@ -39,13 +41,13 @@ def test_the_pipeline_and_scoring_with_each_algorithm(project, algorithm):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["dvc", "repro"], root, env)
 
-    train = json.loads((root / "metrics/train.json").read_text())
-    evaluate = json.loads((root / "metrics/evaluate.json").read_text())
+    train = json.loads((root / P["train_metrics"]).read_text())
+    evaluate = json.loads((root / P["evaluate_metrics"]).read_text())
     k = train["k_best"]
     assert evaluate["n_clusters"] == k >= 2
     assert train["k_rule"] in RULES.get(algorithm, {"elbow", "fallback_max_curvature"})
     assert ("inertia" in train) == ("inertia" in evaluate) == (algorithm in KMEANS_FAMILY)
-    segments = pd.read_csv(root / "data/segments.csv")
+    segments = pd.read_csv(root / P["segments"])
     assert len(segments) == ROWS_OUT
     noise = segments["cluster"] == algorithms.NOISE
     assert set(segments.loc[~noise, "cluster"]) == set(range(k))
@@ -54,10 +56,10 @@ def test_the_pipeline_and_scoring_with_each_algorithm(project, algorithm):
         assert evaluate.get("size_noise", 0) == noise.sum()
     else:
         assert not noise.any() and "noise_share" not in evaluate
-    profile = pd.read_csv(root / "reports/cluster_profile.csv")
+    profile = pd.read_csv(root / P["profile"])
     assert sorted(profile["cluster"]) == sorted(segments["cluster"].unique())
     assert profile["name"].is_unique
-    page = (root / "reports/segments.html").read_text()
+    page = (root / P["report"]).read_text()
     assert algorithms.REGISTRY[algorithm].label in page
 
     # New customers: the segmenter's predict (the nearest centroid for agglomerative and HDBSCAN), never noise.

@@ -66,11 +66,11 @@ def test_compare_puts_experiments_side_by_side_with_segment_sizes():
 def test_compare_shows_the_algorithm_its_k_rule_and_noise():
     base = show_entry("main", {"train": {"algorithm": "kmeans", "k_max": 10}}, 5, 0.32, [500, 400])
     hdb = show_entry("hdb", {"train": {"algorithm": "hdbscan", "k_max": 10}}, 2, 0.40, [300, 1180])
-    base["data"]["metrics"]["metrics/train.json"]["data"]["k_rule"] = "elbow"
-    hdb["data"]["metrics"]["metrics/train.json"]["data"]["k_rule"] = "density"
-    hdb["data"]["metrics"]["metrics/evaluate.json"]["data"].update(noise_share=0.3291, size_noise=728)
+    base["data"]["metrics"][P["train_metrics"]]["data"]["k_rule"] = "elbow"
+    hdb["data"]["metrics"][P["train_metrics"]]["data"]["k_rule"] = "density"
+    hdb["data"]["metrics"][P["evaluate_metrics"]]["data"].update(noise_share=0.3291, size_noise=728)
     base["experiments"] = [{"revs": [hdb]}]
-    text = compare(parse_show([base]))
+    text = compare(parse_show([base], P))
     lines = {line.rsplit(None, 2)[0].strip(): line.split()[-2:] for line in text.splitlines()[2:]}
     assert lines["train.algorithm"] == ["kmeans", "hdbscan"]
     assert lines["k rule"] == ["elbow", "density"]
