@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 
 os.environ.update(
     {
@@ -35,6 +36,14 @@ from pipeline_helpers import (  # noqa: E402
     use_fixture_data,
 )
 from segmentation.config import PreprocessParams, load_section  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Close the figures a test drew (train's elbow, evaluate's plots): matplotlib warns past 20 open ones."""
+    yield
+    if "matplotlib.pyplot" in sys.modules:  # never import it for a test that did not
+        sys.modules["matplotlib.pyplot"].close("all")
 
 
 @pytest.fixture(scope="session")

@@ -26,14 +26,6 @@ def params(algorithm: str, **override) -> TrainParams:
     return TrainParams(**{**base, **override})
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
-
-
 @pytest.fixture(scope="module")
 def blobs() -> tuple[pd.DataFrame, np.ndarray]:
     """Five well-separated blobs in 3 dimensions (centres 12 apart, spread 1): the true k is 5."""

@@ -15,15 +15,6 @@ def params(**override) -> TrainParams:
     return TrainParams(**{**base, **override})
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    """Each search draws its elbow figure: close them (matplotlib warns past 20 open figures)."""
-    yield
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
-
-
 @pytest.fixture(scope="module")
 def blobs() -> pd.DataFrame:
     X, _ = make_blobs(n_samples=400, centers=4, cluster_std=0.6, random_state=3)
