@@ -374,7 +374,8 @@ def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
     model = load_model(args.model, stage="train")
     id_column = matrix.columns[0]
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
-    check_model(model, X, args.model, args.matrix, read_train_metrics(args.train_metrics), args.train_metrics)
+    train_metrics = read_train_metrics(args.train_metrics)  # the model's check, then the report's k section
+    check_model(model, X, args.model, args.matrix, train_metrics, args.train_metrics)
     result = evaluate(matrix, features, model, id_column, params, categorical)
     labels = result.segments[CLUSTER_COLUMN].to_numpy()
     figures = {
@@ -425,7 +426,7 @@ def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
                 images=images,
                 k_choice=report.k_choice_section(
                     elbow,
-                    read_train_metrics(args.train_metrics),
+                    train_metrics,
                     criteria,
                     elbow_png,
                     algorithm=algorithms.REGISTRY[algorithms.algorithm_name(model)].label,
