@@ -24,7 +24,7 @@ export UV_COMPILE_BYTECODE := 1
 # uv from PATH, else a pinned copy installed into .uv/ (works where the system pip is locked down).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.uv/bin/uv)
 
-.PHONY: help setup repro score experiment exps compare metrics plots ui check-deps test test-all check lint format push pull dagshub remote sync bench clean
+.PHONY: help setup repro score experiment exps compare metrics plots ui check-deps test test-all check lint format push pull dagshub remote sync bench bench-floor clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -120,6 +120,9 @@ sync: ## Deliver MLflow runs kept locally (tracker unreachable) to the remote tr
 
 bench: ## Speed and scale: the seed's script vs dvc repro, example to 1M rows (LARGE=1: also 3M and 10M rows)
 	$(BIN)/python benchmarks/bench_scale.py $(if $(LARGE),--large) $(ARGS)
+
+bench-floor: ## The example's fixed costs: DVC's own, the libraries' import, MLflow's, beside the seed's script
+	$(BIN)/python benchmarks/bench_floor.py $(ARGS)
 
 clean: ## Remove the local MLflow store and Python caches (keeps data, DVC cache and .venv)
 	rm -rf mlflow.db mlruns .pytest_cache .ruff_cache dvc_plots
