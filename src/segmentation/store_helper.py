@@ -348,18 +348,22 @@ def _warm_up_stages(owner=None) -> None:
 
 
 def _warm_up_model_saving() -> None:
-    """Save a tiny scikit-learn model as an MLflow model once: MLflow's first save reads every installed package's
-    metadata to check the requirements (~0.4 s) and keeps what it read, so the train stage's own save is quick."""
+    """Save a tiny scikit-learn model as an MLflow model once, in the train stage's format: MLflow's first save
+    reads every installed package's metadata to check the requirements (~0.4 s) and keeps what it read, so the train
+    stage's own save is quick. (MLflow's default format, skops, would import skops instead: ~1 s, never used.)"""
     import tempfile
 
     import mlflow.sklearn
     from sklearn.dummy import DummyClassifier
 
     from segmentation.store import quiet_mlflow
+    from segmentation.train import MLFLOW_SERIALIZATION
 
     model = DummyClassifier().fit([[0.0], [1.0]], [0, 1])
     with tempfile.TemporaryDirectory() as folder, quiet_mlflow():
-        mlflow.sklearn.save_model(model, f"{folder}/model", pip_requirements=["scikit-learn"])
+        mlflow.sklearn.save_model(
+            model, f"{folder}/model", pip_requirements=["scikit-learn"], serialization_format=MLFLOW_SERIALIZATION
+        )
 
 
 def record_with_helper(settings: TrackingSettings, run: PendingRun, root: Path) -> tuple[str, int]:

@@ -437,6 +437,9 @@ def train(
 
 
 MLFLOW_MODEL_NAME = "segmenter"  # the train run's MLflow model: runs:/<run id>/segmenter
+# mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE: the segmenter's feature step is this package's own class, which
+# MLflow 3's default (skops) would not load without a list of trusted types. The store helper warms this format up.
+MLFLOW_SERIALIZATION = "cloudpickle"
 
 
 def save_mlflow_model(segmenter, folder: str) -> str:
@@ -462,7 +465,7 @@ def save_mlflow_model(segmenter, folder: str) -> str:
             path,
             signature=input_schema(segmenter),
             pip_requirements=requirements,
-            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+            serialization_format=MLFLOW_SERIALIZATION,
         )
     return path
 
