@@ -22,6 +22,10 @@ PENDING_DIR = "mlruns-pending"
 LOCK_NAME = ".mlflow.lock"
 LOCK_WAIT_S = 120
 DIRS_NAME = "artifact_dirs"  # a kept run's directory artifacts, beside its "artifacts" folder
+# How the train stage saves its MLflow model (mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE): the segmenter's
+# feature step is this package's own class, which MLflow 3's default (skops) would not load without a list of
+# trusted types. The store helper warms this format up.
+MLFLOW_SERIALIZATION = "cloudpickle"
 
 
 @contextmanager

@@ -356,8 +356,7 @@ def _warm_up_model_saving() -> None:
     import mlflow.sklearn
     from sklearn.dummy import DummyClassifier
 
-    from segmentation.store import quiet_mlflow
-    from segmentation.train import MLFLOW_SERIALIZATION
+    from segmentation.store import MLFLOW_SERIALIZATION, quiet_mlflow
 
     model = DummyClassifier().fit([[0.0], [1.0]], [0, 1])
     with tempfile.TemporaryDirectory() as folder, quiet_mlflow():

@@ -437,9 +437,6 @@ def train(
 
 
 MLFLOW_MODEL_NAME = "segmenter"  # the train run's MLflow model: runs:/<run id>/segmenter
-# mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE: the segmenter's feature step is this package's own class, which
-# MLflow 3's default (skops) would not load without a list of trusted types. The store helper warms this format up.
-MLFLOW_SERIALIZATION = "cloudpickle"
 
 
 def save_mlflow_model(segmenter, folder: str) -> str:
@@ -455,7 +452,7 @@ def save_mlflow_model(segmenter, folder: str) -> str:
 
     import mlflow.sklearn
 
-    from segmentation.store import quiet_mlflow
+    from segmentation.store import MLFLOW_SERIALIZATION, quiet_mlflow
 
     path = f"{folder}/{MLFLOW_MODEL_NAME}"
     requirements = [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "cloudpickle")]
