@@ -74,7 +74,7 @@ check-deps: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Check that t
 	$(UV) pip check --python $(BIN)/python
 
 # The slow suites carry markers (pyproject.toml): `make test` leaves them to `make test-all`.
-FAST := not pipeline and not remote and not template and not ui
+FAST := not pipeline and not remote and not template and not ui and not dask
 # `make test` runs on WORKERS processes (pytest-xdist), each test file whole on one of them (its module fixtures made
 # once). `make test-all` stays serial: its fault tests time their kills against a loaded machine.
 WORKERS ?= 2
