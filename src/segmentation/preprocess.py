@@ -306,12 +306,15 @@ def require_computable(
 
 
 def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
-    """Read the raw CSV (only the columns used), run :func:`preprocess`, say what to write and log."""
+    """Read the raw CSV (only the columns used), run :func:`preprocess` (or its Dask engine), say what to write and
+    log."""
     profile_columns = profile_patterns(raw_params, args.params)  # passed through for the evaluate stage
     # The raw file's md5 (for the MLflow run) is computed in a thread while the stage works: hashlib releases the GIL.
     hashing = ThreadPoolExecutor(1)
     md5 = hashing.submit(file_md5, params.data.path) if Path(params.data.path).is_file() else None
     hashing.shutdown(wait=False)
+    if params.engine == "dask":
+        return work_on_dask(args, params, profile_columns, md5)
     build_transformer(params)  # imports scikit-learn now, so that the steps below time only their work
     with step("preprocess", f"read {params.data.path}"):
         raw = data.load_csv(params.data, columns=[*input_columns(params), *profile_columns])
@@ -332,6 +335,35 @@ def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
 
     m, columns = result.metrics, result.matrix.shape[1] - 1
     return Outcome(write, f"preprocess: {m['rows_in']} rows in, {m['rows_out']} out, {columns} columns")
+
+
+def work_on_dask(args, params: PreprocessParams, profile_columns: list[str], md5) -> Outcome:
+    """The Dask engine (:mod:`segmentation.dask_engine`): the same outputs, the tables as partitioned Parquet."""
+    from segmentation import dask_engine
+
+    columns = [*input_columns(params), *profile_columns]
+    with (
+        dask_engine.dask_client(params.dask) as client,
+        step("preprocess", f"preprocessed {params.data.path} on Dask"),
+    ):
+        result = dask_engine.preprocess_on_dask(client, params, columns, profile_columns, args.features, args.matrix)
+
+    def write(out, log) -> None:
+        out.adopt(args.features, result.features_dir)
+        out.adopt(args.matrix, result.matrix_dir)
+        out.dump_model(args.transformer, result.transformer)
+        out.write_json(args.metrics, result.metrics)
+        log.log_params(flatten(params, "preprocess."))
+        log.log_data(params.data.path, md5.result() if md5 is not None else None)
+        log.log_metrics(result.metrics)
+        log.log_artifact(args.transformer)
+
+    m = result.metrics
+    return Outcome(
+        write,
+        f"preprocess: {m['rows_in']} rows in, {m['rows_out']} out, {result.matrix_columns} columns "
+        f"({result.partitions} partitions on Dask)",
+    )
 
 
 main = cli(

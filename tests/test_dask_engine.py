@@ -1,0 +1,208 @@
+"""The Dask engine (``preprocess.engine: dask``) against the local engine, on a real cluster on 127.0.0.1: a
+LocalCluster of two worker processes (scheduler, workers and their comms on loopback only, no dashboard), stopped
+at the end of the module; the pipeline test's stages start and stop their own.
+
+Marked ``dask``: `make test` leaves these to `make test-all`. The first tests need no cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO, copy_project, paths, project_env, run, use_fixture_data
+from segmentation.config import DaskParams, PreprocessParams, parse_bytes
+from segmentation.errors import UserError
+from segmentation.files import read_csv
+from segmentation.preprocess import input_columns, preprocess
+
+SMALL_BLOCKS = "8kB"  # the 428-row sample (~50 kB of the columns used... ~110 kB in all) in about 14 partitions
+PROFILE = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())["evaluate"]["profile_columns"]
+
+
+# -- no cluster -----------------------------------------------------------------------------------------------------
+BYTE_SIZES = ["64MiB", "64 MiB", "2GB", "500kB", "1.5GiB", "1000", "12B", "3 kib", "5M", "2gi", "1PB"]
+
+
+@pytest.mark.parametrize("text", BYTE_SIZES)
+def test_byte_sizes_read_as_dask_reads_them(text):
+    from dask.utils import parse_bytes as dask_parse_bytes
+
+    assert parse_bytes(text) == dask_parse_bytes(text)
+
+
+@pytest.mark.parametrize("text", ["lots", "64 MiBs", "-1MB", "0", ""])
+def test_a_bad_byte_size_is_an_error(text):
+    with pytest.raises(ValueError):
+        parse_bytes(text)
+
+
+def test_engine_dask_rejects_what_it_cannot_do_yet(preprocess_params):
+    """Each limit is a one-line params error naming the setting (DASK-STATUS.md lists them)."""
+    from pydantic import ValidationError
+
+    base = preprocess_params.model_dump()
+    for change, words in [
+        ({"missing": "median"}, "missing: drop only"),
+        ({"data": {**base["data"], "id_column": None}}, "needs data.id_column"),
+        ({"categorical": {"columns": ["Education"], "encoding": "onehot"}}, "one-hot"),
+        ({"dask": {"blocksize": "lots"}}, "not a byte size"),
+    ]:
+        with pytest.raises(ValidationError, match=words):
+            PreprocessParams.model_validate({**base, "engine": "dask", **change})
+
+
+# -- on a LocalCluster ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def client():
+    """The engine's own client context: a LocalCluster of 2 worker processes, 1 thread each, on 127.0.0.1."""
+    from segmentation import dask_engine
+
+    saved = os.environ.pop(dask_engine.SCHEDULER_ENV, None)  # never a scheduler of the user's environment
+    try:
+        with dask_engine.dask_client(DaskParams(n_workers=2, threads_per_worker=1, memory_limit="1GiB")) as c:
+            info = c.scheduler_info()
+            assert info["address"].startswith("tcp://127.0.0.1:")
+            assert len(info["workers"]) == 2 and all(w.startswith("tcp://127.0.0.1:") for w in info["workers"])
+            yield c
+    finally:
+        if saved is not None:
+            os.environ[dask_engine.SCHEDULER_ENV] = saved
+
+
+def dask_params(params: PreprocessParams, blocksize: str = SMALL_BLOCKS, **data) -> PreprocessParams:
+    return params.model_copy(
+        update={
+            "engine": "dask",
+            "dask": DaskParams(blocksize=blocksize),
+            "data": params.data.model_copy(update=data),
+        }
+    )
+
+
+def on_dask(client, params: PreprocessParams, tmp_path):
+    """Run the engine; return its result, the features and the matrix as read back by the next stages."""
+    from segmentation.dask_engine import preprocess_on_dask
+
+    result = preprocess_on_dask(
+        client, params, [*input_columns(params), *PROFILE], PROFILE,
+        tmp_path / "features.parquet", tmp_path / "matrix.parquet",
+    )  # fmt: skip
+    return result, read_csv(result.features_dir), read_csv(result.matrix_dir)
+
+
+@pytest.mark.dask
+@pytest.mark.parametrize("blocksize", [SMALL_BLOCKS, "64MiB"])
+def test_dask_engine_gives_the_local_engine_s_outputs(client, raw_full, preprocess_params, tmp_path, blocksize):
+    """Same rows in the same order, same features (exactly), same matrix up to rounding, same counts; the saved
+    transformer is an ordinary scikit-learn one that maps the features onto the matrix."""
+    local = preprocess(raw_full, preprocess_params, preprocess_params.data.path, profile_columns=PROFILE)
+    result, features, matrix = on_dask(client, dask_params(preprocess_params, blocksize), tmp_path)
+    assert (result.partitions > 5) == (blocksize == SMALL_BLOCKS)
+    assert result.metrics == local.metrics
+    pd.testing.assert_frame_equal(features, local.features)
+    assert list(matrix.columns) == list(local.matrix.columns)
+    assert matrix["ID"].equals(local.matrix["ID"])
+    np.testing.assert_allclose(matrix.iloc[:, 1:], local.matrix.iloc[:, 1:], rtol=0, atol=1e-9)
+    again = result.transformer.transform(local.features[preprocess_params.features])
+    np.testing.assert_allclose(again, matrix.iloc[:, 1:].to_numpy(), rtol=0, atol=1e-12)
+    assert type(result.transformer) is type(local.transformer)
+
+
+def edited_sample(tmp_path, edit) -> str:
+    """A copy of the sample with ``edit(lines)`` applied to its data lines; returns its path."""
+    lines = (REPO / FIXTURE_DATA).read_text(encoding="utf-8").splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    edit(rows)
+    path = tmp_path / "sample.csv"
+    path.write_text(header + "".join(rows), encoding="utf-8")
+    return str(path)
+
+
+def same_error(client, raw_params: PreprocessParams, path: str, tmp_path) -> str:
+    """The one-line error of both engines on ``path``: the same text, naming the same line."""
+    from segmentation.data import load_csv
+
+    local_params = raw_params.model_copy(update={"data": raw_params.data.model_copy(update={"path": path})})
+    with pytest.raises(UserError) as local:
+        preprocess(load_csv(local_params.data), local_params, path, profile_columns=PROFILE)
+    with pytest.raises(UserError) as remote:
+        on_dask(client, dask_params(raw_params, path=path), tmp_path)
+    assert str(remote.value) == str(local.value)
+    assert not list(tmp_path.glob(".*.tmp")), "a failed run leaves no partial output"
+    return str(local.value)
+
+
+@pytest.mark.dask
+def test_a_bad_value_in_a_late_partition_names_its_line(client, preprocess_params, tmp_path):
+    def bad_income(rows):
+        fields = rows[300].split("\t")
+        fields[4] = "58k"  # Income
+        rows[300] = "\t".join(fields)
+
+    message = same_error(client, preprocess_params, edited_sample(tmp_path, bad_income), tmp_path)
+    assert "column Income must be numeric; e.g. '58k' on line 302" in message
+
+
+@pytest.mark.dask
+def test_an_id_repeated_across_partitions_names_both_lines(client, preprocess_params, tmp_path):
+    def repeat_id(rows):
+        first = rows[2].split("\t")[0]
+        fields = rows[350].split("\t")
+        rows[350] = "\t".join([first, *fields[1:]])
+
+    message = same_error(client, preprocess_params, edited_sample(tmp_path, repeat_id), tmp_path)
+    assert "has duplicates" in message and "on lines 4 and 352" in message
+
+
+# -- the pipeline ---------------------------------------------------------------------------------------------------
+def adjusted_rand_index(a, b) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return adjusted_rand_score(a, b)
+
+
+@pytest.mark.dask
+@pytest.mark.pipeline
+def test_the_pipeline_on_dask_chooses_the_same_segments(tmp_path):
+    """`dvc repro` with the local engine, then with `engine: dask` (a LocalCluster of 2 worker processes started and
+    stopped by the stage): the same k_best, labels that agree (ARI >= 0.99), the tables as Parquet folders that DVC
+    caches; `dvc status` clean afterwards."""
+    root = copy_project(tmp_path / "project")
+    env = project_env(tmp_path)
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    use_fixture_data(root, env)
+    p = paths(root)
+    run(["dvc", "repro"], root, env)
+    k_local = json.loads((root / p["train_metrics"]).read_text())["k_best"]
+    local = pd.read_csv(root / p["segments"])
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["preprocess"]["engine"] = "dask"
+    params["preprocess"]["dask"] = {"blocksize": SMALL_BLOCKS, "n_workers": 2, "memory_limit": "1GiB"}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repro = run(["dvc", "repro"], root, env)
+    assert "partitions on Dask" in repro.stdout
+    for name in ("features", "matrix"):
+        assert (root / p[name]).is_dir() and list((root / p[name]).glob("part.*.parquet")), name
+    assert json.loads((root / p["train_metrics"]).read_text())["k_best"] == k_local
+    dask = pd.read_csv(root / p["segments"])
+    assert dask.iloc[:, 0].equals(local.iloc[:, 0])  # the same customers, in the same order
+    assert adjusted_rand_index(local["cluster"], dask["cluster"]) >= 0.99
+    status = run(["dvc", "status"], root, env)
+    assert "up to date" in status.stdout, status.stdout
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    outs = {o["path"]: o for o in lock["stages"]["preprocess"]["outs"]}
+    assert outs[p["features"]]["md5"].endswith(".dir")  # DVC caches the folder
+
+    # back to the local engine: the folders are replaced by files again, the results as before
+    params["preprocess"]["engine"] = "local"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro"], root, env)
+    assert (root / p["features"]).is_file()
+    assert pd.read_csv(root / p["segments"]).equals(local)
