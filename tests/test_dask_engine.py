@@ -69,10 +69,22 @@ def client():
             info = c.scheduler_info()
             assert info["address"].startswith("tcp://127.0.0.1:")
             assert len(info["workers"]) == 2 and all(w.startswith("tcp://127.0.0.1:") for w in info["workers"])
+            assert listening_addresses() == {"127.0.0.1"}
             yield c
     finally:
         if saved is not None:
             os.environ[dask_engine.SCHEDULER_ENV] = saved
+
+
+def listening_addresses() -> set[str]:
+    """The addresses on which this process and its children (the LocalCluster's nannies and workers) listen."""
+    import psutil
+
+    me = psutil.Process()
+    found = set()
+    for proc in [me, *me.children(recursive=True)]:
+        found |= {c.laddr.ip for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    return found
 
 
 def dask_params(params: PreprocessParams, blocksize: str = SMALL_BLOCKS, **data) -> PreprocessParams:
@@ -112,6 +124,22 @@ def test_dask_engine_gives_the_local_engine_s_outputs(client, raw_full, preproce
     again = result.transformer.transform(local.features[preprocess_params.features])
     np.testing.assert_allclose(again, matrix.iloc[:, 1:].to_numpy(), rtol=0, atol=1e-12)
     assert type(result.transformer) is type(local.transformer)
+
+
+@pytest.mark.dask
+def test_a_glob_of_csv_files_reads_as_their_concatenation(client, raw_full, preprocess_params, tmp_path):
+    """The sample cut into three files (each with the header): `part-*.csv` gives the whole sample's outputs."""
+    lines = (REPO / FIXTURE_DATA).read_text(encoding="utf-8").splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    for number, (start, stop) in enumerate([(0, 150), (150, 151), (151, len(rows))]):
+        (tmp_path / f"part-{number}.csv").write_text(header + "".join(rows[start:stop]), encoding="utf-8")
+    local = preprocess(raw_full, preprocess_params, preprocess_params.data.path, profile_columns=PROFILE)
+    result, features, matrix = on_dask(
+        client, dask_params(preprocess_params, path=str(tmp_path / "part-*.csv")), tmp_path
+    )
+    assert result.metrics == local.metrics
+    pd.testing.assert_frame_equal(features, local.features)
+    np.testing.assert_allclose(matrix.iloc[:, 1:], local.matrix.iloc[:, 1:], rtol=0, atol=1e-9)
 
 
 def edited_sample(tmp_path, edit) -> str:
@@ -187,7 +215,7 @@ def test_the_pipeline_on_dask_chooses_the_same_segments(tmp_path):
     params["preprocess"]["dask"] = {"blocksize": SMALL_BLOCKS, "n_workers": 2, "memory_limit": "1GiB"}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     repro = run(["dvc", "repro"], root, env)
-    assert "partitions on Dask" in repro.stdout
+    assert "partition(s) on Dask" in repro.stdout
     for name in ("features", "matrix"):
         assert (root / p[name]).is_dir() and list((root / p[name]).glob("part.*.parquet")), name
     assert json.loads((root / p["train_metrics"]).read_text())["k_best"] == k_local
@@ -206,3 +234,58 @@ def test_the_pipeline_on_dask_chooses_the_same_segments(tmp_path):
     run(["dvc", "repro"], root, env)
     assert (root / p["features"]).is_file()
     assert pd.read_csv(root / p["segments"]).equals(local)
+
+
+# -- the stage's command line ---------------------------------------------------------------------------------------
+STAGE_OUTPUTS = ["--features", "out/f.parquet", "--matrix", "out/m.parquet", "--transformer", "out/t.joblib",
+                 "--metrics", "out/p.json", "--dagshub-dir", "out/dh"]  # fmt: skip
+
+
+def run_stage(tmp_path, data_path: str, scheduler: str | None = None, **dask):
+    """`python -m segmentation.preprocess` with engine dask on ``data_path``, in ``tmp_path``."""
+    import subprocess
+    import sys
+
+    params = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())
+    params["preprocess"]["data"]["path"] = data_path
+    params["preprocess"]["engine"] = "dask"
+    params["preprocess"]["dask"] = {"blocksize": SMALL_BLOCKS, "n_workers": 2, "memory_limit": "1GiB", **dask}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = project_env(tmp_path, SEGMENTATION_STORE_HELPER="0")
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    if scheduler:
+        env["DASK_SCHEDULER_ADDRESS"] = scheduler
+    return subprocess.run(
+        [sys.executable, "-m", "segmentation.preprocess", *STAGE_OUTPUTS],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.dask
+def test_the_stage_on_dask_stops_on_bad_data_with_one_line(tmp_path):
+    """The stage starts its LocalCluster, a worker finds the bad value: one `error:` line (no worker log, no
+    traceback), exit 2, nothing written, the cluster gone with the stage."""
+    from pipeline_helpers import the_error
+
+    def bad_income(rows):
+        fields = rows[300].split("\t")
+        fields[4] = "58k"
+        rows[300] = "\t".join(fields)
+
+    path = edited_sample(tmp_path, bad_income)
+    line = the_error(run_stage(tmp_path, "sample.csv"), tmp_path)
+    assert line == "error: sample.csv: column Income must be numeric; e.g. '58k' on line 302", path
+
+
+@pytest.mark.dask
+def test_an_unreachable_scheduler_is_one_line(tmp_path):
+    """DASK_SCHEDULER_ADDRESS where nothing listens (the discard port on loopback): one line within
+    connect_timeout."""
+    from pipeline_helpers import the_error
+
+    (tmp_path / "sample.csv").write_bytes((REPO / FIXTURE_DATA).read_bytes())
+    proc = run_stage(tmp_path, "sample.csv", scheduler="tcp://127.0.0.1:9", connect_timeout=2)
+    line = the_error(proc, tmp_path)
+    assert line.startswith(
+        "error: DASK_SCHEDULER_ADDRESS=tcp://127.0.0.1:9: cannot reach the Dask scheduler within 2 s"
+    )

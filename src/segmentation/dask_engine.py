@@ -9,8 +9,8 @@ ordinary scikit-learn transformer that the local engine fits (``models/preproces
 ``make score`` transform pandas rows with it), and the workers compute the model matrix with that transformer. The
 features and the matrix are written as partitioned Parquet: a folder at the output's path, one part per partition.
 
-The cluster is the one at ``DASK_SCHEDULER_ADDRESS`` or, when it is unset, a ``LocalCluster`` of worker processes on
-127.0.0.1 (no dashboard), started for the stage and stopped after it (:func:`dask_client`).
+The cluster is the one at ``DASK_SCHEDULER_ADDRESS`` or, when it is unset, a ``LocalCluster`` of worker processes
+listening on 127.0.0.1 only, started for the stage and stopped after it (:func:`dask_client`).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def dask_client(params: DaskParams) -> Iterator[Any]:
 
     With ``DASK_SCHEDULER_ADDRESS`` set, the scheduler there (reached within ``connect_timeout`` seconds, else a
     one-line error). Otherwise a LocalCluster of ``n_workers`` processes with ``threads_per_worker`` threads and
-    ``memory_limit`` each, on 127.0.0.1 only, no dashboard.
+    ``memory_limit`` each, every server of it (scheduler, workers, nannies, the dashboard) on 127.0.0.1 only.
     """
     from distributed import Client, LocalCluster
 
@@ -92,7 +92,10 @@ def dask_client(params: DaskParams) -> Iterator[Any]:
         memory_limit=memory,
         processes=True,
         host=LOOPBACK,
-        dashboard_address=None,
+        # The scheduler's HTTP server (dashboard, health) on a free loopback port. Not None: in distributed 2026.8
+        # None means the default port 8787 (a second cluster then warns on stderr), and dashboard=False in
+        # scheduler_kwargs binds it on every interface.
+        dashboard_address=f"{LOOPBACK}:0",
         # A stage's stderr is its progress and its one error line: a worker logs a task's UserError as an ERROR.
         silence_logs=logging.CRITICAL,
     )

@@ -362,7 +362,7 @@ def work_on_dask(args, params: PreprocessParams, profile_columns: list[str], md5
     return Outcome(
         write,
         f"preprocess: {m['rows_in']} rows in, {m['rows_out']} out, {result.matrix_columns} columns "
-        f"({result.partitions} partitions on Dask)",
+        f"({result.partitions} partition(s) on Dask)",
     )
 
 
