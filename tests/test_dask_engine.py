@@ -1,12 +1,13 @@
-"""The Dask engine (``preprocess.engine: dask``) against the local engine, on a real cluster on 127.0.0.1: a
-LocalCluster of two worker processes (scheduler, workers and their comms on loopback only, no dashboard), stopped
-at the end of the module; the pipeline test's stages start and stop their own.
+"""The Dask engine (``preprocess.engine: dask``) against the local engine, on real clusters on 127.0.0.1: a
+LocalCluster of two worker processes (every server on loopback only), stopped at the end of the module; a separately
+started `dask scheduler` and two `dask worker` processes, stopped likewise; the stages' own LocalClusters.
 
 Marked ``dask``: `make test` leaves these to `make test-all`. The first tests need no cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -289,3 +290,76 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path):
     assert line.startswith(
         "error: DASK_SCHEDULER_ADDRESS=tcp://127.0.0.1:9: cannot reach the Dask scheduler within 2 s"
     )
+
+
+# -- a cluster started separately: `dask scheduler` and two `dask worker` processes ----------------------------------
+START_TIMEOUT_S = 60  # the scheduler's file, then both workers registered
+STOP_TIMEOUT_S = 30  # each process group after SIGTERM, before SIGKILL
+
+
+@pytest.fixture(scope="module")
+def scheduler_address(tmp_path_factory):
+    """A `dask scheduler` and two `dask worker` processes (1 thread, 1 GiB each), every server on 127.0.0.1, each in
+    its own process group, started in their own folder (not the stage's) and stopped at the end of the module."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from distributed import Client
+
+    folder = tmp_path_factory.mktemp("cluster")
+    dask_cli = str(Path(sys.executable).parent / "dask")
+    loopback = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
+    procs: list[subprocess.Popen] = []
+    logs = contextlib.ExitStack()  # each process's output, in the cluster's folder
+
+    def start(*args: str) -> None:
+        log = logs.enter_context((folder / f"{len(procs)}.log").open("w"))
+        procs.append(subprocess.Popen([dask_cli, *args], cwd=folder, stdout=log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True))  # fmt: skip
+
+    try:
+        start("scheduler", "--port", "0", "--scheduler-file", str(folder / "scheduler.json"), *loopback)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (folder / "scheduler.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads((folder / "scheduler.json").read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        for name in ("w1", "w2"):
+            start("worker", address, "--name", name, "--nworkers", "1", "--nthreads", "1", "--memory-limit", "1GiB",
+                  *loopback)  # fmt: skip
+        with Client(address, timeout=START_TIMEOUT_S, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=START_TIMEOUT_S)
+            assert all(w.startswith("tcp://127.0.0.1:") for w in client.scheduler_info()["workers"])
+        yield address
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=STOP_TIMEOUT_S)
+        logs.close()
+
+
+@pytest.mark.dask
+def test_the_stage_on_a_separately_started_scheduler_gives_the_local_outputs(
+    scheduler_address, raw_full, preprocess_params, tmp_path
+):
+    """DASK_SCHEDULER_ADDRESS names the scheduler: the stage uses its two workers (no cluster of its own) and writes
+    the local engine's outputs. The workers run in another folder: the data path is absolute, as it must be for a
+    real cluster."""
+    local = preprocess(raw_full, preprocess_params, preprocess_params.data.path, profile_columns=PROFILE)
+    proc = run_stage(tmp_path, str(REPO / FIXTURE_DATA), scheduler=scheduler_address)
+    assert proc.returncode == 0, proc.stderr
+    assert "partition(s) on Dask" in proc.stdout
+    pd.testing.assert_frame_equal(read_csv(tmp_path / "out" / "f.parquet"), local.features)
+    matrix = read_csv(tmp_path / "out" / "m.parquet")
+    np.testing.assert_allclose(matrix.iloc[:, 1:], local.matrix.iloc[:, 1:], rtol=0, atol=1e-9)
+    assert json.loads((tmp_path / "out" / "p.json").read_text()) == local.metrics
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []  # no leftovers

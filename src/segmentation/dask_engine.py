@@ -376,8 +376,9 @@ def preprocess_on_dask(
     features_dir, matrix_dir = temp_dir_beside(features_path), temp_dir_beside(matrix_path)
     try:
         numbers = list(range(len(blocks)))
-        client.gather(client.map(write_part, outputs, [str(features_dir)] * len(blocks), numbers))
-        client.gather(client.map(write_part, matrices, [str(matrix_dir)] * len(blocks), numbers))
+        # absolute: a worker of a cluster started elsewhere has its own working directory
+        client.gather(client.map(write_part, outputs, [str(features_dir.resolve())] * len(blocks), numbers))
+        client.gather(client.map(write_part, matrices, [str(matrix_dir.resolve())] * len(blocks), numbers))
     except BaseException:
         for folder in (features_dir, matrix_dir):
             shutil.rmtree(folder.parent, ignore_errors=True)
