@@ -90,6 +90,18 @@ def temp_dir_beside(path: str | Path) -> Path:
     return tmp
 
 
+def temp_file_beside(path: str | Path) -> Path:
+    """A new empty file named like ``path``, in a new hidden folder beside it: where a stage streams a large output
+    (written part by part) before :meth:`StageOutputs.adopt` commits it with the other outputs; remove it with
+    :func:`remove_temp` if the stage fails before."""
+    return _temp_beside(Path(path))
+
+
+def remove_temp(tmp: str | Path) -> None:
+    """Remove a temporary output of :func:`temp_file_beside` or :func:`temp_dir_beside` and its hidden folder."""
+    _remove_temp(Path(tmp))
+
+
 def _remove(path: Path) -> None:
     """Remove a file or a folder (a partitioned output)."""
     if path.is_dir() and not path.is_symlink():
@@ -166,8 +178,9 @@ class StageOutputs:
             self.write_csv(target, df)
 
     def adopt(self, target: str | Path, folder: str | Path) -> None:
-        """Commit ``folder`` (made by :func:`temp_dir_beside` for ``target``, written by the stage's workers) as
-        ``target`` with the other outputs; it replaces a file or a folder there."""
+        """Commit ``folder`` (made by :func:`temp_dir_beside` for ``target``, written by the stage's workers; or a
+        file made by :func:`temp_file_beside`) as ``target`` with the other outputs; it replaces a file or a folder
+        there."""
         target, folder = Path(target), Path(folder)
         if target in self._staged:
             _remove_temp(self._staged[target])
