@@ -2,12 +2,12 @@
 LocalCluster of two worker processes (every server on loopback only), stopped at the end of the module; a separately
 started `dask scheduler` and two `dask worker` processes, stopped likewise; the stages' own LocalClusters.
 
-Marked ``dask``: `make test` leaves these to `make test-all`. The first tests need no cluster.
+Marked ``dask``: `make test` leaves these to `make test-all`. The first tests need no cluster. The whole pipeline
+on Dask: tests/test_dask_pipeline.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 
@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO, copy_project, paths, project_env, run, use_fixture_data
+from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO, project_env
 from segmentation.config import DaskParams, PreprocessParams, parse_bytes
 from segmentation.errors import UserError
 from segmentation.files import read_csv
@@ -189,52 +189,148 @@ def test_an_id_repeated_across_partitions_names_both_lines(client, preprocess_pa
     assert "has duplicates" in message and "on lines 4 and 352" in message
 
 
-# -- the pipeline ---------------------------------------------------------------------------------------------------
-def adjusted_rand_index(a, b) -> float:
-    from sklearn.metrics import adjusted_rand_score
-
-    return adjusted_rand_score(a, b)
+# -- train and evaluate on the cluster ------------------------------------------------------------------------------
+FIXTURE_SECTIONS = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())
+# Below the sample's 400 kept rows: the search fits on a seeded sample, the final model is dask-ml's fit on all rows.
+SEARCH_SAMPLE = 200
 
 
 @pytest.mark.dask
-@pytest.mark.pipeline
-def test_the_pipeline_on_dask_chooses_the_same_segments(tmp_path):
-    """`dvc repro` with the local engine, then with `engine: dask` (a LocalCluster of 2 worker processes started and
-    stopped by the stage): the same k_best, labels that agree (ARI >= 0.99), the tables as Parquet folders that DVC
-    caches; `dvc status` clean afterwards."""
-    root = copy_project(tmp_path / "project")
-    env = project_env(tmp_path)
-    env.pop("DASK_SCHEDULER_ADDRESS", None)
-    use_fixture_data(root, env)
-    p = paths(root)
-    run(["dvc", "repro"], root, env)
-    k_local = json.loads((root / p["train_metrics"]).read_text())["k_best"]
-    local = pd.read_csv(root / p["segments"])
+def test_train_and_evaluate_on_dask_give_the_local_engine_s_results(client, preprocess_params, tmp_path):
+    """The sample in ~14 partitions, Education profiled as a category: train searches k on the local engine's
+    seeded sample and fits the final KMeans with dask-ml from its centres, an ordinary scikit-learn KMeans (predict,
+    pickling) with the local model's centres, inertia and labels; evaluate on that model gives the local engine's
+    sizes exactly, metrics, profile and contrasts to 1e-9, the same segments file byte for byte, the same criteria
+    sample."""
+    import io
 
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["preprocess"]["engine"] = "dask"
-    params["preprocess"]["dask"] = {"blocksize": SMALL_BLOCKS, "n_workers": 2, "memory_limit": "1GiB"}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    repro = run(["dvc", "repro"], root, env)
-    assert "partition(s) on Dask" in repro.stdout
-    for name in ("features", "matrix"):
-        assert (root / p[name]).is_dir() and list((root / p[name]).glob("part.*.parquet")), name
-    assert json.loads((root / p["train_metrics"]).read_text())["k_best"] == k_local
-    dask = pd.read_csv(root / p["segments"])
-    assert dask.iloc[:, 0].equals(local.iloc[:, 0])  # the same customers, in the same order
-    assert adjusted_rand_index(local["cluster"], dask["cluster"]) >= 0.99
-    status = run(["dvc", "status"], root, env)
-    assert "up to date" in status.stdout, status.stdout
-    lock = yaml.safe_load((root / "dvc.lock").read_text())
-    outs = {o["path"]: o for o in lock["stages"]["preprocess"]["outs"]}
-    assert outs[p["features"]]["md5"].endswith(".dir")  # DVC caches the folder
+    import joblib
+    from sklearn.cluster import KMeans
 
-    # back to the local engine: the folders are replaced by files again, the results as before
-    params["preprocess"]["engine"] = "local"
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["dvc", "repro"], root, env)
-    assert (root / p["features"]).is_file()
-    assert pd.read_csv(root / p["segments"]).equals(local)
+    from segmentation import dask_tables, report
+    from segmentation import evaluate as ev
+    from segmentation import train as tr
+    from segmentation.config import CategoricalParams, EvaluateParams, TrainParams
+    from segmentation.data import load_csv
+    from segmentation.files import write_csv
+
+    params = preprocess_params.model_copy(
+        update={"categorical": CategoricalParams(columns=["Education"], encoding="drop")}
+    )
+    local = preprocess(load_csv(params.data), params, params.data.path, profile_columns=PROFILE)
+    train_params = TrainParams.model_validate({**FIXTURE_SECTIONS["train"], "search_sample_size": SEARCH_SAMPLE})
+    eval_params = EvaluateParams.model_validate(
+        {**FIXTURE_SECTIONS["evaluate"], "silhouette_sample_size": 150, "plot_sample_size": 100,
+         "criteria_sample_size": 120}
+    )  # fmt: skip
+    elbow, model = tr.train(local.matrix, "ID", train_params)
+    X = local.matrix.drop(columns="ID").to_numpy()
+
+    result = preprocess_on_dask_(client, dask_params(params), tmp_path)
+    matrix = dask_tables.load_matrix(client, result.matrix_dir)
+    features = dask_tables.load(client, result.features_dir, "preprocess")
+    assert len(matrix.blocks) > 5
+    elbow_d, model_d, sizes = tr.train_on_dask(client, matrix, train_params, "matrix")
+    assert elbow_d.k_best == elbow.k_best and elbow_d.search_rows == SEARCH_SAMPLE
+    assert elbow_d.scores == pytest.approx(elbow.scores, rel=1e-9)  # the matrices agree to ~1e-12
+    assert type(model_d) is KMeans and not hasattr(model_d, "labels_")
+    np.testing.assert_allclose(model_d.cluster_centers_, model.cluster_centers_, rtol=0, atol=1e-9)
+    assert model_d.inertia_ == pytest.approx(model.inertia_, rel=1e-9) and model_d.n_iter_ == model.n_iter_
+    assert (model_d.predict(X) == model.labels_).all()
+    assert sizes.tolist() == np.bincount(model.labels_).tolist()
+    pickled = io.BytesIO()
+    joblib.dump(model_d, pickled)
+    assert (joblib.load(io.BytesIO(pickled.getvalue())).predict(X) == model.labels_).all()
+
+    categorical = ["Education"]
+    numeric = [c for c in local.features.columns if c not in ("ID", *categorical)]
+    expected = ev.evaluate(local.matrix, local.features, model, "ID", eval_params, categorical)
+    done = ev.evaluate_on_dask(client, matrix, features, model, eval_params, categorical, numeric)
+    got = done.result
+    assert {k: v for k, v in got.metrics.items() if k.startswith("size_")} == {
+        k: v for k, v in expected.metrics.items() if k.startswith("size_")
+    }
+    assert got.metrics.keys() == expected.metrics.keys()
+    for key, value in expected.metrics.items():
+        assert got.metrics[key] == pytest.approx(value, rel=1e-9, abs=0), key
+    assert any(c.startswith("Education=") for c in got.profile.columns)
+    pd.testing.assert_frame_equal(got.profile, expected.profile, check_exact=False, rtol=1e-9, atol=0)
+    labels = expected.segments["cluster"].to_numpy()
+    z = report.contrasts(local.features[numeric], labels)
+    pd.testing.assert_frame_equal(done.contrasts, z, check_exact=False, rtol=1e-9, atol=1e-12)
+    assert done.kinds == {c: report.column_kind(c, local.features[c]) for c in numeric}
+    assert done.overall == pytest.approx({c: float(local.features[c].mean()) for c in numeric}, rel=1e-9)
+    streamed = dask_tables.stream_csv(client, done.segments, tmp_path / "segments.csv")
+    write_csv(tmp_path / "local.csv", expected.segments)
+    assert streamed.read_bytes() == (tmp_path / "local.csv").read_bytes()
+    pd.testing.assert_frame_equal(
+        ev.criteria_of(done.sample, [2, 3, 4], 42),
+        ev.criteria_per_k(X, [2, 3, 4], eval_params.criteria_sample_size, 42),
+    )
+
+
+def preprocess_on_dask_(client, params: PreprocessParams, tmp_path):
+    from segmentation.dask_engine import preprocess_on_dask
+
+    return preprocess_on_dask(
+        client, params, [*input_columns(params), *PROFILE], PROFILE, tmp_path / "f.parquet", tmp_path / "m.parquet"
+    )
+
+
+@pytest.mark.dask
+def test_scores_from_group_bys_are_scikit_learn_s():
+    """Calinski-Harabasz and Davies-Bouldin from per-cluster sums (what evaluate on Dask adds up over the parts)
+    equal scikit-learn's on the rows, an empty cluster left out as scikit-learn's labels leave it."""
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
+
+    from segmentation.evaluate import _part_groups, _part_spread, scores_of_groups
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(c, 1.0 + c / 4, size=(150, 3)) for c in (0, 4, 9)])
+    labels = np.repeat([0, 1, 3], 150)  # cluster 2 has no rows
+    counts, sums = _part_groups(X, labels, 4)
+    spread = _part_spread(X, labels, sums / np.maximum(counts, 1)[:, None])
+    ch, db = scores_of_groups(counts, sums, spread)
+    assert ch == pytest.approx(calinski_harabasz_score(X, labels), rel=1e-9)
+    assert db == pytest.approx(davies_bouldin_score(X, labels), rel=1e-9)
+
+
+def test_train_on_dask_refuses_what_it_cannot_do(tmp_path):
+    """Other algorithms, and a search on every row, are one params line before any cluster starts."""
+    from pipeline_helpers import run_stage_cli, the_error
+
+    for change, words in [
+        ({"algorithm": "agglomerative"}, "train.algorithm: agglomerative runs on the local engine only"),
+        ({"search_sample_size": None}, "train.search_sample_size: null"),
+    ]:
+        sections = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())
+        sections["preprocess"]["engine"] = "dask"
+        sections["train"] = {**sections["train"], "search_sample_size": SEARCH_SAMPLE, **change}
+        proc = run_stage_cli(
+            tmp_path, "train", ["--matrix", "m.parquet", "--model", "out/m.joblib", "--elbow-plot", "out/e.png",
+                                "--elbow-scores", "out/e.csv", "--metrics", "out/t.json", "--dagshub-dir", "out/dh"],
+            **sections,
+        )  # fmt: skip
+        line = the_error(proc, tmp_path)
+        assert line.startswith("error: params.yaml: ") and words in line, line
+
+
+@pytest.mark.dask
+def test_a_task_whose_workers_keep_dying_is_one_line():
+    """A task that kills its worker process each time (the nanny restarts it, Dask retries the task until its
+    allowed failures are spent): one UserError line naming the task, not distributed's KilledWorker."""
+    from segmentation import dask_engine
+
+    saved = os.environ.pop(dask_engine.SCHEDULER_ENV, None)
+    try:
+        with (
+            pytest.raises(UserError, match=r"^Dask: the workers running task '_exit-.*' died \d+ times"),
+            dask_engine.dask_client(DaskParams(n_workers=1, memory_limit="1GiB")) as one,
+        ):
+            one.submit(os._exit, 1).result()
+    finally:
+        if saved is not None:
+            os.environ[dask_engine.SCHEDULER_ENV] = saved
 
 
 # -- the stage's command line ---------------------------------------------------------------------------------------
@@ -293,58 +389,14 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path):
 
 
 # -- a cluster started separately: `dask scheduler` and two `dask worker` processes ----------------------------------
-START_TIMEOUT_S = 60  # the scheduler's file, then both workers registered
-STOP_TIMEOUT_S = 30  # each process group after SIGTERM, before SIGKILL
-
-
 @pytest.fixture(scope="module")
 def scheduler_address(tmp_path_factory):
     """A `dask scheduler` and two `dask worker` processes (1 thread, 1 GiB each), every server on 127.0.0.1, each in
     its own process group, started in their own folder (not the stage's) and stopped at the end of the module."""
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
+    from servers import dask_cluster
 
-    from distributed import Client
-
-    folder = tmp_path_factory.mktemp("cluster")
-    dask_cli = str(Path(sys.executable).parent / "dask")
-    loopback = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
-    procs: list[subprocess.Popen] = []
-    logs = contextlib.ExitStack()  # each process's output, in the cluster's folder
-
-    def start(*args: str) -> None:
-        log = logs.enter_context((folder / f"{len(procs)}.log").open("w"))
-        procs.append(subprocess.Popen([dask_cli, *args], cwd=folder, stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True))  # fmt: skip
-
-    try:
-        start("scheduler", "--port", "0", "--scheduler-file", str(folder / "scheduler.json"), *loopback)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not (folder / "scheduler.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        address = json.loads((folder / "scheduler.json").read_text())["address"]
-        assert address.startswith("tcp://127.0.0.1:")
-        for name in ("w1", "w2"):
-            start("worker", address, "--name", name, "--nworkers", "1", "--nthreads", "1", "--memory-limit", "1GiB",
-                  *loopback)  # fmt: skip
-        with Client(address, timeout=START_TIMEOUT_S, set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=START_TIMEOUT_S)
-            assert all(w.startswith("tcp://127.0.0.1:") for w in client.scheduler_info()["workers"])
-        yield address
-    finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=STOP_TIMEOUT_S)
-        logs.close()
+    with dask_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster.address
 
 
 @pytest.mark.dask

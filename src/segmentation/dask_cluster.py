@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from typing import Any
 
 from segmentation.config import DaskParams, parse_bytes
@@ -33,10 +34,33 @@ def local_workers(params: DaskParams) -> int:
 def dask_client(params: DaskParams) -> Iterator[Any]:
     """A ``distributed.Client`` for the stage, closed on exit (with its LocalCluster, if one was started).
 
+    A task whose workers kept dying (Dask retries it on another worker up to its ``allowed-failures``), or a
+    scheduler that went away, is one line: the stage then writes nothing, its earlier outputs stay.
+
     With ``DASK_SCHEDULER_ADDRESS`` set, the scheduler there (reached within ``connect_timeout`` seconds, else a
     one-line error). Otherwise a LocalCluster of ``n_workers`` processes with ``threads_per_worker`` threads and
     ``memory_limit`` each, every server of it (scheduler, workers, nannies, the dashboard) on 127.0.0.1 only.
     """
+    from distributed import KilledWorker
+
+    with _client(params) as client:
+        try:
+            yield client
+        except KilledWorker as exc:
+            raise UserError(
+                f"Dask: the workers running task {exc.task!r} died {exc.allowed_failures + 1} times (the last: "
+                f"{exc.last_worker.address}); earlier outputs are unchanged: check the workers' logs and memory "
+                "(preprocess.dask.memory_limit), then run again"
+            ) from None
+        except CancelledError:  # distributed's FutureCancelledError: the scheduler lost the work
+            raise UserError(
+                "Dask: the scheduler cancelled the stage's work (scheduler or workers gone?); earlier outputs are "
+                "unchanged: check the cluster, then run again"
+            ) from None
+
+
+@contextlib.contextmanager
+def _client(params: DaskParams) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     address = os.environ.get(SCHEDULER_ENV, "").strip()

@@ -468,7 +468,9 @@ def require_dask_params(params: TrainParams, source: str) -> None:
 
 
 def _part_sizes(block: np.ndarray, model: KMeans) -> np.ndarray:
-    return np.bincount(model.predict(block), minlength=model.n_clusters) if len(block) else np.zeros(0, int)
+    return (
+        np.bincount(model.predict(block), minlength=model.n_clusters) if len(block) else np.zeros(model.n_clusters, int)
+    )
 
 
 def _part_inertia(block: np.ndarray, model: KMeans) -> float:
