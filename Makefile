@@ -118,7 +118,7 @@ remote: ## Show where data and runs go (DVC remotes, MLflow tracking), without s
 sync: ## Deliver MLflow runs kept locally (tracker unreachable) to the remote tracker
 	python -m segmentation.remote sync
 
-bench: ## Speed and scale: the seed's script vs dvc repro, example to 1M rows (LARGE=1: also 3M and 10M rows)
+bench: ## Speed and scale: the seed's script vs dvc repro, example to 1M rows (LARGE=1: also 3M and 10M rows); local vs dask engine at 1M (LARGE=1: 10M)
 	$(BIN)/python benchmarks/bench_scale.py $(if $(LARGE),--large) $(ARGS)
 
 clean: ## Remove the local MLflow store and Python caches (keeps data, DVC cache and .venv)
