@@ -74,7 +74,7 @@ check-deps: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Check that t
 	$(UV) pip check --python $(BIN)/python
 
 # The slow suites carry markers (pyproject.toml): `make test` leaves them to `make test-all`.
-FAST := not pipeline and not remote and not template and not ui
+FAST := not pipeline and not remote and not template and not ui and not dask
 # `make test` runs on WORKERS processes (pytest-xdist), each test file whole on one of them (its module fixtures made
 # once). `make test-all` stays serial: its fault tests time their kills against a loaded machine.
 WORKERS ?= 2
@@ -118,7 +118,7 @@ remote: ## Show where data and runs go (DVC remotes, MLflow tracking), without s
 sync: ## Deliver MLflow runs kept locally (tracker unreachable) to the remote tracker
 	python -m segmentation.remote sync
 
-bench: ## Speed and scale: the seed's script vs dvc repro, example to 1M rows (LARGE=1: also 3M and 10M rows)
+bench: ## Speed and scale: the seed's script vs dvc repro, example to 1M rows (LARGE=1: also 3M and 10M rows); local vs dask engine at 1M (LARGE=1: 10M)
 	$(BIN)/python benchmarks/bench_scale.py $(if $(LARGE),--large) $(ARGS)
 
 bench-floor: ## The example's fixed costs: DVC's own, the libraries' import, MLflow's, beside the seed's script

@@ -14,6 +14,11 @@ the helper and the stages it forks are not children dvc waits for). The example 
 same way, plus a no-op `dvc repro`.
 --large adds 3M and 10M rows (10M: the project only, one round, unless --seed-at-10m).
 
+Engines: at each --dask-rows size (1M; --large adds 10M) `dvc repro` also runs once with each
+``preprocess.engine`` (local, then dask: every stage on a LocalCluster it starts, one worker process per core),
+same seed: wall time per stage, peak RSS of the largest process other than a worker (the stage) and of each Dask
+worker process (sampled every 0.1 s), k_best. Only the engines: ``--rows 0 --no-example``.
+
 Shared machines are noisy: the load is printed; read the ratios of one run.
 """
 
@@ -39,6 +44,8 @@ from make_data import EXAMPLE, make_data  # noqa: E402
 from pipeline_helpers import copy_project, project_env, run  # noqa: E402
 
 TIME = "/usr/bin/time"
+WORKER_MARK = "spawn_main"  # a LocalCluster's worker processes are started by multiprocessing's spawn
+DASK_ROWS = "1000000"
 STAGES = ("preprocess", "train", "evaluate")
 DATA_DIR = ROOT / ".bench"
 
@@ -56,6 +63,8 @@ class RssSampler:
         import threading
 
         self.cwd, self.peak_kib, self._stop = str(cwd), 0, threading.Event()
+        self.workers: dict[int, int] = {}  # Dask worker processes (spawned by a LocalCluster): pid -> peak KiB
+        self.other_kib = 0  # the largest process that is not a Dask worker
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -63,9 +72,14 @@ class RssSampler:
         import psutil
 
         while not self._stop.wait(0.1):
-            for proc in psutil.process_iter(["cwd", "memory_info"]):
+            for proc in psutil.process_iter(["cwd", "memory_info", "cmdline"]):
                 if proc.info["cwd"] == self.cwd and proc.info["memory_info"] is not None:
-                    self.peak_kib = max(self.peak_kib, proc.info["memory_info"].rss // 1024)
+                    kib = proc.info["memory_info"].rss // 1024
+                    self.peak_kib = max(self.peak_kib, kib)
+                    if any(WORKER_MARK in part for part in proc.info["cmdline"] or ()):
+                        self.workers[proc.pid] = max(self.workers.get(proc.pid, 0), kib)
+                    else:
+                        self.other_kib = max(self.other_kib, kib)
 
     def stop(self) -> int:
         self._stop.set()
@@ -73,9 +87,11 @@ class RssSampler:
         return self.peak_kib
 
 
-def timed(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 3600) -> tuple[float, int, str, str, list]:
+def timed(
+    cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 3600, sampled: list | None = None
+) -> tuple[float, int, str, str, list]:
     """Run ``cmd`` under /usr/bin/time; returns (wall s, peak RSS KiB, stdout, stderr, [(t, stdout line)]). Peak
-    RSS is the larger of /usr/bin/time's and :class:`RssSampler`'s."""
+    RSS is the larger of /usr/bin/time's and :class:`RssSampler`'s; ``sampled`` gets the sampler (per process)."""
     out = Path(tempfile.mktemp(prefix="time-", dir=cwd.parent))
     sampler = RssSampler(cwd)
     start = time.perf_counter()
@@ -93,6 +109,8 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 3600)
         raise SystemExit(f"{cmd} failed ({proc.returncode}):\n{stderr[-3000:]}")
     rss = max(int(out.read_text().split()[-1]), sampler.stop())
     out.unlink()
+    if sampled is not None:
+        sampled.append(sampler)
     return wall, rss, "\n".join(line for _, line in lines), stderr, lines
 
 
@@ -117,8 +135,9 @@ def data_for(rows: int) -> Path:
     return path
 
 
-def project_copy(tmp: Path, data: Path, seed: int) -> tuple[Path, dict[str, str]]:
-    """A fresh copy of the project (a git repo), params pointing at ``data`` (linked in), seeds set to ``seed``."""
+def project_copy(tmp: Path, data: Path, seed: int, engine: str = "local") -> tuple[Path, dict[str, str]]:
+    """A fresh copy of the project (a git repo), params pointing at ``data`` (linked in), seeds set to ``seed``,
+    ``preprocess.engine`` set to ``engine`` (dask: each stage starts a LocalCluster, its params' defaults)."""
     root = copy_project(tmp / "project")
     env = project_env(tmp)
     if data != EXAMPLE:
@@ -140,6 +159,8 @@ def project_copy(tmp: Path, data: Path, seed: int) -> tuple[Path, dict[str, str]
         params["preprocess"]["data"]["path"] = path
     params["train"]["random_state"] = seed
     params["evaluate"]["random_state"] = seed
+    params["preprocess"]["engine"] = engine
+    env.pop("DASK_SCHEDULER_ADDRESS", None)  # the bench's own LocalClusters, not a cluster of the environment
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-q", "-m", "bench params"], root, env)
@@ -175,6 +196,38 @@ def bench_size(rows: int, runs: int, seeds: list[int], with_seed: bool, noop: bo
         print(f"  {label} round {i + 1}/{runs} (random_state {seed}): {s}project {wall:6.1f} s k={train['k_best']}"
               f"  load {load()}", flush=True)  # fmt: skip
     return {"rows": rows, "label": label, "seed": seed_res, "project": proj_res}
+
+
+def bench_engines(rows: int, seed: int) -> list[dict]:
+    """`dvc repro` once per engine (local, then dask) on ``rows`` rows, the same seed."""
+    data = data_for(rows)
+    found = []
+    for engine in ("local", "dask"):
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            root, env = project_copy(Path(tmp), data, seed, engine)
+            before, sampled = load(), []
+            wall, _, _, _, lines = timed(["dvc", "repro"], root, env, sampled=sampled)
+            train = yaml.safe_load((root / "metrics" / "train.json").read_text())
+            workers = sampled[0].workers
+            found.append({
+                "rows": rows, "engine": engine, "wall": wall, "stages": stage_times(lines, wall), "k": train["k_best"],
+                "driver_kib": sampled[0].other_kib, "worker_kib": max(workers.values(), default=0),
+                "workers": len(workers), "load": f"{before} -> {load()}",
+            })  # fmt: skip
+        print(f"  {rows:,} rows, engine {engine}: {wall:6.1f} s k={train['k_best']}  load {load()}", flush=True)
+    return found
+
+
+def report_engines(results: list[dict]) -> None:
+    print()
+    print("| rows | engine | `dvc repro` | per stage (pre / train / eval) | peak RSS: largest non-worker process "
+          "| peak RSS per Dask worker (processes) | k_best | load before -> after |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for e in results:
+        stages = " / ".join(f"{e['stages'].get(s, 0):.1f}" for s in STAGES)
+        worker = f"{e['worker_kib'] / 2**20:.2f} GiB ({e['workers']})" if e["workers"] else "-"
+        print(f"| {e['rows']:,} | {e['engine']} | {e['wall']:.1f} s | {stages} s | {e['driver_kib'] / 2**20:.2f} GiB "
+              f"| {worker} | {e['k']} | {e['load']} |")  # fmt: skip
 
 
 def report(results: list[dict]) -> None:
@@ -214,6 +267,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="42,0,1,2,3")
     parser.add_argument("--no-example", action="store_true", help="skip the example data")
     parser.add_argument("--seed-at-10m", action="store_true", help="also run the seed's script at 10M rows")
+    parser.add_argument(
+        "--dask-rows", default=DASK_ROWS, help="sizes at which dvc repro also runs once per engine (0: none)"
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"bench_scale: {os.cpu_count()} cores, load {load()} (1/5/15 min), {time.strftime('%Y-%m-%d %H:%M')}")
@@ -223,7 +279,12 @@ def main() -> None:
     if args.large:
         plan += [(3_000_000, min(args.runs, 3), True, False), (10_000_000, 1, args.seed_at_10m, False)]
     results = [bench_size(rows, runs, seeds, with_seed, noop) for rows, runs, with_seed, noop in plan]
-    report(results)
+    if results:
+        report(results)
+    dask_rows = [int(r) for r in args.dask_rows.split(",") if int(r)] + ([10_000_000] if args.large else [])
+    engines = [e for rows in dask_rows for e in bench_engines(rows, seeds[0])]
+    if engines:
+        report_engines(engines)
     print(f"\nload at the end {load()}")
 
 

@@ -324,3 +324,69 @@ def hanging_server(port: int = 0) -> Iterator[str]:
         for conn in held:
             conn.close()
         sock.close()
+
+
+# -- a Dask cluster started the way a real one is: `dask scheduler` and `dask worker` processes, reached by address --
+DASK_START_TIMEOUT_S = 60  # the scheduler's file, then every worker registered
+DASK_STOP_TIMEOUT_S = 30  # each process group after SIGTERM, before SIGKILL
+
+
+class DaskCluster:
+    """A running `dask scheduler` and its `dask worker` processes (each worker a nanny and its worker process, in
+    their own process group)."""
+
+    def __init__(self, address: str, workers: list[subprocess.Popen], folder: Path) -> None:
+        self.address = address
+        self.workers = workers  # the `dask worker` commands, in start order
+        self.folder = folder  # the processes' working directory and logs (<n>.log; 0.log is the scheduler's)
+
+    def logs(self) -> str:
+        """Every process's output so far."""
+        return "".join(p.read_text(errors="replace") for p in sorted(self.folder.glob("*.log")))
+
+
+@contextlib.contextmanager
+def dask_cluster(folder: Path, workers: int = 2, memory_limit: str = "1GiB") -> Iterator[DaskCluster]:
+    """`dask scheduler` and ``workers`` `dask worker` processes (1 thread and ``memory_limit`` each), every server on
+    127.0.0.1, started in ``folder`` (not the stage's: a real cluster's workers have their own working directory)
+    and stopped at the end (SIGTERM to each process group, SIGKILL after a bounded wait)."""
+    import json
+
+    from distributed import Client
+
+    dask_cli = str(BIN / "dask")
+    loopback = ["--host", HOST, "--dashboard-address", f"{HOST}:0"]
+    procs: list[subprocess.Popen] = []
+    logs = contextlib.ExitStack()
+
+    def start(*args: str) -> subprocess.Popen:
+        log = logs.enter_context((folder / f"{len(procs)}.log").open("w"))
+        proc = subprocess.Popen([dask_cli, *args], cwd=folder, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        procs.append(proc)
+        return proc
+
+    try:
+        start("scheduler", "--port", "0", "--scheduler-file", str(folder / "scheduler.json"), *loopback)
+        deadline = time.monotonic() + DASK_START_TIMEOUT_S
+        while not (folder / "scheduler.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads((folder / "scheduler.json").read_text())["address"]
+        assert address.startswith(f"tcp://{HOST}:")
+        options = ["--nworkers", "1", "--nthreads", "1", "--memory-limit", memory_limit, *loopback]
+        started = [start("worker", address, "--name", f"w{i + 1}", *options) for i in range(workers)]
+        with Client(address, timeout=DASK_START_TIMEOUT_S, set_as_default=False) as client:
+            client.wait_for_workers(workers, timeout=DASK_START_TIMEOUT_S)
+            assert all(w.startswith(f"tcp://{HOST}:") for w in client.scheduler_info()["workers"])
+        yield DaskCluster(address, started, folder)
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=DASK_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=DASK_STOP_TIMEOUT_S)
+        logs.close()

@@ -54,3 +54,77 @@ def test_write_table_picks_the_format_by_suffix(tmp_path):
         out.commit()
     assert (tmp_path / "t.parquet").read_bytes()[:4] == b"PAR1"
     assert (tmp_path / "t.csv").read_text() == "ID,x\n1,0.5\n2,1.5\n"
+
+
+def parts_of(df: pd.DataFrame, folder, sizes) -> None:
+    """``df`` written as a partitioned table (the Dask engine's layout): one part per slice of ``sizes`` rows."""
+    start = 0
+    for number, size in enumerate(sizes):
+        write_parquet(folder / f"part.{number:05d}.parquet", df.iloc[start : start + size])
+        start += size
+
+
+def test_a_partitioned_table_reads_as_one_in_its_parts_order(tmp_path):
+    df = pd.DataFrame({"ID": range(25), "PC1": np.linspace(0, 1, 25)})
+    folder = tmp_path / "m.parquet"
+    folder.mkdir()
+    parts_of(df, folder, [3, 0, 7, 2, 1, 1, 1, 1, 1, 1, 1, 6])  # 12 parts: part.00010 after part.00009
+    pd.testing.assert_frame_equal(read_matrix(folder), df)
+    empty = tmp_path / "empty.parquet"
+    empty.mkdir()
+    with pytest.raises(UserError, match=r"empty.parquet: not a Parquet file written by the pipeline"):
+        read_csv(empty, stage="preprocess")
+
+
+def test_a_folder_output_replaces_a_file_and_a_file_replaces_it_back(tmp_path):
+    from segmentation.files import temp_dir_beside
+
+    target = tmp_path / "t.parquet"
+    df = pd.DataFrame({"ID": [1, 2, 3], "x": [0.5, 1.5, 2.5]})
+    write_parquet(target, df.iloc[:1])
+    with StageOutputs() as out:
+        folder = temp_dir_beside(target)
+        parts_of(df, folder, [2, 1])
+        out.adopt(target, folder)
+        out.write_json(tmp_path / "m.json", {"rows": 3})
+        out.commit()
+    assert target.is_dir() and sorted(p.name for p in target.iterdir()) == ["part.00000.parquet", "part.00001.parquet"]
+    pd.testing.assert_frame_equal(read_csv(target), df)
+    with StageOutputs() as out:  # the local engine again: a file where the folder was
+        out.write_table(target, df)
+        out.commit()
+    assert target.is_file()
+    pd.testing.assert_frame_equal(read_csv(target), df)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "t.parquet"]  # no temporary or backup left
+
+
+def test_a_failed_commit_puts_the_folder_back(tmp_path, monkeypatch):
+    import os
+
+    from segmentation.files import temp_dir_beside
+
+    target, other = tmp_path / "t.parquet", tmp_path / "m.json"
+    df = pd.DataFrame({"ID": [1, 2], "x": [0.5, 1.5]})
+    target.mkdir()
+    parts_of(df, target, [2])
+    other.write_text("{}\n")
+    real_replace = os.replace
+
+    def failing(src, dst):
+        if str(dst) == str(other):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    with StageOutputs() as out:
+        folder = temp_dir_beside(target)
+        parts_of(df.iloc[:1], folder, [1])
+        out.adopt(target, folder)
+        out.write_json(other, {"rows": 1})
+        monkeypatch.setattr(os, "replace", failing)
+        with pytest.raises(UserError, match="earlier results are unchanged"):
+            out.commit()
+        monkeypatch.setattr(os, "replace", real_replace)
+    assert target.is_dir()
+    pd.testing.assert_frame_equal(read_csv(target), df)
+    assert other.read_text() == "{}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "t.parquet"]

@@ -38,6 +38,11 @@ ENTRY_POINTS = [
     "yellowbrick.cluster",
     "sklearn.cluster",
     "vl_convert",
+    "dask.dataframe",  # preprocess.engine: dask
+    "distributed",
+    "dask_ml.preprocessing",
+    "dask_ml.decomposition",
+    "dask_ml.cluster",  # the distributed final fit (DASK-STATUS.md)
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -78,6 +79,64 @@ class Bounds(_Params):
         return self
 
 
+# Byte sizes as Dask reads them ("64MiB", "2GB", "500kB", "1.5G", a plain number of bytes): the units of
+# dask.utils.parse_bytes, case-insensitive (tests check the two agree; Dask is not imported for every stage's params).
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "pb": 10**15}
+_BYTE_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50}
+_BYTE_UNITS |= {k[0]: v for k, v in _BYTE_UNITS.items() if k and "i" not in k}  # "64M"
+_BYTE_UNITS |= {k[:-1]: v for k, v in _BYTE_UNITS.items() if "i" in k}  # "64Mi"
+_BYTE_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """A byte size (``"64MiB"``, ``"2 GB"``, ``1000000``) as a number of bytes; ``ValueError`` when it is not one."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a byte size: {value!r}")
+    if isinstance(value, int | float):
+        number, unit = float(value), ""
+    else:
+        match = _BYTE_SIZE.match(value)
+        if not match or match.group(2).lower() not in _BYTE_UNITS:
+            raise ValueError(f"not a byte size: {value!r} (e.g. 64MiB, 2GB, 500kB)")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    size = int(number * _BYTE_UNITS[unit])
+    if size < 1:
+        raise ValueError(f"must be at least 1 byte (got {value!r})")
+    return size
+
+
+class DaskParams(_Params):
+    """``preprocess.dask``: the Dask engine's knobs (read only with ``engine: dask``).
+
+    The scheduler is the one at ``DASK_SCHEDULER_ADDRESS`` (a real cluster: the worker settings below are then the
+    cluster's own); unset, a ``LocalCluster`` of worker processes on 127.0.0.1 is started for the stage and stopped
+    after it.
+    """
+
+    # Bytes of CSV per partition: each partition is parsed, checked, derived and filtered by one worker thread, and
+    # holds a few times this much memory while it is.
+    blocksize: str | int = "64MiB"
+    n_workers: int | None = Field(default=None, ge=1)  # LocalCluster worker processes; null: one per core
+    threads_per_worker: int = Field(default=1, ge=1)
+    # Memory per LocalCluster worker before Dask spills to disk, pauses and finally restarts it: "auto" (the
+    # machine's memory shared among the workers) or a size such as "2GiB".
+    memory_limit: str | int = "auto"
+    connect_timeout: float = Field(default=30, gt=0)  # seconds to reach the scheduler at DASK_SCHEDULER_ADDRESS
+
+    @field_validator("blocksize")
+    @classmethod
+    def _blocksize(cls, value: str | int) -> str | int:
+        parse_bytes(value)
+        return value
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_limit(cls, value: str | int) -> str | int:
+        if value != "auto":
+            parse_bytes(value)
+        return value
+
+
 class PreprocessParams(_Params):
     """``preprocess`` section."""
 
@@ -92,6 +151,10 @@ class PreprocessParams(_Params):
     outliers: dict[str, Bounds] = Field(default_factory=dict)
     scale: bool = True
     pca_components: int | None = Field(default=None, ge=1)
+    # local: one process reads the whole CSV with pandas (fastest up to what one machine's memory holds);
+    # dask: the same steps on partitions, on a Dask cluster (DASK_SCHEDULER_ADDRESS, else a LocalCluster).
+    engine: Literal["local", "dask"] = "local"
+    dask: DaskParams = Field(default_factory=DaskParams)
 
     @model_validator(mode="after")
     def _consistent(self) -> PreprocessParams:
@@ -108,7 +171,18 @@ class PreprocessParams(_Params):
         width = len(self.features) + (len(self.categorical.columns) if self.categorical.encoding == "onehot" else 0)
         if self.pca_components is not None and self.pca_components > width:
             raise ValueError(f"pca_components ({self.pca_components}) exceeds the number of features ({width})")
+        if self.engine == "dask":
+            self._dask_supported()
         return self
+
+    def _dask_supported(self) -> None:
+        """What the Dask engine does not do yet (DASK-STATUS.md): each is one line naming the setting."""
+        if self.data.id_column is None:
+            raise ValueError("engine 'dask' needs data.id_column (the generated row_id needs global row numbers)")
+        if self.missing != "drop":
+            raise ValueError("engine 'dask' supports missing: drop only (a distributed median is not exact)")
+        if self.categorical.columns and self.categorical.encoding == "onehot":
+            raise ValueError("engine 'dask' does not one-hot encode yet: categorical.encoding: drop, or engine local")
 
 
 class AlgorithmParams(_Params):

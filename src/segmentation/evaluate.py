@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,25 +45,36 @@ class Evaluation:
     """Quality metrics, profiles and what the plots need."""
 
     metrics: dict[str, float | int]
-    segments: pd.DataFrame  # ID -> cluster
+    segments: pd.DataFrame | None  # ID -> cluster (None: the Dask engine's, written from the partitions)
     profile: pd.DataFrame  # one row per cluster: size, share and the mean of every unscaled feature
     silhouette_values: np.ndarray  # per sampled row
     silhouette_labels: np.ndarray
+
+
+def sample_rows(rows: int, sample_size: int, random_state: int) -> np.ndarray:
+    """The rows a seeded sample of at most ``sample_size`` of ``rows`` rows takes (sorted; every row when there
+    are no more): the rule of every sampled measure here, the same row numbers on either engine."""
+    if rows <= sample_size:
+        return np.arange(rows)
+    return np.sort(np.random.default_rng(random_state).choice(rows, size=sample_size, replace=False))
 
 
 def silhouette_sample(
     X: np.ndarray, labels: np.ndarray, sample_size: int, random_state: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-row silhouette on a seeded sample of at most ``sample_size`` rows (full silhouette is O(n^2))."""
-    idx = np.arange(len(X))
-    if len(X) > sample_size:
-        idx = np.sort(np.random.default_rng(random_state).choice(len(X), size=sample_size, replace=False))
-    if len(np.unique(labels[idx])) < 2:
+    idx = sample_rows(len(X), sample_size, random_state)
+    return silhouette_of(X[idx], labels[idx], sample_size)
+
+
+def silhouette_of(X: np.ndarray, labels: np.ndarray, sample_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row silhouette of the sampled rows ``X`` (:func:`sample_rows`) and their labels."""
+    if len(np.unique(labels)) < 2:
         raise UserError(
             f"params.yaml: evaluate.silhouette_sample_size ({sample_size}) is too small: the sample holds one "
             "cluster; raise it"
         )
-    return silhouette_samples(X[idx], labels[idx]), labels[idx]
+    return silhouette_samples(X, labels), labels
 
 
 def read_train_metrics(path: str | Path) -> dict[str, Any] | None:
@@ -91,13 +102,16 @@ def check_model(
     matrix_source: str,
     train_metrics: Mapping[str, Any] | None = None,
     metrics_source: str = "metrics/train.json",
+    inertia_on_matrix: Callable[[], float] | None = None,
 ) -> None:
     """Fail unless ``model`` is a fitted model of a ``train.algorithm`` fitted on ``X``, with the k and the fit
     record (``inertia`` for the k-means family, ``log_likelihood`` for the Gaussian mixture) ``train_metrics``
     holds. An assigner (agglomerative, HDBSCAN) must have been fitted for ``X``'s rows: its centroids are the means
     of its clusters there.
 
-    Catches a foreign or stale model file before scikit-learn does, with the fix in one line.
+    Catches a foreign or stale model file before scikit-learn does, with the fix in one line. ``inertia_on_matrix``
+    computes the model's inertia on the matrix where ``X`` is not in this process (the Dask engine: ``X`` is a dask
+    array there, its shape all that is read).
     """
     rebuild = "rebuild it: dvc repro -f -s train"
     name = algorithms.algorithm_name(model)
@@ -126,7 +140,7 @@ def check_model(
                     f"{rebuild}"
                 )
     if hasattr(model, "inertia_"):
-        on_matrix = algorithms.inertia_on(model, X)
+        on_matrix = inertia_on_matrix() if inertia_on_matrix is not None else algorithms.inertia_on(model, X)
         if not np.isclose(on_matrix, model.inertia_, rtol=INERTIA_RTOL):
             raise UserError(
                 f"{model_source}: was not fitted on {matrix_source} (inertia {on_matrix:.6g} on it, "
@@ -157,19 +171,31 @@ def cluster_profile(
     """
     numeric = features.drop(columns=[id_column, *categorical]).assign(**{CLUSTER_COLUMN: labels})
     grouped = numeric.groupby(CLUSTER_COLUMN)
-    profile = grouped.mean()
-    profile.insert(0, "share", grouped.size() / len(numeric))
-    profile.insert(0, "size", grouped.size())
-    if NOISE in profile.index:  # the clusters first, in order, then the rows in none
-        profile = profile.reindex([*(c for c in profile.index if c != NOISE), NOISE])
+    categories = {}
     for column in categorical:
         values = as_categories(features[column])
-        counts = pd.crosstab(labels, values).reindex(index=profile.index, fill_value=0)
+        blanks = pd.Series(values.isna().to_numpy()).groupby(labels).sum() if values.isna().any() else None
+        categories[column] = (pd.crosstab(labels, values), blanks)
+    return assemble_profile(grouped.size(), grouped.mean(), categories, len(numeric))
+
+
+def assemble_profile(
+    sizes: pd.Series, means: pd.DataFrame, categories: Mapping[str, tuple[pd.DataFrame, pd.Series | None]], rows: int
+) -> pd.DataFrame:
+    """The profile of :func:`cluster_profile` from its group-bys: rows per cluster, the numeric columns' means per
+    cluster (both indexed by cluster, in order), per categorical column the rows per cluster and category and the
+    blank rows per cluster (None: no blanks); ``rows`` in all."""
+    profile = means.copy()
+    profile.insert(0, "share", sizes / rows)
+    profile.insert(0, "size", sizes)
+    if NOISE in profile.index:  # the clusters first, in order, then the rows in none
+        profile = profile.reindex([*(c for c in profile.index if c != NOISE), NOISE])
+    for column, (found, blanks) in categories.items():
+        counts = found.reindex(index=profile.index, fill_value=0)
         counts = counts[sorted(counts.columns)]
         shares = counts.div(profile["size"], axis=0)
         shares.columns = [f"{column}={category}" for category in shares.columns]
-        if values.isna().any():
-            blanks = pd.Series(values.isna().to_numpy()).groupby(labels).sum()
+        if blanks is not None:
             shares[f"{column}={report.BLANK}"] = blanks.reindex(profile.index, fill_value=0) / profile["size"]
         profile = profile.join(shares)
     return profile.reset_index()
@@ -193,32 +219,52 @@ def evaluate(
         raise UserError("data/processed: the features and matrix files hold different customers; run dvc repro")
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
     k = algorithms.n_clusters(model)
-    if params.silhouette_sample_size <= k:
-        raise UserError(
-            f"params.yaml: evaluate.silhouette_sample_size ({params.silhouette_sample_size}) must be greater than "
-            f"the number of clusters ({k}); raise it"
-        )
+    require_silhouette_sample(params, k)
     labels = algorithms.training_labels(model, X)
     sizes = algorithms.cluster_sizes(labels, k)
     clustered = labels != NOISE
     Xc, labels_c = (X, labels) if clustered.all() else (X[clustered], labels[clustered])
     sil_values, sil_labels = silhouette_sample(Xc, labels_c, params.silhouette_sample_size, params.random_state)
-    metrics: dict[str, float | int] = {
-        "n_clusters": k,
-        "silhouette": float(sil_values.mean()),
-        "silhouette_sample_rows": len(sil_values),
-        "calinski_harabasz": float(calinski_harabasz_score(Xc, labels_c)),
-        "davies_bouldin": float(davies_bouldin_score(Xc, labels_c)),
-    }
-    if hasattr(model, "inertia_"):  # the k-means family's; the other algorithms have none
-        metrics["inertia"] = float(model.inertia_)
-    metrics["smallest_cluster_share"] = float(min(n for c, n in sizes.items() if c != NOISE) / len(labels))
-    if algorithms.REGISTRY[algorithms.algorithm_name(model)].noise:
-        metrics["noise_share"] = float((~clustered).mean())
-    metrics.update({algorithms.size_key(c): n for c, n in sizes.items()})
+    noise_share = float((~clustered).mean()) if algorithms.REGISTRY[algorithms.algorithm_name(model)].noise else None
+    metrics = quality_metrics(
+        model, sil_values, calinski_harabasz_score(Xc, labels_c), davies_bouldin_score(Xc, labels_c), sizes,
+        len(labels), noise_share,
+    )  # fmt: skip
     segments = pd.DataFrame({id_column: matrix[id_column], CLUSTER_COLUMN: labels})
     profile = cluster_profile(features, labels, id_column, categorical)
     return Evaluation(metrics, segments, profile, sil_values, sil_labels)
+
+
+def require_silhouette_sample(params: EvaluateParams, k: int) -> None:
+    """The silhouette's sample must be able to hold every cluster."""
+    if params.silhouette_sample_size <= k:
+        raise UserError(
+            f"params.yaml: evaluate.silhouette_sample_size ({params.silhouette_sample_size}) must be greater than "
+            f"the number of clusters ({k}); raise it"
+        )
+
+
+def quality_metrics(
+    model: Any, sil_values: np.ndarray, calinski_harabasz: float, davies_bouldin: float, sizes: Mapping[int, int],
+    rows: int, noise_share: float | None,
+) -> dict[str, float | int]:  # fmt: skip
+    """``metrics/evaluate.json``: the scores (silhouette on its sample; Calinski-Harabasz and Davies-Bouldin on
+    every clustered row), the inertia (k-means family), the smallest cluster's share of all ``rows``, the noise
+    share (None: the algorithm has no noise) and each cluster's size."""
+    metrics: dict[str, float | int] = {
+        "n_clusters": algorithms.n_clusters(model),
+        "silhouette": float(sil_values.mean()),
+        "silhouette_sample_rows": len(sil_values),
+        "calinski_harabasz": float(calinski_harabasz),
+        "davies_bouldin": float(davies_bouldin),
+    }
+    if hasattr(model, "inertia_"):  # the k-means family's; the other algorithms have none
+        metrics["inertia"] = float(model.inertia_)
+    metrics["smallest_cluster_share"] = float(min(n for c, n in sizes.items() if c != NOISE) / rows)
+    if noise_share is not None:
+        metrics["noise_share"] = noise_share
+    metrics.update({algorithms.size_key(c): n for c, n in sizes.items()})
+    return metrics
 
 
 def projection_plot(matrix: pd.DataFrame, labels: np.ndarray, id_column: str, sample_size: int, random_state: int):
@@ -230,19 +276,24 @@ def projection_plot(matrix: pd.DataFrame, labels: np.ndarray, id_column: str, sa
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
     n = min(2, X.shape[1])
     xy = PCA(n_components=n, svd_solver="covariance_eigh").fit_transform(X)
-    if n == 1:
-        xy = np.column_stack([xy[:, 0], np.zeros(len(xy))])
     clusters, counts = np.unique(labels, return_counts=True)
     sizes = dict(zip(clusters.tolist(), counts.tolist(), strict=True))
-    shown = np.arange(len(xy))
-    if len(xy) > sample_size:
-        shown = np.sort(np.random.default_rng(random_state).choice(len(xy), size=sample_size, replace=False))
+    shown = sample_rows(len(xy), sample_size, random_state)
+    return projection_figure(xy[shown], labels[shown], sizes, len(xy))
+
+
+def projection_figure(xy: np.ndarray, labels: np.ndarray, sizes: Mapping[int, int], rows: int):
+    """The figure of :func:`projection_plot`: the drawn rows' coordinates on the first (two) components and their
+    labels, the size of each cluster among all ``rows`` rows."""
+    n = xy.shape[1]
+    if n == 1:
+        xy = np.column_stack([xy[:, 0], np.zeros(len(xy))])
     fig, ax = new_figure()
     for k in [*(c for c in sizes if c != NOISE), *(c for c in sizes if c == NOISE)]:  # noise last, in grey
-        pts = xy[shown[labels[shown] == k]]
+        pts = xy[labels == k]
         name, colour = (algorithms.NOISE_NAME, {"color": "grey"}) if k == NOISE else (f"cluster {k}", {})
         ax.scatter(pts[:, 0], pts[:, 1], s=8, alpha=0.6, label=f"{name} ({sizes[k]})", **colour)
-    drawn = "" if len(shown) == len(xy) else f" (a sample of {len(shown)} of {len(xy)})"
+    drawn = "" if len(xy) == rows else f" (a sample of {len(xy)} of {rows})"
     ax.set_title(f"Customers in 2-D (PCA of the model matrix), coloured by cluster{drawn}")
     ax.set_xlabel("component 1")
     ax.set_ylabel("component 2" if n == 2 else "(single feature)")
@@ -299,13 +350,14 @@ def criteria_per_k(X: np.ndarray, ks: Sequence[int], sample_size: int, random_st
     """Silhouette, Calinski-Harabasz and Davies-Bouldin of a k-means fit per k, on a seeded sample of at most
     ``sample_size`` rows (3 restarts, one thread: the same numbers on any machine): what the criteria the search
     did not use say about k. Columns k, silhouette, calinski_harabasz, davies_bouldin."""
+    return criteria_of(X[sample_rows(len(X), sample_size, random_state)], ks, random_state)
+
+
+def criteria_of(sample: np.ndarray, ks: Sequence[int], random_state: int) -> pd.DataFrame:
+    """:func:`criteria_per_k` on its sampled rows (:func:`sample_rows`)."""
     from sklearn.metrics import pairwise_distances, silhouette_score
     from threadpoolctl import threadpool_limits
 
-    idx = np.arange(len(X))
-    if len(X) > sample_size:
-        idx = np.sort(np.random.default_rng(random_state).choice(len(X), size=sample_size, replace=False))
-    sample = X[idx]
     rows = []
     with threadpool_limits(1):
         distances = pairwise_distances(sample)  # once for every k: silhouette's cost is these n^2 distances
@@ -363,6 +415,8 @@ def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
     """Check the model against the matrix, run :func:`evaluate`, name the segments; say what to write and log."""
     # The profile also needs which preprocess columns are categorical.
     preprocess_params = parse_section("preprocess", raw_params.get("preprocess"), args.params)
+    if preprocess_params.engine == "dask":
+        return work_on_dask(args, params, preprocess_params)
     categorical_params = preprocess_params.categorical
     matrix = read_matrix(args.matrix, stage="preprocess")
     features = read_csv(args.features, stage="preprocess")
@@ -386,23 +440,38 @@ def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
 
     numeric = [*model_features, *numeric_extras]
     kinds = {c: report.column_kind(c, features[c]) for c in numeric}
-    profile = result.profile
     elbow = read_optional_csv(args.elbow_scores)
     criteria = None
     if args.report and elbow is not None and "k" in elbow:
         criteria = criteria_per_k(X, [int(k) for k in elbow["k"]], params.criteria_sample_size, params.random_state)
 
-    n = len(labels)
     overall = {c: float(features[c].mean()) for c in numeric}
-    overall.update({c: float((profile[c] * profile["size"]).sum() / n) for c in profile.columns if "=" in c})
     z = report.contrasts(features[numeric], labels)
+    return report_outcome(
+        args, params, model, result, figures, kinds, overall, z, criteria, model_features, numeric_extras,
+        categorical_params, train_metrics, elbow, len(labels),
+        lambda out: out.write_csv(args.segments, result.segments),
+    )  # fmt: skip
+
+
+def report_outcome(
+    args, params: EvaluateParams, model: Any, result: Evaluation, figures: dict[str, Any], kinds: dict[str, str],
+    overall: dict[str, float], z: pd.DataFrame, criteria: pd.DataFrame | None, model_features: list[str],
+    numeric_extras: list[str], categorical_params: Any, train_metrics: Mapping[str, Any] | None,
+    elbow: pd.DataFrame | None, rows: int, write_segments: Callable[[Any], None],
+) -> Outcome:  # fmt: skip
+    """Name the segments and say what to write and log (either engine): the evaluation, its figures, the numeric
+    columns' kinds, overall means and contrasts (:func:`report.contrasts`), the criteria per k (None: no report
+    section), ``rows`` in all; ``write_segments(out)`` writes the segments file."""
+    profile = result.profile
+    overall = {**overall, **{c: float((profile[c] * profile["size"]).sum() / rows) for c in profile if "=" in c}}
     segments = report.describe_segments(profile, overall, z, model_features, numeric_extras, kinds)
     rounded = report.rounded_profile(profile, kinds)
     # The names go with the profile: `make score` puts them beside each new customer's segment.
     rounded.insert(1, report.NAME_COLUMN, [segment.name for segment in segments])
 
     def write(out, log) -> None:
-        out.write_csv(args.segments, result.segments)
+        write_segments(out)
         out.write_csv(args.profile, rounded)
         out.write_json(args.metrics, result.metrics)
         images: dict[str, bytes | None] = {}
@@ -451,6 +520,231 @@ def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
         f"evaluate: {m['n_clusters']} clusters, silhouette {m['silhouette']:.3f}, "
         f"Calinski-Harabasz {m['calinski_harabasz']:.1f}, Davies-Bouldin {m['davies_bouldin']:.3f}",
     )
+
+
+# -- preprocess.engine: dask ---------------------------------------------------------------------------------------
+def _part_labels(block: np.ndarray, model: Any) -> np.ndarray:
+    return model.predict(block) if len(block) else np.zeros(0, dtype=np.int32)
+
+
+def _part_inertia(block: np.ndarray, model: Any) -> float:
+    return algorithms.inertia_on(model, block) if len(block) else 0.0
+
+
+def _part_groups(block: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and the sum of each model column per cluster, in one part."""
+    sums = np.stack([np.bincount(labels, weights=block[:, j], minlength=k) for j in range(block.shape[1])], axis=1)
+    return np.bincount(labels, minlength=k), sums
+
+
+def _part_spread(block: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Per cluster, the sum of squared distances and the sum of distances of a part's rows to their centroid."""
+    k = len(centroids)
+    distances = np.sqrt(((block - centroids[labels]) ** 2).sum(axis=1))
+    return np.stack(
+        [np.bincount(labels, weights=distances**2, minlength=k), np.bincount(labels, weights=distances, minlength=k)]
+    )
+
+
+def _same_ids(features: pd.DataFrame, matrix: pd.DataFrame, id_column: str) -> bool:
+    return features[id_column].reset_index(drop=True).equals(matrix[id_column].reset_index(drop=True))
+
+
+def _segments(matrix: pd.DataFrame, labels: np.ndarray, id_column: str) -> pd.DataFrame:
+    return pd.DataFrame({id_column: matrix[id_column].to_numpy(), CLUSTER_COLUMN: labels})
+
+
+def _labelled(features: pd.DataFrame, labels: np.ndarray, categorical: list[str]) -> pd.DataFrame:
+    """A part of the features with its rows' clusters, its categorical columns as the local engine profiles them."""
+    out = features.assign(**{CLUSTER_COLUMN: labels})
+    for column in categorical:
+        out[column] = as_categories(out[column])
+    return out
+
+
+def scores_of_groups(counts: np.ndarray, sums: np.ndarray, spread: np.ndarray) -> tuple[float, float]:
+    """Calinski-Harabasz and Davies-Bouldin as scikit-learn computes them, from group-bys over all rows: rows and
+    column sums per cluster (``counts``, ``sums``), and per cluster the sums of squared distances and of distances
+    to its centroid (``spread``: 2 x k). Clusters with no rows are left out, as scikit-learn's labels have none."""
+    present = counts > 0
+    n, centroids = counts[present], sums[present] / counts[present][:, None]
+    squared, distances = spread[0][present], spread[1][present]
+    k, rows = len(n), int(n.sum())
+    mean = sums[present].sum(axis=0) / rows
+    extra = float((n * ((centroids - mean) ** 2).sum(axis=1)).sum())
+    intra = float(squared.sum())
+    calinski_harabasz = 1.0 if intra == 0.0 else extra * (rows - k) / (intra * (k - 1.0))
+    intra_dists = distances / n
+    between = np.sqrt(((centroids[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2))
+    if np.allclose(intra_dists, 0) or np.allclose(between, 0):
+        return calinski_harabasz, 0.0
+    between[between == 0] = np.inf
+    combined = (intra_dists[:, None] + intra_dists) / between
+    return calinski_harabasz, float(np.mean(np.max(combined, axis=1)))
+
+
+def require_dask_model(model: Any, model_source: str) -> None:
+    """The Dask engine evaluates the k-means family's models (train on Dask fits kmeans)."""
+    name = algorithms.algorithm_name(model)
+    if name is not None and (isinstance(model, algorithms.CentroidAssigner) or not hasattr(model, "cluster_centers_")):
+        raise UserError(
+            f"{model_source}: a {name} model; preprocess.engine dask evaluates the k-means family only: rebuild it: "
+            "dvc repro -f -s train"
+        )
+
+
+@dataclass
+class DaskEvaluation:
+    """What :func:`evaluate_on_dask` hands to the report: the evaluation (its segments stay in the cluster, one
+    frame per part), the overall means and the contrasts of the numeric columns, their kinds, the figures."""
+
+    result: Evaluation
+    segments: list[Any]  # futures: ID + cluster per part
+    overall: dict[str, float]
+    contrasts: pd.DataFrame
+    kinds: dict[str, str]
+    figures: dict[str, Any]
+    sample: np.ndarray  # the criteria's sample of the model matrix (their rows: sample_rows)
+
+
+def evaluate_on_dask(
+    client: Any, matrix: Any, features: Any, model: Any, params: EvaluateParams, categorical: list[str],
+    numeric: list[str],
+) -> DaskEvaluation:  # fmt: skip
+    """:func:`evaluate` and the report's measures on the tables in the cluster (:mod:`segmentation.dask_tables`):
+    the clusters' sizes, the profiles, the overall means, the contrasts and the kinds of the columns exactly, by
+    group-bys over every row; Calinski-Harabasz and Davies-Bouldin from per-cluster sums over every row; the
+    silhouette, the criteria's sample and the figures' points on the local engine's seeded samples (the same row
+    numbers, brought here); the projection's components by dask-ml's PCA on every row."""
+    import dask
+    import dask.dataframe as dd
+    from dask_ml.decomposition import PCA as DaskPCA
+
+    from segmentation import dask_tables
+
+    table, id_column = matrix.table, matrix.table.columns[0]
+    if features.rows != table.rows or not all(
+        client.gather(client.map(_same_ids, features.frames, table.frames, id_column=id_column))
+    ):
+        raise UserError("data/processed: the features and matrix files hold different customers; run dvc repro")
+    k, rows = algorithms.n_clusters(model), table.total
+    require_silhouette_sample(params, k)
+    labels = client.map(_part_labels, matrix.blocks, model=model)
+
+    # every row: sizes, the scores' group-bys
+    groups = client.gather(client.map(_part_groups, matrix.blocks, labels, k=k))
+    counts, sums = sum(g[0] for g in groups), sum(g[1] for g in groups)
+    sizes = {c: int(n) for c, n in enumerate(counts)}
+    centroids = sums / np.maximum(counts, 1)[:, None]
+    spread = dask_tables.sum_of(client, client.map(_part_spread, matrix.blocks, labels, centroids=centroids))
+    calinski_harabasz, davies_bouldin = scores_of_groups(counts, sums, spread)
+
+    # seeded samples of rows, as the local engine draws them
+    def sampled(size: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = sample_rows(rows, size, params.random_state)
+        return dask_tables.take(client, matrix.blocks, table.rows, idx), dask_tables.take(
+            client, labels, table.rows, idx
+        )
+
+    sil_values, sil_labels = silhouette_of(*sampled(params.silhouette_sample_size), params.silhouette_sample_size)
+    metrics = quality_metrics(model, sil_values, calinski_harabasz, davies_bouldin, sizes, rows, None)
+
+    # the profile, overall means, contrasts and kinds: Dask's group-bys over the features and the labels
+    meta = _labelled(features.meta, np.zeros(0, dtype=np.int32), categorical)
+    frame = dd.from_delayed(
+        client.map(_labelled, features.frames, labels, categorical=categorical), meta=meta, verify_meta=False
+    )
+    profiled = [c for c in features.columns if c not in {id_column, *categorical}]
+    grouped = frame[[*profiled, CLUSTER_COLUMN]].groupby(CLUSTER_COLUMN)
+    values = frame[numeric]
+    zero_one = ((values == 0) | (values == 1) | values.isna()).all() & (values.count() > 0)
+    lazy = {
+        "size": frame[CLUSTER_COLUMN].value_counts(),
+        "means": grouped.mean(),
+        "sums": grouped.sum(),
+        "counts": grouped.count(),
+        "overall": values.mean(),
+        "spreads": values.std(ddof=0),
+        "zero_one": zero_one,
+        **{f"count:{c}": frame.groupby([CLUSTER_COLUMN, c]).size() for c in categorical},
+        **{f"blank:{c}": frame[c].isna().groupby(frame[CLUSTER_COLUMN]).sum() for c in categorical},
+    }
+    done = dict(zip(lazy, dask.compute(*lazy.values()), strict=True))
+    size = done["size"].sort_index().rename_axis(CLUSTER_COLUMN)
+    categories = {}
+    for c in categorical:
+        found = done[f"count:{c}"].unstack(fill_value=0)
+        blanks = done[f"blank:{c}"].sort_index()
+        categories[c] = (found, blanks if blanks.any() else None)
+    profile = assemble_profile(size, done["means"].sort_index()[profiled], categories, rows)
+    overall = {c: float(done["overall"][c]) for c in numeric}
+    z = report.contrasts_of(
+        done["sums"].sort_index()[numeric], done["counts"].sort_index()[numeric], done["spreads"][numeric]
+    )
+    z.index = [int(c) for c in z.index]
+    kinds = {c: report.kind_of(c, bool(done["zero_one"][c])) for c in numeric}
+
+    # the figures: the projection's components on every row (dask-ml), its points and the silhouette's sampled
+    x = matrix.array()
+    n = min(2, matrix.width)
+    x = x.rechunk({0: max(max(table.rows), matrix.width), 1: -1})  # tall blocks for the tall-and-skinny QR
+    pca = DaskPCA(n_components=n, svd_solver="tsqr").fit(x)
+    components = np.asarray(pca.components_)
+    # scikit-learn's sign rule: each component's largest coefficient positive
+    components *= np.sign(components[np.arange(n), np.argmax(np.abs(components), axis=1)])[:, None]
+    shown, shown_labels = sampled(params.plot_sample_size)
+    xy = (shown - np.asarray(pca.mean_)) @ components.T
+    present = {c: n_c for c, n_c in sizes.items() if n_c}
+    figures = {
+        "clusters_2d.png": projection_figure(xy, shown_labels, present, rows),
+        "silhouette.png": silhouette_plot(sil_values, sil_labels),
+        "profile.png": profile_plot(profile),
+    }
+    criteria_rows, _ = sampled(params.criteria_sample_size)
+    segments = client.map(_segments, table.frames, labels, id_column=id_column)
+    result = Evaluation(metrics, None, profile, sil_values, sil_labels)
+    return DaskEvaluation(result, segments, overall, z, kinds, figures, criteria_rows)
+
+
+def work_on_dask(args, params: EvaluateParams, preprocess_params: Any) -> Outcome:
+    """The evaluate stage on the cluster (``preprocess.engine: dask``): the tables read by the workers part by part,
+    the segments file written from the parts in order; the outputs are the local engine's."""
+    from segmentation import dask_tables
+    from segmentation.dask_cluster import dask_client
+    from segmentation.files import remove_temp
+
+    categorical_params = preprocess_params.categorical
+    model = load_model(args.model, stage="train")
+    require_dask_model(model, args.model)
+    train_metrics = read_train_metrics(args.train_metrics)  # the model's check, then the report's k section
+    elbow = read_optional_csv(args.elbow_scores)
+    with dask_client(preprocess_params.dask) as client:
+        matrix = dask_tables.load_matrix(client, args.matrix, stage="preprocess")
+        features = dask_tables.load(client, args.features, stage="preprocess")
+        id_column = matrix.table.columns[0]
+        model_features = [c for c in preprocess_params.features if c in features.columns]
+        numeric_extras, text_extras = profiled_columns(
+            features.meta, id_column, model_features, categorical_params.columns, params.profile_columns
+        )
+        categorical = [*categorical_params.columns, *text_extras]
+        inertia = lambda: dask_tables.sum_of(client, client.map(_part_inertia, matrix.blocks, model=model))  # noqa: E731
+        check_model(model, matrix.array(), args.model, args.matrix, train_metrics, args.train_metrics, inertia)
+        done = evaluate_on_dask(
+            client, matrix, features, model, params, categorical, [*model_features, *numeric_extras]
+        )
+        segments_file = dask_tables.stream_csv(client, done.segments, args.segments)
+    try:
+        criteria = None
+        if args.report and elbow is not None and "k" in elbow:
+            criteria = criteria_of(done.sample, [int(k) for k in elbow["k"]], params.random_state)
+        return report_outcome(
+            args, params, model, done.result, done.figures, done.kinds, done.overall, done.contrasts, criteria,
+            model_features, numeric_extras, categorical_params, train_metrics, elbow, matrix.table.total,
+            lambda out: out.adopt(args.segments, segments_file),
+        )  # fmt: skip
+    except BaseException:
+        remove_temp(segments_file)
+        raise
 
 
 main = cli(

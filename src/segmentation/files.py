@@ -69,9 +69,45 @@ def _running(pid: int) -> bool:
 
 
 def _remove_temp(tmp: Path) -> None:
-    tmp.unlink(missing_ok=True)
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # not empty: someone else's file, left alone
         tmp.parent.rmdir()
+
+
+def temp_dir_beside(path: str | Path) -> Path:
+    """A new empty folder named like ``path``, in a new hidden folder beside it: where a stage's workers write a
+    partitioned output (a Parquet dataset) before :meth:`StageOutputs.adopt` commits it with the other outputs.
+
+    Named as :func:`_temp_beside` names files, so a killed stage's leftover is removed by its next run.
+    """
+    tmp = _temp_beside(Path(path))
+    tmp.unlink()
+    tmp.mkdir()
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    return tmp
+
+
+def temp_file_beside(path: str | Path) -> Path:
+    """A new empty file named like ``path``, in a new hidden folder beside it: where a stage streams a large output
+    (written part by part) before :meth:`StageOutputs.adopt` commits it with the other outputs; remove it with
+    :func:`remove_temp` if the stage fails before."""
+    return _temp_beside(Path(path))
+
+
+def remove_temp(tmp: str | Path) -> None:
+    """Remove a temporary output of :func:`temp_file_beside` or :func:`temp_dir_beside` and its hidden folder."""
+    _remove_temp(Path(tmp))
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder (a partitioned output)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 class StageOutputs:
@@ -103,12 +139,16 @@ class StageOutputs:
         self._scratch.append(folder)
         return folder
 
-    def path(self, target: str | Path) -> Path:
-        """A temporary file to write ``target``'s new content to."""
+    def path(self, target: str | Path, replaces_folder: bool = False) -> Path:
+        """A temporary file to write ``target``'s new content to.
+
+        ``replaces_folder``: ``target`` may be a folder now (a partitioned table the Dask engine wrote), which the
+        file then replaces; otherwise a folder there is an error.
+        """
         target = Path(target)
         if target in self._staged:
             return self._staged[target]
-        if target.is_dir():
+        if target.is_dir() and not replaces_folder:
             raise UserError(f"{target}: is a directory, expected a file; remove it and run again")
         try:
             tmp = _temp_beside(target)
@@ -132,10 +172,19 @@ class StageOutputs:
     def write_table(self, target: str | Path, df: pd.DataFrame) -> None:
         """A table between stages: Parquet when ``target`` ends in ``.parquet`` (columnar, typed, exact, ~30x
         faster to write than CSV), else CSV."""
-        if Path(target).suffix == PARQUET:
-            self._write(target, lambda tmp: write_parquet(tmp, df))
+        if Path(target).suffix == PARQUET:  # may replace a partitioned table (a folder) of the Dask engine
+            self._write(target, lambda tmp: write_parquet(tmp, df), replaces_folder=True)
         else:
             self.write_csv(target, df)
+
+    def adopt(self, target: str | Path, folder: str | Path) -> None:
+        """Commit ``folder`` (made by :func:`temp_dir_beside` for ``target``, written by the stage's workers; or a
+        file made by :func:`temp_file_beside`) as ``target`` with the other outputs; it replaces a file or a folder
+        there."""
+        target, folder = Path(target), Path(folder)
+        if target in self._staged:
+            _remove_temp(self._staged[target])
+        self._staged[target] = folder
 
     def dump_model(self, target: str | Path, obj: Any) -> None:
         """A fitted estimator, pickled with joblib."""
@@ -161,25 +210,37 @@ class StageOutputs:
         finally:
             plt.close(fig)
 
-    def _write(self, target: str | Path, write) -> None:
-        tmp = self.path(target)
+    def _write(self, target: str | Path, write, replaces_folder: bool = False) -> None:
+        tmp = self.path(target, replaces_folder)
         try:
             write(tmp)
         except OSError as exc:  # a full disk, a quota, an I/O error: the user's to fix, nothing replaced yet
             raise UserError(f"{target}: cannot write ({exc.strerror or exc}); earlier results are unchanged") from None
 
     def commit(self) -> None:
-        """Move every staged file into place; on a failure, put back what was already replaced, then raise."""
+        """Move every staged file into place; on a failure, put back what was already replaced, then raise.
+
+        A file replacing a file is atomic (``os.replace``; the old one is kept as a hard link until the end). Where a
+        folder is involved (a partitioned table replacing a file or a folder, or a file replacing one), the old
+        content is first renamed aside, then the new one renamed into place: the target is missing for that moment.
+        """
         backups: dict[Path, Path] = {}
+        moved: set[Path] = set()  # targets renamed aside (not linked): restored if the commit fails
         done: list[Path] = []
         current = None
         try:
-            for current in self._staged:
-                if current.is_file():
-                    backup = current.with_name(f".{current.name}.{os.getpid()}.bak")
-                    backup.unlink(missing_ok=True)
+            for current, tmp in self._staged.items():
+                if not (current.exists() or current.is_symlink()):
+                    continue
+                backup = current.with_name(f".{current.name}.{os.getpid()}.bak")
+                if backup.exists() or backup.is_symlink():
+                    _remove(backup)
+                if current.is_file() and not tmp.is_dir():
                     os.link(current, backup)
-                    backups[current] = backup
+                else:
+                    os.rename(current, backup)
+                    moved.add(current)
+                backups[current] = backup
             for current, tmp in self._staged.items():
                 os.replace(tmp, current)
                 done.append(current)
@@ -187,13 +248,20 @@ class StageOutputs:
         except OSError as exc:
             for target in done:
                 if target in backups:
-                    os.replace(backups[target], target)
+                    if target in moved:
+                        _remove(target)
+                        os.rename(backups[target], target)
+                    else:
+                        os.replace(backups[target], target)
                 else:
-                    target.unlink(missing_ok=True)
+                    _remove(target)
+            for target in moved - set(done):  # renamed aside, never replaced: back into place
+                os.rename(backups[target], target)
             raise UserError(f"{current}: cannot replace ({exc.strerror}); earlier results are unchanged") from None
         finally:
             for backup in backups.values():
-                backup.unlink(missing_ok=True)
+                if backup.exists() or backup.is_symlink():
+                    _remove(backup)
         self._staged.clear()
 
     def discard(self) -> None:
@@ -319,27 +387,34 @@ def plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _existing_file(path: str | Path, stage: str | None) -> Path:
-    """``path`` as a Path; a missing path or a directory is a :class:`UserError` that says how to rebuild it."""
+def _existing_file(path: str | Path, stage: str | None, folder_ok: bool = False) -> Path:
+    """``path`` as a Path; a missing path or a directory (unless ``folder_ok``) is a :class:`UserError` that says
+    how to rebuild it."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not folder_ok:
         rebuild = f"dvc repro -f -s {stage}" if stage else "dvc repro"
         raise UserError(f"{path}: is a directory, not a file written by the pipeline; remove it, then: {rebuild}")
-    if not path.is_file():
+    if not (path.is_file() or (folder_ok and path.is_dir())):
         raise UserError(f"{path}: not found; run the earlier stages first (dvc repro)")
     return path
 
 
 def read_csv(path: str | Path, stage: str | None = None) -> pd.DataFrame:
     """Read a table written by a previous stage (``stage``, named in the fix): Parquet for a ``.parquet`` path, else
-    CSV; a missing or unreadable file is a :class:`~segmentation.errors.UserError`."""
-    path = _existing_file(path, stage)
+    CSV; a missing or unreadable file is a :class:`~segmentation.errors.UserError`. A ``.parquet`` folder is a
+    partitioned table (the Dask engine's): its parts in the order of their names."""
+    path = _existing_file(path, stage, folder_ok=Path(path).suffix == PARQUET)
     rebuild = f"dvc repro -f -s {stage}" if stage else "dvc repro -f"
     if path.suffix == PARQUET:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
+            if path.is_dir():  # a partitioned table: its parts in order (their names are zero-padded numbers)
+                parts = sorted(path.glob(f"*{PARQUET}"))
+                if not parts:
+                    raise ValueError("no parts")
+                return pa.concat_tables([pq.read_table(part) for part in parts]).to_pandas()
             return pq.read_table(path).to_pandas()
         except (pa.ArrowException, OSError, ValueError):
             raise UserError(f"{path}: not a Parquet file written by the pipeline; rebuild it: {rebuild}") from None

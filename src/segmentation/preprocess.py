@@ -98,20 +98,37 @@ def build_transformer(params: PreprocessParams):
     return Pipeline(steps)
 
 
-def preprocess(
-    raw: pd.DataFrame, params: PreprocessParams, source: str, profile_columns: list[str] | None = None
-) -> PreprocessResult:
-    """Validate ``raw``, derive features, drop missing/outlier rows per params, fit the transformer.
+@dataclass
+class Rows:
+    """The row-wise part of preprocess (:func:`select_rows`) on one table, or on one partition of a larger one."""
 
-    ``profile_columns`` (``evaluate.profile_columns``: names or globs of raw or derived columns) are passed through
-    to the features table as read (blanks kept, not checked): profiled per cluster, never clustered.
+    # The kept rows, under the raw table's row labels (for messages naming a line): the ID, the features (float64),
+    # the categorical columns (text), the outlier columns and the passed-through profile columns.
+    table: pd.DataFrame
+    # rows_in, dropped_missing (or imputed_rows), outliers_<column>..., dropped_outliers, rows_out: each a sum over
+    # partitions.
+    metrics: dict[str, int]
+    blank: list[str]  # the model columns blank on every row read, before any row was dropped
+    profiled: list[str]  # the passed-through profile columns (evaluate.profile_columns), in output order
+    derived: list[str]  # the columns the recipe computed (named as such in messages)
 
-    ``source`` names the input in error messages (the CSV's path). Without an ID column (``id_column: null``) a
-    ``row_id`` column (1 = the first data row) identifies the rows in every output.
+
+def select_rows(
+    raw: pd.DataFrame,
+    params: PreprocessParams,
+    id_col: str,
+    source: str,
+    lines: LineLocator,
+    profile_columns: list[str] | None = None,
+) -> Rows:
+    """The row-wise part of preprocess: check the raw rows, derive the recipe's columns, keep the columns that
+    matter and drop the rows with blanks (``missing: drop``) or outside the ``outliers`` bounds.
+
+    Pure and row by row but for three checks that hold for each part as for the whole (the columns exist, a one-hot
+    column has at most ``max_categories`` values, a profile pattern matches a column): the Dask engine applies it to
+    each partition, the local engine to the whole table. What only the whole table can tell (unique IDs, a column
+    blank everywhere, too few rows) is checked by the caller.
     """
-    lines = LineLocator.of(raw)  # physical lines of the CSV's rows, for messages
-    raw, id_col = data.identify_rows(raw, params.data.id_column, source, lines)
-
     df = raw
     derived: list[str] = []
     if params.recipe == "marketing_campaign":
@@ -139,13 +156,13 @@ def preprocess(
 
     metrics: dict[str, int] = {"rows_in": len(df)}
     used = [*params.features, *onehot]  # the columns the model sees: blanks there are "missing"
-    require_values(df, used, params, source)
-    blank = features.missing_rows(df, used)
+    blank = [c for c in used if df[c].isna().all()]
+    missing = features.missing_rows(df, used)
     if params.missing == "drop":
-        metrics["dropped_missing"] = int(blank.sum())
-        kept = ~blank
+        metrics["dropped_missing"] = int(missing.sum())
+        kept = ~missing
     else:
-        metrics["imputed_rows"] = int(blank.sum())
+        metrics["imputed_rows"] = int(missing.sum())
         kept = pd.Series(True, index=df.index)
 
     # Outliers are counted among the rows kept so far; the rows are then filtered once.
@@ -158,28 +175,36 @@ def preprocess(
     kept &= ~any_outlier
     if not kept.all():
         df = df[kept]
-
     metrics["rows_out"] = len(df)
-    if len(df) < 2:
-        raise UserError(f"{source}: only {len(df)} row(s) left after dropping missing values and outliers")
-    if params.pca_components is not None and params.pca_components > len(df):
-        raise UserError(
-            f"params.yaml: preprocess.pca_components ({params.pca_components}) exceeds the {len(df)} rows left in "
-            f"{source}; lower it or set it to null"
-        )
-    if metrics["dropped_outliers"]:
-        require_values(df, used, params, source, after=" left after dropping outliers")
-    require_computable(df, params.features, source, lines, derived)
-    if all(df[c].nunique(dropna=True) <= 1 for c in used):  # one distinct row: PCA would divide by a zero variance
-        raise UserError(
-            f"{source}: every model column ({', '.join(used)}) has a single value on all {len(df)} rows kept: "
-            "nothing to cluster; check the data"
-        )
+    return Rows(table=df, metrics=metrics, blank=blank, profiled=extra, derived=derived)
 
-    table = df[[id_col, *params.features, *categorical, *extra]].reset_index(drop=True)
-    text = [c for c in extra if not pd.api.types.is_numeric_dtype(table[c])]
-    if text:
-        table = table.assign(**{c: data.as_categories(table[c]) for c in text})
+
+def preprocess(
+    raw: pd.DataFrame, params: PreprocessParams, source: str, profile_columns: list[str] | None = None
+) -> PreprocessResult:
+    """Validate ``raw``, derive features, drop missing/outlier rows per params, fit the transformer.
+
+    ``profile_columns`` (``evaluate.profile_columns``: names or globs of raw or derived columns) are passed through
+    to the features table as read (blanks kept, not checked): profiled per cluster, never clustered.
+
+    ``source`` names the input in error messages (the CSV's path). Without an ID column (``id_column: null``) a
+    ``row_id`` column (1 = the first data row) identifies the rows in every output.
+    """
+    lines = LineLocator.of(raw)  # physical lines of the CSV's rows, for messages
+    raw, id_col = data.identify_rows(raw, params.data.id_column, source, lines)
+    rows = select_rows(raw, params, id_col, source, lines, profile_columns)
+    df, metrics = rows.table, rows.metrics
+    used = model_columns(params)
+    require_values(used, rows.blank, metrics["rows_in"], params, source)
+    require_enough_rows(metrics["rows_out"], params, source)
+    if metrics["dropped_outliers"]:
+        blank = [c for c in used if df[c].isna().all()]
+        require_values(used, blank, len(df), params, source, after=" left after dropping outliers")
+    require_computable(df, params.features, source, lines, rows.derived)
+    if all(df[c].nunique(dropna=True) <= 1 for c in used):  # one distinct row: PCA would divide by a zero variance
+        raise UserError(single_value_message(used, len(df), source))
+
+    table = output_table(df, params, id_col, rows.profiled)
     transformer = build_transformer(params)
     values = transformer.fit_transform(table[used])
     bad = ~np.isfinite(values)
@@ -189,24 +214,63 @@ def preprocess(
             f"{source}: preprocessing the row on line {lines.line(df.index[row])} gave a non-finite value "
             f"(column {col + 1} of the model matrix); check that row's values"
         )
-    if params.pca_components is not None:
-        names = [f"PC{i + 1}" for i in range(params.pca_components)]
-    else:
-        names = [str(n) for n in transformer.get_feature_names_out(used)] if onehot else list(params.features)
-    matrix = pd.concat([table[[id_col]], pd.DataFrame(values, columns=names)], axis=1)
+    matrix = pd.concat([table[[id_col]], pd.DataFrame(values, columns=matrix_names(params, transformer))], axis=1)
     return PreprocessResult(features=table, matrix=matrix, transformer=transformer, metrics=metrics)
 
 
+def model_columns(params: PreprocessParams) -> list[str]:
+    """The columns the transformer reads, in order: the numeric features, then the one-hot columns."""
+    return [*params.features, *onehot_columns(params)]
+
+
+def output_table(df: pd.DataFrame, params: PreprocessParams, id_col: str, profiled: list[str]) -> pd.DataFrame:
+    """The features table of kept rows ``df``: ID, features, categorical and profile columns (text ones as
+    categories), a fresh index."""
+    table = df[[id_col, *params.features, *params.categorical.columns, *profiled]].reset_index(drop=True)
+    text = [c for c in profiled if not pd.api.types.is_numeric_dtype(table[c])]
+    if text:
+        table = table.assign(**{c: data.as_categories(table[c]) for c in text})
+    return table
+
+
+def matrix_names(params: PreprocessParams, transformer) -> list[str]:
+    """The model matrix's column names: ``PC1..`` with PCA, else the features (and one-hot columns)."""
+    if params.pca_components is not None:
+        return [f"PC{i + 1}" for i in range(params.pca_components)]
+    if onehot_columns(params):
+        return [str(n) for n in transformer.get_feature_names_out(model_columns(params))]
+    return list(params.features)
+
+
+def require_enough_rows(rows_out: int, params: PreprocessParams, source: str) -> None:
+    """Fail when fewer than two rows, or fewer rows than ``pca_components``, are left after the filters."""
+    if rows_out < 2:
+        raise UserError(f"{source}: only {rows_out} row(s) left after dropping missing values and outliers")
+    if params.pca_components is not None and params.pca_components > rows_out:
+        raise UserError(
+            f"params.yaml: preprocess.pca_components ({params.pca_components}) exceeds the {rows_out} rows left in "
+            f"{source}; lower it or set it to null"
+        )
+
+
+def single_value_message(used: list[str], rows: int, source: str) -> str:
+    """The error when every model column holds one value on every kept row (nothing to cluster)."""
+    return (
+        f"{source}: every model column ({', '.join(used)}) has a single value on all {rows} rows kept: "
+        "nothing to cluster; check the data"
+    )
+
+
 def require_values(
-    df: pd.DataFrame, columns: list[str], params: PreprocessParams, source: str, after: str = ""
+    used: list[str], blank: list[str], rows: int, params: PreprocessParams, source: str, after: str = ""
 ) -> None:
-    """Fail naming the first of ``columns`` that is blank on every row of ``df``.
+    """Fail naming the first of the model columns ``used`` that is ``blank`` (on every one of the ``rows``).
 
     ``missing: median`` cannot impute such a column (scikit-learn would drop it silently) and ``missing: drop``
     would drop every row.
     """
-    for col in columns:
-        if df[col].isna().all():
+    for col in used:
+        if col in blank:
             setting = "preprocess.features" if col in params.features else "preprocess.categorical.columns"
             consequence = (
                 "preprocess.missing: median cannot impute it"
@@ -214,7 +278,7 @@ def require_values(
                 else "preprocess.missing: drop would drop every row"
             )
             raise UserError(
-                f"{source}: column {col} is blank on all {len(df)} rows{after}; {consequence}: "
+                f"{source}: column {col} is blank on all {rows} rows{after}; {consequence}: "
                 f"fill it in or remove it from {setting}"
             )
 
@@ -242,12 +306,15 @@ def require_computable(
 
 
 def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
-    """Read the raw CSV (only the columns used), run :func:`preprocess`, say what to write and log."""
+    """Read the raw CSV (only the columns used), run :func:`preprocess` (or its Dask engine), say what to write and
+    log."""
     profile_columns = profile_patterns(raw_params, args.params)  # passed through for the evaluate stage
     # The raw file's md5 (for the MLflow run) is computed in a thread while the stage works: hashlib releases the GIL.
     hashing = ThreadPoolExecutor(1)
     md5 = hashing.submit(file_md5, params.data.path) if Path(params.data.path).is_file() else None
     hashing.shutdown(wait=False)
+    if params.engine == "dask":
+        return work_on_dask(args, params, profile_columns, md5)
     build_transformer(params)  # imports scikit-learn now, so that the steps below time only their work
     with step("preprocess", f"read {params.data.path}"):
         raw = data.load_csv(params.data, columns=[*input_columns(params), *profile_columns])
@@ -268,6 +335,35 @@ def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
 
     m, columns = result.metrics, result.matrix.shape[1] - 1
     return Outcome(write, f"preprocess: {m['rows_in']} rows in, {m['rows_out']} out, {columns} columns")
+
+
+def work_on_dask(args, params: PreprocessParams, profile_columns: list[str], md5) -> Outcome:
+    """The Dask engine (:mod:`segmentation.dask_engine`): the same outputs, the tables as partitioned Parquet."""
+    from segmentation import dask_engine
+
+    columns = [*input_columns(params), *profile_columns]
+    with (
+        dask_engine.dask_client(params.dask) as client,
+        step("preprocess", f"preprocessed {params.data.path} on Dask"),
+    ):
+        result = dask_engine.preprocess_on_dask(client, params, columns, profile_columns, args.features, args.matrix)
+
+    def write(out, log) -> None:
+        out.adopt(args.features, result.features_dir)
+        out.adopt(args.matrix, result.matrix_dir)
+        out.dump_model(args.transformer, result.transformer)
+        out.write_json(args.metrics, result.metrics)
+        log.log_params(flatten(params, "preprocess."))
+        log.log_data(params.data.path, md5.result() if md5 is not None else None)
+        log.log_metrics(result.metrics)
+        log.log_artifact(args.transformer)
+
+    m = result.metrics
+    return Outcome(
+        write,
+        f"preprocess: {m['rows_in']} rows in, {m['rows_out']} out, {result.matrix_columns} columns "
+        f"({result.partitions} partition(s) on Dask)",
+    )
 
 
 main = cli(

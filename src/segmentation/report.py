@@ -56,7 +56,12 @@ def column_kind(name: str, values: pd.Series) -> str:
     """How a profiled column is shown: ``rate`` (0/1 values), ``money`` (by its name) or ``number``."""
     data = values.to_numpy(dtype=float, na_value=np.nan)
     present = data[~np.isnan(data)]
-    if len(present) and np.all((present == 0) | (present == 1)):
+    return kind_of(name, bool(len(present) and np.all((present == 0) | (present == 1))))
+
+
+def kind_of(name: str, zero_one: bool) -> str:
+    """:func:`column_kind` of a column whose values are all 0 or 1 (``zero_one``: blanks aside, at least one)."""
+    if zero_one:
         return RATE
     if MONEY_NAME.search(name):
         return MONEY
@@ -137,21 +142,33 @@ def contrasts(values: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
     """Per cluster (rows) and column: (cluster mean - mean of all other customers) / the column's spread over all
     customers. Blanks are left out of every mean; a constant column scores 0."""
     clusters, codes = np.unique(labels, return_inverse=True)
-    rows = np.empty((len(clusters), values.shape[1]))
+    sums, counts, spreads = {}, {}, {}
     # Column by column, sums per cluster by bincount: one pass over the rows (masking them per cluster was k passes).
-    for j, (_, column) in enumerate(values.items()):
+    for column_name, column in values.items():
         data = column.to_numpy(dtype=float, na_value=np.nan)
         present = ~np.isnan(data)
         has_blanks = not present.all()
         filled = np.where(present, data, 0.0) if has_blanks else data
-        s_k = np.bincount(codes, weights=filled, minlength=len(clusters))
-        n_k = np.bincount(codes, weights=present, minlength=len(clusters)) if has_blanks else np.bincount(codes)
+        sums[column_name] = np.bincount(codes, weights=filled, minlength=len(clusters))
+        counts[column_name] = (
+            np.bincount(codes, weights=present, minlength=len(clusters)) if has_blanks else np.bincount(codes)
+        )
+        spreads[column_name] = (np.nanstd(data) if has_blanks else data.std()) if len(data) else 0.0
+    index = [int(k) for k in clusters]
+    return contrasts_of(pd.DataFrame(sums, index=index), pd.DataFrame(counts, index=index), pd.Series(spreads))
+
+
+def contrasts_of(sums: pd.DataFrame, counts: pd.DataFrame, spreads: pd.Series) -> pd.DataFrame:
+    """:func:`contrasts` from its group-bys: per cluster (rows) and column the sum and the count of the values
+    present, and per column the spread (standard deviation, ddof 0) over all customers."""
+    rows = np.empty(sums.shape)
+    for j, column in enumerate(sums.columns):
+        s_k, n_k = sums[column].to_numpy(dtype=float), counts[column].to_numpy()
         total, count = s_k.sum(), n_k.sum()
-        spread = (np.nanstd(data) if has_blanks else data.std()) if len(data) else 0.0
         with np.errstate(invalid="ignore", divide="ignore"):
-            z = (s_k / n_k - (total - s_k) / (count - n_k)) / spread
+            z = (s_k / n_k - (total - s_k) / (count - n_k)) / spreads[column]
         rows[:, j] = np.where(np.isfinite(z), z, 0.0)
-    return pd.DataFrame(rows, index=[int(k) for k in clusters], columns=list(values.columns))
+    return pd.DataFrame(rows, index=list(sums.index), columns=list(sums.columns))
 
 
 def noun(column: str) -> str:

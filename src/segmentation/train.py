@@ -154,15 +154,19 @@ def find_knee(x: list[int], y: list[float], curve_nature: str, curve_direction: 
 
 
 def check_k_range(X: np.ndarray, params: TrainParams, source: str, sample: np.ndarray | None = None) -> None:
-    """Fail unless the rows of ``X`` (and the search ``sample`` of them, when there is one) can hold ``k_max``
-    clusters.
+    """:func:`check_k_rows` on the rows of ``X`` (and the search ``sample`` of them)."""
+    check_k_rows(len(X), lambda: distinct_rows(X), params, source, sample)
+
+
+def check_k_rows(rows: int, count_distinct, params: TrainParams, source: str, sample: np.ndarray | None = None) -> None:
+    """Fail unless ``rows`` rows (and the search ``sample`` of them, when there is one) can hold ``k_max``
+    clusters; ``count_distinct()`` counts the distinct rows of all of them (called only when needed).
 
     - ``k_max`` must be below the number of rows, and at most rows / ``min_cluster_size`` (the documented bound);
-    - ``X`` must have at least ``k_max`` distinct rows (KMeans cannot make more clusters than distinct points: with
-      all rows identical every score is 0 and any k would be "chosen"); so must the sample the search fits on.
+    - the rows must include at least ``k_max`` distinct ones (KMeans cannot make more clusters than distinct points:
+      with all rows identical every score is 0 and any k would be "chosen"); so must the sample the search fits on.
       Counted on the sample first: all rows are counted only when it holds too few.
     """
-    rows = len(X)
     top, name = params.k_top  # k_max, or a fixed train.k above it
     if top >= rows:
         raise UserError(f"params.yaml: train.{name} ({top}) must be below the number of rows ({rows})")
@@ -174,7 +178,7 @@ def check_k_range(X: np.ndarray, params: TrainParams, source: str, sample: np.nd
         )
     if sample is not None and len(sample) < rows and distinct_rows(sample) >= top:
         return
-    distinct = distinct_rows(X)
+    distinct = count_distinct()
     if distinct < top:
         fix = (
             "nothing to cluster: check the data"
@@ -200,7 +204,11 @@ def distinct_rows(X: np.ndarray) -> int:
 def small_clusters(labels: np.ndarray, k: int, min_size: int) -> dict[int, int]:
     """Clusters with fewer than ``min_size`` rows: ``{cluster: size}`` (empty when every cluster is big enough;
     noise rows, -1, are no cluster)."""
-    sizes = np.bincount(labels[labels != NOISE], minlength=k)
+    return small_sizes(np.bincount(labels[labels != NOISE], minlength=k), min_size)
+
+
+def small_sizes(sizes: np.ndarray, min_size: int) -> dict[int, int]:
+    """Clusters (by number: ``sizes[i]`` rows in cluster i) with fewer than ``min_size`` rows."""
     return {i: int(n) for i, n in enumerate(sizes) if n < min_size}
 
 
@@ -282,9 +290,16 @@ def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model ma
     idx = search_sample(len(X), params)
     S = X if idx is None else X[idx]
     check_k_range(X, params, source, sample=S)
+    return search_k(S, len(X), idx, params)
+
+
+def search_k(S: np.ndarray, rows: int, idx: np.ndarray | None, params: TrainParams) -> ElbowResult:
+    """The search of :func:`elbow_search` on its rows ``S``: the rows ``idx`` (None: all) of a matrix of ``rows``
+    rows, checked (:func:`check_k_range`)."""
+    criterion = algorithms.get(params).criterion(params)
     k_values = sorted(set(range(params.k_min, params.k_max + 1)) | ({params.k} if params.k is not None else set()))
     fits: dict[int, tuple[Any, float]] = {}
-    what = f"on {len(S)} of {len(X)} rows" if idx is not None else f"on {len(X)} rows"
+    what = f"on {len(S)} of {rows} rows" if idx is not None else f"on {rows} rows"
     # BLAS's thread limit is process-wide: one thread for all; OpenMP's is set by each worker thread (fit_k).
     with (
         Progress("train", f"elbow search {what}", total=len(k_values), unit="k") as progress,
@@ -312,7 +327,7 @@ def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model ma
             file=sys.stderr,
         )
     score_best = scores[k_values.index(k_best)]
-    figure = elbow_figure(k_values, scores, k_best, score_best, rule, metric, len(S), len(X))
+    figure = elbow_figure(k_values, scores, k_best, score_best, rule, metric, len(S), rows)
     models = {k: model for k, (model, _) in fits.items()}
     return ElbowResult(k_values, scores, k_best, score_best, rule, figure, len(S), models, metric, idx)
 
@@ -436,6 +451,113 @@ def train(
     return elbow, fit_final(X, elbow, params)
 
 
+# -- preprocess.engine: dask ---------------------------------------------------------------------------------------
+def require_dask_params(params: TrainParams, source: str) -> None:
+    """What the Dask engine's train does: the k-means search on a seeded sample, the final KMeans fit by dask-ml.
+    Anything else is one line naming the setting."""
+    if params.algorithm != "kmeans":
+        raise UserError(
+            f"{source}: train.algorithm: {params.algorithm} runs on the local engine only (preprocess.engine: "
+            "dask fits kmeans with dask-ml); use kmeans or preprocess.engine: local"
+        )
+    if params.search_sample_size is None:
+        raise UserError(
+            f"{source}: train.search_sample_size: null would search k on every row in one process; with "
+            "preprocess.engine: dask set a sample size (e.g. 20000)"
+        )
+
+
+def _part_sizes(block: np.ndarray, model: KMeans) -> np.ndarray:
+    return (
+        np.bincount(model.predict(block), minlength=model.n_clusters) if len(block) else np.zeros(model.n_clusters, int)
+    )
+
+
+def _part_inertia(block: np.ndarray, model: KMeans) -> float:
+    return algorithms.inertia_on(model, block) if len(block) else 0.0
+
+
+def train_on_dask(client: Any, matrix: Any, params: TrainParams, source: str) -> tuple[ElbowResult, KMeans, np.ndarray]:
+    """:func:`train` on the model matrix held by the cluster (:class:`segmentation.dask_tables.Matrix`): the k
+    search on the local engine's seeded sample (the same row numbers, brought to this process), then the final fit
+    on all rows by dask-ml (:func:`fit_kmeans_on_dask`) unless the sample holds every row (then, as on the local
+    engine, the search's fit is the model). Returns the search, the model and its clusters' sizes on all rows."""
+    from segmentation import dask_tables
+
+    rows = matrix.table.total
+    idx = search_sample(rows, params)
+    S = dask_tables.take(client, matrix.blocks, matrix.table.rows, idx)
+    whole = lambda: distinct_rows(S) if idx is None else dask_tables.distinct_rows(matrix.table)  # noqa: E731
+    check_k_rows(rows, whole, params, source, sample=S)
+    elbow = search_k(S, rows, idx, params)
+    k = elbow.k_best
+    if elbow.search_rows == rows:
+        model = elbow.models[k]
+    else:
+        model = fit_kmeans_on_dask(client, matrix, elbow.models[k].cluster_centers_, S, params)
+    sizes = dask_tables.sum_of(client, client.map(_part_sizes, matrix.blocks, model=model))
+    return elbow, model, sizes
+
+
+def fit_kmeans_on_dask(
+    client: Any, matrix: Any, centres: np.ndarray, sample: np.ndarray, params: TrainParams
+) -> KMeans:
+    """The final KMeans on all rows of the matrix in the cluster: dask-ml's ``KMeans`` (Lloyd) started from the
+    search's ``centres``, one run, seeded; returned as the ordinary scikit-learn ``KMeans`` the local engine saves
+    (``predict``, pickling, the segmenter and the MLflow model work unchanged).
+
+    The scikit-learn estimator is first fitted on the search ``sample`` from the same centres, for its structure
+    (``n_features_in_``, its thread count...), then given dask-ml's centres and iterations, and the inertia of
+    those centres on all rows (dask-ml 2025.1 reports the sum of distances, not of squared distances, after a run
+    that stops on its tolerance). Its ``labels_`` are dropped: they would be the sample's (a label per row of all
+    rows would bring a column of the whole matrix to this process); ``predict`` gives them.
+    """
+    from dask_ml.cluster import KMeans as DaskKMeans
+
+    from segmentation import dask_tables
+
+    k = len(centres)
+    start = time.perf_counter()
+    x = matrix.array()
+    model = KMeans(
+        n_clusters=k, init=centres, n_init=1, max_iter=params.max_iter, random_state=params.random_state,
+        algorithm=params.kmeans.method,
+    )  # fmt: skip
+    # scikit-learn stops when the centres' squared shift is below tol x the data's mean variance per column;
+    # dask-ml's tol is that bound itself
+    tol = model.tol * float(x.var(axis=0).mean().compute())
+    fitted = DaskKMeans(
+        n_clusters=k, init=centres, n_init=1, max_iter=params.max_iter, random_state=params.random_state, tol=tol
+    ).fit(x)
+    with threadpool_limits(limits=params.n_threads):  # the model's thread count, as the local engine's final fit
+        model.fit(sample)
+    model.cluster_centers_ = np.asarray(fitted.cluster_centers_, dtype=float)
+    model.n_iter_ = int(fitted.n_iter_)
+    del model.labels_
+    model.inertia_ = float(dask_tables.sum_of(client, client.map(_part_inertia, matrix.blocks, model=model)))
+    print(
+        f"train: final fit, k={k} on all {matrix.table.total} rows from the sample's centres, on Dask "
+        f"({time.perf_counter() - start:.1f} s, {model.n_iter_} iterations)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return model
+
+
+def work_on_dask(args, params: TrainParams, preprocess_params: PreprocessParams) -> Outcome:
+    """The train stage on the cluster (``preprocess.engine: dask``): the matrix is read by the workers, part by
+    part; the search, the model, the metrics and the outputs are those of the local engine."""
+    from segmentation import dask_tables
+    from segmentation.dask_cluster import dask_client
+
+    preprocessor = load_model(args.preprocessor, stage="preprocess") if args.segmenter else None
+    with dask_client(preprocess_params.dask) as client:
+        matrix = dask_tables.load_matrix(client, args.matrix, stage="preprocess")
+        elbow, model, sizes = train_on_dask(client, matrix, params, source=args.matrix)
+    segmenter = build_segmenter(preprocess_params, preprocessor, model) if args.segmenter else None
+    return outcome(args, params, elbow, model, algorithms.fit_record(model, None), sizes, None, segmenter)
+
+
 MLFLOW_MODEL_NAME = "segmenter"  # the train run's MLflow model: runs:/<run id>/segmenter
 
 
@@ -468,36 +590,52 @@ def save_mlflow_model(segmenter, folder: str) -> str:
 
 
 def work(args, params: TrainParams, raw_params: dict[str, Any]) -> Outcome:
-    """Read the matrix, run :func:`train`, build the segmenter; say what to write and log."""
+    """Read the matrix, run :func:`train` (or its Dask engine), build the segmenter; say what to write and log."""
     if args.segmenter and not args.preprocessor:
         raise UserError("--segmenter needs --preprocessor (the fitted preprocessing it includes)")
+    # The segmenter's feature step is the preprocess recipe; preprocess.engine says where the matrix is.
+    preprocess_params: PreprocessParams | None = None
+    if args.segmenter or raw_params.get("preprocess") is not None:
+        preprocess_params = parse_section("preprocess", raw_params.get("preprocess"), args.params)
+    if preprocess_params is not None and preprocess_params.engine == "dask":
+        require_dask_params(params, args.params)
+        return work_on_dask(args, params, preprocess_params)
     matrix = read_matrix(args.matrix, stage="preprocess")
-    if args.segmenter:  # the segmenter's feature step is the preprocess recipe
-        preprocess_params: PreprocessParams = parse_section("preprocess", raw_params.get("preprocess"), args.params)
-        preprocessor = load_model(args.preprocessor, stage="preprocess")
+    preprocessor = load_model(args.preprocessor, stage="preprocess") if args.segmenter else None
     id_column = matrix.columns[0]
     elbow, model = train(matrix, id_column, params, source=args.matrix)
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
     labels = algorithms.fit_labels(model, X)
+    noise_share = float((labels == NOISE).mean()) if algorithms.get(params).noise else None
+    sizes = np.bincount(labels[labels != NOISE], minlength=elbow.k_best)
+    segmenter = build_segmenter(preprocess_params, preprocessor, model) if args.segmenter else None
+    return outcome(args, params, elbow, model, algorithms.fit_record(model, X), sizes, noise_share, segmenter)
+
+
+def outcome(
+    args, params: TrainParams, elbow: ElbowResult, model: Any, record: dict[str, float], sizes: np.ndarray,
+    noise_share: float | None, segmenter: Any,
+) -> Outcome:  # fmt: skip
+    """What train writes and logs, from the search, the final model, its fit record (:func:`algorithms.fit_record`)
+    and its clusters' sizes on all rows (noise apart, ``noise_share`` of them; None: no noise)."""
     # The criterion that chose k names the score (distortion_at_k_best, bic_at_k_best); inertia only where the
     # algorithm has one (k-means family), the Gaussian mixture's log-likelihood instead: evaluate checks the model.
     metrics: dict[str, Any] = {"k_best": elbow.k_best}
     if elbow.rule != "density":  # HDBSCAN has no criterion: it found k itself (noise_share below)
         metrics[f"{elbow.metric}_at_k_best"] = elbow.score_best
-    metrics.update(algorithms.fit_record(model, X))
+    metrics.update(record)
     if hasattr(model, "n_iter_"):
         metrics["n_iter"] = int(model.n_iter_)
     metrics["search_rows"] = elbow.search_rows  # all rows, or the seeded sample (search/fit_sample_size)
-    if algorithms.get(params).noise:
-        metrics["noise_share"] = float((labels == NOISE).mean())
+    if noise_share is not None:
+        metrics["noise_share"] = noise_share
     tags = {"k_rule": elbow.rule}
-    small = small_clusters(labels, elbow.k_best, params.min_cluster_size)
+    small = small_sizes(sizes, params.min_cluster_size)
     if small:  # a warning, kept with the results: in metrics/train.json and as an MLflow tag
         message = small_cluster_warning(small, elbow.k_best, params.min_cluster_size)
         print(f"warning: train: {message}", file=sys.stderr)
         metrics.update(clusters_below_min_size=len(small), smallest_cluster_size=min(small.values()))
         tags["warning_small_clusters"] = message
-    segmenter = build_segmenter(preprocess_params, preprocessor, model) if args.segmenter else None
 
     def write(out, log) -> None:
         out.dump_model(args.model, model)

@@ -1,0 +1,102 @@
+"""The Dask cluster a stage runs on (``preprocess.engine: dask``): the scheduler at ``DASK_SCHEDULER_ADDRESS`` or,
+when it is unset, a ``LocalCluster`` of worker processes listening on 127.0.0.1 only, started for the stage and stopped
+after it (:func:`dask_client`). The preprocess, train and evaluate stages share it; importing this module imports no
+Dask (a stage on the local engine never pays for it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from concurrent.futures import CancelledError
+from typing import Any
+
+from segmentation.config import DaskParams, parse_bytes
+from segmentation.errors import UserError
+
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"  # a running scheduler, e.g. tcp://10.0.0.5:8786; unset: a LocalCluster
+LOOPBACK = "127.0.0.1"  # a LocalCluster listens here only
+CLOSE_TIMEOUT_S = 30  # bounded wait for the client and the LocalCluster to close
+
+
+# -- the cluster ----------------------------------------------------------------------------------------------------
+def local_workers(params: DaskParams) -> int:
+    """Worker processes of a LocalCluster: ``n_workers``, or as many as the cores allow ``threads_per_worker``."""
+    if params.n_workers is not None:
+        return params.n_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // params.threads_per_worker)
+
+
+@contextlib.contextmanager
+def dask_client(params: DaskParams) -> Iterator[Any]:
+    """A ``distributed.Client`` for the stage, closed on exit (with its LocalCluster, if one was started).
+
+    A task whose workers kept dying (Dask retries it on another worker up to its ``allowed-failures``), or a
+    scheduler that went away, is one line: the stage then writes nothing, its earlier outputs stay.
+
+    With ``DASK_SCHEDULER_ADDRESS`` set, the scheduler there (reached within ``connect_timeout`` seconds, else a
+    one-line error). Otherwise a LocalCluster of ``n_workers`` processes with ``threads_per_worker`` threads and
+    ``memory_limit`` each, every server of it (scheduler, workers, nannies, the dashboard) on 127.0.0.1 only.
+    """
+    from distributed import KilledWorker
+
+    with _client(params) as client:
+        try:
+            yield client
+        except KilledWorker as exc:
+            raise UserError(
+                f"Dask: the workers running task {exc.task!r} died {exc.allowed_failures + 1} times (the last: "
+                f"{exc.last_worker.address}); earlier outputs are unchanged: check the workers' logs and memory "
+                "(preprocess.dask.memory_limit), then run again"
+            ) from None
+        except CancelledError:  # distributed's FutureCancelledError: the scheduler lost the work
+            raise UserError(
+                "Dask: the scheduler cancelled the stage's work (scheduler or workers gone?); earlier outputs are "
+                "unchanged: check the cluster, then run again"
+            ) from None
+
+
+@contextlib.contextmanager
+def _client(params: DaskParams) -> Iterator[Any]:
+    from distributed import Client, LocalCluster
+
+    address = os.environ.get(SCHEDULER_ENV, "").strip()
+    if address:
+        try:
+            # the default scheduler while it lasts: dask-ml's fits compute on it
+            client = Client(address, timeout=params.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            raise UserError(
+                f"{SCHEDULER_ENV}={address}: cannot reach the Dask scheduler within {params.connect_timeout:g} s "
+                f"({type(exc).__name__}); start it, fix the address or unset it for a local cluster"
+            ) from None
+        try:
+            yield client
+        finally:
+            client.close(timeout=CLOSE_TIMEOUT_S)
+        return
+    memory = params.memory_limit if params.memory_limit == "auto" else parse_bytes(params.memory_limit)
+    cluster = LocalCluster(
+        n_workers=local_workers(params),
+        threads_per_worker=params.threads_per_worker,
+        memory_limit=memory,
+        processes=True,
+        host=LOOPBACK,
+        # The scheduler's HTTP server (dashboard, health) on a free loopback port. Not None: in distributed 2026.8
+        # None means the default port 8787 (a second cluster then warns on stderr), and dashboard=False in
+        # scheduler_kwargs binds it on every interface.
+        dashboard_address=f"{LOOPBACK}:0",
+        # A stage's stderr is its progress and its one error line: a worker logs a task's UserError as an ERROR.
+        silence_logs=logging.CRITICAL,
+    )
+    try:
+        client = Client(cluster)  # the default scheduler while it lasts: dask-ml's fits compute on it
+        try:
+            yield client
+        finally:
+            client.close(timeout=CLOSE_TIMEOUT_S)
+    finally:
+        cluster.close(timeout=CLOSE_TIMEOUT_S)

@@ -1,0 +1,450 @@
+"""The Dask engine (``preprocess.engine: dask``): the preprocess stage's steps on partitions, on a Dask cluster.
+
+The same pure functions as the local engine do the work: each partition of the raw CSV (a block of lines, cut where
+a line ends, with the header) is parsed by pandas and goes through :func:`segmentation.preprocess.select_rows`
+(checks, recipe, missing and outlier filters) on a worker. What only the whole table can tell is then checked from
+the partitions' summaries (row counts summed exactly, blank columns, too few rows) or with Dask (unique IDs, by a
+distributed ``value_counts``). dask-ml fits the scaler and the PCA; their fitted statistics are put into the
+ordinary scikit-learn transformer that the local engine fits (``models/preprocessor.joblib``: the segmenter and
+``make score`` transform pandas rows with it), and the workers compute the model matrix with that transformer. The
+features and the matrix are written as partitioned Parquet: a folder at the output's path, one part per partition.
+
+The cluster is the one at ``DASK_SCHEDULER_ADDRESS`` or, when it is unset, a ``LocalCluster`` of worker processes
+listening on 127.0.0.1 only, started for the stage and stopped after it (:mod:`segmentation.dask_cluster`, shared
+with the train and evaluate stages).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from segmentation import data, features
+from segmentation.config import DataParams, PreprocessParams, parse_bytes
+from segmentation.dask_cluster import SCHEDULER_ENV as SCHEDULER_ENV  # re-exported: the engine's public names
+from segmentation.dask_cluster import dask_client as dask_client
+from segmentation.errors import UserError
+from segmentation.files import PARQUET, LineLocator, plain, temp_dir_beside, write_parquet
+from segmentation.preprocess import (
+    build_transformer,
+    matrix_names,
+    model_columns,
+    output_table,
+    require_enough_rows,
+    require_values,
+    select_rows,
+    single_value_message,
+)
+
+PART_NAME = "part.{:05d}" + PARQUET
+LOCAL_URL = "file://"  # zero-padded: the parts' name order is the rows' order
+
+
+# -- the raw CSV in partitions --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Block:
+    """One partition of the raw CSV: the lines that start in ``[offset, offset + length)`` of file ``path``."""
+
+    path: str  # a URL (file://..., s3://...)
+    offset: int
+    length: int
+    number: int  # its place among all partitions of the input (0 = the first file's first lines)
+
+    @property
+    def name(self) -> str:
+        """The file as messages name it: a local one relative to the working directory when it is under it."""
+        if not self.path.startswith(LOCAL_URL):
+            return self.path
+        local = Path(self.path.removeprefix(LOCAL_URL))
+        with contextlib.suppress(ValueError):
+            return str(local.relative_to(Path.cwd()))
+        return str(local)
+
+
+def csv_blocks(pattern: str, blocksize: int) -> list[Block]:
+    """The partitions of the CSV file(s) ``pattern`` names (a path or a glob), files in name order."""
+    import fsspec
+
+    fs, _, found = fsspec.core.get_fs_token_paths(pattern, mode="rb")
+    files = sorted(p for p in found if fs.isfile(p))
+    if not files:
+        raise UserError(f"{pattern}: no data file found (set preprocess.data.path in params.yaml)")
+    blocks: list[Block] = []
+    for path in files:
+        size = fs.size(path)
+        for offset in range(0, max(size, 1), blocksize):
+            blocks.append(Block(fs.unstrip_protocol(path), offset, blocksize, len(blocks)))
+    return blocks
+
+
+def _open(path: str):
+    import fsspec
+
+    return fsspec.open(path, "rb").open()
+
+
+def read_block(block: Block, params: DataParams, columns: list[str] | None) -> pd.DataFrame:
+    """The rows of ``block`` as pandas reads them (``params``' separator and encoding; only ``columns`` of the
+    header, all when it has none of them), with row labels counted from 0 within the block."""
+    from fsspec.utils import read_block as fs_read_block
+
+    with _open(block.path) as fh:
+        header = fh.readline()
+        body = fs_read_block(fh, block.offset, block.length, delimiter=b"\n")
+    text = body if block.offset == 0 else header + body
+    options = {"sep": params.separator, "encoding": params.encoding, "quoting": csv.QUOTE_MINIMAL}
+    where = f"{block.name} (partition {block.number})"
+    try:
+        usecols = None
+        if columns is not None:  # as data.load_csv: only the columns used, all when the header has none of them
+            names = pd.read_csv(io.BytesIO(header), nrows=0, **options).columns
+            usecols = [c for c in names if data.matches(c, columns)] or None
+        return pd.read_csv(io.BytesIO(text), usecols=usecols, **options)
+    except UnicodeDecodeError:
+        raise UserError(f"{where}: cannot decode as {params.encoding}; set preprocess.data.encoding") from None
+    except LookupError:
+        raise UserError(f"{block.name}: unknown encoding {params.encoding!r} in preprocess.data.encoding") from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{block.name}: file is empty") from None
+    except pd.errors.ParserError as exc:
+        raise UserError(f"{where}: cannot parse as CSV with separator {params.separator!r}: {exc}") from None
+
+
+def rows_before(block: Block) -> int:
+    """How many data rows of its file come before ``block`` (lines before its first line, less the header).
+
+    Only on the way to an error message: it reads the file up to the block."""
+    from fsspec.utils import seek_delimiter
+
+    if block.offset == 0:
+        return 0
+    with _open(block.path) as fh:
+        fh.seek(block.offset)
+        seek_delimiter(fh, b"\n", 2**16)
+        start, count = fh.tell(), 0
+        fh.seek(0)
+        while fh.tell() < start:
+            chunk = fh.read(min(2**20, start - fh.tell()))
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+    return count - 1
+
+
+# -- one partition, on a worker -------------------------------------------------------------------------------------
+@dataclass
+class PartSummary:
+    """What the driver learns of one partition (small): the row-wise part's counts and what the global checks need."""
+
+    metrics: dict[str, int]
+    blank: list[str]  # model columns blank on every row read
+    profiled: list[str]
+    dtypes: dict[str, str]  # the kept table's column types (reconciled across partitions before writing)
+    id_dtype: str  # the raw ID column's type
+    present: dict[str, int]  # model column -> non-blank values among the kept rows
+    low: dict[str, float]  # model column -> smallest kept value (NaN when none)
+    high: dict[str, float]
+    square_sums: dict[str, float]  # feature -> sum of squared kept values (inf: too large to compute with)
+
+
+def prepare_block(
+    block: Block, params: PreprocessParams, columns: list[str], profile_columns: list[str], source: str
+) -> tuple[pd.DataFrame, pd.Series, PartSummary]:
+    """One partition through the row-wise part of preprocess: its kept rows, its raw IDs, its summary.
+
+    A check that fails is one :class:`UserError` naming the file's physical line: the partition is then labelled
+    with its rows' numbers in the file (read up to the block) and checked again for the message.
+    """
+    raw = read_block(block, params.data, columns)
+    if raw.empty:  # a block in which no line starts: its columns typed as a non-empty part's would be
+        text = {*params.categorical.columns, features.MARITAL_STATUS_COLUMN}
+        if params.marketing_campaign is not None:
+            text.add(params.marketing_campaign.date_column)
+        raw = raw.astype({c: "float64" for c in raw.columns if c not in text})
+    try:
+        return _prepare(raw, params, profile_columns, source)
+    except UserError:
+        raw.index = pd.RangeIndex(rows_before(block), rows_before(block) + len(raw))
+        _prepare(raw, params, profile_columns, source)  # raises again, now naming the file's line
+        raise
+
+
+def _prepare(
+    raw: pd.DataFrame, params: PreprocessParams, profile_columns: list[str], source: str
+) -> tuple[pd.DataFrame, pd.Series, PartSummary]:
+    lines = LineLocator()  # row label + 2 = the line (header on line 1)
+    id_col = params.data.id_column  # the Dask engine requires one (config)
+    data.identify_rows(raw, id_col, source, lines)  # present, no blanks, unique within the partition
+    rows = select_rows(raw, params, id_col, source, lines, profile_columns)
+    table = rows.table
+    used = model_columns(params)
+    with np.errstate(over="ignore", invalid="ignore"):
+        squares = {c: float(np.nansum(np.square(table[c].to_numpy(dtype=float)))) for c in params.features}
+    summary = PartSummary(
+        metrics=rows.metrics,
+        blank=rows.blank,
+        profiled=rows.profiled,
+        dtypes={c: str(t) for c, t in table.dtypes.items()},
+        id_dtype=str(raw[id_col].dtype),
+        present={c: int(table[c].notna().sum()) for c in used},
+        low={c: float(table[c].min()) if len(table) else np.nan for c in used},
+        high={c: float(table[c].max()) if len(table) else np.nan for c in used},
+        square_sums=squares,
+    )
+    return table, raw[id_col], summary
+
+
+def reconcile(table: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
+    """``table`` with the column types every partition gets (:func:`common_dtypes`)."""
+    out = table.copy(deep=False)
+    for column, dtype in dtypes.items():
+        if str(out[column].dtype) == dtype:
+            continue
+        out[column] = data.as_categories(out[column]) if dtype == "object" else out[column].astype(dtype)
+    return out
+
+
+def common_dtypes(summaries: list[PartSummary]) -> dict[str, str]:
+    """One type per column for all partitions, as pandas would infer it for the whole file: the one type they
+    share; numbers of several kinds (integers in one part, floats where another has blanks) as float64; text in any
+    part as text (object). Empty partitions have no say."""
+    voters = [s for s in summaries if s.metrics["rows_out"]] or summaries[:1]
+    common: dict[str, str] = {}
+    for column in voters[0].dtypes:
+        kinds = {s.dtypes[column] for s in voters}
+        if len(kinds) == 1:
+            common[column] = kinds.pop()
+        elif all(_numeric(k) for k in kinds):
+            common[column] = "float64"
+        else:
+            common[column] = "object"
+    return common
+
+
+def _numeric(dtype: str) -> bool:
+    """A numpy number type (bool aside: pandas reads a column of true/false and numbers as text)."""
+    try:
+        kind = np.dtype(dtype).kind
+    except TypeError:
+        return False
+    return kind in "iuf"
+
+
+def transform_part(
+    table: pd.DataFrame, block: Block, transformer: Any, used: list[str], id_col: str, names: list[str], source: str
+) -> pd.DataFrame:
+    """The model matrix of one partition's kept rows: its IDs and the fitted transformer's output."""
+    if table.empty:
+        return pd.concat([table[[id_col]], pd.DataFrame(columns=names, dtype="float64")], axis=1)
+    values = transformer.transform(table[used])
+    bad = ~np.isfinite(values)
+    if bad.any():  # not expected after the checks: a clear stop rather than NaN in the matrix
+        row, col = np.argwhere(bad)[0]
+        line = rows_before(block) + int(table.index[row]) + 2
+        raise UserError(
+            f"{source}: preprocessing the row on line {line} of {block.name} gave a non-finite value "
+            f"(column {col + 1} of the model matrix); check that row's values"
+        )
+    return pd.concat([table[[id_col]].reset_index(drop=True), pd.DataFrame(values, columns=names)], axis=1)
+
+
+def write_part(table: pd.DataFrame, folder: str, number: int) -> int:
+    """Write one partition as ``folder/part.NNNNN.parquet`` (as the local engine writes a whole table)."""
+    write_parquet(Path(folder) / PART_NAME.format(number), table)
+    return len(table)
+
+
+# -- the whole input, from the driver -------------------------------------------------------------------------------
+@dataclass
+class DaskPreprocess:
+    """The Dask engine's outputs: the features and the matrix written as Parquet folders (to commit), the fitted
+    scikit-learn transformer, the row counts, the matrix's columns."""
+
+    features_dir: Path
+    matrix_dir: Path
+    transformer: Any
+    metrics: dict[str, int]
+    matrix_columns: int
+    partitions: int
+
+
+def preprocess_on_dask(
+    client: Any,
+    params: PreprocessParams,
+    columns: list[str],
+    profile_columns: list[str],
+    features_path: str | Path,
+    matrix_path: str | Path,
+) -> DaskPreprocess:
+    """Preprocess ``params.data.path`` (a CSV or a glob of CSVs) on the cluster of ``client``; write the features
+    and the matrix into new folders beside ``features_path`` and ``matrix_path`` (removed on any failure)."""
+    for target in (features_path, matrix_path):
+        if Path(target).suffix != PARQUET:
+            raise UserError(
+                f"{target}: preprocess.engine dask writes partitioned Parquet: name the output *.parquet in dvc.yaml"
+            )
+    source = params.data.path
+    blocks = csv_blocks(source, parse_bytes(params.dask.blocksize))
+    parts = client.map(
+        prepare_block, blocks, params=params, columns=columns, profile_columns=profile_columns, source=source,
+        pure=False,
+    )  # fmt: skip
+    summaries: list[PartSummary] = client.gather(client.map(_third, parts))
+    metrics = {key: sum(s.metrics[key] for s in summaries) for key in summaries[0].metrics}
+    id_col = params.data.id_column
+    id_dtype = next((s.id_dtype for s in summaries if s.metrics["rows_in"]), summaries[0].id_dtype)
+    require_unique_ids(client, client.map(_second, parts), blocks, id_col, id_dtype, source)
+    check_whole(summaries, metrics, params, source)
+
+    used = model_columns(params)
+    tables = client.map(reconcile, client.map(_first, parts), dtypes=common_dtypes(summaries))
+    outputs = client.map(output_table, tables, params=params, id_col=id_col, profiled=summaries[0].profiled)
+    transformer = fit_transformer(client, outputs, [s.metrics["rows_out"] for s in summaries], params)
+    names = matrix_names(params, transformer)
+    matrices = client.map(
+        transform_part, tables, blocks, transformer=transformer, used=used, id_col=id_col, names=names, source=source
+    )
+    features_dir, matrix_dir = temp_dir_beside(features_path), temp_dir_beside(matrix_path)
+    try:
+        numbers = list(range(len(blocks)))
+        # absolute: a worker of a cluster started elsewhere has its own working directory
+        client.gather(client.map(write_part, outputs, [str(features_dir.resolve())] * len(blocks), numbers))
+        client.gather(client.map(write_part, matrices, [str(matrix_dir.resolve())] * len(blocks), numbers))
+    except BaseException:
+        for folder in (features_dir, matrix_dir):
+            shutil.rmtree(folder.parent, ignore_errors=True)
+        raise
+    return DaskPreprocess(features_dir, matrix_dir, transformer, metrics, len(names), len(blocks))
+
+
+def check_whole(summaries: list[PartSummary], metrics: dict[str, int], params: PreprocessParams, source: str) -> None:
+    """The local engine's checks of the whole table, from the partitions' summaries: a model column blank on every
+    row (before and after dropping outliers), too few rows left, values too large to compute with, one distinct
+    row."""
+    used = model_columns(params)
+    blank = [c for c in used if all(c in s.blank for s in summaries)]
+    require_values(used, blank, metrics["rows_in"], params, source)
+    require_enough_rows(metrics["rows_out"], params, source)
+    if metrics["dropped_outliers"]:
+        empty = [c for c in used if sum(s.present[c] for s in summaries) == 0]
+        require_values(used, empty, metrics["rows_out"], params, source, after=" left after dropping outliers")
+    require_computable_sums(summaries, params.features, source)
+    low = {c: np.nanmin([s.low[c] for s in summaries]) for c in used}
+    high = {c: np.nanmax([s.high[c] for s in summaries]) for c in used}
+    if all(low[c] == high[c] for c in used):
+        raise UserError(single_value_message(used, metrics["rows_out"], source))
+
+
+def _first(part):
+    return part[0]
+
+
+def _second(part):
+    return part[1]
+
+
+def _third(part):
+    return part[2]
+
+
+def require_unique_ids(client: Any, ids: list[Any], blocks: list[Block], column: str, dtype: str, source: str) -> None:
+    """Fail, as the local engine does, when an ID appears in more than one partition (each partition has checked
+    its own): a distributed ``value_counts``; the message names the first duplicate and its two lines."""
+    import dask.dataframe as dd
+
+    series = dd.from_delayed(ids, meta=pd.Series(name=column, dtype=dtype), verify_meta=False)
+    counts = series.value_counts(split_out=max(1, len(ids) // 8))  # stays partitioned: IDs may be 10^8
+    dupes = client.compute(counts[counts > 1].head(1, npartitions=-1, compute=False)).result()
+    if dupes.empty:
+        return
+    value = dupes.index[0]
+    found = client.gather(client.map(_positions, ids, value=value))
+    where = [(i, p) for i, positions in enumerate(found) for p in positions][:2]
+    several = blocks[0].path != blocks[-1].path  # a glob of files: each line with its file
+    lines = [f"{rows_before(blocks[i]) + p + 2}" + (f" ({blocks[i].name})" if several else "") for i, p in where]
+    raise UserError(
+        f"{source}: ID column {column} has duplicates, e.g. {plain(value)!r} on lines {lines[0]} and {lines[1]}"
+    )
+
+
+def _positions(ids: pd.Series, value: Any) -> list[int]:
+    return [int(p) for p in np.flatnonzero((ids == value).to_numpy())]
+
+
+def _values(table: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    return table[columns].to_numpy(dtype="float64")
+
+
+def require_computable_sums(summaries: list[PartSummary], columns: list[str], source: str) -> None:
+    """As :func:`segmentation.preprocess.require_computable`, from the partitions' sums of squares (without the
+    line of the largest value: finding it would take another pass)."""
+    with np.errstate(over="ignore"):
+        for col in columns:
+            if not np.isfinite(sum(s.square_sums[col] for s in summaries)):
+                raise UserError(
+                    f"{source}: column {col}: values too large to compute with (their squares overflow float64); "
+                    "fix them or bound the column in preprocess.outliers"
+                )
+
+
+def fit_transformer(client: Any, tables: list[Any], sizes: list[int], params: PreprocessParams):
+    """The local engine's scikit-learn transformer (:func:`build_transformer`), its statistics fitted by dask-ml
+    on all kept rows: ``StandardScaler`` (mean, variance) and ``PCA`` (exact SVD by tall-skinny QR).
+
+    The transformer is first fitted on a few partitions' rows for its structure (column names, shapes), then given
+    dask-ml's statistics; PCA's component signs follow scikit-learn's rule (each component's largest coefficient
+    positive), so the matrix matches the local engine's up to rounding.
+    """
+    import dask
+    import dask.array as da
+
+    used = model_columns(params)
+    nonempty = [(t, n) for t, n in zip(tables, sizes, strict=True) if n]
+    first, rows = 0, 0
+    while first < len(nonempty) and rows <= (params.pca_components or 1):  # enough rows for the PCA's shapes
+        rows += nonempty[first][1]
+        first += 1
+    head = pd.concat(client.gather([t for t, _ in nonempty[:first]]))
+    transformer = build_transformer(params)
+    transformer.fit(head[used])
+
+    # The model columns as one dask array, a block per partition (a dask DataFrame made from futures loses them on
+    # the way to an array in dask 2026.8: "lost dependencies").
+    values = client.map(_values, [t for t, _ in nonempty], columns=used)
+    x = da.concatenate(
+        [
+            da.from_delayed(dask.delayed(v), shape=(n, len(used)), dtype="float64")
+            for v, (_, n) in zip(values, nonempty, strict=True)
+        ]
+    )
+    # tall-and-skinny QR wants tall row blocks: the largest partition's height (at least the matrix's width)
+    x = x.rechunk({0: max(max(n for _, n in nonempty), len(used)), 1: -1})
+    if params.scale:
+        from dask_ml.preprocessing import StandardScaler
+
+        scaler = StandardScaler().fit(x)
+        step = transformer.named_steps["scale"]
+        step.mean_, step.var_, step.scale_ = (np.asarray(a) for a in (scaler.mean_, scaler.var_, scaler.scale_))
+        step.n_samples_seen_ = int(x.shape[0])
+        x = (x - step.mean_) / step.scale_
+    if params.pca_components is not None:
+        from dask_ml.decomposition import PCA
+
+        pca = PCA(n_components=params.pca_components, svd_solver="tsqr").fit(x)
+        step = transformer.named_steps["pca"]
+        components = np.asarray(pca.components_)
+        signs = np.sign(components[np.arange(len(components)), np.argmax(np.abs(components), axis=1)])
+        step.components_ = components * signs[:, None]
+        for name in ("explained_variance_", "explained_variance_ratio_", "singular_values_", "mean_"):
+            setattr(step, name, np.asarray(getattr(pca, name)))
+        step.noise_variance_ = float(np.asarray(pca.noise_variance_))
+        step.n_samples_ = int(x.shape[0])
+    return transformer

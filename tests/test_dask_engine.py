@@ -1,0 +1,417 @@
+"""The Dask engine (``preprocess.engine: dask``) against the local engine, on real clusters on 127.0.0.1: a
+LocalCluster of two worker processes (every server on loopback only), stopped at the end of the module; a separately
+started `dask scheduler` and two `dask worker` processes, stopped likewise; the stages' own LocalClusters.
+
+Marked ``dask``: `make test` leaves these to `make test-all`. The first tests need no cluster. The whole pipeline
+on Dask: tests/test_dask_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO, project_env
+from segmentation.config import DaskParams, PreprocessParams, parse_bytes
+from segmentation.errors import UserError
+from segmentation.files import read_csv
+from segmentation.preprocess import input_columns, preprocess
+
+SMALL_BLOCKS = "8kB"  # the 428-row sample (~50 kB of the columns used... ~110 kB in all) in about 14 partitions
+PROFILE = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())["evaluate"]["profile_columns"]
+
+
+# -- no cluster -----------------------------------------------------------------------------------------------------
+BYTE_SIZES = ["64MiB", "64 MiB", "2GB", "500kB", "1.5GiB", "1000", "12B", "3 kib", "5M", "2gi", "1PB"]
+
+
+@pytest.mark.parametrize("text", BYTE_SIZES)
+def test_byte_sizes_read_as_dask_reads_them(text):
+    from dask.utils import parse_bytes as dask_parse_bytes
+
+    assert parse_bytes(text) == dask_parse_bytes(text)
+
+
+@pytest.mark.parametrize("text", ["lots", "64 MiBs", "-1MB", "0", ""])
+def test_a_bad_byte_size_is_an_error(text):
+    with pytest.raises(ValueError):
+        parse_bytes(text)
+
+
+def test_engine_dask_rejects_what_it_cannot_do_yet(preprocess_params):
+    """Each limit is a one-line params error naming the setting (DASK-STATUS.md lists them)."""
+    from pydantic import ValidationError
+
+    base = preprocess_params.model_dump()
+    for change, words in [
+        ({"missing": "median"}, "missing: drop only"),
+        ({"data": {**base["data"], "id_column": None}}, "needs data.id_column"),
+        ({"categorical": {"columns": ["Education"], "encoding": "onehot"}}, "one-hot"),
+        ({"dask": {"blocksize": "lots"}}, "not a byte size"),
+    ]:
+        with pytest.raises(ValidationError, match=words):
+            PreprocessParams.model_validate({**base, "engine": "dask", **change})
+
+
+# -- on a LocalCluster ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def client():
+    """The engine's own client context: a LocalCluster of 2 worker processes, 1 thread each, on 127.0.0.1."""
+    from segmentation import dask_engine
+
+    saved = os.environ.pop(dask_engine.SCHEDULER_ENV, None)  # never a scheduler of the user's environment
+    try:
+        with dask_engine.dask_client(DaskParams(n_workers=2, threads_per_worker=1, memory_limit="1GiB")) as c:
+            info = c.scheduler_info()
+            assert info["address"].startswith("tcp://127.0.0.1:")
+            assert len(info["workers"]) == 2 and all(w.startswith("tcp://127.0.0.1:") for w in info["workers"])
+            assert listening_addresses() == {"127.0.0.1"}
+            yield c
+    finally:
+        if saved is not None:
+            os.environ[dask_engine.SCHEDULER_ENV] = saved
+
+
+def listening_addresses() -> set[str]:
+    """The addresses on which this process and its children (the LocalCluster's nannies and workers) listen."""
+    import psutil
+
+    me = psutil.Process()
+    found = set()
+    for proc in [me, *me.children(recursive=True)]:
+        found |= {c.laddr.ip for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    return found
+
+
+def dask_params(params: PreprocessParams, blocksize: str = SMALL_BLOCKS, **data) -> PreprocessParams:
+    return params.model_copy(
+        update={
+            "engine": "dask",
+            "dask": DaskParams(blocksize=blocksize),
+            "data": params.data.model_copy(update=data),
+        }
+    )
+
+
+def on_dask(client, params: PreprocessParams, tmp_path):
+    """Run the engine; return its result, the features and the matrix as read back by the next stages."""
+    from segmentation.dask_engine import preprocess_on_dask
+
+    result = preprocess_on_dask(
+        client, params, [*input_columns(params), *PROFILE], PROFILE,
+        tmp_path / "features.parquet", tmp_path / "matrix.parquet",
+    )  # fmt: skip
+    return result, read_csv(result.features_dir), read_csv(result.matrix_dir)
+
+
+@pytest.mark.dask
+@pytest.mark.parametrize("blocksize", [SMALL_BLOCKS, "64MiB"])
+def test_dask_engine_gives_the_local_engine_s_outputs(client, raw_full, preprocess_params, tmp_path, blocksize):
+    """Same rows in the same order, same features (exactly), same matrix up to rounding, same counts; the saved
+    transformer is an ordinary scikit-learn one that maps the features onto the matrix."""
+    local = preprocess(raw_full, preprocess_params, preprocess_params.data.path, profile_columns=PROFILE)
+    result, features, matrix = on_dask(client, dask_params(preprocess_params, blocksize), tmp_path)
+    assert (result.partitions > 5) == (blocksize == SMALL_BLOCKS)
+    assert result.metrics == local.metrics
+    pd.testing.assert_frame_equal(features, local.features)
+    assert list(matrix.columns) == list(local.matrix.columns)
+    assert matrix["ID"].equals(local.matrix["ID"])
+    np.testing.assert_allclose(matrix.iloc[:, 1:], local.matrix.iloc[:, 1:], rtol=0, atol=1e-9)
+    again = result.transformer.transform(local.features[preprocess_params.features])
+    np.testing.assert_allclose(again, matrix.iloc[:, 1:].to_numpy(), rtol=0, atol=1e-12)
+    assert type(result.transformer) is type(local.transformer)
+
+
+@pytest.mark.dask
+def test_a_glob_of_csv_files_reads_as_their_concatenation(client, raw_full, preprocess_params, tmp_path):
+    """The sample cut into three files (each with the header): `part-*.csv` gives the whole sample's outputs."""
+    lines = (REPO / FIXTURE_DATA).read_text(encoding="utf-8").splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    for number, (start, stop) in enumerate([(0, 150), (150, 151), (151, len(rows))]):
+        (tmp_path / f"part-{number}.csv").write_text(header + "".join(rows[start:stop]), encoding="utf-8")
+    local = preprocess(raw_full, preprocess_params, preprocess_params.data.path, profile_columns=PROFILE)
+    result, features, matrix = on_dask(
+        client, dask_params(preprocess_params, path=str(tmp_path / "part-*.csv")), tmp_path
+    )
+    assert result.metrics == local.metrics
+    pd.testing.assert_frame_equal(features, local.features)
+    np.testing.assert_allclose(matrix.iloc[:, 1:], local.matrix.iloc[:, 1:], rtol=0, atol=1e-9)
+
+
+def edited_sample(tmp_path, edit) -> str:
+    """A copy of the sample with ``edit(lines)`` applied to its data lines; returns its path."""
+    lines = (REPO / FIXTURE_DATA).read_text(encoding="utf-8").splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    edit(rows)
+    path = tmp_path / "sample.csv"
+    path.write_text(header + "".join(rows), encoding="utf-8")
+    return str(path)
+
+
+def same_error(client, raw_params: PreprocessParams, path: str, tmp_path) -> str:
+    """The one-line error of both engines on ``path``: the same text, naming the same line."""
+    from segmentation.data import load_csv
+
+    local_params = raw_params.model_copy(update={"data": raw_params.data.model_copy(update={"path": path})})
+    with pytest.raises(UserError) as local:
+        preprocess(load_csv(local_params.data), local_params, path, profile_columns=PROFILE)
+    with pytest.raises(UserError) as remote:
+        on_dask(client, dask_params(raw_params, path=path), tmp_path)
+    assert str(remote.value) == str(local.value)
+    assert not list(tmp_path.glob(".*.tmp")), "a failed run leaves no partial output"
+    return str(local.value)
+
+
+@pytest.mark.dask
+def test_a_bad_value_in_a_late_partition_names_its_line(client, preprocess_params, tmp_path):
+    def bad_income(rows):
+        fields = rows[300].split("\t")
+        fields[4] = "58k"  # Income
+        rows[300] = "\t".join(fields)
+
+    message = same_error(client, preprocess_params, edited_sample(tmp_path, bad_income), tmp_path)
+    assert "column Income must be numeric; e.g. '58k' on line 302" in message
+
+
+@pytest.mark.dask
+def test_an_id_repeated_across_partitions_names_both_lines(client, preprocess_params, tmp_path):
+    def repeat_id(rows):
+        first = rows[2].split("\t")[0]
+        fields = rows[350].split("\t")
+        rows[350] = "\t".join([first, *fields[1:]])
+
+    message = same_error(client, preprocess_params, edited_sample(tmp_path, repeat_id), tmp_path)
+    assert "has duplicates" in message and "on lines 4 and 352" in message
+
+
+# -- train and evaluate on the cluster ------------------------------------------------------------------------------
+FIXTURE_SECTIONS = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())
+# Below the sample's 400 kept rows: the search fits on a seeded sample, the final model is dask-ml's fit on all rows.
+SEARCH_SAMPLE = 200
+
+
+@pytest.mark.dask
+def test_train_and_evaluate_on_dask_give_the_local_engine_s_results(client, preprocess_params, tmp_path):
+    """The sample in ~14 partitions, Education profiled as a category: train searches k on the local engine's
+    seeded sample and fits the final KMeans with dask-ml from its centres, an ordinary scikit-learn KMeans (predict,
+    pickling) with the local model's centres, inertia and labels; evaluate on that model gives the local engine's
+    sizes exactly, metrics, profile and contrasts to 1e-9, the same segments file byte for byte, the same criteria
+    sample."""
+    import io
+
+    import joblib
+    from sklearn.cluster import KMeans
+
+    from segmentation import dask_tables, report
+    from segmentation import evaluate as ev
+    from segmentation import train as tr
+    from segmentation.config import CategoricalParams, EvaluateParams, TrainParams
+    from segmentation.data import load_csv
+    from segmentation.files import write_csv
+
+    params = preprocess_params.model_copy(
+        update={"categorical": CategoricalParams(columns=["Education"], encoding="drop")}
+    )
+    local = preprocess(load_csv(params.data), params, params.data.path, profile_columns=PROFILE)
+    train_params = TrainParams.model_validate({**FIXTURE_SECTIONS["train"], "search_sample_size": SEARCH_SAMPLE})
+    eval_params = EvaluateParams.model_validate(
+        {**FIXTURE_SECTIONS["evaluate"], "silhouette_sample_size": 150, "plot_sample_size": 100,
+         "criteria_sample_size": 120}
+    )  # fmt: skip
+    elbow, model = tr.train(local.matrix, "ID", train_params)
+    X = local.matrix.drop(columns="ID").to_numpy()
+
+    result = preprocess_on_dask_(client, dask_params(params), tmp_path)
+    matrix = dask_tables.load_matrix(client, result.matrix_dir)
+    features = dask_tables.load(client, result.features_dir, "preprocess")
+    assert len(matrix.blocks) > 5
+    elbow_d, model_d, sizes = tr.train_on_dask(client, matrix, train_params, "matrix")
+    assert elbow_d.k_best == elbow.k_best and elbow_d.search_rows == SEARCH_SAMPLE
+    assert elbow_d.scores == pytest.approx(elbow.scores, rel=1e-9)  # the matrices agree to ~1e-12
+    assert type(model_d) is KMeans and not hasattr(model_d, "labels_")
+    np.testing.assert_allclose(model_d.cluster_centers_, model.cluster_centers_, rtol=0, atol=1e-9)
+    assert model_d.inertia_ == pytest.approx(model.inertia_, rel=1e-9) and model_d.n_iter_ == model.n_iter_
+    assert (model_d.predict(X) == model.labels_).all()
+    assert sizes.tolist() == np.bincount(model.labels_).tolist()
+    pickled = io.BytesIO()
+    joblib.dump(model_d, pickled)
+    assert (joblib.load(io.BytesIO(pickled.getvalue())).predict(X) == model.labels_).all()
+
+    categorical = ["Education"]
+    numeric = [c for c in local.features.columns if c not in ("ID", *categorical)]
+    expected = ev.evaluate(local.matrix, local.features, model, "ID", eval_params, categorical)
+    done = ev.evaluate_on_dask(client, matrix, features, model, eval_params, categorical, numeric)
+    got = done.result
+    assert {k: v for k, v in got.metrics.items() if k.startswith("size_")} == {
+        k: v for k, v in expected.metrics.items() if k.startswith("size_")
+    }
+    assert got.metrics.keys() == expected.metrics.keys()
+    for key, value in expected.metrics.items():
+        assert got.metrics[key] == pytest.approx(value, rel=1e-9, abs=0), key
+    assert any(c.startswith("Education=") for c in got.profile.columns)
+    pd.testing.assert_frame_equal(got.profile, expected.profile, check_exact=False, rtol=1e-9, atol=0)
+    labels = expected.segments["cluster"].to_numpy()
+    z = report.contrasts(local.features[numeric], labels)
+    pd.testing.assert_frame_equal(done.contrasts, z, check_exact=False, rtol=1e-9, atol=1e-12)
+    assert done.kinds == {c: report.column_kind(c, local.features[c]) for c in numeric}
+    assert done.overall == pytest.approx({c: float(local.features[c].mean()) for c in numeric}, rel=1e-9)
+    streamed = dask_tables.stream_csv(client, done.segments, tmp_path / "segments.csv")
+    write_csv(tmp_path / "local.csv", expected.segments)
+    assert streamed.read_bytes() == (tmp_path / "local.csv").read_bytes()
+    pd.testing.assert_frame_equal(
+        ev.criteria_of(done.sample, [2, 3, 4], 42),
+        ev.criteria_per_k(X, [2, 3, 4], eval_params.criteria_sample_size, 42),
+    )
+
+
+def preprocess_on_dask_(client, params: PreprocessParams, tmp_path):
+    from segmentation.dask_engine import preprocess_on_dask
+
+    return preprocess_on_dask(
+        client, params, [*input_columns(params), *PROFILE], PROFILE, tmp_path / "f.parquet", tmp_path / "m.parquet"
+    )
+
+
+@pytest.mark.dask
+def test_scores_from_group_bys_are_scikit_learn_s():
+    """Calinski-Harabasz and Davies-Bouldin from per-cluster sums (what evaluate on Dask adds up over the parts)
+    equal scikit-learn's on the rows, an empty cluster left out as scikit-learn's labels leave it."""
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
+
+    from segmentation.evaluate import _part_groups, _part_spread, scores_of_groups
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(c, 1.0 + c / 4, size=(150, 3)) for c in (0, 4, 9)])
+    labels = np.repeat([0, 1, 3], 150)  # cluster 2 has no rows
+    counts, sums = _part_groups(X, labels, 4)
+    spread = _part_spread(X, labels, sums / np.maximum(counts, 1)[:, None])
+    ch, db = scores_of_groups(counts, sums, spread)
+    assert ch == pytest.approx(calinski_harabasz_score(X, labels), rel=1e-9)
+    assert db == pytest.approx(davies_bouldin_score(X, labels), rel=1e-9)
+
+
+def test_train_on_dask_refuses_what_it_cannot_do(tmp_path):
+    """Other algorithms, and a search on every row, are one params line before any cluster starts."""
+    from pipeline_helpers import run_stage_cli, the_error
+
+    for change, words in [
+        ({"algorithm": "agglomerative"}, "train.algorithm: agglomerative runs on the local engine only"),
+        ({"search_sample_size": None}, "train.search_sample_size: null"),
+    ]:
+        sections = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())
+        sections["preprocess"]["engine"] = "dask"
+        sections["train"] = {**sections["train"], "search_sample_size": SEARCH_SAMPLE, **change}
+        proc = run_stage_cli(
+            tmp_path, "train", ["--matrix", "m.parquet", "--model", "out/m.joblib", "--elbow-plot", "out/e.png",
+                                "--elbow-scores", "out/e.csv", "--metrics", "out/t.json", "--dagshub-dir", "out/dh"],
+            **sections,
+        )  # fmt: skip
+        line = the_error(proc, tmp_path)
+        assert line.startswith("error: params.yaml: ") and words in line, line
+
+
+@pytest.mark.dask
+def test_a_task_whose_workers_keep_dying_is_one_line():
+    """A task that kills its worker process each time (the nanny restarts it, Dask retries the task until its
+    allowed failures are spent): one UserError line naming the task, not distributed's KilledWorker."""
+    from segmentation import dask_engine
+
+    saved = os.environ.pop(dask_engine.SCHEDULER_ENV, None)
+    try:
+        with (
+            pytest.raises(UserError, match=r"^Dask: the workers running task '_exit-.*' died \d+ times"),
+            dask_engine.dask_client(DaskParams(n_workers=1, memory_limit="1GiB")) as one,
+        ):
+            one.submit(os._exit, 1).result()
+    finally:
+        if saved is not None:
+            os.environ[dask_engine.SCHEDULER_ENV] = saved
+
+
+# -- the stage's command line ---------------------------------------------------------------------------------------
+STAGE_OUTPUTS = ["--features", "out/f.parquet", "--matrix", "out/m.parquet", "--transformer", "out/t.joblib",
+                 "--metrics", "out/p.json", "--dagshub-dir", "out/dh"]  # fmt: skip
+
+
+def run_stage(tmp_path, data_path: str, scheduler: str | None = None, **dask):
+    """`python -m segmentation.preprocess` with engine dask on ``data_path``, in ``tmp_path``."""
+    import subprocess
+    import sys
+
+    params = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())
+    params["preprocess"]["data"]["path"] = data_path
+    params["preprocess"]["engine"] = "dask"
+    params["preprocess"]["dask"] = {"blocksize": SMALL_BLOCKS, "n_workers": 2, "memory_limit": "1GiB", **dask}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = project_env(tmp_path, SEGMENTATION_STORE_HELPER="0")
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    if scheduler:
+        env["DASK_SCHEDULER_ADDRESS"] = scheduler
+    return subprocess.run(
+        [sys.executable, "-m", "segmentation.preprocess", *STAGE_OUTPUTS],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.dask
+def test_the_stage_on_dask_stops_on_bad_data_with_one_line(tmp_path):
+    """The stage starts its LocalCluster, a worker finds the bad value: one `error:` line (no worker log, no
+    traceback), exit 2, nothing written, the cluster gone with the stage."""
+    from pipeline_helpers import the_error
+
+    def bad_income(rows):
+        fields = rows[300].split("\t")
+        fields[4] = "58k"
+        rows[300] = "\t".join(fields)
+
+    path = edited_sample(tmp_path, bad_income)
+    line = the_error(run_stage(tmp_path, "sample.csv"), tmp_path)
+    assert line == "error: sample.csv: column Income must be numeric; e.g. '58k' on line 302", path
+
+
+@pytest.mark.dask
+def test_an_unreachable_scheduler_is_one_line(tmp_path):
+    """DASK_SCHEDULER_ADDRESS where nothing listens (the discard port on loopback): one line within
+    connect_timeout."""
+    from pipeline_helpers import the_error
+
+    (tmp_path / "sample.csv").write_bytes((REPO / FIXTURE_DATA).read_bytes())
+    proc = run_stage(tmp_path, "sample.csv", scheduler="tcp://127.0.0.1:9", connect_timeout=2)
+    line = the_error(proc, tmp_path)
+    assert line.startswith(
+        "error: DASK_SCHEDULER_ADDRESS=tcp://127.0.0.1:9: cannot reach the Dask scheduler within 2 s"
+    )
+
+
+# -- a cluster started separately: `dask scheduler` and two `dask worker` processes ----------------------------------
+@pytest.fixture(scope="module")
+def scheduler_address(tmp_path_factory):
+    """A `dask scheduler` and two `dask worker` processes (1 thread, 1 GiB each), every server on 127.0.0.1, each in
+    its own process group, started in their own folder (not the stage's) and stopped at the end of the module."""
+    from servers import dask_cluster
+
+    with dask_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster.address
+
+
+@pytest.mark.dask
+def test_the_stage_on_a_separately_started_scheduler_gives_the_local_outputs(
+    scheduler_address, raw_full, preprocess_params, tmp_path
+):
+    """DASK_SCHEDULER_ADDRESS names the scheduler: the stage uses its two workers (no cluster of its own) and writes
+    the local engine's outputs. The workers run in another folder: the data path is absolute, as it must be for a
+    real cluster."""
+    local = preprocess(raw_full, preprocess_params, preprocess_params.data.path, profile_columns=PROFILE)
+    proc = run_stage(tmp_path, str(REPO / FIXTURE_DATA), scheduler=scheduler_address)
+    assert proc.returncode == 0, proc.stderr
+    assert "partition(s) on Dask" in proc.stdout
+    pd.testing.assert_frame_equal(read_csv(tmp_path / "out" / "f.parquet"), local.features)
+    matrix = read_csv(tmp_path / "out" / "m.parquet")
+    np.testing.assert_allclose(matrix.iloc[:, 1:], local.matrix.iloc[:, 1:], rtol=0, atol=1e-9)
+    assert json.loads((tmp_path / "out" / "p.json").read_text()) == local.metrics
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []  # no leftovers
