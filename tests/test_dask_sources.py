@@ -173,3 +173,161 @@ def test_an_input_that_matches_nothing_or_mixes_formats_is_one_line(
     assert message.startswith(f"params.yaml: preprocess.data.path: {path}: ") and "\n" not in message
     expected = "mixes Parquet and CSV files" if case == "mixed" else "no data file found"
     assert expected in message
+
+
+# -- S3-compatible storage: moto's server on 127.0.0.1 --------------------------------------------------------------
+BUCKET = "segments-data"
+USER = "pipeline"
+
+
+class S3Store:
+    """The running moto server, the key it accepts (an IAM user's, authentication on) and a DVC project's config."""
+
+    def __init__(self, endpoint: str, key_id: str, secret: str):
+        self.endpoint, self.key_id, self.secret = endpoint, key_id, secret
+
+    def project(self, root, secret: str | None = None, url: str = f"s3://{BUCKET}"):
+        """``root`` as a DVC project whose default remote ``origin`` is this store: endpoint in ``.dvc/config``,
+        credentials in ``.dvc/config.local`` (as `make dagshub S3=1` and `dvc remote modify --local` write them)."""
+        dvc = root / ".dvc"
+        dvc.mkdir(parents=True, exist_ok=True)
+        (dvc / "config").write_text(
+            f"[core]\n    remote = origin\n['remote \"origin\"']\n    url = {url}\n    endpointurl = {self.endpoint}\n"
+        )
+        (dvc / "config.local").write_text(
+            f"['remote \"origin\"']\n    access_key_id = {self.key_id}\n"
+            f"    secret_access_key = {self.secret if secret is None else secret}\n"
+        )
+        return root
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory, raw_full):
+    """moto's S3 server with bucket ``segments-data``: ``raw/sample.csv`` (the sample), ``raw/parts/part-N.csv``
+    (the sample in 3 files), ``raw/dataset/part-N.parquet`` (as Parquet, row groups of 60 rows). After the upload,
+    IAM authentication is switched on: only the access key of user ``pipeline`` (allowed s3:*) is accepted."""
+    import json
+    from urllib.request import Request, urlopen
+
+    import boto3
+
+    from servers import moto_s3_server
+
+    work = tmp_path_factory.mktemp("s3")
+    with moto_s3_server(work / "moto") as endpoint:
+        setup = {"endpoint_url": endpoint, "aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
+        iam = boto3.client("iam", region_name="us-east-1", **setup)
+        client = boto3.client("s3", region_name="us-east-1", **setup)
+        iam.create_user(UserName=USER)
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName=USER, PolicyName="data", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=USER)["AccessKey"]
+        client.create_bucket(Bucket=BUCKET)
+        text = (REPO / FIXTURE_DATA).read_bytes().decode("utf-8")
+        client.put_object(Bucket=BUCKET, Key="raw/sample.csv", Body=text.encode("utf-8"))
+        header, *rows = text.splitlines(keepends=True)
+        for number, (start, stop) in enumerate([(0, 150), (150, 151), (151, len(rows))]):
+            body = header + "".join(rows[start:stop])
+            client.put_object(Bucket=BUCKET, Key=f"raw/parts/part-{number}.csv", Body=body.encode("utf-8"))
+        for path in write_parquet_parts(raw_full, work / "dataset"):
+            client.put_object(Bucket=BUCKET, Key=f"raw/dataset/{path.name}", Body=path.read_bytes())
+        switch = Request(
+            f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}
+        )
+        with urlopen(switch, timeout=10) as answer:
+            assert answer.status == 200
+        yield S3Store(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+
+
+@pytest.mark.dask
+def test_s3_inputs_read_with_the_dvc_remote_s_credentials_give_the_local_outputs(
+    client, s3, local, preprocess_params, tmp_path, monkeypatch
+):
+    """The workers read the bucket with the endpoint and key of the DVC remote (``.dvc/config`` +
+    ``.dvc/config.local``): the CSV through ``remote://origin/...``, the CSV files by an ``s3://`` glob (the remote of
+    that bucket), the Parquet folder; each gives the local engine's outputs on the local file."""
+    monkeypatch.chdir(s3.project(tmp_path / "project"))
+    for number, path in enumerate(
+        ["remote://origin/raw/sample.csv", f"s3://{BUCKET}/raw/parts/part-*.csv", "remote://origin/raw/dataset/"]
+    ):
+        result, features, matrix = on_dask(client, dask_params(preprocess_params, path=path), tmp_path / f"o{number}")
+        same_as_local(local, result, features, matrix)
+
+
+@pytest.mark.dask
+@pytest.mark.parametrize(
+    ("case", "path", "expected"),
+    [
+        ("wrong secret", "remote://origin/raw/sample.csv", "access denied: check the credentials (DVC remote origin)"),
+        ("missing bucket", "remote://origin/raw/sample.csv", "no data file found (no bucket 'no-such-bucket'"),
+        ("missing key", "remote://origin/raw/nothing.csv", "no data file found"),
+        ("no such remote", "remote://elsewhere/raw/sample.csv", "no DVC remote 'elsewhere'"),
+    ],
+)
+def test_a_storage_problem_is_one_line_and_writes_nothing(
+    client, s3, preprocess_params, tmp_path, monkeypatch, case, path, expected
+):
+    url = "s3://no-such-bucket" if case == "missing bucket" else f"s3://{BUCKET}"
+    monkeypatch.chdir(s3.project(tmp_path / "project", secret="wrong" if case == "wrong secret" else None, url=url))
+    with pytest.raises(UserError) as found:
+        on_dask(client, dask_params(preprocess_params, path=path), tmp_path / "out")
+    message = str(found.value)
+    assert message.startswith(f"params.yaml: preprocess.data.path: {path}: {expected}"), message
+    assert "\n" not in message and s3.secret not in message
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+STAGE_OUTPUTS = ["--features", "out/f.parquet", "--matrix", "out/m.parquet", "--transformer", "out/t.joblib",
+                 "--metrics", "out/p.json", "--dagshub-dir", "out/dh"]  # fmt: skip
+
+
+def run_stage(root, data_path: str):
+    """`python -m segmentation.preprocess` with engine dask (its own LocalCluster) on ``data_path``, in ``root``."""
+    import subprocess
+    import sys
+
+    from pipeline_helpers import project_env
+
+    params = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())
+    params["preprocess"]["data"]["path"] = data_path
+    params["preprocess"]["engine"] = "dask"
+    params["preprocess"]["dask"] = {"blocksize": SMALL_BLOCKS, "n_workers": 2, "memory_limit": "1GiB"}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = project_env(root.parent, SEGMENTATION_STORE_HELPER="0")  # no AWS_* variables: the DVC remote's only
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "segmentation.preprocess", *STAGE_OUTPUTS],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def files_holding(root, text: str) -> list[str]:
+    """Every file under ``root`` (the MLflow store, logs, outputs, params) whose bytes hold ``text``, but the
+    git-ignored ``.dvc/config.local`` where it belongs."""
+    return [
+        str(p.relative_to(root))
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).as_posix() != ".dvc/config.local" and text.encode() in p.read_bytes()
+    ]
+
+
+@pytest.mark.dask
+def test_the_stage_reads_s3_and_writes_the_secret_nowhere(s3, local, tmp_path):
+    """The stage on ``remote://origin/raw/dataset/`` (Parquet on moto, its own LocalCluster): the local outputs;
+    the secret key is in no output, log, param or MLflow record, nor on stdout/stderr. With a wrong key: one
+    ``error:`` line, exit 2, nothing written."""
+    from pipeline_helpers import the_error
+
+    root = s3.project(tmp_path / "project")
+    proc = run_stage(root, "remote://origin/raw/dataset/")
+    assert proc.returncode == 0, proc.stderr
+    pd.testing.assert_frame_equal(read_csv(root / "out" / "f.parquet"), local.features)
+    matrix = read_csv(root / "out" / "m.parquet")
+    np.testing.assert_allclose(matrix.iloc[:, 1:], local.matrix.iloc[:, 1:], rtol=0, atol=1e-9)
+    assert (root / "mlflow.db").is_file() and list((root / "out" / "dh").iterdir())  # what the stage logged
+    assert s3.secret not in proc.stdout + proc.stderr
+    assert files_holding(root, s3.secret) == []
+
+    wrong = s3.project(tmp_path / "wrong", secret="not-the-secret")
+    line = the_error(run_stage(wrong, "remote://origin/raw/dataset/"), wrong)
+    assert line.startswith("error: params.yaml: preprocess.data.path: remote://origin/raw/dataset/: access denied")

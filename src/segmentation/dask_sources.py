@@ -207,6 +207,26 @@ def storage_error(exc: BaseException, source: Source) -> UserError:
     return UserError(f"{PATH_PARAM}: {source.shown}: {_describe(exc, source)}")
 
 
+def storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the storage's doing (refused, missing, unreachable) rather than a bug."""
+    return isinstance(exc, OSError | ValueError) or type(exc).__module__.startswith(("botocore", "aiobotocore"))
+
+
+def missing_bucket(fs: Any, target: str, source: Source) -> str:
+    """`` (no bucket B)`` when ``source`` is on S3 and its bucket does not exist (asked only on the way to an error)."""
+    if not source.url.startswith(S3_SCHEME):
+        return ""
+    name = bucket(source.url)
+    try:
+        fs.info(name)
+    except FileNotFoundError:
+        return f" (no bucket {name!r} at the storage's endpoint)"
+    except Exception as exc:
+        if not storage_failure(exc):
+            raise
+    return ""
+
+
 def _skipped(path: str, folder: str) -> bool:
     rel = PurePosixPath(path).relative_to(PurePosixPath(folder)) if path.startswith(folder) else PurePosixPath(path)
     return any(part.startswith(SKIPPED) for part in rel.parts)
@@ -218,8 +238,8 @@ def list_files(source: Source) -> list[DataFile]:
     from fsspec.core import url_to_fs
 
     files: dict[str, int] = {}
+    fs, target = url_to_fs(source.url, **source.options)  # no I/O yet
     try:
-        fs, target = url_to_fs(source.url, **source.options)
         if GLOB_CHARS & set(target):
             found = fs.glob(target, detail=True)
             files = {p: int(i.get("size") or 0) for p, i in found.items() if i.get("type") == "file"}
@@ -232,10 +252,12 @@ def list_files(source: Source) -> list[DataFile]:
                 files = {target: int(info.get("size") or 0)}
     except FileNotFoundError:
         files = {}
-    except (OSError, ValueError) as exc:
-        raise storage_error(exc, source) from None
+    except Exception as exc:
+        if storage_failure(exc):
+            raise storage_error(exc, source) from None
+        raise
     if not files:
-        raise UserError(f"{PATH_PARAM}: {source.shown}: no data file found")
+        raise UserError(f"{PATH_PARAM}: {source.shown}: no data file found{missing_bucket(fs, target, source)}")
     return [DataFile(fs.unstrip_protocol(p), size) for p, size in sorted(files.items())]
 
 
@@ -265,8 +287,10 @@ def parquet_parts(files: list[DataFile], source: Source) -> list[ParquetPart]:
                 meta = pq.ParquetFile(fh).metadata
         except pa.ArrowInvalid as exc:
             raise UserError(f"{shown_url(file.url)}: not a Parquet file ({exc}); set {FORMAT_PARAM}") from None
-        except OSError as exc:
-            raise storage_error(exc, source) from None
+        except Exception as exc:
+            if storage_failure(exc):
+                raise storage_error(exc, source) from None
+            raise
         before = 0
         for group in range(meta.num_row_groups):
             parts.append(ParquetPart(file.url, group, before, len(parts), source.options))
