@@ -331,3 +331,115 @@ def test_the_stage_reads_s3_and_writes_the_secret_nowhere(s3, local, tmp_path):
     wrong = s3.project(tmp_path / "wrong", secret="not-the-secret")
     line = the_error(run_stage(wrong, "remote://origin/raw/dataset/"), wrong)
     assert line.startswith("error: params.yaml: preprocess.data.path: remote://origin/raw/dataset/: access denied")
+
+
+# -- make score on the cluster --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def segmenter(raw_full, preprocess_params):
+    """preprocess and train in-process on the sample (the local engine); the segmenter built from them."""
+    from segmentation.config import load_section
+    from segmentation.segmenter import build_segmenter
+    from segmentation.train import train
+
+    result = preprocess(raw_full, preprocess_params, "sample.csv")
+    _, model = train(result.matrix, "ID", load_section("train", REPO / FIXTURE_PARAMS))
+    return build_segmenter(preprocess_params, result.transformer, model)
+
+
+def local_scores(raw_full, segmenter, params, names):
+    from segmentation.score import score, with_names
+
+    scored, rejects, outliers = score(raw_full, segmenter, params, "sample.csv")
+    return with_names(scored, names), rejects, outliers
+
+
+def csv_parts(folder) -> str:
+    """The sample cut into three CSV files (each with the header); returns their glob."""
+    folder.mkdir(parents=True, exist_ok=True)
+    header, *rows = (REPO / FIXTURE_DATA).read_text(encoding="utf-8").splitlines(keepends=True)
+    for number, (start, stop) in enumerate([(0, 150), (150, 151), (151, len(rows))]):
+        (folder / f"part-{number}.csv").write_text(header + "".join(rows[start:stop]), encoding="utf-8")
+    return str(folder / "part-*.csv")
+
+
+@pytest.mark.dask
+def test_scoring_on_dask_gives_local_scoring_s_ids_segments_and_rejects(
+    client, s3, segmenter, raw_full, preprocess_params, tmp_path, monkeypatch
+):
+    """The sample scored on the cluster from a glob of CSV files, a local Parquet folder and Parquet on S3 (the DVC
+    remote's credentials): the same IDs in the same order, the same segments and names, the same rejects and
+    outlier count as `make score` on the CSV with the local engine."""
+    from segmentation.dask_score import score_on_dask
+
+    names = {k: f"segment {k}" for k in range(10)}
+    scored, rejects, outliers = local_scores(raw_full, segmenter, preprocess_params, names)
+    assert len(rejects) and outliers  # the sample has both
+    write_parquet_parts(raw_full, tmp_path / "dataset")
+    monkeypatch.chdir(s3.project(tmp_path / "project"))
+    inputs = [csv_parts(tmp_path / "parts"), str(tmp_path / "dataset"), "remote://origin/raw/dataset/"]
+    for number, path in enumerate(inputs):
+        params = dask_params(preprocess_params, path=path)
+        result = score_on_dask(client, segmenter, params, names, tmp_path / f"o{number}" / "s.parquet")
+        got = read_csv(result.scored_dir)
+        pd.testing.assert_frame_equal(got, scored, check_dtype=False)
+        assert got["segment"].dtype == "int64"
+        pd.testing.assert_frame_equal(read_csv(result.rejects_dir), rejects, check_dtype=False)
+        assert (result.rows, result.scored, result.outliers) == (len(raw_full), len(scored), outliers)
+        assert result.rejected == len(rejects) and result.first_rejects == rejects["ID"].head(10).tolist()
+
+
+@pytest.mark.dask
+def test_make_score_on_dask_writes_parquet_and_stops_on_bad_input_with_one_line(
+    segmenter, raw_full, preprocess_params, tmp_path
+):
+    """`make score INPUT='parts/part-*.csv'` with engine dask (its own LocalCluster): `scores/parts_segments.parquet`
+    holds local scoring's rows, the rejects line is local scoring's; an ID repeated across two files: one `error:`
+    line naming both lines and files, exit 2, nothing written."""
+    import subprocess
+
+    import joblib
+
+    from pipeline_helpers import paths, project_env
+
+    root = tmp_path / "project"
+    (root / paths()["segmenter"]).parent.mkdir(parents=True)
+    (root / "dvc.yaml").write_bytes((REPO / "dvc.yaml").read_bytes())  # where make score finds the segmenter
+    joblib.dump(segmenter, root / paths()["segmenter"])
+    params = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())
+    params["preprocess"]["engine"] = "dask"
+    params["preprocess"]["dask"] = {"blocksize": SMALL_BLOCKS, "n_workers": 2, "memory_limit": "1GiB"}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = project_env(tmp_path)
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+
+    def make_score(pattern: str):
+        return subprocess.run(
+            ["make", "-f", str(REPO / "Makefile"), "score", f"INPUT={pattern}"],
+            cwd=root, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    csv_parts(root / "parts")
+    proc = make_score("parts/part-*.csv")
+    assert proc.returncode == 0, proc.stderr
+    output = root / "scores" / "parts_segments.parquet"
+    assert f"-> {output.relative_to(root)} (" in proc.stdout
+    scored, rejects, _ = local_scores(raw_full, segmenter, preprocess_params, None)
+    pd.testing.assert_frame_equal(read_csv(output), scored, check_dtype=False)
+    from segmentation.score import rejects_line
+
+    rejects_file = root / "scores" / "parts_segments_rejects.parquet"
+    assert rejects_line(rejects, len(raw_full), rejects_file.relative_to(root)) in proc.stderr
+    pd.testing.assert_frame_equal(read_csv(rejects_file), rejects, check_dtype=False)
+
+    bad = root / "bad"
+    header, *rows = (REPO / FIXTURE_DATA).read_text(encoding="utf-8").splitlines(keepends=True)
+    bad.mkdir()
+    (bad / "a.csv").write_text(header + "".join(rows[:100]), encoding="utf-8")
+    (bad / "b.csv").write_text(header + "".join(rows[99:]), encoding="utf-8")  # row 99 in both files
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    proc = make_score("bad/*.csv")
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("make")]
+    assert len(lines) == 1 and lines[0].startswith("error: bad/*.csv: ID column ID has duplicates"), proc.stderr
+    assert "on lines 101 (bad/a.csv) and 2 (bad/b.csv)" in lines[0]
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # nothing written
