@@ -300,11 +300,16 @@ def parquet_parts(files: list[DataFile], source: Source) -> list[ParquetPart]:
     return parts
 
 
+def data_path(params: DataParams) -> str:
+    """The input as one path or glob: ``path``, or ``path/files`` when ``files`` names a pattern in the folder."""
+    return params.path if params.files is None else params.path.rstrip("/") + "/" + params.files
+
+
 def partitions(params: DataParams, blocksize: int, root: Path | None = None) -> tuple[str, list[Any]]:
     """The input's format and partitions: CSV blocks of ``blocksize`` bytes at line ends, or Parquet row groups."""
     from segmentation.dask_engine import Block
 
-    source = resolve(params.path, root)
+    source = resolve(data_path(params), root)
     files = list_files(source)
     fmt = file_format(files, params.format, source)
     if fmt == PARQUET:
