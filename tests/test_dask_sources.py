@@ -186,6 +186,15 @@ class S3Store:
     def __init__(self, endpoint: str, key_id: str, secret: str):
         self.endpoint, self.key_id, self.secret = endpoint, key_id, secret
 
+    def client(self):
+        """A boto3 S3 client with the accepted key (authentication is on)."""
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id=self.key_id, aws_secret_access_key=self.secret,
+            region_name="us-east-1",
+        )  # fmt: skip
+
     def project(self, root, secret: str | None = None, url: str = f"s3://{BUCKET}"):
         """``root`` as a DVC project whose default remote ``origin`` is this store: endpoint in ``.dvc/config``,
         credentials in ``.dvc/config.local`` (as `make dagshub S3=1` and `dvc remote modify --local` write them)."""
@@ -443,3 +452,76 @@ def test_make_score_on_dask_writes_parquet_and_stops_on_bad_input_with_one_line(
     assert len(lines) == 1 and lines[0].startswith("error: bad/*.csv: ID column ID has duplicates"), proc.stderr
     assert "on lines 101 (bad/a.csv) and 2 (bad/b.csv)" in lines[0]
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # nothing written
+
+
+# -- DVC: a folder (+ data.files) or a remote:// prefix as the stage's dependency -------------------------------------
+def dask_project(tmp_path, path: str, files: str):
+    """A project copy on the tests' params and sample, preprocess on Dask reading ``path`` + ``files``."""
+    from pipeline_helpers import copy_project, project_env, use_fixture_data
+
+    root = copy_project(tmp_path / "project")
+    env = project_env(tmp_path)
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    use_fixture_data(root, env)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["preprocess"]["data"].update(path=path, files=files)
+    params["preprocess"]["engine"] = "dask"
+    params["preprocess"]["dask"] = {"blocksize": SMALL_BLOCKS, "n_workers": 2, "memory_limit": "1GiB"}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root, env
+
+
+def repro_preprocess(root, env) -> tuple[bool, int]:
+    """`dvc repro preprocess`: whether the stage ran, and the rows it read (metrics)."""
+    import json
+
+    from pipeline_helpers import paths, run
+
+    proc = run(["dvc", "repro", "preprocess"], root, env)
+    ran = "Running stage 'preprocess'" in proc.stdout
+    assert ran or "Stage 'preprocess' didn't change, skipping" in proc.stdout, proc.stdout
+    return ran, json.loads((root / paths(root)["preprocess_metrics"]).read_text())["rows_in"]
+
+
+@pytest.mark.dask
+@pytest.mark.pipeline
+def test_dvc_reruns_preprocess_when_a_file_of_the_folder_changes_and_only_then(tmp_path):
+    """data.path a folder (the DVC dependency), data.files the glob of its CSV files: `dvc repro` runs the stage,
+    skips it when nothing changed, runs it again when one of the files changes."""
+    root, env = dask_project(tmp_path, "data/raw/parts", "part-*.csv")
+    csv_parts(root / "data" / "raw" / "parts")
+    assert repro_preprocess(root, env) == (True, 428)
+    assert repro_preprocess(root, env)[0] is False
+    part = root / "data" / "raw" / "parts" / "part-2.csv"
+    part.write_text("".join(part.read_text(encoding="utf-8").splitlines(keepends=True)[:-1]), encoding="utf-8")
+    assert repro_preprocess(root, env) == (True, 427)
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["preprocess"]["deps"]
+    assert any(d["path"] == "data/raw/parts" and d["md5"].endswith(".dir") for d in lock)
+
+
+@pytest.mark.dask
+@pytest.mark.pipeline
+def test_dvc_tracks_a_remote_prefix_as_an_external_dependency(s3, tmp_path):
+    """data.path ``remote://data/dvc/parts/`` (a DVC remote ``data`` on moto, its key in .dvc/config.local): DVC
+    hashes the prefix (ETags) with the remote's endpoint and key, runs the stage, skips it when nothing changed and
+    runs it again when an object changes; the secret is written in no file but config.local."""
+    from pipeline_helpers import run
+
+    client = s3.client()
+    header, *rows = (REPO / FIXTURE_DATA).read_text(encoding="utf-8").splitlines(keepends=True)
+    for number, (start, stop) in enumerate([(0, 200), (200, len(rows))]):
+        body = (header + "".join(rows[start:stop])).encode("utf-8")
+        client.put_object(Bucket=BUCKET, Key=f"dvc/parts/part-{number}.csv", Body=body)
+    root, env = dask_project(tmp_path, "remote://data/dvc/parts/", "part-*.csv")
+    run(["dvc", "remote", "add", "data", f"s3://{BUCKET}"], root, env)
+    run(["dvc", "remote", "modify", "data", "endpointurl", s3.endpoint], root, env)
+    run(["dvc", "remote", "modify", "--local", "data", "access_key_id", s3.key_id], root, env)
+    run(["dvc", "remote", "modify", "--local", "data", "secret_access_key", s3.secret], root, env)
+    assert repro_preprocess(root, env) == (True, 428)
+    assert repro_preprocess(root, env)[0] is False
+    body = (header + "".join(rows[200:-1])).encode("utf-8")
+    client.put_object(Bucket=BUCKET, Key="dvc/parts/part-1.csv", Body=body)
+    assert repro_preprocess(root, env) == (True, 427)
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["preprocess"]["deps"]
+    assert any(d["path"] == "remote://data/dvc/parts/" for d in lock), lock
+    assert files_holding(root, s3.secret) == []
