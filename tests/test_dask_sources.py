@@ -43,6 +43,42 @@ def test_the_local_engine_names_what_needs_dask(preprocess_params, path):
     PreprocessParams.model_validate({**base, "engine": "dask", "data": {**base["data"], "path": path}})
 
 
+@pytest.mark.parametrize("files", ["/abs/*.csv", "../up/*.csv", "s3://b/*.csv", ""])
+def test_data_files_is_a_pattern_inside_the_folder(preprocess_params, files):
+    from pydantic import ValidationError
+
+    base = preprocess_params.model_dump()
+    with pytest.raises(ValidationError, match=r"data\.files|at least 1 character"):
+        PreprocessParams.model_validate({**base, "engine": "dask", "data": {**base["data"], "files": files}})
+
+
+def test_the_input_with_data_files_and_the_default_score_output():
+    from segmentation.config import DataParams
+    from segmentation.dask_score import default_output
+    from segmentation.dask_sources import data_path
+
+    data = DataParams(path="data/raw/parts/", separator=",", files="part-*.csv")
+    assert data_path(data) == "data/raw/parts/part-*.csv"
+    assert str(default_output("data/new/part-*.csv")).endswith("new_segments.parquet")
+    assert str(default_output("remote://data/new/customers/")).endswith("customers_segments.parquet")
+    assert str(default_output("new.csv")).endswith("new_segments.parquet")
+
+
+def test_scoring_a_glob_with_the_local_engine_is_one_line(tmp_path, monkeypatch, capsys):
+    from segmentation import score
+
+    params = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        score.main(["--input", "new/*.csv", "--model", "m.joblib", "--profile", "p.csv"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: --input new/*.csv: a glob, Parquet or S3 input is scored on Dask: set preprocess.engine: dask\n"
+    )
+    assert list(tmp_path.iterdir()) == [tmp_path / "params.yaml"]
+
+
 def test_storage_options_come_from_the_dvc_remote_then_the_environment():
     from segmentation.dask_sources import s3_options
 
