@@ -79,6 +79,13 @@ def test_scoring_a_glob_with_the_local_engine_is_one_line(tmp_path, monkeypatch,
     assert list(tmp_path.iterdir()) == [tmp_path / "params.yaml"]
 
 
+def test_a_csv_whose_name_holds_a_bracket_stays_the_local_engine_s(preprocess_params, tmp_path):
+    name = tmp_path / "customers[2024].csv"
+    name.write_bytes((REPO / FIXTURE_DATA).read_bytes())
+    base = preprocess_params.model_dump()
+    PreprocessParams.model_validate({**base, "data": {**base["data"], "path": str(name)}})
+
+
 def test_storage_options_come_from_the_dvc_remote_then_the_environment():
     from segmentation.dask_sources import s3_options
 

@@ -150,12 +150,12 @@ class DaskParams(_Params):
 
 
 def _beyond_local(path: str, fmt: str) -> bool:
-    """Whether ``path`` (``fmt``) is input only the Dask engine reads: Parquet, a glob, a URL (the local engine's
-    reader says itself that a folder is one)."""
+    """Whether ``path`` (``fmt``) is input only the Dask engine reads: Parquet, a glob (not a file whose name holds
+    ``[``), a URL (the local engine's reader says itself that a folder is one)."""
     return (
         fmt == "parquet"
         or "://" in path
-        or any(c in path for c in "*?[")
+        or (any(c in path for c in "*?[") and not Path(path).is_file())
         or path.endswith((".parquet", ".parq", ".pq"))
     )
 

@@ -109,7 +109,7 @@ def needs_dask(path: str, fmt: str = "auto") -> bool:
         fmt == PARQUET
         or is_remote(path)
         or "://" in path
-        or bool(GLOB_CHARS & set(path))
+        or (bool(GLOB_CHARS & set(path)) and not Path(path).is_file())  # a CSV may be named "x[1].csv"
         or path.endswith(PARQUET_SUFFIXES)
         or Path(path).is_dir()
     )
