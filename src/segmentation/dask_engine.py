@@ -127,12 +127,6 @@ class Block:
         return dask_sources.shown_url(self.path)
 
 
-def csv_blocks(pattern: str, blocksize: int) -> list[Block]:
-    """The partitions of the CSV file(s) ``pattern`` names (a path, a folder or a glob), files in name order."""
-    _, blocks = dask_sources.partitions(DataParams(path=pattern, separator=",", format="csv"), blocksize)
-    return blocks
-
-
 def _open(block: Block):
     import fsspec
 
