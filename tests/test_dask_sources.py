@@ -25,6 +25,9 @@ from segmentation.preprocess import input_columns, preprocess
 
 SMALL_BLOCKS = "8kB"
 PROFILE = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())["evaluate"]["profile_columns"]
+# The LocalCluster a stage or `make score` starts in a subprocess: one worker process (starting and importing a
+# worker is most of such a run's time on 2 cores; the module's own cluster has two).
+STAGE_CLUSTER = {"blocksize": SMALL_BLOCKS, "n_workers": 1, "memory_limit": "1GiB"}
 ROW_GROUP = 60  # rows per Parquet row group: the sample's 428 rows in several partitions per file
 
 
@@ -343,7 +346,7 @@ def run_stage(root, data_path: str):
     params = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())
     params["preprocess"]["data"]["path"] = data_path
     params["preprocess"]["engine"] = "dask"
-    params["preprocess"]["dask"] = {"blocksize": SMALL_BLOCKS, "n_workers": 2, "memory_limit": "1GiB"}
+    params["preprocess"]["dask"] = STAGE_CLUSTER
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = project_env(root.parent, SEGMENTATION_STORE_HELPER="0")  # no AWS_* variables: the DVC remote's only
     env.pop("DASK_SCHEDULER_ADDRESS", None)
@@ -459,7 +462,7 @@ def test_make_score_on_dask_writes_parquet_and_stops_on_bad_input_with_one_line(
     joblib.dump(segmenter, root / paths()["segmenter"])
     params = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())
     params["preprocess"]["engine"] = "dask"
-    params["preprocess"]["dask"] = {"blocksize": SMALL_BLOCKS, "n_workers": 2, "memory_limit": "1GiB"}
+    params["preprocess"]["dask"] = STAGE_CLUSTER
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = project_env(tmp_path)
     env.pop("DASK_SCHEDULER_ADDRESS", None)
@@ -509,7 +512,7 @@ def dask_project(tmp_path, path: str, files: str):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["preprocess"]["data"].update(path=path, files=files)
     params["preprocess"]["engine"] = "dask"
-    params["preprocess"]["dask"] = {"blocksize": SMALL_BLOCKS, "n_workers": 2, "memory_limit": "1GiB"}
+    params["preprocess"]["dask"] = STAGE_CLUSTER
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root, env
 
