@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline_helpers import DAGSHUB_SINK as DISCARD  # the discard port on 127.0.0.1
 from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO
 from segmentation.config import DaskParams, PreprocessParams
 from segmentation.errors import UserError
@@ -241,13 +242,14 @@ class S3Store:
             region_name="us-east-1",
         )  # fmt: skip
 
-    def project(self, root, secret: str | None = None, url: str = f"s3://{BUCKET}"):
+    def project(self, root, secret: str | None = None, url: str = f"s3://{BUCKET}", endpoint: str | None = None):
         """``root`` as a DVC project whose default remote ``origin`` is this store: endpoint in ``.dvc/config``,
         credentials in ``.dvc/config.local`` (as `make dagshub S3=1` and `dvc remote modify --local` write them)."""
         dvc = root / ".dvc"
         dvc.mkdir(parents=True, exist_ok=True)
         (dvc / "config").write_text(
-            f"[core]\n    remote = origin\n['remote \"origin\"']\n    url = {url}\n    endpointurl = {self.endpoint}\n"
+            f"[core]\n    remote = origin\n['remote \"origin\"']\n    url = {url}\n"
+            f"    endpointurl = {endpoint or self.endpoint}\n"
         )
         (dvc / "config.local").write_text(
             f"['remote \"origin\"']\n    access_key_id = {self.key_id}\n"
@@ -317,13 +319,20 @@ def test_s3_inputs_read_with_the_dvc_remote_s_credentials_give_the_local_outputs
         ("missing bucket", "remote://origin/raw/sample.csv", "no data file found (no bucket 'no-such-bucket'"),
         ("missing key", "remote://origin/raw/nothing.csv", "no data file found"),
         ("no such remote", "remote://elsewhere/raw/sample.csv", "no DVC remote 'elsewhere'"),
+        (
+            "unreachable",
+            "remote://origin/raw/sample.csv",
+            "storage unreachable (DVC remote origin): could not connect; check its endpointurl",
+        ),
     ],
 )
 def test_a_storage_problem_is_one_line_and_writes_nothing(
     client, s3, preprocess_params, tmp_path, monkeypatch, case, path, expected
 ):
     url = "s3://no-such-bucket" if case == "missing bucket" else f"s3://{BUCKET}"
-    monkeypatch.chdir(s3.project(tmp_path / "project", secret="wrong" if case == "wrong secret" else None, url=url))
+    secret = "wrong" if case == "wrong secret" else None
+    endpoint = DISCARD if case == "unreachable" else None  # nothing listens there
+    monkeypatch.chdir(s3.project(tmp_path / "project", secret=secret, url=url, endpoint=endpoint))
     with pytest.raises(UserError) as found:
         on_dask(client, dask_params(preprocess_params, path=path), tmp_path / "out")
     message = str(found.value)

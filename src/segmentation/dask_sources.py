@@ -198,7 +198,7 @@ def _describe(exc: BaseException, source: Source) -> str:
     text = " ".join(str(exc).split())
     for marker in ("Could not connect", "Connect timeout", "Read timeout", "Connection refused"):
         if marker in text:
-            return f"storage unreachable{where} ({marker.lower()}; check endpointurl)"
+            return f"storage unreachable{where}: {marker.lower()}; check its endpointurl"
     return f"cannot read it{where} ({type(exc).__name__})"
 
 
