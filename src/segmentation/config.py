@@ -31,6 +31,18 @@ class DataParams(_Params):
     encoding: str = "utf-8"
     # null: the CSV has no ID column; a ``row_id`` column is generated (1 = the first data row, on line 2).
     id_column: str | None = None
+    # engine dask: how to read the files of ``path`` (auto: Parquet for *.parquet/*.parq/*.pq names, CSV otherwise).
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    # engine dask: a glob of the files to read in the folder ``path`` (e.g. "part-*.csv"); null: every data file in
+    # it. ``path`` stays the folder, a valid DVC dependency (a glob is not one).
+    files: str | None = Field(default=None, min_length=1)
+
+    @field_validator("files")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or "://" in value or ".." in value.split("/")):
+            raise ValueError(f"{value!r}: a pattern of file names inside data.path, e.g. part-*.csv")
+        return value
 
 
 class CategoricalParams(_Params):
@@ -137,6 +149,17 @@ class DaskParams(_Params):
         return value
 
 
+def _beyond_local(path: str, fmt: str) -> bool:
+    """Whether ``path`` (``fmt``) is input only the Dask engine reads: Parquet, a glob (not a file whose name holds
+    ``[``), a URL (the local engine's reader says itself that a folder is one)."""
+    return (
+        fmt == "parquet"
+        or "://" in path
+        or (any(c in path for c in "*?[") and not Path(path).is_file())
+        or path.endswith((".parquet", ".parq", ".pq"))
+    )
+
+
 class PreprocessParams(_Params):
     """``preprocess`` section."""
 
@@ -173,6 +196,11 @@ class PreprocessParams(_Params):
             raise ValueError(f"pca_components ({self.pca_components}) exceeds the number of features ({width})")
         if self.engine == "dask":
             self._dask_supported()
+        elif _beyond_local(self.data.path, self.data.format) or self.data.files is not None:
+            raise ValueError(
+                f"data.path {self.data.path}: engine 'local' reads one local CSV file; a folder, a glob, Parquet or "
+                "S3 storage needs engine: dask"
+            )
         return self
 
     def _dask_supported(self) -> None:

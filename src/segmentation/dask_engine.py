@@ -16,18 +16,17 @@ with the train and evaluate stages).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from segmentation import data, features
+from segmentation import dask_sources, data, features
 from segmentation.config import DataParams, PreprocessParams, parse_bytes
 from segmentation.dask_cluster import SCHEDULER_ENV as SCHEDULER_ENV  # re-exported: the engine's public names
 from segmentation.dask_cluster import dask_client as dask_client
@@ -57,38 +56,22 @@ class Block:
     offset: int
     length: int
     number: int  # its place among all partitions of the input (0 = the first file's first lines)
+    # fsspec storage options (S3 endpoint and credentials: segmentation.dask_sources); never shown
+    options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
         """The file as messages name it: a local one relative to the working directory when it is under it."""
-        if not self.path.startswith(LOCAL_URL):
-            return self.path
-        local = Path(self.path.removeprefix(LOCAL_URL))
-        with contextlib.suppress(ValueError):
-            return str(local.relative_to(Path.cwd()))
-        return str(local)
+        return dask_sources.shown_url(self.path)
 
 
-def csv_blocks(pattern: str, blocksize: int) -> list[Block]:
-    """The partitions of the CSV file(s) ``pattern`` names (a path or a glob), files in name order."""
+def _open(block: Block):
     import fsspec
 
-    fs, _, found = fsspec.core.get_fs_token_paths(pattern, mode="rb")
-    files = sorted(p for p in found if fs.isfile(p))
-    if not files:
-        raise UserError(f"{pattern}: no data file found (set preprocess.data.path in params.yaml)")
-    blocks: list[Block] = []
-    for path in files:
-        size = fs.size(path)
-        for offset in range(0, max(size, 1), blocksize):
-            blocks.append(Block(fs.unstrip_protocol(path), offset, blocksize, len(blocks)))
-    return blocks
-
-
-def _open(path: str):
-    import fsspec
-
-    return fsspec.open(path, "rb").open()
+    try:
+        return fsspec.open(block.path, "rb", **block.options).open()
+    except OSError as exc:  # a file gone or storage refusing a worker: one line, without the options
+        raise UserError(f"{block.name}: cannot read it ({type(exc).__name__})") from None
 
 
 def read_block(block: Block, params: DataParams, columns: list[str] | None) -> pd.DataFrame:
@@ -96,7 +79,7 @@ def read_block(block: Block, params: DataParams, columns: list[str] | None) -> p
     header, all when it has none of them), with row labels counted from 0 within the block."""
     from fsspec.utils import read_block as fs_read_block
 
-    with _open(block.path) as fh:
+    with _open(block) as fh:
         header = fh.readline()
         body = fs_read_block(fh, block.offset, block.length, delimiter=b"\n")
     text = body if block.offset == 0 else header + body
@@ -124,9 +107,11 @@ def rows_before(block: Block) -> int:
     Only on the way to an error message: it reads the file up to the block."""
     from fsspec.utils import seek_delimiter
 
+    if isinstance(block, dask_sources.ParquetPart):
+        return block.rows_before
     if block.offset == 0:
         return 0
-    with _open(block.path) as fh:
+    with _open(block) as fh:
         fh.seek(block.offset)
         seek_delimiter(fh, b"\n", 2**16)
         start, count = fh.tell(), 0
@@ -163,7 +148,10 @@ def prepare_block(
     A check that fails is one :class:`UserError` naming the file's physical line: the partition is then labelled
     with its rows' numbers in the file (read up to the block) and checked again for the message.
     """
-    raw = read_block(block, params.data, columns)
+    if isinstance(block, dask_sources.ParquetPart):
+        raw = dask_sources.read_parquet_part(block, columns)
+    else:
+        raw = read_block(block, params.data, columns)
     if raw.empty:  # a block in which no line starts: its columns typed as a non-empty part's would be
         text = {*params.categorical.columns, features.MARITAL_STATUS_COLUMN}
         if params.marketing_campaign is not None:
@@ -284,15 +272,33 @@ def preprocess_on_dask(
     features_path: str | Path,
     matrix_path: str | Path,
 ) -> DaskPreprocess:
-    """Preprocess ``params.data.path`` (a CSV or a glob of CSVs) on the cluster of ``client``; write the features
+    """Preprocess ``params.data.path`` (CSV or Parquet: a file, a folder or a glob, local or on S3, see
+    :mod:`segmentation.dask_sources`) on the cluster of ``client``; write the features
     and the matrix into new folders beside ``features_path`` and ``matrix_path`` (removed on any failure)."""
     for target in (features_path, matrix_path):
         if Path(target).suffix != PARQUET:
             raise UserError(
                 f"{target}: preprocess.engine dask writes partitioned Parquet: name the output *.parquet in dvc.yaml"
             )
+    fmt, blocks = dask_sources.partitions(params.data, parse_bytes(params.dask.blocksize))
+    try:
+        return _preprocess_blocks(client, params, columns, profile_columns, features_path, matrix_path, blocks)
+    except UserError as exc:
+        if fmt != dask_sources.PARQUET:
+            raise
+        raise UserError(dask_sources.rows_not_lines(str(exc))) from None  # a Parquet file has rows, not lines
+
+
+def _preprocess_blocks(
+    client: Any,
+    params: PreprocessParams,
+    columns: list[str],
+    profile_columns: list[str],
+    features_path: str | Path,
+    matrix_path: str | Path,
+    blocks: list[Any],
+) -> DaskPreprocess:
     source = params.data.path
-    blocks = csv_blocks(source, parse_bytes(params.dask.blocksize))
     parts = client.map(
         prepare_block, blocks, params=params, columns=columns, profile_columns=profile_columns, source=source,
         pure=False,

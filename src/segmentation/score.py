@@ -29,6 +29,7 @@ import pandas as pd
 
 from segmentation import algorithms, data, features, pipeline
 from segmentation.config import PreprocessParams, load_section
+from segmentation.dask_sources import needs_dask
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import LineLocator, StageOutputs, load_model
 from segmentation.report import NAME_COLUMN
@@ -114,12 +115,21 @@ def with_names(scored: pd.DataFrame, names: dict[int, str] | None) -> pd.DataFra
 
 def rejects_line(rejects: pd.DataFrame, total: int, path: Path) -> str:
     """One line: how many rows were not scored, why, which IDs (the first few), where the full list is."""
-    id_col = rejects.columns[0]
-    ids = ", ".join(str(v) for v in rejects[id_col].head(SHOWN_IDS))
-    more = f" and {len(rejects) - SHOWN_IDS} more" if len(rejects) > SHOWN_IDS else ""
-    why = "; ".join(f"{reason}: {n}" for reason, n in rejects[REASON_COLUMN].value_counts(sort=False).items())
+    reasons = rejects[REASON_COLUMN].value_counts(sort=False)
+    return rejects_summary(
+        str(rejects.columns[0]), len(rejects), list(rejects.iloc[:SHOWN_IDS, 0]), dict(reasons.items()), total, path
+    )
+
+
+def rejects_summary(
+    id_col: str, count: int, first_ids: list[Any], reasons: dict[str, int], total: int, path: Path
+) -> str:
+    """:func:`rejects_line` from counts: ``count`` rejects, the first of their IDs, the rows per reason."""
+    ids = ", ".join(str(v) for v in first_ids[:SHOWN_IDS])
+    more = f" and {count - SHOWN_IDS} more" if count > SHOWN_IDS else ""
+    why = "; ".join(f"{reason}: {n}" for reason, n in reasons.items())
     return (
-        f"score: {len(rejects)} of {total} row(s) not scored ({why}; the segmenter cannot impute them): "
+        f"score: {count} of {total} row(s) not scored ({why}; the segmenter cannot impute them): "
         f"{id_col} {ids}{more}; listed in {path}"
     )
 
@@ -142,6 +152,13 @@ def main(argv: list[str] | None = None) -> None:
     args.profile = args.profile or pipeline.path("profile")
 
     params: PreprocessParams = load_section("preprocess", args.params)
+    if params.engine == "dask":  # partitions scored on the cluster, the output partitioned Parquet
+        score_on_dask(args, params)
+        return
+    if needs_dask(args.input) and not Path(args.input).is_dir():
+        raise UserError(
+            f"--input {args.input}: a glob, Parquet or S3 input is scored on Dask: set preprocess.engine: dask"
+        )
     source = Path(args.input)
     if source.is_dir():
         raise UserError(f"{source}: is a directory, not a CSV file")
@@ -176,6 +193,54 @@ def main(argv: list[str] | None = None) -> None:
     if outliers:
         print(
             f"note: {outliers} scored row(s) are outside preprocess.outliers (training left such rows out of the fit)",
+            file=sys.stderr,
+        )
+
+
+def score_on_dask(args: argparse.Namespace, params: PreprocessParams) -> None:
+    """``make score`` with ``preprocess.engine: dask`` (:mod:`segmentation.dask_score`): the same checks, segments
+    and rejects, the output a Parquet folder."""
+    from segmentation import dask_engine, dask_score
+    from segmentation.files import PARQUET
+
+    output = Path(args.output) if args.output else dask_score.default_output(args.input)
+    if output.suffix != PARQUET:
+        raise UserError(f"--output {output}: scoring on Dask writes partitioned Parquet: name it *{PARQUET}")
+    update = {"path": args.input, **({"separator": args.separator} if args.separator else {})}
+    params = params.model_copy(update={"data": params.data.model_copy(update=update)})
+    segmenter = load_model(args.model, stage="train")
+    k = algorithms.n_clusters(segmenter.named_steps["cluster"])
+    names = segment_names(Path(args.profile), k)
+    rejects_dir = dask_score.rejects_dir(output)
+    with StageOutputs() as out:
+        with dask_engine.dask_client(params.dask) as client:
+            result = dask_score.score_on_dask(client, segmenter, params, names, output)
+        out.adopt(output, result.scored_dir)
+        if result.rejects_dir is not None:
+            out.adopt(rejects_dir, result.rejects_dir)
+        out.commit()
+    if result.rejects_dir is None and rejects_dir.is_dir():
+        import shutil
+
+        shutil.rmtree(rejects_dir)  # from an earlier run of the same output
+    print(
+        f"score: {result.scored} of {result.rows} row(s) scored -> {output} ({result.partitions} partition(s) on Dask)"
+    )
+    if result.rejected:
+        line = rejects_summary(
+            result.id_column, result.rejected, result.first_rejects, result.reasons, result.rows, rejects_dir
+        )
+        print(line, file=sys.stderr)
+    if names is None:
+        print(
+            f"note: no segment names in {args.profile} for these {k} "
+            "segments (run dvc repro: evaluate writes them); segment_name left blank",
+            file=sys.stderr,
+        )
+    if result.outliers:
+        print(
+            f"note: {result.outliers} scored row(s) are outside preprocess.outliers (training left such rows out of "
+            "the fit)",
             file=sys.stderr,
         )
 
