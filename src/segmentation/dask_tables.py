@@ -11,7 +11,7 @@ written from the parts in order, one part at a time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,11 +188,6 @@ def take(client: Any, blocks: list[Any], rows: Sequence[int], idx: np.ndarray | 
     if isinstance(pieces[0], pd.DataFrame):
         return pd.concat(pieces, ignore_index=True)
     return np.concatenate(pieces)
-
-
-def map_blocks(client: Any, func: Callable, *blocks: list[Any], **kwargs) -> list[Any]:
-    """``func`` on each part (several tables' parts side by side), on the workers: futures of its results."""
-    return client.map(func, *blocks, pure=False, **kwargs)
 
 
 def sum_of(client: Any, results: list[Any]) -> Any:
