@@ -76,7 +76,7 @@ def _client(params: DaskParams) -> Iterator[Any]:
         try:
             yield client
         finally:
-            client.close(timeout=CLOSE_TIMEOUT_S)
+            _close(client)
         return
     memory = params.memory_limit if params.memory_limit == "auto" else parse_bytes(params.memory_limit)
     cluster = LocalCluster(
@@ -97,6 +97,14 @@ def _client(params: DaskParams) -> Iterator[Any]:
         try:
             yield client
         finally:
-            client.close(timeout=CLOSE_TIMEOUT_S)
+            _close(client)
     finally:
-        cluster.close(timeout=CLOSE_TIMEOUT_S)
+        _close(cluster)
+
+
+def _close(closable: Any) -> None:
+    """Close a client or a LocalCluster within :data:`CLOSE_TIMEOUT_S`; a failure to close never replaces the
+    stage's result or its one error line. (Seen at load ~10: after a ``KilledWorker`` the nanny was still restarting
+    the worker, and ``LocalCluster.close`` raised multiprocessing's "can only join a started process".)"""
+    with contextlib.suppress(Exception):
+        closable.close(timeout=CLOSE_TIMEOUT_S)
