@@ -124,6 +124,11 @@ def score_on_dask(
 ) -> DaskScores:
     """Score ``params.data.path`` on the cluster of ``client``; the scores (and rejects, if any) written into new
     folders beside ``output`` (removed on any failure), to be committed by the caller."""
+    if params.data.id_column is None:  # the scores' IDs would be numbered per partition, not over the whole input
+        raise UserError(
+            "params.yaml: preprocess.data.id_column: null: make score on Dask needs an ID column in the data (or "
+            "preprocess.engine: local)"
+        )
     source = params.data.path
     fmt, parts = dask_sources.partitions(params.data, parse_bytes(params.dask.blocksize))
     try:
