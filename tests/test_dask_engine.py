@@ -23,7 +23,7 @@ from segmentation.files import read_csv
 from segmentation.preprocess import input_columns, preprocess
 
 SMALL_BLOCKS = "8kB"  # the 428-row sample (~50 kB of the columns used... ~110 kB in all) in about 14 partitions
-TINY_BLOCKS = "4kB"  # the sample (a 42 kB file) in PARTS partitions
+TINY_BLOCKS = "4kB"  # the sample (a 42 kB file) in 11 partitions
 PROFILE = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())["evaluate"]["profile_columns"]
 
 
@@ -58,6 +58,16 @@ def test_engine_dask_takes_every_preprocess_setting(preprocess_params):
         assert PreprocessParams.model_validate({**base, "engine": "dask", **change}).engine == "dask"
     with pytest.raises(ValidationError, match="not a byte size"):
         PreprocessParams.model_validate({**base, "engine": "dask", "dask": {"blocksize": "lots"}})
+
+
+def test_make_score_on_dask_without_an_id_column_is_one_line(preprocess_params, tmp_path):
+    """Scores on Dask keep the data's IDs: with id_column null they would be numbered per partition, so `make score`
+    on Dask refuses it in one line before any cluster work (preprocess on Dask numbers them over the whole input)."""
+    from segmentation.dask_score import score_on_dask
+
+    params = dask_params(preprocess_params, id_column=None)
+    with pytest.raises(UserError, match=r"^params.yaml: preprocess.data.id_column: null: make score on Dask needs"):
+        score_on_dask(None, None, params, None, tmp_path / "scores.parquet")
 
 
 # -- on a LocalCluster ----------------------------------------------------------------------------------------------
@@ -151,7 +161,7 @@ SETTINGS = {  # each former gap of the Dask engine alone, then all of them toget
 def test_row_ids_medians_and_one_hot_columns_on_dask_are_the_local_engine_s(
     client, preprocess_params, tmp_path, setting
 ):
-    """On ~14 partitions (blank Incomes, Education blank on rows of several partitions): the generated row_id
+    """On 11 partitions (blank Incomes, Education blank on rows of several partitions): the generated row_id
     numbered across the partitions, the medians and the most frequent category over all kept rows, the one-hot
     columns in the local encoder's order, as the local engine gives them: the same counts and features exactly, the
     matrix to 1e-9; the saved transformer has the local one's statistics and categories and maps rows with blanks
@@ -189,6 +199,24 @@ def test_row_ids_medians_and_one_hot_columns_on_dask_are_the_local_engine_s(
     if "Education" in used:
         rows.loc[rows.index[0], "Education"] = "Unheard-of"
     np.testing.assert_allclose(result.transformer.transform(rows), local.transformer.transform(rows), rtol=0, atol=1e-9)
+
+
+@pytest.mark.dask
+def test_too_many_categories_over_the_whole_input_is_the_local_error(client, preprocess_params, tmp_path):
+    """A one-hot column with a few values in each partition but more than max_categories in all: the local engine's
+    line (the distinct values counted over every row read)."""
+
+    def rare_educations(rows):
+        for number in range(0, len(rows), 40):
+            fields = rows[number].split("\t")
+            fields[2] = f"Rare{number}"  # Education: one new value every 40 rows, at most 2 per partition
+            rows[number] = "\t".join(fields)
+
+    params = PreprocessParams.model_validate(
+        {**preprocess_params.model_dump(), "categorical": {**ONEHOT, "columns": ["Education"], "max_categories": 8}}
+    )
+    message = same_error(client, params, edited_sample(tmp_path, rare_educations), tmp_path)
+    assert "categorical column Education has 16 distinct values (more than" in message
 
 
 def as_written(frame: pd.DataFrame, path) -> pd.DataFrame:
