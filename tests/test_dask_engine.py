@@ -60,16 +60,6 @@ def test_engine_dask_takes_every_preprocess_setting(preprocess_params):
         PreprocessParams.model_validate({**base, "engine": "dask", "dask": {"blocksize": "lots"}})
 
 
-def test_make_score_on_dask_without_an_id_column_is_one_line(preprocess_params, tmp_path):
-    """Scores on Dask keep the data's IDs: with id_column null they would be numbered per partition, so `make score`
-    on Dask refuses it in one line before any cluster work (preprocess on Dask numbers them over the whole input)."""
-    from segmentation.dask_score import score_on_dask
-
-    params = dask_params(preprocess_params, id_column=None)
-    with pytest.raises(UserError, match=r"^params.yaml: preprocess.data.id_column: null: make score on Dask needs"):
-        score_on_dask(None, None, params, None, tmp_path / "scores.parquet")
-
-
 # -- on a LocalCluster ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client():
