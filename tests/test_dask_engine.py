@@ -23,6 +23,7 @@ from segmentation.files import read_csv
 from segmentation.preprocess import input_columns, preprocess
 
 SMALL_BLOCKS = "8kB"  # the 428-row sample (~50 kB of the columns used... ~110 kB in all) in about 14 partitions
+TINY_BLOCKS = "4kB"  # the sample (a 42 kB file) in 11 partitions
 PROFILE = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())["evaluate"]["profile_columns"]
 
 
@@ -43,19 +44,20 @@ def test_a_bad_byte_size_is_an_error(text):
         parse_bytes(text)
 
 
-def test_engine_dask_rejects_what_it_cannot_do_yet(preprocess_params):
-    """Each limit is a one-line params error naming the setting (DASK-STATUS.md lists them)."""
+def test_engine_dask_takes_every_preprocess_setting(preprocess_params):
+    """A generated row_id, median imputation and one-hot columns are params of the Dask engine too (they were one
+    params error each before it did them); a bad byte size is still one params error."""
     from pydantic import ValidationError
 
     base = preprocess_params.model_dump()
-    for change, words in [
-        ({"missing": "median"}, "missing: drop only"),
-        ({"data": {**base["data"], "id_column": None}}, "needs data.id_column"),
-        ({"categorical": {"columns": ["Education"], "encoding": "onehot"}}, "one-hot"),
-        ({"dask": {"blocksize": "lots"}}, "not a byte size"),
+    for change in [
+        {"missing": "median"},
+        {"data": {**base["data"], "id_column": None}},
+        {"categorical": {"columns": ["Education"], "encoding": "onehot"}},
     ]:
-        with pytest.raises(ValidationError, match=words):
-            PreprocessParams.model_validate({**base, "engine": "dask", **change})
+        assert PreprocessParams.model_validate({**base, "engine": "dask", **change}).engine == "dask"
+    with pytest.raises(ValidationError, match="not a byte size"):
+        PreprocessParams.model_validate({**base, "engine": "dask", "dask": {"blocksize": "lots"}})
 
 
 # -- on a LocalCluster ----------------------------------------------------------------------------------------------
@@ -125,6 +127,99 @@ def test_dask_engine_gives_the_local_engine_s_outputs(client, raw_full, preproce
     again = result.transformer.transform(local.features[preprocess_params.features])
     np.testing.assert_allclose(again, matrix.iloc[:, 1:].to_numpy(), rtol=0, atol=1e-12)
     assert type(result.transformer) is type(local.transformer)
+
+
+def blank_some_education(rows):
+    """Education blank on a few rows spread over the partitions: imputed (or the rows dropped) like a number."""
+    for number in (5, 120, 121, 260, 401):
+        fields = rows[number].split("\t")
+        fields[2] = ""  # Education
+        rows[number] = "\t".join(fields)
+
+
+ONEHOT = {"columns": ["Education", "Marital_Status"], "encoding": "onehot"}
+SETTINGS = {  # each former gap of the Dask engine alone, then all of them together
+    "row_id": ({}, {"id_column": None}),
+    "median": ({"missing": "median"}, {}),
+    "onehot": ({"categorical": ONEHOT}, {}),
+    "all": ({"missing": "median", "categorical": ONEHOT, "pca_components": 4}, {"id_column": None}),
+}
+
+
+@pytest.mark.dask
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_row_ids_medians_and_one_hot_columns_on_dask_are_the_local_engine_s(
+    client, preprocess_params, tmp_path, setting
+):
+    """On 11 partitions (blank Incomes, Education blank on rows of several partitions): the generated row_id
+    numbered across the partitions, the medians and the most frequent category over all kept rows, the one-hot
+    columns in the local encoder's order, as the local engine gives them: the same counts and features exactly, the
+    matrix to 1e-9; the saved transformer has the local one's statistics and categories and maps rows with blanks
+    (and unknown categories) as the local one does."""
+    from segmentation.dask_engine import _parts
+    from segmentation.data import load_csv
+
+    changes, data_changes = SETTINGS[setting]
+    path = edited_sample(tmp_path, blank_some_education)
+    base = preprocess_params.model_dump()
+    params = PreprocessParams.model_validate(
+        {**base, **changes, "data": {**base["data"], "path": path, **data_changes}}
+    )
+    raw = load_csv(params.data)
+    local = preprocess(raw, params, path, profile_columns=PROFILE)
+    result, features, matrix = on_dask(client, dask_params(params, TINY_BLOCKS), tmp_path)
+    assert result.partitions > 10
+    assert result.metrics == local.metrics
+    # as the next stages read them: the local engine's tables written as the stage writes them (text columns come
+    # back as strings from Parquet)
+    pd.testing.assert_frame_equal(features, as_written(local.features, tmp_path / "local_features.parquet"))
+    assert list(matrix.columns) == list(local.matrix.columns)
+    id_col = local.matrix.columns[0]
+    assert matrix[id_col].equals(local.matrix[id_col])
+    np.testing.assert_allclose(matrix.iloc[:, 1:], local.matrix.iloc[:, 1:], rtol=0, atol=1e-9)
+
+    for ours, theirs in zip(_parts(result.transformer, params), _parts(local.transformer, params), strict=True):
+        steps = getattr(ours, "named_steps", {})  # None or "passthrough": nothing fitted
+        for name, fitted in (("impute", "statistics_"), ("onehot", "categories_")):
+            if name in steps:
+                assert _plain(getattr(steps[name], fitted)) == _plain(getattr(theirs.named_steps[name], fitted))
+    assert list(result.transformer.get_feature_names_out()) == list(local.transformer.get_feature_names_out())
+    used = [*params.features, *(params.categorical.columns if params.categorical.encoding == "onehot" else [])]
+    rows = local.features[used].head(60).copy()  # blanks included (missing: median), and an unknown category
+    if "Education" in used:
+        rows.loc[rows.index[0], "Education"] = "Unheard-of"
+    np.testing.assert_allclose(result.transformer.transform(rows), local.transformer.transform(rows), rtol=0, atol=1e-9)
+
+
+@pytest.mark.dask
+def test_too_many_categories_over_the_whole_input_is_the_local_error(client, preprocess_params, tmp_path):
+    """A one-hot column with a few values in each partition but more than max_categories in all: the local engine's
+    line (the distinct values counted over every row read)."""
+
+    def rare_educations(rows):
+        for number in range(0, len(rows), 40):
+            fields = rows[number].split("\t")
+            fields[2] = f"Rare{number}"  # Education: one new value every 40 rows, at most 2 per partition
+            rows[number] = "\t".join(fields)
+
+    params = PreprocessParams.model_validate(
+        {**preprocess_params.model_dump(), "categorical": {**ONEHOT, "columns": ["Education"], "max_categories": 8}}
+    )
+    message = same_error(client, params, edited_sample(tmp_path, rare_educations), tmp_path)
+    assert "categorical column Education has 16 distinct values (more than" in message
+
+
+def as_written(frame: pd.DataFrame, path) -> pd.DataFrame:
+    """``frame`` as a stage writes it (Parquet) and the next one reads it back."""
+    from segmentation.files import write_parquet
+
+    write_parquet(path, frame)
+    return read_csv(path)
+
+
+def _plain(fitted):
+    """A fitted statistic (an array, or a list of arrays) as plain Python values, compared exactly."""
+    return [a.tolist() for a in fitted] if isinstance(fitted, list) else fitted.tolist()
 
 
 @pytest.mark.dask

@@ -453,6 +453,28 @@ def test_scoring_on_dask_gives_local_scoring_s_ids_segments_and_rejects(
 
 
 @pytest.mark.dask
+def test_scoring_on_dask_without_an_id_column_numbers_rows_as_local_scoring(
+    client, segmenter, raw_full, preprocess_params, tmp_path
+):
+    """id_column null: the scores' and the rejects' row_id, numbered per partition and shifted by the rows read
+    before it, are local scoring's (1 = the file's first data row), and so are the first rejected IDs shown."""
+    from segmentation.dask_score import score_on_dask
+
+    params = preprocess_params.model_copy(
+        update={"data": preprocess_params.data.model_copy(update={"id_column": None})}
+    )
+    names = {k: f"segment {k}" for k in range(10)}
+    scored, rejects, outliers = local_scores(raw_full, segmenter, params, names)
+    assert len(rejects) and scored.columns[0] == "row_id"
+    result = score_on_dask(client, segmenter, dask_params(params), names, tmp_path / "s.parquet")
+    assert result.partitions > 5
+    pd.testing.assert_frame_equal(read_csv(result.scored_dir), scored, check_dtype=False)
+    pd.testing.assert_frame_equal(read_csv(result.rejects_dir), rejects, check_dtype=False)
+    assert (result.rows, result.scored, result.outliers) == (len(raw_full), len(scored), outliers)
+    assert result.first_rejects == rejects["row_id"].head(10).tolist()
+
+
+@pytest.mark.dask
 def test_make_score_on_dask_writes_parquet_and_stops_on_bad_input_with_one_line(
     segmenter, raw_full, preprocess_params, tmp_path
 ):

@@ -194,23 +194,13 @@ class PreprocessParams(_Params):
         width = len(self.features) + (len(self.categorical.columns) if self.categorical.encoding == "onehot" else 0)
         if self.pca_components is not None and self.pca_components > width:
             raise ValueError(f"pca_components ({self.pca_components}) exceeds the number of features ({width})")
-        if self.engine == "dask":
-            self._dask_supported()
-        elif _beyond_local(self.data.path, self.data.format) or self.data.files is not None:
+        # Engine dask takes every preprocess setting (DASK-STATUS.md); local reads one local CSV file only.
+        if self.engine == "local" and (_beyond_local(self.data.path, self.data.format) or self.data.files is not None):
             raise ValueError(
                 f"data.path {self.data.path}: engine 'local' reads one local CSV file; a folder, a glob, Parquet or "
                 "S3 storage needs engine: dask"
             )
         return self
-
-    def _dask_supported(self) -> None:
-        """What the Dask engine does not do yet (DASK-STATUS.md): each is one line naming the setting."""
-        if self.data.id_column is None:
-            raise ValueError("engine 'dask' needs data.id_column (the generated row_id needs global row numbers)")
-        if self.missing != "drop":
-            raise ValueError("engine 'dask' supports missing: drop only (a distributed median is not exact)")
-        if self.categorical.columns and self.categorical.encoding == "onehot":
-            raise ValueError("engine 'dask' does not one-hot encode yet: categorical.encoding: drop, or engine local")
 
 
 class AlgorithmParams(_Params):

@@ -4,10 +4,13 @@ The same pure functions as the local engine do the work: each partition of the r
 a line ends, with the header) is parsed by pandas and goes through :func:`segmentation.preprocess.select_rows`
 (checks, recipe, missing and outlier filters) on a worker. What only the whole table can tell is then checked from
 the partitions' summaries (row counts summed exactly, blank columns, too few rows) or with Dask (unique IDs, by a
-distributed ``value_counts``). dask-ml fits the scaler and the PCA; their fitted statistics are put into the
-ordinary scikit-learn transformer that the local engine fits (``models/preprocessor.joblib``: the segmenter and
-``make score`` transform pandas rows with it), and the workers compute the model matrix with that transformer. The
-features and the matrix are written as partitioned Parquet: a folder at the output's path, one part per partition.
+distributed ``value_counts``). A generated ``row_id`` (``id_column: null``) is numbered within each partition, then
+shifted by the rows read in the partitions before it. The medians (``missing: median``) come from Dask sorts, the
+one-hot columns' categories from a distributed ``value_counts``; dask-ml fits the scaler and the PCA; all these
+statistics are put into the ordinary scikit-learn transformer that the local engine fits
+(``models/preprocessor.joblib``: the segmenter and ``make score`` transform pandas rows with it), and the workers
+compute the model matrix with that transformer. The features and the matrix are written as partitioned Parquet: a
+folder at the output's path, one part per partition.
 
 The cluster is the one at ``DASK_SCHEDULER_ADDRESS`` or, when it is unset, a ``LocalCluster`` of worker processes
 listening on 127.0.0.1 only, started for the stage and stopped after it (:mod:`segmentation.dask_cluster`, shared
@@ -27,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from segmentation import dask_sources, data, features
-from segmentation.config import DataParams, PreprocessParams, parse_bytes
+from segmentation.config import ROW_ID_COLUMN, DataParams, PreprocessParams, parse_bytes
 from segmentation.dask_cluster import SCHEDULER_ENV as SCHEDULER_ENV  # re-exported: the engine's public names
 from segmentation.dask_cluster import dask_client as dask_client
 from segmentation.errors import UserError
@@ -36,6 +39,7 @@ from segmentation.preprocess import (
     build_transformer,
     matrix_names,
     model_columns,
+    onehot_columns,
     output_table,
     require_enough_rows,
     require_values,
@@ -135,9 +139,13 @@ class PartSummary:
     dtypes: dict[str, str]  # the kept table's column types (reconciled across partitions before writing)
     id_dtype: str  # the raw ID column's type
     present: dict[str, int]  # model column -> non-blank values among the kept rows
-    low: dict[str, float]  # model column -> smallest kept value (NaN when none)
-    high: dict[str, float]
+    low: dict[str, Any]  # model column -> smallest kept value (a float or a one-hot column's text; None when none)
+    high: dict[str, Any]
     square_sums: dict[str, float]  # feature -> sum of squared kept values (inf: too large to compute with)
+    rows_read: int  # the partition's raw rows: the generated row_id of the next partition's rows starts after them
+    # one-hot column -> its distinct values on the rows read (before any filter, as the local engine's limit counts
+    # them); at most max_categories each, checked per partition
+    categories: dict[str, list[Any]]
 
 
 def prepare_block(
@@ -169,9 +177,10 @@ def _prepare(
     raw: pd.DataFrame, params: PreprocessParams, profile_columns: list[str], source: str
 ) -> tuple[pd.DataFrame, pd.Series, PartSummary]:
     lines = LineLocator()  # row label + 2 = the line (header on line 1)
-    id_col = params.data.id_column  # the Dask engine requires one (config)
-    data.identify_rows(raw, id_col, source, lines)  # present, no blanks, unique within the partition
-    rows = select_rows(raw, params, id_col, source, lines, profile_columns)
+    # The data's ID (present, no blanks, unique within the partition) or a row_id numbered 1.. within the partition:
+    # the driver shifts it by the rows of the partitions before (number_rows) once every partition has been read.
+    raw, id_col = data.identify_rows(raw, params.data.id_column, source, lines)
+    rows = select_rows(raw, params, id_col, source, lines, profile_columns, distinct=True)
     table = rows.table
     used = model_columns(params)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -183,11 +192,22 @@ def _prepare(
         dtypes={c: str(t) for c, t in table.dtypes.items()},
         id_dtype=str(raw[id_col].dtype),
         present={c: int(table[c].notna().sum()) for c in used},
-        low={c: float(table[c].min()) if len(table) else np.nan for c in used},
-        high={c: float(table[c].max()) if len(table) else np.nan for c in used},
+        low={c: _extreme(table[c], "min") for c in used},
+        high={c: _extreme(table[c], "max") for c in used},
         square_sums=squares,
+        rows_read=len(raw),
+        categories=rows.categories,
     )
     return table, raw[id_col], summary
+
+
+def _extreme(column: pd.Series, which: str) -> Any:
+    """The smallest or largest present value of ``column`` (a number as float, text as is), None when none."""
+    present = column.dropna()
+    if present.empty:
+        return None
+    value = getattr(present, which)()
+    return float(value) if pd.api.types.is_numeric_dtype(present) else value
 
 
 def reconcile(table: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
@@ -305,13 +325,20 @@ def _preprocess_blocks(
     )  # fmt: skip
     summaries: list[PartSummary] = client.gather(client.map(_third, parts))
     metrics = {key: sum(s.metrics[key] for s in summaries) for key in summaries[0].metrics}
-    id_col = params.data.id_column
-    id_dtype = next((s.id_dtype for s in summaries if s.metrics["rows_in"]), summaries[0].id_dtype)
-    require_unique_ids(client, client.map(_second, parts), blocks, id_col, id_dtype, source)
+    id_col = params.data.id_column or ROW_ID_COLUMN
+    if params.data.id_column is not None:  # a generated row_id is unique by construction
+        id_dtype = next((s.id_dtype for s in summaries if s.metrics["rows_in"]), summaries[0].id_dtype)
+        require_unique_ids(client, client.map(_second, parts), blocks, id_col, id_dtype, source)
+    require_few_categories(summaries, params, source)
     check_whole(summaries, metrics, params, source)
 
     used = model_columns(params)
     tables = client.map(reconcile, client.map(_first, parts), dtypes=common_dtypes(summaries))
+    if params.data.id_column is None:
+        # The local engine numbers the rows read 1..n over the whole input; each partition numbered its own 1..:
+        # shifted by the rows read in the partitions before it (a cumulative sum of their counts).
+        offsets = np.cumsum([0, *(s.rows_read for s in summaries[:-1])]).tolist()
+        tables = client.map(number_rows, tables, offsets)
     outputs = client.map(output_table, tables, params=params, id_col=id_col, profiled=summaries[0].profiled)
     transformer = fit_transformer(client, outputs, [s.metrics["rows_out"] for s in summaries], params)
     names = matrix_names(params, transformer)
@@ -343,10 +370,25 @@ def check_whole(summaries: list[PartSummary], metrics: dict[str, int], params: P
         empty = [c for c in used if sum(s.present[c] for s in summaries) == 0]
         require_values(used, empty, metrics["rows_out"], params, source, after=" left after dropping outliers")
     require_computable_sums(summaries, params.features, source)
-    low = {c: np.nanmin([s.low[c] for s in summaries]) for c in used}
-    high = {c: np.nanmax([s.high[c] for s in summaries]) for c in used}
+    low = {c: min((s.low[c] for s in summaries if s.low[c] is not None), default=None) for c in used}
+    high = {c: max((s.high[c] for s in summaries if s.high[c] is not None), default=None) for c in used}
     if all(low[c] == high[c] for c in used):
         raise UserError(single_value_message(used, metrics["rows_out"], source))
+
+
+def number_rows(table: pd.DataFrame, offset: int) -> pd.DataFrame:
+    """``table`` with its generated ``row_id`` (1.. within its partition) shifted by ``offset`` rows."""
+    return table.assign(**{ROW_ID_COLUMN: table[ROW_ID_COLUMN] + offset})
+
+
+def require_few_categories(summaries: list[PartSummary], params: PreprocessParams, source: str) -> None:
+    """As the local engine, fail when a one-hot column has more than ``max_categories`` distinct values on the rows
+    read: each partition checked its own, here the union of theirs (each at most ``max_categories`` values)."""
+    for column in onehot_columns(params):
+        union = list(dict.fromkeys(v for s in summaries for v in s.categories[column]))
+        data.require_few_categories(
+            pd.DataFrame({column: pd.Series(union, dtype=object)}), [column], params.categorical.max_categories, source
+        )
 
 
 def _first(part):
@@ -385,7 +427,9 @@ def _positions(ids: pd.Series, value: Any) -> list[int]:
     return [int(p) for p in np.flatnonzero((ids == value).to_numpy())]
 
 
-def _values(table: pd.DataFrame, columns: list[str]) -> np.ndarray:
+def _values(table: pd.DataFrame, columns: list[str], imputer: Any = None) -> np.ndarray:
+    if imputer is not None:  # the fitted SimpleImputer: blanks replaced by the medians, as in the transformer
+        return np.asarray(imputer.transform(table[columns]), dtype="float64")
     return table[columns].to_numpy(dtype="float64")
 
 
@@ -402,48 +446,62 @@ def require_computable_sums(summaries: list[PartSummary], columns: list[str], so
 
 
 def fit_transformer(client: Any, tables: list[Any], sizes: list[int], params: PreprocessParams):
-    """The local engine's scikit-learn transformer (:func:`build_transformer`), its statistics fitted by dask-ml
-    on all kept rows: ``StandardScaler`` (mean, variance) and ``PCA`` (exact SVD by tall-skinny QR).
+    """The local engine's scikit-learn transformer (:func:`build_transformer`), its statistics computed on all kept
+    rows: the medians (``missing: median``, :func:`exact_medians`), the one-hot columns' categories and most frequent
+    values (:func:`category_counts`), then by dask-ml ``StandardScaler`` (mean, variance) and ``PCA`` (exact SVD by
+    tall-skinny QR).
 
-    The transformer is first fitted on a few partitions' rows for its structure (column names, shapes), then given
-    dask-ml's statistics; PCA's component signs follow scikit-learn's rule (each component's largest coefficient
+    The transformer is first fitted on a few partitions' rows for its structure (column names, shapes; every
+    category put in, so the encoder finds the whole input's categories in its own order), then given the whole
+    input's statistics; PCA's component signs follow scikit-learn's rule (each component's largest coefficient
     positive), so the matrix matches the local engine's up to rounding.
     """
-    import dask
-    import dask.array as da
-
-    used = model_columns(params)
+    used, onehot = model_columns(params), onehot_columns(params)
     nonempty = [(t, n) for t, n in zip(tables, sizes, strict=True) if n]
+    futures = [t for t, _ in nonempty]
+    medians = exact_medians(client, futures, list(params.features)) if params.missing == "median" else None
+    counts = category_counts(client, futures, onehot)
+    categories = {c: sorted(counts[c].index) for c in onehot}  # OneHotEncoder's order: sorted(set(values))
+
+    # enough rows for the PCA's shapes and for every category of each one-hot column
+    needed = max([params.pca_components or 1, *(len(v) for v in categories.values())])
     first, rows = 0, 0
-    while first < len(nonempty) and rows <= (params.pca_components or 1):  # enough rows for the PCA's shapes
+    while first < len(nonempty) and rows <= needed:
         rows += nonempty[first][1]
         first += 1
-    head = pd.concat(client.gather([t for t, _ in nonempty[:first]]))
+    head = pd.concat(client.gather(futures[:first]))[used]
+    if medians is not None:  # no column blank in the structure's rows: the imputer would drop it from the shapes
+        head = head.fillna(dict(zip(params.features, medians, strict=True)))
+    head = head.assign(**{c: [v[i % len(v)] for i in range(len(head))] for c, v in categories.items()})
     transformer = build_transformer(params)
-    transformer.fit(head[used])
+    transformer.fit(head)
+    numeric, categorical = _parts(transformer, params)
+    if medians is not None:
+        numeric.named_steps["impute"].statistics_ = np.asarray(medians, dtype="float64")
+        if onehot:
+            categorical.named_steps["impute"].statistics_ = np.array(
+                [most_frequent(counts[c]) for c in onehot], dtype=object
+            )
 
     # The model columns as one dask array, a block per partition (a dask DataFrame made from futures loses them on
-    # the way to an array in dask 2026.8: "lost dependencies").
-    values = client.map(_values, [t for t, _ in nonempty], columns=used)
-    x = da.concatenate(
-        [
-            da.from_delayed(dask.delayed(v), shape=(n, len(used)), dtype="float64")
-            for v, (_, n) in zip(values, nonempty, strict=True)
-        ]
-    )
-    # tall-and-skinny QR wants tall row blocks: the largest partition's height (at least the matrix's width)
-    x = x.rechunk({0: max(max(n for _, n in nonempty), len(used)), 1: -1})
+    # the way to an array in dask 2026.8: "lost dependencies"). Blanks imputed by the fitted imputer.
+    imputer = numeric.named_steps["impute"] if medians is not None else None
+    values = client.map(_values, futures, columns=list(params.features), imputer=imputer)
+    x = _dask_array(values, [n for _, n in nonempty], len(params.features))
     if params.scale:
         from dask_ml.preprocessing import StandardScaler
 
         scaler = StandardScaler().fit(x)
-        step = transformer.named_steps["scale"]
+        step = numeric.named_steps["scale"]
         step.mean_, step.var_, step.scale_ = (np.asarray(a) for a in (scaler.mean_, scaler.var_, scaler.scale_))
         step.n_samples_seen_ = int(x.shape[0])
         x = (x - step.mean_) / step.scale_
     if params.pca_components is not None:
         from dask_ml.decomposition import PCA
 
+        if onehot:  # the PCA's input: the scaled numbers beside the 0/1 columns, by the transformer fitted so far
+            inputs = client.map(_before_pca, futures, transformer=transformer[:-1], columns=used)
+            x = _dask_array(inputs, [n for _, n in nonempty], transformer.named_steps["pca"].n_features_in_)
         pca = PCA(n_components=params.pca_components, svd_solver="tsqr").fit(x)
         step = transformer.named_steps["pca"]
         components = np.asarray(pca.components_)
@@ -454,3 +512,84 @@ def fit_transformer(client: Any, tables: list[Any], sizes: list[int], params: Pr
         step.noise_variance_ = float(np.asarray(pca.noise_variance_))
         step.n_samples_ = int(x.shape[0])
     return transformer
+
+
+def _parts(transformer: Any, params: PreprocessParams) -> tuple[Any, Any]:
+    """The steps of :func:`build_transformer`'s pipeline on the numeric features (a pipeline with ``impute`` and
+    ``scale`` as configured) and on the one-hot columns (``impute``, ``onehot``; None without them)."""
+    if not onehot_columns(params):
+        return transformer, None
+    columns = transformer.named_steps["columns"]
+    return columns.named_transformers_["numeric"], columns.named_transformers_["categorical"]
+
+
+def _dask_array(blocks: list[Any], heights: list[int], width: int):
+    """One dask array of the partitions' arrays (futures), in row blocks tall enough for tall-and-skinny QR."""
+    import dask
+    import dask.array as da
+
+    x = da.concatenate(
+        [
+            da.from_delayed(dask.delayed(b), shape=(n, width), dtype="float64")
+            for b, n in zip(blocks, heights, strict=True)
+        ]
+    )
+    # tall-and-skinny QR wants tall row blocks: the largest partition's height (at least the matrix's width)
+    return x.rechunk({0: max(max(heights), width), 1: -1})
+
+
+def _before_pca(table: pd.DataFrame, transformer: Any, columns: list[str]) -> np.ndarray:
+    return np.asarray(transformer.transform(table[columns]), dtype="float64")
+
+
+def _column(table: pd.DataFrame, column: str) -> pd.Series:
+    return table[column]
+
+
+def column_series(client: Any, tables: list[Any], column: str, dtype: str):
+    """Column ``column`` of the partitions' kept rows (futures) as a Dask Series."""
+    import dask.dataframe as dd
+
+    meta = pd.Series(name=column, dtype=dtype)
+    return dd.from_delayed(client.map(_column, tables, column=column), meta=meta, verify_meta=False)
+
+
+def exact_medians(client: Any, tables: list[Any], columns: list[str]) -> list[float]:
+    """Each column's median over the kept rows, blanks skipped, as scikit-learn's ``SimpleImputer(strategy=
+    "median")`` computes it on the whole table (the local engine fits it after the outlier filter, on these rows).
+
+    Exact, and no value goes to the driver but the middle ones: each column's present values are sorted by Dask
+    (``sort_values``: divisions from sampled quantiles, then a shuffle across the workers; the columns' sorts run
+    together), then its one or two middle values are fetched by their global position (the sorted partitions'
+    lengths added up). One sort per column: a sort by (column, value) would partition by the column alone, each
+    column's values in one partition. Dask's ``quantile`` is approximate; ``value_counts`` would be exact but bring
+    every distinct value to the driver, up to one per row for a continuous column such as an income.
+    """
+    ordered = [column_series(client, tables, c, "float64").dropna().to_frame().sort_values(c)[c] for c in columns]
+    ordered = client.persist(ordered)  # read twice: the partitions' lengths, then the middle values
+    lengths = client.gather(client.compute([s.map_partitions(len) for s in ordered]))
+    picks = []
+    for series, counts in zip(ordered, lengths, strict=True):
+        starts = np.cumsum([0, *counts.tolist()])
+        n = int(starts[-1])
+        for position in ((n - 1) // 2, n // 2):  # the same position twice for an odd count
+            part = int(np.searchsorted(starts, position, side="right")) - 1
+            picks.append((series.partitions[part], position - int(starts[part])))
+    parts = client.gather(client.compute([p for p, _ in picks]))
+    middle = np.array([part.iloc[i] for part, (_, i) in zip(parts, picks, strict=True)], dtype="float64")
+    # scikit-learn's own arithmetic (np.ma.median of the column): the two middle values summed, then halved (an odd
+    # count: the middle value twice); the same call on the two gives the same float.
+    return np.ma.getdata(np.ma.median(middle.reshape(len(columns), 2).T, axis=0)).tolist()
+
+
+def category_counts(client: Any, tables: list[Any], columns: list[str]) -> dict[str, pd.Series]:
+    """Each one-hot column's values on the kept rows and their counts, blanks left out: Dask's ``value_counts``
+    over all partitions (exact; at most ``max_categories`` values per column, checked before)."""
+    counts = [column_series(client, tables, c, "object").dropna().value_counts() for c in columns]
+    return dict(zip(columns, client.gather(client.compute(counts)), strict=True))
+
+
+def most_frequent(counts: pd.Series) -> Any:
+    """scikit-learn's ``SimpleImputer(strategy="most_frequent")`` on text: the most frequent value, the smallest
+    of those tied."""
+    return min(v for v, n in counts.items() if n == counts.max())

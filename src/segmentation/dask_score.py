@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from segmentation import dask_sources, score
-from segmentation.config import DataParams, PreprocessParams, parse_bytes
+from segmentation.config import ROW_ID_COLUMN, DataParams, PreprocessParams, parse_bytes
 from segmentation.errors import UserError
 from segmentation.files import PARQUET, temp_dir_beside
 
@@ -86,7 +87,8 @@ def score_part(
     from segmentation.dask_engine import rows_before
 
     raw = _read(part, params.data)
-    id_col = params.data.id_column
+    # id_column null: score.score numbers the partition's rows 1..; _score_parts shifts them by the rows before it
+    id_col = params.data.id_column or ROW_ID_COLUMN
     if raw.empty:  # a block in which no line starts
         empty = pd.DataFrame({id_col: pd.Series(dtype="int64")})
         return empty, empty, raw.get(id_col, pd.Series(dtype="int64")), PartScores(0, 0, 0, {}, [], "int64")
@@ -103,9 +105,9 @@ def score_part(
         outliers=outliers,
         reasons={str(k): int(v) for k, v in reasons.items()},
         first_rejects=rejects[id_col].head(score.SHOWN_IDS).tolist(),
-        id_dtype=str(raw[id_col].dtype),
+        id_dtype=str(raw[id_col].dtype) if id_col in raw else "int64",
     )
-    return score.with_names(scored, names), rejects, raw[id_col], summary
+    return score.with_names(scored, names), rejects, raw.get(id_col, pd.Series(dtype="int64")), summary
 
 
 def _write(part: tuple, which: int, folder: str, number: int) -> int:
@@ -113,6 +115,13 @@ def _write(part: tuple, which: int, folder: str, number: int) -> int:
 
     table = part[which]
     return write_part(table, folder, number) if len(table) else 0
+
+
+def _number_rows(part: tuple, offset: int) -> tuple:
+    """A scored partition with its generated ``row_id`` (in the scores and the rejects) shifted by ``offset``."""
+    scored, rejects, *rest = part
+    shift = {ROW_ID_COLUMN: lambda t: t[ROW_ID_COLUMN] + offset}
+    return (scored.assign(**shift), rejects.assign(**shift), *rest)
 
 
 def _item(part: tuple, which: int) -> Any:
@@ -149,9 +158,14 @@ def _score_parts(
 
     futures = client.map(score_part, parts, segmenter=segmenter, params=params, names=names, source=source, pure=False)
     summaries: list[PartScores] = client.gather(client.map(_item, futures, which=3))
-    id_col = params.data.id_column
-    id_dtype = next((s.id_dtype for s in summaries if s.rows), "int64")
-    require_unique_ids(client, client.map(_item, futures, which=2), parts, id_col, id_dtype, source)
+    id_col = params.data.id_column or ROW_ID_COLUMN
+    offsets = [0] * len(parts)
+    if params.data.id_column is not None:
+        id_dtype = next((s.id_dtype for s in summaries if s.rows), "int64")
+        require_unique_ids(client, client.map(_item, futures, which=2), parts, id_col, id_dtype, source)
+    else:  # local scoring numbers the rows read 1..n over the file: each partition shifted by the rows before it
+        offsets = np.cumsum([0, *(s.rows for s in summaries[:-1])]).tolist()
+        futures = client.map(_number_rows, futures, offsets)
 
     numbers = list(range(len(parts)))
     rejected = sum(sum(s.reasons.values()) for s in summaries)
@@ -173,7 +187,7 @@ def _score_parts(
     for s in summaries:
         for reason, count in s.reasons.items():
             reasons[reason] = reasons.get(reason, 0) + count
-    first = [i for s in summaries for i in s.first_rejects][: score.SHOWN_IDS]
+    first = [i + o for s, o in zip(summaries, offsets, strict=True) for i in s.first_rejects][: score.SHOWN_IDS]
     return DaskScores(
         scored_dir=scored_dir,
         rejects_dir=reject_folder,

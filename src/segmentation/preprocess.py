@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,9 @@ class Rows:
     blank: list[str]  # the model columns blank on every row read, before any row was dropped
     profiled: list[str]  # the passed-through profile columns (evaluate.profile_columns), in output order
     derived: list[str]  # the columns the recipe computed (named as such in messages)
+    # With ``distinct``: each one-hot column's distinct values on the rows read (the Dask engine checks
+    # ``max_categories`` on their union over the partitions, as the local engine checks the whole column).
+    categories: dict[str, list[Any]] = field(default_factory=dict)
 
 
 def select_rows(
@@ -120,6 +123,7 @@ def select_rows(
     source: str,
     lines: LineLocator,
     profile_columns: list[str] | None = None,
+    distinct: bool = False,
 ) -> Rows:
     """The row-wise part of preprocess: check the raw rows, derive the recipe's columns, keep the columns that
     matter and drop the rows with blanks (``missing: drop``) or outside the ``outliers`` bounds.
@@ -127,7 +131,8 @@ def select_rows(
     Pure and row by row but for three checks that hold for each part as for the whole (the columns exist, a one-hot
     column has at most ``max_categories`` values, a profile pattern matches a column): the Dask engine applies it to
     each partition, the local engine to the whole table. What only the whole table can tell (unique IDs, a column
-    blank everywhere, too few rows) is checked by the caller.
+    blank everywhere, too few rows) is checked by the caller. With ``distinct``, the one-hot columns' distinct values
+    on the rows read come back too (the Dask engine's whole-input ``max_categories`` check).
     """
     df = raw
     derived: list[str] = []
@@ -147,6 +152,7 @@ def select_rows(
     data.require_numeric(df, [*params.features, *params.outliers], source, lines)
     data.require_finite(df, [*params.features, *params.outliers], source, lines, derived=derived)
     data.require_few_categories(df, onehot, params.categorical.max_categories, source)
+    categories = {c: df[c].dropna().unique().tolist() for c in onehot} if distinct else {}
     profiled = data.expand_columns(profile_columns or [], df.columns, "evaluate.profile_columns", source)
     extra = [c for c in profiled if c not in {id_col, *params.features, *categorical}]
     # From here on only the columns that matter: no copy of the whole raw table.
@@ -176,7 +182,7 @@ def select_rows(
     if not kept.all():
         df = df[kept]
     metrics["rows_out"] = len(df)
-    return Rows(table=df, metrics=metrics, blank=blank, profiled=extra, derived=derived)
+    return Rows(table=df, metrics=metrics, blank=blank, profiled=extra, derived=derived, categories=categories)
 
 
 def preprocess(
