@@ -109,6 +109,13 @@ def test_the_workers_write_the_tables_to_the_store_and_read_them_back_through_ma
     assert message.startswith(f"{features}: remote://origin/{key} changed since the manifest was written"), message
     assert message.endswith("rebuild it: dvc repro -f -s preprocess")
 
+    s3.project(tmp_path / "project", secret="wrong")  # the DVC remote's key revoked: reading is one line too
+    with pytest.raises(UserError) as found:
+        dask_tables.load(client, matrix, stage="preprocess")
+    message = str(found.value)
+    assert message.startswith(f"{matrix}: remote://origin/tables/") and "access denied" in message, message
+    assert "\n" not in message
+
 
 def test_a_store_the_workers_cannot_write_is_one_line_and_leaves_nothing(
     client, s3, preprocess_params, tmp_path, monkeypatch

@@ -98,10 +98,14 @@ def _etag(info: dict[str, Any]) -> str:
     return str(info.get("ETag") or info.get("etag") or "").strip('"')
 
 
-def _storage_error(exc: BaseException, shown: str) -> UserError:
-    source = dask_sources.Source(shown, shown, remote=shown.removeprefix(dask_sources.REMOTE_SCHEME).split("/")[0]
-                                 if shown.startswith(dask_sources.REMOTE_SCHEME) else None)  # fmt: skip
-    return UserError(f"{TABLES_PARAM}: {shown}: {dask_sources.describe(exc, source)}")
+def _storage_error(exc: BaseException, shown: str, named: str = TABLES_PARAM) -> UserError:
+    """The one-line error for a failure of the storage at ``shown``; ``named``: what the message starts with (the
+    param when writing, the manifest when reading)."""
+    scheme = dask_sources.REMOTE_SCHEME
+    remote = shown.removeprefix(scheme).split("/", 1)[0] if shown.startswith(scheme) else None
+    return UserError(
+        f"{named}: {shown}: {dask_sources.describe(exc, dask_sources.Source(shown, shown, remote=remote))}"
+    )
 
 
 def manifest_text(where: Destination, parts: list[dict[str, Any]], schema: pd.DataFrame) -> str:
@@ -204,7 +208,7 @@ def read_remote_part(part: RemotePart) -> pd.DataFrame:
         raise
     except Exception as exc:
         if dask_sources.storage_failure(exc):
-            raise _storage_error(exc, part.shown) from None
+            raise _storage_error(exc, part.shown, part.manifest) from None
         raise
     if hashlib.md5(body).hexdigest() != part.md5:
         raise UserError(f"{part.manifest}: {part.shown} changed since the manifest was written (md5); {rebuild}")
