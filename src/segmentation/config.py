@@ -117,6 +117,10 @@ def parse_bytes(value: int | float | str) -> int:
     return size
 
 
+# preprocess.dask.tables: where large tables may live (dask_sources reads the same two forms).
+TABLE_SCHEMES = ("s3://", "remote://")
+
+
 class DaskParams(_Params):
     """``preprocess.dask``: the Dask engine's knobs (read only with ``engine: dask``).
 
@@ -134,6 +138,24 @@ class DaskParams(_Params):
     # machine's memory shared among the workers) or a size such as "2GiB".
     memory_limit: str | int = "auto"
     connect_timeout: float = Field(default=30, gt=0)  # seconds to reach the scheduler at DASK_SCHEDULER_ADDRESS
+    # Where the workers write the features and the matrix: null, Parquet folders at the dvc.yaml paths (a file system
+    # shared with the stage's machine); s3://bucket/prefix or remote://<dvc remote>/prefix, parts on object storage
+    # under a run-unique sub-prefix and a manifest (URLs, sizes, ETags, md5s) at the dvc.yaml paths
+    # (segmentation.dask_store: DVC 3 has no external outputs).
+    tables: str | None = None
+
+    @field_validator("tables")
+    @classmethod
+    def _tables(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        scheme = next((s for s in TABLE_SCHEMES if value.startswith(s)), None)
+        location, _, prefix = value.removeprefix(scheme or "").partition("/")
+        if scheme is None or not location or not prefix.strip("/"):
+            raise ValueError(f"{value!r}: expected s3://<bucket>/<prefix>, remote://<dvc remote>/<prefix> or null")
+        if any(c in value for c in "*?["):
+            raise ValueError(f"{value!r}: a prefix, not a glob")
+        return value
 
     @field_validator("blocksize")
     @classmethod

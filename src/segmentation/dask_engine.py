@@ -22,17 +22,19 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from segmentation import dask_sources, data, features
+from segmentation import dask_sources, dask_store, data, features
 from segmentation.config import ROW_ID_COLUMN, DataParams, PreprocessParams, parse_bytes
 from segmentation.dask_cluster import SCHEDULER_ENV as SCHEDULER_ENV  # re-exported: the engine's public names
 from segmentation.dask_cluster import dask_client as dask_client
+from segmentation.dask_sources import Block as Block  # re-exported: the engine's public names
+from segmentation.dask_store import PART_NAME as PART_NAME  # re-exported: make score's parts are named alike
 from segmentation.errors import UserError
 from segmentation.files import PARQUET, LineLocator, plain, temp_dir_beside, write_parquet
 from segmentation.preprocess import (
@@ -47,28 +49,10 @@ from segmentation.preprocess import (
     single_value_message,
 )
 
-PART_NAME = "part.{:05d}" + PARQUET
-LOCAL_URL = "file://"  # zero-padded: the parts' name order is the rows' order
+LOCAL_URL = "file://"
 
 
 # -- the raw CSV in partitions --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Block:
-    """One partition of the raw CSV: the lines that start in ``[offset, offset + length)`` of file ``path``."""
-
-    path: str  # a URL (file://..., s3://...)
-    offset: int
-    length: int
-    number: int  # its place among all partitions of the input (0 = the first file's first lines)
-    # fsspec storage options (S3 endpoint and credentials: segmentation.dask_sources); never shown
-    options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def name(self) -> str:
-        """The file as messages name it: a local one relative to the working directory when it is under it."""
-        return dask_sources.shown_url(self.path)
-
-
 def _open(block: Block):
     import fsspec
 
@@ -276,12 +260,39 @@ class DaskPreprocess:
     """The Dask engine's outputs: the features and the matrix written as Parquet folders (to commit), the fitted
     scikit-learn transformer, the row counts, the matrix's columns."""
 
-    features_dir: Path
-    matrix_dir: Path
+    features_dir: Path | None
+    matrix_dir: Path | None
     transformer: Any
     metrics: dict[str, int]
     matrix_columns: int
     partitions: int
+    # preprocess.dask.tables set: the features' and the matrix's manifests (the parts are on object storage) instead
+    # of the folders
+    manifests: tuple[str, str] | None = None
+
+
+def write_to_store(client: Any, tables: str, features: list[Any], matrices: list[Any]) -> tuple[str, str]:
+    """The workers write the features' and the matrix's parts under a new run-unique prefix of ``tables``
+    (:mod:`segmentation.dask_store`); the two manifests. On any failure the run's parts are removed (no manifest
+    points at them) and nothing is left to commit."""
+    destinations = dask_store.run_destinations(tables, ["features", "matrix"])
+    try:
+        texts = []
+        for where, frames in zip(destinations, (features, matrices), strict=True):
+            records = client.gather(
+                client.map(dask_store.write_remote_part, frames, [where] * len(frames), range(len(frames)), pure=False)
+            )
+            schema = client.submit(_empty_frame, frames[0]).result()
+            texts.append(dask_store.manifest_text(where, records, schema))
+    except BaseException:
+        for where in destinations:
+            dask_store.remove_run(where)
+        raise
+    return texts[0], texts[1]
+
+
+def _empty_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.iloc[:0]
 
 
 def preprocess_on_dask(
@@ -345,6 +356,9 @@ def _preprocess_blocks(
     matrices = client.map(
         transform_part, tables, blocks, transformer=transformer, used=used, id_col=id_col, names=names, source=source
     )
+    if params.dask.tables is not None:
+        manifests = write_to_store(client, params.dask.tables, outputs, matrices)
+        return DaskPreprocess(None, None, transformer, metrics, len(names), len(blocks), manifests)
     features_dir, matrix_dir = temp_dir_beside(features_path), temp_dir_beside(matrix_path)
     try:
         numbers = list(range(len(blocks)))

@@ -16,7 +16,7 @@ a message, a log or a file (the dataclasses below do not show them).
 
 The format: ``preprocess.data.format`` (``csv``, ``parquet``), or ``auto``: Parquet for files named ``*.parquet``,
 ``*.parq``, ``*.pq``, CSV for any other name; a mix of both is an error. A CSV is cut into ``blocksize`` blocks at
-line ends (:class:`segmentation.dask_engine.Block`); a Parquet file gives one partition per row group
+line ends (:class:`Block`, read by :mod:`segmentation.dask_engine`); a Parquet file gives one partition per row group
 (:class:`ParquetPart`), read with only the columns used.
 """
 
@@ -69,6 +69,23 @@ class DataFile:
 
     url: str
     size: int
+
+
+@dataclass(frozen=True)
+class Block:
+    """One partition of the raw CSV: the lines that start in ``[offset, offset + length)`` of file ``path``."""
+
+    path: str  # a URL (file://..., s3://...)
+    offset: int
+    length: int
+    number: int  # its place among all partitions of the input (0 = the first file's first lines)
+    # fsspec storage options (S3 endpoint and credentials, below); never shown
+    options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The file as messages name it: a local one relative to the working directory when it is under it."""
+        return shown_url(self.path)
 
 
 @dataclass(frozen=True)
@@ -160,20 +177,22 @@ def bucket(url: str) -> str:
     return url.removeprefix(S3_SCHEME).split("/", 1)[0]
 
 
-def resolve(path: str, root: Path | None = None, environ: Mapping[str, str] | None = None) -> Source:
+def resolve(
+    path: str, root: Path | None = None, environ: Mapping[str, str] | None = None, param: str = PATH_PARAM
+) -> Source:
     """``path`` as an fsspec URL with its storage options: ``remote://name/key`` -> the DVC remote's URL + key with
     its endpoint and credentials; ``s3://bucket/key`` with the DVC remote of that bucket's (else ``AWS_*``); a local
-    path as an absolute path (a worker elsewhere has its own working directory)."""
+    path as an absolute path (a worker elsewhere has its own working directory). Messages name ``param``."""
     if path.startswith(REMOTE_SCHEME):
         name, _, key = path.removeprefix(REMOTE_SCHEME).partition("/")
         remotes, _ = dvc_remotes(root)
         if name not in remotes:
             known = ", ".join(sorted(remotes)) or "none"
-            raise UserError(f"{PATH_PARAM}: {path}: no DVC remote {name!r} (remotes: {known}; dvc remote add)")
+            raise UserError(f"{param}: {path}: no DVC remote {name!r} (remotes: {known}; dvc remote add)")
         remote = remotes[name]
         url = str(remote.get("url", ""))
         if not url.startswith(S3_SCHEME):
-            raise UserError(f"{PATH_PARAM}: {path}: DVC remote {name!r} is not on S3 ({url.split('://')[0]}://)")
+            raise UserError(f"{param}: {path}: DVC remote {name!r} is not on S3 ({url.split('://')[0]}://)")
         return Source(path, url.rstrip("/") + "/" + key.lstrip("/"), s3_options(remote, environ), name)
     if path.startswith(S3_SCHEME):
         remotes, default = dvc_remotes(root)
@@ -183,12 +202,12 @@ def resolve(path: str, root: Path | None = None, environ: Mapping[str, str] | No
         name, remote = same[0] if same else (None, {})
         return Source(path, path, s3_options(remote, environ), name)
     if "://" in path:
-        raise UserError(f"{PATH_PARAM}: {path}: only local paths, s3:// and remote://<dvc remote>/ are read")
+        raise UserError(f"{param}: {path}: only local paths, s3:// and remote://<dvc remote>/ are read")
     return Source(path, str(Path(path).absolute()))
 
 
 # -- listing --------------------------------------------------------------------------------------------------------
-def _describe(exc: BaseException, source: Source) -> str:
+def describe(exc: BaseException, source: Source) -> str:
     """What went wrong talking to the storage, in words (never the options)."""
     where = f" (DVC remote {source.remote})" if source.remote else ""
     if isinstance(exc, PermissionError):
@@ -204,7 +223,7 @@ def _describe(exc: BaseException, source: Source) -> str:
 
 def storage_error(exc: BaseException, source: Source) -> UserError:
     """The one-line error for a failure of the storage while reading ``source``."""
-    return UserError(f"{PATH_PARAM}: {source.shown}: {_describe(exc, source)}")
+    return UserError(f"{PATH_PARAM}: {source.shown}: {describe(exc, source)}")
 
 
 def storage_failure(exc: BaseException) -> bool:
@@ -307,8 +326,6 @@ def data_path(params: DataParams) -> str:
 
 def partitions(params: DataParams, blocksize: int, root: Path | None = None) -> tuple[str, list[Any]]:
     """The input's format and partitions: CSV blocks of ``blocksize`` bytes at line ends, or Parquet row groups."""
-    from segmentation.dask_engine import Block
-
     source = resolve(data_path(params), root)
     files = list_files(source)
     fmt = file_format(files, params.format, source)

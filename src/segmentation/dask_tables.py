@@ -83,10 +83,21 @@ def read_part(path: str, shown: str, stage: str) -> pd.DataFrame:
 
 
 def load(client: Any, path: str | Path, stage: str) -> Parts:
-    """The table at ``path`` (written by ``stage``) read by the workers, one task per part."""
-    files = part_files(path, stage)
-    frames = client.map(read_part, [str(f.resolve()) for f in files], shown=str(path), stage=stage, pure=False)
+    """The table at ``path`` (written by ``stage``) read by the workers, one task per part: a Parquet folder or file,
+    or a manifest of parts on object storage (``preprocess.dask.tables``: :mod:`segmentation.dask_store`, each part
+    checked against the manifest's size, ETag and md5)."""
+    from segmentation import dask_store
+
+    if dask_store.is_manifest(path):
+        parts, listed = dask_store.remote_parts(path, stage)
+        frames = client.map(dask_store.read_remote_part, parts, pure=False)
+    else:
+        files = part_files(path, stage)
+        frames = client.map(read_part, [str(f.resolve()) for f in files], shown=str(path), stage=stage, pure=False)
+        listed = None
     rows = client.gather(client.map(len, frames))
+    if listed is not None and [int(n) for n in rows] != listed:
+        raise UserError(f"{path}: its parts' rows differ from the manifest's; rebuild it: dvc repro -f -s {stage}")
     meta = client.submit(_empty, frames[0]).result()
     return Parts(str(path), frames, [int(n) for n in rows], meta)
 

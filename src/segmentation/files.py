@@ -165,6 +165,11 @@ class StageOutputs:
         """A text file (UTF-8, ``\\n`` line ends on every platform)."""
         self._write(target, lambda tmp: tmp.write_bytes(text.encode("utf-8")))
 
+    def write_manifest(self, target: str | Path, text: str) -> None:
+        """A table's manifest (the Dask engine's tables on object storage); it replaces a partitioned table (a
+        folder) or a Parquet file there."""
+        self._write(target, lambda tmp: tmp.write_bytes(text.encode("utf-8")), replaces_folder=True)
+
     def write_csv(self, target: str | Path, df: pd.DataFrame) -> None:
         """Comma-separated CSV without the index (floats round-trip exactly)."""
         self._write(target, lambda tmp: write_csv(tmp, df))

@@ -355,8 +355,12 @@ def work_on_dask(args, params: PreprocessParams, profile_columns: list[str], md5
         result = dask_engine.preprocess_on_dask(client, params, columns, profile_columns, args.features, args.matrix)
 
     def write(out, log) -> None:
-        out.adopt(args.features, result.features_dir)
-        out.adopt(args.matrix, result.matrix_dir)
+        if result.manifests is None:
+            out.adopt(args.features, result.features_dir)
+            out.adopt(args.matrix, result.matrix_dir)
+        else:  # the tables are on object storage: their manifests at the dvc.yaml paths (segmentation.dask_store)
+            out.write_manifest(args.features, result.manifests[0])
+            out.write_manifest(args.matrix, result.manifests[1])
         out.dump_model(args.transformer, result.transformer)
         out.write_json(args.metrics, result.metrics)
         log.log_params(flatten(params, "preprocess."))
