@@ -82,7 +82,7 @@ WORKERS ?= 2
 test: ## Fast feedback (<2 min on 2 cores): unit and bad-input tests, report in Chromium, scoring, your pipeline
 	$(BIN)/python -m pytest -m "$(FAST)" -n $(WORKERS) --dist loadfile
 
-test-all: ## The full suite, what CI runs (~17 min): + end to end, faults, DagsHub servers, MLflow UI, template
+test-all: ## The full suite, what CI runs (~35 min on 2 busy cores): + end to end, faults, DagsHub, MLflow UI, Dask, template
 	$(BIN)/python -m pytest
 
 check: ## Check that the committed results reproduce: dvc.lock up to date, a fresh clone's repro leaves git clean

@@ -42,7 +42,7 @@ ENTRY_POINTS = [
     "distributed",
     "dask_ml.preprocessing",
     "dask_ml.decomposition",
-    "dask_ml.cluster",  # the distributed final fit (DASK-STATUS.md)
+    "dask_ml.cluster",  # the distributed final fit (README: Scaling out)
 ]
 
 

@@ -216,7 +216,7 @@ class PreprocessParams(_Params):
         width = len(self.features) + (len(self.categorical.columns) if self.categorical.encoding == "onehot" else 0)
         if self.pca_components is not None and self.pca_components > width:
             raise ValueError(f"pca_components ({self.pca_components}) exceeds the number of features ({width})")
-        # Engine dask takes every preprocess setting (DASK-STATUS.md); local reads one local CSV file only.
+        # Engine dask takes every preprocess setting (README: Scaling out); local reads one local CSV file only.
         if self.engine == "local" and (_beyond_local(self.data.path, self.data.format) or self.data.files is not None):
             raise ValueError(
                 f"data.path {self.data.path}: engine 'local' reads one local CSV file; a folder, a glob, Parquet or "
