@@ -311,13 +311,11 @@ def preprocess_on_dask(
             raise UserError(
                 f"{target}: preprocess.engine dask writes partitioned Parquet: name the output *.parquet in dvc.yaml"
             )
-    fmt, blocks = dask_sources.partitions(params.data, parse_bytes(params.dask.blocksize))
-    try:
-        return _preprocess_blocks(client, params, columns, profile_columns, features_path, matrix_path, blocks)
-    except UserError as exc:
-        if fmt != dask_sources.PARQUET:
-            raise
-        raise UserError(dask_sources.rows_not_lines(str(exc))) from None  # a Parquet file has rows, not lines
+    return dask_sources.on_partitions(
+        params.data,
+        parse_bytes(params.dask.blocksize),
+        lambda blocks: _preprocess_blocks(client, params, columns, profile_columns, features_path, matrix_path, blocks),
+    )
 
 
 def _preprocess_blocks(

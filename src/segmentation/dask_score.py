@@ -134,13 +134,11 @@ def score_on_dask(
     """Score ``params.data.path`` on the cluster of ``client``; the scores (and rejects, if any) written into new
     folders beside ``output`` (removed on any failure), to be committed by the caller."""
     source = params.data.path
-    fmt, parts = dask_sources.partitions(params.data, parse_bytes(params.dask.blocksize))
-    try:
-        return _score_parts(client, segmenter, params, names, output, parts, source)
-    except UserError as exc:
-        if fmt != dask_sources.PARQUET:
-            raise
-        raise UserError(dask_sources.rows_not_lines(str(exc))) from None  # a Parquet file has rows, not lines
+    return dask_sources.on_partitions(
+        params.data,
+        parse_bytes(params.dask.blocksize),
+        lambda parts: _score_parts(client, segmenter, params, names, output, parts, source),
+    )
 
 
 def _score_parts(

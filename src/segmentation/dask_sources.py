@@ -25,16 +25,18 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
 from segmentation import data
 from segmentation.config import DataParams
 from segmentation.errors import UserError
+
+T = TypeVar("T")
 
 PATH_PARAM = "params.yaml: preprocess.data.path"
 FORMAT_PARAM = "preprocess.data.format"
@@ -360,6 +362,17 @@ def read_parquet_part(part: ParquetPart, columns: list[str] | None) -> pd.DataFr
 
 _LINES = re.compile(r"\blines (\d+)( \([^)]*\))? and (\d+)( \([^)]*\))?")  # with each one's file, for several
 _LINE = re.compile(r"\bline (\d+)")
+
+
+def on_partitions(params: DataParams, blocksize: int, work: Callable[[list[Any]], T]) -> T:
+    """``work`` on the input's :func:`partitions`; on a Parquet input, its one-line errors name rows, not lines."""
+    fmt, parts = partitions(params, blocksize)
+    try:
+        return work(parts)
+    except UserError as exc:
+        if fmt != PARQUET:
+            raise
+        raise UserError(rows_not_lines(str(exc))) from None  # a Parquet file has rows, not lines
 
 
 def rows_not_lines(message: str) -> str:
