@@ -85,3 +85,32 @@ def test_the_projection_plot_draws_a_seeded_sample_and_keeps_the_full_sizes(fitt
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"cluster {k} ({n})" for k, n in enumerate(sizes)]
     again = projection_plot(matrix, labels, "ID", sample_size=100, random_state=0).axes[0]
     np.testing.assert_array_equal(ax.collections[0].get_offsets(), again.collections[0].get_offsets())
+
+
+def test_saved_figures_are_the_bytes_of_a_tight_savefig(fitted, tmp_path):
+    """StageOutputs.save_figure measures the tight box without drawing the figure first: the PNG must be the one
+    matplotlib's own bbox_inches="tight" writes, for every figure the pipeline saves."""
+    from segmentation.config import TrainParams
+    from segmentation.files import StageOutputs
+    from segmentation.plotting import FIGURE_DPI
+    from segmentation.train import elbow_search
+
+    matrix, features, model = fitted
+    result = evaluate(matrix, features, model, "ID", EvaluateParams(silhouette_sample_size=5000, random_state=0))
+    labels = result.segments["cluster"].to_numpy()
+    X = matrix[["a", "b"]].to_numpy()
+    search = TrainParams(k_min=2, k_max=6, n_init=2, random_state=0, n_threads=1, min_cluster_size=2)
+    figures = {
+        "projection": lambda: projection_plot(matrix, labels, "ID", sample_size=20000, random_state=0),
+        "silhouette": lambda: silhouette_plot(result.silhouette_values, result.silhouette_labels),
+        "profile": lambda: profile_plot(result.profile),
+        "elbow": lambda: elbow_search(X, search).figure,
+    }
+    with StageOutputs() as out:
+        for name, make in figures.items():
+            out.save_figure(tmp_path / f"{name}.png", make(), dpi=FIGURE_DPI)
+        out.commit()
+    for name, make in figures.items():
+        tight = tmp_path / f"{name}-tight.png"
+        make().savefig(tight, format="png", dpi=FIGURE_DPI, bbox_inches="tight", metadata={"Software": None})
+        assert (tmp_path / f"{name}.png").read_bytes() == tight.read_bytes(), name

@@ -23,9 +23,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import yaml
-
 from segmentation.lineage import file_md5
+from segmentation.pipeline import load_yaml
 
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -78,7 +77,7 @@ def write_offline_plots_template(path: Path = PLOTS_TEMPLATE) -> Path:
 
 def tracked_outputs(dvc_file: Path) -> list[tuple[Path, str]]:
     """(workspace path, md5) of each file output of a ``.dvc`` file."""
-    outs = yaml.safe_load(dvc_file.read_text(encoding="utf-8"))["outs"]
+    outs = load_yaml(dvc_file.read_text(encoding="utf-8"))["outs"]
     return [(dvc_file.parent / out["path"], out["md5"]) for out in outs]
 
 

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from segmentation.errors import UserError, stage_entrypoint
+from segmentation.pipeline import load_yaml
 
 TIMEOUT_S = 1800  # one pipeline run; bounded so a hung stage cannot hold CI
 
@@ -59,8 +60,8 @@ def _param_changes(root: Path, stage: str, params_file: str) -> list[str]:
     from segmentation.config import flatten
 
     try:
-        recorded = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8"))["stages"][stage]["params"]
-        current = yaml.safe_load((root / params_file).read_text(encoding="utf-8"))
+        recorded = load_yaml((root / "dvc.lock").read_text(encoding="utf-8"))["stages"][stage]["params"]
+        current = load_yaml((root / params_file).read_text(encoding="utf-8"))
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return []
     old = flatten(recorded.get(params_file) or {})

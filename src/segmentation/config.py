@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from segmentation.errors import UserError
+from segmentation.pipeline import load_yaml
 
 PARAMS_FILE = "params.yaml"
 
@@ -403,7 +404,7 @@ def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     """Read a params YAML file into a dict, with a clear error when it is missing or malformed."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: params file not found") from None
     except yaml.YAMLError as exc:

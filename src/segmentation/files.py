@@ -206,12 +206,16 @@ class StageOutputs:
         """A matplotlib figure as PNG (then closed)."""
         import matplotlib.pyplot as plt
 
-        # PNG metadata without a Software version keeps the bytes identical across matplotlib patch releases.
+        def save(tmp: Path) -> None:
+            # The box of bbox_inches="tight", measured without drawing: "tight" draws the figure once to measure
+            # it, then again to save it. Same box, same bytes, ~half the time (0.2 s for the profile heatmap).
+            fig.set_dpi(dpi)
+            box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
+            # PNG metadata without a Software version keeps the bytes identical across matplotlib patch releases.
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches=box, metadata={"Software": None})
+
         try:
-            self._write(
-                target,
-                lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None}),
-            )
+            self._write(target, save)
         finally:
             plt.close(fig)
 

@@ -75,7 +75,7 @@ def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
     """
     lock_path = Path(lock_path)
     try:
-        stages = yaml.safe_load(lock_path.read_text(encoding="utf-8"))["stages"]
+        stages = pipeline.load_yaml(lock_path.read_text(encoding="utf-8"))["stages"]
     except (OSError, yaml.YAMLError, TypeError, KeyError):
         return Lineage()
     deps_of, producer = _pipeline_graph(lock_path.with_name("dvc.yaml"))

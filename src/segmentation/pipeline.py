@@ -20,13 +20,21 @@ from segmentation.errors import UserError
 DVC_YAML = "dvc.yaml"
 PARAMS_FILE = "params.yaml"  # DVC reads it for ${...} too, as its default params file
 _REFERENCE = re.compile(r"\$\{\s*([\w.-]+)\s*\}")
+# libyaml's parser when PyYAML has it (its wheels do): the same values, ~8x faster on dvc.lock (40 ms -> 5 ms), and
+# every stage reads dvc.yaml, dvc.lock and params.yaml.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)``, with libyaml's parser when PyYAML has it."""
+    return yaml.load(text, Loader=_YAML_LOADER)  # a safe loader: SafeLoader or its C twin
 
 
 def definition(root: str | Path = ".") -> dict[str, Any]:
     """``dvc.yaml`` as written (``${...}`` not resolved); a missing or broken file is a :class:`UserError`."""
     path = Path(root) / DVC_YAML
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise UserError(
             f"{path}: cannot read the pipeline's definition ({exc.strerror}); run from the project"
@@ -45,7 +53,7 @@ def variables(root: str | Path = ".", data: dict[str, Any] | None = None) -> dic
     params = Path(root) / PARAMS_FILE
     # A broken params file is reported by the stages themselves; here only the paths matter.
     with contextlib.suppress(OSError, yaml.YAMLError):
-        context.update(yaml.safe_load(params.read_text(encoding="utf-8")) or {})
+        context.update(load_yaml(params.read_text(encoding="utf-8")) or {})
     for item in data.get("vars") or []:
         if isinstance(item, dict):  # a file name in vars (another params file) is not used by this project
             context.update(item)

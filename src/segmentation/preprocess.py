@@ -7,13 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segmentation.errors import exit_on_interrupt
-from segmentation.store_helper import run_warm, start_store_helper
+from segmentation.store_helper import start_stage
 
 if __name__ == "__main__":  # run as a stage: MLflow (and the libraries) get ready in a helper process
-    exit_on_interrupt("preprocess")
-    start_store_helper()
-    run_warm("preprocess")  # the later stages of a dvc repro: in a fork of the helper, libraries loaded
+    start_stage("preprocess")
 
 
 import numpy as np

@@ -8,6 +8,7 @@ imported before a stage's heavy imports, so it imports nothing heavy itself.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import io
 import os
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
 
 HELPER_WAIT_S = 30
 HELPER_POLL_S = 0.25
+# A stage (and the helper) imports ~3,000 modules, then works on a few large arrays. Python's default collector
+# (young objects every 700 allocations, and a pass over every object once they have grown by a quarter) spends ~15%
+# of the imports' time walking the modules' objects. Young objects every 50,000 allocations instead: cycles are
+# still freed, ~10 collections during the imports instead of ~700.
+GC_THRESHOLDS = (50_000, 20, 20)
 
 
 class StoreFailure(Exception):
@@ -123,6 +129,18 @@ class StoreHelper:
 _HELPER: StoreHelper | None = None
 ENV_HELPER = "SEGMENTATION_STORE_HELPER"  # "0": no helper, every stage records its own run
 ENV_WARM = "SEGMENTATION_WARM_STAGES"  # "0": every stage loads its libraries itself
+
+
+def start_stage(stage: str) -> None:
+    """A stage's start, before its heavy imports: Ctrl-C ends it with one line, the collector is tuned for a batch
+    process, the helper of this ``dvc repro`` is found or started, and if it has the stages' libraries loaded the
+    stage runs in a fork of it (then this never returns)."""
+    from segmentation.errors import exit_on_interrupt
+
+    exit_on_interrupt(stage)
+    gc.set_threshold(*GC_THRESHOLDS)
+    start_store_helper()
+    run_warm(stage)
 
 
 def start_store_helper() -> None:
@@ -392,6 +410,7 @@ def serve(address: str, owner_pid: int) -> None:
     import psutil
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gc.set_threshold(*GC_THRESHOLDS)
     for ended in (signal.SIGTERM, signal.SIGHUP):  # stopped from outside: clean up on the way out
         signal.signal(ended, lambda *_: sys.exit(0))
     stages_address = address + ".stages"
@@ -508,6 +527,8 @@ def _serve_stages(server: socket.socket, address: str, owner) -> None:
         Path(address + ".loading").write_text(str(os.getpid()))
         try:
             _warm_up_stages(owner)
+            # The forked stages' collections then skip the libraries' objects (and leave their pages shared).
+            gc.freeze()
             Path(address + ".warm").touch()
             warm = True
         except Exception:  # the stages load their libraries themselves

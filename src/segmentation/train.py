@@ -18,13 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from segmentation.errors import exit_on_interrupt
-from segmentation.store_helper import run_warm, start_store_helper
+from segmentation.store_helper import start_stage
 
 if __name__ == "__main__":  # run as a stage: MLflow (and the libraries) get ready in a helper process
-    exit_on_interrupt("train")
-    start_store_helper()
-    run_warm("train")  # the later stages of a dvc repro: in a fork of the helper, libraries loaded
+    start_stage("train")
 
 
 import numpy as np
