@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ def build_transformer(params: PreprocessParams):
 
     With one-hot categorical columns, a ColumnTransformer puts the numeric steps beside a most-frequent imputer
     (``missing: median``) and a OneHotEncoder (sorted categories, unknown ones ignored; 0/1 columns, not scaled).
-    scikit-learn is imported here (~1 s): the stage does it while the CSV is being read.
+    scikit-learn is imported here (~1 s): the stage does it while the CSV is being read (:func:`work`).
     """
     from sklearn.compose import ColumnTransformer
     from sklearn.decomposition import PCA
@@ -308,19 +309,36 @@ def require_computable(
             )
 
 
+def in_background(function, *args) -> Future:
+    """``function(*args)`` in a daemon thread; its result (or exception) in the returned future. A daemon thread:
+    a stage that stops early (an error, Ctrl-C) does not wait for it to end."""
+    future: Future = Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:  # handed to whoever asks for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
 def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
     """Read the raw CSV (only the columns used), run :func:`preprocess` (or its Dask engine), say what to write and
     log."""
     profile_columns = profile_patterns(raw_params, args.params)  # passed through for the evaluate stage
-    # The raw file's md5 (for the MLflow run) is computed in a thread while the stage works: hashlib releases the GIL.
-    hashing = ThreadPoolExecutor(1)
-    md5 = hashing.submit(file_md5, params.data.path) if Path(params.data.path).is_file() else None
-    hashing.shutdown(wait=False)
+    # The raw file's md5 (for the MLflow run) is computed while the stage works: hashlib releases the GIL.
+    md5 = in_background(file_md5, params.data.path) if Path(params.data.path).is_file() else None
     if params.engine == "dask":
         return work_on_dask(args, params, profile_columns, md5)
-    build_transformer(params)  # imports scikit-learn now, so that the steps below time only their work
+    # The CSV is read while scikit-learn is imported (~1 s): pandas' tokenizer releases the GIL.
+    reading = in_background(data.load_csv, params.data, [*input_columns(params), *profile_columns])
+    build_transformer(params)
     with step("preprocess", f"read {params.data.path}"):
-        raw = data.load_csv(params.data, columns=[*input_columns(params), *profile_columns])
+        raw = reading.result()
+    del reading
     with step("preprocess", f"checked, derived and transformed {len(raw)} rows"):
         result = preprocess(raw, params, source=params.data.path, profile_columns=profile_columns)
     del raw  # the outputs are written without the raw table in memory
