@@ -268,7 +268,8 @@ def main() -> None:
     parser.add_argument("--no-example", action="store_true", help="skip the example data")
     parser.add_argument("--seed-at-10m", action="store_true", help="also run the seed's script at 10M rows")
     parser.add_argument(
-        "--dask-rows", default=DASK_ROWS, help="sizes at which dvc repro also runs once per engine (0: none)"
+        "--dask-rows",
+        help=f"sizes at which dvc repro also runs once per engine (default {DASK_ROWS}, and 10M with --large; 0: none)",
     )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -281,7 +282,10 @@ def main() -> None:
     results = [bench_size(rows, runs, seeds, with_seed, noop) for rows, runs, with_seed, noop in plan]
     if results:
         report(results)
-    dask_rows = [int(r) for r in args.dask_rows.split(",") if int(r)] + ([10_000_000] if args.large else [])
+    if args.dask_rows is None:
+        dask_rows = [int(DASK_ROWS)] + ([10_000_000] if args.large else [])
+    else:  # as given: "0" is none, also with --large
+        dask_rows = [int(r) for r in args.dask_rows.split(",") if int(r)]
     engines = [e for rows in dask_rows for e in bench_engines(rows, seeds[0])]
     if engines:
         report_engines(engines)
