@@ -208,7 +208,7 @@ class StageOutputs:
 
         def save(tmp: Path) -> None:
             # The box of bbox_inches="tight", measured without drawing: "tight" draws the figure once to measure
-            # it, then again to save it. Same box, same bytes, ~half the time (0.2 s for the profile heatmap).
+            # it, then again to save it. Same box, same bytes, less time (the example's 2-D scatter 0.19 -> 0.10 s).
             fig.set_dpi(dpi)
             box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
             # PNG metadata without a Software version keeps the bytes identical across matplotlib patch releases.
