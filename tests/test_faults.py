@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -411,19 +412,56 @@ def test_queued_experiments_on_two_workers_are_all_recorded(project):
     assert not (root / "mlruns-pending").exists()
 
 
-@pytest.mark.parametrize("delay_s", [0.3, 3.0])
-def test_ctrl_c_on_dvc_repro_gives_no_traceback(project, delay_s):
-    """Ctrl-C in the terminal reaches dvc and the stage (one process group): while the libraries load, or later."""
+def first_line_with(stream, marker: str, timeout: float = 120) -> tuple[list[str], threading.Thread | None]:
+    """Read ``stream`` in a thread until a line holds ``marker`` (or the stream ends, or ``timeout``); the lines read
+    so far, and the thread, which goes on collecting the rest into the same list."""
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read():
+        for line in stream:
+            lines.append(line)
+            if marker in line:
+                seen.set()
+        seen.set()  # the stream ended without it
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    seen.wait(timeout)
+    return lines, reader
+
+
+@pytest.mark.parametrize("moment", ["loading", "fitting"])
+def test_ctrl_c_on_dvc_repro_gives_no_traceback(project, moment):
+    """Ctrl-C in the terminal reaches dvc and the stage (one process group): while the libraries load, or in the
+    k search. The search is made to last (n_init 400) and Ctrl-C waits for its first progress line: a fixed delay
+    missed it once the stage got fast enough to end within the delay."""
     root, env = project
     before = snapshot(root)
-    dvc = subprocess.Popen(
-        ["dvc", "repro", "--force", "--single-item", "train"], cwd=root, env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert stage_process(dvc, "train") is not None
-    time.sleep(delay_s)
-    os.killpg(dvc.pid, signal.SIGINT)
-    _, stderr = dvc.communicate(timeout=120)
+    params_text = set_param(root, "n_init", 400) if moment == "fitting" else None
+    try:
+        dvc = subprocess.Popen(
+            ["dvc", "repro", "--force", "--single-item", "train"], cwd=root, env=env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert stage_process(dvc, "train") is not None
+        if moment == "loading":
+            time.sleep(0.3)
+            lines, reader = [], None
+        else:
+            lines, reader = first_line_with(dvc.stderr, "train: k=")
+            assert any("train: k=" in line for line in lines), "".join(lines)
+            assert dvc.poll() is None, "".join(lines)
+        os.killpg(dvc.pid, signal.SIGINT)
+        if reader is None:
+            _, stderr = dvc.communicate(timeout=120)
+        else:
+            dvc.wait(timeout=120)
+            reader.join(timeout=30)
+            stderr = "".join(lines)
+    finally:
+        if params_text is not None:
+            (root / "params.yaml").write_text(params_text)
     assert dvc.returncode != 0
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     assert [line for line in stderr.splitlines() if line.startswith("interrupted:")], stderr
