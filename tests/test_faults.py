@@ -412,9 +412,9 @@ def test_queued_experiments_on_two_workers_are_all_recorded(project):
     assert not (root / "mlruns-pending").exists()
 
 
-def first_line_with(stream, marker: str, timeout: float = 120) -> tuple[list[str], threading.Thread | None]:
-    """Read ``stream`` in a thread until a line holds ``marker`` (or the stream ends, or ``timeout``); the lines read
-    so far, and the thread, which goes on collecting the rest into the same list."""
+def follow(stream, marker: str) -> tuple[list[str], threading.Thread, threading.Event]:
+    """Collect ``stream``'s lines in a thread: the list it fills, the thread, and an event set once a line holds
+    ``marker`` (or the stream ends without one)."""
     lines: list[str] = []
     seen = threading.Event()
 
@@ -423,12 +423,11 @@ def first_line_with(stream, marker: str, timeout: float = 120) -> tuple[list[str
             lines.append(line)
             if marker in line:
                 seen.set()
-        seen.set()  # the stream ended without it
+        seen.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    seen.wait(timeout)
-    return lines, reader
+    return lines, reader, seen
 
 
 @pytest.mark.parametrize("moment", ["loading", "fitting"])
@@ -444,21 +443,17 @@ def test_ctrl_c_on_dvc_repro_gives_no_traceback(project, moment):
             ["dvc", "repro", "--force", "--single-item", "train"], cwd=root, env=env, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+        lines, reader, searching = follow(dvc.stderr, "train: k=")
         assert stage_process(dvc, "train") is not None
         if moment == "loading":
             time.sleep(0.3)
-            lines, reader = [], None
         else:
-            lines, reader = first_line_with(dvc.stderr, "train: k=")
-            assert any("train: k=" in line for line in lines), "".join(lines)
-            assert dvc.poll() is None, "".join(lines)
+            searching.wait(120)
+            assert any("train: k=" in line for line in lines) and dvc.poll() is None, "".join(lines)
         os.killpg(dvc.pid, signal.SIGINT)
-        if reader is None:
-            _, stderr = dvc.communicate(timeout=120)
-        else:
-            dvc.wait(timeout=120)
-            reader.join(timeout=30)
-            stderr = "".join(lines)
+        dvc.wait(timeout=120)
+        reader.join(timeout=30)
+        stderr = "".join(lines)
     finally:
         if params_text is not None:
             (root / "params.yaml").write_text(params_text)
