@@ -34,7 +34,7 @@ $(CURDIR)/.uv/bin/uv:
 
 setup: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Create .venv from uv.lock, turn telemetry off, restore the example data
 	$(UV) sync --frozen
-	$(BIN)/python -m segmentation.bootstrap
+	$(BIN)/python -m segmentation.tools.bootstrap
 
 repro: ## Run the pipeline (dvc repro): preprocess -> train -> evaluate
 	dvc repro
@@ -46,16 +46,16 @@ score: export SEGMENTATION_SCORE_INPUT = $(value INPUT)
 score: export SEGMENTATION_SCORE_OUTPUT = $(value OUTPUT)
 score: ## Score new customers: make score INPUT=new.csv [OUTPUT=scores/new_segments.csv] (ID -> segment)
 	@if [ -z "$$SEGMENTATION_SCORE_INPUT" ]; then echo "error: make score needs INPUT=<csv of new customers>" >&2; exit 2; fi
-	python -m segmentation.score --input "$$SEGMENTATION_SCORE_INPUT" $${SEGMENTATION_SCORE_OUTPUT:+--output "$$SEGMENTATION_SCORE_OUTPUT"}
+	python -m segmentation.tools.score --input "$$SEGMENTATION_SCORE_INPUT" $${SEGMENTATION_SCORE_OUTPUT:+--output "$$SEGMENTATION_SCORE_OUTPUT"}
 
 experiment: ## Run a DVC experiment in a temporary copy (workspace untouched), then the table: ARGS="-S train.k_max=12"
-	python -m segmentation.experiments run $(ARGS)
+	python -m segmentation.tools.experiments run $(ARGS)
 
 exps: ## The experiments: changed params and key metrics, 80 columns (all columns: dvc exp show)
-	python -m segmentation.experiments show
+	python -m segmentation.tools.experiments show
 
 compare: ## Experiments side by side: params that differ, metrics, segment sizes (NAMES="exp1 exp2" to pick)
-	python -m segmentation.experiments compare $(NAMES)
+	python -m segmentation.tools.experiments compare $(NAMES)
 
 metrics: ## Show metrics and params differences against HEAD
 	dvc metrics show
@@ -86,7 +86,7 @@ test-all: ## The full suite, what CI runs (~35 min on 2 busy cores): + end to en
 	$(BIN)/python -m pytest
 
 check: ## Check that the committed results reproduce: dvc.lock up to date, a fresh clone's repro leaves git clean
-	$(BIN)/python -m segmentation.checks
+	$(BIN)/python -m segmentation.tools.checks
 
 lint: ## Check code style with ruff (lint + format check)
 	$(BIN)/ruff check $(LINT_PATHS)
@@ -104,19 +104,19 @@ pull: ## Pull the raw data and every pipeline output from the default DVC remote
 
 # OWNER, REPO and S3 reach the command through the environment as typed ($(value ...): not expanded by make, not
 # exported as make would expand them, never on a shell command line), so a value holding `...`, $(...) or quotes
-# runs nothing; segmentation.remote checks the names. Never write $(OWNER) in a recipe.
+# runs nothing; segmentation.tracking.remote checks the names. Never write $(OWNER) in a recipe.
 unexport OWNER REPO S3
 dagshub: export SEGMENTATION_DAGSHUB_OWNER = $(value OWNER)
 dagshub: export SEGMENTATION_DAGSHUB_REPO = $(value REPO)
 dagshub: export SEGMENTATION_DAGSHUB_S3 = $(value S3)
 dagshub: ## Use DagsHub: make dagshub OWNER=me REPO=segments [S3=1] (token from DAGSHUB_USER_TOKEN)
-	python -m segmentation.remote dagshub
+	python -m segmentation.tracking.remote dagshub
 
 remote: ## Show where data and runs go (DVC remotes, MLflow tracking), without secrets
-	python -m segmentation.remote show
+	python -m segmentation.tracking.remote show
 
 sync: ## Deliver MLflow runs kept locally (tracker unreachable) to the remote tracker
-	python -m segmentation.remote sync
+	python -m segmentation.tracking.remote sync
 
 bench: ## Speed and scale: the seed's script vs dvc repro, example to 1M rows (LARGE=1: also 3M and 10M rows); local vs dask engine at 1M (LARGE=1: 10M)
 	$(BIN)/python benchmarks/bench_scale.py $(if $(LARGE),--large) $(ARGS)

@@ -25,9 +25,9 @@ from threadpoolctl import threadpool_limits
 
 # segmentation sets the no-telemetry variables on import.
 from segmentation.config import load_section
-from segmentation.data import load_csv
-from segmentation.preprocess import preprocess
-from segmentation.train import elbow_search
+from segmentation.core.data import load_csv
+from segmentation.stages.preprocess import preprocess
+from segmentation.stages.train import elbow_search
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def pipeline_times() -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         root = copy_project(Path(tmp) / "project")
         env = project_env(Path(tmp))
-        run([sys.executable, "-m", "segmentation.bootstrap", "--skip-pth"], root, env)
+        run([sys.executable, "-m", "segmentation.tools.bootstrap", "--skip-pth"], root, env)
         start = time.perf_counter()
         run(["dvc", "repro"], root, env)
         full = time.perf_counter() - start

@@ -62,7 +62,7 @@ def preprocess_params() -> PreprocessParams:
 @pytest.fixture(scope="session")
 def raw_full(preprocess_params) -> pd.DataFrame:
     """The marketing-campaign sample (428 rows: 400 complete, 24 blank Incomes, 4 outliers), as read by the stage."""
-    from segmentation.data import load_csv
+    from segmentation.core.data import load_csv
 
     return load_csv(preprocess_params.data)
 

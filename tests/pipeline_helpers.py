@@ -150,7 +150,7 @@ def run_stage_cli(tmp_path: Path, module: str, args: list[str], **sections) -> s
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(sections))
     env = project_env(tmp_path, SEGMENTATION_STORE_HELPER="0")  # no helper warming MLflow up for a stage that stops
     return subprocess.run(
-        [sys.executable, "-m", f"segmentation.{module}", *args],
+        [sys.executable, "-m", f"segmentation.stages.{module}", *args],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

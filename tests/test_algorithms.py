@@ -9,13 +9,14 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from segmentation import algorithms, report
+from segmentation import algorithms
 from segmentation.algorithms import NOISE, CentroidAssigner
 from segmentation.config import EvaluateParams, TrainParams, algorithm_names, parse_section
+from segmentation.core import report
 from segmentation.errors import UserError
-from segmentation.evaluate import check_model, evaluate
-from segmentation.score import segment_names
-from segmentation.train import search_sample, train
+from segmentation.stages.evaluate import check_model, evaluate
+from segmentation.stages.train import search_sample, train
+from segmentation.tools.score import segment_names
 
 TRUE_K = 5
 K_SEARCHING = [name for name in algorithms.REGISTRY if name != "hdbscan"]

@@ -64,7 +64,7 @@ def test_the_pipeline_and_scoring_with_each_algorithm(project, algorithm):
 
     # New customers: the segmenter's predict (the nearest centroid for agglomerative and HDBSCAN), never noise.
     out = root / "scores" / f"{algorithm}.csv"
-    cmd = [sys.executable, "-m", "segmentation.score", "--input", str(FIXTURE_DATA), "--output", str(out)]
+    cmd = [sys.executable, "-m", "segmentation.tools.score", "--input", str(FIXTURE_DATA), "--output", str(out)]
     run(cmd, root, env)
     scored = pd.read_csv(out).merge(segments, on="ID")
     assert len(scored) == ROWS_OUT

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from segmentation.config import ROW_ID_COLUMN, parse_section
-from segmentation.data import as_categories, with_row_id
+from segmentation.core.data import as_categories, with_row_id
 from segmentation.errors import UserError
-from segmentation.evaluate import cluster_profile
-from segmentation.preprocess import preprocess
+from segmentation.stages.evaluate import cluster_profile
+from segmentation.stages.preprocess import preprocess
 
 
 def params(**override):

@@ -20,7 +20,7 @@ from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO, project_env
 from segmentation.config import DaskParams, PreprocessParams, parse_bytes
 from segmentation.errors import UserError
 from segmentation.files import read_csv
-from segmentation.preprocess import input_columns, preprocess
+from segmentation.stages.preprocess import input_columns, preprocess
 
 SMALL_BLOCKS = "8kB"  # the 428-row sample (~50 kB of the columns used... ~110 kB in all) in about 14 partitions
 TINY_BLOCKS = "4kB"  # the sample (a 42 kB file) in 11 partitions
@@ -64,7 +64,7 @@ def test_engine_dask_takes_every_preprocess_setting(preprocess_params):
 @pytest.fixture(scope="module")
 def client():
     """The engine's own client context: a LocalCluster of 2 worker processes, 1 thread each, on 127.0.0.1."""
-    from segmentation import dask_engine
+    from segmentation.engines.dask import engine as dask_engine
 
     saved = os.environ.pop(dask_engine.SCHEDULER_ENV, None)  # never a scheduler of the user's environment
     try:
@@ -102,7 +102,7 @@ def dask_params(params: PreprocessParams, blocksize: str = SMALL_BLOCKS, **data)
 
 def on_dask(client, params: PreprocessParams, tmp_path):
     """Run the engine; return its result, the features and the matrix as read back by the next stages."""
-    from segmentation.dask_engine import preprocess_on_dask
+    from segmentation.engines.dask.engine import preprocess_on_dask
 
     result = preprocess_on_dask(
         client, params, [*input_columns(params), *PROFILE], PROFILE,
@@ -156,8 +156,8 @@ def test_row_ids_medians_and_one_hot_columns_on_dask_are_the_local_engine_s(
     columns in the local encoder's order, as the local engine gives them: the same counts and features exactly, the
     matrix to 1e-9; the saved transformer has the local one's statistics and categories and maps rows with blanks
     (and unknown categories) as the local one does."""
-    from segmentation.dask_engine import _parts
-    from segmentation.data import load_csv
+    from segmentation.core.data import load_csv
+    from segmentation.engines.dask.engine import _parts
 
     changes, data_changes = SETTINGS[setting]
     path = edited_sample(tmp_path, blank_some_education)
@@ -250,7 +250,7 @@ def edited_sample(tmp_path, edit) -> str:
 
 def same_error(client, raw_params: PreprocessParams, path: str, tmp_path) -> str:
     """The one-line error of both engines on ``path``: the same text, naming the same line."""
-    from segmentation.data import load_csv
+    from segmentation.core.data import load_csv
 
     local_params = raw_params.model_copy(update={"data": raw_params.data.model_copy(update={"path": path})})
     with pytest.raises(UserError) as local:
@@ -302,12 +302,13 @@ def test_train_and_evaluate_on_dask_give_the_local_engine_s_results(client, prep
     import joblib
     from sklearn.cluster import KMeans
 
-    from segmentation import dask_tables, report
-    from segmentation import evaluate as ev
-    from segmentation import train as tr
     from segmentation.config import CategoricalParams, EvaluateParams, TrainParams
-    from segmentation.data import load_csv
+    from segmentation.core import report
+    from segmentation.core.data import load_csv
+    from segmentation.engines.dask import tables as dask_tables
     from segmentation.files import write_csv
+    from segmentation.stages import evaluate as ev
+    from segmentation.stages import train as tr
 
     params = preprocess_params.model_copy(
         update={"categorical": CategoricalParams(columns=["Education"], encoding="drop")}
@@ -365,7 +366,7 @@ def test_train_and_evaluate_on_dask_give_the_local_engine_s_results(client, prep
 
 
 def preprocess_on_dask_(client, params: PreprocessParams, tmp_path):
-    from segmentation.dask_engine import preprocess_on_dask
+    from segmentation.engines.dask.engine import preprocess_on_dask
 
     return preprocess_on_dask(
         client, params, [*input_columns(params), *PROFILE], PROFILE, tmp_path / "f.parquet", tmp_path / "m.parquet"
@@ -378,7 +379,7 @@ def test_scores_from_group_bys_are_scikit_learn_s():
     equal scikit-learn's on the rows, an empty cluster left out as scikit-learn's labels leave it."""
     from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
 
-    from segmentation.evaluate import _part_groups, _part_spread, scores_of_groups
+    from segmentation.stages.evaluate import _part_groups, _part_spread, scores_of_groups
 
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(c, 1.0 + c / 4, size=(150, 3)) for c in (0, 4, 9)])
@@ -414,7 +415,7 @@ def test_train_on_dask_refuses_what_it_cannot_do(tmp_path):
 def test_a_task_whose_workers_keep_dying_is_one_line():
     """A task that kills its worker process each time (the nanny restarts it, Dask retries the task until its
     allowed failures are spent): one UserError line naming the task, not distributed's KilledWorker."""
-    from segmentation import dask_engine
+    from segmentation.engines.dask import engine as dask_engine
 
     saved = os.environ.pop(dask_engine.SCHEDULER_ENV, None)
     try:
@@ -434,7 +435,7 @@ STAGE_OUTPUTS = ["--features", "out/f.parquet", "--matrix", "out/m.parquet", "--
 
 
 def run_stage(tmp_path, data_path: str, scheduler: str | None = None, **dask):
-    """`python -m segmentation.preprocess` with engine dask on ``data_path``, in ``tmp_path``."""
+    """`python -m segmentation.stages.preprocess` with engine dask on ``data_path``, in ``tmp_path``."""
     import subprocess
     import sys
 
@@ -448,7 +449,7 @@ def run_stage(tmp_path, data_path: str, scheduler: str | None = None, **dask):
     if scheduler:
         env["DASK_SCHEDULER_ADDRESS"] = scheduler
     return subprocess.run(
-        [sys.executable, "-m", "segmentation.preprocess", *STAGE_OUTPUTS],
+        [sys.executable, "-m", "segmentation.stages.preprocess", *STAGE_OUTPUTS],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

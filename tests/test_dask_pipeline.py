@@ -190,7 +190,7 @@ def spilled_bytes(client) -> dict[str, float]:
 
 def parts_prepared(client) -> int:
     """Partitions the preprocess stage's workers have read and checked, held in memory (tasks of
-    ``segmentation.dask_engine.prepare_block``)."""
+    ``segmentation.engines.dask.engine.prepare_block``)."""
 
     def count(dask_scheduler) -> int:  # defined here: sent by value
         return sum(1 for k, ts in dask_scheduler.tasks.items() if str(k).startswith("prepare_block") and

@@ -1,4 +1,5 @@
-"""The Dask engine's inputs (:mod:`segmentation.dask_sources`): Parquet datasets, S3-compatible storage with the DVC
+"""The Dask engine's inputs (:mod:`segmentation.engines.dask.sources`): Parquet datasets, S3-compatible
+storage with the DVC
 remote's credentials, DVC dependencies on them, and ``make score`` on the cluster.
 
 Real components only: a LocalCluster of two worker processes on 127.0.0.1 (stopped at the end of the module), moto's
@@ -22,7 +23,7 @@ from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO
 from segmentation.config import DaskParams, PreprocessParams
 from segmentation.errors import UserError
 from segmentation.files import read_csv
-from segmentation.preprocess import input_columns, preprocess
+from segmentation.stages.preprocess import input_columns, preprocess
 
 SMALL_BLOCKS = "8kB"
 PROFILE = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())["evaluate"]["profile_columns"]
@@ -58,8 +59,8 @@ def test_data_files_is_a_pattern_inside_the_folder(preprocess_params, files):
 
 def test_the_input_with_data_files_and_the_default_score_output():
     from segmentation.config import DataParams
-    from segmentation.dask_score import default_output
-    from segmentation.dask_sources import data_path
+    from segmentation.engines.dask.score import default_output
+    from segmentation.engines.dask.sources import data_path
 
     data = DataParams(path="data/raw/parts/", separator=",", files="part-*.csv")
     assert data_path(data) == "data/raw/parts/part-*.csv"
@@ -69,7 +70,7 @@ def test_the_input_with_data_files_and_the_default_score_output():
 
 
 def test_scoring_a_glob_with_the_local_engine_is_one_line(tmp_path, monkeypatch, capsys):
-    from segmentation import score
+    from segmentation.tools import score
 
     params = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -91,7 +92,7 @@ def test_a_csv_whose_name_holds_a_bracket_stays_the_local_engine_s(preprocess_pa
 
 
 def test_storage_options_come_from_the_dvc_remote_then_the_environment():
-    from segmentation.dask_sources import s3_options
+    from segmentation.engines.dask.sources import s3_options
 
     remote = {"url": "s3://b", "endpointurl": "http://127.0.0.1:1", "access_key_id": "K", "secret_access_key": "S"}
     env = {"AWS_ACCESS_KEY_ID": "envK", "AWS_SECRET_ACCESS_KEY": "envS", "AWS_SESSION_TOKEN": "T"}
@@ -103,7 +104,7 @@ def test_storage_options_come_from_the_dvc_remote_then_the_environment():
 
 
 def test_a_parquet_message_names_rows(tmp_path):
-    from segmentation.dask_sources import rows_not_lines
+    from segmentation.engines.dask.sources import rows_not_lines
 
     assert rows_not_lines("x: e.g. '58k' on line 302") == "x: e.g. '58k' on row 301"
     assert rows_not_lines("duplicates, e.g. 7 on lines 4 (a.parquet) and 352 (b.parquet)") == (
@@ -116,7 +117,7 @@ def test_a_parquet_message_names_rows(tmp_path):
 @pytest.fixture(scope="module")
 def client():
     """The engine's own client context: a LocalCluster of 2 worker processes, 1 thread each, on 127.0.0.1."""
-    from segmentation import dask_engine
+    from segmentation.engines.dask import engine as dask_engine
 
     saved = os.environ.pop(dask_engine.SCHEDULER_ENV, None)
     try:
@@ -138,7 +139,7 @@ def dask_params(params: PreprocessParams, **data) -> PreprocessParams:
 
 
 def on_dask(client, params: PreprocessParams, out):
-    from segmentation.dask_engine import preprocess_on_dask
+    from segmentation.engines.dask.engine import preprocess_on_dask
 
     out.mkdir(exist_ok=True)
     result = preprocess_on_dask(
@@ -346,7 +347,8 @@ STAGE_OUTPUTS = ["--features", "out/f.parquet", "--matrix", "out/m.parquet", "--
 
 
 def run_stage(root, data_path: str):
-    """`python -m segmentation.preprocess` with engine dask (its own LocalCluster) on ``data_path``, in ``root``."""
+    """`python -m segmentation.stages.preprocess` with engine dask (its own LocalCluster) on ``data_path``,
+    in ``root``."""
     import subprocess
     import sys
 
@@ -360,7 +362,7 @@ def run_stage(root, data_path: str):
     env = project_env(root.parent, SEGMENTATION_STORE_HELPER="0")  # no AWS_* variables: the DVC remote's only
     env.pop("DASK_SCHEDULER_ADDRESS", None)
     return subprocess.run(
-        [sys.executable, "-m", "segmentation.preprocess", *STAGE_OUTPUTS],
+        [sys.executable, "-m", "segmentation.stages.preprocess", *STAGE_OUTPUTS],
         cwd=root, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -402,8 +404,8 @@ def test_the_stage_reads_s3_and_writes_the_secret_nowhere(s3, local, tmp_path):
 def segmenter(raw_full, preprocess_params):
     """preprocess and train in-process on the sample (the local engine); the segmenter built from them."""
     from segmentation.config import load_section
-    from segmentation.segmenter import build_segmenter
-    from segmentation.train import train
+    from segmentation.core.segmenter import build_segmenter
+    from segmentation.stages.train import train
 
     result = preprocess(raw_full, preprocess_params, "sample.csv")
     _, model = train(result.matrix, "ID", load_section("train", REPO / FIXTURE_PARAMS))
@@ -411,7 +413,7 @@ def segmenter(raw_full, preprocess_params):
 
 
 def local_scores(raw_full, segmenter, params, names):
-    from segmentation.score import score, with_names
+    from segmentation.tools.score import score, with_names
 
     scored, rejects, outliers = score(raw_full, segmenter, params, "sample.csv")
     return with_names(scored, names), rejects, outliers
@@ -433,7 +435,7 @@ def test_scoring_on_dask_gives_local_scoring_s_ids_segments_and_rejects(
     """The sample scored on the cluster from a glob of CSV files, a local Parquet folder and Parquet on S3 (the DVC
     remote's credentials): the same IDs in the same order, the same segments and names, the same rejects and
     outlier count as `make score` on the CSV with the local engine."""
-    from segmentation.dask_score import score_on_dask
+    from segmentation.engines.dask.score import score_on_dask
 
     names = {k: f"segment {k}" for k in range(10)}
     scored, rejects, outliers = local_scores(raw_full, segmenter, preprocess_params, names)
@@ -458,7 +460,7 @@ def test_scoring_on_dask_without_an_id_column_numbers_rows_as_local_scoring(
 ):
     """id_column null: the scores' and the rejects' row_id, numbered per partition and shifted by the rows read
     before it, are local scoring's (1 = the file's first data row), and so are the first rejected IDs shown."""
-    from segmentation.dask_score import score_on_dask
+    from segmentation.engines.dask.score import score_on_dask
 
     params = preprocess_params.model_copy(
         update={"data": preprocess_params.data.model_copy(update={"id_column": None})}
@@ -511,7 +513,7 @@ def test_make_score_on_dask_writes_parquet_and_stops_on_bad_input_with_one_line(
     assert f"-> {output.relative_to(root)} (" in proc.stdout
     scored, rejects, _ = local_scores(raw_full, segmenter, preprocess_params, None)
     pd.testing.assert_frame_equal(read_csv(output), scored, check_dtype=False)
-    from segmentation.score import rejects_line
+    from segmentation.tools.score import rejects_line
 
     rejects_file = root / "scores" / "parts_segments_rejects.parquet"
     assert rejects_line(rejects, len(raw_full), rejects_file.relative_to(root)) in proc.stderr

@@ -1,4 +1,4 @@
-"""The Dask engine's tables on object storage (``preprocess.dask.tables``, :mod:`segmentation.dask_store`): the
+"""The Dask engine's tables on object storage (``preprocess.dask.tables``, :mod:`segmentation.engines.dask.store`): the
 workers write the parts to moto's S3 server on 127.0.0.1 (the fixtures of tests/test_dask_sources.py: IAM
 authentication on, the DVC remote's key), the stage writes manifests at the dvc.yaml paths, train and evaluate read
 the parts back through them.
@@ -54,8 +54,8 @@ def test_tables_param_takes_a_prefix_on_s3_or_a_dvc_remote():
 
 def preprocess_to_store(client, params, out):
     """The preprocess engine with ``tables`` set: the two manifests written as the stage writes them."""
-    from segmentation.dask_engine import preprocess_on_dask
-    from segmentation.preprocess import input_columns
+    from segmentation.engines.dask.engine import preprocess_on_dask
+    from segmentation.stages.preprocess import input_columns
 
     out.mkdir(exist_ok=True)
     features, matrix = out / "features.parquet", out / "matrix.parquet"
@@ -72,7 +72,7 @@ def test_the_workers_write_the_tables_to_the_store_and_read_them_back_through_ma
     """Manifests (parts' URLs, sizes, ETags, md5s, rows, schema; no secret) at the dvc.yaml paths; the tables read
     back are the local engine's; a second run writes under a new prefix and leaves the first run's parts; a part
     changed on the storage is one error line."""
-    from segmentation import dask_tables
+    from segmentation.engines.dask import tables as dask_tables
 
     monkeypatch.chdir(s3.project(tmp_path / "project"))
     params = store_params(preprocess_params)
@@ -140,7 +140,7 @@ def test_dvc_repro_with_tables_on_the_store_gives_the_local_segments_and_keeps_o
     from sklearn.metrics import adjusted_rand_score
 
     from pipeline_helpers import copy_project, paths, project_env, run, use_fixture_data
-    from segmentation import dask_tables
+    from segmentation.engines.dask import tables as dask_tables
 
     root = copy_project(tmp_path / "project")
     # The stages reach the module's LocalCluster by its address, as a real cluster is reached (and no stage pays

@@ -8,7 +8,7 @@ from sklearn.datasets import make_blobs
 
 from segmentation.config import EvaluateParams
 from segmentation.errors import UserError
-from segmentation.evaluate import evaluate, profile_plot, projection_plot, silhouette_plot
+from segmentation.stages.evaluate import evaluate, profile_plot, projection_plot, silhouette_plot
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +91,9 @@ def test_saved_figures_are_the_bytes_of_a_tight_savefig(fitted, tmp_path):
     """StageOutputs.save_figure measures the tight box without drawing the figure first: the PNG must be the one
     matplotlib's own bbox_inches="tight" writes, for every figure the pipeline saves."""
     from segmentation.config import TrainParams
+    from segmentation.core.plotting import FIGURE_DPI
     from segmentation.files import StageOutputs
-    from segmentation.plotting import FIGURE_DPI
-    from segmentation.train import elbow_search
+    from segmentation.stages.train import elbow_search
 
     matrix, features, model = fitted
     result = evaluate(matrix, features, model, "ID", EvaluateParams(silhouette_sample_size=5000, random_state=0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline_helpers import copy_project, paths, project_env, run, use_fixture_data
-from segmentation.experiments import WIDTH, compare, parse_show, table
+from segmentation.tools.experiments import WIDTH, compare, parse_show, table
 
 P = paths()  # every path as dvc.yaml declares it (dvc exp show keys the metrics by file)
 

@@ -161,7 +161,7 @@ def stage_process(dvc: subprocess.Popen, module: str, timeout: float = 120) -> p
     while time.monotonic() < deadline and dvc.poll() is None:
         for child in psutil.Process(dvc.pid).children(recursive=True):
             try:
-                if f"segmentation.{module}" in child.cmdline():
+                if f"segmentation.stages.{module}" in child.cmdline():
                     return child
             except psutil.Error:
                 continue
@@ -248,8 +248,8 @@ def test_ctrl_c_prints_one_line_and_changes_nothing(project):
 
 SWALLOWED_CTRL_C = """
 import os, signal, sys, weakref
-import segmentation.tracking as tracking
-from segmentation.train import main
+import segmentation.tracking.logger as tracking
+from segmentation.stages.train import main
 
 logged = tracking.DualLogger.log_run
 
@@ -346,7 +346,7 @@ def test_a_broken_store_warns_keeps_the_run_and_sync_records_it_later(project, f
     assert (kept / "artifacts" / "cluster_profile.csv").is_file()
 
     store.write_bytes(good_store)  # the user repairs the store (or moves it aside)
-    synced = run([sys.executable, "-m", "segmentation.remote", "sync"], root, env)
+    synced = run([sys.executable, "-m", "segmentation.tracking.remote", "sync"], root, env)
     assert "recorded 1 run(s) kept in mlruns-pending/" in synced.stdout
     assert not (root / "mlruns-pending").exists()
     client, runs_after = mlflow_runs(root, "evaluate")

@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 
 from segmentation.config import Bounds
-from segmentation.errors import UserError
-from segmentation.features import (
+from segmentation.core.features import (
     adults_in_household,
     derive_marketing_features,
     missing_rows,
     outlier_rows,
     parse_dates,
 )
+from segmentation.errors import UserError
 
 
 def test_dates_are_day_first():

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline_helpers import BIN, copy_project, project_env, run
 from segmentation.errors import UserError
-from segmentation.remote import SHOWN_CHARS, check_name
+from segmentation.tracking.remote import SHOWN_CHARS, check_name
 
 NAME_RULE = "(letters, digits, '-', '_' and '.', starting with a letter or a digit, no '..')"
 

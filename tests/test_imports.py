@@ -57,8 +57,8 @@ def test_entry_point_imports(module):
 
 WARM_UP_THEN_SAVE = """
 import sys, tempfile
-from segmentation.store_helper import _warm_up_stages
-from segmentation.store import MLFLOW_SERIALIZATION
+from segmentation.tracking.store_helper import _warm_up_stages
+from segmentation.tracking.store import MLFLOW_SERIALIZATION
 _warm_up_stages()
 assert "skops" not in sys.modules, "the warm-up imported skops (MLflow's default format), which train never uses"
 import mlflow.sklearn

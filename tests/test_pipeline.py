@@ -21,8 +21,8 @@ from pipeline_helpers import (
     stage_names,
     use_fixture_data,
 )
-from segmentation.lineage import file_md5
-from segmentation.tracking import TrackingSettings
+from segmentation.tracking.lineage import file_md5
+from segmentation.tracking.logger import TrackingSettings
 
 pytestmark = pytest.mark.pipeline
 
@@ -97,7 +97,7 @@ def test_dvc_metrics_params_and_plots(project):
     plots = run(["dvc", "plots", "show", "--json"], root, env)
     assert P["elbow_scores"] in plots.stdout
     # The HTML page works offline: Vega is inlined (template written by the set-up), no script from a CDN.
-    run([sys.executable, "-m", "segmentation.bootstrap", "--skip-pth", "--skip-data"], root, env)
+    run([sys.executable, "-m", "segmentation.tools.bootstrap", "--skip-pth", "--skip-data"], root, env)
     run(["dvc", "plots", "show"], root, env)
     page = (root / "dvc_plots" / "index.html").read_text()
     assert "<script src" not in page and "cdn.jsdelivr" not in page
@@ -175,15 +175,15 @@ def test_a_stale_lock_is_caught(project, tmp_path):
     for name in ("preprocess_metrics", "train_metrics", "evaluate_metrics", "elbow_scores"):
         (stale / P[name]).write_text((root / P[name]).read_text())
     run(["git", "commit", "-q", "-am", "results"], stale, env)
-    fresh = run([sys.executable, "-m", "segmentation.checks", "lock"], stale, env, check=False)
+    fresh = run([sys.executable, "-m", "segmentation.tools.checks", "lock"], stale, env, check=False)
     assert fresh.returncode == 0, fresh.stderr
-    module = stale / "src/segmentation/evaluate.py"
+    module = stale / "src/segmentation/stages/evaluate.py"
     module.write_text(module.read_text() + "\n# a change committed without re-running the pipeline\n")
     (stale / "params.yaml").write_text((stale / "params.yaml").read_text().replace("k_max: 8", "k_max: 9"))
     run(["git", "commit", "-q", "-am", "code change"], stale, env)
-    found = run([sys.executable, "-m", "segmentation.checks", "lock"], stale, env, check=False)
+    found = run([sys.executable, "-m", "segmentation.tools.checks", "lock"], stale, env, check=False)
     assert found.returncode == 1
-    assert "error: evaluate: src/segmentation/evaluate.py changed since dvc.lock" in found.stderr
+    assert "error: evaluate: src/segmentation/stages/evaluate.py changed since dvc.lock" in found.stderr
     assert "error: train: params.yaml params changed since dvc.lock (train.k_max 8 -> 9)" in found.stderr
     assert "Traceback" not in found.stderr
 
@@ -237,7 +237,7 @@ def test_stage_cli_user_error_is_one_line_and_writes_nothing(tmp_path, repo):
     project.mkdir()
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run(
-        [sys.executable, "-m", "segmentation.preprocess", "--features", "f.csv", "--matrix", "m.csv",
+        [sys.executable, "-m", "segmentation.stages.preprocess", "--features", "f.csv", "--matrix", "m.csv",
          "--transformer", "t.joblib", "--metrics", "p.json", "--dagshub-dir", "dh"],
         cwd=project, env=project_env(tmp_path), capture_output=True, text=True, timeout=300,
     )  # fmt: skip

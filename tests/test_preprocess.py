@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from segmentation.errors import UserError
-from segmentation.preprocess import preprocess
+from segmentation.stages.preprocess import preprocess
 
 
 def test_example_rows_and_shapes(raw_full, preprocess_params):

@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline_helpers import copy_project, paths, project_env, run, stage_names, use_fixture_data
-from segmentation.tracking import TrackingSettings
+from segmentation.tracking.logger import TrackingSettings
 from servers import (
     dvc_http_remote,
     free_port,
@@ -97,7 +97,11 @@ def project(tmp_path_factory, dagshub):
     env = dagshub_env(root, dagshub)
     outputs = []
     outputs.append(
-        run([sys.executable, "-m", "segmentation.remote", "dagshub", "--owner", OWNER, "--repo", REPO], root, env)
+        run(
+            [sys.executable, "-m", "segmentation.tracking.remote", "dagshub", "--owner", OWNER, "--repo", REPO],
+            root,
+            env,
+        )
     )
     use_fixture_data(root, env)
     outputs.append(run(["dvc", "repro"], root, env))
@@ -160,9 +164,9 @@ def test_wrong_password_is_one_clear_line_and_nothing_is_lost(project, dagshub, 
         assert (root / P["dagshub"] / stage / "metrics.csv").stat().st_size > 30
 
     env = dagshub_env(root, dagshub, MLFLOW_EXPERIMENT_NAME="wrong-password")
-    first = run([sys.executable, "-m", "segmentation.remote", "sync"], root, env)
+    first = run([sys.executable, "-m", "segmentation.tracking.remote", "sync"], root, env)
     assert "3 run(s) delivered" in first.stdout
-    second = run([sys.executable, "-m", "segmentation.remote", "sync"], root, env)
+    second = run([sys.executable, "-m", "segmentation.tracking.remote", "sync"], root, env)
     assert "0 run(s) delivered" in second.stdout
     delivered = dagshub.runs(monkeypatch, "wrong-password")
     assert sorted(r.data.tags["segmentation_source_run"] for r in delivered) == sorted(r.info.run_id for r in kept)
@@ -203,8 +207,8 @@ def test_unreachable_tracker_is_bounded_and_sync_delivers_once(project, dagshub,
     env = dagshub_env(root, dagshub, MLFLOW_TRACKING_URI=uri, MLFLOW_EXPERIMENT_NAME=experiment)
     env.pop("DAGSHUB_CLIENT_HOST")
     with routing_proxy({"": dagshub.mlflow_url}, port=port):
-        first = run([sys.executable, "-m", "segmentation.remote", "sync"], root, env)
-        second = run([sys.executable, "-m", "segmentation.remote", "sync"], root, env)
+        first = run([sys.executable, "-m", "segmentation.tracking.remote", "sync"], root, env)
+        second = run([sys.executable, "-m", "segmentation.tracking.remote", "sync"], root, env)
     assert "3 run(s) delivered" in first.stdout
     assert "0 run(s) delivered" in second.stdout
     delivered = dagshub.runs(monkeypatch, experiment)
@@ -226,7 +230,7 @@ def test_push_and_pull_over_http_with_basic_auth(project, dagshub, tmp_path):
     bad = dagshub_env(root, dagshub, token="wrong-password")
     wrong = tmp_path / "wrong"
     run(["git", "clone", "-q", str(root), str(wrong)], tmp_path, bad)
-    run([sys.executable, "-m", "segmentation.remote", "dagshub", "--owner", OWNER, "--repo", REPO], wrong, bad)
+    run([sys.executable, "-m", "segmentation.tracking.remote", "dagshub", "--owner", OWNER, "--repo", REPO], wrong, bad)
     failed = run(["dvc", "pull"], wrong, bad, check=False)
     assert failed.returncode != 0
     assert "401" in failed.stderr or "Unauthorized" in failed.stderr or "failed to pull" in failed.stderr.lower()
@@ -243,7 +247,7 @@ def test_push_and_pull_over_dagshub_s3_endpoint(project, dagshub, tmp_path):
     env = dagshub_env(root, dagshub)
     run(["git", "clone", "-q", str(root), str(s3_project)], tmp_path, env)
     run(
-        [sys.executable, "-m", "segmentation.remote", "dagshub", "--s3", "--owner", OWNER, "--repo", REPO],
+        [sys.executable, "-m", "segmentation.tracking.remote", "dagshub", "--s3", "--owner", OWNER, "--repo", REPO],
         s3_project,
         env,
     )
@@ -268,7 +272,7 @@ def clone_and_pull(source: Path, dest: Path, env: dict[str, str], configure: lis
     run(["git", "add", "-A"], source, env)
     run(["git", "commit", "-q", "--allow-empty", "-m", "results"], source, env)
     run(["git", "clone", "-q", str(source), str(dest)], dest.parent, env)
-    run([sys.executable, "-m", "segmentation.remote", *configure], dest, env)
+    run([sys.executable, "-m", "segmentation.tracking.remote", *configure], dest, env)
     # Re-running the set-up in a clone only adds the credentials (git-ignored): tracked files are unchanged.
     assert run(["git", "status", "--porcelain"], dest, env).stdout == ""
     run(["dvc", "pull"], dest, env)

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from pipeline_helpers import run_stage_cli, the_error
-from segmentation import report
 from segmentation.config import EvaluateParams, PreprocessParams, parse_section, profile_patterns
-from segmentation.data import expand_columns, matches
+from segmentation.core import report
+from segmentation.core.data import expand_columns, matches
 from segmentation.errors import UserError
-from segmentation.evaluate import cluster_profile, profile_plot
-from segmentation.preprocess import preprocess
+from segmentation.stages.evaluate import cluster_profile, profile_plot
+from segmentation.stages.preprocess import preprocess
 
 # -- numbers --------------------------------------------------------------------------------------------------------
 

@@ -23,13 +23,13 @@ import pytest
 from sklearn.base import clone
 
 from pipeline_helpers import FIXTURE_PARAMS, HELD_BACK, REPO, held_back_ids, paths, run, stages
-from segmentation import features as recipe
 from segmentation.config import load_section
+from segmentation.core import features as recipe
+from segmentation.core.segmenter import RecipeFeatures, build_segmenter
 from segmentation.errors import UserError
-from segmentation.preprocess import preprocess
-from segmentation.score import score
-from segmentation.segmenter import RecipeFeatures, build_segmenter
-from segmentation.train import train
+from segmentation.stages.preprocess import preprocess
+from segmentation.stages.train import train
+from segmentation.tools.score import score
 from servers import HOST, free_port, process_group, server_env, wait_http
 
 P = paths()  # every path as dvc.yaml declares it
@@ -178,7 +178,8 @@ def test_score_bad_file_is_one_line_and_writes_nothing(project, edit, message):
     root, env = project
     bad = edit(pd.read_csv(root / "new_customers.csv", sep="\t").head(10))
     bad.to_csv(root / "bad.csv", sep="\t", index=False)
-    proc = run([sys.executable, "-m", "segmentation.score", "--input", "bad.csv", "--output", "out/bad.csv"], root,
+    cmd = [sys.executable, "-m", "segmentation.tools.score", "--input", "bad.csv", "--output", "out/bad.csv"]
+    proc = run(cmd, root,
                env, check=False)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -261,8 +262,8 @@ def test_mlflow_model_is_not_a_dvc_output():
 def test_a_kept_run_keeps_its_model_directory(tmp_path):
     """A run the store could not take waits in mlruns-pending/ with its directory artifacts (the MLflow model),
     and is recorded with them later (make sync)."""
-    from segmentation.store import PENDING_DIR, MlflowClientFor, PendingRun, replay_pending
-    from segmentation.tracking import TrackingSettings
+    from segmentation.tracking.logger import TrackingSettings
+    from segmentation.tracking.store import PENDING_DIR, MlflowClientFor, PendingRun, replay_pending
 
     model = tmp_path / "tmp" / "segmenter"
     (model / "sub").mkdir(parents=True)
@@ -290,7 +291,7 @@ def test_a_kept_run_keeps_its_model_directory(tmp_path):
 
 
 def test_segment_names_only_when_the_profile_has_them_for_these_segments(tmp_path):
-    from segmentation.score import segment_names, with_names
+    from segmentation.tools.score import segment_names, with_names
 
     profile = tmp_path / "cluster_profile.csv"
     assert segment_names(profile, 2) is None  # no profile yet

@@ -1,4 +1,4 @@
-"""The stage runner (segmentation.stage.cli): a stage is a work function; the runner parses the paths, loads the
+"""The stage runner (segmentation.stages.runner.cli): a stage is a work function; the runner parses the paths, loads the
 params section, commits the outputs together and logs the run."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from segmentation.errors import UserError
-from segmentation.stage import Outcome, cli
+from segmentation.stages.runner import Outcome, cli
 
 SECTION = "evaluate:\n  silhouette_sample_size: 100\n  random_state: 7\n"
 

@@ -18,7 +18,7 @@ import yaml
 
 from pipeline_helpers import BIN, DAGSHUB_SINK, REPO, copy_project, paths, project_env, run
 from segmentation.config import SECTIONS, load_section
-from segmentation.delivery import remote_key
+from segmentation.tracking.delivery import remote_key
 
 pytestmark = pytest.mark.template
 
@@ -218,7 +218,7 @@ def test_generated_project_sets_up_reproduces_and_passes_its_tests(generated):
     assert Path(where.strip()).is_relative_to(gen / "src")  # its own code runs, not the template's
     assert (
         "restored from data/example/"
-        in run([sys.executable, "-m", "segmentation.bootstrap", "--skip-pth"], gen, env).stdout
+        in run([sys.executable, "-m", "segmentation.tools.bootstrap", "--skip-pth"], gen, env).stdout
     )
     run(["dvc", "repro"], gen, env)
     assert json.loads(run(["dvc", "status", "--json"], gen, env).stdout) == {}
@@ -263,7 +263,7 @@ def test_project_without_the_example_data_takes_your_data_and_its_make_test_pass
     assert not (gen / "data/example").exists() and not (gen / "data/raw.dvc").exists()
     for section in SECTIONS:
         load_section(section, gen / "params.yaml")  # still valid params
-    setup = run([sys.executable, "-m", "segmentation.bootstrap", "--skip-pth"], gen, env)
+    setup = run([sys.executable, "-m", "segmentation.tools.bootstrap", "--skip-pth"], gen, env)
     assert "no data/raw.dvc, no data to restore" in setup.stdout
     failed = run(["dvc", "repro"], gen, env, check=False)
     assert failed.returncode != 0 and "data/raw/customers.csv" in failed.stderr
@@ -298,19 +298,19 @@ def test_copy_from_a_used_clone_then_update(tmp_path):
     """The template clone has run its pipeline (`make repro`): still clean, so copier records a real commit."""
     env = project_env(tmp_path)
     root = copy_project(tmp_path / "template")
-    run([sys.executable, "-m", "segmentation.bootstrap", "--skip-pth"], root, env)
+    run([sys.executable, "-m", "segmentation.tools.bootstrap", "--skip-pth"], root, env)
     run(["dvc", "repro"], root, env)
     assert run(["git", "status", "--porcelain"], root, env).stdout == ""  # the commit reproduced itself
     gen = copier_copy(root, tmp_path / "used-shop", {"project_name": "used-shop"}, env)
     assert_first_commit(gen, env)
-    edit(root / "src/segmentation/plotting.py", "\n\ndef ", '\n\nTEMPLATE_CHANGE = "v2"\n\n\ndef ')
+    edit(root / "src/segmentation/core/plotting.py", "\n\ndef ", '\n\nTEMPLATE_CHANGE = "v2"\n\n\ndef ')
     commit_all(root, env, "template v2")
     run([*COPIER, "update", "--trust", "--defaults", "--quiet"], gen, env)
-    assert 'TEMPLATE_CHANGE = "v2"' in (gen / "src/segmentation/plotting.py").read_text()
+    assert 'TEMPLATE_CHANGE = "v2"' in (gen / "src/segmentation/core/plotting.py").read_text()
 
     # A template with uncommitted changes: copier includes them through a draft commit of its own; the project
     # records the template's real commit instead (and says so), so that a later update works.
-    edit(root / "src/segmentation/plotting.py", 'TEMPLATE_CHANGE = "v2"', 'TEMPLATE_CHANGE = "draft"')
+    edit(root / "src/segmentation/core/plotting.py", 'TEMPLATE_CHANGE = "v2"', 'TEMPLATE_CHANGE = "draft"')
     dest = tmp_path / "draft-shop"
     proc = run([*COPIER, "copy", "--trust", "--defaults", "--vcs-ref", "HEAD", str(root), str(dest)], tmp_path, env)
     assert "note: the template had uncommitted changes" in proc.stderr
@@ -320,7 +320,7 @@ def test_copy_from_a_used_clone_then_update(tmp_path):
     commit_all(root, env, "template v3")
     update = run([*COPIER, "update", "--trust", "--defaults"], dest, env, check=False)
     assert update.returncode == 0 and "Traceback" not in update.stderr, update.stderr
-    assert 'TEMPLATE_CHANGE = "draft"' in (dest / "src/segmentation/plotting.py").read_text()
+    assert 'TEMPLATE_CHANGE = "draft"' in (dest / "src/segmentation/core/plotting.py").read_text()
 
 
 def test_update_brings_template_changes_and_keeps_user_edits(tmp_path):
@@ -331,11 +331,11 @@ def test_update_brings_template_changes_and_keeps_user_edits(tmp_path):
     first = yaml.safe_load((gen / ".copier-answers.yml").read_text())["_commit"]
     # The user tunes a param and edits the package.
     edit(gen / "params.yaml", "  k_max: 10\n", "  k_max: 12\n")
-    edit(gen / "src/segmentation/evaluate.py", 'CLUSTER_COLUMN = "cluster"\n', 'CLUSTER_COLUMN = "segment"\n')
+    edit(gen / "src/segmentation/stages/evaluate.py", 'CLUSTER_COLUMN = "cluster"\n', 'CLUSTER_COLUMN = "segment"\n')
     commit_all(gen, env, "my changes")
     # The template moves on: another param, a line of code, the project README.
     edit(root / "params.yaml", "  n_init: 10\n", "  n_init: 12\n")  # one file: params.yaml.jinja includes it
-    edit(root / "src/segmentation/plotting.py", "\n\ndef ", '\n\nTEMPLATE_CHANGE = "v2"\n\n\ndef ')
+    edit(root / "src/segmentation/core/plotting.py", "\n\ndef ", '\n\nTEMPLATE_CHANGE = "v2"\n\n\ndef ')
     edit(root / "README.md.jinja", "## Use with DagsHub\n", "## Use with DagsHub\n\nNew in v2.\n")
     commit_all(root, env, "template v2")
 
@@ -343,8 +343,8 @@ def test_update_brings_template_changes_and_keeps_user_edits(tmp_path):
 
     params = (gen / "params.yaml").read_text()
     assert "  k_max: 12\n" in params and "  n_init: 12\n" in params
-    assert 'CLUSTER_COLUMN = "segment"\n' in (gen / "src/segmentation/evaluate.py").read_text()
-    assert 'TEMPLATE_CHANGE = "v2"' in (gen / "src/segmentation/plotting.py").read_text()
+    assert 'CLUSTER_COLUMN = "segment"\n' in (gen / "src/segmentation/stages/evaluate.py").read_text()
+    assert 'TEMPLATE_CHANGE = "v2"' in (gen / "src/segmentation/core/plotting.py").read_text()
     assert "New in v2." in (gen / "README.md").read_text()
     answers = yaml.safe_load((gen / ".copier-answers.yml").read_text())
     assert answers["_commit"] != first and answers["project_name"] == "upd-shop"
@@ -352,7 +352,7 @@ def test_update_brings_template_changes_and_keeps_user_edits(tmp_path):
     assert own[0]["name"] == "upd-shop"
     changed = run(["git", "status", "--porcelain"], gen, env).stdout
     assert not list(gen.rglob("*.rej")) and "<<<<<<<" not in params, changed
-    assert set(changed.split()) >= {"M", "params.yaml", "src/segmentation/plotting.py", "README.md"}
+    assert set(changed.split()) >= {"M", "params.yaml", "src/segmentation/core/plotting.py", "README.md"}
 
 
 def edit(path: Path, old: str, new: str) -> None:

@@ -9,10 +9,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline_helpers import stage_names
-from segmentation.delivery import apply_dagshub_credentials, bound_http_requests, describe_failure
 from segmentation.errors import UserError
-from segmentation.lineage import Lineage, pipeline_run_id, upstream_lineage
-from segmentation.tracking import (
+from segmentation.tracking.delivery import apply_dagshub_credentials, bound_http_requests, describe_failure
+from segmentation.tracking.lineage import Lineage, pipeline_run_id, upstream_lineage
+from segmentation.tracking.logger import (
     DualLogger,
     TrackingSettings,
     plain,
@@ -25,7 +25,7 @@ LOCK = f"""\
 schema: '2.0'
 stages:
   preprocess:
-    cmd: python -m segmentation.preprocess
+    cmd: python -m segmentation.stages.preprocess
     deps:
     - path: data/raw/shop.csv
       hash: md5
@@ -42,7 +42,7 @@ stages:
     - path: data/processed/matrix.csv
       md5: aaa
   train:
-    cmd: python -m segmentation.train
+    cmd: python -m segmentation.stages.train
     deps:
     - path: data/processed/matrix.csv
       md5: aaa
@@ -58,7 +58,7 @@ stages:
     - path: models/clusterer.joblib
       md5: bbb
   evaluate:
-    cmd: python -m segmentation.evaluate
+    cmd: python -m segmentation.stages.evaluate
     deps:
     - path: data/processed/matrix.csv
       md5: aaa

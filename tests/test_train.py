@@ -7,7 +7,7 @@ from sklearn.datasets import make_blobs
 
 from segmentation.config import TrainParams
 from segmentation.errors import UserError
-from segmentation.train import CURVES, choose_k, elbow_search, fallback_k, find_knee, search_sample, train
+from segmentation.stages.train import CURVES, choose_k, elbow_search, fallback_k, find_knee, search_sample, train
 
 
 def params(**override) -> TrainParams:

@@ -52,7 +52,7 @@ class Logged:
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory) -> Logged:
     """Two stages' runs (params, metrics, tags, artifacts) logged the way the pipeline logs them."""
-    from segmentation.tracking import DualLogger
+    from segmentation.tracking.logger import DualLogger
 
     root = tmp_path_factory.mktemp("ui") / "project"
     root.mkdir(parents=True)

@@ -142,7 +142,7 @@ class DaskParams(_Params):
     # Where the workers write the features and the matrix: null, Parquet folders at the dvc.yaml paths (a file system
     # shared with the stage's machine); s3://bucket/prefix or remote://<dvc remote>/prefix, parts on object storage
     # under a run-unique sub-prefix and a manifest (URLs, sizes, ETags, md5s) at the dvc.yaml paths
-    # (segmentation.dask_store: DVC 3 has no external outputs).
+    # (segmentation.engines.dask.store: DVC 3 has no external outputs).
     tables: str | None = None
 
     @field_validator("tables")

@@ -1,4 +1,5 @@
-"""DagsHub set-up, configuration report and tracking sync: ``python -m segmentation.remote {dagshub,show,sync}``.
+"""DagsHub set-up, configuration report and tracking sync: ``python -m segmentation.tracking.remote
+{dagshub,show,sync}``.
 
 ``dagshub --owner O --repo R`` makes the project use DagsHub:
 
@@ -25,10 +26,9 @@ import re
 import sys
 from pathlib import Path
 
-from segmentation.delivery import sync
 from segmentation.errors import UserError, stage_entrypoint
-from segmentation.store import PENDING_DIR, record_kept_runs
-from segmentation.tracking import (
+from segmentation.tracking.delivery import sync
+from segmentation.tracking.logger import (
     TrackingSettings,
     dagshub_host,
     dagshub_url,
@@ -36,6 +36,7 @@ from segmentation.tracking import (
     project_root,
     redact_uri,
 )
+from segmentation.tracking.store import PENDING_DIR, record_kept_runs
 
 REMOTE_NAME = "origin"
 TOKEN_ENV = "DAGSHUB_USER_TOKEN"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segmentation.store_helper import start_stage
+from segmentation.tracking.store_helper import start_stage
 
 if __name__ == "__main__":  # run as a stage: MLflow (and the libraries) get ready in a helper process
     start_stage("evaluate")
@@ -21,15 +21,16 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_samples
 
-from segmentation import algorithms, report
+from segmentation import algorithms
 from segmentation.algorithms import NOISE
 from segmentation.config import EvaluateParams, flatten, parse_section
-from segmentation.data import as_categories, expand_columns
+from segmentation.core import report
+from segmentation.core.data import as_categories, expand_columns
+from segmentation.core.plotting import FIGURE_DPI, new_figure
 from segmentation.errors import UserError
 from segmentation.files import load_model, read_csv, read_matrix
-from segmentation.lineage import _pipeline_graph, upstream_lineage
-from segmentation.plotting import FIGURE_DPI, new_figure
-from segmentation.stage import Outcome, cli, exit_now
+from segmentation.stages.runner import Outcome, cli, exit_now
+from segmentation.tracking.lineage import _pipeline_graph, upstream_lineage
 
 CLUSTER_COLUMN = "cluster"
 # The model's inertia on the matrix must equal the inertia it was fitted with, up to float summation order
@@ -395,8 +396,8 @@ def source_files(stage: str = "evaluate", dvc_yaml: str | Path = "dvc.yaml") -> 
     paths = [Path(d) for d in deps if Path(d).is_file()]
     if paths:
         return {p.as_posix(): _blob_id(p) for p in paths}
-    package = Path(__file__).resolve().parent  # a stage run by hand, outside a project
-    return {f"{package.name}/{p.name}": _blob_id(p) for p in sorted(package.glob("*.py"))}
+    package = Path(__file__).resolve().parents[1]  # a stage run by hand, outside a project
+    return {p.relative_to(package.parent).as_posix(): _blob_id(p) for p in sorted(package.rglob("*.py"))}
 
 
 def _blob_id(path: Path) -> str:
@@ -608,7 +609,8 @@ def evaluate_on_dask(
     client: Any, matrix: Any, features: Any, model: Any, params: EvaluateParams, categorical: list[str],
     numeric: list[str],
 ) -> DaskEvaluation:  # fmt: skip
-    """:func:`evaluate` and the report's measures on the tables in the cluster (:mod:`segmentation.dask_tables`):
+    """:func:`evaluate` and the report's measures on the tables in the cluster
+    (:mod:`segmentation.engines.dask.tables`):
     the clusters' sizes, the profiles, the overall means, the contrasts and the kinds of the columns exactly, by
     group-bys over every row; Calinski-Harabasz and Davies-Bouldin from per-cluster sums over every row; the
     silhouette, the criteria's sample and the figures' points on the local engine's seeded samples (the same row
@@ -617,7 +619,7 @@ def evaluate_on_dask(
     import dask.dataframe as dd
     from dask_ml.decomposition import PCA as DaskPCA
 
-    from segmentation import dask_tables
+    from segmentation.engines.dask import tables as dask_tables
 
     table, id_column = matrix.table, matrix.table.columns[0]
     if features.rows != table.rows or not all(
@@ -706,8 +708,8 @@ def evaluate_on_dask(
 def work_on_dask(args, params: EvaluateParams, preprocess_params: Any) -> Outcome:
     """The evaluate stage on the cluster (``preprocess.engine: dask``): the tables read by the workers part by part,
     the segments file written from the parts in order; the outputs are the local engine's."""
-    from segmentation import dask_tables
-    from segmentation.dask_cluster import dask_client
+    from segmentation.engines.dask import tables as dask_tables
+    from segmentation.engines.dask.cluster import dask_client
     from segmentation.files import remove_temp
 
     categorical_params = preprocess_params.categorical

@@ -1,8 +1,8 @@
 """``make score`` on a Dask cluster (``preprocess.engine: dask``): new customers in partitions, scored by workers.
 
-The input is anything the Dask engine reads (:mod:`segmentation.dask_sources`: a CSV, a folder or glob of CSV or
+The input is anything the Dask engine reads (:mod:`segmentation.engines.dask.sources`: a CSV, a folder or glob of CSV or
 Parquet files, local or on S3 with the DVC remote's credentials). Each partition is read on a worker and goes
-through :func:`segmentation.score.score` (the same checks, rejects and segments as local scoring) with the saved
+through :func:`segmentation.tools.score.score` (the same checks, rejects and segments as local scoring) with the saved
 segmenter, an ordinary scikit-learn ``Pipeline`` shipped to the workers. IDs must be unique across the whole input
 (a distributed ``value_counts``, as preprocess checks them).
 
@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from segmentation import dask_sources, score
 from segmentation.config import ROW_ID_COLUMN, DataParams, PreprocessParams, parse_bytes
+from segmentation.engines.dask import sources as dask_sources
 from segmentation.errors import UserError
 from segmentation.files import PARQUET, temp_dir_beside
+from segmentation.tools import score
 
 
 @dataclass
@@ -72,7 +73,7 @@ def rejects_dir(output: Path) -> Path:
 
 
 def _read(part: Any, params: DataParams) -> pd.DataFrame:
-    from segmentation.dask_engine import read_block
+    from segmentation.engines.dask.engine import read_block
 
     if isinstance(part, dask_sources.ParquetPart):
         return dask_sources.read_parquet_part(part, None)
@@ -82,9 +83,9 @@ def _read(part: Any, params: DataParams) -> pd.DataFrame:
 def score_part(
     part: Any, segmenter: Any, params: PreprocessParams, names: dict[int, str] | None, source: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, PartScores]:
-    """One partition scored as :func:`segmentation.score.score` scores a file: its ``ID, segment, segment_name``
+    """One partition scored as :func:`segmentation.tools.score.score` scores a file: its ``ID, segment, segment_name``
     rows, its rejects, its raw IDs, its summary. A check that fails names the row's line in its file."""
-    from segmentation.dask_engine import rows_before
+    from segmentation.engines.dask.engine import rows_before
 
     raw = _read(part, params.data)
     # id_column null: score.score numbers the partition's rows 1..; _score_parts shifts them by the rows before it
@@ -111,7 +112,7 @@ def score_part(
 
 
 def _write(part: tuple, which: int, folder: str, number: int) -> int:
-    from segmentation.dask_engine import write_part
+    from segmentation.engines.dask.engine import write_part
 
     table = part[which]
     return write_part(table, folder, number) if len(table) else 0
@@ -152,7 +153,7 @@ def _score_parts(
 ) -> DaskScores:
     import shutil
 
-    from segmentation.dask_engine import require_unique_ids
+    from segmentation.engines.dask.engine import require_unique_ids
 
     futures = client.map(score_part, parts, segmenter=segmenter, params=params, names=names, source=source, pure=False)
     summaries: list[PartScores] = client.gather(client.map(_item, futures, which=3))

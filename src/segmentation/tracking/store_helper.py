@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from segmentation.store import PendingRun
-    from segmentation.tracking import TrackingSettings
+    from segmentation.tracking.logger import TrackingSettings
+    from segmentation.tracking.store import PendingRun
 
 HELPER_WAIT_S = 30
 HELPER_POLL_S = 0.25
@@ -40,13 +40,13 @@ class StoreFailure(Exception):
 def store_run(settings: TrackingSettings, run: PendingRun, root: Path) -> tuple[str, int]:
     """Record ``run`` in the local store (one writer at a time), then the runs kept pending from earlier; returns
     the run's ID and how many kept runs were recorded."""
-    from segmentation.store import MlflowClientFor, local_store_lock, quiet_mlflow, record_run, replay_pending
+    from segmentation.tracking.store import MlflowClientFor, local_store_lock, quiet_mlflow, record_run, replay_pending
 
     with local_store_lock(root), quiet_mlflow():
         local = MlflowClientFor(settings.local_uri)
         run_id = record_run(local, settings, run, root)
         if settings.is_remote:  # pending until delivered: a stage stopped while delivering leaves it for sync
-            from segmentation.delivery import PENDING_TAG, remote_key
+            from segmentation.tracking.delivery import PENDING_TAG, remote_key
 
             local.set_tag(run_id, f"{PENDING_TAG}_{remote_key(settings.tracking_uri)}", settings.display_uri)
         return run_id, replay_pending(local, settings, root)
@@ -64,8 +64,8 @@ class StoreHelper:
     def __init__(self) -> None:
         import psutil
 
-        from segmentation.lineage import dvc_process
-        from segmentation.tracking import project_root
+        from segmentation.tracking.lineage import dvc_process
+        from segmentation.tracking.logger import project_root
 
         owner = dvc_process() or psutil.Process()
         key = f"{project_root()}:{owner.pid}:{owner.create_time()}"
@@ -74,7 +74,7 @@ class StoreHelper:
         if not self._reachable():
             # No stdio shared with the stage: dvc waits for the stage's pipes to close, not for the helper.
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "segmentation.store_helper", "--serve", self.address, str(owner.pid)],
+                [sys.executable, "-m", "segmentation.tracking.store_helper", "--serve", self.address, str(owner.pid)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -177,7 +177,7 @@ def run_warm(stage: str) -> None:
     import json
     import signal
 
-    from segmentation.lineage import dvc_process
+    from segmentation.tracking.lineage import dvc_process
 
     dvc = dvc_process()
     request = {"stage": stage, "argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}
@@ -291,17 +291,18 @@ def _become_stage(fds: list[int], request: dict[str, Any]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        sys.argv = [f"-m segmentation.{request['stage']}", *request["argv"]]
-        from segmentation import lineage, stage
+        sys.argv = [f"-m segmentation.stages.{request['stage']}", *request["argv"]]
+        from segmentation.stages import runner as stage
+        from segmentation.tracking import lineage
 
         lineage.launcher_pid = request["launcher"]
         stage.STARTED_BY_DVC = lineage.dvc_process() if request["dvc"] else None
         # The helper runs as __main__: the stage's code sees this module under its own name.
-        helper = importlib.import_module("segmentation.store_helper")
+        helper = importlib.import_module("segmentation.tracking.store_helper")
         helper._HELPER, helper._IN_WARM_STAGE = helper.HelperClient(request["address"]), True
         # As `python -m` does: the module runs as __main__, not also under its own name (the warm-up imported it).
-        sys.modules.pop(f"segmentation.{request['stage']}", None)
-        runpy.run_module(f"segmentation.{request['stage']}", run_name="__main__", alter_sys=True)
+        sys.modules.pop(f"segmentation.stages.{request['stage']}", None)
+        runpy.run_module(f"segmentation.stages.{request['stage']}", run_name="__main__", alter_sys=True)
         status = 0
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -336,7 +337,7 @@ def _warm_up_stages(owner=None) -> None:
     for stage in STAGES:
         if owner is not None and not _owner_alive(owner):
             raise _OwnerGone
-        importlib.import_module(f"segmentation.{stage}")
+        importlib.import_module(f"segmentation.stages.{stage}")
     # What the stages import inside functions (only when they run), and matplotlib's first drawing (fonts loaded).
     for module in (
         "dagshub.logger",
@@ -374,7 +375,7 @@ def _warm_up_model_saving() -> None:
     import mlflow.sklearn
     from sklearn.dummy import DummyClassifier
 
-    from segmentation.store import MLFLOW_SERIALIZATION, quiet_mlflow
+    from segmentation.tracking.store import MLFLOW_SERIALIZATION, quiet_mlflow
 
     model = DummyClassifier().fit([[0.0], [1.0]], [0, 1])
     with tempfile.TemporaryDirectory() as folder, quiet_mlflow():
@@ -463,8 +464,14 @@ def _serve_runs(server: socket.socket, address: str, owner) -> None:
     """Import MLflow, open the store, then record each run a stage sends and answer."""
     import json
 
-    from segmentation.store import MlflowClientFor, PendingRun, describe_store_failure, local_store_lock, quiet_mlflow
-    from segmentation.tracking import TrackingSettings, project_root
+    from segmentation.tracking.logger import TrackingSettings, project_root
+    from segmentation.tracking.store import (
+        MlflowClientFor,
+        PendingRun,
+        describe_store_failure,
+        local_store_lock,
+        quiet_mlflow,
+    )
 
     root = project_root()
     settings = TrackingSettings.resolve(root)

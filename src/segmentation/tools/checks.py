@@ -115,7 +115,7 @@ def fresh_clone_differences(root: Path) -> list[str]:
 
 @stage_entrypoint
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m segmentation.checks [lock|clone|all]``."""
+    """CLI: ``python -m segmentation.tools.checks [lock|clone|all]``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("check", nargs="?", choices=["lock", "clone", "all"], default="all")
     args = parser.parse_args(argv)

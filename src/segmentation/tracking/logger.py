@@ -2,9 +2,10 @@
 
 MLflow holds the browsable history (local SQLite store by default); the ``DAGsHubLogger`` files under
 ``metrics/dagshub/<stage>/`` are committed with the code, so each commit carries its own results. Here: where runs
-go (settings) and the logger the stages use. What produced a run is in :mod:`segmentation.lineage`, the local store
-in :mod:`segmentation.store`, delivery to a remote tracker (and its credentials) and ``make sync`` in
-:mod:`segmentation.delivery`.
+go (settings) and the logger the stages use. What produced a run is in :mod:`segmentation.tracking.lineage`,
+the local store
+in :mod:`segmentation.tracking.store`, delivery to a remote tracker (and its credentials) and ``make sync`` in
+:mod:`segmentation.tracking.delivery`.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from segmentation.lineage import LOCK_FILE, Lineage, git_commit, pipeline_run_id, upstream_lineage
-from segmentation.store import (
+from segmentation.tracking.lineage import LOCK_FILE, Lineage, git_commit, pipeline_run_id, upstream_lineage
+from segmentation.tracking.store import (
     MlflowClientFor,
     PendingRun,
     describe_store_failure,
     local_store_lock,
     quiet_mlflow,
 )
-from segmentation.store_helper import record_with_helper
+from segmentation.tracking.store_helper import record_with_helper
 
 DAGSHUB_DIR = Path("metrics") / "dagshub"
 ENV_EXPERIMENT = "MLFLOW_EXPERIMENT_NAME"
@@ -161,7 +162,7 @@ class StageRecord:
 
 def process_start_ms() -> int:
     """When this process started: a run's duration is the stage's, imports and data loading included."""
-    from segmentation.lineage import stage_process
+    from segmentation.tracking.lineage import stage_process
 
     return int(stage_process().create_time() * 1000)
 
@@ -220,7 +221,7 @@ class DualLogger:
 
     def log_artifact_dir(self, path: str | Path, name: str) -> None:
         """Record a directory to upload to MLflow under ``name`` (an MLflow model); it must exist until the run is
-        logged (the end of :func:`segmentation.stage.run`)."""
+        logged (the end of :func:`segmentation.stages.runner.run`)."""
         self.record.artifact_dirs[name] = Path(path)
 
     def log_data(self, path: str | Path, md5: str) -> None:
@@ -240,7 +241,7 @@ class DualLogger:
             self.close()
 
     def close(self) -> None:
-        """Write the DagsHub files (on their own) and the MLflow run. Stages use :func:`segmentation.stage.run`,
+        """Write the DagsHub files (on their own) and the MLflow run. Stages use :func:`segmentation.stages.runner.run`,
         which commits the DagsHub files together with the stage's other outputs."""
         from segmentation.files import StageOutputs
 
@@ -364,7 +365,7 @@ class DualLogger:
         if self.run_id is None:
             return
         where = f"{redact_uri(s.local_uri)}, experiment {s.experiment_name!r}"
-        from segmentation.delivery import deliver_or_keep
+        from segmentation.tracking.delivery import deliver_or_keep
 
         if s.is_remote and deliver_or_keep(MlflowClientFor(s.local_uri), self.run_id, s, self.root):
             where = f"{s.display_uri} and the local store, experiment {s.experiment_name!r}"

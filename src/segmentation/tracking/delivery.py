@@ -1,6 +1,7 @@
 """Delivery of runs to a remote MLflow tracker (DagsHub's endpoint, or any server) and ``make sync``.
 
-Every run is first written to the local store (:mod:`segmentation.tracking`); a remote tracker then receives a copy
+Every run is first written to the local store (:mod:`segmentation.tracking.logger`); a remote tracker then
+receives a copy
 with bounded HTTP calls. A run it could not take stays tagged pending in the local store, and :func:`sync` delivers
 it later, exactly once (the remote run carries the local run's ID).
 """
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from segmentation.store import ensure_experiment
-from segmentation.tracking import TrackingSettings, project_config, redact_uri
+from segmentation.tracking.logger import TrackingSettings, project_config, redact_uri
+from segmentation.tracking.store import ensure_experiment
 
 PENDING_TAG = "segmentation_pending"  # + "_<key>": value = the remote URI (redacted) still to receive the run
 DELIVERED_TAG = "segmentation_delivered"  # + "_<key>": value = the run's ID on that remote

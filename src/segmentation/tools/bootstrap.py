@@ -23,8 +23,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from segmentation.lineage import file_md5
 from segmentation.pipeline import load_yaml
+from segmentation.tracking.lineage import file_md5
 
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -118,8 +118,8 @@ def prepare_local_store(root: Path | None = None) -> str | None:
     the store's lock); returns what was done, or None when there was nothing to do."""
     import os
 
-    from segmentation.store import MlflowClientFor, local_store_lock, quiet_mlflow
-    from segmentation.tracking import TrackingSettings, project_root
+    from segmentation.tracking.logger import TrackingSettings, project_root
+    from segmentation.tracking.store import MlflowClientFor, local_store_lock, quiet_mlflow
 
     root = root or project_root()
     uri = TrackingSettings.resolve(root).local_uri
@@ -142,7 +142,7 @@ def prepare_local_store(root: Path | None = None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m segmentation.bootstrap``."""
+    """CLI: ``python -m segmentation.tools.bootstrap``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-data", action="store_true", help="do not restore the raw data")
     parser.add_argument("--skip-pth", action="store_true", help="do not write the no-telemetry .pth")

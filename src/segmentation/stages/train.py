@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from segmentation.store_helper import start_stage
+from segmentation.tracking.store_helper import start_stage
 
 if __name__ == "__main__":  # run as a stage: MLflow (and the libraries) get ready in a helper process
     start_stage("train")
@@ -32,12 +32,12 @@ from threadpoolctl import threadpool_limits
 from segmentation import algorithms
 from segmentation.algorithms import NOISE, CentroidAssigner
 from segmentation.config import PreprocessParams, TrainParams, flatten, parse_section
+from segmentation.core.plotting import FIGURE_DPI, new_figure
+from segmentation.core.progress import Progress
+from segmentation.core.segmenter import build_segmenter, input_schema
 from segmentation.errors import UserError
 from segmentation.files import load_model, read_matrix
-from segmentation.plotting import FIGURE_DPI, new_figure
-from segmentation.progress import Progress
-from segmentation.segmenter import build_segmenter, input_schema
-from segmentation.stage import Outcome, cli, exit_now
+from segmentation.stages.runner import Outcome, cli, exit_now
 
 
 @dataclass
@@ -475,11 +475,11 @@ def _part_inertia(block: np.ndarray, model: KMeans) -> float:
 
 
 def train_on_dask(client: Any, matrix: Any, params: TrainParams, source: str) -> tuple[ElbowResult, KMeans, np.ndarray]:
-    """:func:`train` on the model matrix held by the cluster (:class:`segmentation.dask_tables.Matrix`): the k
+    """:func:`train` on the model matrix held by the cluster (:class:`segmentation.engines.dask.tables.Matrix`): the k
     search on the local engine's seeded sample (the same row numbers, brought to this process), then the final fit
     on all rows by dask-ml (:func:`fit_kmeans_on_dask`) unless the sample holds every row (then, as on the local
     engine, the search's fit is the model). Returns the search, the model and its clusters' sizes on all rows."""
-    from segmentation import dask_tables
+    from segmentation.engines.dask import tables as dask_tables
 
     rows = matrix.table.total
     idx = search_sample(rows, params)
@@ -511,7 +511,7 @@ def fit_kmeans_on_dask(
     """
     from dask_ml.cluster import KMeans as DaskKMeans
 
-    from segmentation import dask_tables
+    from segmentation.engines.dask import tables as dask_tables
 
     k = len(centres)
     start = time.perf_counter()
@@ -544,8 +544,8 @@ def fit_kmeans_on_dask(
 def work_on_dask(args, params: TrainParams, preprocess_params: PreprocessParams) -> Outcome:
     """The train stage on the cluster (``preprocess.engine: dask``): the matrix is read by the workers, part by
     part; the search, the model, the metrics and the outputs are those of the local engine."""
-    from segmentation import dask_tables
-    from segmentation.dask_cluster import dask_client
+    from segmentation.engines.dask import tables as dask_tables
+    from segmentation.engines.dask.cluster import dask_client
 
     preprocessor = load_model(args.preprocessor, stage="preprocess") if args.segmenter else None
     with dask_client(preprocess_params.dask) as client:
@@ -571,7 +571,7 @@ def save_mlflow_model(segmenter, folder: str) -> str:
 
     import mlflow.sklearn
 
-    from segmentation.store import MLFLOW_SERIALIZATION, quiet_mlflow
+    from segmentation.tracking.store import MLFLOW_SERIALIZATION, quiet_mlflow
 
     path = f"{folder}/{MLFLOW_MODEL_NAME}"
     requirements = [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "cloudpickle")]

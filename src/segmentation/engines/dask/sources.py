@@ -16,7 +16,8 @@ a message, a log or a file (the dataclasses below do not show them).
 
 The format: ``preprocess.data.format`` (``csv``, ``parquet``), or ``auto``: Parquet for files named ``*.parquet``,
 ``*.parq``, ``*.pq``, CSV for any other name; a mix of both is an error. A CSV is cut into ``blocksize`` blocks at
-line ends (:class:`Block`, read by :mod:`segmentation.dask_engine`); a Parquet file gives one partition per row group
+line ends (:class:`Block`, read by :mod:`segmentation.engines.dask.engine`); a Parquet file gives one
+partition per row group
 (:class:`ParquetPart`), read with only the columns used.
 """
 
@@ -32,8 +33,8 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from segmentation import data
 from segmentation.config import DataParams
+from segmentation.core import data
 from segmentation.errors import UserError
 
 T = TypeVar("T")

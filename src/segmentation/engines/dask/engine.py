@@ -1,7 +1,7 @@
 """The Dask engine (``preprocess.engine: dask``): the preprocess stage's steps on partitions, on a Dask cluster.
 
 The same pure functions as the local engine do the work: each partition of the raw CSV (a block of lines, cut where
-a line ends, with the header) is parsed by pandas and goes through :func:`segmentation.preprocess.select_rows`
+a line ends, with the header) is parsed by pandas and goes through :func:`segmentation.stages.preprocess.select_rows`
 (checks, recipe, missing and outlier filters) on a worker. What only the whole table can tell is then checked from
 the partitions' summaries (row counts summed exactly, blank columns, too few rows) or with Dask (unique IDs, by a
 distributed ``value_counts``). A generated ``row_id`` (``id_column: null``) is numbered within each partition, then
@@ -13,7 +13,8 @@ compute the model matrix with that transformer. The features and the matrix are 
 folder at the output's path, one part per partition.
 
 The cluster is the one at ``DASK_SCHEDULER_ADDRESS`` or, when it is unset, a ``LocalCluster`` of worker processes
-listening on 127.0.0.1 only, started for the stage and stopped after it (:mod:`segmentation.dask_cluster`, shared
+listening on 127.0.0.1 only, started for the stage and stopped after it
+(:mod:`segmentation.engines.dask.cluster`, shared
 with the train and evaluate stages).
 """
 
@@ -29,15 +30,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from segmentation import dask_sources, dask_store, data, features
 from segmentation.config import ROW_ID_COLUMN, DataParams, PreprocessParams, parse_bytes
-from segmentation.dask_cluster import SCHEDULER_ENV as SCHEDULER_ENV  # re-exported: the engine's public names
-from segmentation.dask_cluster import dask_client as dask_client
-from segmentation.dask_sources import Block as Block  # re-exported: the engine's public names
-from segmentation.dask_store import PART_NAME as PART_NAME  # re-exported: make score's parts are named alike
+from segmentation.core import data, features
+from segmentation.engines.dask import sources as dask_sources
+from segmentation.engines.dask import store as dask_store
+from segmentation.engines.dask.cluster import SCHEDULER_ENV as SCHEDULER_ENV  # re-exported: the engine's public names
+from segmentation.engines.dask.cluster import dask_client as dask_client
+from segmentation.engines.dask.sources import Block as Block  # re-exported: the engine's public names
+from segmentation.engines.dask.store import PART_NAME as PART_NAME  # re-exported: make score's parts are named alike
 from segmentation.errors import UserError
 from segmentation.files import PARQUET, LineLocator, plain, temp_dir_beside, write_parquet
-from segmentation.preprocess import (
+from segmentation.stages.preprocess import (
     build_transformer,
     matrix_names,
     model_columns,
@@ -273,7 +276,7 @@ class DaskPreprocess:
 
 def write_to_store(client: Any, tables: str, features: list[Any], matrices: list[Any]) -> tuple[str, str]:
     """The workers write the features' and the matrix's parts under a new run-unique prefix of ``tables``
-    (:mod:`segmentation.dask_store`); the two manifests. On any failure the run's parts are removed (no manifest
+    (:mod:`segmentation.engines.dask.store`); the two manifests. On any failure the run's parts are removed (no manifest
     points at them) and nothing is left to commit."""
     destinations = dask_store.run_destinations(tables, ["features", "matrix"])
     try:
@@ -304,7 +307,7 @@ def preprocess_on_dask(
     matrix_path: str | Path,
 ) -> DaskPreprocess:
     """Preprocess ``params.data.path`` (CSV or Parquet: a file, a folder or a glob, local or on S3, see
-    :mod:`segmentation.dask_sources`) on the cluster of ``client``; write the features
+    :mod:`segmentation.engines.dask.sources`) on the cluster of ``client``; write the features
     and the matrix into new folders beside ``features_path`` and ``matrix_path`` (removed on any failure)."""
     for target in (features_path, matrix_path):
         if Path(target).suffix != PARQUET:
@@ -446,7 +449,7 @@ def _values(table: pd.DataFrame, columns: list[str], imputer: Any = None) -> np.
 
 
 def require_computable_sums(summaries: list[PartSummary], columns: list[str], source: str) -> None:
-    """As :func:`segmentation.preprocess.require_computable`, from the partitions' sums of squares (without the
+    """As :func:`segmentation.stages.preprocess.require_computable`, from the partitions' sums of squares (without the
     line of the largest value: finding it would take another pass)."""
     with np.errstate(over="ignore"):
         for col in columns:

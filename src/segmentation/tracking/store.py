@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from segmentation.tracking import TrackingSettings
+    from segmentation.tracking.logger import TrackingSettings
 
 PENDING_DIR = "mlruns-pending"
 LOCK_NAME = ".mlflow.lock"
@@ -127,7 +127,7 @@ def replay_pending(client, settings: TrackingSettings, root: Path) -> int:
 
 
 def _redact(uri: str) -> str:
-    from segmentation.tracking import redact_uri
+    from segmentation.tracking.logger import redact_uri
 
     return redact_uri(uri)
 

@@ -84,9 +84,10 @@ def read_part(path: str, shown: str, stage: str) -> pd.DataFrame:
 
 def load(client: Any, path: str | Path, stage: str) -> Parts:
     """The table at ``path`` (written by ``stage``) read by the workers, one task per part: a Parquet folder or file,
-    or a manifest of parts on object storage (``preprocess.dask.tables``: :mod:`segmentation.dask_store`, each part
+    or a manifest of parts on object storage (``preprocess.dask.tables``:
+    :mod:`segmentation.engines.dask.store`, each part
     checked against the manifest's size, ETag and md5)."""
-    from segmentation import dask_store
+    from segmentation.engines.dask import store as dask_store
 
     if dask_store.is_manifest(path):
         parts, listed = dask_store.remote_parts(path, stage)

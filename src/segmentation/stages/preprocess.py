@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segmentation.store_helper import start_stage
+from segmentation.tracking.store_helper import start_stage
 
 if __name__ == "__main__":  # run as a stage: MLflow (and the libraries) get ready in a helper process
     start_stage("preprocess")
@@ -17,13 +17,13 @@ if __name__ == "__main__":  # run as a stage: MLflow (and the libraries) get rea
 import numpy as np
 import pandas as pd
 
-from segmentation import data, features
 from segmentation.config import ROW_ID_COLUMN, PreprocessParams, flatten, profile_patterns
+from segmentation.core import data, features
+from segmentation.core.progress import step
 from segmentation.errors import UserError
 from segmentation.files import LineLocator
-from segmentation.lineage import file_md5
-from segmentation.progress import step
-from segmentation.stage import Outcome, cli, exit_now
+from segmentation.stages.runner import Outcome, cli, exit_now
+from segmentation.tracking.lineage import file_md5
 
 
 @dataclass
@@ -383,8 +383,9 @@ def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
 
 
 def work_on_dask(args, params: PreprocessParams, profile_columns: list[str], md5) -> Outcome:
-    """The Dask engine (:mod:`segmentation.dask_engine`): the same outputs, the tables as partitioned Parquet."""
-    from segmentation import dask_engine
+    """The Dask engine (:mod:`segmentation.engines.dask.engine`): the same outputs, the tables as partitioned
+    Parquet."""
+    from segmentation.engines.dask import engine as dask_engine
 
     columns = [*input_columns(params), *profile_columns]
     with (
@@ -397,7 +398,7 @@ def work_on_dask(args, params: PreprocessParams, profile_columns: list[str], md5
         if result.manifests is None:
             out.adopt(args.features, result.features_dir)
             out.adopt(args.matrix, result.matrix_dir)
-        else:  # the tables are on object storage: their manifests at the dvc.yaml paths (segmentation.dask_store)
+        else:  # the tables are on object storage: their manifests at the dvc.yaml paths (engines.dask.store)
             out.write_manifest(args.features, result.manifests[0])
             out.write_manifest(args.matrix, result.manifests[1])
         out.dump_model(args.transformer, result.transformer)

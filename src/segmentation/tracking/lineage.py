@@ -120,7 +120,8 @@ def _pipeline_graph(dvc_yaml: Path) -> tuple[dict[str, set[str]], dict[str, str]
     return deps_of, producer
 
 
-# In a stage run by the warm helper (segmentation.store_helper), the process DVC started for it (the launcher): the
+# In a stage run by the warm helper (segmentation.tracking.store_helper), the process DVC started for it (the
+# launcher): the
 # stage itself is a fork of the helper, and what DVC knows is the launcher.
 launcher_pid: int | None = None
 

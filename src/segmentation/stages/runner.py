@@ -31,8 +31,8 @@ from typing import Any
 from segmentation.config import PARAMS_FILE, parse_section, read_params_file
 from segmentation.errors import UserError, raise_if_interrupted, stage_entrypoint
 from segmentation.files import StageOutputs
-from segmentation.lineage import dvc_process
-from segmentation.tracking import DualLogger
+from segmentation.tracking.lineage import dvc_process
+from segmentation.tracking.logger import DualLogger
 
 # The dvc process this stage runs under, looked up when the stage starts (its CLI imports this module first): once
 # dvc is killed, the stage is re-parented and its ancestry no longer shows it.

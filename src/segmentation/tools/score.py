@@ -1,6 +1,6 @@
 """Score new customers: a raw CSV (the training data's columns) -> ID, segment, with the trained segmenter.
 
-``python -m segmentation.score --input new_customers.csv [--output scores/new_customers_segments.csv]``, or
+``python -m segmentation.tools.score --input new_customers.csv [--output scores/new_customers_segments.csv]``, or
 ``make score INPUT=new_customers.csv [OUTPUT=...]``. Not a DVC stage: it reads the segmenter (``paths.segmenter`` in
 ``dvc.yaml``, the train stage's one artifact: feature recipe, preprocessing and the clusterer as one scikit-learn
 ``Pipeline``) and the ``preprocess.data`` params (separator, encoding, ID column).
@@ -27,12 +27,13 @@ from typing import Any
 
 import pandas as pd
 
-from segmentation import algorithms, data, features, pipeline
+from segmentation import algorithms, pipeline
 from segmentation.config import PreprocessParams, load_section
-from segmentation.dask_sources import needs_dask
+from segmentation.core import data, features
+from segmentation.core.report import NAME_COLUMN
+from segmentation.engines.dask.sources import needs_dask
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import LineLocator, StageOutputs, load_model
-from segmentation.report import NAME_COLUMN
 
 SEGMENT_COLUMN = "segment"
 SEGMENT_NAME_COLUMN = "segment_name"
@@ -65,7 +66,7 @@ def imputes(preprocessor: Any) -> bool:
 def score(
     raw: pd.DataFrame, segmenter: Any, params: PreprocessParams, source: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """Segments of the rows of ``raw`` (as :func:`segmentation.data.load_csv` read them).
+    """Segments of the rows of ``raw`` (as :func:`segmentation.core.data.load_csv` read them).
 
     Returns ``(scored, rejects, outliers)``: ID -> segment for the rows scored (in the file's order), ID -> reason
     for the rows that cannot be scored, and how many scored rows are outside ``preprocess.outliers``.
@@ -198,9 +199,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def score_on_dask(args: argparse.Namespace, params: PreprocessParams) -> None:
-    """``make score`` with ``preprocess.engine: dask`` (:mod:`segmentation.dask_score`): the same checks, segments
+    """``make score`` with ``preprocess.engine: dask`` (:mod:`segmentation.engines.dask.score`): the same
+    checks, segments
     and rejects, the output a Parquet folder."""
-    from segmentation import dask_engine, dask_score
+    from segmentation.engines.dask import engine as dask_engine
+    from segmentation.engines.dask import score as dask_score
     from segmentation.files import PARQUET
 
     output = Path(args.output) if args.output else dask_score.default_output(args.input)

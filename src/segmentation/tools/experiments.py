@@ -1,6 +1,6 @@
 """Experiments you can read: run one without touching the workspace, list them compactly, compare them.
 
-``python -m segmentation.experiments run [dvc exp run options]`` runs ``dvc exp run --temp`` (in a temporary copy:
+``python -m segmentation.tools.experiments run [dvc exp run options]`` runs ``dvc exp run --temp`` (in a temporary copy:
 ``params.yaml`` and the results in the workspace stay as they were, and one experiment's ``-S`` overrides never
 carry over into the next), then prints the table. ``show`` prints, for the baseline and each of its experiments,
 the params that differ between them and the key metrics, in 80 columns; ``compare`` puts them side by side, one
@@ -163,7 +163,7 @@ def load(dvc: list[str] | None = None) -> list[Experiment]:
 
 @stage_entrypoint
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m segmentation.experiments {run,show,compare}``."""
+    """CLI: ``python -m segmentation.tools.experiments {run,show,compare}``."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -3,7 +3,8 @@
 With ``preprocess.dask.tables`` null, the workers write the features and the matrix as Parquet folders at the
 dvc.yaml paths (a file system the workers share with the stage's machine). Set to ``s3://bucket/prefix`` or
 ``remote://<dvc remote>/prefix``, the workers write the parts to object storage instead, with the storage options
-(endpoint, keys) that :mod:`segmentation.dask_sources` gives the inputs, and the stage writes at each dvc.yaml path a
+(endpoint, keys) that :mod:`segmentation.engines.dask.sources` gives the inputs, and the stage writes at each
+dvc.yaml path a
 small JSON manifest that DVC versions like any other output: the format, each part's URL, size, ETag and md5, its
 rows, and the table's schema.
 
@@ -12,7 +13,8 @@ Why a manifest and not a DVC output on the bucket: DVC 3.0 removed external outp
 still committed in git with its ``dvc.lock``, points at, so ``dvc checkout`` of an older commit stays readable.
 Old runs' parts are not deleted by the pipeline (their lifetime is the bucket's: a lifecycle rule, or by hand).
 
-Readers (train and evaluate on Dask: :func:`segmentation.dask_tables.load`) check each part's size and ETag against
+Readers (train and evaluate on Dask: :func:`segmentation.engines.dask.tables.load`) check each part's size
+and ETag against
 the manifest before reading it and its md5 after: a part changed since the manifest was written is one error line.
 No credential is ever written into a manifest: parts are named by the user's URL form (``remote://`` resolves to
 the DVC remote's endpoint and keys again when read).
@@ -30,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from segmentation import dask_sources
+from segmentation.engines.dask import sources as dask_sources
 from segmentation.errors import UserError
 from segmentation.files import PARQUET
 

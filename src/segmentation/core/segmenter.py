@@ -1,11 +1,11 @@
 """The segmenter: one scikit-learn ``Pipeline`` from a raw CSV row to a segment.
 
 ``Pipeline([("features", RecipeFeatures(...)), ("preprocess", <models/preprocessor.joblib>), ("cluster", model)])``:
-the feature recipe of :mod:`segmentation.features` (derived columns, the model's columns in order), the fitted
+the feature recipe of :mod:`segmentation.core.features` (derived columns, the model's columns in order), the fitted
 preprocessing and the fitted clusterer of ``train.algorithm`` (always one with ``predict``: for an algorithm without
 one, :class:`segmentation.algorithms.CentroidAssigner`, the nearest centroid of its training assignment). The train
 stage builds it (``models/segmenter.joblib`` and the MLflow model ``segmenter`` of the train run);
-``python -m segmentation.score`` and ``mlflow models serve`` use it as it is.
+``python -m segmentation.tools.score`` and ``mlflow models serve`` use it as it is.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from segmentation import data, features
 from segmentation.config import MarketingCampaignParams, PreprocessParams
+from segmentation.core import data, features
 from segmentation.files import LineLocator
 
 RECIPES = ("marketing_campaign",)

@@ -1,0 +1,1 @@
+"""The pure work of the stages: DataFrames and arrays in, results out."""

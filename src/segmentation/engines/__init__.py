@@ -1,0 +1,1 @@
+"""Optional engines beside the local (pandas) one."""

@@ -1,0 +1,1 @@
+"""Tracking: the dual logger (MLflow + DagsHub's logger files), the local store, remote delivery."""
