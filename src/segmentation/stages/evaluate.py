@@ -9,12 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segmentation.tracking.store_helper import start_stage
-
-if __name__ == "__main__":  # run as a stage: MLflow (and the libraries) get ready in a helper process
-    start_stage("evaluate")
-
-
 import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
@@ -29,7 +23,7 @@ from segmentation.core.data import as_categories, expand_columns
 from segmentation.core.plotting import FIGURE_DPI, new_figure
 from segmentation.errors import UserError
 from segmentation.files import load_model, read_csv, read_matrix
-from segmentation.stages.runner import Outcome, cli, exit_now
+from segmentation.stages.runner import Outcome, cli
 from segmentation.tracking.lineage import _pipeline_graph, upstream_lineage
 
 CLUSTER_COLUMN = "cluster"
@@ -770,4 +764,3 @@ main = cli(
 
 if __name__ == "__main__":
     main()
-    exit_now()  # succeeded: skip the interpreter's teardown

@@ -8,12 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segmentation.tracking.store_helper import start_stage
-
-if __name__ == "__main__":  # run as a stage: MLflow (and the libraries) get ready in a helper process
-    start_stage("preprocess")
-
-
 import numpy as np
 import pandas as pd
 
@@ -22,7 +16,7 @@ from segmentation.core import data, features
 from segmentation.core.progress import step
 from segmentation.errors import UserError
 from segmentation.files import LineLocator
-from segmentation.stages.runner import Outcome, cli, exit_now
+from segmentation.stages.runner import Outcome, cli
 from segmentation.tracking.lineage import file_md5
 
 
@@ -431,4 +425,3 @@ main = cli(
 
 if __name__ == "__main__":
     main()
-    exit_now()  # succeeded: skip the interpreter's teardown

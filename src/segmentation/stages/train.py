@@ -18,12 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from segmentation.tracking.store_helper import start_stage
-
-if __name__ == "__main__":  # run as a stage: MLflow (and the libraries) get ready in a helper process
-    start_stage("train")
-
-
 import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
@@ -37,7 +31,7 @@ from segmentation.core.progress import Progress
 from segmentation.core.segmenter import build_segmenter, input_schema
 from segmentation.errors import UserError
 from segmentation.files import load_model, read_matrix
-from segmentation.stages.runner import Outcome, cli, exit_now
+from segmentation.stages.runner import Outcome, cli
 
 
 @dataclass
@@ -675,4 +669,3 @@ main = cli(
 
 if __name__ == "__main__":
     main()
-    exit_now()  # succeeded: skip the interpreter's teardown
