@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import joblib
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,7 +23,7 @@ from sklearn.datasets import make_blobs
 from pipeline_helpers import run_stage_cli as stage
 from pipeline_helpers import the_error
 from segmentation.config import EvaluateParams, TrainParams, parse_section
-from segmentation.core.plotting import kelbow_visualizer_class
+from segmentation.core.plotting import FONT
 from segmentation.errors import UserError
 from segmentation.files import load_model
 from segmentation.stages.evaluate import check_model, evaluate, read_train_metrics
@@ -113,6 +114,20 @@ def test_k_range_rules():
         "params.yaml: train.k_max (7) is more than 60 rows allow: at most rows / train.min_cluster_size (10) = 6; "
         "lower k_max (or min_cluster_size)"
     )
+
+
+def kelbow_visualizer_class():
+    """yellowbrick's ``KElbowVisualizer`` (a dev dependency: the stages do not use it), imported quietly, the bundled
+    font kept afterwards."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # yellowbrick 1.5 imports distutils and passes ListedColormap(N=...): deprecations that are not ours.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        from yellowbrick.cluster import KElbowVisualizer
+    plt.rcParams["font.sans-serif"] = [FONT]  # yellowbrick's style import resets the font list
+    return KElbowVisualizer
 
 
 @pytest.mark.parametrize("metric", ["distortion", "silhouette", "calinski_harabasz"])

@@ -35,7 +35,8 @@ ENTRY_POINTS = [
     "dvc.api",
     "dvc_s3",
     "copier",
-    "yellowbrick.cluster",
+    "kneed",  # the knee of the elbow curve (train stage)
+    "yellowbrick.cluster",  # dev: tests compare the search with KElbowVisualizer
     "sklearn.cluster",
     "vl_convert",
     "dask.dataframe",  # preprocess.engine: dask

@@ -124,24 +124,54 @@ def test_results_do_not_depend_on_the_thread_count(many_blobs, search_sample_siz
         np.testing.assert_array_equal(m1.cluster_centers_, m2.cluster_centers_)
 
 
-def test_the_knee_is_yellowbricks():
-    """find_knee is a port of yellowbrick 1.5's KneeLocator: same knee on random curves of every shape it handles."""
+def _yellowbrick_knee(x, curve, nature, direction):
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from yellowbrick.utils import KneeLocator
 
-        rng = np.random.default_rng(0)
-        for _ in range(300):
-            x = list(range(2, 2 + int(rng.integers(3, 12))))
-            y = list(np.cumsum(rng.exponential(1.0, len(x))))
-            for metric, (nature, direction) in CURVES.items():
-                curve = y[::-1] if metric == "distortion" else y
-                if rng.random() < 0.3:
-                    curve = list(rng.normal(size=len(x)))  # no shape at all: often no knee
-                expected = KneeLocator(x, curve, curve_nature=nature, curve_direction=direction).knee
-                assert find_knee(x, curve, nature, direction) == expected, (x, curve, metric)
+        return KneeLocator(x, curve, curve_nature=nature, curve_direction=direction).knee
+
+
+def test_the_knee_is_kneeds_as_yellowbrick_sets_it():
+    """find_knee is kneed's KneeLocator with KElbowVisualizer's settings: on curves of the shape each metric has
+    (distortion convex and decreasing, silhouette and calinski_harabasz concave and increasing) the same knee as
+    yellowbrick 1.5's copy of kneed."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        x = list(range(2, 2 + int(rng.integers(3, 12))))
+        steps = np.sort(rng.exponential(1.0, len(x)))[::-1]  # shrinking gains: a bend somewhere
+        rising = list(np.cumsum(steps))  # concave, increasing
+        for metric, (nature, direction) in CURVES.items():
+            curve = [rising[-1] - v for v in rising] if metric == "distortion" else rising  # convex, decreasing
+            assert find_knee(x, curve, nature, direction) == _yellowbrick_knee(x, curve, nature, direction)
+
+
+def test_the_knee_differs_from_yellowbricks_copy_only_after_a_local_minimum():
+    """On curves of any shape, kneed (0.9) and yellowbrick's older copy differ in one rule: once the difference
+    curve has passed a local minimum, yellowbrick's copy still reports the last maximum as the knee as soon as the
+    curve drops below 0; kneed looks again only from the next local maximum on (a later knee, or none)."""
+    from kneed import KneeLocator
+
+    rng = np.random.default_rng(0)
+    differ = 0
+    for _ in range(300):
+        x = list(range(2, 2 + int(rng.integers(3, 12))))
+        y = list(np.cumsum(rng.exponential(1.0, len(x))))
+        for metric, (nature, direction) in CURVES.items():
+            curve = y[::-1] if metric == "distortion" else y
+            if rng.random() < 0.3:
+                curve = list(rng.normal(size=len(x)))  # no shape at all: often no knee
+            ours, theirs = find_knee(x, curve, nature, direction), _yellowbrick_knee(x, curve, nature, direction)
+            if ours == theirs:
+                continue
+            differ += 1
+            minima = KneeLocator(x, curve, curve=nature, direction=direction).minima_indices
+            # the curves here are not mirrored (kneed mirrors concave-decreasing and convex-increasing ones)
+            assert theirs is not None and any(x.index(theirs) < m for m in minima), (x, curve, metric)
+            assert ours is None or ours > theirs, (x, curve, metric)
+    assert 0 < differ < 300  # both kinds of curve were met
 
 
 def test_a_fixed_k_is_used_whatever_the_elbow_says(blobs):

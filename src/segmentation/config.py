@@ -290,7 +290,7 @@ class TrainParams(_Params):
     k_min: int = Field(ge=2)  # calinski_harabasz and silhouette are undefined for k=1
     k_max: int
     metric: Literal["distortion", "silhouette", "calinski_harabasz"] = "distortion"
-    # elbow: yellowbrick's knee; best_score: argmax, more robust for silhouette / calinski_harabasz.
+    # elbow: the knee of the curve (kneed); best_score: argmax, more robust for silhouette / calinski_harabasz.
     selection: Literal["elbow", "best_score"] = "elbow"
     n_init: int = Field(ge=1)
     max_iter: int = Field(default=300, ge=1)

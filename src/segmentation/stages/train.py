@@ -1,4 +1,4 @@
-"""Stage ``train``: the search over k for ``train.algorithm`` (yellowbrick's elbow scores and knee rule for the
+"""Stage ``train``: the search over k for ``train.algorithm`` (yellowbrick's elbow scores and kneed's knee for the
 k-means family and agglomerative clustering, the lowest BIC/AIC for the Gaussian mixture, none for HDBSCAN), then the
 final fit.
 
@@ -105,43 +105,19 @@ CURVES = {
 
 
 def find_knee(x: list[int], y: list[float], curve_nature: str, curve_direction: str, S: float = 1.0) -> int | None:
-    """The knee (elbow) of the curve ``y(x)`` by yellowbrick 1.5's ``KneeLocator`` (the Kneedle algorithm, offline
-    mode, first knee), or None when it finds none. A port of its code without importing yellowbrick (~2 s);
-    tests/test_degenerate_model.py checks it against yellowbrick."""
-    from scipy.signal import argrelextrema
+    """The knee (elbow) of the curve ``y(x)`` by kneed's ``KneeLocator`` (the Kneedle algorithm), set as yellowbrick
+    1.5's ``KElbowVisualizer`` sets its copy of it: the curve's shape from :data:`CURVES`, ``S=1``, no smoothing
+    (``interp1d``), offline (the first knee). None when it finds none, and for a flat curve or fewer than two k
+    (kneed would divide by zero). tests/test_train.py compares it with yellowbrick's copy."""
+    from kneed import KneeLocator
 
     xs, ys = np.asarray(x), np.asarray(y, dtype=float)
     if len(xs) < 2 or xs.max() == xs.min() or ys.max() == ys.min():
         return None
-    x_norm = (xs - xs.min()) / (xs.max() - xs.min())
-    y_norm = (ys - ys.min()) / (ys.max() - ys.min())
-    if curve_direction == "decreasing":  # turn an elbow into a knee (concave, increasing)
-        y_norm = np.flip(y_norm) if curve_nature == "concave" else y_norm.max() - y_norm
-    elif curve_nature == "convex":
-        y_norm = np.flip(y_norm.max() - y_norm)
-    y_diff = y_norm - x_norm
-    maxima = argrelextrema(y_diff, np.greater_equal)[0]
-    minima = argrelextrema(y_diff, np.less_equal)[0]
-    if not maxima.size:
-        return None
-    thresholds = y_diff[maxima] - S * np.abs(np.diff(x_norm).mean())
-    max_index = 0
-    threshold, threshold_index = None, None
-    for i, xi in enumerate(x_norm):
-        if i < maxima[0]:
-            continue
-        if xi == 1.0:
-            break
-        if (maxima == i).any():
-            threshold, threshold_index = thresholds[max_index], i
-            max_index += 1
-        if (minima == i).any():
-            threshold = 0.0
-        if y_diff[i + 1] < threshold:
-            if (curve_nature == "convex") == (curve_direction == "decreasing"):
-                return int(xs[threshold_index])
-            return int(xs[-(threshold_index + 1)])
-    return None
+    knee = KneeLocator(
+        xs, ys, S=S, curve=curve_nature, direction=curve_direction, interp_method="interp1d", online=False
+    ).knee
+    return None if knee is None else int(knee)
 
 
 def check_k_range(X: np.ndarray, params: TrainParams, source: str, sample: np.ndarray | None = None) -> None:
@@ -214,7 +190,7 @@ def small_cluster_warning(small: dict[int, int], k: int, min_size: int) -> str:
 
 
 def fallback_k(k_values: list[int], scores: list[float], metric: str) -> tuple[int, str]:
-    """The documented rule when yellowbrick finds no elbow.
+    """The documented rule when the knee locator finds no elbow.
 
     - silhouette / calinski_harabasz (higher is better): the k with the best score;
     - distortion (always decreasing): the k where the curve bends most, i.e. the largest second
