@@ -7,14 +7,9 @@ import pandas as pd
 import pytest
 
 from segmentation.config import Bounds
-from segmentation.core.features import (
-    adults_in_household,
-    derive_marketing_features,
-    missing_rows,
-    outlier_rows,
-    parse_dates,
-)
+from segmentation.core.features import missing_rows, outlier_rows
 from segmentation.errors import UserError
+from segmentation.recipes.marketing_campaign import adults_in_household, derive_marketing_features, parse_dates
 
 
 def test_dates_are_day_first():

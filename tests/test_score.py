@@ -24,9 +24,9 @@ from sklearn.base import clone
 
 from pipeline_helpers import FIXTURE_PARAMS, HELD_BACK, REPO, held_back_ids, paths, run, stages
 from segmentation.config import load_section
-from segmentation.core import features as recipe
 from segmentation.core.segmenter import RecipeFeatures, build_segmenter
 from segmentation.errors import UserError
+from segmentation.recipes import marketing_campaign as recipe
 from segmentation.stages.preprocess import preprocess
 from segmentation.stages.train import train
 from segmentation.tools.score import score
@@ -69,7 +69,7 @@ def test_feature_step_is_the_preprocess_recipe(trained, raw_full, preprocess_par
     result, _, segmenter = trained
     step = segmenter.named_steps["features"]
     assert isinstance(step, RecipeFeatures)
-    assert step.reference_date == "2015-01-01" and step.recipe == "marketing_campaign"
+    assert step.recipe_params["reference_date"] == "2015-01-01" and step.recipe == "marketing_campaign"
     out = step.transform(kept_rows(raw_full, result.features["ID"]))
     expected = result.features[preprocess_params.features]
     pd.testing.assert_frame_equal(out.reset_index(drop=True), expected, check_exact=True)
@@ -82,7 +82,7 @@ def test_feature_step_is_the_preprocess_recipe(trained, raw_full, preprocess_par
 
 def test_feature_step_measures_age_at_the_reference_date(raw_full, preprocess_params):
     step = RecipeFeatures.from_params(preprocess_params)
-    later = clone(step).set_params(reference_date="2016-01-01")
+    later = clone(step).set_params(recipe_params={**step.recipe_params, "reference_date": "2016-01-01"})
     row = raw_full.head(1)
     assert later.transform(row)["Age"].iloc[0] == step.transform(row)["Age"].iloc[0] + 1
     assert recipe.BIRTH_YEAR_COLUMN in step.raw_columns() and "Age" not in step.raw_columns()

@@ -1,15 +1,18 @@
-"""The clustering algorithms ``train.algorithm`` selects: one :class:`Algorithm` entry each in :data:`REGISTRY`.
+"""The clustering algorithms ``train.algorithm`` selects: one :class:`Algorithm` entry each in :data:`REGISTRY`, its
+params model (the sub-section ``train.<name>`` of ``params.yaml``) beside it.
 
 An entry says how to build the estimator for k clusters from the ``train`` params (its own sub-section
-``train.<name>`` included, a model in :mod:`segmentation.config`), which criterion chooses k, and whether the
-estimator predicts. Algorithms without ``predict`` (agglomerative, HDBSCAN) are fitted on a seeded sample of at most
-``train.<name>.fit_sample_size`` rows (their cost grows with rows^2); :class:`CentroidAssigner` then gives every
-other row, and every new customer, the cluster whose centroid (mean of its training rows, noise excluded) is
-nearest. HDBSCAN's noise rows (label ``NOISE``, -1) keep that label in the training assignment: a segment of their
-own, left out of the quality scores.
+``train.<name>`` included), which criterion chooses k, and whether the estimator predicts. Algorithms without
+``predict`` (agglomerative, HDBSCAN) are fitted on a seeded sample of at most ``train.<name>.fit_sample_size`` rows
+(their cost grows with rows^2); :class:`CentroidAssigner` then gives every other row, and every new customer, the
+cluster whose centroid (mean of its training rows, noise excluded) is nearest. HDBSCAN's noise rows (label ``NOISE``,
+-1) keep that label in the training assignment: a segment of their own, left out of the quality scores.
 
-Adding an algorithm: its params model (a subclass of ``config.AlgorithmParams``, a field of ``TrainParams`` named
-after it), one entry here, its sub-section in ``params.yaml``.
+Adding an algorithm is one entry in :data:`REGISTRY` (its params model, a subclass of :class:`AlgorithmParams`, and its
+factory beside it) plus its sub-section ``train.<name>`` in ``params.yaml``: :mod:`segmentation.config` builds the
+``train`` section's model from the registry, the stages ask the registry, and the evaluate stage recognises a fitted
+model of the entry's ``estimator`` class with scikit-learn's ``check_is_fitted``. tests/test_extensions.py registers
+one (Birch) at run time and runs it through preprocess, train, evaluate and scoring.
 
 scikit-learn is imported inside the factories: the modules that only need the names stay light.
 """
@@ -18,12 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.base import BaseEstimator, ClusterMixin
 
-from segmentation.config import TrainParams
+from segmentation.errors import UserError
+
+if TYPE_CHECKING:
+    from segmentation.config import TrainParams
 
 NOISE = -1  # HDBSCAN's label for rows in no cluster
 NOISE_NAME = "noise"  # its name in metric keys (size_noise) and plot legends
@@ -31,17 +38,48 @@ NOISE_NAME = "noise"  # its name in metric keys (size_noise) and plot legends
 ELBOW = "elbow"  # the k search of train.metric's curve and its knee (train.selection)
 
 
+class AlgorithmParams(BaseModel):
+    """Base of a clustering algorithm's own sub-section of ``train`` (``train.<algorithm>``): its knobs, validated
+    like every params section (unknown keys are errors). An algorithm without ``predict`` has a ``fit_sample_size``.
+
+    An algorithm that finds k itself (its criterion is None) may say what sets that k (:meth:`k_setting`) and which
+    number of rows its settings need (:meth:`check_rows`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def k_setting(self) -> str:
+        """What sets the number of clusters an algorithm that finds k itself finds, for messages and the plot."""
+        return ", ".join(f"{key} = {value}" for key, value in self.model_dump().items())
+
+    def check_rows(self, name: str, rows: int) -> None:
+        """Raise a :class:`UserError` naming ``train.<name>`` when ``rows`` rows are too few for these knobs."""
+
+
 @dataclass(frozen=True)
 class Algorithm:
     """One clustering algorithm of ``train.algorithm``."""
 
     label: str  # how the report names it: "The train stage fitted <label> for each k"
-    estimator: str  # the class name of what ``make`` returns: how the evaluate stage recognises a model file
+    # The class name of what ``make`` returns (a scikit-learn class), or its full ``module.Class`` name (another
+    # library's): how the evaluate stage recognises a model file.
+    estimator: str
     make: Callable[[TrainParams, int], Any]  # an unfitted estimator with k clusters (ignored when it finds k itself)
     # The k search: ELBOW, "bic"/"aic" (the lowest wins), or None (the algorithm finds k itself: no search).
     criterion: Callable[[TrainParams], str | None]
     predicts: bool = True  # False: fitted on a sample, extended to all rows and new ones by CentroidAssigner
     noise: bool = False  # labels some rows NOISE: noise_share is a metric, noise a segment of its own
+    params: type[AlgorithmParams] = AlgorithmParams  # its sub-section train.<name> (defaults: may be left out)
+
+
+def _elbow(p: TrainParams) -> str:
+    return ELBOW
+
+
+# -- kmeans ------------------------------------------------------------------------------------------------------
+class KMeansParams(AlgorithmParams):
+    """``train.kmeans``: scikit-learn's ``KMeans`` (``n_init``, ``max_iter``, ``random_state`` from ``train``)."""
+
+    method: Literal["lloyd", "elkan"] = "lloyd"  # KMeans' ``algorithm``; lloyd is the default
 
 
 def _kmeans(p: TrainParams, k: int):
@@ -51,6 +89,14 @@ def _kmeans(p: TrainParams, k: int):
     return KMeans(
         n_clusters=k, n_init=p.n_init, max_iter=p.max_iter, random_state=p.random_state, algorithm=p.kmeans.method
     )
+
+
+# -- minibatch_kmeans --------------------------------------------------------------------------------------------
+class MiniBatchKMeansParams(AlgorithmParams):
+    """``train.minibatch_kmeans``: ``MiniBatchKMeans``, k-means on random batches (faster on many rows)."""
+
+    batch_size: int = Field(default=1024, ge=1)
+    max_no_improvement: int = Field(default=10, ge=1)  # batches without a better inertia before it stops
 
 
 def _minibatch_kmeans(p: TrainParams, k: int):
@@ -63,6 +109,13 @@ def _minibatch_kmeans(p: TrainParams, k: int):
     )  # fmt: skip
 
 
+# -- bisecting_kmeans --------------------------------------------------------------------------------------------
+class BisectingKMeansParams(AlgorithmParams):
+    """``train.bisecting_kmeans``: ``BisectingKMeans``, the clusters split in two one at a time."""
+
+    bisecting_strategy: Literal["biggest_inertia", "largest_cluster"] = "biggest_inertia"
+
+
 def _bisecting_kmeans(p: TrainParams, k: int):
     from sklearn.cluster import BisectingKMeans
 
@@ -70,6 +123,16 @@ def _bisecting_kmeans(p: TrainParams, k: int):
         n_clusters=k, n_init=p.n_init, max_iter=p.max_iter, random_state=p.random_state,
         bisecting_strategy=p.bisecting_kmeans.bisecting_strategy,
     )  # fmt: skip
+
+
+# -- gaussian_mixture --------------------------------------------------------------------------------------------
+class GaussianMixtureParams(AlgorithmParams):
+    """``train.gaussian_mixture``: ``GaussianMixture``; k is the one with the lowest BIC (or AIC) over
+    ``k_min..k_max``, not an elbow."""
+
+    covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
+    criterion: Literal["bic", "aic"] = "bic"
+    reg_covar: float = Field(default=1e-6, gt=0)  # added to the covariances' diagonal: keeps them invertible
 
 
 def _gaussian_mixture(p: TrainParams, k: int):
@@ -82,10 +145,43 @@ def _gaussian_mixture(p: TrainParams, k: int):
     )  # fmt: skip
 
 
+# -- agglomerative -----------------------------------------------------------------------------------------------
+class AgglomerativeParams(AlgorithmParams):
+    """``train.agglomerative``: ``AgglomerativeClustering``; fitted on a seeded sample (its memory grows with
+    rows^2), the other rows and new customers go to the nearest cluster centroid."""
+
+    linkage: Literal["ward", "complete", "average", "single"] = "ward"
+    # 5,000 rows: ~100 MB of pairwise distances; 20,000 would take ~1.6 GB.
+    fit_sample_size: int = Field(default=5000, ge=2)
+
+
 def _agglomerative(p: TrainParams, k: int):
     from sklearn.cluster import AgglomerativeClustering
 
     return AgglomerativeClustering(n_clusters=k, linkage=p.agglomerative.linkage)
+
+
+# -- hdbscan -----------------------------------------------------------------------------------------------------
+class HDBSCANParams(AlgorithmParams):
+    """``train.hdbscan``: scikit-learn's ``HDBSCAN``; finds the number of clusters itself (no k search) and marks
+    rows in no dense group as noise (-1). Fitted on a seeded sample; the other rows and new customers go to the
+    nearest cluster centroid."""
+
+    min_cluster_size: int = Field(default=20, ge=2)  # the smallest group HDBSCAN calls a cluster
+    min_samples: int | None = Field(default=10, ge=1)  # null: min_cluster_size; higher marks more rows noise
+    cluster_selection_epsilon: float = Field(default=0.0, ge=0)  # merge clusters closer than this
+    fit_sample_size: int = Field(default=20000, ge=2)  # ~2 s at 20,000 rows in 3 dimensions
+
+    def k_setting(self) -> str:
+        return f"min_cluster_size = {self.min_cluster_size}, min_samples = {self.min_samples}"
+
+    def check_rows(self, name: str, rows: int) -> None:
+        needs = self.min_samples or self.min_cluster_size
+        if needs > rows:
+            raise UserError(
+                f"params.yaml: train.{name}.min_samples (or min_cluster_size) ({needs}) must be at most the rows it "
+                f"is fitted on ({rows}); lower it"
+            )
 
 
 def _hdbscan(p: TrainParams, k: int):
@@ -99,21 +195,33 @@ def _hdbscan(p: TrainParams, k: int):
     )  # fmt: skip
 
 
-def _elbow(p: TrainParams) -> str:
-    return ELBOW
-
-
+# The one list of algorithms: a name here is a valid train.algorithm and a sub-section of train.
 REGISTRY: dict[str, Algorithm] = {
-    "kmeans": Algorithm("k-means", "KMeans", _kmeans, _elbow),
-    "minibatch_kmeans": Algorithm("mini-batch k-means", "MiniBatchKMeans", _minibatch_kmeans, _elbow),
-    "bisecting_kmeans": Algorithm("bisecting k-means", "BisectingKMeans", _bisecting_kmeans, _elbow),
+    "kmeans": Algorithm("k-means", "KMeans", _kmeans, _elbow, params=KMeansParams),
+    "minibatch_kmeans": Algorithm(
+        "mini-batch k-means", "MiniBatchKMeans", _minibatch_kmeans, _elbow, params=MiniBatchKMeansParams
+    ),
+    "bisecting_kmeans": Algorithm(
+        "bisecting k-means", "BisectingKMeans", _bisecting_kmeans, _elbow, params=BisectingKMeansParams
+    ),
     "gaussian_mixture": Algorithm(
-        "a Gaussian mixture", "GaussianMixture", _gaussian_mixture, lambda p: p.gaussian_mixture.criterion
+        "a Gaussian mixture",
+        "GaussianMixture",
+        _gaussian_mixture,
+        lambda p: p.gaussian_mixture.criterion,
+        params=GaussianMixtureParams,
     ),
     "agglomerative": Algorithm(
-        "agglomerative clustering", "AgglomerativeClustering", _agglomerative, _elbow, predicts=False
+        "agglomerative clustering",
+        "AgglomerativeClustering",
+        _agglomerative,
+        _elbow,
+        predicts=False,
+        params=AgglomerativeParams,
     ),
-    "hdbscan": Algorithm("HDBSCAN", "HDBSCAN", _hdbscan, lambda p: None, predicts=False, noise=True),
+    "hdbscan": Algorithm(
+        "HDBSCAN", "HDBSCAN", _hdbscan, lambda p: None, predicts=False, noise=True, params=HDBSCANParams
+    ),
 }
 
 
@@ -163,6 +271,9 @@ class CentroidAssigner(ClusterMixin, BaseEstimator):
         self.fit_labels_ = y.astype(np.int32)
         return self
 
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "cluster_centers_")
+
     def predict(self, X: Any) -> np.ndarray:
         from sklearn.metrics import pairwise_distances_argmin
         from sklearn.utils.validation import check_is_fitted, validate_data
@@ -190,16 +301,30 @@ def algorithm_name(model: Any) -> str | None:
     """The ``train.algorithm`` a fitted model comes from, or None for a foreign object."""
     if isinstance(model, CentroidAssigner):
         return model.algorithm if model.algorithm in REGISTRY else None
-    # Only from scikit-learn: a pickled object of another library with the same class name is not ours.
-    if not type(model).__module__.startswith("sklearn."):
-        return None
-    names = {entry.estimator: name for name, entry in REGISTRY.items() if entry.predicts}
-    return names.get(type(model).__name__)
+    cls = type(model)
+    for name, entry in REGISTRY.items():
+        if not entry.predicts:
+            continue
+        if "." in entry.estimator:  # another library's class, by its full name
+            if f"{cls.__module__}.{cls.__qualname__}" == entry.estimator:
+                return name
+        # A scikit-learn class by its name: a pickled object of another library with the same name is not ours.
+        elif cls.__module__.startswith("sklearn.") and cls.__name__ == entry.estimator:
+            return name
+    return None
 
 
 def is_fitted(model: Any) -> bool:
-    """Whether a model of the registry has been fitted."""
-    return any(hasattr(model, a) for a in ("cluster_centers_", "means_"))
+    """Whether ``model`` has been fitted, by scikit-learn's ``check_is_fitted`` (its fitted attributes, or its
+    ``__sklearn_is_fitted__``)."""
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    try:
+        check_is_fitted(model)
+    except (NotFittedError, TypeError):  # TypeError: not an estimator at all
+        return False
+    return True
 
 
 def training_labels(model: Any, X: np.ndarray) -> np.ndarray:

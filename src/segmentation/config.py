@@ -1,14 +1,18 @@
-"""Typed, validated params: one model per ``params.yaml`` section, one section per stage."""
+"""Typed, validated params: one model per ``params.yaml`` section, one section per stage.
+
+A stage declares its section's model itself (``segmentation.stages.runner.cli(..., params_model=...)``); the
+``train`` and ``preprocess`` models are built from the registries of algorithms and recipes (each entry's own
+sub-section), so no list of stages, algorithms or recipes is kept here."""
 
 from __future__ import annotations
 
-import datetime as dt
+import importlib
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from segmentation.errors import UserError
 from segmentation.pipeline import load_yaml
@@ -57,24 +61,6 @@ class CategoricalParams(_Params):
     encoding: Literal["onehot", "drop"] = "onehot"
     # A guard against one-hot encoding an ID-like column by mistake.
     max_categories: int = Field(default=50, ge=2)
-
-
-class MarketingCampaignParams(_Params):
-    """Knobs of the marketing-campaign feature recipe (derived columns)."""
-
-    date_column: str = "Dt_Customer"
-    date_format: str = "%d-%m-%Y"
-    # Ages and enrollment lengths are measured at this date, not at "today": a run next year gives the same features.
-    reference_date: dt.date
-    partnered_statuses: list[str] = Field(min_length=1)
-    single_statuses: list[str] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _statuses_disjoint(self) -> MarketingCampaignParams:
-        both = sorted(set(self.partnered_statuses) & set(self.single_statuses))
-        if both:
-            raise ValueError(f"statuses listed as both partnered and single: {both}")
-        return self
 
 
 class Bounds(_Params):
@@ -183,12 +169,14 @@ def _beyond_local(path: str, fmt: str) -> bool:
     )
 
 
-class PreprocessParams(_Params):
-    """``preprocess`` section."""
+class _PreprocessBase(_Params):
+    """``preprocess`` section. Its model, :data:`PreprocessParams`, adds the section ``preprocess.<name>`` of each
+    recipe of :data:`segmentation.recipes.REGISTRY` that has knobs (:func:`preprocess_model`)."""
 
     data: DataParams
-    recipe: Literal["marketing_campaign"] | None = "marketing_campaign"
-    marketing_campaign: MarketingCampaignParams | None = None
+    # A feature recipe of segmentation.recipes.REGISTRY (derived columns, its knobs in preprocess.<recipe>); null:
+    # none, the table's own columns are the features.
+    recipe: str | None = None
     features: list[str] = Field(min_length=1)
     categorical: CategoricalParams = Field(default_factory=CategoricalParams)
     # drop: rows with a blank in a feature (or a one-hot column) are dropped;
@@ -202,10 +190,26 @@ class PreprocessParams(_Params):
     engine: Literal["local", "dask"] = "local"
     dask: DaskParams = Field(default_factory=DaskParams)
 
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, name: str | None) -> str | None:
+        from segmentation import recipes
+
+        if name is not None:
+            recipes.get(name)  # a ValueError naming the known ones
+        return name
+
+    @property
+    def recipe_params(self) -> Any:
+        """The selected recipe's own section (``preprocess.<recipe>``), None without a recipe or knobs."""
+        return getattr(self, self.recipe, None) if self.recipe is not None else None
+
     @model_validator(mode="after")
-    def _consistent(self) -> PreprocessParams:
-        if self.recipe == "marketing_campaign" and self.marketing_campaign is None:
-            raise ValueError("recipe 'marketing_campaign' needs a marketing_campaign section")
+    def _consistent(self) -> _PreprocessBase:
+        from segmentation import recipes
+
+        if self.recipe is not None and recipes.get(self.recipe).params is not None and self.recipe_params is None:
+            raise ValueError(f"recipe '{self.recipe}' needs a {self.recipe} section")
         columns = [*self.features, *self.categorical.columns]
         dupes = sorted({f for f in columns if columns.count(f) > 1})
         if dupes:
@@ -226,66 +230,11 @@ class PreprocessParams(_Params):
         return self
 
 
-class AlgorithmParams(_Params):
-    """Base of a clustering algorithm's own sub-section of ``train`` (``train.<algorithm>``).
+class _TrainBase(_Params):
+    """``train`` section. Its model, :data:`TrainParams`, adds the sub-section ``train.<name>`` of each algorithm of
+    :data:`segmentation.algorithms.REGISTRY` (:func:`train_model`)."""
 
-    A field of :class:`TrainParams` typed with a subclass of it *is* an algorithm: its name is a valid
-    ``train.algorithm``, and :data:`segmentation.algorithms.REGISTRY` holds its factory under that name.
-    """
-
-
-class KMeansParams(AlgorithmParams):
-    """``train.kmeans``: scikit-learn's ``KMeans`` (``n_init``, ``max_iter``, ``random_state`` from ``train``)."""
-
-    method: Literal["lloyd", "elkan"] = "lloyd"  # KMeans' ``algorithm``; lloyd is the default
-
-
-class MiniBatchKMeansParams(AlgorithmParams):
-    """``train.minibatch_kmeans``: ``MiniBatchKMeans``, k-means on random batches (faster on many rows)."""
-
-    batch_size: int = Field(default=1024, ge=1)
-    max_no_improvement: int = Field(default=10, ge=1)  # batches without a better inertia before it stops
-
-
-class BisectingKMeansParams(AlgorithmParams):
-    """``train.bisecting_kmeans``: ``BisectingKMeans``, the clusters split in two one at a time."""
-
-    bisecting_strategy: Literal["biggest_inertia", "largest_cluster"] = "biggest_inertia"
-
-
-class GaussianMixtureParams(AlgorithmParams):
-    """``train.gaussian_mixture``: ``GaussianMixture``; k is the one with the lowest BIC (or AIC) over
-    ``k_min..k_max``, not an elbow."""
-
-    covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
-    criterion: Literal["bic", "aic"] = "bic"
-    reg_covar: float = Field(default=1e-6, gt=0)  # added to the covariances' diagonal: keeps them invertible
-
-
-class AgglomerativeParams(AlgorithmParams):
-    """``train.agglomerative``: ``AgglomerativeClustering``; fitted on a seeded sample (its memory grows with
-    rows^2), the other rows and new customers go to the nearest cluster centroid."""
-
-    linkage: Literal["ward", "complete", "average", "single"] = "ward"
-    # 5,000 rows: ~100 MB of pairwise distances; 20,000 would take ~1.6 GB.
-    fit_sample_size: int = Field(default=5000, ge=2)
-
-
-class HDBSCANParams(AlgorithmParams):
-    """``train.hdbscan``: scikit-learn's ``HDBSCAN``; finds the number of clusters itself (no k search) and marks
-    rows in no dense group as noise (-1). Fitted on a seeded sample; the other rows and new customers go to the
-    nearest cluster centroid."""
-
-    min_cluster_size: int = Field(default=20, ge=2)  # the smallest group HDBSCAN calls a cluster
-    min_samples: int | None = Field(default=10, ge=1)  # null: min_cluster_size; higher marks more rows noise
-    cluster_selection_epsilon: float = Field(default=0.0, ge=0)  # merge clusters closer than this
-    fit_sample_size: int = Field(default=20000, ge=2)  # ~2 s at 20,000 rows in 3 dimensions
-
-
-class TrainParams(_Params):
-    """``train`` section."""
-
-    # The clustering algorithm: the name of one of the AlgorithmParams fields below (its own sub-section).
+    # The clustering algorithm: a name in segmentation.algorithms.REGISTRY (its own knobs: sub-section train.<name>).
     algorithm: str = "kmeans"
     k_min: int = Field(ge=2)  # calinski_harabasz and silhouette are undefined for k=1
     k_max: int
@@ -309,23 +258,18 @@ class TrainParams(_Params):
     # clusters whatever the elbow says; the search over k_min..k_max still runs, to show where the elbow is.
     # null: k is chosen by the search. k_min == k_max is a fixed k too, without the search.
     k: int | None = Field(default=None, ge=2)
-    # Each algorithm's own knobs (used only when it is train.algorithm).
-    kmeans: KMeansParams = Field(default_factory=KMeansParams)
-    minibatch_kmeans: MiniBatchKMeansParams = Field(default_factory=MiniBatchKMeansParams)
-    bisecting_kmeans: BisectingKMeansParams = Field(default_factory=BisectingKMeansParams)
-    gaussian_mixture: GaussianMixtureParams = Field(default_factory=GaussianMixtureParams)
-    agglomerative: AgglomerativeParams = Field(default_factory=AgglomerativeParams)
-    hdbscan: HDBSCANParams = Field(default_factory=HDBSCANParams)
 
     @field_validator("algorithm")
     @classmethod
     def _known_algorithm(cls, name: str) -> str:
-        if name not in algorithm_names():
-            raise ValueError(f"unknown algorithm {name!r}; one of: {', '.join(algorithm_names())}")
+        from segmentation.algorithms import REGISTRY
+
+        if name not in REGISTRY:
+            raise ValueError(f"unknown algorithm {name!r}; one of: {', '.join(REGISTRY)}")
         return name
 
     @property
-    def algorithm_params(self) -> AlgorithmParams:
+    def algorithm_params(self) -> Any:
         """The chosen algorithm's own sub-section (``train.<algorithm>``)."""
         return getattr(self, self.algorithm)
 
@@ -335,7 +279,9 @@ class TrainParams(_Params):
         return (self.k, "k") if self.k is not None and self.k > self.k_max else (self.k_max, "k_max")
 
     @model_validator(mode="after")
-    def _k_range(self) -> TrainParams:
+    def _k_range(self) -> _TrainBase:
+        from segmentation.algorithms import REGISTRY
+
         if self.k_max < self.k_min:
             raise ValueError(f"k_max ({self.k_max}) must not be below k_min ({self.k_min})")
         top, name = self.k_top
@@ -346,20 +292,12 @@ class TrainParams(_Params):
             )
         if self.selection == "best_score" and self.metric == "distortion":
             raise ValueError("selection 'best_score' needs metric silhouette or calinski_harabasz")
-        if self.algorithm == "hdbscan" and self.k is not None:
+        if self.k is not None and REGISTRY[self.algorithm].criterion(self) is None:
             raise ValueError(
-                "k: hdbscan finds the number of clusters itself (train.hdbscan.min_cluster_size); set k: null"
+                f"k: {self.algorithm} finds the number of clusters itself ({self.algorithm_params.k_setting()} in "
+                f"train.{self.algorithm}); set k: null"
             )
         return self
-
-
-def algorithm_names() -> list[str]:
-    """The valid ``train.algorithm`` values: the sub-sections of ``train`` that are algorithms' params."""
-    return [
-        name
-        for name, field in TrainParams.model_fields.items()
-        if isinstance(field.annotation, type) and issubclass(field.annotation, AlgorithmParams)
-    ]
 
 
 class EvaluateParams(_Params):
@@ -391,13 +329,78 @@ class EvaluateParams(_Params):
         return names
 
 
-SECTIONS: dict[str, type[_Params]] = {
-    "preprocess": PreprocessParams,
-    "train": TrainParams,
-    "evaluate": EvaluateParams,
-}
+# -- models built from the registries ------------------------------------------------------------------------------
+_BUILT: dict[str, tuple[tuple[Any, ...], type[BaseModel]]] = {}
 
-P = TypeVar("P", bound=_Params)
+
+def _with_sections(name: str, base: type[_Params], sections: dict[str, tuple[Any, Any]]) -> type[BaseModel]:
+    """``base`` with one field per registry entry (``sections``: name -> (type, default)), as the model ``name``;
+    built again only when the registry has changed."""
+    key = tuple((section, kind) for section, (kind, _) in sections.items())
+    built = _BUILT.get(name)
+    if built is None or built[0] != key:
+        model = create_model(name, __base__=base, __module__=__name__, **sections)
+        model.__doc__ = base.__doc__
+        _BUILT[name] = built = (key, model)
+    return built[1]
+
+
+def train_model() -> type[_TrainBase]:
+    """The ``train`` section's model: :class:`_TrainBase` and the sub-section ``train.<name>`` of every algorithm of
+    :data:`segmentation.algorithms.REGISTRY` (its params model; defaults when left out)."""
+    from segmentation.algorithms import REGISTRY
+
+    sections = {name: (entry.params, Field(default_factory=entry.params)) for name, entry in REGISTRY.items()}
+    return _with_sections("TrainParams", _TrainBase, sections)  # type: ignore[return-value]
+
+
+def preprocess_model() -> type[_PreprocessBase]:
+    """The ``preprocess`` section's model: :class:`_PreprocessBase` and the section ``preprocess.<name>`` of every
+    recipe of :data:`segmentation.recipes.REGISTRY` with knobs (required when it is the selected recipe)."""
+    from segmentation.recipes import REGISTRY
+
+    sections = {name: (r.params | None, None) for name, r in REGISTRY.items() if r.params is not None}
+    return _with_sections("PreprocessParams", _PreprocessBase, sections)  # type: ignore[return-value]
+
+
+_TrainBase.current_model = classmethod(lambda cls: train_model())  # type: ignore[attr-defined]
+_PreprocessBase.current_model = classmethod(lambda cls: preprocess_model())  # type: ignore[attr-defined]
+
+
+def __getattr__(name: str) -> Any:
+    """``TrainParams`` and ``PreprocessParams``: built from the registries when first asked for (the algorithms'
+    module imports scikit-learn, the recipes' pandas: importing this module stays light), again after a change."""
+    if name == "TrainParams":
+        return train_model()
+    if name == "PreprocessParams":
+        return preprocess_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- sections ------------------------------------------------------------------------------------------------------
+# Each stage's own section's model, as its module declares it (segmentation.stages.runner.cli(..., params_model=...)),
+# recorded as the stage modules are imported.
+_SECTION_MODELS: dict[str, type[BaseModel]] = {}
+
+
+def declare_section(section: str, model: type[BaseModel]) -> None:
+    """Record ``model`` as the model of the params section ``section`` (a stage's own, named after it)."""
+    _SECTION_MODELS[section] = model
+
+
+def section_model(section: str) -> type[BaseModel] | None:
+    """The model of the params section ``section``: the one its stage declares (a stage module of this package,
+    ``segmentation.stages.<section>``, is imported to learn it). None: no stage declares one (read as written)."""
+    if section not in _SECTION_MODELS and section.isidentifier():
+        module = f"segmentation.stages.{section}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    model = _SECTION_MODELS.get(section)
+    current = getattr(model, "current_model", None)  # built from a registry: as the registry is now
+    return current() if current is not None else model
 
 
 def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
@@ -416,9 +419,12 @@ def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     return raw
 
 
-def parse_section(section: str, raw: Any, source: str = PARAMS_FILE) -> _Params:
-    """Validate one section's dict; errors name the file and the dotted parameter."""
-    model = SECTIONS[section]
+def parse_section(section: str, raw: Any, source: str = PARAMS_FILE, model: type[BaseModel] | None = None) -> Any:
+    """Validate one section's dict with ``model`` (by default :func:`section_model`); errors name the file and the
+    dotted parameter. A section without a model is returned as written (missing: empty)."""
+    model = model or section_model(section)
+    if model is None:
+        return {} if raw is None else raw
     if raw is None:
         raise UserError(f"{source}: section '{section}' is missing")
     try:

@@ -380,11 +380,11 @@ def k_choice_section(
         if rule == "fixed"
         else f"it chose <b>k = {_e(k_best)}</b> by {_e(rule_text)}"
     )
-    if rule == "density":  # HDBSCAN: no search, the clusters are what it finds
+    if rule == "density":  # an algorithm that finds k itself (HDBSCAN): no search, the clusters are what it finds
         noise = float(tm.get("noise_share", 0.0))
         parts = [
-            f"<p>{_e(algorithm)} found <b>k = {_e(k_best)}</b> segments itself: the dense groups of at least "
-            "<code>train.hdbscan.min_cluster_size</code> customers; there was no search over k. "
+            f"<p>{_e(algorithm)} found <b>k = {_e(k_best)}</b> segments itself (the dense groups its settings in "
+            "<code>params.yaml</code> call clusters); there was no search over k. "
             f"{format_value(noise, RATE)} of the customers it fitted on are in no group (noise).</p>"
         ]
         elbow = None  # its one "score" is the noise share, given above

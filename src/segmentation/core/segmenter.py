@@ -1,7 +1,7 @@
 """The segmenter: one scikit-learn ``Pipeline`` from a raw CSV row to a segment.
 
 ``Pipeline([("features", RecipeFeatures(...)), ("preprocess", <models/preprocessor.joblib>), ("cluster", model)])``:
-the feature recipe of :mod:`segmentation.core.features` (derived columns, the model's columns in order), the fitted
+the feature recipe of :mod:`segmentation.recipes` (derived columns, the model's columns in order), the fitted
 preprocessing and the fitted clusterer of ``train.algorithm`` (always one with ``predict``: for an algorithm without
 one, :class:`segmentation.algorithms.CentroidAssigner`, the nearest centroid of its training assignment). The train
 stage builds it (``models/segmenter.joblib`` and the MLflow model ``segmenter`` of the train run);
@@ -16,41 +16,32 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from segmentation.config import MarketingCampaignParams, PreprocessParams
-from segmentation.core import data, features
+from segmentation import recipes
+from segmentation.config import PreprocessParams
+from segmentation.core import data
 from segmentation.files import LineLocator
-
-RECIPES = ("marketing_campaign",)
 
 
 class RecipeFeatures(TransformerMixin, BaseEstimator):
     """Raw rows (a DataFrame with the CSV's columns) -> the columns the fitted preprocessing reads, as preprocess
-    computes them: the recipe's derived columns (ages and enrollment lengths at ``reference_date``), the numeric
-    ``features`` as float64, then the one-hot ``categorical`` columns as text.
+    computes them: the recipe's derived columns (:mod:`segmentation.recipes`), the numeric ``features`` as float64,
+    then the one-hot ``categorical`` columns as text.
 
-    Stateless (``fit`` learns nothing); the recipe's params are its constructor's arguments. Bad values (a date not
-    in ``date_format``, a non-numeric feature, an unlisted marital status...) raise
+    Stateless (``fit`` learns nothing); the recipe's name and its knobs (``preprocess.<recipe>`` as plain values) are
+    its constructor's arguments. Bad values (a date not in the recipe's format, a non-numeric feature...) raise
     :class:`segmentation.errors.UserError` with the same one-line message as the preprocess stage.
     """
 
     def __init__(
         self,
         recipe: str | None = None,
-        date_column: str = "Dt_Customer",
-        date_format: str = "%d-%m-%Y",
-        reference_date: str = "2015-01-01",
-        partnered_statuses: tuple[str, ...] = (),
-        single_statuses: tuple[str, ...] = (),
+        recipe_params: dict[str, Any] | None = None,
         features: tuple[str, ...] = (),
         categorical: tuple[str, ...] = (),
         source: str = "input",
     ) -> None:
         self.recipe = recipe
-        self.date_column = date_column
-        self.date_format = date_format
-        self.reference_date = reference_date
-        self.partnered_statuses = partnered_statuses
-        self.single_statuses = single_statuses
+        self.recipe_params = recipe_params
         self.features = features
         self.categorical = categorical
         self.source = source
@@ -59,44 +50,40 @@ class RecipeFeatures(TransformerMixin, BaseEstimator):
     def from_params(cls, params: PreprocessParams) -> RecipeFeatures:
         """The feature step of the preprocess params (the recipe, ``features``, one-hot ``categorical`` columns)."""
         onehot = list(params.categorical.columns) if params.categorical.encoding == "onehot" else []
-        recipe: dict[str, Any] = {}
-        if params.recipe == "marketing_campaign" and params.marketing_campaign is not None:
-            mc = params.marketing_campaign
-            recipe = {
-                "date_column": mc.date_column,
-                "date_format": mc.date_format,
-                "reference_date": mc.reference_date.isoformat(),
-                "partnered_statuses": tuple(mc.partnered_statuses),
-                "single_statuses": tuple(mc.single_statuses),
-            }
-        return cls(recipe=params.recipe, features=tuple(params.features), categorical=tuple(onehot), **recipe)
-
-    # -- what it reads and writes ---------------------------------------------------------------------------
-    def _recipe_params(self) -> MarketingCampaignParams:
-        return MarketingCampaignParams(
-            date_column=self.date_column,
-            date_format=self.date_format,
-            reference_date=self.reference_date,
-            partnered_statuses=list(self.partnered_statuses),
-            single_statuses=list(self.single_statuses),
+        knobs = params.recipe_params
+        return cls(
+            recipe=params.recipe,
+            recipe_params=knobs.model_dump(mode="json") if knobs is not None else None,
+            features=tuple(params.features),
+            categorical=tuple(onehot),
         )
 
+    # -- what it reads and writes ---------------------------------------------------------------------------
+    def _recipe(self) -> tuple[recipes.Recipe | None, Any]:
+        """The recipe's registry entry and its knobs (validated by its params model), or (None, None)."""
+        if self.recipe is None:
+            return None, None
+        recipe = recipes.get(self.recipe)
+        if recipe.params is None or self.recipe_params is None:
+            return recipe, None
+        return recipe, recipe.params.model_validate(self.recipe_params)
+
     def raw_columns(self) -> list[str]:
-        """The raw columns it reads: the recipe's inputs (with the columns it checks), the raw features and the
-        categorical columns (an ID is not among them)."""
+        """The raw columns it reads: the recipe's inputs (with the columns it checks among the features), the raw
+        features and the categorical columns (an ID is not among them)."""
+        recipe, knobs = self._recipe()
         columns: list[str] = []
-        if self.recipe == "marketing_campaign":
-            columns += [*features.marketing_inputs(self._recipe_params())]
-            columns += [c for c in features.NON_NEGATIVE_COLUMNS if c in self.features]
-        derived = features.MARKETING_DERIVED if self.recipe == "marketing_campaign" else []
+        derived: tuple[str, ...] = ()
+        if recipe is not None:
+            columns += [*recipe.inputs(knobs), *(c for c in recipe.checked if c in self.features)]
+            derived = recipe.derived
         columns += [c for c in self.features if c not in derived]
         return list(dict.fromkeys([*columns, *self.categorical]))
 
     def numeric_raw_columns(self) -> list[str]:
         """Of :meth:`raw_columns`, those read as numbers."""
-        text = set(self.categorical)
-        if self.recipe == "marketing_campaign":
-            text |= {self.date_column, features.MARITAL_STATUS_COLUMN}
+        recipe, knobs = self._recipe()
+        text = set(self.categorical) | (set(recipe.text_inputs(knobs)) if recipe is not None else set())
         return [c for c in self.raw_columns() if c not in text]
 
     def model_columns(self) -> list[str]:
@@ -112,19 +99,10 @@ class RecipeFeatures(TransformerMixin, BaseEstimator):
 
     def derive(self, X: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
         """``X`` checked as preprocess checks it, with the recipe's derived columns added (all columns kept)."""
-        if self.recipe is not None and self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}")
         source = source or self.source
         lines = LineLocator.of(X)
-        df = X
-        derived: list[str] = []
-        if self.recipe == "marketing_campaign":
-            params = self._recipe_params()
-            data.require_columns(df, features.marketing_inputs(params), source, what="marketing_campaign recipe")
-            data.require_numeric(df, features.MARKETING_NUMERIC_INPUTS, source, lines)
-            data.require_finite(df, features.MARKETING_NUMERIC_INPUTS, source, lines)
-            df = features.derive_marketing_features(df, params, source, lines)
-            derived = features.MARKETING_DERIVED
+        _, knobs = self._recipe()
+        df, derived = recipes.apply(self.recipe, X, knobs, source, lines)
         data.require_columns(df, self.features, source, what="feature (preprocess.features)")
         data.require_columns(df, self.categorical, source, what="categorical (preprocess.categorical.columns)")
         data.require_numeric(df, self.features, source, lines)

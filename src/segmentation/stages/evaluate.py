@@ -759,6 +759,7 @@ main = cli(
         "report": "output: the segment report, one self-contained HTML page",
     },
     optional={"elbow_scores", "elbow_plot", "report"},
+    params_model=EvaluateParams,
 )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from segmentation import recipes
 from segmentation.config import ROW_ID_COLUMN, PreprocessParams, flatten, profile_patterns
 from segmentation.core import data, features
 from segmentation.core.progress import step
@@ -34,9 +35,7 @@ class PreprocessResult:
 def input_columns(params: PreprocessParams) -> list[str]:
     """The raw columns the stage reads: the ID, the recipe's inputs (and the columns it checks), the features,
     categorical and outlier columns. The CSV's other columns are not loaded."""
-    columns = [params.data.id_column or ROW_ID_COLUMN]
-    if params.recipe == "marketing_campaign":
-        columns += [*features.marketing_inputs(params.marketing_campaign), *features.NON_NEGATIVE_COLUMNS]
+    columns = [params.data.id_column or ROW_ID_COLUMN, *recipes.input_columns(params.recipe, params.recipe_params)]
     return list(dict.fromkeys([*columns, *params.features, *params.categorical.columns, *params.outliers]))
 
 
@@ -126,15 +125,7 @@ def select_rows(
     blank everywhere, too few rows) is checked by the caller. With ``distinct``, the one-hot columns' distinct values
     on the rows read come back too (the Dask engine's whole-input ``max_categories`` check).
     """
-    df = raw
-    derived: list[str] = []
-    if params.recipe == "marketing_campaign":
-        recipe = params.marketing_campaign
-        data.require_columns(df, features.marketing_inputs(recipe), source, what="marketing_campaign recipe")
-        data.require_numeric(df, features.MARKETING_NUMERIC_INPUTS, source, lines)
-        data.require_finite(df, features.MARKETING_NUMERIC_INPUTS, source, lines)
-        df = features.derive_marketing_features(df, recipe, source, lines)
-        derived = features.MARKETING_DERIVED
+    df, derived = recipes.apply(params.recipe, raw, params.recipe_params, source, lines)
 
     categorical = list(params.categorical.columns)
     onehot = onehot_columns(params)
@@ -420,6 +411,7 @@ main = cli(
         "transformer": "output: fitted preprocessing pipeline (pickle)",
         "metrics": "output: row counts (JSON)",
     },
+    params_model=PreprocessParams,
 )
 
 

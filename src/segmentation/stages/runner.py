@@ -12,9 +12,11 @@ A stage is a module with a pure function and a ``work`` that reads its inputs, c
 
         return Outcome(write, f"mystage: {len(result.table)} rows")
 
-    main = cli("mystage", __doc__, work, {"table": "input: ...", "result": "output: ..."})
+    main = cli("mystage", __doc__, work, {"table": "input: ...", "result": "output: ..."}, params_model=MyParams)
 
-plus its entry in ``dvc.yaml`` (the command passes every path: ``--table ${paths.table} ...``).
+plus its entry in ``dvc.yaml`` (the command passes every path: ``--table ${paths.table} ...``) and its section
+``mystage:`` in ``params.yaml`` (validated by ``MyParams``, a pydantic model; none: the section as written). No other
+list names the stages: the tools that go over them read ``dvc.yaml``. tests/test_extensions.py adds one.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segmentation.config import PARAMS_FILE, parse_section, read_params_file
+from pydantic import BaseModel
+
+from segmentation.config import PARAMS_FILE, declare_section, parse_section, read_params_file
 from segmentation.errors import UserError, raise_if_interrupted, stage_entrypoint
 from segmentation.files import StageOutputs
 from segmentation.tracking.lineage import dvc_process
@@ -115,16 +119,26 @@ Work = Callable[[argparse.Namespace, Any, dict[str, Any]], Outcome]
 
 
 def cli(
-    stage: str, description: str | None, work: Work, files: Mapping[str, str], optional: Collection[str] = ()
+    stage: str,
+    description: str | None,
+    work: Work,
+    files: Mapping[str, str],
+    optional: Collection[str] = (),
+    params_model: type[BaseModel] | None = None,
 ) -> Callable[[list[str] | None], None]:
     """The ``main(argv)`` of a stage: parse the file options, load its params section, run ``work``, commit.
 
     ``files`` maps each option (``matrix`` -> ``--matrix``) to its help; all are required but ``optional`` ones;
-    ``--params`` and ``--dagshub-dir`` (the DAGsHubLogger folder) come with every stage. ``work(args, params,
-    raw_params)`` gets the parsed options, the stage's own validated section of the params file, and the whole file
-    (for the few keys a stage reads from other sections); it does the work and returns an :class:`Outcome`.
-    User errors anywhere are one ``error:`` line (exit 2), Ctrl-C one ``interrupted:`` line (exit 130).
+    ``--params`` and ``--dagshub-dir`` (the DAGsHubLogger folder) come with every stage. ``params_model`` (a pydantic
+    model) validates the stage's own section ``params.yaml: <stage>`` and is recorded as that section's model
+    (:func:`segmentation.config.declare_section`); without one the section is passed as written (a dict).
+    ``work(args, params, raw_params)`` gets the parsed options, the stage's own section of the params file, and the
+    whole file (for the few keys a stage reads from other sections); it does the work and returns an
+    :class:`Outcome`. User errors anywhere are one ``error:`` line (exit 2), Ctrl-C one ``interrupted:`` line
+    (exit 130).
     """
+    if params_model is not None:
+        declare_section(stage, params_model)
 
     def main(argv: list[str] | None = None) -> None:
         parser = argparse.ArgumentParser(description=description)

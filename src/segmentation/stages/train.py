@@ -300,17 +300,13 @@ def search_k(S: np.ndarray, rows: int, idx: np.ndarray | None, params: TrainPara
 
 
 def density_clusters(X: np.ndarray, params: TrainParams) -> ElbowResult:
-    """HDBSCAN: no search over k; one fit on the search rows finds the clusters (and noise) itself. Its "curve" is
-    one point: k found, with the share of noise rows as the score; the figure shows the clusters' sizes."""
+    """An algorithm that finds k itself (HDBSCAN): no search over k; one fit on the search rows finds the clusters
+    (and noise) itself. Its "curve" is one point: k found, with the share of noise rows as the score; the figure
+    shows the clusters' sizes."""
     idx = search_sample(len(X), params)
     S = X if idx is None else X[idx]
     start = time.perf_counter()
-    needs = params.hdbscan.min_samples or params.hdbscan.min_cluster_size
-    if needs > len(S):
-        raise UserError(
-            f"params.yaml: train.hdbscan.min_samples (or min_cluster_size) ({needs}) must be at most the rows it is "
-            f"fitted on ({len(S)}); lower it"
-        )
+    params.algorithm_params.check_rows(params.algorithm, len(S))
     with threadpool_limits(limits=params.n_threads):
         model = fit_model(params, 0, S)
     labels = algorithms.fit_labels(model, S)
@@ -324,8 +320,8 @@ def density_clusters(X: np.ndarray, params: TrainParams) -> ElbowResult:
     )
     if k < 2:
         raise UserError(
-            f"params.yaml: train.hdbscan found {algorithms.describe(sizes)} in {len(S)} rows; lower "
-            f"train.hdbscan.min_cluster_size ({params.hdbscan.min_cluster_size}) or min_samples to find at least 2"
+            f"params.yaml: train.{params.algorithm} found {algorithms.describe(sizes)} in {len(S)} rows; change "
+            f"train.{params.algorithm} ({params.algorithm_params.k_setting()}) to find at least 2"
         )
     noise_share = sizes.get(NOISE, 0) / len(S)
     figure = sizes_figure(sizes, params, len(S), len(X))
@@ -333,16 +329,14 @@ def density_clusters(X: np.ndarray, params: TrainParams) -> ElbowResult:
 
 
 def sizes_figure(sizes: dict[int, int], params: TrainParams, rows: int, total: int):
-    """HDBSCAN's stand-in for the elbow plot: the size of each cluster it found, noise included."""
+    """The stand-in for the elbow plot of an algorithm that finds k itself (HDBSCAN): the size of each cluster it
+    found, noise included."""
     fig, ax = new_figure()
     names = [algorithms.NOISE_NAME if c == NOISE else str(c) for c in sizes]
     ax.bar(names, list(sizes.values()), color=["grey" if c == NOISE else "C0" for c in sizes])
     on = "" if rows == total else f", on a sample of {rows} of {total} rows"
     k = sum(1 for c in sizes if c != NOISE)
-    ax.set_title(
-        f"No k search ({params.algorithm}: min_cluster_size = {params.hdbscan.min_cluster_size}{on}), "
-        f"k_best = {k} found"
-    )
+    ax.set_title(f"No k search ({params.algorithm}: {params.algorithm_params.k_setting()}{on}), k_best = {k} found")
     ax.set_xlabel("cluster")
     ax.set_ylabel("rows")
     return fig
@@ -640,6 +634,7 @@ main = cli(
         "metrics": "output: k_best and its score (JSON)",
     },
     optional={"preprocessor", "segmenter"},
+    params_model=TrainParams,
 )
 
 

@@ -53,11 +53,11 @@ class Lineage:
 
 def _flat_section(key: str, value: Any) -> dict[str, Any]:
     """A params section as recorded in dvc.lock, flattened like the stage logged it (defaults filled in)."""
-    from segmentation.config import SECTIONS, flatten, parse_section
+    from segmentation.config import flatten, parse_section, section_model
 
     if not isinstance(value, dict):
         return {key: value}
-    if key in SECTIONS:
+    if section_model(key) is not None:  # the model its stage declares (none: the section as recorded)
         try:
             return flatten(parse_section(key, value), f"{key}.")
         except UserError:

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from segmentation import recipes
 from segmentation.config import ROW_ID_COLUMN, DataParams, PreprocessParams, parse_bytes
-from segmentation.core import data, features
+from segmentation.core import data
 from segmentation.engines.dask import sources as dask_sources
 from segmentation.engines.dask import store as dask_store
 from segmentation.engines.dask.cluster import SCHEDULER_ENV as SCHEDULER_ENV  # re-exported: the engine's public names
@@ -148,9 +149,9 @@ def prepare_block(
     else:
         raw = read_block(block, params.data, columns)
     if raw.empty:  # a block in which no line starts: its columns typed as a non-empty part's would be
-        text = {*params.categorical.columns, features.MARITAL_STATUS_COLUMN}
-        if params.marketing_campaign is not None:
-            text.add(params.marketing_campaign.date_column)
+        text = set(params.categorical.columns)
+        if params.recipe is not None:
+            text.update(recipes.get(params.recipe).text_inputs(params.recipe_params))
         raw = raw.astype({c: "float64" for c in raw.columns if c not in text})
     try:
         return _prepare(raw, params, profile_columns, source)

@@ -1,0 +1,151 @@
+"""The marketing-campaign feature recipe (``preprocess.recipe: marketing_campaign``): derived columns of the Kaggle
+"Customer Personality Analysis" schema (age, children, family size, total spend and purchases, enrollment length),
+its knobs in ``preprocess.marketing_campaign``. Registered in :mod:`segmentation.recipes` as :data:`RECIPE`."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from segmentation.core import features
+from segmentation.errors import UserError
+from segmentation.files import LineLocator, plain
+
+# The marketing-campaign recipe's inputs: columns of the Kaggle "Customer Personality Analysis" schema.
+SPEND_COLUMNS = ["MntWines", "MntFruits", "MntMeatProducts", "MntFishProducts", "MntSweetProducts", "MntGoldProds"]
+PURCHASE_COLUMNS = ["NumDealsPurchases", "NumWebPurchases", "NumCatalogPurchases", "NumStorePurchases"]
+CHILD_COLUMNS = ["Kidhome", "Teenhome"]
+BIRTH_YEAR_COLUMN = "Year_Birth"
+MARITAL_STATUS_COLUMN = "Marital_Status"
+MARKETING_NUMERIC_INPUTS = [BIRTH_YEAR_COLUMN, *CHILD_COLUMNS, *SPEND_COLUMNS, *PURCHASE_COLUMNS]
+MARKETING_DERIVED = [
+    "Age",
+    "Children",
+    "Family_Size",
+    "Total_Spent",
+    "Total_Purchases",
+    "Enrollment_Days",
+    "Enrollment_Years",
+]
+DAYS_PER_YEAR = 365.25
+# Counts and amounts of the example schema cannot be negative: such a value is a data error (the stage stops), not an
+# outlier (implausible but possible values, e.g. an age of 120, are for preprocess.outliers: rows dropped, counted).
+# Columns not in the file are skipped: the recipe itself reads only MARKETING_NUMERIC_INPUTS.
+NON_NEGATIVE_COLUMNS = [*CHILD_COLUMNS, *SPEND_COLUMNS, *PURCHASE_COLUMNS, "NumWebVisitsMonth", "Recency", "Income"]
+
+
+class MarketingCampaignParams(BaseModel):
+    """``preprocess.marketing_campaign``: the knobs of the recipe."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    date_column: str = "Dt_Customer"
+    date_format: str = "%d-%m-%Y"
+    # Ages and enrollment lengths are measured at this date, not at "today": a run next year gives the same features.
+    reference_date: dt.date
+    partnered_statuses: list[str] = Field(min_length=1)
+    single_statuses: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _statuses_disjoint(self) -> MarketingCampaignParams:
+        both = sorted(set(self.partnered_statuses) & set(self.single_statuses))
+        if both:
+            raise ValueError(f"statuses listed as both partnered and single: {both}")
+        return self
+
+
+def marketing_inputs(params: MarketingCampaignParams) -> list[str]:
+    """Columns the marketing-campaign recipe reads."""
+    return [*MARKETING_NUMERIC_INPUTS, params.date_column, MARITAL_STATUS_COLUMN]
+
+
+def numeric_inputs(params: MarketingCampaignParams) -> list[str]:
+    """Of :func:`marketing_inputs`, those that are numbers (the date and the marital status are text)."""
+    return list(MARKETING_NUMERIC_INPUTS)
+
+
+def parse_dates(series: pd.Series, date_format: str, source: str, lines: LineLocator | None = None) -> pd.Series:
+    """Parse dates with an explicit format (pandas would guess month-first from the first row and then fail)."""
+    # Parsed once per distinct value (a few hundred dates among millions of rows), then spread back to the rows.
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    try:
+        parsed_uniques = pd.DatetimeIndex(
+            pd.to_datetime(pd.Index(uniques, dtype=object), format=date_format, errors="coerce")
+        )
+    except ValueError as exc:  # with errors="coerce" only the format itself can fail (e.g. '%Q')
+        raise UserError(
+            f"params.yaml: preprocess.marketing_campaign.date_format ({date_format!r}): {exc}; "
+            "use strftime codes, e.g. '%d-%m-%Y'"
+        ) from None
+    parsed = pd.Series(
+        parsed_uniques.take(codes, allow_fill=True, fill_value=pd.NaT), index=series.index, name=series.name
+    )
+    bad = series[parsed.isna() & series.notna()]
+    if len(bad):
+        line = (lines or LineLocator()).line(bad.index[0], str(series.name))
+        raise UserError(
+            f"{source}: column {series.name}: {plain(bad.iloc[0])!r} on line {line} "
+            f"does not match date format {date_format!r} ({len(bad)} such value(s))"
+        )
+    return parsed
+
+
+def adults_in_household(status: pd.Series, partnered: list[str], single: list[str], source: str) -> pd.Series:
+    """Map marital status to adults in the household: 2 for partnered statuses, 1 for single ones.
+
+    Every status must be listed in params (the Kaggle file has 'YOLO', 'Absurd' and 'Alone'): an
+    unlisted one is an error rather than a silent guess.
+    """
+    mapping = {**{s: 2 for s in partnered}, **{s: 1 for s in single}}
+    codes, uniques = pd.factorize(status, use_na_sentinel=True)  # mapped once per distinct status
+    per_value = np.array([mapping.get(v, np.nan) for v in uniques] + [np.nan], dtype=float)  # last: blanks
+    adults = pd.Series(per_value[codes], index=status.index, name=status.name)
+    unknown = sorted(status[adults.isna() & status.notna()].astype(str).unique())
+    if unknown:
+        raise UserError(
+            f"{source}: column {status.name} has value(s) {unknown} not listed in "
+            "preprocess.marketing_campaign.partnered_statuses or single_statuses"
+        )
+    return adults  # blanks stay NaN and are handled as missing
+
+
+def derive_marketing_features(
+    df: pd.DataFrame, params: MarketingCampaignParams, source: str, lines: LineLocator | None = None
+) -> pd.DataFrame:
+    """Add the recipe's derived columns (age, children, family size, totals, enrollment length) to a copy of ``df``.
+
+    Negative counts or amounts (``NON_NEGATIVE_COLUMNS``) and birth years after ``reference_date`` (a negative age)
+    are errors naming the column and the line.
+    """
+    features.require_non_negative(df, NON_NEGATIVE_COLUMNS, source, lines)
+    out = df.copy(deep=False)  # new columns only: the input's columns are shared, not copied (copy-on-write)
+    reference = pd.Timestamp(params.reference_date)
+    enrolled = parse_dates(df[params.date_column], params.date_format, source, lines)
+    latest = enrolled.max()
+    if pd.notna(latest) and latest > reference:
+        raise UserError(
+            f"params.yaml: preprocess.marketing_campaign.reference_date ({params.reference_date}) is before "
+            f"the latest {params.date_column} in {source} ({latest.date()})"
+        )
+    out["Age"] = reference.year - df[BIRTH_YEAR_COLUMN]
+    unborn = out["Age"][out["Age"] < 0]
+    if len(unborn):
+        label = unborn.index[0]
+        raise UserError(
+            f"{source}: column {BIRTH_YEAR_COLUMN}: {plain(df[BIRTH_YEAR_COLUMN][label])!r} on line "
+            f"{(lines or LineLocator()).line(label, BIRTH_YEAR_COLUMN)} is after "
+            f"preprocess.marketing_campaign.reference_date ({params.reference_date}), a negative age "
+            f"({len(unborn)} such value(s)); fix the value or move reference_date"
+        )
+    out["Children"] = df[CHILD_COLUMNS].sum(axis=1, min_count=len(CHILD_COLUMNS))
+    adults = adults_in_household(df[MARITAL_STATUS_COLUMN], params.partnered_statuses, params.single_statuses, source)
+    out["Family_Size"] = adults + out["Children"]
+    with np.errstate(over="ignore"):  # a sum that overflows is inf: reported by data.require_finite, line and all
+        out["Total_Spent"] = df[SPEND_COLUMNS].sum(axis=1, min_count=len(SPEND_COLUMNS))
+        out["Total_Purchases"] = df[PURCHASE_COLUMNS].sum(axis=1, min_count=len(PURCHASE_COLUMNS))
+    out["Enrollment_Days"] = (reference - enrolled).dt.days
+    out["Enrollment_Years"] = out["Enrollment_Days"] / DAYS_PER_YEAR
+    return out
