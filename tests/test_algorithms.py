@@ -37,7 +37,7 @@ def blobs() -> tuple[pd.DataFrame, np.ndarray]:
 
 def test_the_train_params_have_a_sub_section_per_registry_entry():
     assert list(TrainParams.model_fields)[-len(algorithms.REGISTRY) :] == list(algorithms.REGISTRY)
-    assert TrainParams.model_fields["algorithm"].default == "kmeans"
+    assert TrainParams.model_fields["algorithm"].get_default(call_default_factory=True) == algorithms.DEFAULT
     for name in algorithms.REGISTRY:
         p = params(name)
         assert type(algorithms.make(p, 3)).__name__ == algorithms.REGISTRY[name].estimator

@@ -225,6 +225,9 @@ REGISTRY: dict[str, Algorithm] = {
 }
 
 
+DEFAULT = "kmeans"  # train.algorithm when params.yaml does not say
+
+
 def get(params: TrainParams) -> Algorithm:
     """The registry entry of ``train.algorithm``."""
     return REGISTRY[params.algorithm]

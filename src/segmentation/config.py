@@ -235,7 +235,7 @@ class _TrainBase(_Params):
     :data:`segmentation.algorithms.REGISTRY` (:func:`train_model`)."""
 
     # The clustering algorithm: a name in segmentation.algorithms.REGISTRY (its own knobs: sub-section train.<name>).
-    algorithm: str = "kmeans"
+    algorithm: str = Field(default_factory=lambda: _default_algorithm())
     k_min: int = Field(ge=2)  # calinski_harabasz and silhouette are undefined for k=1
     k_max: int
     metric: Literal["distortion", "silhouette", "calinski_harabasz"] = "distortion"
@@ -343,6 +343,12 @@ def _with_sections(name: str, base: type[_Params], sections: dict[str, tuple[Any
         model.__doc__ = base.__doc__
         _BUILT[name] = built = (key, model)
     return built[1]
+
+
+def _default_algorithm() -> str:
+    from segmentation.algorithms import DEFAULT
+
+    return DEFAULT
 
 
 def train_model() -> type[_TrainBase]:
