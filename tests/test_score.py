@@ -262,7 +262,7 @@ def test_mlflow_model_is_not_a_dvc_output():
 def test_a_kept_run_keeps_its_model_directory(tmp_path):
     """A run the store could not take waits in mlruns-pending/ with its directory artifacts (the MLflow model),
     and is recorded with them later (make sync)."""
-    from segmentation.tracking.logger import TrackingSettings
+    from segmentation.tracking.settings import TrackingSettings
     from segmentation.tracking.store import PENDING_DIR, MlflowClientFor, PendingRun, replay_pending
 
     model = tmp_path / "tmp" / "segmenter"
