@@ -79,7 +79,7 @@ FAST := not pipeline and not remote and not template and not ui and not dask
 # once). `make test-all` stays serial: its fault tests time their kills against a loaded machine.
 WORKERS ?= 2
 
-test: ## Fast feedback (<2 min on 2 cores): unit and bad-input tests, report in Chromium, scoring, your pipeline
+test: ## Fast feedback: unit and bad-input tests, report in Chromium (skipped without it), scoring, your pipeline
 	$(BIN)/python -m pytest -m "$(FAST)" -n $(WORKERS) --dist loadfile
 
 test-all: ## The full suite, what CI runs (~35 min on 2 busy cores): + end to end, faults, DagsHub, MLflow UI, Dask, template
