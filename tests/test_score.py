@@ -329,7 +329,7 @@ def test_a_rejects_file_that_would_be_the_input_is_refused(project, monkeypatch,
          "dvc.yaml)"),
         (f"{P['evaluate_plots']}/new.csv", f"inside {P['evaluate_plots']}, a path of the pipeline "
          "(paths.evaluate_plots in dvc.yaml)"),
-        ("src/segmentation/data.py", "a dependency of the pipeline's preprocess stage (dvc.yaml)"),
+        ("src/segmentation/core/data.py", "a dependency of the pipeline's preprocess stage (dvc.yaml)"),
         ("Makefile", "a file git tracks"),
     ],
     ids=["segments", "segmenter", "profile", "params", "dvc.yaml", "dvc.lock", "raw-data", "raw-data.dvc",
@@ -407,8 +407,8 @@ def test_a_previous_score_output_is_overwritten(project, monkeypatch, capsys):
 )
 def test_the_wrong_model_file_is_one_line(project, name, holds):
     root, env = project
-    cmd = [sys.executable, "-m", "segmentation.tools.score", "--input", "new_customers.csv", "--output", "out/wrong.csv",
-           "--model", P[name]]  # fmt: skip
+    cmd = [sys.executable, "-m", "segmentation.tools.score", "--input", "new_customers.csv",
+           "--output", "out/wrong.csv", "--model", P[name]]  # fmt: skip
     proc = run(cmd, root, env, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines() == [
