@@ -39,14 +39,16 @@ setup: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Create .venv from
 repro: ## Run the pipeline (dvc repro): preprocess -> train -> evaluate
 	dvc repro
 
-# INPUT and OUTPUT reach the command through the environment as typed (as OWNER and REPO below): a file name with
-# spaces, quotes or $ is data, never shell syntax.
-unexport INPUT OUTPUT
+# INPUT, OUTPUT and SEPARATOR reach the command through the environment as typed (as OWNER and REPO below): a file
+# name with spaces, quotes or $ is data, never shell syntax. SEPARATOR: the input's own (SEPARATOR=, or '\t'),
+# default the training data's (preprocess.data.separator, which stays the pipeline's).
+unexport INPUT OUTPUT SEPARATOR
 score: export SEGMENTATION_SCORE_INPUT = $(value INPUT)
 score: export SEGMENTATION_SCORE_OUTPUT = $(value OUTPUT)
-score: ## Score new customers: make score INPUT=new.csv [OUTPUT=scores/new_segments.csv] (ID -> segment)
+score: export SEGMENTATION_SCORE_SEPARATOR = $(value SEPARATOR)
+score: ## Score new customers: make score INPUT=new.csv [OUTPUT=scores/new_segments.csv] [SEPARATOR=,] (ID -> segment)
 	@if [ -z "$$SEGMENTATION_SCORE_INPUT" ]; then echo "error: make score needs INPUT=<csv of new customers>" >&2; exit 2; fi
-	python -m segmentation.tools.score --input "$$SEGMENTATION_SCORE_INPUT" $${SEGMENTATION_SCORE_OUTPUT:+--output "$$SEGMENTATION_SCORE_OUTPUT"}
+	python -m segmentation.tools.score --input "$$SEGMENTATION_SCORE_INPUT" $${SEGMENTATION_SCORE_OUTPUT:+--output "$$SEGMENTATION_SCORE_OUTPUT"} $${SEGMENTATION_SCORE_SEPARATOR:+--separator="$$SEGMENTATION_SCORE_SEPARATOR"}
 
 experiment: ## Run a DVC experiment in a temporary copy (workspace untouched), then the table: ARGS="-S train.k_max=12"
 	python -m segmentation.tools.experiments run $(ARGS)
@@ -79,7 +81,7 @@ FAST := not pipeline and not remote and not template and not ui and not dask
 # once). `make test-all` stays serial: its fault tests time their kills against a loaded machine.
 WORKERS ?= 2
 
-test: ## Fast feedback (<2 min on 2 cores): unit and bad-input tests, report in Chromium, scoring, your pipeline
+test: ## Fast feedback: unit and bad-input tests, report in Chromium (skipped without it), scoring, your pipeline
 	$(BIN)/python -m pytest -m "$(FAST)" -n $(WORKERS) --dist loadfile
 
 test-all: ## The full suite, what CI runs (~35 min on 2 busy cores): + end to end, faults, DagsHub, MLflow UI, Dask, template

@@ -10,7 +10,7 @@ seeds[i] (train.random_state / evaluate.random_state; the seed's KMeans random_s
 whether k_best holds across seeds. Figures are the min over rounds: wall time (per stage for the project, from
 dvc's output), peak RSS (the largest process: /usr/bin/time's maximum resident set of the command and the
 children it waited for, or a 0.1 s sampling of every process working in the project's folder, whichever is larger:
-the helper and the stages it forks are not children dvc waits for). The example itself (2,240 rows) is measured the
+Dask's worker processes are not children dvc waits for). The example itself (2,240 rows) is measured the
 same way, plus a no-op `dvc repro`.
 --large adds 3M and 10M rows (10M: the project only, one round, unless --seed-at-10m).
 
@@ -57,7 +57,7 @@ def load() -> str:
 
 class RssSampler:
     """The largest resident set of any process working in ``cwd``, sampled every 0.1 s: /usr/bin/time only sees
-    the processes it waited for, not the project's helper and the stages forked from it (warm stages)."""
+    the processes it waited for, not Dask's spawned workers."""
 
     def __init__(self, cwd: Path) -> None:
         import threading

@@ -148,7 +148,7 @@ def run_stage_cli(tmp_path: Path, module: str, args: list[str], **sections) -> s
     """Run a stage's CLI (``python -m segmentation.<module> ARGS``) in ``tmp_path`` with a params.yaml of
     ``sections``."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(sections))
-    env = project_env(tmp_path, SEGMENTATION_STORE_HELPER="0")  # no helper warming MLflow up for a stage that stops
+    env = project_env(tmp_path)
     return subprocess.run(
         [sys.executable, "-m", f"segmentation.stages.{module}", *args],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,

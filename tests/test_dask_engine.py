@@ -444,7 +444,7 @@ def run_stage(tmp_path, data_path: str, scheduler: str | None = None, **dask):
     params["preprocess"]["engine"] = "dask"
     params["preprocess"]["dask"] = {"blocksize": SMALL_BLOCKS, "n_workers": 2, "memory_limit": "1GiB", **dask}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = project_env(tmp_path, SEGMENTATION_STORE_HELPER="0")
+    env = project_env(tmp_path)
     env.pop("DASK_SCHEDULER_ADDRESS", None)
     if scheduler:
         env["DASK_SCHEDULER_ADDRESS"] = scheduler

@@ -359,7 +359,7 @@ def run_stage(root, data_path: str):
     params["preprocess"]["engine"] = "dask"
     params["preprocess"]["dask"] = STAGE_CLUSTER
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    env = project_env(root.parent, SEGMENTATION_STORE_HELPER="0")  # no AWS_* variables: the DVC remote's only
+    env = project_env(root.parent)  # no AWS_* variables: the DVC remote's only
     env.pop("DASK_SCHEDULER_ADDRESS", None)
     return subprocess.run(
         [sys.executable, "-m", "segmentation.stages.preprocess", *STAGE_OUTPUTS],

@@ -54,31 +54,3 @@ def test_entry_point_imports(module):
         [sys.executable, "-c", f"import {module}"], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, f"import {module} failed:\n{done.stderr[-3000:]}"
-
-
-WARM_UP_THEN_SAVE = """
-import sys, tempfile
-from segmentation.tracking.store_helper import _warm_up_stages
-from segmentation.tracking.store import MLFLOW_SERIALIZATION
-_warm_up_stages()
-assert "skops" not in sys.modules, "the warm-up imported skops (MLflow's default format), which train never uses"
-import mlflow.sklearn
-from sklearn.dummy import DummyClassifier
-before = set(sys.modules)
-model = DummyClassifier().fit([[0.0], [1.0]], [0, 1])
-with tempfile.TemporaryDirectory() as folder:
-    mlflow.sklearn.save_model(model, folder + "/m", pip_requirements=["scikit-learn"],
-                              serialization_format=MLFLOW_SERIALIZATION)
-new = sorted(m for m in set(sys.modules) - before if not m.startswith("encodings."))
-assert not new, f"the train stage's MLflow model save imported what the warm-up did not: {new}"
-"""
-
-
-def test_store_helper_warms_up_what_the_train_stage_saves_with():
-    """The helper's warm-up (imported once, shared by the forked stages) saves in the train stage's MLflow format:
-    the stage's own save then imports nothing new, and MLflow's default format (skops, ~1 s) is never imported."""
-    env = {**os.environ, **PROJECT_ENV}
-    done = subprocess.run(
-        [sys.executable, "-c", WARM_UP_THEN_SAVE], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]

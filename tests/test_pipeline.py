@@ -22,7 +22,7 @@ from pipeline_helpers import (
     use_fixture_data,
 )
 from segmentation.tracking.lineage import file_md5
-from segmentation.tracking.logger import TrackingSettings
+from segmentation.tracking.settings import TrackingSettings
 
 pytestmark = pytest.mark.pipeline
 

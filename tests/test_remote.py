@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline_helpers import copy_project, paths, project_env, run, stage_names, use_fixture_data
-from segmentation.tracking.logger import TrackingSettings
+from segmentation.tracking.settings import TrackingSettings
 from servers import (
     dvc_http_remote,
     free_port,

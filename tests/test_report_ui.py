@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_helpers import paths
-from test_ui import ARTIFACTS, chromium  # noqa: F401 (the session fixture: installs Debian's chromium if needed)
+from test_ui import ARTIFACTS, chromium  # noqa: F401 (the session fixture: skips without Chromium)
 
 # Not marked `ui`: the fast suite (`make test`) opens the report in Chromium too.
 

@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.request import Request, urlopen
 
@@ -29,7 +31,7 @@ from segmentation.errors import UserError
 from segmentation.recipes import marketing_campaign as recipe
 from segmentation.stages.preprocess import preprocess
 from segmentation.stages.train import train
-from segmentation.tools.score import score
+from segmentation.tools.score import rejects_path, score
 from servers import HOST, free_port, process_group, server_env, wait_http
 
 P = paths()  # every path as dvc.yaml declares it
@@ -205,6 +207,258 @@ def test_make_score_needs_an_input(project):
     assert proc.returncode != 0 and "error: make score needs INPUT=" in proc.stderr
 
 
+# -- what score may write over (issue 21): never the input, a file of the pipeline or of git, a file of the user's ----
+
+
+def fresh_input(root: Path, name: str) -> Path:
+    """A copy of the new customers under ``name`` in the project."""
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(root / "new_customers.csv", path)
+    return path
+
+
+@contextmanager
+def restored(*files: Path):
+    """Put the files back as they were (absent ones removed) whatever happens: a run that does write over them
+    fails its test without spoiling the project the other tests share."""
+    before = {f: f.read_bytes() if f.is_file() else None for f in files}
+    try:
+        yield
+    finally:
+        for f, data in before.items():
+            if data is None:
+                if f.is_file() and not f.is_symlink():
+                    f.unlink()
+            elif f.read_bytes() != data:
+                f.write_bytes(data)
+
+
+def score_main(root: Path, monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """``python -m segmentation.tools.score ARGS`` in-process in ``root``: exit status, stdout, stderr."""
+    from segmentation.tools.score import main
+
+    monkeypatch.chdir(root)
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def the_one_line(code: int, err: str) -> str:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_make_score_never_writes_over_its_input(project):
+    """The issue's own command: `make score INPUT=new.csv OUTPUT=./new.csv` wrote the scores over the customers."""
+    root, env = project
+    source = fresh_input(root, "new.csv")
+    before = source.read_bytes()
+    with restored(source, root / "new_rejects.csv"):
+        proc = run(["make", "score", "INPUT=new.csv", "OUTPUT=./new.csv"], root, env, check=False)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert errors == [
+            "error: score: --output new.csv is the input file new.csv; choose another file "
+            "(default: scores/new_segments.csv)"
+        ], proc.stderr
+        assert source.read_bytes() == before and not (root / "new_rejects.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("given", "output"),
+    [
+        ("same.csv", "same.csv"),
+        ("./same.csv", "same.csv"),
+        ("same.csv", "{root}/same.csv"),
+        ("same.csv", "sub/../same.csv"),
+        ("{root}/sub/../same.csv", "./same.csv"),
+        ("same.csv", "link.csv"),  # a symlink to the input
+    ],
+    ids=["same", "dot-slash", "absolute", "dot-dot", "input-spelled-otherwise", "symlink"],
+)
+def test_output_that_is_the_input_is_refused(project, monkeypatch, capsys, given, output):
+    root, _ = project
+    source = fresh_input(root, "same.csv")
+    (root / "sub").mkdir(exist_ok=True)
+    (root / "link.csv").unlink(missing_ok=True)
+    (root / "link.csv").symlink_to("same.csv")
+    before = source.read_bytes()
+    output = output.format(root=root)
+    with restored(source, root / "same_rejects.csv", root / "link_rejects.csv"):
+        code, out, err = score_main(root, monkeypatch, capsys, "--input", given.format(root=root), "--output", output)
+        line = the_one_line(code, err)
+        assert line.startswith(f"error: score: --output {Path(output)} is the input file "), line
+        assert line.endswith("; choose another file (default: scores/same_segments.csv)"), line
+        assert source.read_bytes() == before and (root / "link.csv").is_symlink() and out == ""
+        assert not (root / "same_rejects.csv").exists() and not (root / "link_rejects.csv").exists()
+
+
+def test_a_rejects_file_that_would_be_the_input_is_refused(project, monkeypatch, capsys):
+    root, _ = project
+    source = fresh_input(root, "march_rejects.csv")
+    before = source.read_bytes()
+    with restored(source, root / "march.csv"):
+        code, _, err = score_main(root, monkeypatch, capsys, "--input", "march_rejects.csv", "--output", "march.csv")
+        line = the_one_line(code, err)
+        assert line == (
+            "error: score: --output march.csv's rejects file march_rejects.csv is the input file march_rejects.csv; "
+            "choose another file (default: scores/march_rejects_segments.csv)"
+        )
+        assert source.read_bytes() == before and not (root / "march.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("output", "what"),
+    [
+        (P["segments"], "a path of the pipeline (paths.segments in dvc.yaml)"),
+        (P["segmenter"], "a path of the pipeline (paths.segmenter in dvc.yaml)"),
+        (P["profile"], "a path of the pipeline (paths.profile in dvc.yaml)"),
+        ("params.yaml", "the pipeline's params (params.yaml)"),
+        ("dvc.yaml", "the pipeline's definition (dvc.yaml)"),
+        ("dvc.lock", "DVC's record of the pipeline's results (dvc.lock)"),
+        ("data/raw/marketing_sample.csv", "DVC-tracked data (data/raw/marketing_sample.csv.dvc)"),
+        ("data/raw/marketing_sample.csv.dvc", "DVC's record of tracked data (data/raw/marketing_sample.csv.dvc)"),
+        (f"{P['dagshub']}/evaluate/metrics.csv", f"inside {P['dagshub']}, a path of the pipeline (paths.dagshub in "
+         "dvc.yaml)"),
+        (f"{P['evaluate_plots']}/new.csv", f"inside {P['evaluate_plots']}, a path of the pipeline "
+         "(paths.evaluate_plots in dvc.yaml)"),
+        ("src/segmentation/core/data.py", "a dependency of the pipeline's preprocess stage (dvc.yaml)"),
+        ("Makefile", "a file git tracks"),
+    ],
+    ids=["segments", "segmenter", "profile", "params", "dvc.yaml", "dvc.lock", "raw-data", "raw-data.dvc",
+         "in-dagshub", "in-plots", "stage-dep", "git"],
+)  # fmt: skip
+def test_output_that_the_pipeline_tracks_is_refused(project, monkeypatch, capsys, output, what):
+    root, env = project
+    target, rejects = root / output, root / rejects_path(output)
+    status = run(["git", "status", "--porcelain"], root, env).stdout
+    with restored(target, rejects):
+        before = target.read_bytes() if target.exists() else None
+        code, _, err = score_main(root, monkeypatch, capsys, "--input", "new_customers.csv", "--output", output)
+        line = the_one_line(code, err)
+        assert line == (
+            f"error: score: --output {output} is {what}; choose another file "
+            "(default: scores/new_customers_segments.csv)"
+        )
+        assert (target.read_bytes() if target.exists() else None) == before and not rejects.exists()
+        assert run(["git", "status", "--porcelain"], root, env).stdout == status
+
+
+@pytest.mark.parametrize(
+    ("output", "existing", "content"),
+    [
+        ("notes.csv", "notes.csv", "a,b\n1,2\n"),
+        ("old_segments.csv", "old_segments.csv", "ID,cluster\n5524,2\n"),  # segments.csv's columns, not score's
+        ("empty.csv", "empty.csv", ""),
+        ("mine.csv", "mine_rejects.csv", "ID,note\n5524,call back\n"),  # the user's file where the rejects go
+    ],
+    ids=["other-table", "segments-like", "empty", "rejects-file"],
+)
+def test_an_existing_file_that_is_no_score_output_is_refused(project, monkeypatch, capsys, output, existing, content):
+    root, _ = project
+    (root / existing).write_text(content)
+    try:
+        code, _, err = score_main(root, monkeypatch, capsys, "--input", "new_customers.csv", "--output", output)
+        line = the_one_line(code, err)
+        header = "ID,segment,segment_name" if existing == output else "ID,reason"
+        shown = f"--output {output}" if existing == output else f"--output {output}'s rejects file {existing}"
+        assert line == (
+            f"error: score: {shown} exists and is not a score output (its header is not {header}); "
+            "choose another file (default: scores/new_customers_segments.csv), or move it away"
+        )
+        assert (root / existing).read_text() == content
+        assert existing == output or not (root / output).exists()
+    finally:
+        for name in {output, existing, str(rejects_path(output))}:
+            (root / name).unlink(missing_ok=True)
+
+
+def test_a_previous_score_output_is_overwritten(project, monkeypatch, capsys):
+    root, _ = project
+    out = root / "scores" / "again.csv"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("ID,segment,segment_name\n1,0,stale\n")  # an earlier run's output, of other customers
+    rejects = out.with_name("again_rejects.csv")
+    rejects.write_text("ID,reason\n1,blank Income\n")
+    for _ in range(2):  # over the stale ones, then over its own
+        code, stdout, err = score_main(
+            root, monkeypatch, capsys, "--input", "new_customers.csv", "--output", "scores/again.csv"
+        )
+        assert code == 0 and "-> scores/again.csv" in stdout, err
+        scores = pd.read_csv(out)
+        assert list(scores.columns) == ["ID", "segment", "segment_name"] and len(scores) == 428 - BLANK_INCOME
+        assert len(pd.read_csv(rejects)) == BLANK_INCOME
+
+
+@pytest.mark.parametrize(
+    ("name", "holds"),
+    [
+        ("model", "a KMeans (the bare clusterer)"),
+        ("preprocessor", "a Pipeline of scale, pca (the fitted preprocessing)"),
+    ],
+    ids=["model", "preprocessor"],
+)
+def test_the_wrong_model_file_is_one_line(project, name, holds):
+    root, env = project
+    cmd = [sys.executable, "-m", "segmentation.tools.score", "--input", "new_customers.csv",
+           "--output", "out/wrong.csv", "--model", P[name]]  # fmt: skip
+    proc = run(cmd, root, env, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {P[name]} holds {holds}, not the segmenter (recipe, preprocessing and clusterer); "
+        f"use {P['segmenter']} (paths.segmenter in dvc.yaml, read when --model is left out)"
+    ]
+    assert not (root / "out").exists()
+
+
+def test_make_score_reads_a_comma_separated_file_with_separator(project):
+    root, env = project
+    rows = pd.read_csv(root / "new_customers.csv", sep="\t").head(30)
+    rows.to_csv(root / "comma.csv", index=False)
+    rows.to_csv(root / "tabs.csv", sep="\t", index=False)
+    # Without SEPARATOR: one line whose advice is score's own option, not the pipeline's params.
+    proc = run(["make", "score", "INPUT=comma.csv"], root, env, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert errors[0].startswith("error: comma.csv: only one column found with separator '\\t'"), errors
+    assert "--separator , (make score ... SEPARATOR=,)" in errors[0] and "set preprocess" not in errors[0]
+    assert not (root / "scores" / "comma_segments.csv").exists()
+    # With it: the same segments as the tab-separated file's; params.yaml is untouched.
+    params = (root / "params.yaml").read_bytes()
+    run(["make", "score", "INPUT=comma.csv", "SEPARATOR=,"], root, env)
+    run(["make", "score", "INPUT=tabs.csv"], root, env)
+    comma = pd.read_csv(root / "scores" / "comma_segments.csv")
+    assert len(comma) == 30 - rows["Income"].isna().sum()
+    assert comma.equals(pd.read_csv(root / "scores" / "tabs_segments.csv"))
+    assert (root / "params.yaml").read_bytes() == params
+
+
+def test_separator_option_spelled_for_the_shell():
+    from segmentation.tools.score import separator_fix, separator_option
+
+    assert separator_option("\\t") == "\t" and separator_option(",") == "," and separator_option("") is None
+    assert "--separator ';' (make score ... SEPARATOR=';')" in separator_fix(";")
+    assert "--separator '\\t' (make score ... SEPARATOR='\\t')" in separator_fix("\t")
+
+
+def test_bad_values_are_counted(trained, raw, preprocess_params):
+    _, _, segmenter = trained
+    raw["Income"] = raw["Income"].astype(object)
+    raw.loc[[3, 5, 9], "Income"] = ["abc", "12k", "n/a"]
+    with pytest.raises(UserError, match=r"^new.csv: column Income must be numeric; e.g. 'abc' on line 5 \(3 such"):
+        score(raw, segmenter, preprocess_params, "new.csv")
+    raw.loc[[5, 9], "Income"] = [1.0, 2.0]
+    with pytest.raises(UserError, match=r"^new.csv: column Income must be numeric; e.g. 'abc' on line 5$"):
+        score(raw, segmenter, preprocess_params, "new.csv")  # one bad value: the message as before
+
+
 # -- the MLflow model of the train run, served over HTTP ------------------------------------------------------------
 
 
@@ -262,7 +516,7 @@ def test_mlflow_model_is_not_a_dvc_output():
 def test_a_kept_run_keeps_its_model_directory(tmp_path):
     """A run the store could not take waits in mlruns-pending/ with its directory artifacts (the MLflow model),
     and is recorded with them later (make sync)."""
-    from segmentation.tracking.logger import TrackingSettings
+    from segmentation.tracking.settings import TrackingSettings
     from segmentation.tracking.store import PENDING_DIR, MlflowClientFor, PendingRun, replay_pending
 
     model = tmp_path / "tmp" / "segmenter"

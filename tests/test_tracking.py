@@ -12,12 +12,8 @@ from pipeline_helpers import stage_names
 from segmentation.errors import UserError
 from segmentation.tracking.delivery import apply_dagshub_credentials, bound_http_requests, describe_failure
 from segmentation.tracking.lineage import Lineage, pipeline_run_id, upstream_lineage
-from segmentation.tracking.logger import (
-    DualLogger,
-    TrackingSettings,
-    plain,
-    redact_uri,
-)
+from segmentation.tracking.logger import DualLogger, plain
+from segmentation.tracking.settings import TrackingSettings, redact_uri
 
 RAW_MD5 = "0123456789abcdef0123456789abcdef"
 # What DVC records once preprocess and train have run: their deps (the raw data among them), params and outs.

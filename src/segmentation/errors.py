@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import signal
 import sys
 import threading
@@ -46,19 +45,6 @@ def _module_name(func: Callable[..., None]) -> str:
 
 
 _interrupted = False
-
-
-def exit_on_interrupt(stage: str) -> None:
-    """While a stage starts (its imports take seconds), Ctrl-C ends it at once with the one line of
-    :func:`stage_entrypoint` and status 130: nothing is written yet. Its ``main`` then installs its own handler."""
-
-    def stop(signum, frame) -> None:
-        print(f"interrupted: {stage} stopped; its outputs are replaced all together or not at all", file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(130)
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, stop)
 
 
 def _on_sigint(signum, frame) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -15,11 +15,18 @@ from segmentation.errors import UserError
 from segmentation.files import SOURCE_ATTR, CsvSource, LineLocator, plain
 
 
-def load_csv(params: DataParams, columns: Collection[str] | None = None) -> pd.DataFrame:
+def load_csv(
+    params: DataParams,
+    columns: Collection[str] | None = None,
+    *,
+    separator_fix: Callable[[str], str] | None = None,
+) -> pd.DataFrame:
     """Read the raw CSV described by ``params``; a missing, empty or undecodable file is a :class:`UserError`.
 
     ``columns``: read only those of them that the file has (all columns when it has none of them, so that a wrong
-    separator is still reported as such): less memory and time on a wide file.
+    separator is still reported as such): less memory and time on a wide file. ``separator_fix``: the advice when the
+    separator looks wrong, given the one the header seems to use (default: set preprocess.data.separator; make score
+    has its own option).
     """
     path = Path(params.path)
     if path.is_dir():
@@ -48,10 +55,11 @@ def load_csv(params: DataParams, columns: Collection[str] | None = None) -> pd.D
     if len(df.columns) == 1 and len(params.separator) == 1 and params.separator not in df.columns[0]:
         # One column usually means the wrong separator: say so rather than "column X missing".
         header = str(df.columns[0])[:60]
-        if any(sep in header for sep in ("\t", ",", ";", "|")):
+        guess = next((sep for sep in ("\t", ",", ";", "|") if sep in header), None)
+        if guess is not None:
+            fix = separator_fix(guess) if separator_fix else "set preprocess.data.separator"
             raise UserError(
-                f"{path}: only one column found with separator {params.separator!r} "
-                f"(header starts {header!r}); set preprocess.data.separator"
+                f"{path}: only one column found with separator {params.separator!r} (header starts {header!r}); {fix}"
             )
     if df.empty:
         raise UserError(f"{path}: no data rows")
@@ -99,7 +107,8 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], source: str, what:
 
 
 def require_numeric(df: pd.DataFrame, columns: Iterable[str], source: str, lines: LineLocator | None = None) -> None:
-    """Fail naming the first non-numeric column and one offending value (blanks are allowed: they are missing)."""
+    """Fail naming the first non-numeric column, its first offending value and, when there are more, how many
+    (blanks are allowed: they are missing)."""
     lines = lines or LineLocator()
     for col in columns:
         series = df[col]
@@ -108,7 +117,8 @@ def require_numeric(df: pd.DataFrame, columns: Iterable[str], source: str, lines
         coerced = pd.to_numeric(series, errors="coerce")
         bad = series[coerced.isna() & series.notna()]
         example = f"; e.g. {plain(bad.iloc[0])!r} on line {lines.line(bad.index[0], col)}" if len(bad) else ""
-        raise UserError(f"{source}: column {col} must be numeric{example}")
+        count = f" ({len(bad)} such value(s))" if len(bad) > 1 else ""  # one: the message as it always was
+        raise UserError(f"{source}: column {col} must be numeric{example}{count}")
 
 
 def require_finite(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,15 +70,6 @@ def run(stage: str, dagshub_dir: str | Path) -> Iterator[tuple[StageOutputs, Dua
             log.withdraw_run()  # no run in the store for outputs that were never committed
             raise
         outputs.commit()
-
-
-def exit_now() -> None:
-    """End a stage's process once it has succeeded: output flushed, then no interpreter teardown (tearing down
-    scikit-learn, pandas and matplotlib costs ~0.5 s per stage, and dvc waits for it). Call only from ``__main__``,
-    after ``main()`` returned: every output is committed and every file closed by then."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 def _require_dvc(stage: str, dvc) -> None:

@@ -118,7 +118,7 @@ def prepare_local_store(root: Path | None = None) -> str | None:
     the store's lock); returns what was done, or None when there was nothing to do."""
     import os
 
-    from segmentation.tracking.logger import TrackingSettings, project_root
+    from segmentation.tracking.settings import TrackingSettings, project_root
     from segmentation.tracking.store import MlflowClientFor, local_store_lock, quiet_mlflow
 
     root = root or project_root()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from segmentation.tracking.logger import TrackingSettings, project_config, redact_uri
+from segmentation.tracking.settings import TrackingSettings, project_config, redact_uri
 from segmentation.tracking.store import ensure_experiment
 
 PENDING_TAG = "segmentation_pending"  # + "_<key>": value = the remote URI (redacted) still to receive the run

@@ -120,26 +120,13 @@ def _pipeline_graph(dvc_yaml: Path) -> tuple[dict[str, set[str]], dict[str, str]
     return deps_of, producer
 
 
-# In a stage run by the warm helper (segmentation.tracking.store_helper), the process DVC started for it (the
-# launcher): the
-# stage itself is a fork of the helper, and what DVC knows is the launcher.
-launcher_pid: int | None = None
-
-
-def stage_process():
-    """The process that stands for this stage (a psutil.Process): itself, or the launcher of a warm run."""
-    import psutil
-
-    return psutil.Process(launcher_pid) if launcher_pid else psutil.Process()
-
-
 def dvc_process():
     """The DVC process (``dvc repro``, ``dvc exp run``, a queue worker) that this stage runs under, or None."""
     import psutil
 
     try:
-        parents = stage_process().parents()
-    except psutil.Error:  # the launcher is gone
+        parents = psutil.Process().parents()
+    except psutil.Error:
         return None
     for proc in parents:
         try:
@@ -161,6 +148,8 @@ def pipeline_run_id(environ: dict[str, str] | None = None) -> str:
     if env.get(ENV_PIPELINE_RUN):
         return env[ENV_PIPELINE_RUN]
 
-    anchor = dvc_process() or stage_process()
+    import psutil
+
+    anchor = dvc_process() or psutil.Process()
     seed = f"{socket.gethostname()}:{anchor.pid}:{anchor.create_time()}"
     return hashlib.sha1(seed.encode()).hexdigest()[:16]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.tracking.delivery import sync
-from segmentation.tracking.logger import (
+from segmentation.tracking.settings import (
     TrackingSettings,
     dagshub_host,
     dagshub_url,

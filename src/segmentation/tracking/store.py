@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from segmentation.tracking.logger import TrackingSettings
+    from segmentation.tracking.settings import TrackingSettings
 
 PENDING_DIR = "mlruns-pending"
 LOCK_NAME = ".mlflow.lock"
@@ -24,7 +24,7 @@ LOCK_WAIT_S = 120
 DIRS_NAME = "artifact_dirs"  # a kept run's directory artifacts, beside its "artifacts" folder
 # How the train stage saves its MLflow model (mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE): the segmenter's
 # feature step is this package's own class, which MLflow 3's default (skops) would not load without a list of
-# trusted types. The store helper warms this format up.
+# trusted types.
 MLFLOW_SERIALIZATION = "cloudpickle"
 
 
@@ -127,7 +127,7 @@ def replay_pending(client, settings: TrackingSettings, root: Path) -> int:
 
 
 def _redact(uri: str) -> str:
-    from segmentation.tracking.logger import redact_uri
+    from segmentation.tracking.settings import redact_uri
 
     return redact_uri(uri)
 

@@ -1,0 +1,114 @@
+"""Where MLflow runs go: the project's settings (pyproject.toml ``[tool.segmentation]``, environment variables)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ENV_EXPERIMENT = "MLFLOW_EXPERIMENT_NAME"
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+DEFAULT_EXPERIMENT = "customer-segmentation"
+DAGSHUB_DEFAULT_HOST = "https://dagshub.com"
+LOCAL_STORE = "mlflow.db"
+LOCAL_ARTIFACTS = "mlruns"
+# `dvc exp run --temp` and queued experiments run in a copy under .dvc/tmp/exps: track into the real repo.
+_DVC_TEMP_EXPS = (".dvc", "tmp", "exps")
+
+
+def project_root(cwd: Path | None = None) -> Path:
+    """The project's root: the working directory, or the repo that owns a DVC temporary experiment copy."""
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - len(_DVC_TEMP_EXPS)):
+        if parts[i : i + len(_DVC_TEMP_EXPS)] == _DVC_TEMP_EXPS:
+            return Path(*parts[:i])
+    return cwd
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """Where MLflow runs go.
+
+    Precedence: ``MLFLOW_TRACKING_URI`` > ``tracking_uri`` in ``[tool.segmentation]`` of pyproject.toml >
+    DagsHub's endpoint when ``dagshub_owner`` and ``dagshub_repo`` are set there > the embedded local store.
+    Every run is first written to the local store (``local_uri``); a remote ``tracking_uri`` then receives a copy,
+    and runs it could not take wait in the local store for ``sync``.
+    """
+
+    tracking_uri: str
+    experiment_name: str
+    local_uri: str
+    artifact_location: str | None = None  # only for the embedded local store
+    source: str = "local default"
+
+    @classmethod
+    def resolve(cls, root: Path, environ: Mapping[str, str] | None = None) -> TrackingSettings:
+        """Resolve the settings for the project at ``root``."""
+        env = os.environ if environ is None else environ
+        project = project_config(root)
+        name = env.get(ENV_EXPERIMENT) or project.get("experiment_name") or DEFAULT_EXPERIMENT
+        local = f"sqlite:///{root / LOCAL_STORE}"
+        artifacts = (root / LOCAL_ARTIFACTS).as_uri()
+        if env.get(ENV_TRACKING_URI):
+            uri, source = env[ENV_TRACKING_URI], "environment (MLFLOW_TRACKING_URI)"
+        elif project.get("tracking_uri"):
+            uri, source = project["tracking_uri"], "pyproject.toml [tool.segmentation] tracking_uri"
+        elif project.get("dagshub_owner") and project.get("dagshub_repo"):
+            uri = dagshub_url(project["dagshub_owner"], project["dagshub_repo"], ".mlflow", env)
+            source = "pyproject.toml [tool.segmentation] dagshub_owner/dagshub_repo"
+        else:
+            return cls(local, name, local, artifacts)
+        if not is_remote_uri(uri):
+            # A store of the user's own on this machine: it is the local store, nothing to replicate.
+            return cls(uri, name, uri, None, source)
+        return cls(uri, name, local, artifacts, source)
+
+    @property
+    def is_remote(self) -> bool:
+        """True when runs are copied to a tracking server after the local write."""
+        return self.tracking_uri != self.local_uri
+
+    @property
+    def display_uri(self) -> str:
+        """The tracking URI without any credentials, safe to print."""
+        return redact_uri(self.tracking_uri)
+
+
+def is_remote_uri(uri: str) -> bool:
+    """http(s) tracking servers are remote; sqlite/file stores are local."""
+    return urlsplit(uri).scheme in ("http", "https")
+
+
+def dagshub_host(environ: Mapping[str, str] | None = None) -> str:
+    """DagsHub's address; ``DAGSHUB_CLIENT_HOST`` (read by the DagsHub client too) points elsewhere."""
+    env = os.environ if environ is None else environ
+    return (env.get("DAGSHUB_CLIENT_HOST") or DAGSHUB_DEFAULT_HOST).rstrip("/")
+
+
+def dagshub_url(owner: str, repo: str, suffix: str, environ: Mapping[str, str] | None = None) -> str:
+    """``https://dagshub.com/<owner>/<repo><suffix>`` (suffix ``.dvc`` or ``.mlflow``)."""
+    return f"{dagshub_host(environ)}/{owner}/{repo}{suffix}"
+
+
+def project_config(root: Path) -> dict[str, Any]:
+    """The ``[tool.segmentation]`` table of the project's pyproject.toml (empty when absent)."""
+    path = root / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    with path.open("rb") as fh:
+        return tomllib.load(fh).get("tool", {}).get("segmentation", {})
+
+
+def redact_uri(uri: str) -> str:
+    """Drop ``user:password@`` from a URI."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit(parts._replace(netloc=netloc))
+    return uri
