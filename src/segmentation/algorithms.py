@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,8 +29,8 @@ from sklearn.base import BaseEstimator, ClusterMixin
 
 from segmentation.errors import UserError
 
-if TYPE_CHECKING:
-    from segmentation.config import TrainParams
+# The train section's model (segmentation.config.TrainParams) is built from this registry, so not imported here.
+TrainParams = Any
 
 NOISE = -1  # HDBSCAN's label for rows in no cluster
 NOISE_NAME = "noise"  # its name in metric keys (size_noise) and plot legends

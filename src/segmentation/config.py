@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from segmentation.core.data import ROW_ID_COLUMN as ROW_ID_COLUMN  # re-exported: the stages read it here
 from segmentation.errors import UserError
 from segmentation.pipeline import load_yaml
 
@@ -24,7 +25,6 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-ROW_ID_COLUMN = "row_id"
 SEED_MAX = 2**32 - 1  # scikit-learn and numpy take seeds in [0, 2**32 - 1]
 
 

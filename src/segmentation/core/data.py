@@ -6,13 +6,16 @@ import csv
 from collections.abc import Callable, Collection, Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from segmentation.config import ROW_ID_COLUMN, DataParams
 from segmentation.errors import UserError
 from segmentation.files import SOURCE_ATTR, CsvSource, LineLocator, plain
+
+ROW_ID_COLUMN = "row_id"  # identifies the rows of a table without an ID column (1 = first data row)
+DataParams = Any  # segmentation.config.DataParams (config builds on the recipes, which read data: not imported)
 
 
 def load_csv(

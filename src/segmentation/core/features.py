@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
-from segmentation.config import Bounds
 from segmentation.errors import UserError
 from segmentation.files import LineLocator, plain
 
@@ -27,7 +28,7 @@ def missing_rows(df: pd.DataFrame, columns: list[str]) -> pd.Series:
     return df[columns].isna().any(axis=1)
 
 
-def outlier_rows(df: pd.DataFrame, bounds: dict[str, Bounds]) -> dict[str, pd.Series]:
+def outlier_rows(df: pd.DataFrame, bounds: dict[str, Any]) -> dict[str, pd.Series]:
     """One boolean mask per bounded column: rows outside the inclusive [min, max] range (blanks are not outliers)."""
     masks = {}
     for column, rule in bounds.items():
