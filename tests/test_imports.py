@@ -7,6 +7,7 @@ Importing in a subprocess shows such an import-time failure on its own, with its
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -38,15 +39,21 @@ ENTRY_POINTS = [
     "yellowbrick.cluster",
     "sklearn.cluster",
     "vl_convert",
-    "dask.dataframe",  # preprocess.engine: dask
+]
+# The dask extra's (preprocess.engine: dask, README "Scaling out"), installed by `make setup EXTRAS=dask` only.
+DASK_ENTRY_POINTS = [
+    "dask.dataframe",
     "distributed",
     "dask_ml.preprocessing",
     "dask_ml.decomposition",
-    "dask_ml.cluster",  # the distributed final fit (README: Scaling out)
+    "dask_ml.cluster",  # the distributed final fit
 ]
+WITHOUT_DASK = pytest.mark.skipif(
+    importlib.util.find_spec("dask") is None, reason="the dask extra is not installed: make setup EXTRAS=dask"
+)
 
 
-@pytest.mark.parametrize("module", ENTRY_POINTS)
+@pytest.mark.parametrize("module", [*ENTRY_POINTS, *(pytest.param(m, marks=WITHOUT_DASK) for m in DASK_ENTRY_POINTS)])
 def test_entry_point_imports(module):
     env = {**os.environ, **PROJECT_ENV}
     done = subprocess.run(
