@@ -11,6 +11,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,14 +41,16 @@ ENTRY_POINTS = [
     "sklearn.cluster",
     "vl_convert",
 ]
-# The dask extra's (preprocess.engine: dask, README "Scaling out"), installed by `make setup EXTRAS=dask` only.
+# The dask extra's (preprocess.engine: dask, README "Scaling out"), installed by `make setup EXTRAS=dask` only; none
+# in a project generated without the Dask engine.
+HAS_DASK_ENGINE = (Path(__file__).resolve().parents[1] / "src/segmentation/engines/dask").is_dir()
 DASK_ENTRY_POINTS = [
     "dask.dataframe",
     "distributed",
     "dask_ml.preprocessing",
     "dask_ml.decomposition",
     "dask_ml.cluster",  # the distributed final fit
-]
+] if HAS_DASK_ENGINE else []  # fmt: skip
 WITHOUT_DASK = pytest.mark.skipif(
     importlib.util.find_spec("dask") is None, reason="the dask extra is not installed: make setup EXTRAS=dask"
 )
