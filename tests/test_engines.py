@@ -19,18 +19,18 @@ from segmentation.errors import UserError
 
 # Runs a module as `python -m` does, with the dask extra's packages made impossible to import (as if not installed,
 # whether or not this environment has them): the stages' and `make score`'s command lines as they are.
-WITHOUT_DASK = f"""
+WITHOUT_DASK = """
 import runpy, sys
 
 class NotInstalled:
     def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {EXTRA_PACKAGES["dask"]!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        if name.partition(".")[0] in PACKAGES:
+            raise ModuleNotFoundError("No module named " + repr(name), name=name)
         return None
 
 sys.meta_path.insert(0, NotInstalled())
 runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
-"""
+""".replace("PACKAGES", repr(EXTRA_PACKAGES["dask"]))
 # A project generated without the Dask engine (copier: dask_engine false) has no engines/dask folder.
 HAS_DASK_ENGINE = (REPO / "src/segmentation/engines/dask").is_dir()
 NO_EXTRA = "error: preprocess.engine: dask needs the dask extra: make setup EXTRAS=dask"

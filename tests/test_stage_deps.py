@@ -61,7 +61,7 @@ def closure(module: str) -> set[str]:
 
 
 ENGINES = f"src/{PACKAGE}/engines"
-ENGINE_DEP = f"{ENGINES}/${{preprocess.engine}}"  # the engine's folder: local (no code) or an optional engine's
+ENGINE_DEP = ENGINES + "/${preprocess.engine}"  # the engine's folder: local (no code) or an optional engine's
 
 
 def written_deps(stage: str) -> list[str]:
