@@ -32,8 +32,12 @@ help: ## List the targets
 $(CURDIR)/.uv/bin/uv:
 	python3 -m venv .uv && .uv/bin/pip install --quiet uv==$(UV_VERSION)
 
-setup: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Create .venv from uv.lock, turn telemetry off, restore the example data
-	$(UV) sync --frozen
+# Optional extras of pyproject.toml, e.g. `make setup EXTRAS=dask` (preprocess.engine: dask). uv sync is exact: a later
+# `make setup` without EXTRAS removes the extra's packages again.
+EXTRAS ?=
+
+setup: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Create .venv from uv.lock, turn telemetry off, restore the example data (EXTRAS=dask: + the Dask engine)
+	$(UV) sync --frozen $(addprefix --extra ,$(EXTRAS))
 	$(BIN)/python -m segmentation.tools.bootstrap
 
 repro: ## Run the pipeline (dvc repro): preprocess -> train -> evaluate

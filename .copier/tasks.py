@@ -1,7 +1,9 @@
 """Run by copier after copy and update, in the generated project (see copier.yml `_tasks`).
 
 1. uv.lock names the project: rename its root package to the project's [project] name, or
-   `uv sync --frozen` (make setup) refuses the lock.
+   `uv sync --frozen` (make setup) refuses the lock. A project generated without an extra of the template (dask:
+   the optional Dask engine) gets a lock without it and without the packages only it needs: the lock `uv lock`
+   would make for the project's pyproject.toml (offline: no resolver run).
 2. A template with uncommitted changes: copier includes them through a temporary commit of its own and records
    that commit, which exists nowhere, so a later `copier update` fails. Record the template's real HEAD instead
    and say so: the draft changes stay in the project as if they were its own edits.
@@ -41,6 +43,53 @@ def rename_lock(root: Path) -> None:
         raise SystemExit("uv.lock: cannot find the project's own package entry")
     if renamed != text:
         lock.write_text(renamed, encoding="utf-8")
+
+
+PACKAGE_HEADER = "\n[[package]]\n"
+
+
+def drop_undeclared_extras(root: Path) -> None:
+    """Take out of uv.lock the extras of the project's own package that its pyproject.toml does not declare (the
+    template's lock has them all), then every package nothing else needs: its requirements, dev groups and remaining
+    extras, followed through the packages' own dependencies and extras."""
+    lock = root / "uv.lock"
+    if not lock.is_file():
+        return
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    declared = set(pyproject["project"].get("optional-dependencies", {}))
+    head, *blocks = lock.read_text(encoding="utf-8").split(PACKAGE_HEADER)
+    parsed = [tomllib.loads(f"[[package]]\n{block}")["package"][0] for block in blocks]
+    (own,) = [i for i, p in enumerate(parsed) if p.get("source") == {"editable": "."}]
+    dropped = sorted(set(parsed[own].get("optional-dependencies", {})) - declared)
+    if not dropped:
+        return
+    block = blocks[own]
+    for extra in dropped:
+        block = re.sub(rf"^{re.escape(extra)} = \[\n(?: {{4}}.*\n)*\]\n", "", block, flags=re.M)
+        block = re.sub(rf"^ {{4}}.*extra == '{re.escape(extra)}'.*\n", "", block, flags=re.M)
+    block = block.replace("[package.optional-dependencies]\n\n", "")
+    provides = [e for e in parsed[own].get("metadata", {}).get("provides-extras", []) if e not in dropped]
+    listed = "provides-extras = [" + ", ".join(f'"{e}"' for e in provides) + "]\n" if provides else ""
+    block = re.sub(r"^provides-extras = \[.*\]\n", listed, block, flags=re.M)
+    blocks[own], parsed[own] = block, tomllib.loads(f"[[package]]\n{block}")["package"][0]
+
+    by_name = {p["name"]: p for p in parsed}
+    own_deps = [*parsed[own].get("dependencies", [])]
+    for group in (parsed[own].get("dev-dependencies", {}), parsed[own].get("optional-dependencies", {})):
+        own_deps += [dep for deps in group.values() for dep in deps]
+    needed, extras, todo = {parsed[own]["name"]}, set(), own_deps
+    while todo:
+        dep = todo.pop()
+        name, package = dep["name"], by_name[dep["name"]]
+        if name not in needed:
+            needed.add(name)
+            todo += package.get("dependencies", [])
+        for extra in dep.get("extra", []):
+            if (name, extra) not in extras:
+                extras.add((name, extra))
+                todo += package.get("optional-dependencies", {}).get(extra, [])
+    kept = [b for b, p in zip(blocks, parsed, strict=True) if p["name"] in needed]
+    lock.write_text(PACKAGE_HEADER.join([head, *kept]), encoding="utf-8")
 
 
 def record_real_template_commit(root: Path, template_clone: Path) -> None:
@@ -100,6 +149,7 @@ if __name__ == "__main__":
     operation, template_clone = sys.argv[1], Path(sys.argv[2])
     here = Path.cwd()
     rename_lock(here)
+    drop_undeclared_extras(here)
     record_real_template_commit(here, template_clone)
     absolute_template_path(here)
     created = ensure_git(here)

@@ -25,6 +25,7 @@ Shared machines are noisy: the load is printed; read the ratios of one run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -198,6 +199,15 @@ def bench_size(rows: int, runs: int, seeds: list[int], with_seed: bool, noop: bo
     return {"rows": rows, "label": label, "seed": seed_res, "project": proj_res}
 
 
+def dask_engine_missing() -> str | None:
+    """Why the engines cannot be compared here (None: they can)."""
+    if not (ROOT / "src" / "segmentation" / "engines" / "dask").is_dir():
+        return "this project has no Dask engine (generated without it)"
+    if importlib.util.find_spec("dask") is None:
+        return "the dask extra is not installed: make setup EXTRAS=dask"
+    return None
+
+
 def bench_engines(rows: int, seed: int) -> list[dict]:
     """`dvc repro` once per engine (local, then dask) on ``rows`` rows, the same seed."""
     data = data_for(rows)
@@ -286,6 +296,10 @@ def main() -> None:
         dask_rows = [int(DASK_ROWS)] + ([10_000_000] if args.large else [])
     else:  # as given: "0" is none, also with --large
         dask_rows = [int(r) for r in args.dask_rows.split(",") if int(r)]
+    missing = dask_engine_missing()
+    if dask_rows and missing:
+        print(f"\nengines: local vs dask skipped: {missing}")
+        dask_rows = []
     engines = [e for rows in dask_rows for e in bench_engines(rows, seeds[0])]
     if engines:
         report_engines(engines)

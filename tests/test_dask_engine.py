@@ -3,7 +3,8 @@ LocalCluster of two worker processes (every server on loopback only), stopped at
 started `dask scheduler` and two `dask worker` processes, stopped likewise; the stages' own LocalClusters.
 
 Marked ``dask``: `make test` leaves these to `make test-all`. The first tests need no cluster. The whole pipeline
-on Dask: tests/test_dask_pipeline.py.
+on Dask: tests/test_dask_pipeline.py. Skipped whole without the dask extra; the params checks that need no Dask are
+in tests/test_engines.py.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from segmentation.errors import UserError
 from segmentation.files import read_csv
 from segmentation.stages.preprocess import input_columns, preprocess
 
+# Without the dask extra (`make setup` installs none) the whole file is one skip line: make setup EXTRAS=dask.
+pytest.importorskip("dask", reason="the dask extra is not installed: make setup EXTRAS=dask")
+
 SMALL_BLOCKS = "8kB"  # the 428-row sample (~50 kB of the columns used... ~110 kB in all) in about 14 partitions
 TINY_BLOCKS = "4kB"  # the sample (a 42 kB file) in 11 partitions
 PROFILE = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())["evaluate"]["profile_columns"]
@@ -36,28 +40,6 @@ def test_byte_sizes_read_as_dask_reads_them(text):
     from dask.utils import parse_bytes as dask_parse_bytes
 
     assert parse_bytes(text) == dask_parse_bytes(text)
-
-
-@pytest.mark.parametrize("text", ["lots", "64 MiBs", "-1MB", "0", ""])
-def test_a_bad_byte_size_is_an_error(text):
-    with pytest.raises(ValueError):
-        parse_bytes(text)
-
-
-def test_engine_dask_takes_every_preprocess_setting(preprocess_params):
-    """A generated row_id, median imputation and one-hot columns are params of the Dask engine too (they were one
-    params error each before it did them); a bad byte size is still one params error."""
-    from pydantic import ValidationError
-
-    base = preprocess_params.model_dump()
-    for change in [
-        {"missing": "median"},
-        {"data": {**base["data"], "id_column": None}},
-        {"categorical": {"columns": ["Education"], "encoding": "onehot"}},
-    ]:
-        assert PreprocessParams.model_validate({**base, "engine": "dask", **change}).engine == "dask"
-    with pytest.raises(ValidationError, match="not a byte size"):
-        PreprocessParams.model_validate({**base, "engine": "dask", "dask": {"blocksize": "lots"}})
 
 
 # -- on a LocalCluster ----------------------------------------------------------------------------------------------
@@ -305,7 +287,9 @@ def test_train_and_evaluate_on_dask_give_the_local_engine_s_results(client, prep
     from segmentation.config import CategoricalParams, EvaluateParams, TrainParams
     from segmentation.core import report
     from segmentation.core.data import load_csv
+    from segmentation.engines.dask import evaluate as dask_ev
     from segmentation.engines.dask import tables as dask_tables
+    from segmentation.engines.dask import train as dask_tr
     from segmentation.files import write_csv
     from segmentation.stages import evaluate as ev
     from segmentation.stages import train as tr
@@ -326,7 +310,7 @@ def test_train_and_evaluate_on_dask_give_the_local_engine_s_results(client, prep
     matrix = dask_tables.load_matrix(client, result.matrix_dir)
     features = dask_tables.load(client, result.features_dir, "preprocess")
     assert len(matrix.blocks) > 5
-    elbow_d, model_d, sizes = tr.train_on_dask(client, matrix, train_params, "matrix")
+    elbow_d, model_d, sizes = dask_tr.train_on_dask(client, matrix, train_params, "matrix")
     assert elbow_d.k_best == elbow.k_best and elbow_d.search_rows == SEARCH_SAMPLE
     assert elbow_d.scores == pytest.approx(elbow.scores, rel=1e-9)  # the matrices agree to ~1e-12
     assert type(model_d) is KMeans and not hasattr(model_d, "labels_")
@@ -341,7 +325,7 @@ def test_train_and_evaluate_on_dask_give_the_local_engine_s_results(client, prep
     categorical = ["Education"]
     numeric = [c for c in local.features.columns if c not in ("ID", *categorical)]
     expected = ev.evaluate(local.matrix, local.features, model, "ID", eval_params, categorical)
-    done = ev.evaluate_on_dask(client, matrix, features, model, eval_params, categorical, numeric)
+    done = dask_ev.evaluate_on_dask(client, matrix, features, model, eval_params, categorical, numeric)
     got = done.result
     assert {k: v for k, v in got.metrics.items() if k.startswith("size_")} == {
         k: v for k, v in expected.metrics.items() if k.startswith("size_")
@@ -379,7 +363,7 @@ def test_scores_from_group_bys_are_scikit_learn_s():
     equal scikit-learn's on the rows, an empty cluster left out as scikit-learn's labels leave it."""
     from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
 
-    from segmentation.stages.evaluate import _part_groups, _part_spread, scores_of_groups
+    from segmentation.engines.dask.evaluate import _part_groups, _part_spread, scores_of_groups
 
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(c, 1.0 + c / 4, size=(150, 3)) for c in (0, 4, 9)])

@@ -26,6 +26,9 @@ import yaml
 from pipeline_helpers import copy_project, outputs, paths, project_env, run, sample_lines, use_fixture_data
 from segmentation.files import read_csv
 
+# Without the dask extra (`make setup` installs none) the whole file is one skip line: make setup EXTRAS=dask.
+pytest.importorskip("dask", reason="the dask extra is not installed: make setup EXTRAS=dask")
+
 pytestmark = [pytest.mark.dask, pytest.mark.pipeline]
 
 SMALL_BLOCKS = "8kB"  # the 428-row sample in about 14 partitions

@@ -1,11 +1,10 @@
-"""The Dask engine's inputs (:mod:`segmentation.engines.dask.sources`): Parquet datasets, S3-compatible
-storage with the DVC
-remote's credentials, DVC dependencies on them, and ``make score`` on the cluster.
+"""The Dask engine's inputs (:mod:`segmentation.engines.dask.sources`): Parquet datasets, S3-compatible storage with
+the DVC remote's credentials, DVC dependencies on them, and ``make score`` on the cluster.
 
 Real components only: a LocalCluster of two worker processes on 127.0.0.1 (stopped at the end of the module), moto's
 S3 server on 127.0.0.1 (:func:`servers.moto_s3_server`, IAM authentication switched on after the test data is
 uploaded, so that a wrong key is refused as S3 refuses it), s3fs, DVC. Marked ``dask``; the first tests need no
-cluster.
+cluster. Skipped whole without the dask extra; the params checks that need no Dask are in tests/test_engines.py.
 """
 
 from __future__ import annotations
@@ -25,6 +24,9 @@ from segmentation.errors import UserError
 from segmentation.files import read_csv
 from segmentation.stages.preprocess import input_columns, preprocess
 
+# Without the dask extra (`make setup` installs none) the whole file is one skip line: make setup EXTRAS=dask.
+pytest.importorskip("dask", reason="the dask extra is not installed: make setup EXTRAS=dask")
+
 SMALL_BLOCKS = "8kB"
 PROFILE = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())["evaluate"]["profile_columns"]
 # The LocalCluster a stage or `make score` starts in a subprocess: one worker process (starting and importing a
@@ -34,29 +36,6 @@ ROW_GROUP = 60  # rows per Parquet row group: the sample's 428 rows in several p
 
 
 # -- no cluster -----------------------------------------------------------------------------------------------------
-def with_data(params: PreprocessParams, **data) -> PreprocessParams:
-    return params.model_copy(update={"data": params.data.model_copy(update=data)})
-
-
-@pytest.mark.parametrize("path", ["data/*.csv", "data/x.parquet", "s3://bucket/x.csv", "remote://origin/x.csv"])
-def test_the_local_engine_names_what_needs_dask(preprocess_params, path):
-    from pydantic import ValidationError
-
-    base = preprocess_params.model_dump()
-    with pytest.raises(ValidationError, match="engine 'local' reads one local CSV file"):
-        PreprocessParams.model_validate({**base, "data": {**base["data"], "path": path}})
-    PreprocessParams.model_validate({**base, "engine": "dask", "data": {**base["data"], "path": path}})
-
-
-@pytest.mark.parametrize("files", ["/abs/*.csv", "../up/*.csv", "s3://b/*.csv", ""])
-def test_data_files_is_a_pattern_inside_the_folder(preprocess_params, files):
-    from pydantic import ValidationError
-
-    base = preprocess_params.model_dump()
-    with pytest.raises(ValidationError, match=r"data\.files|at least 1 character"):
-        PreprocessParams.model_validate({**base, "engine": "dask", "data": {**base["data"], "files": files}})
-
-
 def test_the_input_with_data_files_and_the_default_score_output():
     from segmentation.config import DataParams
     from segmentation.engines.dask.score import default_output
@@ -67,28 +46,6 @@ def test_the_input_with_data_files_and_the_default_score_output():
     assert str(default_output("data/new/part-*.csv")).endswith("new_segments.parquet")
     assert str(default_output("remote://data/new/customers/")).endswith("customers_segments.parquet")
     assert str(default_output("new.csv")).endswith("new_segments.parquet")
-
-
-def test_scoring_a_glob_with_the_local_engine_is_one_line(tmp_path, monkeypatch, capsys):
-    from segmentation.tools import score
-
-    params = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as stop:
-        score.main(["--input", "new/*.csv", "--model", "m.joblib", "--profile", "p.csv"])
-    assert stop.value.code == 2
-    assert capsys.readouterr().err == (
-        "error: --input new/*.csv: a glob, Parquet or S3 input is scored on Dask: set preprocess.engine: dask\n"
-    )
-    assert list(tmp_path.iterdir()) == [tmp_path / "params.yaml"]
-
-
-def test_a_csv_whose_name_holds_a_bracket_stays_the_local_engine_s(preprocess_params, tmp_path):
-    name = tmp_path / "customers[2024].csv"
-    name.write_bytes((REPO / FIXTURE_DATA).read_bytes())
-    base = preprocess_params.model_dump()
-    PreprocessParams.model_validate({**base, "data": {**base["data"], "path": str(name)}})
 
 
 def test_storage_options_come_from_the_dvc_remote_then_the_environment():

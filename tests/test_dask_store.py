@@ -15,6 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
+# Without the dask extra (`make setup` installs none) the whole file is one skip line: make setup EXTRAS=dask.
+pytest.importorskip("dask", reason="the dask extra is not installed: make setup EXTRAS=dask")
+
 import test_dask_sources as sources
 from segmentation.config import DaskParams
 from segmentation.errors import UserError

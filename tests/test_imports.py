@@ -7,9 +7,11 @@ Importing in a subprocess shows such an import-time failure on its own, with its
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -39,15 +41,23 @@ ENTRY_POINTS = [
     "yellowbrick.cluster",  # dev: tests compare the search with KElbowVisualizer
     "sklearn.cluster",
     "vl_convert",
-    "dask.dataframe",  # preprocess.engine: dask
+]
+# The dask extra's (preprocess.engine: dask, README "Scaling out"), installed by `make setup EXTRAS=dask` only; none
+# in a project generated without the Dask engine.
+HAS_DASK_ENGINE = (Path(__file__).resolve().parents[1] / "src/segmentation/engines/dask").is_dir()
+DASK_ENTRY_POINTS = [
+    "dask.dataframe",
     "distributed",
     "dask_ml.preprocessing",
     "dask_ml.decomposition",
-    "dask_ml.cluster",  # the distributed final fit (README: Scaling out)
-]
+    "dask_ml.cluster",  # the distributed final fit
+] if HAS_DASK_ENGINE else []  # fmt: skip
+WITHOUT_DASK = pytest.mark.skipif(
+    importlib.util.find_spec("dask") is None, reason="the dask extra is not installed: make setup EXTRAS=dask"
+)
 
 
-@pytest.mark.parametrize("module", ENTRY_POINTS)
+@pytest.mark.parametrize("module", [*ENTRY_POINTS, *(pytest.param(m, marks=WITHOUT_DASK) for m in DASK_ENTRY_POINTS)])
 def test_entry_point_imports(module):
     env = {**os.environ, **PROJECT_ENV}
     done = subprocess.run(

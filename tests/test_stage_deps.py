@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline_helpers import REPO, stages
 
@@ -59,12 +60,54 @@ def closure(module: str) -> set[str]:
     return seen
 
 
+ENGINES = f"src/{PACKAGE}/engines"
+ENGINE_DEP = ENGINES + "/${preprocess.engine}"  # the engine's folder: local (no code) or an optional engine's
+
+
+def written_deps(stage: str) -> list[str]:
+    """The stage's deps as dvc.yaml writes them (``${...}`` not resolved)."""
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["deps"]
+
+
+def engine_folders() -> list[Path]:
+    """The engines' folders: local (no code) and each optional engine this project has (dask, unless generated
+    without it)."""
+    return sorted(p for p in (REPO / ENGINES).iterdir() if p.is_dir() and p.name != "__pycache__")
+
+
 @pytest.mark.parametrize("stage", list(stage_modules()))
 def test_stage_declares_exactly_the_modules_it_imports(stage):
-    declared = {d for d in stages()[stage].deps if d.startswith(f"src/{PACKAGE}/")}
+    declared = {d for d in stages()[stage].deps if d.startswith(f"src/{PACKAGE}/") and d.endswith(".py")}
     needed = {module_file(m).relative_to(REPO).as_posix() for m in closure(stage_modules()[stage])}
     assert sorted(needed - declared) == [], f"stage {stage}: modules it runs but does not declare as deps"
     assert sorted(declared - needed) == [], f"stage {stage}: declared deps it never imports (needless re-runs)"
+
+
+@pytest.mark.parametrize("stage", list(stage_modules()))
+def test_stage_runs_no_optional_engine_but_declares_the_chosen_engine_s_folder(stage):
+    """No stage module imports an engine (segmentation.engines.engine_module loads it at run time): a stage's own
+    deps hold none of an optional engine's code, which is the dep ``src/segmentation/engines/${preprocess.engine}``
+    instead (the local engine's folder holds no code)."""
+    engines = sorted(m for m in closure(stage_modules()[stage]) if m.startswith(f"{PACKAGE}.engines."))
+    assert engines == [], f"stage {stage} imports engine modules: {engines}"
+    written = written_deps(stage)
+    engine_deps = [d for d in written if d.startswith(f"{ENGINES}/") and d != f"{ENGINES}/__init__.py"]
+    assert engine_deps == [ENGINE_DEP]
+    assert {p.name for p in (REPO / ENGINES / "local").iterdir()} <= {"__init__.py", "__pycache__"}
+
+
+@pytest.mark.parametrize("stage", list(stage_modules()))
+def test_an_engine_runs_only_its_folder_and_the_stage_s_modules(stage):
+    """With ``preprocess.engine: <name>``, the engine's module for the stage (``segmentation.engines.<name>.<stage>``)
+    runs its own folder's modules and otherwise only modules the stage declares: the two deps cover its code."""
+    declared = {d for d in stages()[stage].deps if d.endswith(".py")}
+    for folder in engine_folders():
+        if not (folder / f"{stage}.py").is_file():
+            continue
+        module = f"{PACKAGE}.engines.{folder.name}.{stage}"
+        needed = {module_file(m).relative_to(REPO).as_posix() for m in closure(module)}
+        outside = sorted(f for f in needed - declared if not (REPO / f).is_relative_to(folder))
+        assert outside == [], f"{module} runs modules that stage {stage} does not declare"
 
 
 def test_the_import_scan_sees_lazy_imports():

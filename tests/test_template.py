@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -31,6 +32,7 @@ OWN_ANSWERS = {
     "dagshub_owner": "",
     "dagshub_repo": "",
     "keep_example_data": "true",
+    "dask_engine": "true",
 }
 ANSWERS = {
     "project_name": "acme-segments",
@@ -205,11 +207,52 @@ def test_answers_arrive_where_they_belong(generated, template):
     answers = yaml.safe_load((gen / ".copier-answers.yml").read_text())
     head = run(["git", "rev-parse", "HEAD"], root, env).stdout.strip()
     assert head.startswith(answers.pop("_commit")) and answers.pop("_src_path") == str(root)
-    assert answers == {**ANSWERS, "keep_example_data": True}
+    assert answers == {**ANSWERS, "keep_example_data": True, "dask_engine": False}
     assert ".copier-answers.yml" in git_files(gen, env)  # committed with the project
     for rel in [*DECOYS, *TEMPLATE_ONLY, *TWINS, "dvc.lock", P["train_metrics"], P["elbow_scores"]]:
         assert not (gen / rel).exists(), rel
     assert (gen / "data/example/marketing_campaign.csv").is_file() and (gen / "data/raw.dvc").is_file()
+
+
+DASK_PACKAGES = {"dask", "distributed", "dask-ml"}
+
+
+def uv() -> str:
+    """The uv that `make setup` uses: on PATH, else the pinned copy in .uv/."""
+    return shutil.which("uv") or str(REPO / ".uv" / "bin" / "uv")
+
+
+def test_default_project_has_no_dask_engine(generated, template):
+    """copier's default (dask_engine false): no engine code, tests or settings, no dask extra; its uv.lock is the
+    one `uv lock` makes for its pyproject.toml (no extra, none of the 16 packages only Dask needs), and what `make
+    setup` installs from it (`uv sync --frozen`, here its list by `uv export`) holds no Dask."""
+    gen, env = generated
+    root, _ = template
+    env = {**env, "UV_OFFLINE": "1", "UV_PYTHON_DOWNLOADS": "never"}  # the lock as it is: no index, no download
+    assert not (gen / "src/segmentation/engines/dask").exists() and (gen / "src/segmentation/engines/local").is_dir()
+    assert not list((gen / "tests").glob("test_dask_*.py")) and (gen / "tests/test_engines.py").is_file()
+    pyproject = tomllib.loads((gen / "pyproject.toml").read_text())
+    assert "optional-dependencies" not in pyproject["project"]
+    assert (
+        pyproject["project"]["dependencies"]
+        == tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    )
+    params = yaml.safe_load((gen / "params.yaml").read_text())["preprocess"]
+    assert params["engine"] == "local" and "dask" not in params and "format" not in params["data"]
+    assert load_section("preprocess", gen / "params.yaml").engine == "local"
+    lock = tomllib.loads((gen / "uv.lock").read_text())
+    names = {p["name"] for p in lock["package"]}
+    assert not names & DASK_PACKAGES
+    template_names = {p["name"] for p in tomllib.loads((root / "uv.lock").read_text())["package"]}
+    template_names -= {"customer-segmentation"}
+    assert len(template_names - names) == 16 and template_names >= names - {"acme-segments"}
+    (own,) = [p for p in lock["package"] if p.get("source") == {"editable": "."}]
+    assert "optional-dependencies" not in own and "provides-extras" not in own["metadata"]
+    exported = run([uv(), "export", "--frozen", "--no-hashes", "--format", "requirements-txt"], gen, env).stdout
+    installed = {re.split(r"[=\s\[;]", line, maxsplit=1)[0] for line in exported.splitlines() if line[:1].isalpha()}
+    assert installed and "mlflow" in installed and not installed & DASK_PACKAGES
+    extra = run([uv(), "export", "--frozen", "--extra", "dask"], gen, env, check=False)
+    assert extra.returncode != 0
 
 
 def test_generated_project_sets_up_reproduces_and_passes_its_tests(generated):
@@ -372,5 +415,6 @@ def test_generated_project_make_setup_with_its_renamed_lock(template, tmp_path):
     cache = os.environ.get("UV_CACHE_DIR") or str(Path.home() / ".cache" / "uv")
     env = {**env, "UV_CACHE_DIR": cache, "PATH": os.environ["PATH"]}
     run(["make", "setup"], gen, env)
+    assert run([".venv/bin/python", "-c", "import dask"], gen, env, check=False).returncode != 0  # no Dask engine
     tests = run([".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not pipeline"], gen, env)
     assert re.search(r"\d+ passed", tests.stdout), tests.stdout

@@ -158,7 +158,7 @@ class DaskParams(_Params):
         return value
 
 
-def _beyond_local(path: str, fmt: str) -> bool:
+def beyond_local(path: str, fmt: str) -> bool:
     """Whether ``path`` (``fmt``) is input only the Dask engine reads: Parquet, a glob (not a file whose name holds
     ``[``), a URL (the local engine's reader says itself that a folder is one)."""
     return (
@@ -222,7 +222,7 @@ class _PreprocessBase(_Params):
         if self.pca_components is not None and self.pca_components > width:
             raise ValueError(f"pca_components ({self.pca_components}) exceeds the number of features ({width})")
         # Engine dask takes every preprocess setting (README: Scaling out); local reads one local CSV file only.
-        if self.engine == "local" and (_beyond_local(self.data.path, self.data.format) or self.data.files is not None):
+        if self.engine == "local" and (beyond_local(self.data.path, self.data.format) or self.data.files is not None):
             raise ValueError(
                 f"data.path {self.data.path}: engine 'local' reads one local CSV file; a folder, a glob, Parquet or "
                 "S3 storage needs engine: dask"

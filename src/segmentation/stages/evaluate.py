@@ -21,6 +21,7 @@ from segmentation.config import EvaluateParams, flatten, parse_section
 from segmentation.core import report
 from segmentation.core.data import as_categories, expand_columns
 from segmentation.core.plotting import FIGURE_DPI, new_figure
+from segmentation.engines import LOCAL, engine_module
 from segmentation.errors import UserError
 from segmentation.files import load_model, read_csv, read_matrix
 from segmentation.stages.runner import Outcome, cli
@@ -385,8 +386,11 @@ def source_files(stage: str = "evaluate", dvc_yaml: str | Path = "dvc.yaml") -> 
     """The git blob id of each Python file the stage declares as a dependency in ``dvc.yaml`` (the package's files
     when there is none): the code that produced its outputs, by content. A file cannot name the commit it is
     committed in, but ``git log --find-object=<id>`` finds the commits holding each file. The list changes exactly
-    when the stage re-runs, so a fresh clone reproduces the report byte for byte."""
-    deps = sorted(d for d in _pipeline_graph(Path(dvc_yaml))[0].get(stage, ()) if d.endswith(".py"))
+    when the stage re-runs, so a fresh clone reproduces the report byte for byte. A declared folder of code (the
+    engine's, ``src/segmentation/engines/${preprocess.engine}``) counts with its Python files."""
+    declared = _pipeline_graph(Path(dvc_yaml))[0].get(stage, ())
+    code = [Path(d) for d in declared if d.startswith("src/") and Path(d).is_dir()]
+    deps = sorted({*(d for d in declared if d.endswith(".py")), *(f.as_posix() for c in code for f in c.rglob("*.py"))})
     paths = [Path(d) for d in deps if Path(d).is_file()]
     if paths:
         return {p.as_posix(): _blob_id(p) for p in paths}
@@ -407,8 +411,8 @@ def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
     """Check the model against the matrix, run :func:`evaluate`, name the segments; say what to write and log."""
     # The profile also needs which preprocess columns are categorical.
     preprocess_params = parse_section("preprocess", raw_params.get("preprocess"), args.params)
-    if preprocess_params.engine == "dask":
-        return work_on_dask(args, params, preprocess_params)
+    if preprocess_params.engine != LOCAL:  # another engine does its own work
+        return engine_module(preprocess_params.engine, "evaluate").work(args, params, preprocess_params)
     categorical_params = preprocess_params.categorical
     matrix = read_matrix(args.matrix, stage="preprocess")
     features = read_csv(args.features, stage="preprocess")
@@ -512,232 +516,6 @@ def report_outcome(
         f"evaluate: {m['n_clusters']} clusters, silhouette {m['silhouette']:.3f}, "
         f"Calinski-Harabasz {m['calinski_harabasz']:.1f}, Davies-Bouldin {m['davies_bouldin']:.3f}",
     )
-
-
-# -- preprocess.engine: dask ---------------------------------------------------------------------------------------
-def _part_labels(block: np.ndarray, model: Any) -> np.ndarray:
-    return model.predict(block) if len(block) else np.zeros(0, dtype=np.int32)
-
-
-def _part_inertia(block: np.ndarray, model: Any) -> float:
-    return algorithms.inertia_on(model, block) if len(block) else 0.0
-
-
-def _part_groups(block: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and the sum of each model column per cluster, in one part."""
-    sums = np.stack([np.bincount(labels, weights=block[:, j], minlength=k) for j in range(block.shape[1])], axis=1)
-    return np.bincount(labels, minlength=k), sums
-
-
-def _part_spread(block: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Per cluster, the sum of squared distances and the sum of distances of a part's rows to their centroid."""
-    k = len(centroids)
-    distances = np.sqrt(((block - centroids[labels]) ** 2).sum(axis=1))
-    return np.stack(
-        [np.bincount(labels, weights=distances**2, minlength=k), np.bincount(labels, weights=distances, minlength=k)]
-    )
-
-
-def _same_ids(features: pd.DataFrame, matrix: pd.DataFrame, id_column: str) -> bool:
-    return features[id_column].reset_index(drop=True).equals(matrix[id_column].reset_index(drop=True))
-
-
-def _segments(matrix: pd.DataFrame, labels: np.ndarray, id_column: str) -> pd.DataFrame:
-    return pd.DataFrame({id_column: matrix[id_column].to_numpy(), CLUSTER_COLUMN: labels})
-
-
-def _labelled(features: pd.DataFrame, labels: np.ndarray, categorical: list[str]) -> pd.DataFrame:
-    """A part of the features with its rows' clusters, its categorical columns as the local engine profiles them."""
-    out = features.assign(**{CLUSTER_COLUMN: labels})
-    for column in categorical:
-        out[column] = as_categories(out[column])
-    return out
-
-
-def scores_of_groups(counts: np.ndarray, sums: np.ndarray, spread: np.ndarray) -> tuple[float, float]:
-    """Calinski-Harabasz and Davies-Bouldin as scikit-learn computes them, from group-bys over all rows: rows and
-    column sums per cluster (``counts``, ``sums``), and per cluster the sums of squared distances and of distances
-    to its centroid (``spread``: 2 x k). Clusters with no rows are left out, as scikit-learn's labels have none."""
-    present = counts > 0
-    n, centroids = counts[present], sums[present] / counts[present][:, None]
-    squared, distances = spread[0][present], spread[1][present]
-    k, rows = len(n), int(n.sum())
-    mean = sums[present].sum(axis=0) / rows
-    extra = float((n * ((centroids - mean) ** 2).sum(axis=1)).sum())
-    intra = float(squared.sum())
-    calinski_harabasz = 1.0 if intra == 0.0 else extra * (rows - k) / (intra * (k - 1.0))
-    intra_dists = distances / n
-    between = np.sqrt(((centroids[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2))
-    if np.allclose(intra_dists, 0) or np.allclose(between, 0):
-        return calinski_harabasz, 0.0
-    between[between == 0] = np.inf
-    combined = (intra_dists[:, None] + intra_dists) / between
-    return calinski_harabasz, float(np.mean(np.max(combined, axis=1)))
-
-
-def require_dask_model(model: Any, model_source: str) -> None:
-    """The Dask engine evaluates the k-means family's models (train on Dask fits kmeans)."""
-    name = algorithms.algorithm_name(model)
-    if name is not None and (isinstance(model, algorithms.CentroidAssigner) or not hasattr(model, "cluster_centers_")):
-        raise UserError(
-            f"{model_source}: a {name} model; preprocess.engine dask evaluates the k-means family only: rebuild it: "
-            "dvc repro -f -s train"
-        )
-
-
-@dataclass
-class DaskEvaluation:
-    """What :func:`evaluate_on_dask` hands to the report: the evaluation (its segments stay in the cluster, one
-    frame per part), the overall means and the contrasts of the numeric columns, their kinds, the figures."""
-
-    result: Evaluation
-    segments: list[Any]  # futures: ID + cluster per part
-    overall: dict[str, float]
-    contrasts: pd.DataFrame
-    kinds: dict[str, str]
-    figures: dict[str, Any]
-    sample: np.ndarray  # the criteria's sample of the model matrix (their rows: sample_rows)
-
-
-def evaluate_on_dask(
-    client: Any, matrix: Any, features: Any, model: Any, params: EvaluateParams, categorical: list[str],
-    numeric: list[str],
-) -> DaskEvaluation:  # fmt: skip
-    """:func:`evaluate` and the report's measures on the tables in the cluster
-    (:mod:`segmentation.engines.dask.tables`):
-    the clusters' sizes, the profiles, the overall means, the contrasts and the kinds of the columns exactly, by
-    group-bys over every row; Calinski-Harabasz and Davies-Bouldin from per-cluster sums over every row; the
-    silhouette, the criteria's sample and the figures' points on the local engine's seeded samples (the same row
-    numbers, brought here); the projection's components by dask-ml's PCA on every row."""
-    import dask
-    import dask.dataframe as dd
-    from dask_ml.decomposition import PCA as DaskPCA
-
-    from segmentation.engines.dask import tables as dask_tables
-
-    table, id_column = matrix.table, matrix.table.columns[0]
-    if features.rows != table.rows or not all(
-        client.gather(client.map(_same_ids, features.frames, table.frames, id_column=id_column))
-    ):
-        raise UserError("data/processed: the features and matrix files hold different customers; run dvc repro")
-    k, rows = algorithms.n_clusters(model), table.total
-    require_silhouette_sample(params, k)
-    labels = client.map(_part_labels, matrix.blocks, model=model)
-
-    # every row: sizes, the scores' group-bys
-    groups = client.gather(client.map(_part_groups, matrix.blocks, labels, k=k))
-    counts, sums = sum(g[0] for g in groups), sum(g[1] for g in groups)
-    sizes = {c: int(n) for c, n in enumerate(counts)}
-    centroids = sums / np.maximum(counts, 1)[:, None]
-    spread = dask_tables.sum_of(client, client.map(_part_spread, matrix.blocks, labels, centroids=centroids))
-    calinski_harabasz, davies_bouldin = scores_of_groups(counts, sums, spread)
-
-    # seeded samples of rows, as the local engine draws them
-    def sampled(size: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = sample_rows(rows, size, params.random_state)
-        return dask_tables.take(client, matrix.blocks, table.rows, idx), dask_tables.take(
-            client, labels, table.rows, idx
-        )
-
-    sil_values, sil_labels = silhouette_of(*sampled(params.silhouette_sample_size), params.silhouette_sample_size)
-    metrics = quality_metrics(model, sil_values, calinski_harabasz, davies_bouldin, sizes, rows, None)
-
-    # the profile, overall means, contrasts and kinds: Dask's group-bys over the features and the labels
-    meta = _labelled(features.meta, np.zeros(0, dtype=np.int32), categorical)
-    frame = dd.from_delayed(
-        client.map(_labelled, features.frames, labels, categorical=categorical), meta=meta, verify_meta=False
-    )
-    profiled = [c for c in features.columns if c not in {id_column, *categorical}]
-    grouped = frame[[*profiled, CLUSTER_COLUMN]].groupby(CLUSTER_COLUMN)
-    values = frame[numeric]
-    zero_one = ((values == 0) | (values == 1) | values.isna()).all() & (values.count() > 0)
-    lazy = {
-        "size": frame[CLUSTER_COLUMN].value_counts(),
-        "means": grouped.mean(),
-        "sums": grouped.sum(),
-        "counts": grouped.count(),
-        "overall": values.mean(),
-        "spreads": values.std(ddof=0),
-        "zero_one": zero_one,
-        **{f"count:{c}": frame.groupby([CLUSTER_COLUMN, c]).size() for c in categorical},
-        **{f"blank:{c}": frame[c].isna().groupby(frame[CLUSTER_COLUMN]).sum() for c in categorical},
-    }
-    done = dict(zip(lazy, dask.compute(*lazy.values()), strict=True))
-    size = done["size"].sort_index().rename_axis(CLUSTER_COLUMN)
-    categories = {}
-    for c in categorical:
-        found = done[f"count:{c}"].unstack(fill_value=0)
-        blanks = done[f"blank:{c}"].sort_index()
-        categories[c] = (found, blanks if blanks.any() else None)
-    profile = assemble_profile(size, done["means"].sort_index()[profiled], categories, rows)
-    overall = {c: float(done["overall"][c]) for c in numeric}
-    z = report.contrasts_of(
-        done["sums"].sort_index()[numeric], done["counts"].sort_index()[numeric], done["spreads"][numeric]
-    )
-    z.index = [int(c) for c in z.index]
-    kinds = {c: report.kind_of(c, bool(done["zero_one"][c])) for c in numeric}
-
-    # the figures: the projection's components on every row (dask-ml), its points and the silhouette's sampled
-    x = matrix.array()
-    n = min(2, matrix.width)
-    x = x.rechunk({0: max(max(table.rows), matrix.width), 1: -1})  # tall blocks for the tall-and-skinny QR
-    pca = DaskPCA(n_components=n, svd_solver="tsqr").fit(x)
-    components = np.asarray(pca.components_)
-    # scikit-learn's sign rule: each component's largest coefficient positive
-    components *= np.sign(components[np.arange(n), np.argmax(np.abs(components), axis=1)])[:, None]
-    shown, shown_labels = sampled(params.plot_sample_size)
-    xy = (shown - np.asarray(pca.mean_)) @ components.T
-    present = {c: n_c for c, n_c in sizes.items() if n_c}
-    figures = {
-        "clusters_2d.png": projection_figure(xy, shown_labels, present, rows),
-        "silhouette.png": silhouette_plot(sil_values, sil_labels),
-        "profile.png": profile_plot(profile),
-    }
-    criteria_rows, _ = sampled(params.criteria_sample_size)
-    segments = client.map(_segments, table.frames, labels, id_column=id_column)
-    result = Evaluation(metrics, None, profile, sil_values, sil_labels)
-    return DaskEvaluation(result, segments, overall, z, kinds, figures, criteria_rows)
-
-
-def work_on_dask(args, params: EvaluateParams, preprocess_params: Any) -> Outcome:
-    """The evaluate stage on the cluster (``preprocess.engine: dask``): the tables read by the workers part by part,
-    the segments file written from the parts in order; the outputs are the local engine's."""
-    from segmentation.engines.dask import tables as dask_tables
-    from segmentation.engines.dask.cluster import dask_client
-    from segmentation.files import remove_temp
-
-    categorical_params = preprocess_params.categorical
-    model = load_model(args.model, stage="train")
-    require_dask_model(model, args.model)
-    train_metrics = read_train_metrics(args.train_metrics)  # the model's check, then the report's k section
-    elbow = read_optional_csv(args.elbow_scores)
-    with dask_client(preprocess_params.dask) as client:
-        matrix = dask_tables.load_matrix(client, args.matrix, stage="preprocess")
-        features = dask_tables.load(client, args.features, stage="preprocess")
-        id_column = matrix.table.columns[0]
-        model_features = [c for c in preprocess_params.features if c in features.columns]
-        numeric_extras, text_extras = profiled_columns(
-            features.meta, id_column, model_features, categorical_params.columns, params.profile_columns
-        )
-        categorical = [*categorical_params.columns, *text_extras]
-        inertia = lambda: dask_tables.sum_of(client, client.map(_part_inertia, matrix.blocks, model=model))  # noqa: E731
-        check_model(model, matrix.array(), args.model, args.matrix, train_metrics, args.train_metrics, inertia)
-        done = evaluate_on_dask(
-            client, matrix, features, model, params, categorical, [*model_features, *numeric_extras]
-        )
-        segments_file = dask_tables.stream_csv(client, done.segments, args.segments)
-    try:
-        criteria = None
-        if args.report and elbow is not None and "k" in elbow:
-            criteria = criteria_of(done.sample, [int(k) for k in elbow["k"]], params.random_state)
-        return report_outcome(
-            args, params, model, done.result, done.figures, done.kinds, done.overall, done.contrasts, criteria,
-            model_features, numeric_extras, categorical_params, train_metrics, elbow, matrix.table.total,
-            lambda out: out.adopt(args.segments, segments_file),
-        )  # fmt: skip
-    except BaseException:
-        remove_temp(segments_file)
-        raise
 
 
 main = cli(

@@ -15,6 +15,7 @@ from segmentation import recipes
 from segmentation.config import ROW_ID_COLUMN, PreprocessParams, flatten, profile_patterns
 from segmentation.core import data, features
 from segmentation.core.progress import step
+from segmentation.engines import LOCAL, engine_module
 from segmentation.errors import UserError
 from segmentation.files import LineLocator
 from segmentation.stages.runner import Outcome, cli
@@ -334,13 +335,13 @@ def in_background(function, *args) -> Future:
 
 
 def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
-    """Read the raw CSV (only the columns used), run :func:`preprocess` (or its Dask engine), say what to write and
-    log."""
+    """Read the raw CSV (only the columns used), run :func:`preprocess`, say what to write and log; another
+    ``preprocess.engine`` does its own work (:func:`segmentation.engines.engine_module`)."""
+    if params.engine != LOCAL:
+        return engine_module(params.engine, "preprocess").work(args, params, raw_params)
     profile_columns = profile_patterns(raw_params, args.params)  # passed through for the evaluate stage
     # The raw file's md5 (for the MLflow run) is computed while the stage works: hashlib releases the GIL.
     md5 = in_background(file_md5, params.data.path) if Path(params.data.path).is_file() else None
-    if params.engine == "dask":
-        return work_on_dask(args, params, profile_columns, md5)
     # The CSV is read while scikit-learn is imported (~1 s): pandas' tokenizer releases the GIL.
     reading = in_background(data.load_csv, params.data, [*input_columns(params), *profile_columns])
     build_transformer(params)
@@ -365,40 +366,6 @@ def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
 
     m, columns = result.metrics, result.matrix.shape[1] - 1
     return Outcome(write, f"preprocess: {m['rows_in']} rows in, {m['rows_out']} out, {columns} columns")
-
-
-def work_on_dask(args, params: PreprocessParams, profile_columns: list[str], md5) -> Outcome:
-    """The Dask engine (:mod:`segmentation.engines.dask.engine`): the same outputs, the tables as partitioned
-    Parquet."""
-    from segmentation.engines.dask import engine as dask_engine
-
-    columns = [*input_columns(params), *profile_columns]
-    with (
-        dask_engine.dask_client(params.dask) as client,
-        step("preprocess", f"preprocessed {params.data.path} on Dask"),
-    ):
-        result = dask_engine.preprocess_on_dask(client, params, columns, profile_columns, args.features, args.matrix)
-
-    def write(out, log) -> None:
-        if result.manifests is None:
-            out.adopt(args.features, result.features_dir)
-            out.adopt(args.matrix, result.matrix_dir)
-        else:  # the tables are on object storage: their manifests at the dvc.yaml paths (engines.dask.store)
-            out.write_manifest(args.features, result.manifests[0])
-            out.write_manifest(args.matrix, result.manifests[1])
-        out.dump_model(args.transformer, result.transformer)
-        out.write_json(args.metrics, result.metrics)
-        log.log_params(flatten(params, "preprocess."))
-        log.log_data(params.data.path, md5.result() if md5 is not None else None)
-        log.log_metrics(result.metrics)
-        log.log_artifact(args.transformer)
-
-    m = result.metrics
-    return Outcome(
-        write,
-        f"preprocess: {m['rows_in']} rows in, {m['rows_out']} out, {result.matrix_columns} columns "
-        f"({result.partitions} partition(s) on Dask)",
-    )
 
 
 main = cli(

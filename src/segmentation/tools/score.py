@@ -37,10 +37,10 @@ from typing import Any
 import pandas as pd
 
 from segmentation import algorithms, pipeline
-from segmentation.config import ROW_ID_COLUMN, PreprocessParams, load_section
+from segmentation.config import ROW_ID_COLUMN, PreprocessParams, beyond_local, load_section
 from segmentation.core import data, features
 from segmentation.core.report import NAME_COLUMN
-from segmentation.engines.dask.sources import needs_dask
+from segmentation.engines import LOCAL, engine_module
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import LineLocator, StageOutputs, load_model
 
@@ -362,10 +362,10 @@ def main(argv: list[str] | None = None) -> None:
 
     params: PreprocessParams = load_section("preprocess", args.params)
     args.separator = separator_option(args.separator)
-    if params.engine == "dask":  # partitions scored on the cluster, the output partitioned Parquet
-        score_on_dask(args, params)
+    if params.engine != LOCAL:  # another engine scores (Dask: partitions on the cluster, the output Parquet)
+        engine_module(params.engine, "score").run(args, params)
         return
-    if needs_dask(args.input) and not Path(args.input).is_dir():
+    if beyond_local(args.input, "auto") and not Path(args.input).is_dir():
         raise UserError(
             f"--input {args.input}: a glob, Parquet or S3 input is scored on Dask: set preprocess.engine: dask"
         )
@@ -404,62 +404,6 @@ def main(argv: list[str] | None = None) -> None:
     if outliers:
         print(
             f"note: {outliers} scored row(s) are outside preprocess.outliers (training left such rows out of the fit)",
-            file=sys.stderr,
-        )
-
-
-def score_on_dask(args: argparse.Namespace, params: PreprocessParams) -> None:
-    """``make score`` with ``preprocess.engine: dask`` (:mod:`segmentation.engines.dask.score`): the same
-    checks, segments
-    and rejects, the output a Parquet folder."""
-    from segmentation.engines.dask import engine as dask_engine
-    from segmentation.engines.dask import score as dask_score
-    from segmentation.files import PARQUET
-
-    output = Path(args.output) if args.output else dask_score.default_output(args.input)
-    if output.suffix != PARQUET:
-        raise UserError(f"--output {output}: scoring on Dask writes partitioned Parquet: name it *{PARQUET}")
-    update = {"path": args.input, **({"separator": args.separator} if args.separator else {})}
-    params = params.model_copy(update={"data": params.data.model_copy(update=update)})
-    source = Path(args.input) if Path(args.input).exists() else None  # not a glob, nor on S3
-    protected = protected_paths(source)
-    for target in (output, dask_score.rejects_dir(output)):
-        what = what_it_is(target, protected)
-        if what is not None:
-            raise UserError(f"score: --output {output}: {target} is {what}; choose another --output")
-    segmenter = load_segmenter(args.model)
-    k = algorithms.n_clusters(segmenter.named_steps["cluster"])
-    names = segment_names(Path(args.profile), k)
-    rejects_dir = dask_score.rejects_dir(output)
-    with StageOutputs() as out:
-        with dask_engine.dask_client(params.dask) as client:
-            result = dask_score.score_on_dask(client, segmenter, params, names, output)
-        out.adopt(output, result.scored_dir)
-        if result.rejects_dir is not None:
-            out.adopt(rejects_dir, result.rejects_dir)
-        out.commit()
-    if result.rejects_dir is None and rejects_dir.is_dir():
-        import shutil
-
-        shutil.rmtree(rejects_dir)  # from an earlier run of the same output
-    print(
-        f"score: {result.scored} of {result.rows} row(s) scored -> {output} ({result.partitions} partition(s) on Dask)"
-    )
-    if result.rejected:
-        line = rejects_summary(
-            result.id_column, result.rejected, result.first_rejects, result.reasons, result.rows, rejects_dir
-        )
-        print(line, file=sys.stderr)
-    if names is None:
-        print(
-            f"note: no segment names in {args.profile} for these {k} "
-            "segments (run dvc repro: evaluate writes them); segment_name left blank",
-            file=sys.stderr,
-        )
-    if result.outliers:
-        print(
-            f"note: {result.outliers} scored row(s) are outside preprocess.outliers (training left such rows out of "
-            "the fit)",
             file=sys.stderr,
         )
 

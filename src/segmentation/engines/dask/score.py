@@ -15,6 +15,9 @@ at all.
 
 from __future__ import annotations
 
+import argparse
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +25,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from segmentation import algorithms
 from segmentation.config import ROW_ID_COLUMN, DataParams, PreprocessParams, parse_bytes
 from segmentation.engines.dask import sources as dask_sources
+from segmentation.engines.dask.cluster import dask_client
 from segmentation.errors import UserError
-from segmentation.files import PARQUET, temp_dir_beside
+from segmentation.files import PARQUET, StageOutputs, temp_dir_beside
 from segmentation.tools import score
 
 
@@ -151,8 +156,6 @@ def _score_parts(
     parts: list[Any],
     source: str,
 ) -> DaskScores:
-    import shutil
-
     from segmentation.engines.dask.engine import require_unique_ids
 
     futures = client.map(score_part, parts, segmenter=segmenter, params=params, names=names, source=source, pure=False)
@@ -199,3 +202,52 @@ def _score_parts(
         id_column=id_col,
         partitions=len(parts),
     )
+
+
+def run(args: argparse.Namespace, params: PreprocessParams) -> None:
+    """``make score`` with ``preprocess.engine: dask`` (:func:`segmentation.tools.score.main` hands over to it, its
+    options parsed): the same checks, segments and rejects as local scoring, the output a Parquet folder."""
+    output = Path(args.output) if args.output else default_output(args.input)
+    if output.suffix != PARQUET:
+        raise UserError(f"--output {output}: scoring on Dask writes partitioned Parquet: name it *{PARQUET}")
+    update = {"path": args.input, **({"separator": args.separator} if args.separator else {})}
+    params = params.model_copy(update={"data": params.data.model_copy(update=update)})
+    source = Path(args.input) if Path(args.input).exists() else None  # not a glob, nor on S3
+    protected = score.protected_paths(source)
+    for target in (output, rejects_dir(output)):
+        what = score.what_it_is(target, protected)
+        if what is not None:
+            raise UserError(f"score: --output {output}: {target} is {what}; choose another --output")
+    segmenter = score.load_segmenter(args.model)
+    k = algorithms.n_clusters(segmenter.named_steps["cluster"])
+    names = score.segment_names(Path(args.profile), k)
+    rejects = rejects_dir(output)
+    with StageOutputs() as out:
+        with dask_client(params.dask) as client:
+            result = score_on_dask(client, segmenter, params, names, output)
+        out.adopt(output, result.scored_dir)
+        if result.rejects_dir is not None:
+            out.adopt(rejects, result.rejects_dir)
+        out.commit()
+    if result.rejects_dir is None and rejects.is_dir():
+        shutil.rmtree(rejects)  # from an earlier run of the same output
+    print(
+        f"score: {result.scored} of {result.rows} row(s) scored -> {output} ({result.partitions} partition(s) on Dask)"
+    )
+    if result.rejected:
+        line = score.rejects_summary(
+            result.id_column, result.rejected, result.first_rejects, result.reasons, result.rows, rejects
+        )
+        print(line, file=sys.stderr)
+    if names is None:
+        print(
+            f"note: no segment names in {args.profile} for these {k} "
+            "segments (run dvc repro: evaluate writes them); segment_name left blank",
+            file=sys.stderr,
+        )
+    if result.outliers:
+        print(
+            f"note: {result.outliers} scored row(s) are outside preprocess.outliers (training left such rows out of "
+            "the fit)",
+            file=sys.stderr,
+        )

@@ -117,24 +117,6 @@ def shown_url(url: str) -> str:
     return str(local)
 
 
-def is_remote(path: str) -> bool:
-    """Whether ``path`` is on S3-compatible storage (``s3://`` or ``remote://``)."""
-    return path.startswith((S3_SCHEME, REMOTE_SCHEME))
-
-
-def needs_dask(path: str, fmt: str = "auto") -> bool:
-    """Whether only the Dask engine reads ``path``: a glob, a folder, remote storage or Parquet (the local engine
-    reads one local CSV file)."""
-    return (
-        fmt == PARQUET
-        or is_remote(path)
-        or "://" in path
-        or (bool(GLOB_CHARS & set(path)) and not Path(path).is_file())  # a CSV may be named "x[1].csv"
-        or path.endswith(PARQUET_SUFFIXES)
-        or Path(path).is_dir()
-    )
-
-
 # -- credentials ----------------------------------------------------------------------------------------------------
 def dvc_remotes(root: Path | None = None) -> tuple[dict[str, dict[str, Any]], str | None]:
     """The DVC remotes (``.dvc/config`` merged with ``.dvc/config.local``) and the default remote's name."""
