@@ -26,8 +26,8 @@ from threadpoolctl import threadpool_limits
 # segmentation sets the no-telemetry variables on import.
 from segmentation.config import load_section
 from segmentation.core.data import load_csv
-from segmentation.stages.preprocess import preprocess
-from segmentation.stages.train import elbow_search
+from segmentation.core.search import elbow_search
+from segmentation.core.transform import preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 

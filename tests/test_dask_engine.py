@@ -19,9 +19,9 @@ import yaml
 
 from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO, project_env
 from segmentation.config import DaskParams, PreprocessParams, parse_bytes
+from segmentation.core.transform import input_columns, preprocess
 from segmentation.errors import UserError
 from segmentation.files import read_csv
-from segmentation.stages.preprocess import input_columns, preprocess
 
 # Without the dask extra (`make setup` installs none) the whole file is one skip line: make setup EXTRAS=dask.
 pytest.importorskip("dask", reason="the dask extra is not installed: make setup EXTRAS=dask")
@@ -286,13 +286,13 @@ def test_train_and_evaluate_on_dask_give_the_local_engine_s_results(client, prep
 
     from segmentation.config import CategoricalParams, EvaluateParams, TrainParams
     from segmentation.core import report
+    from segmentation.core import search as tr
     from segmentation.core.data import load_csv
     from segmentation.engines.dask import evaluate as dask_ev
     from segmentation.engines.dask import tables as dask_tables
     from segmentation.engines.dask import train as dask_tr
     from segmentation.files import write_csv
     from segmentation.stages import evaluate as ev
-    from segmentation.stages import train as tr
 
     params = preprocess_params.model_copy(
         update={"categorical": CategoricalParams(columns=["Education"], encoding="drop")}

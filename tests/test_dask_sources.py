@@ -20,9 +20,9 @@ import yaml
 from pipeline_helpers import DAGSHUB_SINK as DISCARD  # the discard port on 127.0.0.1
 from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO
 from segmentation.config import DaskParams, PreprocessParams
+from segmentation.core.transform import input_columns, preprocess
 from segmentation.errors import UserError
 from segmentation.files import read_csv
-from segmentation.stages.preprocess import input_columns, preprocess
 
 # Without the dask extra (`make setup` installs none) the whole file is one skip line: make setup EXTRAS=dask.
 pytest.importorskip("dask", reason="the dask extra is not installed: make setup EXTRAS=dask")
@@ -361,8 +361,8 @@ def test_the_stage_reads_s3_and_writes_the_secret_nowhere(s3, local, tmp_path):
 def segmenter(raw_full, preprocess_params):
     """preprocess and train in-process on the sample (the local engine); the segmenter built from them."""
     from segmentation.config import load_section
+    from segmentation.core.search import train
     from segmentation.core.segmenter import build_segmenter
-    from segmentation.stages.train import train
 
     result = preprocess(raw_full, preprocess_params, "sample.csv")
     _, model = train(result.matrix, "ID", load_section("train", REPO / FIXTURE_PARAMS))

@@ -57,8 +57,8 @@ def test_tables_param_takes_a_prefix_on_s3_or_a_dvc_remote():
 
 def preprocess_to_store(client, params, out):
     """The preprocess engine with ``tables`` set: the two manifests written as the stage writes them."""
+    from segmentation.core.transform import input_columns
     from segmentation.engines.dask.engine import preprocess_on_dask
-    from segmentation.stages.preprocess import input_columns
 
     out.mkdir(exist_ok=True)
     features, matrix = out / "features.parquet", out / "matrix.parquet"

@@ -15,8 +15,8 @@ import pytest
 from pipeline_helpers import run_stage_cli, the_error
 from segmentation.config import PreprocessParams
 from segmentation.core.data import load_csv
+from segmentation.core.transform import preprocess
 from segmentation.errors import UserError
-from segmentation.stages.preprocess import preprocess
 
 OUTPUTS = ["--features", "out/f.csv", "--matrix", "out/m.csv", "--transformer", "out/t.joblib",
            "--metrics", "out/p.json", "--dagshub-dir", "out/dh"]  # fmt: skip

@@ -22,12 +22,13 @@ from sklearn.datasets import make_blobs
 
 from pipeline_helpers import run_stage_cli as stage
 from pipeline_helpers import the_error
+from segmentation import algorithms
 from segmentation.config import EvaluateParams, TrainParams, parse_section
 from segmentation.core.plotting import FONT
+from segmentation.core.search import check_k_range, elbow_search, small_cluster_warning, small_clusters
 from segmentation.errors import UserError
 from segmentation.files import load_model
 from segmentation.stages.evaluate import check_model, evaluate, read_train_metrics
-from segmentation.stages.train import check_k_range, elbow_search, make_kmeans, small_cluster_warning, small_clusters
 
 TRAIN = {"k_min": 2, "k_max": 4, "metric": "distortion", "selection": "elbow", "n_init": 4, "max_iter": 300,
          "random_state": 0, "n_threads": 1, "min_cluster_size": 10}  # fmt: skip
@@ -135,7 +136,9 @@ def test_the_search_gives_yellowbricks_scores_and_knee_with_a_line_per_k(capsys,
     """The stage no longer imports yellowbrick (~2 s): its scores and knee must still be KElbowVisualizer's."""
     X, _ = make_blobs(n_samples=300, centers=4, cluster_std=0.8, random_state=5)
     params = train_params(k_max=7, metric=metric)
-    viz = kelbow_visualizer_class()(make_kmeans(params), k=(2, 8), metric=metric, timings=False, force_model=True)
+    viz = kelbow_visualizer_class()(
+        algorithms.make(params, 8), k=(2, 8), metric=metric, timings=False, force_model=True
+    )
     viz.fit(X)
     result = elbow_search(X, params)
     assert result.scores == [float(s) for s in viz.k_scores_] and result.k_best == viz.elbow_value_

@@ -92,8 +92,8 @@ def test_saved_figures_are_the_bytes_of_a_tight_savefig(fitted, tmp_path):
     matplotlib's own bbox_inches="tight" writes, for every figure the pipeline saves."""
     from segmentation.config import TrainParams
     from segmentation.core.plotting import FIGURE_DPI
+    from segmentation.core.search import elbow_search
     from segmentation.files import StageOutputs
-    from segmentation.stages.train import elbow_search
 
     matrix, features, model = fitted
     result = evaluate(matrix, features, model, "ID", EvaluateParams(silhouette_sample_size=5000, random_state=0))

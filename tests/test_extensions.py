@@ -227,7 +227,7 @@ def test_a_recipe_is_one_registry_entry_and_its_params_section(project, monkeypa
 def test_no_recipe_names_the_table_s_own_columns(project):
     """recipe: null, the default: no derivation (any table)."""
     from segmentation.config import parse_section
-    from segmentation.stages.preprocess import preprocess
+    from segmentation.core.transform import preprocess
 
     raw = {"data": {"path": "shop.csv", "separator": ","}, "features": ["spend_a", "visits"]}
     params = parse_section("preprocess", raw)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from segmentation.config import Bounds
-from segmentation.core.features import missing_rows, outlier_rows
+from segmentation.core.features import outlier_rows
 from segmentation.errors import UserError
 from segmentation.recipes.marketing_campaign import adults_in_household, derive_marketing_features, parse_dates
 
@@ -70,8 +70,3 @@ def test_outlier_bounds_are_inclusive_and_ignore_blanks():
     masks = outlier_rows(df, {"Age": Bounds(max=90), "Income": Bounds(min=1, max=600000)})
     assert masks["Age"].tolist() == [False, False, True, False]
     assert masks["Income"].tolist() == [True, False, True, False]
-
-
-def test_missing_rows_only_looks_at_given_columns():
-    df = pd.DataFrame({"a": [1, np.nan, 3], "b": [np.nan, 2, 3]})
-    assert missing_rows(df, ["a"]).tolist() == [False, True, False]

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from segmentation.core.transform import preprocess
 from segmentation.errors import UserError
-from segmentation.stages.preprocess import preprocess
 
 
 def test_example_rows_and_shapes(raw_full, preprocess_params):

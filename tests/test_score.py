@@ -26,11 +26,11 @@ from sklearn.base import clone
 
 from pipeline_helpers import FIXTURE_PARAMS, HELD_BACK, REPO, held_back_ids, paths, run, stages
 from segmentation.config import load_section
+from segmentation.core.search import train
 from segmentation.core.segmenter import RecipeFeatures, build_segmenter
+from segmentation.core.transform import preprocess
 from segmentation.errors import UserError
 from segmentation.recipes import marketing_campaign as recipe
-from segmentation.stages.preprocess import preprocess
-from segmentation.stages.train import train
 from segmentation.tools.score import rejects_path, score
 from servers import HOST, free_port, process_group, server_env, wait_http
 

@@ -6,8 +6,8 @@ import pytest
 from sklearn.datasets import make_blobs
 
 from segmentation.config import TrainParams
+from segmentation.core.search import CURVES, choose_k, elbow_search, fallback_k, find_knee, search_sample, train
 from segmentation.errors import UserError
-from segmentation.stages.train import CURVES, choose_k, elbow_search, fallback_k, find_knee, search_sample, train
 
 
 def params(**override) -> TrainParams:

@@ -1,21 +1,7 @@
 """The clustering algorithms ``train.algorithm`` selects: one :class:`Algorithm` entry each in :data:`REGISTRY`, its
-params model (the sub-section ``train.<name>`` of ``params.yaml``) beside it.
-
-An entry says how to build the estimator for k clusters from the ``train`` params (its own sub-section
-``train.<name>`` included), which criterion chooses k, and whether the estimator predicts. Algorithms without
-``predict`` (agglomerative, HDBSCAN) are fitted on a seeded sample of at most ``train.<name>.fit_sample_size`` rows
-(their cost grows with rows^2); :class:`CentroidAssigner` then gives every other row, and every new customer, the
-cluster whose centroid (mean of its training rows, noise excluded) is nearest. HDBSCAN's noise rows (label ``NOISE``,
--1) keep that label in the training assignment: a segment of their own, left out of the quality scores.
-
-Adding an algorithm is one entry in :data:`REGISTRY` (its params model, a subclass of :class:`AlgorithmParams`, and its
-factory beside it) plus its sub-section ``train.<name>`` in ``params.yaml``: :mod:`segmentation.config` builds the
-``train`` section's model from the registry, the stages ask the registry, and the evaluate stage recognises a fitted
-model of the entry's ``estimator`` class with scikit-learn's ``check_is_fitted``. tests/test_extensions.py registers
-one (Birch) at run time and runs it through preprocess, train, evaluate and scoring.
-
-scikit-learn is imported inside the factories: the modules that only need the names stay light.
-"""
+params model (the sub-section ``train.<name>``) beside it. Adding an algorithm is one entry here plus its sub-section
+in ``params.yaml`` (tests/test_extensions.py registers one at run time). Algorithms without ``predict`` are fitted on
+a seeded sample and extended to every other row by :class:`CentroidAssigner` (nearest centroid)."""
 
 from __future__ import annotations
 
@@ -39,16 +25,12 @@ ELBOW = "elbow"  # the k search of train.metric's curve and its knee (train.sele
 
 
 class AlgorithmParams(BaseModel):
-    """Base of a clustering algorithm's own sub-section of ``train`` (``train.<algorithm>``): its knobs, validated
-    like every params section (unknown keys are errors). An algorithm without ``predict`` has a ``fit_sample_size``.
-
-    An algorithm that finds k itself (its criterion is None) may say what sets that k (:meth:`k_setting`) and which
-    number of rows its settings need (:meth:`check_rows`)."""
+    """Base of an algorithm's sub-section ``train.<algorithm>`` (one without ``predict`` has a ``fit_sample_size``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def k_setting(self) -> str:
-        """What sets the number of clusters an algorithm that finds k itself finds, for messages and the plot."""
+        """What sets the k an algorithm that finds k itself finds, for messages and the plot."""
         return ", ".join(f"{key} = {value}" for key, value in self.model_dump().items())
 
     def check_rows(self, name: str, rows: int) -> None:
@@ -60,9 +42,7 @@ class Algorithm:
     """One clustering algorithm of ``train.algorithm``."""
 
     label: str  # how the report names it: "The train stage fitted <label> for each k"
-    # The class name of what ``make`` returns (a scikit-learn class), or its full ``module.Class`` name (another
-    # library's): how the evaluate stage recognises a model file.
-    estimator: str
+    estimator: str  # what ``make`` returns: a scikit-learn class name, or another library's ``module.Class``
     make: Callable[[TrainParams, int], Any]  # an unfitted estimator with k clusters (ignored when it finds k itself)
     # The k search: ELBOW, "bic"/"aic" (the lowest wins), or None (the algorithm finds k itself: no search).
     criterion: Callable[[TrainParams], str | None]
@@ -82,13 +62,15 @@ class KMeansParams(AlgorithmParams):
     method: Literal["lloyd", "elkan"] = "lloyd"  # KMeans' ``algorithm``; lloyd is the default
 
 
+def _seeded(cls: type, p: TrainParams, k: int, **own: Any):
+    """A k-means-family estimator with every knob explicit: seeded, ``n_init`` fixed (``'auto'`` moves the knee)."""
+    return cls(n_clusters=k, n_init=p.n_init, max_iter=p.max_iter, random_state=p.random_state, **own)
+
+
 def _kmeans(p: TrainParams, k: int):
     from sklearn.cluster import KMeans
 
-    # Every knob explicit: seeded, n_init fixed ('auto' moves the knee).
-    return KMeans(
-        n_clusters=k, n_init=p.n_init, max_iter=p.max_iter, random_state=p.random_state, algorithm=p.kmeans.method
-    )
+    return _seeded(KMeans, p, k, algorithm=p.kmeans.method)
 
 
 # -- minibatch_kmeans --------------------------------------------------------------------------------------------
@@ -102,11 +84,7 @@ class MiniBatchKMeansParams(AlgorithmParams):
 def _minibatch_kmeans(p: TrainParams, k: int):
     from sklearn.cluster import MiniBatchKMeans
 
-    q = p.minibatch_kmeans
-    return MiniBatchKMeans(
-        n_clusters=k, n_init=p.n_init, max_iter=p.max_iter, random_state=p.random_state, batch_size=q.batch_size,
-        max_no_improvement=q.max_no_improvement,
-    )  # fmt: skip
+    return _seeded(MiniBatchKMeans, p, k, **p.minibatch_kmeans.model_dump())
 
 
 # -- bisecting_kmeans --------------------------------------------------------------------------------------------
@@ -119,16 +97,12 @@ class BisectingKMeansParams(AlgorithmParams):
 def _bisecting_kmeans(p: TrainParams, k: int):
     from sklearn.cluster import BisectingKMeans
 
-    return BisectingKMeans(
-        n_clusters=k, n_init=p.n_init, max_iter=p.max_iter, random_state=p.random_state,
-        bisecting_strategy=p.bisecting_kmeans.bisecting_strategy,
-    )  # fmt: skip
+    return _seeded(BisectingKMeans, p, k, **p.bisecting_kmeans.model_dump())
 
 
 # -- gaussian_mixture --------------------------------------------------------------------------------------------
 class GaussianMixtureParams(AlgorithmParams):
-    """``train.gaussian_mixture``: ``GaussianMixture``; k is the one with the lowest BIC (or AIC) over
-    ``k_min..k_max``, not an elbow."""
+    """``train.gaussian_mixture``: ``GaussianMixture``; k is the one with the lowest BIC (or AIC)."""
 
     covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
     criterion: Literal["bic", "aic"] = "bic"
@@ -147,8 +121,7 @@ def _gaussian_mixture(p: TrainParams, k: int):
 
 # -- agglomerative -----------------------------------------------------------------------------------------------
 class AgglomerativeParams(AlgorithmParams):
-    """``train.agglomerative``: ``AgglomerativeClustering``; fitted on a seeded sample (its memory grows with
-    rows^2), the other rows and new customers go to the nearest cluster centroid."""
+    """``train.agglomerative``: ``AgglomerativeClustering``, fitted on a seeded sample (memory grows with rows^2)."""
 
     linkage: Literal["ward", "complete", "average", "single"] = "ward"
     # 5,000 rows: ~100 MB of pairwise distances; 20,000 would take ~1.6 GB.
@@ -163,9 +136,7 @@ def _agglomerative(p: TrainParams, k: int):
 
 # -- hdbscan -----------------------------------------------------------------------------------------------------
 class HDBSCANParams(AlgorithmParams):
-    """``train.hdbscan``: scikit-learn's ``HDBSCAN``; finds the number of clusters itself (no k search) and marks
-    rows in no dense group as noise (-1). Fitted on a seeded sample; the other rows and new customers go to the
-    nearest cluster centroid."""
+    """``train.hdbscan``: ``HDBSCAN``, fitted on a seeded sample; finds k itself and marks some rows noise (-1)."""
 
     min_cluster_size: int = Field(default=20, ge=2)  # the smallest group HDBSCAN calls a cluster
     min_samples: int | None = Field(default=10, ge=1)  # null: min_cluster_size; higher marks more rows noise
@@ -239,8 +210,8 @@ def make(params: TrainParams, k: int):
 
 
 def fit_labels(model: Any, X: np.ndarray) -> np.ndarray:
-    """The cluster of each row ``model`` was just fitted on: its ``labels_``, else ``predict`` (Gaussian mixture);
-    for a :class:`CentroidAssigner`, the training assignment."""
+    """The cluster of each row ``model`` was just fitted on: its ``labels_``, else ``predict``; for a
+    :class:`CentroidAssigner`, the training assignment."""
     if isinstance(model, CentroidAssigner):
         return model.training_labels(X)
     labels = getattr(model, "labels_", None)
@@ -248,15 +219,9 @@ def fit_labels(model: Any, X: np.ndarray) -> np.ndarray:
 
 
 class CentroidAssigner(ClusterMixin, BaseEstimator):
-    """The documented rule for algorithms without ``predict``: a row goes to the cluster whose centroid is nearest
-    (Euclidean; ties to the lower cluster number). The centroids are the means of each cluster's training rows,
-    noise (-1) excluded, so new customers always get a cluster, never noise.
-
-    ``fit(X, y)`` takes the training assignment ``y`` of rows ``X`` (the clusterer's labels on its sample) and
-    ``rows``/``fit_rows``: how many rows the whole training matrix has and which of them ``X`` is (None: all).
-    :meth:`training_labels` gives the training matrix its assignment back: the clusterer's own labels on the
-    sample (noise kept), the rule on the other rows.
-    """
+    """For algorithms without ``predict``: a row goes to the nearest centroid (Euclidean; ties to the lower cluster)
+    of the training rows' clusters, noise excluded. ``fit(X, y, rows, fit_rows)``: the clusterer's labels ``y`` on
+    the rows ``fit_rows`` (None: all) of a training matrix of ``rows`` rows, kept as their training assignment."""
 
     def __init__(self, algorithm: str = "") -> None:
         self.algorithm = algorithm  # the registry name of the clusterer whose assignment it extends
@@ -318,8 +283,7 @@ def algorithm_name(model: Any) -> str | None:
 
 
 def is_fitted(model: Any) -> bool:
-    """Whether ``model`` has been fitted, by scikit-learn's ``check_is_fitted`` (its fitted attributes, or its
-    ``__sklearn_is_fitted__``)."""
+    """Whether ``model`` has been fitted, by scikit-learn's ``check_is_fitted``."""
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
 
@@ -331,24 +295,22 @@ def is_fitted(model: Any) -> bool:
 
 
 def training_labels(model: Any, X: np.ndarray) -> np.ndarray:
-    """Each training row's cluster: ``predict`` for the algorithms that predict, the fitted assignment otherwise
-    (:meth:`CentroidAssigner.training_labels`: noise rows stay noise)."""
+    """Each training row's cluster: ``predict``, or a :class:`CentroidAssigner`'s training assignment (noise kept)."""
     if isinstance(model, CentroidAssigner):
         return model.training_labels(X)
     return model.predict(X)
 
 
 def inertia_on(model: Any, X: np.ndarray) -> float:
-    """Sum of squared distances of the rows of ``X`` to the centre of the cluster ``model`` predicts for them
-    (k-means family: equals ``inertia_`` on the rows it was fitted on; bisecting k-means predicts down its tree)."""
+    """Sum of squared distances of the rows of ``X`` to their predicted cluster's centre (``inertia_`` on the fit
+    rows)."""
     labels = model.predict(X)
     return float(((X - model.cluster_centers_[labels]) ** 2).sum())
 
 
 def fit_record(model: Any, X: np.ndarray) -> dict[str, float]:
-    """What ``metrics/train.json`` records to recognise the fitted model and the matrix it was fitted on:
-    ``inertia`` (k-means family only: the others have none), the mean ``log_likelihood`` (Gaussian mixture),
-    nothing for the assigners (checked against their centroids)."""
+    """What ``metrics/train.json`` records to recognise the model: ``inertia`` (k-means family), the mean
+    ``log_likelihood`` (Gaussian mixture), nothing for the assigners."""
     if hasattr(model, "inertia_"):
         return {"inertia": float(model.inertia_)}
     if hasattr(model, "means_"):

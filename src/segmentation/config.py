@@ -1,8 +1,7 @@
-"""Typed, validated params: one model per ``params.yaml`` section, one section per stage.
+"""Typed, validated params: one model per ``params.yaml`` section (params.yaml documents each knob).
 
-A stage declares its section's model itself (``segmentation.stages.runner.cli(..., params_model=...)``); the
-``train`` and ``preprocess`` models are built from the registries of algorithms and recipes (each entry's own
-sub-section), so no list of stages, algorithms or recipes is kept here."""
+A stage declares its section's model (``runner.cli(..., params_model=...)``); the ``train`` and ``preprocess`` models
+are built from the registries of algorithms and recipes (each entry's own sub-section)."""
 
 from __future__ import annotations
 
@@ -34,12 +33,9 @@ class DataParams(_Params):
     path: str
     separator: str = Field(min_length=1)
     encoding: str = "utf-8"
-    # null: the CSV has no ID column; a ``row_id`` column is generated (1 = the first data row, on line 2).
-    id_column: str | None = None
-    # engine dask: how to read the files of ``path`` (auto: Parquet for *.parquet/*.parq/*.pq names, CSV otherwise).
+    id_column: str | None = None  # null: a row_id column is generated (1 = the first data row)
     format: Literal["auto", "csv", "parquet"] = "auto"
-    # engine dask: a glob of the files to read in the folder ``path`` (e.g. "part-*.csv"); null: every data file in
-    # it. ``path`` stays the folder, a valid DVC dependency (a glob is not one).
+    # A glob of the files inside the folder ``path``: the folder stays a valid DVC dependency (a glob is not one).
     files: str | None = Field(default=None, min_length=1)
 
     @field_validator("files")
@@ -51,15 +47,10 @@ class DataParams(_Params):
 
 
 class CategoricalParams(_Params):
-    """Non-numeric columns and what to do with them.
-
-    ``onehot``: one 0/1 column per category (sorted) in the model matrix, unknown categories ignored.
-    ``drop``: left out of the model matrix; still described per cluster by the evaluate stage.
-    """
+    """Non-numeric columns: ``onehot`` in the model matrix, or ``drop`` (only profiled per cluster)."""
 
     columns: list[str] = Field(default_factory=list)
     encoding: Literal["onehot", "drop"] = "onehot"
-    # A guard against one-hot encoding an ID-like column by mistake.
     max_categories: int = Field(default=50, ge=2)
 
 
@@ -104,31 +95,17 @@ def parse_bytes(value: int | float | str) -> int:
     return size
 
 
-# preprocess.dask.tables: where large tables may live (dask_sources reads the same two forms).
 TABLE_SCHEMES = ("s3://", "remote://")
 
 
 class DaskParams(_Params):
-    """``preprocess.dask``: the Dask engine's knobs (read only with ``engine: dask``).
+    """``preprocess.dask``: the Dask engine's knobs (read only with ``engine: dask``)."""
 
-    The scheduler is the one at ``DASK_SCHEDULER_ADDRESS`` (a real cluster: the worker settings below are then the
-    cluster's own); unset, a ``LocalCluster`` of worker processes on 127.0.0.1 is started for the stage and stopped
-    after it.
-    """
-
-    # Bytes of CSV per partition: each partition is parsed, checked, derived and filtered by one worker thread, and
-    # holds a few times this much memory while it is.
     blocksize: str | int = "64MiB"
-    n_workers: int | None = Field(default=None, ge=1)  # LocalCluster worker processes; null: one per core
+    n_workers: int | None = Field(default=None, ge=1)
     threads_per_worker: int = Field(default=1, ge=1)
-    # Memory per LocalCluster worker before Dask spills to disk, pauses and finally restarts it: "auto" (the
-    # machine's memory shared among the workers) or a size such as "2GiB".
     memory_limit: str | int = "auto"
-    connect_timeout: float = Field(default=30, gt=0)  # seconds to reach the scheduler at DASK_SCHEDULER_ADDRESS
-    # Where the workers write the features and the matrix: null, Parquet folders at the dvc.yaml paths (a file system
-    # shared with the stage's machine); s3://bucket/prefix or remote://<dvc remote>/prefix, parts on object storage
-    # under a run-unique sub-prefix and a manifest (URLs, sizes, ETags, md5s) at the dvc.yaml paths
-    # (segmentation.engines.dask.store: DVC 3 has no external outputs).
+    connect_timeout: float = Field(default=30, gt=0)
     tables: str | None = None
 
     @field_validator("tables")
@@ -159,8 +136,8 @@ class DaskParams(_Params):
 
 
 def beyond_local(path: str, fmt: str) -> bool:
-    """Whether ``path`` (``fmt``) is input only the Dask engine reads: Parquet, a glob (not a file whose name holds
-    ``[``), a URL (the local engine's reader says itself that a folder is one)."""
+    """Whether ``path`` (``fmt``) is input only the Dask engine reads: Parquet, a glob (not a file named with ``[``),
+    a URL."""
     return (
         fmt == "parquet"
         or "://" in path
@@ -170,23 +147,16 @@ def beyond_local(path: str, fmt: str) -> bool:
 
 
 class _PreprocessBase(_Params):
-    """``preprocess`` section. Its model, :data:`PreprocessParams`, adds the section ``preprocess.<name>`` of each
-    recipe of :data:`segmentation.recipes.REGISTRY` that has knobs (:func:`preprocess_model`)."""
+    """``preprocess`` section; :data:`PreprocessParams` adds each recipe's section ``preprocess.<name>``."""
 
     data: DataParams
-    # A feature recipe of segmentation.recipes.REGISTRY (derived columns, its knobs in preprocess.<recipe>); null:
-    # none, the table's own columns are the features.
     recipe: str | None = None
     features: list[str] = Field(min_length=1)
     categorical: CategoricalParams = Field(default_factory=CategoricalParams)
-    # drop: rows with a blank in a feature (or a one-hot column) are dropped;
-    # median: blanks are imputed (median for numeric features, most frequent category for one-hot columns).
     missing: Literal["drop", "median"] = "drop"
     outliers: dict[str, Bounds] = Field(default_factory=dict)
     scale: bool = True
     pca_components: int | None = Field(default=None, ge=1)
-    # local: one process reads the whole CSV with pandas (fastest up to what one machine's memory holds);
-    # dask: the same steps on partitions, on a Dask cluster (DASK_SCHEDULER_ADDRESS, else a LocalCluster).
     engine: Literal["local", "dask"] = "local"
     dask: DaskParams = Field(default_factory=DaskParams)
 
@@ -231,32 +201,20 @@ class _PreprocessBase(_Params):
 
 
 class _TrainBase(_Params):
-    """``train`` section. Its model, :data:`TrainParams`, adds the sub-section ``train.<name>`` of each algorithm of
-    :data:`segmentation.algorithms.REGISTRY` (:func:`train_model`)."""
+    """``train`` section; :data:`TrainParams` adds each algorithm's sub-section ``train.<name>``."""
 
-    # The clustering algorithm: a name in segmentation.algorithms.REGISTRY (its own knobs: sub-section train.<name>).
     algorithm: str = Field(default_factory=lambda: _default_algorithm())
     k_min: int = Field(ge=2)  # calinski_harabasz and silhouette are undefined for k=1
     k_max: int
     metric: Literal["distortion", "silhouette", "calinski_harabasz"] = "distortion"
-    # elbow: the knee of the curve (kneed); best_score: argmax, more robust for silhouette / calinski_harabasz.
     selection: Literal["elbow", "best_score"] = "elbow"
     n_init: int = Field(ge=1)
     max_iter: int = Field(default=300, ge=1)
     random_state: int = Field(ge=0, le=SEED_MAX)
-    # The search fits this many k values at once, each on one thread (so its scores do not depend on it); the final
-    # fit on all rows (above search_sample_size) uses this many threads, and its result can differ with the count
-    # (scikit-learn #27518): it is fixed here for reproducibility.
+    # Fixed for reproducibility: the final fit's result can differ with the thread count (scikit-learn #27518).
     n_threads: int = Field(ge=1)
-    # Fewest rows a cluster should have: k_max may be at most rows / min_cluster_size (else an error), and a
-    # chosen clustering with a smaller cluster (a singleton included) is reported as a warning.
     min_cluster_size: int = Field(default=10, ge=2)
-    # Above this many rows the elbow search fits on a seeded sample of this many rows, and the final model is one
-    # KMeans fit on all rows started from the sample's centres at k_best; null: always every row.
     search_sample_size: int | None = Field(default=None, ge=2)
-    # A fixed number of segments (when the business already knows how many it can handle): the model has k
-    # clusters whatever the elbow says; the search over k_min..k_max still runs, to show where the elbow is.
-    # null: k is chosen by the search. k_min == k_max is a fixed k too, without the search.
     k: int | None = Field(default=None, ge=2)
 
     @field_validator("algorithm")
@@ -303,19 +261,10 @@ class _TrainBase(_Params):
 class EvaluateParams(_Params):
     """``evaluate`` section."""
 
-    # Silhouette is O(n^2): above this many rows it is computed on a seeded sample of this size.
-    # It must also exceed the number of clusters (checked against the model by the evaluate stage).
     silhouette_sample_size: int = Field(ge=2)
-    # The 2-D projection plot draws at most this many points, a seeded sample (a scatter of millions is slow and
-    # no more readable); metrics and profiles always use every row.
     plot_sample_size: int = Field(default=20000, ge=100)
     random_state: int = Field(ge=0, le=SEED_MAX)
-    # The report's "what the other criteria say" per k (a k-means fit per k, silhouette, CH, DB) is computed on a
-    # seeded sample of at most this many rows: silhouette costs rows^2 per k.
     criteria_sample_size: int = Field(default=2000, ge=100)
-    # Raw columns profiled per segment (report, cluster_profile.csv) but not used for clustering: names or globs
-    # (``Mnt*``) matched against the raw CSV's columns and the recipe's derived ones. The preprocess stage passes
-    # them through to the features file; numeric ones are averaged, others shown as category shares.
     profile_columns: list[str] = Field(default_factory=list)
 
     @field_validator("profile_columns")
@@ -334,8 +283,7 @@ _BUILT: dict[str, tuple[tuple[Any, ...], type[BaseModel]]] = {}
 
 
 def _with_sections(name: str, base: type[_Params], sections: dict[str, tuple[Any, Any]]) -> type[BaseModel]:
-    """``base`` with one field per registry entry (``sections``: name -> (type, default)), as the model ``name``;
-    built again only when the registry has changed."""
+    """``base`` with one field per registry entry (name -> (type, default)); built again when the registry changed."""
     key = tuple((section, kind) for section, (kind, _) in sections.items())
     built = _BUILT.get(name)
     if built is None or built[0] != key:
@@ -352,8 +300,7 @@ def _default_algorithm() -> str:
 
 
 def train_model() -> type[_TrainBase]:
-    """The ``train`` section's model: :class:`_TrainBase` and the sub-section ``train.<name>`` of every algorithm of
-    :data:`segmentation.algorithms.REGISTRY` (its params model; defaults when left out)."""
+    """The ``train`` section's model: :class:`_TrainBase` and each algorithm's sub-section (defaults when left out)."""
     from segmentation.algorithms import REGISTRY
 
     sections = {name: (entry.params, Field(default_factory=entry.params)) for name, entry in REGISTRY.items()}
@@ -361,8 +308,7 @@ def train_model() -> type[_TrainBase]:
 
 
 def preprocess_model() -> type[_PreprocessBase]:
-    """The ``preprocess`` section's model: :class:`_PreprocessBase` and the section ``preprocess.<name>`` of every
-    recipe of :data:`segmentation.recipes.REGISTRY` with knobs (required when it is the selected recipe)."""
+    """The ``preprocess`` section's model: :class:`_PreprocessBase` and each recipe's section (required if selected)."""
     from segmentation.recipes import REGISTRY
 
     sections = {name: (r.params | None, None) for name, r in REGISTRY.items() if r.params is not None}
@@ -374,8 +320,7 @@ _PreprocessBase.current_model = classmethod(lambda cls: preprocess_model())  # t
 
 
 def __getattr__(name: str) -> Any:
-    """``TrainParams`` and ``PreprocessParams``: built from the registries when first asked for (the algorithms'
-    module imports scikit-learn, the recipes' pandas: importing this module stays light), again after a change."""
+    """``TrainParams`` and ``PreprocessParams``, built from the registries when asked for (this module stays light)."""
     if name == "TrainParams":
         return train_model()
     if name == "PreprocessParams":
@@ -384,19 +329,17 @@ def __getattr__(name: str) -> Any:
 
 
 # -- sections ------------------------------------------------------------------------------------------------------
-# Each stage's own section's model, as its module declares it (segmentation.stages.runner.cli(..., params_model=...)),
-# recorded as the stage modules are imported.
+# Each stage's section model, recorded as its module is imported (runner.cli(..., params_model=...)).
 _SECTION_MODELS: dict[str, type[BaseModel]] = {}
 
 
 def declare_section(section: str, model: type[BaseModel]) -> None:
-    """Record ``model`` as the model of the params section ``section`` (a stage's own, named after it)."""
+    """Record ``model`` as the model of the params section ``section``."""
     _SECTION_MODELS[section] = model
 
 
 def section_model(section: str) -> type[BaseModel] | None:
-    """The model of the params section ``section``: the one its stage declares (a stage module of this package,
-    ``segmentation.stages.<section>``, is imported to learn it). None: no stage declares one (read as written)."""
+    """The model ``segmentation.stages.<section>`` declares (imported to learn it); None: read as written."""
     if section not in _SECTION_MODELS and section.isidentifier():
         module = f"segmentation.stages.{section}"
         try:
@@ -426,8 +369,8 @@ def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 
 def parse_section(section: str, raw: Any, source: str = PARAMS_FILE, model: type[BaseModel] | None = None) -> Any:
-    """Validate one section's dict with ``model`` (by default :func:`section_model`); errors name the file and the
-    dotted parameter. A section without a model is returned as written (missing: empty)."""
+    """Validate one section's dict with ``model`` (default :func:`section_model`) into one-line errors naming the
+    file and the dotted parameter; a section without a model is returned as written."""
     model = model or section_model(section)
     if model is None:
         return {} if raw is None else raw
@@ -461,17 +404,12 @@ def _describe(section: str, exc: ValidationError) -> str:
 
 
 def profile_patterns(raw: dict[str, Any], source: str = PARAMS_FILE) -> list[str]:
-    """``evaluate.profile_columns`` from a whole params file (the preprocess stage passes those columns through):
-    [] when absent; checked like the evaluate stage checks it."""
+    """``evaluate.profile_columns`` of a whole params file, checked as the evaluate stage checks it ([]: absent)."""
     section = raw.get("evaluate")
     if not isinstance(section, dict) or section.get("profile_columns") is None:
         return []
-    try:
-        return EvaluateParams.model_validate(
-            {"silhouette_sample_size": 2, "random_state": 0, "profile_columns": section["profile_columns"]}
-        ).profile_columns
-    except ValidationError as exc:
-        raise UserError(f"{source}: {_describe('evaluate', exc)}") from None
+    checked = {"silhouette_sample_size": 2, "random_state": 0, "profile_columns": section["profile_columns"]}
+    return parse_section("evaluate", checked, source, EvaluateParams).profile_columns
 
 
 def flatten(params: _Params | dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -24,13 +24,9 @@ def load_csv(
     *,
     separator_fix: Callable[[str], str] | None = None,
 ) -> pd.DataFrame:
-    """Read the raw CSV described by ``params``; a missing, empty or undecodable file is a :class:`UserError`.
-
-    ``columns``: read only those of them that the file has (all columns when it has none of them, so that a wrong
-    separator is still reported as such): less memory and time on a wide file. ``separator_fix``: the advice when the
-    separator looks wrong, given the one the header seems to use (default: set preprocess.data.separator; make score
-    has its own option).
-    """
+    """Read the raw CSV of ``params`` (only the ``columns`` it has: all when none, so a wrong separator is still
+    reported); a missing, empty or undecodable file is a :class:`UserError`. ``separator_fix(guess)``: the advice
+    when the separator looks wrong."""
     path = Path(params.path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory, not a CSV file (set preprocess.data.path in params.yaml)")
@@ -79,8 +75,8 @@ def matches(column: str, patterns: Collection[str]) -> bool:
 
 
 def expand_columns(patterns: Iterable[str], columns: Iterable[str], setting: str, source: str) -> list[str]:
-    """The columns that ``patterns`` (names or globs, in order) name, each once, in the order of ``patterns`` then
-    of ``columns``; a name or glob that matches no column is a :class:`UserError` naming ``setting``."""
+    """The ``columns`` that ``patterns`` (names or globs) name, each once, in pattern order; a pattern that matches
+    no column is a :class:`UserError` naming ``setting``."""
     columns = list(columns)
     found: list[str] = []
     for pattern in patterns:
@@ -110,8 +106,7 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], source: str, what:
 
 
 def require_numeric(df: pd.DataFrame, columns: Iterable[str], source: str, lines: LineLocator | None = None) -> None:
-    """Fail naming the first non-numeric column, its first offending value and, when there are more, how many
-    (blanks are allowed: they are missing)."""
+    """Fail naming the first non-numeric column, its first offending value and how many (blanks are missing)."""
     lines = lines or LineLocator()
     for col in columns:
         series = df[col]
@@ -131,10 +126,8 @@ def require_finite(
     lines: LineLocator | None = None,
     derived: Collection[str] = (),
 ) -> None:
-    """Fail naming the first column holding ``inf`` or ``-inf`` and the line of one such value.
-
-    ``derived`` names columns computed from others (a sum that overflows): the message says so.
-    """
+    """Fail naming the first column holding ``inf`` or ``-inf`` and the line of one such value (``derived``: columns
+    computed from others, named as such)."""
     lines = lines or LineLocator()
     for col in columns:
         values = df[col]
@@ -172,8 +165,8 @@ def require_unique(df: pd.DataFrame, column: str, source: str, lines: LineLocato
 def identify_rows(
     raw: pd.DataFrame, id_column: str | None, source: str, lines: LineLocator
 ) -> tuple[pd.DataFrame, str]:
-    """``raw`` with the column that identifies its rows, and that column's name: the data's ID column (present and
-    unique, else a one-line error), or a ``row_id`` added when ``id_column`` is null."""
+    """``raw`` with the column that identifies its rows, and its name: the ID column (checked present and unique),
+    or a ``row_id`` added when ``id_column`` is null."""
     if id_column is None:
         return with_row_id(raw, source), ROW_ID_COLUMN
     require_columns(raw, [id_column], source, what="ID")

@@ -23,11 +23,6 @@ def require_non_negative(df: pd.DataFrame, columns: list[str], source: str, line
             )
 
 
-def missing_rows(df: pd.DataFrame, columns: list[str]) -> pd.Series:
-    """Boolean mask of rows with a blank in any of ``columns``."""
-    return df[columns].isna().any(axis=1)
-
-
 def outlier_rows(df: pd.DataFrame, bounds: dict[str, Any]) -> dict[str, pd.Series]:
     """One boolean mask per bounded column: rows outside the inclusive [min, max] range (blanks are not outliers)."""
     masks = {}

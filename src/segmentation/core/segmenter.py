@@ -1,12 +1,6 @@
-"""The segmenter: one scikit-learn ``Pipeline`` from a raw CSV row to a segment.
-
-``Pipeline([("features", RecipeFeatures(...)), ("preprocess", <models/preprocessor.joblib>), ("cluster", model)])``:
-the feature recipe of :mod:`segmentation.recipes` (derived columns, the model's columns in order), the fitted
-preprocessing and the fitted clusterer of ``train.algorithm`` (always one with ``predict``: for an algorithm without
-one, :class:`segmentation.algorithms.CentroidAssigner`, the nearest centroid of its training assignment). The train
-stage builds it (``models/segmenter.joblib`` and the MLflow model ``segmenter`` of the train run);
-``python -m segmentation.tools.score`` and ``mlflow models serve`` use it as it is.
-"""
+"""The segmenter: one scikit-learn ``Pipeline`` from a raw CSV row to a segment: the recipe's features
+(:class:`RecipeFeatures`), the fitted preprocessing and the fitted clusterer (one with ``predict``). The train stage
+builds it; ``segmentation.tools.score`` and ``mlflow models serve`` use it as it is."""
 
 from __future__ import annotations
 
@@ -23,14 +17,9 @@ from segmentation.files import LineLocator
 
 
 class RecipeFeatures(TransformerMixin, BaseEstimator):
-    """Raw rows (a DataFrame with the CSV's columns) -> the columns the fitted preprocessing reads, as preprocess
-    computes them: the recipe's derived columns (:mod:`segmentation.recipes`), the numeric ``features`` as float64,
-    then the one-hot ``categorical`` columns as text.
-
-    Stateless (``fit`` learns nothing); the recipe's name and its knobs (``preprocess.<recipe>`` as plain values) are
-    its constructor's arguments. Bad values (a date not in the recipe's format, a non-numeric feature...) raise
-    :class:`segmentation.errors.UserError` with the same one-line message as the preprocess stage.
-    """
+    """Raw rows -> the columns the fitted preprocessing reads, as preprocess computes them (the numeric ``features``
+    as float64, then the one-hot ``categorical`` columns as text). Stateless; bad values raise the preprocess
+    stage's one-line :class:`segmentation.errors.UserError`."""
 
     def __init__(
         self,
@@ -133,11 +122,8 @@ def build_segmenter(params: PreprocessParams, preprocessor: Any, model: Any):
 
 
 def input_schema(segmenter: Any):
-    """MLflow's input signature of the raw columns the segmenter reads (numbers as double, text as string).
-
-    Declared from the recipe rather than inferred from a sample of rows: a sample without a blank Income would make
-    it an integer column and reject a request with a blank or a fraction.
-    """
+    """MLflow's input signature of the raw columns (numbers as double, text as string): declared, not inferred from
+    rows (a sample without a blank Income would make it an integer column)."""
     from mlflow.models import infer_signature
 
     step: RecipeFeatures = segmenter.named_steps["features"]

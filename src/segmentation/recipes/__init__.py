@@ -1,16 +1,6 @@
 """Feature recipes: ``preprocess.recipe`` names one entry of :data:`REGISTRY` (null: no recipe, the table's own
-columns are the features).
-
-A recipe is a :class:`Recipe`: its params model (the section ``preprocess.<name>``; None: no knobs), the raw columns
-it reads (and which of them are numbers), ``derive(df, params, source, lines)`` that returns the rows with its
-derived columns added, the names of those columns, and the raw columns it checks when a table has them (e.g. counts
-that cannot be negative). The preprocess stage (both engines), the segmenter (scoring new rows) and
-:mod:`segmentation.config` (``preprocess.recipe`` and its section) ask this registry and nothing else.
-
-Adding a recipe is its module (the function that derives the columns) and one entry in :data:`REGISTRY`; a project
-then selects it with ``preprocess.recipe: <name>`` (its knobs in ``preprocess.<name>``), whatever data it was
-generated with. tests/test_extensions.py registers one at run time and runs preprocess and scoring with it.
-"""
+columns are the features). Adding a recipe is its module (the function that derives the columns) and one entry here;
+the preprocess stage, the segmenter and :mod:`segmentation.config` ask this registry and nothing else."""
 
 from __future__ import annotations
 
@@ -30,9 +20,8 @@ from segmentation.recipes import marketing_campaign
 class Recipe:
     """One feature recipe of ``preprocess.recipe``."""
 
-    # (raw rows, its params, the input's name for messages, their lines) -> the rows with the derived columns added
-    # (a shallow copy: the input's columns are shared). Bad values raise segmentation.errors.UserError naming the
-    # column and the line (``lines.line(row_label, column)``).
+    # (raw rows, its params, source, lines) -> the rows with the derived columns added (a shallow copy); bad values
+    # raise UserError naming the column and the line.
     derive: Callable[[pd.DataFrame, Any, str, LineLocator | None], pd.DataFrame]
     derived: tuple[str, ...]  # the columns it adds (messages name them as derived)
     inputs: Callable[[Any], list[str]]  # (its params) -> the raw columns it reads: all must be in the table
@@ -78,10 +67,8 @@ def input_columns(name: str | None, params: Any) -> list[str]:
 def apply(
     name: str | None, df: pd.DataFrame, params: Any, source: str, lines: LineLocator | None = None
 ) -> tuple[pd.DataFrame, list[str]]:
-    """``df`` with recipe ``name``'s derived columns and their names; ``(df, [])`` for no recipe (null).
-
-    First its inputs are checked (present; the numeric ones numbers and finite), each failure one
-    :class:`segmentation.errors.UserError` naming the file, the column and the line; then ``derive`` runs."""
+    """``df`` with recipe ``name``'s derived columns (its inputs checked first) and their names; ``(df, [])`` for no
+    recipe."""
     if name is None:
         return df, []
     recipe = get(name)

@@ -4,323 +4,21 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
-from segmentation import recipes
-from segmentation.config import ROW_ID_COLUMN, PreprocessParams, flatten, profile_patterns
-from segmentation.core import data, features
+from segmentation.config import PreprocessParams, flatten, profile_patterns
+from segmentation.core import data
 from segmentation.core.progress import step
+from segmentation.core.transform import build_transformer, fit_preprocessing, input_columns, keep_rows
 from segmentation.engines import LOCAL, engine_module
-from segmentation.errors import UserError
-from segmentation.files import LineLocator
 from segmentation.stages.runner import Outcome, cli
 from segmentation.tracking.lineage import file_md5
 
 
-@dataclass
-class PreprocessResult:
-    """What the stage produces: unscaled features, the model matrix, the fitted transformer, row counts."""
-
-    # ID + selected features, unscaled, + categorical columns as read, + evaluate.profile_columns (for profiles)
-    features: pd.DataFrame
-    matrix: pd.DataFrame  # ID + transformed columns (what KMeans sees)
-    transformer: Any  # a scikit-learn Pipeline
-    metrics: dict[str, int]
-
-
-def input_columns(params: PreprocessParams) -> list[str]:
-    """The raw columns the stage reads: the ID, the recipe's inputs (and the columns it checks), the features,
-    categorical and outlier columns. The CSV's other columns are not loaded."""
-    columns = [params.data.id_column or ROW_ID_COLUMN, *recipes.input_columns(params.recipe, params.recipe_params)]
-    return list(dict.fromkeys([*columns, *params.features, *params.categorical.columns, *params.outliers]))
-
-
-def onehot_columns(params: PreprocessParams) -> list[str]:
-    """The categorical columns that go into the model matrix (one-hot encoded)."""
-    return list(params.categorical.columns) if params.categorical.encoding == "onehot" else []
-
-
-def build_transformer(params: PreprocessParams):
-    """Numeric features: imputer (``missing: median``) -> StandardScaler (``scale``); then PCA (``pca_components``).
-
-    With one-hot categorical columns, a ColumnTransformer puts the numeric steps beside a most-frequent imputer
-    (``missing: median``) and a OneHotEncoder (sorted categories, unknown ones ignored; 0/1 columns, not scaled).
-    scikit-learn is imported here (~1 s): the stage does it while the CSV is being read (:func:`work`).
-    """
-    from sklearn.compose import ColumnTransformer
-    from sklearn.decomposition import PCA
-    from sklearn.impute import SimpleImputer
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-    numeric: list[tuple[str, object]] = []
-    if params.missing == "median":
-        numeric.append(("impute", SimpleImputer(strategy="median")))
-    if params.scale:
-        numeric.append(("scale", StandardScaler()))
-    onehot = onehot_columns(params)
-    steps: list[tuple[str, object]] = []
-    if onehot:
-        categorical: list[tuple[str, object]] = []
-        if params.missing == "median":
-            categorical.append(("impute", SimpleImputer(strategy="most_frequent")))
-        encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=float)
-        categorical.append(("onehot", encoder))
-        columns = ColumnTransformer(
-            [
-                ("numeric", Pipeline(numeric) if numeric else "passthrough", list(params.features)),
-                ("categorical", Pipeline(categorical), onehot),
-            ],
-            verbose_feature_names_out=False,
-        )
-        steps.append(("columns", columns))
-    else:
-        steps.extend(numeric)
-    if params.pca_components is not None:
-        # Deterministic (the randomized solver would need a seed); eigendecomposition of the features' covariance:
-        # ~10x faster than the full SVD on a million rows, and no rows x features copies.
-        steps.append(("pca", PCA(n_components=params.pca_components, svd_solver="covariance_eigh")))
-    if not steps:
-        steps.append(("identity", "passthrough"))
-    return Pipeline(steps)
-
-
-@dataclass
-class Rows:
-    """The row-wise part of preprocess (:func:`select_rows`) on one table, or on one partition of a larger one."""
-
-    # The kept rows, under the raw table's row labels (for messages naming a line): the ID, the features (float64),
-    # the categorical columns (text), the outlier columns and the passed-through profile columns.
-    table: pd.DataFrame
-    # rows_in, dropped_missing (or imputed_rows), outliers_<column>..., dropped_outliers, rows_out: each a sum over
-    # partitions.
-    metrics: dict[str, int]
-    blank: list[str]  # the model columns blank on every row read, before any row was dropped
-    profiled: list[str]  # the passed-through profile columns (evaluate.profile_columns), in output order
-    derived: list[str]  # the columns the recipe computed (named as such in messages)
-    # With ``distinct``: each one-hot column's distinct values on the rows read (the Dask engine checks
-    # ``max_categories`` on their union over the partitions, as the local engine checks the whole column).
-    categories: dict[str, list[Any]] = field(default_factory=dict)
-
-
-def select_rows(
-    raw: pd.DataFrame,
-    params: PreprocessParams,
-    id_col: str,
-    source: str,
-    lines: LineLocator,
-    profile_columns: list[str] | None = None,
-    distinct: bool = False,
-) -> Rows:
-    """The row-wise part of preprocess: check the raw rows, derive the recipe's columns, keep the columns that
-    matter and drop the rows with blanks (``missing: drop``) or outside the ``outliers`` bounds.
-
-    Pure and row by row but for three checks that hold for each part as for the whole (the columns exist, a one-hot
-    column has at most ``max_categories`` values, a profile pattern matches a column): the Dask engine applies it to
-    each partition, the local engine to the whole table. What only the whole table can tell (unique IDs, a column
-    blank everywhere, too few rows) is checked by the caller. With ``distinct``, the one-hot columns' distinct values
-    on the rows read come back too (the Dask engine's whole-input ``max_categories`` check).
-    """
-    df, derived = recipes.apply(params.recipe, raw, params.recipe_params, source, lines)
-
-    categorical = list(params.categorical.columns)
-    onehot = onehot_columns(params)
-    data.require_columns(df, params.features, source, what="feature (preprocess.features)")
-    data.require_columns(df, categorical, source, what="categorical (preprocess.categorical.columns)")
-    data.require_columns(df, params.outliers, source, what="outlier (preprocess.outliers)")
-    data.require_numeric(df, [*params.features, *params.outliers], source, lines)
-    data.require_finite(df, [*params.features, *params.outliers], source, lines, derived=derived)
-    data.require_few_categories(df, onehot, params.categorical.max_categories, source)
-    categories = {c: df[c].dropna().unique().tolist() for c in onehot} if distinct else {}
-    profiled = data.expand_columns(profile_columns or [], df.columns, "evaluate.profile_columns", source)
-    extra = [c for c in profiled if c not in {id_col, *params.features, *categorical}]
-    # From here on only the columns that matter: no copy of the whole raw table.
-    df = df[list(dict.fromkeys([id_col, *params.features, *categorical, *params.outliers, *extra]))]
-    df = df.astype({c: "float64" for c in [*params.features, *params.outliers]})
-    df = df.assign(**{c: data.as_categories(df[c]) for c in categorical})
-
-    metrics: dict[str, int] = {"rows_in": len(df)}
-    used = [*params.features, *onehot]  # the columns the model sees: blanks there are "missing"
-    blank = [c for c in used if df[c].isna().all()]
-    missing = features.missing_rows(df, used)
-    if params.missing == "drop":
-        metrics["dropped_missing"] = int(missing.sum())
-        kept = ~missing
-    else:
-        metrics["imputed_rows"] = int(missing.sum())
-        kept = pd.Series(True, index=df.index)
-
-    # Outliers are counted among the rows kept so far; the rows are then filtered once.
-    any_outlier = pd.Series(False, index=df.index)
-    for column, mask in features.outlier_rows(df, params.outliers).items():
-        mask &= kept
-        metrics[f"outliers_{column}"] = int(mask.sum())
-        any_outlier |= mask
-    metrics["dropped_outliers"] = int(any_outlier.sum())
-    kept &= ~any_outlier
-    if not kept.all():
-        df = df[kept]
-    metrics["rows_out"] = len(df)
-    return Rows(table=df, metrics=metrics, blank=blank, profiled=extra, derived=derived, categories=categories)
-
-
-def preprocess(
-    raw: pd.DataFrame, params: PreprocessParams, source: str, profile_columns: list[str] | None = None
-) -> PreprocessResult:
-    """Validate ``raw``, derive features, drop missing/outlier rows per params, fit the transformer.
-
-    ``profile_columns`` (``evaluate.profile_columns``: names or globs of raw or derived columns) are passed through
-    to the features table as read (blanks kept, not checked): profiled per cluster, never clustered.
-
-    ``source`` names the input in error messages (the CSV's path). Without an ID column (``id_column: null``) a
-    ``row_id`` column (1 = the first data row) identifies the rows in every output.
-    """
-    return fit_preprocessing(keep_rows(raw, params, source, profile_columns), params, source)
-
-
-@dataclass
-class Kept:
-    """The rows :func:`keep_rows` keeps, checked, with what :func:`fit_preprocessing` needs to go on."""
-
-    rows: Rows
-    id_col: str
-    lines: LineLocator
-
-
-def keep_rows(
-    raw: pd.DataFrame, params: PreprocessParams, source: str, profile_columns: list[str] | None = None
-) -> Kept:
-    """The first half of :func:`preprocess`: identify, check and select the rows (then the raw table is no longer
-    needed: the stage drops it before the fit, 0.4 GiB less at 3M rows)."""
-    lines = LineLocator.of(raw)  # physical lines of the CSV's rows, for messages
-    raw, id_col = data.identify_rows(raw, params.data.id_column, source, lines)
-    rows = select_rows(raw, params, id_col, source, lines, profile_columns)
-    df, metrics = rows.table, rows.metrics
-    used = model_columns(params)
-    require_values(used, rows.blank, metrics["rows_in"], params, source)
-    require_enough_rows(metrics["rows_out"], params, source)
-    if metrics["dropped_outliers"]:
-        blank = [c for c in used if df[c].isna().all()]
-        require_values(used, blank, len(df), params, source, after=" left after dropping outliers")
-    require_computable(df, params.features, source, lines, rows.derived)
-    if all(df[c].nunique(dropna=True) <= 1 for c in used):  # one distinct row: PCA would divide by a zero variance
-        raise UserError(single_value_message(used, len(df), source))
-    return Kept(rows, id_col, lines)
-
-
-def fit_preprocessing(kept: Kept, params: PreprocessParams, source: str) -> PreprocessResult:
-    """The second half of :func:`preprocess`: the features table, the fitted transformer and the model matrix."""
-    rows, id_col, lines = kept.rows, kept.id_col, kept.lines
-    df, used = rows.table, model_columns(params)
-    table = output_table(df, params, id_col, rows.profiled)
-    transformer = build_transformer(params)
-    values = transformer.fit_transform(table[used])
-    bad = ~np.isfinite(values)
-    if bad.any():  # not expected after the checks above: a clear stop rather than NaN in the matrix
-        row, col = np.argwhere(bad)[0]
-        raise UserError(
-            f"{source}: preprocessing the row on line {lines.line(df.index[row])} gave a non-finite value "
-            f"(column {col + 1} of the model matrix); check that row's values"
-        )
-    matrix = pd.concat([table[[id_col]], pd.DataFrame(values, columns=matrix_names(params, transformer))], axis=1)
-    return PreprocessResult(features=table, matrix=matrix, transformer=transformer, metrics=rows.metrics)
-
-
-def model_columns(params: PreprocessParams) -> list[str]:
-    """The columns the transformer reads, in order: the numeric features, then the one-hot columns."""
-    return [*params.features, *onehot_columns(params)]
-
-
-def output_table(df: pd.DataFrame, params: PreprocessParams, id_col: str, profiled: list[str]) -> pd.DataFrame:
-    """The features table of kept rows ``df``: ID, features, categorical and profile columns (text ones as
-    categories), a fresh index."""
-    table = df[[id_col, *params.features, *params.categorical.columns, *profiled]].reset_index(drop=True)
-    text = [c for c in profiled if not pd.api.types.is_numeric_dtype(table[c])]
-    if text:
-        table = table.assign(**{c: data.as_categories(table[c]) for c in text})
-    return table
-
-
-def matrix_names(params: PreprocessParams, transformer) -> list[str]:
-    """The model matrix's column names: ``PC1..`` with PCA, else the features (and one-hot columns)."""
-    if params.pca_components is not None:
-        return [f"PC{i + 1}" for i in range(params.pca_components)]
-    if onehot_columns(params):
-        return [str(n) for n in transformer.get_feature_names_out(model_columns(params))]
-    return list(params.features)
-
-
-def require_enough_rows(rows_out: int, params: PreprocessParams, source: str) -> None:
-    """Fail when fewer than two rows, or fewer rows than ``pca_components``, are left after the filters."""
-    if rows_out < 2:
-        raise UserError(f"{source}: only {rows_out} row(s) left after dropping missing values and outliers")
-    if params.pca_components is not None and params.pca_components > rows_out:
-        raise UserError(
-            f"params.yaml: preprocess.pca_components ({params.pca_components}) exceeds the {rows_out} rows left in "
-            f"{source}; lower it or set it to null"
-        )
-
-
-def single_value_message(used: list[str], rows: int, source: str) -> str:
-    """The error when every model column holds one value on every kept row (nothing to cluster)."""
-    return (
-        f"{source}: every model column ({', '.join(used)}) has a single value on all {rows} rows kept: "
-        "nothing to cluster; check the data"
-    )
-
-
-def require_values(
-    used: list[str], blank: list[str], rows: int, params: PreprocessParams, source: str, after: str = ""
-) -> None:
-    """Fail naming the first of the model columns ``used`` that is ``blank`` (on every one of the ``rows``).
-
-    ``missing: median`` cannot impute such a column (scikit-learn would drop it silently) and ``missing: drop``
-    would drop every row.
-    """
-    for col in used:
-        if col in blank:
-            setting = "preprocess.features" if col in params.features else "preprocess.categorical.columns"
-            consequence = (
-                "preprocess.missing: median cannot impute it"
-                if params.missing == "median"
-                else "preprocess.missing: drop would drop every row"
-            )
-            raise UserError(
-                f"{source}: column {col} is blank on all {rows} rows{after}; {consequence}: "
-                f"fill it in or remove it from {setting}"
-            )
-
-
-def require_computable(
-    df: pd.DataFrame, columns: list[str], source: str, lines: LineLocator, derived: list[str]
-) -> None:
-    """Fail when a numeric column's values are too large for float64 arithmetic (scaling, PCA, KMeans distances).
-
-    The rule: the sum of the column's squared values must be finite (values up to about 1e150 pass; ``1e308``
-    does not). The message names the column and the line of its largest value.
-    """
-    for col in columns:
-        x = df[col].to_numpy(dtype=float, na_value=np.nan)
-        with np.errstate(over="ignore", invalid="ignore"):
-            ok = np.isfinite(np.nansum(np.square(x)))
-        if not ok:
-            i = int(np.nanargmax(np.abs(x)))
-            what = f"{col} (derived from other columns)" if col in derived else col
-            line = lines.line(df.index[i], None if col in derived else col)
-            raise UserError(
-                f"{source}: column {what}: {float(x[i])!r} on line {line} is too large to compute with (its square "
-                "overflows float64); fix the value or bound the column in preprocess.outliers"
-            )
-
-
 def in_background(function, *args) -> Future:
-    """``function(*args)`` in a daemon thread; its result (or exception) in the returned future. A daemon thread:
-    a stage that stops early (an error, Ctrl-C) does not wait for it to end."""
+    """``function(*args)`` in a daemon thread (a stage that stops early does not wait for it); its result in the
+    returned future."""
     future: Future = Future()
 
     def run() -> None:
@@ -335,8 +33,8 @@ def in_background(function, *args) -> Future:
 
 
 def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
-    """Read the raw CSV (only the columns used), run :func:`preprocess`, say what to write and log; another
-    ``preprocess.engine`` does its own work (:func:`segmentation.engines.engine_module`)."""
+    """Read the raw CSV (only the columns used), preprocess it, say what to write and log; another
+    ``preprocess.engine`` does its own work."""
     if params.engine != LOCAL:
         return engine_module(params.engine, "preprocess").work(args, params, raw_params)
     profile_columns = profile_patterns(raw_params, args.params)  # passed through for the evaluate stage
@@ -350,7 +48,7 @@ def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
     del reading
     with step("preprocess", f"checked, derived and transformed {len(raw)} rows"):
         kept = keep_rows(raw, params, source=params.data.path, profile_columns=profile_columns)
-        del raw  # the fit and the outputs without the raw table in memory
+        del raw  # the fit and the outputs without the raw table in memory (0.4 GiB less at 3M rows)
         result = fit_preprocessing(kept, params, source=params.data.path)
 
     def write(out, log) -> None:

@@ -1,7 +1,7 @@
 """The Dask engine (``preprocess.engine: dask``): the preprocess stage's steps on partitions, on a Dask cluster.
 
 The same pure functions as the local engine do the work: each partition of the raw CSV (a block of lines, cut where
-a line ends, with the header) is parsed by pandas and goes through :func:`segmentation.stages.preprocess.select_rows`
+a line ends, with the header) is parsed by pandas and goes through :func:`segmentation.core.transform.select_rows`
 (checks, recipe, missing and outlier filters) on a worker. What only the whole table can tell is then checked from
 the partitions' summaries (row counts summed exactly, blank columns, too few rows) or with Dask (unique IDs, by a
 distributed ``value_counts``). A generated ``row_id`` (``id_column: null``) is numbered within each partition, then
@@ -33,15 +33,7 @@ import pandas as pd
 from segmentation import recipes
 from segmentation.config import ROW_ID_COLUMN, DataParams, PreprocessParams, parse_bytes
 from segmentation.core import data
-from segmentation.engines.dask import sources as dask_sources
-from segmentation.engines.dask import store as dask_store
-from segmentation.engines.dask.cluster import SCHEDULER_ENV as SCHEDULER_ENV  # re-exported: the engine's public names
-from segmentation.engines.dask.cluster import dask_client as dask_client
-from segmentation.engines.dask.sources import Block as Block  # re-exported: the engine's public names
-from segmentation.engines.dask.store import PART_NAME as PART_NAME  # re-exported: make score's parts are named alike
-from segmentation.errors import UserError
-from segmentation.files import PARQUET, LineLocator, plain, temp_dir_beside, write_parquet
-from segmentation.stages.preprocess import (
+from segmentation.core.transform import (
     build_transformer,
     matrix_names,
     model_columns,
@@ -52,6 +44,14 @@ from segmentation.stages.preprocess import (
     select_rows,
     single_value_message,
 )
+from segmentation.engines.dask import sources as dask_sources
+from segmentation.engines.dask import store as dask_store
+from segmentation.engines.dask.cluster import SCHEDULER_ENV as SCHEDULER_ENV  # re-exported: the engine's public names
+from segmentation.engines.dask.cluster import dask_client as dask_client
+from segmentation.engines.dask.sources import Block as Block  # re-exported: the engine's public names
+from segmentation.engines.dask.store import PART_NAME as PART_NAME  # re-exported: make score's parts are named alike
+from segmentation.errors import UserError
+from segmentation.files import PARQUET, LineLocator, plain, temp_dir_beside, write_parquet
 
 LOCAL_URL = "file://"
 
@@ -450,7 +450,7 @@ def _values(table: pd.DataFrame, columns: list[str], imputer: Any = None) -> np.
 
 
 def require_computable_sums(summaries: list[PartSummary], columns: list[str], source: str) -> None:
-    """As :func:`segmentation.stages.preprocess.require_computable`, from the partitions' sums of squares (without the
+    """As :func:`segmentation.core.transform.require_computable`, from the partitions' sums of squares (without the
     line of the largest value: finding it would take another pass)."""
     with np.errstate(over="ignore"):
         for col in columns:

@@ -8,8 +8,9 @@ from typing import Any
 
 from segmentation.config import PreprocessParams, flatten, profile_patterns
 from segmentation.core.progress import step
+from segmentation.core.transform import input_columns
 from segmentation.engines.dask import engine as dask_engine
-from segmentation.stages.preprocess import in_background, input_columns
+from segmentation.stages.preprocess import in_background
 from segmentation.stages.runner import Outcome
 from segmentation.tracking.lineage import file_md5
 

@@ -14,13 +14,14 @@ from threadpoolctl import threadpool_limits
 
 from segmentation import algorithms
 from segmentation.config import PreprocessParams, TrainParams
+from segmentation.core.search import ElbowResult, check_k_rows, distinct_rows, search_k, search_sample
 from segmentation.core.segmenter import build_segmenter
 from segmentation.engines.dask import tables as dask_tables
 from segmentation.engines.dask.cluster import dask_client
 from segmentation.errors import UserError
 from segmentation.files import load_model
 from segmentation.stages.runner import Outcome
-from segmentation.stages.train import ElbowResult, check_k_rows, distinct_rows, outcome, search_k, search_sample
+from segmentation.stages.train import outcome
 
 
 def require_dask_params(params: TrainParams, source: str) -> None:
@@ -49,7 +50,7 @@ def _part_inertia(block: np.ndarray, model: KMeans) -> float:
 
 
 def train_on_dask(client: Any, matrix: Any, params: TrainParams, source: str) -> tuple[ElbowResult, KMeans, np.ndarray]:
-    """:func:`segmentation.stages.train.train` on the model matrix held by the cluster
+    """:func:`segmentation.core.search.train` on the model matrix held by the cluster
     (:class:`segmentation.engines.dask.tables.Matrix`): the k search on the local engine's seeded sample (the same
     row numbers, brought to this process), then the final fit on all rows by dask-ml (:func:`fit_kmeans_on_dask`)
     unless the sample holds every row (then, as on the local engine, the search's fit is the model). Returns the

@@ -1,0 +1,351 @@
+"""The search over k for ``train.algorithm``, then the final fit. Pure: arrays in, results out.
+
+One seeded model per k on the search rows (all rows, or a seeded sample of ``search_sample_size``), ``n_threads``
+fits at a time, each on one thread (the scores do not depend on the thread count). k_best: the knee of the score
+curve (kneed, as yellowbrick 1.5 sets it), the lowest BIC/AIC (Gaussian mixture), or none (HDBSCAN finds k itself).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from segmentation import algorithms
+from segmentation.algorithms import NOISE, CentroidAssigner
+from segmentation.config import TrainParams
+from segmentation.core.plotting import new_figure
+from segmentation.core.progress import Progress
+from segmentation.errors import UserError
+
+
+@dataclass
+class ElbowResult:
+    """Scores per k, the k chosen and by which rule."""
+
+    k_values: list[int]
+    scores: list[float]
+    k_best: int
+    score_best: float
+    rule: str  # "elbow", "best_score", "min_bic"/"min_aic", "density" (HDBSCAN), "fixed" or a fallback
+    figure: object  # the drawn matplotlib Figure
+    search_rows: int = 0  # rows the search fitted on: all of them, or the seeded sample
+    models: dict[int, Any] = field(default_factory=dict, repr=False)  # the search's fit per k
+    metric: str = "distortion"  # what the scores are: train.metric, bic/aic, or noise_share (HDBSCAN: no search)
+    sample: np.ndarray | None = field(default=None, repr=False)  # the search rows' indices (None: every row)
+
+
+def search_sample(rows: int, params: TrainParams) -> np.ndarray | None:
+    """The sorted indices of the seeded sample the search fits on (``search_sample_size``, and at most
+    ``fit_sample_size`` for an algorithm without ``predict``); None: all rows."""
+    size = params.search_sample_size
+    if not algorithms.get(params).predicts:
+        own = params.algorithm_params.fit_sample_size
+        size = own if size is None else min(size, own)
+    if size is None or rows <= size:
+        return None
+    return np.sort(np.random.default_rng(params.random_state).choice(rows, size=size, replace=False))
+
+
+def distortion_score(X: np.ndarray, labels: np.ndarray) -> float:
+    """yellowbrick's ``distortion_score``: squared distances to the cluster means, computed as yellowbrick 1.5 does
+    (the same scores to the last bit)."""
+    from sklearn.metrics import pairwise_distances
+
+    total = 0.0
+    for label in np.unique(labels):
+        members = X[labels == label]
+        center = np.array([members.mean(axis=0)])
+        total += (pairwise_distances(members, center, metric="euclidean") ** 2).sum()
+    return float(total)
+
+
+def score(X: np.ndarray, labels: np.ndarray, metric: str) -> float:
+    """The elbow curve's score of a clustering, as ``KElbowVisualizer`` computes it for ``metric``."""
+    if metric == "distortion":
+        return distortion_score(X, labels)
+    from sklearn.metrics import calinski_harabasz_score, silhouette_score
+
+    if metric == "silhouette":
+        return float(silhouette_score(X, labels, metric="euclidean"))
+    return float(calinski_harabasz_score(X, labels))
+
+
+# yellowbrick's KElbowVisualizer: the shape of each metric's curve, for the knee locator.
+CURVES = {
+    "distortion": ("convex", "decreasing"),
+    "silhouette": ("concave", "increasing"),
+    "calinski_harabasz": ("concave", "increasing"),
+}
+
+
+def find_knee(x: list[int], y: list[float], curve_nature: str, curve_direction: str, S: float = 1.0) -> int | None:
+    """The knee by kneed's ``KneeLocator`` set as yellowbrick 1.5 sets it (``interp1d``, offline); None when there is
+    none, and for a flat curve or fewer than two k (kneed would divide by zero)."""
+    from kneed import KneeLocator
+
+    xs, ys = np.asarray(x), np.asarray(y, dtype=float)
+    if len(xs) < 2 or xs.max() == xs.min() or ys.max() == ys.min():
+        return None
+    knee = KneeLocator(
+        xs, ys, S=S, curve=curve_nature, direction=curve_direction, interp_method="interp1d", online=False
+    ).knee
+    return None if knee is None else int(knee)
+
+
+def check_k_range(X: np.ndarray, params: TrainParams, source: str, sample: np.ndarray | None = None) -> None:
+    """:func:`check_k_rows` on the rows of ``X`` (and the search ``sample`` of them)."""
+    check_k_rows(len(X), lambda: distinct_rows(X), params, source, sample)
+
+
+def check_k_rows(rows: int, count_distinct, params: TrainParams, source: str, sample: np.ndarray | None = None) -> None:
+    """Fail unless ``rows`` rows can hold ``k_max`` clusters: below the rows, at most rows / ``min_cluster_size``,
+    and at least ``k_max`` distinct rows (``count_distinct()``, called only when the search ``sample`` has too few)."""
+    top, name = params.k_top  # k_max, or a fixed train.k above it
+    if top >= rows:
+        raise UserError(f"params.yaml: train.{name} ({top}) must be below the number of rows ({rows})")
+    most = rows // params.min_cluster_size
+    if top > most:
+        raise UserError(
+            f"params.yaml: train.{name} ({top}) is more than {rows} rows allow: at most rows / "
+            f"train.min_cluster_size ({params.min_cluster_size}) = {most}; lower {name} (or min_cluster_size)"
+        )
+    if sample is not None and len(sample) < rows and distinct_rows(sample) >= top:
+        return
+    distinct = count_distinct()
+    if distinct < top:
+        fix = (
+            "nothing to cluster: check the data"
+            if distinct <= min(params.k_min, top)
+            else f"lower train.{name} to at most {distinct} or check the data"
+        )
+        raise UserError(
+            f"{source}: only {distinct} distinct row(s) among {rows} (identical customers?), fewer than "
+            f"train.{name} ({top}); {fix}"
+        )
+    if sample is not None and len(sample) < rows:
+        raise UserError(
+            f"{source}: the elbow search's sample of {len(sample)} rows holds only {distinct_rows(sample)} distinct "
+            f"row(s), fewer than train.{name} ({top}); raise train.search_sample_size"
+        )
+
+
+def distinct_rows(X: np.ndarray) -> int:
+    """How many distinct rows ``X`` has."""
+    return len(pd.DataFrame(X).drop_duplicates())
+
+
+def small_clusters(labels: np.ndarray, k: int, min_size: int) -> dict[int, int]:
+    """``{cluster: size}`` of the clusters with fewer than ``min_size`` rows (noise is no cluster)."""
+    return small_sizes(np.bincount(labels[labels != NOISE], minlength=k), min_size)
+
+
+def small_sizes(sizes: np.ndarray, min_size: int) -> dict[int, int]:
+    """Clusters (``sizes[i]`` rows in cluster i) with fewer than ``min_size`` rows."""
+    return {i: int(n) for i, n in enumerate(sizes) if n < min_size}
+
+
+def small_cluster_warning(small: dict[int, int], k: int, min_size: int) -> str:
+    """One line describing ``small`` clusters, for stderr and the MLflow tag."""
+    sizes = ", ".join(f"cluster {i}: {n} row{'s' if n != 1 else ''}" for i, n in small.items())
+    singleton = " (singletons are usually outliers: see preprocess.outliers)" if 1 in small.values() else ""
+    return (
+        f"k={k} has {len(small)} cluster(s) below train.min_cluster_size ({min_size}): {sizes}{singleton}; "
+        "check the data or lower train.k_max"
+    )
+
+
+def fallback_k(k_values: list[int], scores: list[float], metric: str) -> tuple[int, str]:
+    """The rule when there is no elbow: the best score (silhouette, calinski_harabasz); for distortion the largest
+    second difference of the scores (with two k, the smaller)."""
+    if metric != "distortion":
+        i = int(np.argmax(scores))
+        return k_values[i], "fallback_best_score"
+    if len(scores) < 3:
+        return k_values[0], "fallback_k_min"
+    second_diff = np.diff(np.asarray(scores, dtype=float), n=2)
+    return k_values[int(np.argmax(second_diff)) + 1], "fallback_max_curvature"
+
+
+def choose_k(
+    k_values: list[int], scores: list[float], elbow: int | None, metric: str, selection: str
+) -> tuple[int, str]:
+    """Pick k_best: the elbow (or the best score) per ``selection``; never returns None."""
+    if selection == "best_score":
+        i = int(np.argmax(scores))
+        return k_values[i], "best_score"
+    if elbow is not None:
+        return int(elbow), "elbow"
+    return fallback_k(k_values, scores, metric)
+
+
+def fit_k(X: np.ndarray, k: int, params: TrainParams) -> tuple[Any, float, float]:
+    """One search fit with ``k`` clusters on one thread: (model, score or BIC/AIC, seconds)."""
+    start = time.perf_counter()
+    with threadpool_limits(limits=1, user_api="openmp"):  # OpenMP's thread count is per calling thread
+        model = fit_model(params, k, X)
+    criterion = algorithms.get(params).criterion(params)
+    if criterion in ("bic", "aic"):
+        value = float(getattr(model, criterion)(X))
+    else:
+        value = score(X, algorithms.fit_labels(model, X), params.metric)
+    return model, value, time.perf_counter() - start
+
+
+def fit_model(params: TrainParams, k: int, X: np.ndarray):
+    """``train.algorithm`` with ``k`` clusters fitted on ``X``; a fit the library refuses is a one-line user error."""
+    try:
+        return algorithms.make(params, k).fit(X)
+    except ValueError as exc:
+        raise UserError(
+            f"train: {params.algorithm} with k={k} on {len(X)} rows failed: {str(exc).splitlines()[0]} "
+            f"(see train.{params.algorithm} in params.yaml, or lower train.k_max)"
+        ) from None
+
+
+def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model matrix") -> ElbowResult:
+    """Check the k range, fit k_min..k_max on the search rows and choose k_best (HDBSCAN: :func:`density_clusters`);
+    ``source`` names the matrix in error messages."""
+    if algorithms.get(params).criterion(params) is None:
+        return density_clusters(X, params)
+    idx = search_sample(len(X), params)
+    S = X if idx is None else X[idx]
+    check_k_range(X, params, source, sample=S)
+    return search_k(S, len(X), idx, params)
+
+
+def search_k(S: np.ndarray, rows: int, idx: np.ndarray | None, params: TrainParams) -> ElbowResult:
+    """The search on its checked rows ``S``: the rows ``idx`` (None: all) of a matrix of ``rows`` rows."""
+    criterion = algorithms.get(params).criterion(params)
+    k_values = sorted(set(range(params.k_min, params.k_max + 1)) | ({params.k} if params.k is not None else set()))
+    fits: dict[int, tuple[Any, float]] = {}
+    what = f"on {len(S)} of {rows} rows" if idx is not None else f"on {rows} rows"
+    # BLAS's thread limit is process-wide: one thread for all; OpenMP's is set by each worker thread (fit_k).
+    with (
+        Progress("train", f"elbow search {what}", total=len(k_values), unit="k") as progress,
+        threadpool_limits(limits=1, user_api="blas"),
+        ThreadPoolExecutor(params.n_threads) as pool,
+    ):
+        futures = {k: pool.submit(fit_k, S, k, params) for k in k_values}
+        for k in k_values:
+            model, value, seconds = futures[k].result()
+            fits[k] = (model, value)
+            progress.step(f"k={k}/{k_values[-1]} fitted ({seconds:.1f} s)")
+    scores = [fits[k][1] for k in k_values]
+    metric = params.metric if criterion == algorithms.ELBOW else criterion
+    if params.k is not None or len(k_values) == 1:  # fixed by the user: no rule to apply
+        k_best, rule = (params.k if params.k is not None else k_values[0]), "fixed"
+    elif criterion != algorithms.ELBOW:  # an information criterion: the lowest is the best trade-off
+        k_best, rule = k_values[int(np.argmin(scores))], f"min_{criterion}"
+    else:
+        elbow = find_knee(k_values, scores, *CURVES[params.metric]) if params.selection == "elbow" else None
+        k_best, rule = choose_k(k_values, scores, elbow, params.metric, params.selection)
+    if rule.startswith("fallback"):
+        print(
+            f"warning: train: no elbow found in the {params.metric} curve for k={params.k_min}..{params.k_max}; "
+            f"using k={k_best} ({rule.removeprefix('fallback_').replace('_', ' ')} rule)",
+            file=sys.stderr,
+        )
+    score_best = scores[k_values.index(k_best)]
+    figure = elbow_figure(k_values, scores, k_best, score_best, rule, metric, len(S), rows)
+    models = {k: model for k, (model, _) in fits.items()}
+    return ElbowResult(k_values, scores, k_best, score_best, rule, figure, len(S), models, metric, idx)
+
+
+def density_clusters(X: np.ndarray, params: TrainParams) -> ElbowResult:
+    """An algorithm that finds k itself (HDBSCAN): one fit on the search rows; the "curve" is one point, k found with
+    the share of noise rows as its score, and the figure shows the clusters' sizes."""
+    idx = search_sample(len(X), params)
+    S = X if idx is None else X[idx]
+    start = time.perf_counter()
+    params.algorithm_params.check_rows(params.algorithm, len(S))
+    with threadpool_limits(limits=params.n_threads):
+        model = fit_model(params, 0, S)
+    labels = algorithms.fit_labels(model, S)
+    sizes = algorithms.cluster_sizes(labels, int(labels.max()) + 1)
+    k = sum(1 for c in sizes if c != NOISE)
+    what = f"on {len(S)} of {len(X)} rows" if idx is not None else f"on {len(X)} rows"
+    print(
+        f"train: {params.algorithm} {what}: {algorithms.describe(sizes)} ({time.perf_counter() - start:.1f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    if k < 2:
+        raise UserError(
+            f"params.yaml: train.{params.algorithm} found {algorithms.describe(sizes)} in {len(S)} rows; change "
+            f"train.{params.algorithm} ({params.algorithm_params.k_setting()}) to find at least 2"
+        )
+    noise_share = sizes.get(NOISE, 0) / len(S)
+    fig, ax = new_figure()
+    names = [algorithms.NOISE_NAME if c == NOISE else str(c) for c in sizes]
+    ax.bar(names, list(sizes.values()), color=["grey" if c == NOISE else "C0" for c in sizes])
+    on = "" if len(S) == len(X) else f", on a sample of {len(S)} of {len(X)} rows"
+    ax.set_title(f"No k search ({params.algorithm}: {params.algorithm_params.k_setting()}{on}), k_best = {k} found")
+    ax.set_xlabel("cluster")
+    ax.set_ylabel("rows")
+    return ElbowResult([k], [noise_share], k, noise_share, "density", fig, len(S), {k: model}, "noise_share", idx)
+
+
+def elbow_figure(
+    k_values: list[int], scores: list[float], k_best: int, score_best: float, rule: str, metric: str, rows: int,
+    total: int,
+):  # fmt: skip
+    """The elbow curve as yellowbrick draws it (diamonds, a dashed line at the chosen k), titled with k_best."""
+    fig, ax = new_figure()
+    ax.plot(k_values, scores, marker="D", color="C0")
+    lower = metric in ("bic", "aic")  # information criteria: the lowest wins, no elbow
+    label = f"elbow at $k={k_best}$, $score={score_best:0.3f}$" if rule == "elbow" else (
+        f"k = {k_best} (fixed in params)" if rule == "fixed" else
+        f"lowest {metric} at $k={k_best}$" if lower else f"k = {k_best} ({rule.replace('_', ' ')})"
+    )  # fmt: skip
+    ax.axvline(k_best, color="black", linestyle="--", label=label)
+    on = "" if rows == total else f", on a sample of {rows} of {total} rows"
+    ax.set_title(f"{'k search' if lower else 'Elbow search'} ({metric}{', lower is better' if lower else ''}{on}), "
+                 f"k_best = {k_best}")  # fmt: skip
+    ax.set_xlabel("number of clusters k")
+    ax.set_ylabel(f"{metric} score")
+    ax.legend(loc="upper right")  # a fixed place: "best" searches every point of the plot
+    return fig
+
+
+def fit_final(X: np.ndarray, elbow: ElbowResult, params: TrainParams) -> Any:
+    """The final model with k_best clusters on all rows of ``X``: without ``predict``, a :class:`CentroidAssigner`
+    of the search's fit; else the search's fit when it saw every row, else one fit on all rows (KMeans: one run
+    started from the sample's centres, whose ``n_init`` restarts already chose them)."""
+    k = elbow.k_best
+    if not algorithms.get(params).predicts:
+        S = X if elbow.sample is None else X[elbow.sample]
+        labels = algorithms.fit_labels(elbow.models[k], S)
+        return CentroidAssigner(params.algorithm).fit(S, labels, rows=len(X), fit_rows=elbow.sample)
+    if elbow.search_rows == len(X):
+        return elbow.models[k]
+    start = time.perf_counter()
+    kmeans = params.algorithm == "kmeans"
+    with threadpool_limits(limits=params.n_threads):
+        if kmeans:
+            model = algorithms.make(params, k).set_params(init=elbow.models[k].cluster_centers_, n_init=1).fit(X)
+        else:
+            model = fit_model(params, k, X)
+    start_from = " from the sample's centres" if kmeans else ""
+    iterations = f", {model.n_iter_} iterations" if hasattr(model, "n_iter_") else ""
+    print(
+        f"train: final fit, k={k} on all {len(X)} rows{start_from} ({time.perf_counter() - start:.1f} s{iterations})",
+        file=sys.stderr,
+        flush=True,
+    )
+    return model
+
+
+def train(
+    matrix: pd.DataFrame, id_column: str, params: TrainParams, source: str = "the model matrix"
+) -> tuple[ElbowResult, Any]:
+    """The search over k (or HDBSCAN's own clusters) then the final model on the matrix's non-ID columns."""
+    X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
+    elbow = elbow_search(X, params, source)
+    return elbow, fit_final(X, elbow, params)
