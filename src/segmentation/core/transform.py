@@ -82,17 +82,12 @@ def build_transformer(params: PreprocessParams):
 class Rows:
     """The row-wise part of preprocess (:func:`select_rows`) on one table, or on one partition of a larger one."""
 
-    # The kept rows, under the raw table's row labels (for messages naming a line): the ID, the features (float64),
-    # the categorical columns (text), the outlier columns and the passed-through profile columns.
-    table: pd.DataFrame
-    # rows_in, dropped_missing (or imputed_rows), outliers_<column>..., dropped_outliers, rows_out: each a sum over
-    # partitions.
-    metrics: dict[str, int]
+    table: pd.DataFrame  # the kept rows and columns, under the raw row labels (messages name their lines)
+    metrics: dict[str, int]  # row counts: rows_in, dropped_missing (or imputed_rows), outliers_<column>..., rows_out
     blank: list[str]  # the model columns blank on every row read, before any row was dropped
     profiled: list[str]  # the passed-through profile columns (evaluate.profile_columns), in output order
     derived: list[str]  # the columns the recipe computed (named as such in messages)
-    # With ``distinct``: each one-hot column's distinct values on the rows read (the Dask engine checks
-    # ``max_categories`` on their union over the partitions, as the local engine checks the whole column).
+    # With ``distinct``: each one-hot column's values (the Dask engine checks max_categories on their union).
     categories: dict[str, list[Any]] = field(default_factory=dict)
 
 

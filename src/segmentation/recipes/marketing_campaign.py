@@ -94,11 +94,8 @@ def parse_dates(series: pd.Series, date_format: str, source: str, lines: LineLoc
 
 
 def adults_in_household(status: pd.Series, partnered: list[str], single: list[str], source: str) -> pd.Series:
-    """Map marital status to adults in the household: 2 for partnered statuses, 1 for single ones.
-
-    Every status must be listed in params (the Kaggle file has 'YOLO', 'Absurd' and 'Alone'): an
-    unlisted one is an error rather than a silent guess.
-    """
+    """Adults in the household per marital status: 2 partnered, 1 single; an unlisted status is an error, not a
+    guess."""
     mapping = {**{s: 2 for s in partnered}, **{s: 1 for s in single}}
     codes, uniques = pd.factorize(status, use_na_sentinel=True)  # mapped once per distinct status
     per_value = np.array([mapping.get(v, np.nan) for v in uniques] + [np.nan], dtype=float)  # last: blanks
@@ -115,11 +112,8 @@ def adults_in_household(status: pd.Series, partnered: list[str], single: list[st
 def derive_marketing_features(
     df: pd.DataFrame, params: MarketingCampaignParams, source: str, lines: LineLocator | None = None
 ) -> pd.DataFrame:
-    """Add the recipe's derived columns (age, children, family size, totals, enrollment length) to a copy of ``df``.
-
-    Negative counts or amounts (``NON_NEGATIVE_COLUMNS``) and birth years after ``reference_date`` (a negative age)
-    are errors naming the column and the line.
-    """
+    """Add the recipe's derived columns to a copy of ``df``; negative counts or amounts and birth years after
+    ``reference_date`` are errors naming the column and the line."""
     features.require_non_negative(df, NON_NEGATIVE_COLUMNS, source, lines)
     out = df.copy(deep=False)  # new columns only: the input's columns are shared, not copied (copy-on-write)
     reference = pd.Timestamp(params.reference_date)
