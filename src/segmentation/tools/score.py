@@ -1,9 +1,6 @@
-"""Score new customers: a raw CSV (the training data's columns) -> ID, segment, segment_name, with the segmenter.
-
-``make score INPUT=new.csv [OUTPUT=...] [SEPARATOR=,]``. The file is checked as preprocess checks the training data
-(a bad one is one ``error:`` line, nothing written). Rows the segmenter cannot score (a blank it cannot impute) are
-counted in one ``score:`` line and listed in ``<output>_rejects.csv``; every other row gets a segment, never noise.
-The outputs never replace the input, a file of the pipeline or of git, nor a file that is no earlier score output.
+"""Score new customers (``make score INPUT=new.csv [OUTPUT=...] [SEPARATOR=,]``): a raw CSV with the training data's
+columns -> ID, segment, segment_name; the rows it cannot score are listed in ``<output>_rejects.csv``. It never writes
+over the input, a file of the pipeline or of git, nor a file that is no earlier score output.
 """
 
 from __future__ import annotations
