@@ -54,14 +54,9 @@ def silhouette_of(X: np.ndarray, labels: np.ndarray, sample_size: int) -> tuple[
 
 
 def check_model(
-    model: Any,
-    X: np.ndarray,
-    model_source: str,
-    matrix_source: str,
-    train_metrics: Mapping[str, Any] | None = None,
-    metrics_source: str = "metrics/train.json",
-    inertia_on_matrix: Callable[[], float] | None = None,
-) -> None:
+    model: Any, X: np.ndarray, model_source: str, matrix_source: str, train_metrics: Mapping[str, Any] | None = None,
+    metrics_source: str = "metrics/train.json", inertia_on_matrix: Callable[[], float] | None = None,
+) -> None:  # fmt: skip
     """Fail in one line unless ``model`` is a fitted clusterer fitted on ``X`` with the k and fit record
     (inertia, log-likelihood) ``train_metrics`` holds; an assigner's centroids must be its clusters' means in ``X``.
     ``inertia_on_matrix`` computes the inertia where ``X`` is not in this process (Dask)."""
@@ -157,13 +152,9 @@ def require_silhouette_sample(params: EvaluateParams, k: int) -> None:
 
 
 def evaluate(
-    matrix: pd.DataFrame,
-    features: pd.DataFrame,
-    model,
-    id_column: str,
-    params: EvaluateParams,
+    matrix: pd.DataFrame, features: pd.DataFrame, model, id_column: str, params: EvaluateParams,
     categorical: Sequence[str] = (),
-) -> Evaluation:
+) -> Evaluation:  # fmt: skip
     """Assign clusters (``predict``, or the training assignment) and measure them; ``features`` are the unscaled
     rows behind ``matrix``, ``categorical`` its columns profiled as shares. Noise rows (-1) are left out of the
     scores; ``noise_share`` counts them."""
