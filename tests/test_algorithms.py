@@ -13,8 +13,8 @@ from segmentation import algorithms
 from segmentation.algorithms import NOISE, CentroidAssigner
 from segmentation.config import EvaluateParams, TrainParams, parse_section
 from segmentation.core import report
+from segmentation.core.quality import check_model, evaluate
 from segmentation.errors import UserError
-from segmentation.stages.evaluate import check_model, evaluate
 from segmentation.stages.train import search_sample, train
 from segmentation.tools.score import segment_names
 

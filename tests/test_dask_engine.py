@@ -285,13 +285,13 @@ def test_train_and_evaluate_on_dask_give_the_local_engine_s_results(client, prep
     from sklearn.cluster import KMeans
 
     from segmentation.config import CategoricalParams, EvaluateParams, TrainParams
+    from segmentation.core import quality as ev
     from segmentation.core import report
     from segmentation.core.data import load_csv
     from segmentation.engines.dask import evaluate as dask_ev
     from segmentation.engines.dask import tables as dask_tables
     from segmentation.engines.dask import train as dask_tr
     from segmentation.files import write_csv
-    from segmentation.stages import evaluate as ev
     from segmentation.stages import train as tr
 
     params = preprocess_params.model_copy(

@@ -24,9 +24,10 @@ from pipeline_helpers import run_stage_cli as stage
 from pipeline_helpers import the_error
 from segmentation.config import EvaluateParams, TrainParams, parse_section
 from segmentation.core.plotting import FONT
+from segmentation.core.quality import check_model, evaluate
 from segmentation.errors import UserError
 from segmentation.files import load_model
-from segmentation.stages.evaluate import check_model, evaluate, read_train_metrics
+from segmentation.stages.evaluate import read_train_metrics
 from segmentation.stages.train import check_k_range, elbow_search, make_kmeans, small_cluster_warning, small_clusters
 
 TRAIN = {"k_min": 2, "k_max": 4, "metric": "distortion", "selection": "elbow", "n_init": 4, "max_iter": 300,
