@@ -13,9 +13,9 @@ from segmentation import algorithms
 from segmentation.algorithms import NOISE, CentroidAssigner
 from segmentation.config import EvaluateParams, TrainParams, parse_section
 from segmentation.core import report
+from segmentation.core.quality import check_model, evaluate
 from segmentation.core.search import search_sample, train
 from segmentation.errors import UserError
-from segmentation.stages.evaluate import check_model, evaluate
 from segmentation.tools.score import segment_names
 
 TRUE_K = 5

@@ -8,9 +8,9 @@ import pytest
 
 from segmentation.config import ROW_ID_COLUMN, parse_section
 from segmentation.core.data import as_categories, with_row_id
+from segmentation.core.quality import cluster_profile
 from segmentation.core.transform import preprocess
 from segmentation.errors import UserError
-from segmentation.stages.evaluate import cluster_profile
 
 
 def params(**override):

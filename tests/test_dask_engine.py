@@ -285,6 +285,7 @@ def test_train_and_evaluate_on_dask_give_the_local_engine_s_results(client, prep
     from sklearn.cluster import KMeans
 
     from segmentation.config import CategoricalParams, EvaluateParams, TrainParams
+    from segmentation.core import quality as ev
     from segmentation.core import report
     from segmentation.core import search as tr
     from segmentation.core.data import load_csv
@@ -292,7 +293,6 @@ def test_train_and_evaluate_on_dask_give_the_local_engine_s_results(client, prep
     from segmentation.engines.dask import tables as dask_tables
     from segmentation.engines.dask import train as dask_tr
     from segmentation.files import write_csv
-    from segmentation.stages import evaluate as ev
 
     params = preprocess_params.model_copy(
         update={"categorical": CategoricalParams(columns=["Education"], encoding="drop")}

@@ -25,10 +25,11 @@ from pipeline_helpers import the_error
 from segmentation import algorithms
 from segmentation.config import EvaluateParams, TrainParams, parse_section
 from segmentation.core.plotting import FONT
+from segmentation.core.quality import check_model, evaluate
 from segmentation.core.search import check_k_range, elbow_search, small_cluster_warning, small_clusters
 from segmentation.errors import UserError
 from segmentation.files import load_model
-from segmentation.stages.evaluate import check_model, evaluate, read_train_metrics
+from segmentation.stages.evaluate import read_train_metrics
 
 TRAIN = {"k_min": 2, "k_max": 4, "metric": "distortion", "selection": "elbow", "n_init": 4, "max_iter": 300,
          "random_state": 0, "n_threads": 1, "min_cluster_size": 10}  # fmt: skip

@@ -7,8 +7,9 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
 from segmentation.config import EvaluateParams
+from segmentation.core.figures import profile_plot, projection_plot, silhouette_plot
+from segmentation.core.quality import evaluate
 from segmentation.errors import UserError
-from segmentation.stages.evaluate import evaluate, profile_plot, projection_plot, silhouette_plot
 
 
 @pytest.fixture(scope="module")

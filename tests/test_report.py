@@ -13,9 +13,10 @@ from pipeline_helpers import run_stage_cli, the_error
 from segmentation.config import EvaluateParams, PreprocessParams, parse_section, profile_patterns
 from segmentation.core import report
 from segmentation.core.data import expand_columns, matches
+from segmentation.core.figures import profile_plot
+from segmentation.core.quality import cluster_profile
 from segmentation.core.transform import preprocess
 from segmentation.errors import UserError
-from segmentation.stages.evaluate import cluster_profile, profile_plot
 
 # -- numbers --------------------------------------------------------------------------------------------------------
 

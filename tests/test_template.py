@@ -374,7 +374,7 @@ def test_update_brings_template_changes_and_keeps_user_edits(tmp_path):
     first = yaml.safe_load((gen / ".copier-answers.yml").read_text())["_commit"]
     # The user tunes a param and edits the package.
     edit(gen / "params.yaml", "  k_max: 10\n", "  k_max: 12\n")
-    edit(gen / "src/segmentation/stages/evaluate.py", 'CLUSTER_COLUMN = "cluster"\n', 'CLUSTER_COLUMN = "segment"\n')
+    edit(gen / "src/segmentation/core/report.py", 'CLUSTER_COLUMN = "cluster"\n', 'CLUSTER_COLUMN = "segment"\n')
     commit_all(gen, env, "my changes")
     # The template moves on: another param, a line of code, the project README.
     edit(root / "params.yaml", "  n_init: 10\n", "  n_init: 12\n")  # one file: params.yaml.jinja includes it
@@ -386,7 +386,7 @@ def test_update_brings_template_changes_and_keeps_user_edits(tmp_path):
 
     params = (gen / "params.yaml").read_text()
     assert "  k_max: 12\n" in params and "  n_init: 12\n" in params
-    assert 'CLUSTER_COLUMN = "segment"\n' in (gen / "src/segmentation/stages/evaluate.py").read_text()
+    assert 'CLUSTER_COLUMN = "segment"\n' in (gen / "src/segmentation/core/report.py").read_text()
     assert 'TEMPLATE_CHANGE = "v2"' in (gen / "src/segmentation/core/plotting.py").read_text()
     assert "New in v2." in (gen / "README.md").read_text()
     answers = yaml.safe_load((gen / ".copier-answers.yml").read_text())

@@ -13,12 +13,8 @@ FIGURE_DPI = 100
 FONT = "DejaVu Sans"  # ships with matplotlib; yellowbrick's Arial/Liberation preference floods the log otherwise
 
 
-def _use_bundled_font() -> None:
-    plt.rcParams["font.family"] = "sans-serif"
-    plt.rcParams["font.sans-serif"] = [FONT]
-
-
 def new_figure(size: tuple[float, float] = FIGURE_SIZE):
     """A new (figure, axes) pair with the bundled font."""
-    _use_bundled_font()
+    plt.rcParams["font.family"] = "sans-serif"
+    plt.rcParams["font.sans-serif"] = [FONT]
     return plt.subplots(figsize=size)

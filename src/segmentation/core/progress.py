@@ -7,22 +7,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# A step shorter than this prints nothing in a log: small data stays quiet.
-LONG_STEP_S = 1.0
-
-
-def _tty() -> bool:
-    return sys.stderr.isatty()
+LONG_STEP_S = 1.0  # a step shorter than this prints nothing in a log: small data stays quiet
 
 
 class Progress:
-    """A step made of ``total`` parts (the k values of a search): a tqdm bar on a terminal; elsewhere one line
-    per part, ``<stage>: <message>``, as each part ends."""
+    """A step of ``total`` parts (the k values of a search): a tqdm bar on a terminal, else one line per part."""
 
     def __init__(self, stage: str, what: str, total: int, unit: str = "it") -> None:
         self.stage = stage
         self.bar = None
-        if _tty():
+        if sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=f"{stage}: {what}", unit=unit, file=sys.stderr, leave=False)
@@ -36,19 +30,18 @@ class Progress:
 
     def step(self, message: str) -> None:
         """One part done."""
-        if self.bar is not None:
+        if self.bar is None:
+            print(f"{self.stage}: {message}", file=sys.stderr, flush=True)
+        else:
             self.bar.set_postfix_str(message, refresh=False)
             self.bar.update(1)
-        else:
-            print(f"{self.stage}: {message}", file=sys.stderr, flush=True)
 
 
 @contextmanager
 def step(stage: str, what: str) -> Iterator[None]:
-    """A single long step (reading a big file, a fit, a score): on a terminal ``<stage>: <what> ...`` while it runs,
-    then its time; in a log one line with its time, only when it took ``LONG_STEP_S`` or more. A step that fails
-    prints nothing: its error is the one line."""
-    tty = _tty()
+    """A single long step: ``<stage>: <what> ...`` then its time on a terminal; in a log one line with its time if
+    it took ``LONG_STEP_S`` or more. A failed step prints nothing: its error is the one line."""
+    tty = sys.stderr.isatty()
     if tty:
         print(f"{stage}: {what} ...", end="", file=sys.stderr, flush=True)
     start = time.perf_counter()
@@ -58,8 +51,6 @@ def step(stage: str, what: str) -> Iterator[None]:
         if tty:  # the error says what happened: clear the line for it
             print("\r\033[K", end="", file=sys.stderr, flush=True)
         raise
-    seconds = time.perf_counter() - start
-    if tty:
-        print(f"\r\033[K{stage}: {what} ({seconds:.1f} s)", file=sys.stderr, flush=True)
-    elif seconds >= LONG_STEP_S:
-        print(f"{stage}: {what} ({seconds:.1f} s)", file=sys.stderr, flush=True)
+    seconds, clear = time.perf_counter() - start, "\r\033[K" if tty else ""
+    if tty or seconds >= LONG_STEP_S:
+        print(f"{clear}{stage}: {what} ({seconds:.1f} s)", file=sys.stderr, flush=True)

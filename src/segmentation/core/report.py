@@ -1,8 +1,5 @@
 """The segment report: names and descriptions of the segments, rounded profiles in original units, and one
-self-contained HTML page (styles and images inline, no network) that a business reader understands.
-
-Pure functions: DataFrames and bytes in, strings out. The evaluate stage does the I/O. Same inputs, same bytes.
-"""
+self-contained HTML page (styles and images inline, no network). Pure functions: same inputs, same bytes."""
 
 from __future__ import annotations
 
@@ -10,7 +7,7 @@ import base64
 import html
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +18,7 @@ from segmentation.algorithms import NOISE
 CLUSTER_COLUMN = "cluster"
 SIZE_COLUMN = "size"
 SHARE_COLUMN = "share"
+NAME_COLUMN = "name"  # the segment's name, in reports/cluster_profile.csv
 BLANK = "(blank)"  # the category of a blank value in a category-share column ``column=(blank)``
 
 MONEY = "money"  # whole currency units, thousands separators: 76,000
@@ -61,59 +59,40 @@ def column_kind(name: str, values: pd.Series) -> str:
 
 def kind_of(name: str, zero_one: bool) -> str:
     """:func:`column_kind` of a column whose values are all 0 or 1 (``zero_one``: blanks aside, at least one)."""
-    if zero_one:
-        return RATE
-    if MONEY_NAME.search(name):
-        return MONEY
-    return NUMBER
+    return RATE if zero_one else MONEY if MONEY_NAME.search(name) else NUMBER
 
 
 def format_value(value: float, kind: str) -> str:
     """A mean in original units for a reader: ``76,000``, ``1.2``, ``12.3%``; blank as an en dash."""
     if value is None or not np.isfinite(value):
         return "–"
-    if kind == MONEY:
-        return f"{value:,.0f}"
-    if kind == RATE:
-        return f"{100 * value:.1f}%"
-    return f"{value:,.1f}"
+    return f"{value:,.0f}" if kind == MONEY else f"{100 * value:.1f}%" if kind == RATE else f"{value:,.1f}"
 
 
 def compact_number(value: float) -> str:
     """A short label for a heatmap cell: 29k, 1.2M, 1,393, 48.0, 0.82."""
+    size = abs(value)
     if not np.isfinite(value):
         return "–"
-    size = abs(value)
     if size >= 1e6:
         return f"{value / 1e6:.1f}M"
     if size >= 1e4:
         return f"{value / 1e3:.0f}k"
-    if size >= 100:
-        return f"{value:,.0f}"
-    if size >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
+    return f"{value:,.0f}" if size >= 100 else f"{value:.1f}" if size >= 10 else f"{value:.2f}"
 
 
 def text_colour(rgba: Sequence[float]) -> str:
     """Black or white, whichever contrasts more with a cell of colour ``rgba`` (relative luminance, WCAG)."""
-
-    def linear(c: float) -> float:
-        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
-
-    r, g, b = (linear(float(c)) for c in rgba[:3])
-    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in map(float, rgba[:3]))
     # Contrast ratio with black (L + 0.05) / 0.05 against white 1.05 / (L + 0.05): equal at L = 0.179.
-    return "black" if luminance > 0.179 else "white"
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.179 else "white"
 
 
 def rounded_profile(profile: pd.DataFrame, kinds: Mapping[str, str]) -> pd.DataFrame:
     """``cluster_profile.csv`` for people and diffs: money to whole units, other means to 2 decimals, shares and
     rates as fractions to 4 decimals (0.1234 = 12.34%). Columns not in ``kinds`` are category shares."""
     out = profile.copy()
-    for column in out.columns:
-        if column in (CLUSTER_COLUMN, SIZE_COLUMN):
-            continue
+    for column in out.columns.drop([CLUSTER_COLUMN, SIZE_COLUMN]):
         kind = RATE if column == SHARE_COLUMN else kinds.get(column, RATE)
         out[column] = out[column].round({MONEY: 0, RATE: 4}.get(kind, 2))
         if kind == MONEY:
@@ -122,9 +101,6 @@ def rounded_profile(profile: pd.DataFrame, kinds: Mapping[str, str]) -> pd.DataF
 
 
 # -- names and descriptions ---------------------------------------------------------------------------------------
-
-
-NAME_COLUMN = "name"  # the segment's name, in reports/cluster_profile.csv
 
 
 @dataclass(frozen=True)
@@ -141,45 +117,26 @@ class Segment:
 def contrasts(values: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
     """Per cluster (rows) and column: (cluster mean - mean of all other customers) / the column's spread over all
     customers. Blanks are left out of every mean; a constant column scores 0."""
-    clusters, codes = np.unique(labels, return_inverse=True)
-    sums, counts, spreads = {}, {}, {}
-    # Column by column, sums per cluster by bincount: one pass over the rows (masking them per cluster was k passes).
-    for column_name, column in values.items():
-        data = column.to_numpy(dtype=float, na_value=np.nan)
-        present = ~np.isnan(data)
-        has_blanks = not present.all()
-        filled = np.where(present, data, 0.0) if has_blanks else data
-        sums[column_name] = np.bincount(codes, weights=filled, minlength=len(clusters))
-        counts[column_name] = (
-            np.bincount(codes, weights=present, minlength=len(clusters)) if has_blanks else np.bincount(codes)
-        )
-        spreads[column_name] = (np.nanstd(data) if has_blanks else data.std()) if len(data) else 0.0
-    index = [int(k) for k in clusters]
-    return contrasts_of(pd.DataFrame(sums, index=index), pd.DataFrame(counts, index=index), pd.Series(spreads))
+    grouped = values.astype(float).groupby(labels)
+    return contrasts_of(grouped.sum(), grouped.count(), values.astype(float).std(ddof=0))
 
 
 def contrasts_of(sums: pd.DataFrame, counts: pd.DataFrame, spreads: pd.Series) -> pd.DataFrame:
-    """:func:`contrasts` from its group-bys: per cluster (rows) and column the sum and the count of the values
-    present, and per column the spread (standard deviation, ddof 0) over all customers."""
-    rows = np.empty(sums.shape)
-    for j, column in enumerate(sums.columns):
-        s_k, n_k = sums[column].to_numpy(dtype=float), counts[column].to_numpy()
-        total, count = s_k.sum(), n_k.sum()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = (s_k / n_k - (total - s_k) / (count - n_k)) / spreads[column]
-        rows[:, j] = np.where(np.isfinite(z), z, 0.0)
-    return pd.DataFrame(rows, index=list(sums.index), columns=list(sums.columns))
+    """:func:`contrasts` from the sums and counts of the values present per cluster and column, and each column's
+    spread (ddof 0) over all customers."""
+    total, count = sums.sum(), counts.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (sums / counts - (total - sums) / (count - counts)) / spreads
+    return z.astype(float).where(np.isfinite(z.astype(float)), 0.0)
 
 
 def noun(column: str) -> str:
     """What a column measures, for a sentence: its phrase's noun, or its name split into words."""
     if column in PHRASES:
         return PHRASES[column][2]
-    spend = re.fullmatch(r"Mnt(\w+?)(Products|Prods)?", column)  # the example's MntWines, MntGoldProds...
-    if spend:
+    if spend := re.fullmatch(r"Mnt(\w+?)(Products|Prods)?", column):  # the example's MntWines, MntGoldProds...
         return f"spending on {noun(spend.group(1))}"
-    campaign = re.fullmatch(r"AcceptedCmp(\d+)", column)
-    if campaign:
+    if campaign := re.fullmatch(r"AcceptedCmp(\d+)", column):
         return f"accepted campaign {campaign.group(1)}"
     words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", column).replace("_", " ").split()
     return " ".join(w if w.isupper() and len(w) > 1 else w.lower() for w in words) or column
@@ -200,20 +157,12 @@ def top_columns(z: pd.Series, n: int) -> list[str]:
 
 
 def describe_segments(
-    profile: pd.DataFrame,
-    overall: Mapping[str, float],
-    z: pd.DataFrame,
-    features: Sequence[str],
-    extras: Sequence[str],
-    kinds: Mapping[str, str],
-) -> list[Segment]:
-    """A unique name and a one-sentence description per cluster of ``profile``.
-
-    The name joins the phrases of the ``NAME_FEATURES`` clustering ``features`` on which the segment is furthest
-    from the other customers (``z``); the description gives those means against the overall ones, in original
-    units, plus the profile-only column (``extras``) that sets it apart most, if it does by ``EXTRA_Z`` or more.
-    Noise rows (cluster -1) are named ``NOISE_SEGMENT`` and described as such.
-    """
+    profile: pd.DataFrame, overall: Mapping[str, float], z: pd.DataFrame, features: Sequence[str],
+    extras: Sequence[str], kinds: Mapping[str, str],
+) -> list[Segment]:  # fmt: skip
+    """A unique name and a one-sentence description per cluster of ``profile``: the phrases of the
+    ``NAME_FEATURES`` clustering ``features`` furthest from the other customers (``z``), those means against the
+    overall ones, plus the profile-only column (``extras``) furthest away if by ``EXTRA_Z`` or more."""
     segments = []
     for _, row in profile.iterrows():
         k = int(row[CLUSTER_COLUMN])
@@ -234,75 +183,42 @@ def describe_segments(
             name, description = NOISE_SEGMENT, f"{NOISE_LEAD}{'; ' + '; '.join(parts) if parts else ''}."
         segments.append(Segment(k, name, description, int(row[SIZE_COLUMN]), float(row[SHARE_COLUMN])))
     counts = pd.Series([s.name for s in segments]).value_counts()
-    return [
-        Segment(s.cluster, f"{s.name} (segment {s.cluster})", s.description, s.size, s.share)
-        if counts[s.name] > 1
-        else s
-        for s in segments
-    ]
+    return [replace(s, name=f"{s.name} (segment {s.cluster})") if counts[s.name] > 1 else s for s in segments]
 
 
 # -- the page ------------------------------------------------------------------------------------------------------
 
-METRIC_READINGS: dict[str, tuple[str, Any]] = {
-    "silhouette": (
-        "Silhouette (−1 to 1, higher is better)",
-        lambda v: (
-            "well separated segments"
-            if v >= 0.5
-            else "reasonable structure: segments overlap at their edges"
-            if v >= 0.25
-            else "weak structure: segments overlap a lot; read them as tendencies"
-        ),
-    ),
-    "calinski_harabasz": (
-        "Calinski–Harabasz (higher is better)",
-        lambda v: "between-segment spread over within-segment spread; compare it across runs on the same data",
-    ),
-    "davies_bouldin": (
-        "Davies–Bouldin (0 and up, lower is better)",
-        lambda v: (
-            "compact, distinct segments"
-            if v < 0.7
-            else "segments fairly distinct"
-            if v < 1.5
-            else "segments close to each other relative to their size"
-        ),
-    ),
-    "smallest_cluster_share": (
-        "Smallest segment",
-        lambda v: (
-            "a small niche: check it is worth a campaign of its own"
-            if v < 0.05
-            else "every segment is large enough to act on"
-        ),
-    ),
-    "noise_share": (
-        "Customers in no segment (noise)",
-        lambda v: (
-            "a segment of their own in the profile, left out of the scores above; new customers always get "
-            "the nearest segment"
-        ),
-    ),
-}
+# The quality table: per score its label and readings, (the lowest value a reading is for, reading) highest first.
+SCORES: dict[str, tuple[str, list[tuple[float, str]]]] = {
+    "silhouette": ("Silhouette (−1 to 1, higher is better)", [
+        (0.5, "well separated segments"),
+        (0.25, "reasonable structure: segments overlap at their edges"),
+        (-np.inf, "weak structure: segments overlap a lot; read them as tendencies")]),
+    "calinski_harabasz": ("Calinski–Harabasz (higher is better)", [
+        (-np.inf, "between-segment spread over within-segment spread; compare it across runs on the same data")]),
+    "davies_bouldin": ("Davies–Bouldin (0 and up, lower is better)", [
+        (1.5, "segments close to each other relative to their size"),
+        (0.7, "segments fairly distinct"),
+        (-np.inf, "compact, distinct segments")]),
+    "smallest_cluster_share": ("Smallest segment", [
+        (0.05, "every segment is large enough to act on"),
+        (-np.inf, "a small niche: check it is worth a campaign of its own")]),
+    "noise_share": ("Customers in no segment (noise)", [
+        (-np.inf, "a segment of their own in the profile, left out of the scores above; new customers always get "
+                  "the nearest segment")]),
+}  # fmt: skip
 
 STYLE = """
 body{font-family:"DejaVu Sans",Arial,sans-serif;margin:2em auto;max-width:1200px;color:#1d2733;padding:0 1em}
-h1{margin-bottom:.2em}h2{border-bottom:2px solid #d8dee6;padding-bottom:.2em;margin-top:1.8em}
-.lead{color:#4a5663}
-.cards{display:flex;flex-wrap:wrap;gap:12px}
+h1{margin-bottom:.2em}h2{border-bottom:2px solid #d8dee6;padding-bottom:.2em;margin-top:1.8em}.lead{color:#4a5663}
+.cards{display:flex;flex-wrap:wrap;gap:12px}.card h3{margin:.1em 0 .3em 0;font-size:1.05em}
 .card{flex:1 1 260px;border:1px solid #d8dee6;border-left:6px solid #2f6db5;border-radius:6px;padding:.6em .9em}
-.card h3{margin:.1em 0 .3em 0;font-size:1.05em}.card .size{color:#4a5663;font-size:.9em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
-th,td{border:1px solid #d8dee6;padding:.25em .6em}th{background:#eef2f6;text-align:left}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.group th{background:#dde5ee}td.overall,th.overall{background:#f7f9fb;font-weight:bold}
-tr.best td{background:#fff4d6}
-img{max-width:100%;height:auto;border:1px solid #eef2f6}
-.figs{display:flex;flex-wrap:wrap;gap:16px}.figs figure{flex:1 1 520px;margin:0}
-figcaption{color:#4a5663;font-size:.9em}
-code{background:#eef2f6;padding:0 .25em;border-radius:3px}
-.muted{color:#6b7785;font-size:.9em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th,td{border:1px solid #d8dee6;padding:.25em .6em}
+th{background:#eef2f6;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.group th{background:#dde5ee}td.overall,th.overall{background:#f7f9fb;font-weight:bold}tr.best td{background:#fff4d6}
+img{max-width:100%;height:auto;border:1px solid #eef2f6}.figs{display:flex;flex-wrap:wrap;gap:16px}
+.figs figure{flex:1 1 520px;margin:0}figcaption,.card .size{color:#4a5663;font-size:.9em}
+code{background:#eef2f6;padding:0 .25em;border-radius:3px}.muted{color:#6b7785;font-size:.9em}
 """
 
 
@@ -310,85 +226,73 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _row(head: str, cells: Sequence[str], last: str = "") -> str:
+    """A table row: a header cell, number cells, and the all-customers cell ``last`` (none when empty)."""
+    cells = "".join(f'<td class="num">{c}</td>' for c in cells)
+    return f"<tr><th>{_e(head)}</th>{cells}" + (f'<td class="num overall">{last}</td>' if last else "") + "</tr>"
+
+
 def image_tag(png: bytes | None, alt: str) -> str:
     """An inline PNG (data URI), or a note when there is none."""
     if not png:
         return f'<p class="muted">({_e(alt)}: not available)</p>'
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
-def profile_table(
-    profile: pd.DataFrame,
-    overall: Mapping[str, float],
-    segments: Sequence[Segment],
-    features: Sequence[str],
-    extras: Sequence[str],
-    kinds: Mapping[str, str],
-) -> str:
+def _score(value: float) -> str:
+    return "–" if not np.isfinite(value) else f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3f}"
+
+
+def profile_table(profile: pd.DataFrame, overall: Mapping[str, float], segments: Sequence[Segment],
+                  features: Sequence[str], extras: Sequence[str], kinds: Mapping[str, str]) -> str:  # fmt: skip
     """The profile, one column per segment and one for all customers, one row per column profiled."""
-    by_cluster = {s.cluster: s for s in segments}
-    head = "".join(f"<th>{_e(by_cluster[int(c)].name)}</th>" for c in profile[CLUSTER_COLUMN])
-    rows = [f'<tr><th>Segment</th>{head}<th class="overall">All customers</th></tr>']
-    sizes = "".join(f'<td class="num">{int(n):,}</td>' for n in profile[SIZE_COLUMN])
-    rows.append(f'<tr><th>Customers</th>{sizes}<td class="num overall">{int(profile[SIZE_COLUMN].sum()):,}</td></tr>')
-    shares = "".join(f'<td class="num">{format_value(v, RATE)}</td>' for v in profile[SHARE_COLUMN])
-    rows.append(f'<tr><th>Share</th>{shares}<td class="num overall">100.0%</td></tr>')
-    span = len(profile) + 2
-
-    def block(title: str, columns: Sequence[str]) -> None:
-        if not columns:
-            return
-        rows.append(f'<tr class="group"><th colspan="{span}">{_e(title)}</th></tr>')
+    names = "".join(f"<th>{_e(s.name)}</th>" for s in segments)
+    rows = [f'<tr><th>Segment</th>{names}<th class="overall">All customers</th></tr>']
+    rows.append(_row("Customers", [f"{int(n):,}" for n in profile[SIZE_COLUMN]], f"{profile[SIZE_COLUMN].sum():,}"))
+    rows.append(_row("Share", [format_value(v, RATE) for v in profile[SHARE_COLUMN]], "100.0%"))
+    for title, columns in (
+        ("Used for clustering (mean per customer)", [c for c in features if c in profile]),
+        ("Profiled only, not used for clustering (mean per customer)", [c for c in extras if c in profile]),
+        ("Category shares (each column's shares add up to 100%, blanks included)", [c for c in profile if "=" in c]),
+    ):
+        rows += [f'<tr class="group"><th colspan="{len(profile) + 2}">{_e(title)}</th></tr>'] if columns else []
         for c in columns:
             kind = kinds.get(c, RATE)
-            cells = "".join(f'<td class="num">{format_value(float(v), kind)}</td>' for v in profile[c])
-            label = c if "=" not in c else c.replace("=", ": ", 1)
-            rows.append(
-                f'<tr><th>{_e(label)}</th>{cells}<td class="num overall">{format_value(overall[c], kind)}</td></tr>'
-            )
-
-    category_columns = [c for c in profile.columns if "=" in c]
-    block("Used for clustering (mean per customer)", [c for c in features if c in profile.columns])
-    block("Profiled only, not used for clustering (mean per customer)", [c for c in extras if c in profile.columns])
-    block("Category shares (each column's shares add up to 100%, blanks included)", category_columns)
+            values = [format_value(float(v), kind) for v in profile[c]]
+            rows.append(_row(c.replace("=", ": ", 1), values, format_value(overall[c], kind)))
     return "<table>" + "".join(rows) + "</table>"
 
 
 def k_choice_section(
-    elbow: pd.DataFrame | None,
-    train_metrics: Mapping[str, Any] | None,
-    criteria: pd.DataFrame | None,
-    elbow_png: bytes | None,
-    algorithm: str = "k-means",
-) -> str:
-    """How k was chosen: the train stage's score per k and rule, and what silhouette, Calinski–Harabasz and
-    Davies–Bouldin say per k (``criteria``: columns k, silhouette, calinski_harabasz, davies_bouldin).
-    ``algorithm`` is the clustering algorithm's name for a reader (the registry's label)."""
+    elbow: pd.DataFrame | None, train_metrics: Mapping[str, Any] | None, criteria: pd.DataFrame | None,
+    elbow_png: bytes | None, algorithm: str = "k-means",
+) -> str:  # fmt: skip
+    """How k was chosen: the train stage's score per k and rule, and what the other criteria (``criteria``: k,
+    silhouette, calinski_harabasz, davies_bouldin) say per k; ``algorithm`` is the registry's label."""
     tm = dict(train_metrics or {})
-    k_best = tm.get("k_best")
+    k_best, rule = tm.get("k_best"), tm.get("k_rule", "?")
     metric = str(elbow["metric"].iloc[0]) if elbow is not None and "metric" in elbow and len(elbow) else "score"
-    rule = tm.get("k_rule", "?")
     rule_text = {
         "elbow": "the elbow (knee) of the curve: where adding a segment stops paying off",
         "best_score": f"the best {metric} score",
         "min_bic": "the lowest BIC: the best trade-off between fit and the number of parameters",
         "min_aic": "the lowest AIC: the best trade-off between fit and the number of parameters",
     }.get(str(rule), str(rule))
-    chose = (
-        f"k = <b>{_e(k_best)}</b> was fixed in params (<code>train.k</code>, or k_min = k_max), whatever the curve says"
-        if rule == "fixed"
-        else f"it chose <b>k = {_e(k_best)}</b> by {_e(rule_text)}"
-    )
-    if rule == "density":  # an algorithm that finds k itself (HDBSCAN): no search, the clusters are what it finds
-        noise = float(tm.get("noise_share", 0.0))
+    if rule == "density":  # an algorithm that finds k itself (HDBSCAN): no search, its one "score" the noise share
         parts = [
             f"<p>{_e(algorithm)} found <b>k = {_e(k_best)}</b> segments itself (the dense groups its settings in "
             "<code>params.yaml</code> call clusters); there was no search over k. "
-            f"{format_value(noise, RATE)} of the customers it fitted on are in no group (noise).</p>"
+            f"{format_value(float(tm.get('noise_share', 0.0)), RATE)} of the customers it fitted on are in no group "
+            "(noise).</p>"
         ]
-        elbow = None  # its one "score" is the noise share, given above
+        elbow = None
     else:
+        chose = (
+            f"k = <b>{_e(k_best)}</b> was fixed in params (<code>train.k</code>, or k_min = k_max), whatever the "
+            "curve says"
+            if rule == "fixed"
+            else f"it chose <b>k = {_e(k_best)}</b> by {_e(rule_text)}"
+        )
         parts = [
             f"<p>The train stage fitted {_e(algorithm)} for each k and scored it by <b>{_e(metric)}</b>; {chose}.</p>"
         ]
@@ -398,50 +302,43 @@ def k_choice_section(
     if criteria is not None and len(criteria):
         table = criteria if not len(table) else table.merge(criteria, on="k", how="outer")
     if len(table):
-        best = {}
-        for column, better in (("silhouette", max), ("calinski_harabasz", max), ("davies_bouldin", min)):
-            if column in table:
-                best[column] = int(table.loc[table[column] == better(table[column]), "k"].iloc[0])
-        readings = {
-            "silhouette": "silhouette (higher is better)",
-            "calinski_harabasz": "Calinski–Harabasz (higher is better)",
-            "davies_bouldin": "Davies–Bouldin (lower is better)",
-        }
-        if best:
-            says = "; ".join(f"{readings[c]} prefers k = {k}" for c, k in best.items())
+        says = [
+            f"{label} prefers k = {int(table.loc[table[c] == better(table[c]), 'k'].iloc[0])}"
+            for c, label, better in (
+                ("silhouette", "silhouette (higher is better)", max),
+                ("calinski_harabasz", "Calinski–Harabasz (higher is better)", max),
+                ("davies_bouldin", "Davies–Bouldin (lower is better)", min),
+            )
+            if c in table
+        ]
+        if says:
             parts.append(
                 "<p>The other criteria, from one k-means fit per k on the same matrix (3 restarts; above "
                 "<code>evaluate.silhouette_sample_size</code> rows, on a seeded sample of that many): "
-                f"{_e(says)}.</p>"
+                f"{_e('; '.join(says))}.</p>"
             )
+        body = [
+            ('<tr class="best">' if k_best is not None and int(r["k"]) == int(k_best) else "<tr>")
+            + "".join(f'<td class="num">{int(r[c]) if c == "k" else _score(r[c])}</td>' for c in table.columns)
+            + "</tr>"
+            for _, r in table.iterrows()
+        ]
         head = "".join(f"<th>{_e(c)}</th>" for c in table.columns)
-        body = []
-        for _, r in table.iterrows():
-            cls = ' class="best"' if k_best is not None and int(r["k"]) == int(k_best) else ""
-            cells = "".join(
-                f'<td class="num">{int(r[c]) if c == "k" else _fmt_score(r[c])}</td>' for c in table.columns
-            )
-            body.append(f"<tr{cls}>{cells}</tr>")
         parts.append(f"<table><tr>{head}</tr>{''.join(body)}</table>")
         parts.append('<p class="muted">Highlighted: the k the model uses.</p>')
     parts.append(f"<figure>{image_tag(elbow_png, 'Elbow curve: score per k')}</figure>")
     return "".join(parts)
 
 
-def _fmt_score(value: float) -> str:
-    if not np.isfinite(value):
-        return "–"
-    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3f}"
-
-
 def metrics_table(metrics: Mapping[str, Any]) -> str:
+    """The quality scores with what each says (:data:`SCORES`)."""
     rows = ["<tr><th>Metric</th><th>Value</th><th>Reading</th></tr>"]
-    for key, (label, reading) in METRIC_READINGS.items():
-        if key not in metrics:
-            continue
-        value = float(metrics[key])
-        shown = format_value(value, RATE) if key in ("smallest_cluster_share", "noise_share") else _fmt_score(value)
-        rows.append(f'<tr><th>{_e(label)}</th><td class="num">{shown}</td><td>{_e(reading(value))}</td></tr>')
+    for key, (label, readings) in SCORES.items():
+        if key in metrics:
+            v = float(metrics[key])
+            reading = next((r for least, r in readings if v >= least), readings[-1][1])
+            shown = format_value(v, RATE) if key.endswith("share") else _score(v)
+            rows.append(f'<tr><th>{_e(label)}</th><td class="num">{shown}</td><td>{_e(reading)}</td></tr>')
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -453,8 +350,8 @@ def provenance_section(
     rows = [
         f"<tr><th>Data</th><td><code>{_e(data_path or '?')}</code> (md5 <code>{_e(data_md5 or '?')}</code>)</td></tr>",
         f"<tr><th>Code (git blob ids)</th><td>{files}</td></tr>",
+        *(f"<tr><th>{_e(k)}</th><td><code>{_e(v)}</code></td></tr>" for k, v in params.items()),
     ]
-    rows += [f"<tr><th>{_e(k)}</th><td><code>{_e(v)}</code></td></tr>" for k, v in params.items()]
     return (
         "<p>The git commit: <code>git log --find-object=&lt;blob id&gt;</code> lists the commits that hold each "
         "source file below (a file cannot name the commit it is committed in). The MLflow run that holds this page "
@@ -464,28 +361,18 @@ def provenance_section(
 
 
 def render_report(
-    *,
-    segments: Sequence[Segment],
-    profile: pd.DataFrame,
-    overall: Mapping[str, float],
-    features: Sequence[str],
-    extras: Sequence[str],
-    kinds: Mapping[str, str],
-    metrics: Mapping[str, Any],
-    images: Mapping[str, bytes | None],
-    k_choice: str,
-    provenance: str,
-) -> str:
+    *, segments: Sequence[Segment], profile: pd.DataFrame, overall: Mapping[str, float], features: Sequence[str],
+    extras: Sequence[str], kinds: Mapping[str, str], metrics: Mapping[str, Any], images: Mapping[str, bytes | None],
+    k_choice: str, provenance: str,
+) -> str:  # fmt: skip
     """The whole page: one HTML string, styles and images inline, no script, no URL."""
-    n = int(profile[SIZE_COLUMN].sum())
     cards = "".join(
         f'<div class="card"><h3>{_e(s.name)}</h3>'
         f'<div class="size">{s.size:,} customers · {format_value(s.share, RATE)} · '
-        f"{'no cluster' if s.cluster == NOISE else f'cluster {s.cluster}'}</div>"
-        f"<p>{_e(s.description)}</p></div>"
+        f"{'no cluster' if s.cluster == NOISE else f'cluster {s.cluster}'}</div><p>{_e(s.description)}</p></div>"
         for s in segments
     )
-    figure = "".join(
+    figures = "".join(
         f"<figure>{image_tag(images.get(key), caption)}<figcaption>{_e(caption)}</figcaption></figure>"
         for key, caption in (
             ("clusters_2d", "The customers on the two main directions of the data, coloured by segment"),
@@ -502,8 +389,8 @@ def render_report(
 </head>
 <body>
 <h1>Customer segments</h1>
-<p class="lead">{n:,} customers in {len(segments)} segments. Each segment is named after what sets it apart from
-the other customers (features furthest above or below them).</p>
+<p class="lead">{int(profile[SIZE_COLUMN].sum()):,} customers in {len(segments)} segments. Each segment is named after
+what sets it apart from the other customers (features furthest above or below them).</p>
 <h2>The segments</h2>
 <div class="cards">{cards}</div>
 <h2>Profile</h2>
@@ -516,7 +403,7 @@ average is above (red) or below (blue) the overall one; cell text: the average.<
 {k_choice}
 <h2>Quality</h2>
 {metrics_table(metrics)}
-<div class="figs">{figure}</div>
+<div class="figs">{figures}</div>
 <h2>What produced this report</h2>
 {provenance}
 </body>

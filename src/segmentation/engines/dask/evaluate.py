@@ -15,28 +15,24 @@ from segmentation import algorithms
 from segmentation.config import EvaluateParams, PreprocessParams
 from segmentation.core import report
 from segmentation.core.data import as_categories
-from segmentation.engines.dask import tables as dask_tables
-from segmentation.engines.dask.cluster import dask_client
-from segmentation.errors import UserError
-from segmentation.files import load_model, remove_temp
-from segmentation.stages.evaluate import (
+from segmentation.core.figures import profile_plot, projection_figure, silhouette_plot
+from segmentation.core.quality import (
     CLUSTER_COLUMN,
     Evaluation,
     assemble_profile,
     check_model,
     criteria_of,
-    profile_plot,
     profiled_columns,
-    projection_figure,
     quality_metrics,
-    read_optional_csv,
-    read_train_metrics,
-    report_outcome,
     require_silhouette_sample,
     sample_rows,
     silhouette_of,
-    silhouette_plot,
 )
+from segmentation.engines.dask import tables as dask_tables
+from segmentation.engines.dask.cluster import dask_client
+from segmentation.errors import UserError
+from segmentation.files import load_model, remove_temp
+from segmentation.stages.evaluate import read_optional_csv, read_train_metrics, report_outcome
 from segmentation.stages.runner import Outcome
 
 
