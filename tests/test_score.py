@@ -329,7 +329,8 @@ def test_a_rejects_file_that_would_be_the_input_is_refused(project, monkeypatch,
          "dvc.yaml)"),
         (f"{P['evaluate_plots']}/new.csv", f"inside {P['evaluate_plots']}, a path of the pipeline "
          "(paths.evaluate_plots in dvc.yaml)"),
-        ("src/segmentation/core/data.py", "a dependency of the pipeline's preprocess stage (dvc.yaml)"),
+        ("src/segmentation/core/data.py", "inside src/segmentation/core, a dependency of the pipeline's preprocess "
+         "stage (dvc.yaml)"),
         ("Makefile", "a file git tracks"),
     ],
     ids=["segments", "segmenter", "profile", "params", "dvc.yaml", "dvc.lock", "raw-data", "raw-data.dvc",
