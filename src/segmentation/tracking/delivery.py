@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segmentation.tracking.settings import TrackingSettings, project_config, redact_uri
-from segmentation.tracking.store import ensure_experiment, log_batches
+from segmentation.tracking.store import describe_failure, ensure_experiment, log_batches
 
 PENDING_TAG = "segmentation_pending"  # + "_<key>": value = the remote URI (redacted) still to receive the run
 DELIVERED_TAG = "segmentation_delivered"  # + "_<key>": value = the run's ID on that remote
 SOURCE_TAG = "segmentation_source_run"  # on the remote run: the local run's ID (what makes delivery idempotent)
 ENV_TIMEOUT = "SEGMENTATION_TRACKING_TIMEOUT"
 DEFAULT_TIMEOUT_S = 5
-_warned = False
 
 
 def apply_dagshub_credentials(root: Path, environ: MutableMapping[str, str] | None = None) -> None:
@@ -50,20 +49,8 @@ def bound_http_requests(environ: MutableMapping[str, str] | None = None) -> None
     env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
-def describe_failure(exc: BaseException) -> str:
-    """One short line for a failed delivery, without credentials."""
-    text = " ".join(str(exc).split())
-    if "401" in text or "Unauthorized" in text or "403" in text:
-        return "credentials refused (check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or DAGSHUB_USER_TOKEN)"
-    for marker in ("Connection refused", "Max retries exceeded", "timed out", "Read timed out", "Name or service"):
-        if marker in text:
-            return f"unreachable ({marker.lower()})"
-    return redact_uri(text)[:160]
-
-
 def deliver_or_keep(local, run_id: str, settings: TrackingSettings, root: Path) -> bool:
-    """Copy a finished local run (tagged pending when recorded) to the remote tracker; on failure warn once."""
-    global _warned
+    """Copy a finished local run (tagged pending when recorded) to the remote tracker; on failure warn in one line."""
     from mlflow.tracking import MlflowClient
 
     apply_dagshub_credentials(root)
@@ -72,13 +59,11 @@ def deliver_or_keep(local, run_id: str, settings: TrackingSettings, root: Path) 
         deliver_run(local, run_id, MlflowClient(tracking_uri=settings.tracking_uri), settings)
         return True
     except Exception as exc:  # any failure of the remote must leave the stage's results intact
-        if not _warned:
-            _warned = True
-            print(
-                f"warning: MLflow tracking server {settings.display_uri}: {describe_failure(exc)}; "
-                "the run is kept in the local store (mlflow.db) and `make sync` delivers it later",
-                file=sys.stderr,
-            )
+        print(
+            f"warning: MLflow tracking server {settings.display_uri}: {describe_failure(exc)}; "
+            "the run is kept in the local store (mlflow.db) and `make sync` delivers it later",
+            file=sys.stderr,
+        )
         return False
 
 

@@ -3,11 +3,11 @@ default) and to DagsHub's ``DAGsHubLogger`` files under ``metrics/dagshub/<stage
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from segmentation.tracking.settings import TrackingSettings, project_root, redac
 from segmentation.tracking.store import (
     MlflowClientFor,
     PendingRun,
-    describe_store_failure,
+    describe_failure,
     local_store_lock,
     quiet_mlflow,
     record_run,
@@ -31,22 +31,6 @@ from segmentation.tracking.store import (
 DAGSHUB_DIR = Path("metrics") / "dagshub"
 ENV_EXP_NAME = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
 ENV_SOURCE_DATE = "SOURCE_DATE_EPOCH"  # reproducible-builds convention: a fixed time for files that record one
-
-
-@dataclass
-class StageRecord:
-    """Everything one stage logs: kept in memory, written once the stage has succeeded."""
-
-    stage: str
-    params: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float | int] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    artifacts: list[Path] = field(default_factory=list)
-    artifact_dirs: dict[str, Path] = field(default_factory=dict)  # name -> directory (an MLflow model)
-    # When this process started: a run's duration is the stage's, imports and data loading included.
-    started_ms: int = field(default_factory=lambda: int(psutil.Process().create_time() * 1000))
-    data_path: str | None = None  # the raw data the stage read itself (preprocess); else taken from dvc.lock
-    data_md5: str | None = None
 
 
 def now_ms() -> int:
@@ -71,7 +55,9 @@ class DualLogger:
     ) -> None:
         self.root = root or project_root()
         self.settings = settings or TrackingSettings.resolve(self.root)
-        self.record = StageRecord(stage=stage)
+        # What the stage logs, kept in memory until it has succeeded. Its duration is the process's, imports included.
+        self.record = PendingRun(stage, {}, {}, {}, [], int(psutil.Process().create_time() * 1000), 0)
+        self.data: tuple[str, str] | None = None  # the raw data the stage read itself (preprocess), and its md5
         self.dagshub_dir = Path(dagshub_dir) if dagshub_dir is not None else DAGSHUB_DIR / stage
         # Relative to the working directory: a `dvc exp run --temp` copy has its own dvc.lock.
         self.lock_path = Path(lock_path)
@@ -97,15 +83,15 @@ class DualLogger:
 
     def log_artifact(self, path: str | Path) -> None:
         """Record a file (plot, model) to upload to MLflow."""
-        self.record.artifacts.append(Path(path))
+        self.record.artifacts.append(str(path))
 
     def log_artifact_dir(self, path: str | Path, name: str) -> None:
         """Record a directory (an MLflow model) to upload under ``name``; it must exist until the run is logged."""
-        self.record.artifact_dirs[name] = Path(path)
+        self.record.artifact_dirs[name] = str(path)
 
     def log_data(self, path: str | Path, md5: str) -> None:
         """Record the raw data file the stage read and its md5 (the other stages take it from ``dvc.lock``)."""
-        self.record.data_path, self.record.data_md5 = str(path), md5
+        self.data = (str(path), md5)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         """Record extra run tags."""
@@ -137,8 +123,8 @@ class DualLogger:
         commit = git_commit(self.root)
         if commit:
             tags["mlflow.source.git.commit"] = commit
-        data_path = self.record.data_path or lineage.data_path
-        data_md5 = self.record.data_md5 or lineage.data_md5
+        data_path, data_md5 = self.data or (None, None)
+        data_path, data_md5 = data_path or lineage.data_path, data_md5 or lineage.data_md5
         if data_path and data_md5:
             tags["raw_data_path"], tags["raw_data_md5"] = data_path, data_md5
         if os.environ.get(ENV_EXP_NAME):
@@ -174,29 +160,25 @@ class DualLogger:
         run waits in ``mlruns-pending/`` for the next stage or ``make sync``."""
         s = self.settings
         lineage = upstream_lineage(self.record.stage, self.lock_path)
-        artifacts = [(outputs.staged(p) if outputs is not None else None) or p for p in self.record.artifacts]
-        self._pending = PendingRun(
-            stage=self.record.stage,
-            # Upstream params first: a stage's own values win where a key appears in both.
-            params={**lineage.params, **self.record.params},
-            metrics=dict(self.record.metrics),
+        artifacts = [outputs.staged(p) or Path(p) for p in self.record.artifacts]
+        run = dataclasses.replace(
+            self.record,
+            params={**lineage.params, **self.record.params},  # the stage's own values win
             tags=self._standard_tags(lineage),
             artifacts=[str(p) for p in artifacts],
-            artifact_dirs={name: str(p) for name, p in self.record.artifact_dirs.items()},
-            start_time=self.record.started_ms,
             end_time=now_ms(),
         )
         try:
             with local_store_lock(self.root), quiet_mlflow():
                 local = MlflowClientFor(s.local_uri)
-                self.run_id = record_run(local, s, self._pending, self.root)
+                self.run_id = record_run(local, s, run, self.root)
                 if s.is_remote:  # pending until delivered: a stage stopped while delivering leaves it for sync
                     local.set_tag(self.run_id, f"{PENDING_TAG}_{remote_key(s.tracking_uri)}", s.display_uri)
                 self._replayed = replay_pending(local, s, self.root)
         except Exception as exc:  # any store failure: keep the record, never the stage's results at stake
-            folder = self._pending.save(self.root, artifacts)
+            folder = run.save(self.root, artifacts)
             print(
-                f"warning: MLflow store {redact_uri(s.local_uri)}: {describe_store_failure(exc)}; the run is kept in "
+                f"warning: MLflow store {redact_uri(s.local_uri)}: {describe_failure(exc)}; the run is kept in "
                 f"{folder.relative_to(self.root)}/ and recorded by the next stage or `make sync` once the store "
                 "works (move a broken mlflow.db aside, or fix its permissions)",
                 file=sys.stderr,
@@ -223,7 +205,7 @@ class DualLogger:
         except Exception as exc:
             print(
                 f"warning: MLflow store {redact_uri(self.settings.local_uri)}: could not withdraw run {self.run_id} "
-                f"of a stage that stopped before its commit ({describe_store_failure(exc)})",
+                f"of a stage that stopped before its commit ({describe_failure(exc)})",
                 file=sys.stderr,
             )
         self.run_id = None

@@ -137,7 +137,7 @@ def record_kept_runs(settings: TrackingSettings, root: Path) -> int:
             return replay_pending(MlflowClientFor(settings.local_uri), settings, root)
     except Exception as exc:
         raise UserError(
-            f"MLflow store {redact_uri(settings.local_uri)}: {describe_store_failure(exc)}; runs stay in {PENDING_DIR}/"
+            f"MLflow store {redact_uri(settings.local_uri)}: {describe_failure(exc)}; runs stay in {PENDING_DIR}/"
         ) from None
 
 
@@ -163,9 +163,14 @@ def local_store_lock(root: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def describe_store_failure(exc: BaseException) -> str:
-    """One short line for a local store that cannot take a run."""
+def describe_failure(exc: BaseException) -> str:
+    """One short line, without credentials, for a store or a tracking server that failed."""
     text = " ".join(str(exc).split())
+    if "401" in text or "Unauthorized" in text or "403" in text:
+        return "credentials refused (check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or DAGSHUB_USER_TOKEN)"
+    for marker in ("Connection refused", "Max retries exceeded", "timed out", "Read timed out", "Name or service"):
+        if marker in text:
+            return f"unreachable ({marker.lower()})"
     for marker, meaning in (
         ("readonly database", "read-only"),
         ("file is not a database", "not an MLflow database (corrupt?)"),
