@@ -49,7 +49,7 @@ class Lineage:
 
 
 def _flat_section(key: str, value: Any) -> dict[str, Any]:
-    """A params section as recorded in dvc.lock, flattened like the stage logged it (defaults filled in)."""
+    """A params section recorded in dvc.lock, flattened as its stage logged it (defaults filled in)."""
     from segmentation.config import flatten, parse_section, section_model
 
     if not isinstance(value, dict):
@@ -95,8 +95,7 @@ def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
 
 
 def _pipeline_graph(dvc_yaml: Path) -> tuple[dict[str, set[str]], dict[str, str]]:
-    """(stage -> its dependency paths, output path -> its stage) as ``dvc.yaml`` declares them (``${...}``
-    resolved: the paths come from its ``vars``)."""
+    """(stage -> its dependency paths, output path -> its stage) as ``dvc.yaml`` declares them."""
     try:
         stages = pipeline.stages(dvc_yaml.parent)
     except UserError:

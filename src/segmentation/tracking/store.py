@@ -21,9 +21,8 @@ PENDING_DIR = "mlruns-pending"
 LOCK_NAME = ".mlflow.lock"
 LOCK_WAIT_S = 120
 DIRS_NAME = "artifact_dirs"  # a kept run's directory artifacts, beside its "artifacts" folder
-# How the train stage saves its MLflow model (mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE): the segmenter's
-# feature step is this package's own class, which MLflow 3's default (skops) would not load without a list of
-# trusted types.
+# How the train stage saves its MLflow model: MLflow 3's default (skops) would not load the segmenter's own feature
+# step without a list of trusted types.
 MLFLOW_SERIALIZATION = "cloudpickle"
 
 
@@ -34,14 +33,13 @@ def quiet_mlflow() -> Iterator[None]:
 
     import mlflow  # noqa: F401 - configures its loggers on import: quiet them after that, not before
 
-    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic", "sqlalchemy")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
+    levels = {logging.getLogger(name): logging.getLogger(name).level for name in ("mlflow", "alembic", "sqlalchemy")}
+    for logger in levels:
         logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels, strict=True):
+        for logger, level in levels.items():
             logger.setLevel(level)
 
 
