@@ -5,8 +5,7 @@ import signal
 import sys
 import threading
 
-# No outside traffic from the tools the stages import (MLflow's telemetry, DVC's analytics, botocore's
-# metadata probe), unless the user explicitly set these variables.
+# No outside traffic from the tools the stages import (telemetry, analytics, metadata probes) unless the user asks.
 for _name, _value in {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
@@ -22,7 +21,7 @@ def _interrupted_while_loading(signum, frame) -> None:
     os._exit(130)
 
 
-# `python -m segmentation.<stage>` imports this package first (sys.argv[0] is still "-m" then): Ctrl-C during the
-# seconds the libraries take to load gets one line. The stage's entry point then takes over (errors.py).
+# `python -m segmentation.<stage>` imports this package first (sys.argv[0] is "-m" then): Ctrl-C while the libraries
+# load gets one line; the stage's entry point then takes over (errors.py).
 if sys.argv[:1] == ["-m"] and threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGINT, _interrupted_while_loading)

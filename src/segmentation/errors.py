@@ -14,11 +14,8 @@ class UserError(Exception):
 
 
 def stage_entrypoint(func: Callable[..., None], name: str | None = None) -> Callable[..., None]:
-    """Run a stage's ``main``; a :class:`UserError` prints ``error: ...`` and exits with status 2, Ctrl-C one
-    ``interrupted: ...`` line (naming ``name``, by default ``func``'s module) and status 130.
-
-    Anything else is a bug in the template and keeps its traceback.
-    """
+    """Run a stage's ``main``: a :class:`UserError` is one ``error:`` line (exit 2), Ctrl-C one ``interrupted:`` line
+    naming ``name`` (default: ``func``'s module; exit 130). Anything else is a bug and keeps its traceback."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs) -> None:
@@ -29,7 +26,8 @@ def stage_entrypoint(func: Callable[..., None], name: str | None = None) -> Call
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
-            stage = name or _module_name(func)
+            spec = getattr(sys.modules.get(func.__module__), "__spec__", None)  # `python -m` runs it as __main__
+            stage = name or (spec.name if spec else func.__module__).rpartition(".")[2]
             print(f"interrupted: {stage} stopped; its outputs are replaced all together or not at all", file=sys.stderr)
             raise SystemExit(130) from None
         finally:
@@ -37,11 +35,6 @@ def stage_entrypoint(func: Callable[..., None], name: str | None = None) -> Call
                 signal.signal(signal.SIGINT, previous)
 
     return wrapper
-
-
-def _module_name(func: Callable[..., None]) -> str:
-    spec = getattr(sys.modules.get(func.__module__), "__spec__", None)  # `python -m` runs it as __main__
-    return (spec.name if spec else func.__module__).rpartition(".")[2]
 
 
 _interrupted = False
@@ -54,8 +47,8 @@ def _on_sigint(signum, frame) -> None:
 
 
 def _watch_interrupts():
-    """Note Ctrl-C as well as raising KeyboardInterrupt: Python drops an interrupt that lands in a finalizer
-    ("Exception ignored in ..."), and the stage would then go on to commit; the flag stops it at the next check."""
+    """Note Ctrl-C as well as raising it: Python drops one that lands in a finalizer ("Exception ignored in ..."),
+    and the stage would go on to commit; :func:`raise_if_interrupted` stops it."""
     if threading.current_thread() is not threading.main_thread():
         return None
     if sys.unraisablehook is not _quiet_unraisable:
@@ -65,8 +58,7 @@ def _watch_interrupts():
 
 
 def _quiet_unraisable(unraisable) -> None:
-    """Say nothing of a Ctrl-C that Python swallowed in a finalizer: it is noted, and the stage stops at the next
-    check with its one ``interrupted:`` line instead of a stray traceback."""
+    """No stray traceback for a Ctrl-C swallowed in a finalizer: the stage stops at the next check, in one line."""
     if _interrupted and unraisable.exc_type is KeyboardInterrupt:
         return
     _quiet_unraisable.previous(unraisable)
@@ -76,6 +68,6 @@ _quiet_unraisable.previous = sys.unraisablehook
 
 
 def raise_if_interrupted() -> None:
-    """Raise KeyboardInterrupt if Ctrl-C came at any point, even one where Python swallowed it."""
+    """Raise KeyboardInterrupt if Ctrl-C came at any point, even where Python swallowed it."""
     if _interrupted:
         raise KeyboardInterrupt

@@ -1,5 +1,5 @@
-"""Files: a stage's outputs written all together or not at all, readers of intermediate files, physical line
-numbers of CSV rows for messages."""
+"""A stage's outputs written all together or not at all; readers of the files between stages; physical line numbers
+of CSV rows for messages."""
 
 from __future__ import annotations
 
@@ -25,14 +25,14 @@ os.umask(_UMASK)
 # data.load_csv notes in DataFrame.attrs which file a frame came from; LineLocator reads it to name physical lines.
 SOURCE_ATTR = "segmentation_csv"
 _NEWLINE = re.compile(r"\r\n|\r|\n")
+PARQUET = ".parquet"
+FAST_CSV_ROWS = 100_000
 
 
-def _temp_beside(path: Path) -> Path:
-    """A new empty file named like ``path``, in a new hidden folder beside it.
-
-    Same filesystem, so the final move is an atomic rename; same name, so it can be logged (an MLflow artifact)
-    before it is moved into place.
-    """
+def temp_file_beside(path: str | Path) -> Path:
+    """A new empty file named like ``path`` in a new hidden folder beside it (``.<name>.<pid>.*.tmp``): the same
+    filesystem, so the commit is a rename; the same name, so it can be logged first. See :func:`remove_temp`."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(path)
     folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
@@ -42,20 +42,24 @@ def _temp_beside(path: Path) -> Path:
     return tmp
 
 
-def remove_leftovers(path: Path) -> None:
-    """Remove what a killed stage left beside ``path``: its temporary folder and commit backup.
+def temp_dir_beside(path: str | Path) -> Path:
+    """Like :func:`temp_file_beside`, a folder: for a partitioned output, committed by :meth:`StageOutputs.adopt`."""
+    tmp = temp_file_beside(path)
+    tmp.unlink()
+    tmp.mkdir()
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    return tmp
 
-    They are named ``.<name>.<pid>.*``; those of a process that still runs (a parallel experiment) are left alone.
-    (``.gitignore`` and ``.dvcignore`` keep them out of git and out of DVC's directory hashes meanwhile.)
-    """
+
+def remove_leftovers(path: Path) -> None:
+    """Remove the temporary folders and backups (``.<name>.<pid>.*``) a killed stage left beside ``path``; those of a
+    process still running (a parallel experiment) are left alone."""
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
         pid = leftover.name[len(path.name) + 2 :].split(".", 1)[0]
         if not pid.isdigit() or _running(int(pid)):
             continue
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            _remove(leftover)
 
 
 def _running(pid: int) -> bool:
@@ -68,40 +72,6 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _remove_temp(tmp: Path) -> None:
-    if tmp.is_dir() and not tmp.is_symlink():
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # not empty: someone else's file, left alone
-        tmp.parent.rmdir()
-
-
-def temp_dir_beside(path: str | Path) -> Path:
-    """A new empty folder named like ``path``, in a new hidden folder beside it: where a stage's workers write a
-    partitioned output (a Parquet dataset) before :meth:`StageOutputs.adopt` commits it with the other outputs.
-
-    Named as :func:`_temp_beside` names files, so a killed stage's leftover is removed by its next run.
-    """
-    tmp = _temp_beside(Path(path))
-    tmp.unlink()
-    tmp.mkdir()
-    os.chmod(tmp, 0o777 & ~_UMASK)
-    return tmp
-
-
-def temp_file_beside(path: str | Path) -> Path:
-    """A new empty file named like ``path``, in a new hidden folder beside it: where a stage streams a large output
-    (written part by part) before :meth:`StageOutputs.adopt` commits it with the other outputs; remove it with
-    :func:`remove_temp` if the stage fails before."""
-    return _temp_beside(Path(path))
-
-
-def remove_temp(tmp: str | Path) -> None:
-    """Remove a temporary output of :func:`temp_file_beside` or :func:`temp_dir_beside` and its hidden folder."""
-    _remove_temp(Path(tmp))
-
-
 def _remove(path: Path) -> None:
     """Remove a file or a folder (a partitioned output)."""
     if path.is_dir() and not path.is_symlink():
@@ -110,14 +80,21 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def remove_temp(tmp: str | Path) -> None:
+    """Remove a temporary output of :func:`temp_file_beside` or :func:`temp_dir_beside` and its hidden folder."""
+    tmp = Path(tmp)
+    with contextlib.suppress(OSError):  # gone already (committed)
+        _remove(tmp)
+    with contextlib.suppress(OSError):  # not empty: someone else's file, left alone
+        tmp.parent.rmdir()
+
+
 class StageOutputs:
     """A stage's outputs, committed all together or not at all.
 
-    Every output is first written to a temporary file beside its target. :meth:`commit` then moves them all into
-    place; should a move fail halfway, the targets already replaced get their previous content back (from hard-linked
-    backups). Until the commit, and on any failure before it (an error, Ctrl-C, a full disk, an unwritable folder),
-    the previous outputs stay byte-identical, in step with ``dvc.lock``. Use as a context manager: temporary files
-    are removed whatever happens.
+    Each output is written to a temporary file beside its target; :meth:`commit` moves them all into place and, should
+    a move fail, puts back what it had replaced. Until then the previous outputs stay as they were, in step with
+    ``dvc.lock``. Use as a context manager: temporary files are removed whatever happens.
     """
 
     def __init__(self) -> None:
@@ -133,25 +110,21 @@ class StageOutputs:
             shutil.rmtree(folder, ignore_errors=True)
 
     def scratch(self, prefix: str) -> Path:
-        """A new temporary folder for files that are logged but are no outputs (an MLflow model); it lasts until
-        the stage's run is logged and is removed, whatever happens, when this context ends."""
+        """A temporary folder for files logged but not outputs (an MLflow model), removed when this context ends."""
         folder = Path(tempfile.mkdtemp(prefix=prefix))
         self._scratch.append(folder)
         return folder
 
     def path(self, target: str | Path, replaces_folder: bool = False) -> Path:
-        """A temporary file to write ``target``'s new content to.
-
-        ``replaces_folder``: ``target`` may be a folder now (a partitioned table the Dask engine wrote), which the
-        file then replaces; otherwise a folder there is an error.
-        """
+        """A temporary file to write ``target``'s new content to; a folder at ``target`` is an error unless
+        ``replaces_folder`` (a partitioned table the Dask engine wrote)."""
         target = Path(target)
         if target in self._staged:
             return self._staged[target]
         if target.is_dir() and not replaces_folder:
             raise UserError(f"{target}: is a directory, expected a file; remove it and run again")
         try:
-            tmp = _temp_beside(target)
+            tmp = temp_file_beside(target)
         except OSError as exc:
             raise UserError(f"{target}: cannot write ({exc.strerror}); earlier results are unchanged") from None
         self._staged[target] = tmp
@@ -166,52 +139,42 @@ class StageOutputs:
         self._write(target, lambda tmp: tmp.write_bytes(text.encode("utf-8")))
 
     def write_manifest(self, target: str | Path, text: str) -> None:
-        """A table's manifest (the Dask engine's tables on object storage); it replaces a partitioned table (a
-        folder) or a Parquet file there."""
+        """A table's manifest (the Dask engine's object storage); it may replace a partitioned table (a folder)."""
         self._write(target, lambda tmp: tmp.write_bytes(text.encode("utf-8")), replaces_folder=True)
 
     def write_csv(self, target: str | Path, df: pd.DataFrame) -> None:
-        """Comma-separated CSV without the index (floats round-trip exactly)."""
+        """CSV without the index (floats round-trip exactly)."""
         self._write(target, lambda tmp: write_csv(tmp, df))
 
     def write_table(self, target: str | Path, df: pd.DataFrame) -> None:
-        """A table between stages: Parquet when ``target`` ends in ``.parquet`` (columnar, typed, exact, ~30x
-        faster to write than CSV), else CSV."""
-        if Path(target).suffix == PARQUET:  # may replace a partitioned table (a folder) of the Dask engine
+        """A table between stages: Parquet for a ``.parquet`` target (it may replace a partitioned table), else CSV."""
+        if Path(target).suffix == PARQUET:
             self._write(target, lambda tmp: write_parquet(tmp, df), replaces_folder=True)
         else:
             self.write_csv(target, df)
 
     def adopt(self, target: str | Path, folder: str | Path) -> None:
-        """Commit ``folder`` (made by :func:`temp_dir_beside` for ``target``, written by the stage's workers; or a
-        file made by :func:`temp_file_beside`) as ``target`` with the other outputs; it replaces a file or a folder
-        there."""
-        target, folder = Path(target), Path(folder)
+        """Commit ``folder`` (from :func:`temp_dir_beside`, or a file from :func:`temp_file_beside`) as ``target``."""
+        target = Path(target)
         if target in self._staged:
-            _remove_temp(self._staged[target])
-        self._staged[target] = folder
+            remove_temp(self._staged[target])
+        self._staged[target] = Path(folder)
 
     def dump_model(self, target: str | Path, obj: Any) -> None:
         """A fitted estimator, pickled with joblib."""
+        import joblib
 
-        def dump(tmp: Path) -> None:
-            import joblib
-
-            with open(tmp, "wb") as fh:
-                joblib.dump(obj, fh)
-
-        self._write(target, dump)
+        self._write(target, lambda tmp: joblib.dump(obj, str(tmp)))
 
     def save_figure(self, target: str | Path, fig: Any, dpi: int) -> None:
         """A matplotlib figure as PNG (then closed)."""
         import matplotlib.pyplot as plt
 
         def save(tmp: Path) -> None:
-            # The box of bbox_inches="tight", measured without drawing: "tight" draws the figure once to measure
-            # it, then again to save it. Same box, same bytes, less time (the example's 2-D scatter 0.19 -> 0.10 s).
+            # bbox_inches="tight" draws the figure once to measure it: the same box measured without drawing.
             fig.set_dpi(dpi)
             box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
-            # PNG metadata without a Software version keeps the bytes identical across matplotlib patch releases.
+            # No Software version in the PNG: the same bytes across matplotlib patch releases.
             fig.savefig(tmp, format="png", dpi=dpi, bbox_inches=box, metadata={"Software": None})
 
         try:
@@ -229,43 +192,35 @@ class StageOutputs:
     def commit(self) -> None:
         """Move every staged file into place; on a failure, put back what was already replaced, then raise.
 
-        A file replacing a file is atomic (``os.replace``; the old one is kept as a hard link until the end). Where a
-        folder is involved (a partitioned table replacing a file or a folder, or a file replacing one), the old
-        content is first renamed aside, then the new one renamed into place: the target is missing for that moment.
+        A file replacing a file is atomic (the old one kept as a hard link until the end); where a folder is
+        involved, the old content is renamed aside first, so the target is missing for a moment.
         """
         backups: dict[Path, Path] = {}
-        moved: set[Path] = set()  # targets renamed aside (not linked): restored if the commit fails
+        moved: list[Path] = []  # renamed aside, not linked: to put back if the commit fails
         done: list[Path] = []
         current = None
         try:
             for current, tmp in self._staged.items():
                 if not (current.exists() or current.is_symlink()):
                     continue
-                backup = current.with_name(f".{current.name}.{os.getpid()}.bak")
+                backups[current] = backup = current.with_name(f".{current.name}.{os.getpid()}.bak")
                 if backup.exists() or backup.is_symlink():
                     _remove(backup)
                 if current.is_file() and not tmp.is_dir():
                     os.link(current, backup)
                 else:
                     os.rename(current, backup)
-                    moved.add(current)
-                backups[current] = backup
+                    moved.append(current)
             for current, tmp in self._staged.items():
                 os.replace(tmp, current)
                 done.append(current)
-                _remove_temp(tmp)
+                remove_temp(tmp)
         except OSError as exc:
-            for target in done:
+            for target in dict.fromkeys([*done, *moved]):
+                if target in done and (target in moved or target not in backups):
+                    _remove(target)  # the new content, where a folder is involved or nothing was there
                 if target in backups:
-                    if target in moved:
-                        _remove(target)
-                        os.rename(backups[target], target)
-                    else:
-                        os.replace(backups[target], target)
-                else:
-                    _remove(target)
-            for target in moved - set(done):  # renamed aside, never replaced: back into place
-                os.rename(backups[target], target)
+                    os.replace(backups[target], target)
             raise UserError(f"{current}: cannot replace ({exc.strerror}); earlier results are unchanged") from None
         finally:
             for backup in backups.values():
@@ -276,7 +231,7 @@ class StageOutputs:
     def discard(self) -> None:
         """Remove the temporary files that were not committed."""
         for tmp in self._staged.values():
-            _remove_temp(tmp)
+            remove_temp(tmp)
         self._staged.clear()
 
     def staged(self, target: str | Path) -> Path | None:
@@ -296,12 +251,10 @@ class CsvSource:
 
 @dataclass
 class LineLocator:
-    """Physical line numbers of a raw CSV's rows and values, for error messages.
+    """Physical line numbers of a raw CSV's rows (labels: 0 = first data row) and values, for error messages.
 
-    Row labels are the positions ``load_csv`` gave them (0 = first data row). Without a known file, or when the file
-    cannot be re-read the way pandas read it, a row is on line ``label + 2`` (header on line 1, one line per row).
-    With the file, quoted fields that hold newlines and skipped blank lines are counted: the file is re-scanned once,
-    only when a message needs a line.
+    The file is re-scanned once, when a message needs a line, counting quoted newlines and skipped blank lines; without
+    it (or when it does not read as pandas read it), row ``label`` is on line ``label + 2``.
     """
 
     source: CsvSource | None = None
@@ -359,14 +312,9 @@ class LineLocator:
         return starts
 
 
-PARQUET = ".parquet"
-FAST_CSV_ROWS = 100_000
-
-
 def write_csv(path: str | Path, df: pd.DataFrame) -> None:
-    """``df`` as CSV without the index, ``\\n`` line ends. A large all-integer table (segments: ID -> cluster) is
-    written by pyarrow's CSV writer, ~7x faster than pandas and byte-identical for integers; anything else by pandas.
-    """
+    """``df`` as CSV without the index, ``\\n`` line ends; a large all-integer table (segments) by pyarrow's writer,
+    ~7x faster than pandas and byte-identical."""
     simple_names = all(isinstance(c, str) and not any(ch in c for ch in ',"\n\r') for c in df.columns)
     if len(df) >= FAST_CSV_ROWS and simple_names and all(pd.api.types.is_integer_dtype(t) for t in df.dtypes):
         import pyarrow as pa
@@ -392,13 +340,12 @@ def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
 
 
 def plain(value: Any) -> Any:
-    """A numpy scalar as the Python value it holds, so that messages show ``5524``, not ``np.int64(5524)``."""
-    return value.item() if isinstance(value, np.generic) else value
+    """A numpy scalar (or 0-d array) as the Python value it holds: ``5524``, not ``np.int64(5524)``."""
+    return value.item() if isinstance(value, np.generic) or getattr(value, "shape", None) == () else value
 
 
 def _existing_file(path: str | Path, stage: str | None, folder_ok: bool = False) -> Path:
-    """``path`` as a Path; a missing path or a directory (unless ``folder_ok``) is a :class:`UserError` that says
-    how to rebuild it."""
+    """``path``; missing, or a directory (unless ``folder_ok``), it is a :class:`UserError` saying how to rebuild it."""
     path = Path(path)
     if path.is_dir() and not folder_ok:
         rebuild = f"dvc repro -f -s {stage}" if stage else "dvc repro"
@@ -409,9 +356,8 @@ def _existing_file(path: str | Path, stage: str | None, folder_ok: bool = False)
 
 
 def read_csv(path: str | Path, stage: str | None = None) -> pd.DataFrame:
-    """Read a table written by a previous stage (``stage``, named in the fix): Parquet for a ``.parquet`` path, else
-    CSV; a missing or unreadable file is a :class:`~segmentation.errors.UserError`. A ``.parquet`` folder is a
-    partitioned table (the Dask engine's): its parts in the order of their names."""
+    """Read a table written by a previous stage (``stage``, named in the fix): Parquet for a ``.parquet`` path (a
+    folder: a partitioned table), else CSV; a missing or unreadable file is a :class:`UserError`."""
     path = _existing_file(path, stage, folder_ok=Path(path).suffix == PARQUET)
     rebuild = f"dvc repro -f -s {stage}" if stage else "dvc repro -f"
     if path.suffix == PARQUET:
@@ -435,9 +381,8 @@ def read_csv(path: str | Path, stage: str | None = None) -> pd.DataFrame:
 
 
 def read_matrix(path: str | Path, stage: str = "preprocess") -> pd.DataFrame:
-    """Read the model matrix (an ID column, then numeric columns); a blank, text or infinite value is a
-    :class:`~segmentation.errors.UserError` naming the column and the line (the row, in a Parquet file), with the
-    fix."""
+    """Read the model matrix (an ID column, then numbers); a blank, text or infinite value is a :class:`UserError`
+    naming the column and the line (the row, in a Parquet file)."""
     matrix = read_csv(path, stage)
     rebuild = f"rebuild it: dvc repro -f -s {stage}"
     if matrix.shape[1] < 2 or matrix.empty:

@@ -1,9 +1,7 @@
 """The pipeline as ``dvc.yaml`` declares it: its paths (``vars: paths``) and its stages, ``${...}`` resolved.
 
-``dvc.yaml`` is the one place where each path is written: the stages get theirs on their command line, and code that
-reads results outside a stage (``make score``, the report's provenance, the lineage of a run) asks here. A plain YAML
-read (~1 ms), not DVC's own parser (~0.8 s to import): the resolution is DVC's for what this project uses, names
-from ``vars`` and from ``params.yaml``; tests/test_paths.py checks it against DVC.
+``dvc.yaml`` is the one place where each path is written; code outside a stage asks here. A plain YAML read, not
+DVC's parser (~0.8 s to import): the resolution is DVC's for what this project uses (tests/test_paths.py checks it).
 """
 
 from __future__ import annotations
@@ -20,8 +18,7 @@ from segmentation.errors import UserError
 DVC_YAML = "dvc.yaml"
 PARAMS_FILE = "params.yaml"  # DVC reads it for ${...} too, as its default params file
 _REFERENCE = re.compile(r"\$\{\s*([\w.-]+)\s*\}")
-# libyaml's parser when PyYAML has it (its wheels do): the same values, ~8x faster on dvc.lock (40 ms -> 5 ms), and
-# every stage reads dvc.yaml, dvc.lock and params.yaml.
+# libyaml's parser when PyYAML has it: the same values, ~8x faster on dvc.lock (every stage reads it).
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -61,9 +58,8 @@ def variables(root: str | Path = ".", data: dict[str, Any] | None = None) -> dic
 
 
 def resolve(value: Any, context: dict[str, Any]) -> Any:
-    """``value`` with every ``${name.sub}`` replaced from ``context``, in keys, lists and strings alike.
-
-    A reference ``context`` does not hold is left as written: DVC would stop on it, and so will the stage."""
+    """``value`` with every ``${name.sub}`` replaced from ``context`` (in keys, lists and strings); an unknown one is
+    left as written: DVC would stop on it, and so will the stage."""
 
     def lookup(match: re.Match) -> str:
         found: Any = context

@@ -1,12 +1,6 @@
-"""The engines a pipeline runs on (``preprocess.engine``): ``local``, the stages' own code (pandas in each stage's
-process), and the optional ones, one package each here: ``dask`` (:mod:`segmentation.engines.dask`, the ``dask``
-extra: ``make setup EXTRAS=dask``).
-
-A stage (and ``make score``) picks its engine once, at the top of its work, with :func:`engine_module`: nothing else
-imports an optional engine, so a stage's own code, and its deps in ``dvc.yaml``, hold none of it. ``dvc.yaml`` lists
-the chosen engine's folder, ``src/segmentation/engines/${preprocess.engine}``, among each stage's deps: an edit of
-the Dask engine re-runs the stages on ``engine: dask``, none on ``engine: local`` (whose folder,
-:mod:`segmentation.engines.local`, holds no code).
+"""The engines a pipeline runs on (``preprocess.engine``): ``local``, the stages' own code, and optional ones, one
+package each here (``dask``: ``make setup EXTRAS=dask``). A stage picks its engine with :func:`engine_module`; nothing
+else imports an optional engine, and ``dvc.yaml`` lists the chosen engine's folder among each stage's deps.
 """
 
 from __future__ import annotations
@@ -23,11 +17,8 @@ EXTRA_PACKAGES = {"dask": ("dask", "distributed", "dask_ml")}
 
 
 def engine_module(name: str, stage: str) -> ModuleType:
-    """``segmentation.engines.<name>.<stage>``: the engine's code for ``stage`` (its ``work`` or ``run``).
-
-    An engine whose extra is not installed is one :class:`UserError` line (``error:``, exit 2) with the command that
-    installs it; an engine this project does not have (generated without it) one line too.
-    """
+    """``segmentation.engines.<name>.<stage>``; an engine whose extra is not installed, or that this project does
+    not have, is a :class:`UserError` saying what to do."""
     try:
         return importlib.import_module(f"{__name__}.{name}.{stage}")
     except ModuleNotFoundError as exc:

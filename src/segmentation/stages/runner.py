@@ -1,22 +1,8 @@
-"""The runner every stage's CLI shares: paths and params in, the work done, the run logged, then all outputs
-committed together.
+"""The runner every stage's CLI shares: paths and params in, the work done, the run logged, all outputs committed.
 
-A stage is a module with a pure function and a ``work`` that reads its inputs, calls it and says what to write::
-
-    def work(args, params, raw_params) -> Outcome:
-        result = my_pure_function(read_csv(args.table), params)
-
-        def write(out, log):  # inside the run: outputs through ``out``, the record on ``log``
-            out.write_csv(args.result, result.table)
-            log.log_metrics(result.metrics)
-
-        return Outcome(write, f"mystage: {len(result.table)} rows")
-
-    main = cli("mystage", __doc__, work, {"table": "input: ...", "result": "output: ..."}, params_model=MyParams)
-
-plus its entry in ``dvc.yaml`` (the command passes every path: ``--table ${paths.table} ...``) and its section
-``mystage:`` in ``params.yaml`` (validated by ``MyParams``, a pydantic model; none: the section as written). No other
-list names the stages: the tools that go over them read ``dvc.yaml``. tests/test_extensions.py adds one.
+A stage is a module with a pure function and a ``work(args, params, raw_params) -> Outcome`` that reads its inputs,
+calls it and says what to write; ``main = cli("mystage", __doc__, work, {"table": "input: ..."}, MyParams)``; plus
+its entry in ``dvc.yaml`` and its section in ``params.yaml``. tests/test_extensions.py adds one.
 """
 
 from __future__ import annotations
@@ -44,22 +30,14 @@ STARTED_BY_DVC = dvc_process()
 
 @contextmanager
 def run(stage: str, dagshub_dir: str | Path) -> Iterator[tuple[StageOutputs, DualLogger]]:
-    """Collect a stage's outputs and its record; on success log the run, then commit the outputs together.
-
-    Inside the block, write every output through ``outputs`` and record params, metrics and artifacts on ``log``.
-    If the block fails (an error, Ctrl-C), nothing is replaced and nothing is logged. Then the DagsHub logger
-    files join the other outputs, the run is logged to the local MLflow store (a store problem only warns) and
-    delivered to a remote tracker if there is one, and last all outputs are moved into place at once.
-
-    Under DVC, a stage whose ``dvc`` process has gone (killed) commits nothing: DVC could not record the new
-    outputs in ``dvc.lock``, so they would be out of step with it.
-    """
+    """Collect a stage's outputs and its record; if the block succeeds, add the DagsHub files, log the run (locally,
+    then to a remote tracker), then commit all outputs at once. A failure (an error, Ctrl-C, dvc gone) before the
+    commit replaces nothing and withdraws the logged run."""
     log = DualLogger(stage, dagshub_dir=dagshub_dir)
     dvc = STARTED_BY_DVC
     with StageOutputs() as outputs:
         yield outputs, log
         log.stage_dagshub_files(outputs)
-        # DVC sets DVC_STAGE for the commands it runs: under DVC, its process must still be there to record us.
         _require_dvc(stage, dvc)
         log.log_run(outputs)  # MLflow reads the artifacts from the staged files
         try:
@@ -73,59 +51,45 @@ def run(stage: str, dagshub_dir: str | Path) -> Iterator[tuple[StageOutputs, Dua
 
 
 def _require_dvc(stage: str, dvc) -> None:
-    """Stop before the commit if Ctrl-C came (even one Python swallowed) or if dvc has gone.
+    """Stop before the commit if Ctrl-C came (even one Python swallowed) or if dvc (which sets DVC_STAGE for its
+    commands) has gone: it could not record the new outputs in dvc.lock."""
+    import psutil
 
-    Under DVC (it sets DVC_STAGE for the commands it runs), its process must still be there to record the new
-    outputs in dvc.lock; if it has gone (killed), committing them would put them out of step with it."""
     raise_if_interrupted()
-    if os.environ.get("DVC_STAGE") and (dvc is None or not _alive(dvc)):
+    # A killed dvc not yet reaped is a zombie, not alive.
+    try:
+        alive = dvc is not None and dvc.is_running() and dvc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        alive = False
+    if os.environ.get("DVC_STAGE") and not alive:
         raise UserError(
             f"{stage}: dvc stopped before the stage finished (killed?); outputs left as they were, in step with "
             "dvc.lock: run dvc repro again"
         )
 
 
-def _alive(proc) -> bool:
-    """True while ``proc`` (a psutil.Process) runs: a killed process not yet reaped is a zombie, not alive."""
-    import psutil
-
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 @dataclass(frozen=True)
 class Outcome:
     """What a stage's work hands back to the runner."""
 
-    # Called inside :func:`run`: write every output through ``out`` (StageOutputs), record params, metrics and
-    # artifacts on ``log`` (DualLogger). Nothing is replaced until it has returned and the run is logged.
-    write: Callable[[StageOutputs, DualLogger], None]
+    write: Callable[[StageOutputs, DualLogger], None]  # inside run(): outputs through ``out``, the record on ``log``
     summary: str  # one line, printed once the outputs are committed
-
-
-Work = Callable[[argparse.Namespace, Any, dict[str, Any]], Outcome]
 
 
 def cli(
     stage: str,
     description: str | None,
-    work: Work,
+    work: Callable[[argparse.Namespace, Any, dict[str, Any]], Outcome],
     files: Mapping[str, str],
     optional: Collection[str] = (),
     params_model: type[BaseModel] | None = None,
 ) -> Callable[[list[str] | None], None]:
     """The ``main(argv)`` of a stage: parse the file options, load its params section, run ``work``, commit.
 
-    ``files`` maps each option (``matrix`` -> ``--matrix``) to its help; all are required but ``optional`` ones;
-    ``--params`` and ``--dagshub-dir`` (the DAGsHubLogger folder) come with every stage. ``params_model`` (a pydantic
-    model) validates the stage's own section ``params.yaml: <stage>`` and is recorded as that section's model
-    (:func:`segmentation.config.declare_section`); without one the section is passed as written (a dict).
-    ``work(args, params, raw_params)`` gets the parsed options, the stage's own section of the params file, and the
-    whole file (for the few keys a stage reads from other sections); it does the work and returns an
-    :class:`Outcome`. User errors anywhere are one ``error:`` line (exit 2), Ctrl-C one ``interrupted:`` line
-    (exit 130).
+    ``files`` maps each option (``matrix`` -> ``--matrix``) to its help, all required but ``optional`` ones.
+    ``params_model`` (pydantic) validates the stage's section of ``params.yaml`` (none: passed as written).
+    ``work(args, params, raw_params)`` gets the options, that section and the whole file, and returns an
+    :class:`Outcome`.
     """
     if params_model is not None:
         declare_section(stage, params_model)

@@ -1,38 +1,28 @@
-"""Delivery of runs to a remote MLflow tracker (DagsHub's endpoint, or any server) and ``make sync``.
-
-Every run is first written to the local store (:mod:`segmentation.tracking.logger`); a remote tracker then
-receives a copy
-with bounded HTTP calls. A run it could not take stays tagged pending in the local store, and :func:`sync` delivers
-it later, exactly once (the remote run carries the local run's ID).
-"""
+"""Delivery of runs to a remote MLflow tracker (DagsHub's endpoint, or any server) and ``make sync``: a run the
+remote could not take stays tagged pending in the local store, and :func:`sync` delivers it later, exactly once."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 import sys
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from segmentation.tracking.settings import TrackingSettings, project_config, redact_uri
-from segmentation.tracking.store import ensure_experiment
+from segmentation.tracking.store import describe_failure, ensure_experiment, log_batches
 
 PENDING_TAG = "segmentation_pending"  # + "_<key>": value = the remote URI (redacted) still to receive the run
 DELIVERED_TAG = "segmentation_delivered"  # + "_<key>": value = the run's ID on that remote
 SOURCE_TAG = "segmentation_source_run"  # on the remote run: the local run's ID (what makes delivery idempotent)
 ENV_TIMEOUT = "SEGMENTATION_TRACKING_TIMEOUT"
 DEFAULT_TIMEOUT_S = 5
-_warned = False
 
 
 def apply_dagshub_credentials(root: Path, environ: MutableMapping[str, str] | None = None) -> None:
-    """Let MLflow authenticate with the DagsHub token when no MLflow credentials are set.
-
-    The token stays in this process's environment: it is never written to a file, a param or a tag.
-    """
+    """Let MLflow authenticate with the DagsHub token when no MLflow credentials are set (in this process's
+    environment only: never in a file, a param or a tag)."""
     env = os.environ if environ is None else environ
     token = env.get("DAGSHUB_USER_TOKEN")
     if not token or env.get("MLFLOW_TRACKING_PASSWORD") or env.get("MLFLOW_TRACKING_TOKEN"):
@@ -59,20 +49,8 @@ def bound_http_requests(environ: MutableMapping[str, str] | None = None) -> None
     env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
-def describe_failure(exc: BaseException) -> str:
-    """One short line for a failed delivery, without credentials."""
-    text = " ".join(str(exc).split())
-    if "401" in text or "Unauthorized" in text or "403" in text:
-        return "credentials refused (check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or DAGSHUB_USER_TOKEN)"
-    for marker in ("Connection refused", "Max retries exceeded", "timed out", "Read timed out", "Name or service"):
-        if marker in text:
-            return f"unreachable ({marker.lower()})"
-    return re.sub(r"(\w+://)[^/\s@]+@", r"\1", text)[:160]  # drop user:password@ from any URL in the text
-
-
 def deliver_or_keep(local, run_id: str, settings: TrackingSettings, root: Path) -> bool:
-    """Copy a finished local run to the remote tracker; on failure tag it pending and warn once (one line)."""
-    global _warned
+    """Copy a finished local run (tagged pending when recorded) to the remote tracker; on failure warn in one line."""
     from mlflow.tracking import MlflowClient
 
     apply_dagshub_credentials(root)
@@ -81,25 +59,18 @@ def deliver_or_keep(local, run_id: str, settings: TrackingSettings, root: Path) 
         deliver_run(local, run_id, MlflowClient(tracking_uri=settings.tracking_uri), settings)
         return True
     except Exception as exc:  # any failure of the remote must leave the stage's results intact
-        # Tagged pending when recorded (DualLogger.record); for other callers, tag it here.
-        local.set_tag(run_id, f"{PENDING_TAG}_{remote_key(settings.tracking_uri)}", settings.display_uri)
-        if not _warned:
-            _warned = True
-            print(
-                f"warning: MLflow tracking server {settings.display_uri}: {describe_failure(exc)}; "
-                "the run is kept in the local store (mlflow.db) and `make sync` delivers it later",
-                file=sys.stderr,
-            )
+        print(
+            f"warning: MLflow tracking server {settings.display_uri}: {describe_failure(exc)}; "
+            "the run is kept in the local store (mlflow.db) and `make sync` delivers it later",
+            file=sys.stderr,
+        )
         return False
 
 
 def deliver_run(local, run_id: str, remote, settings: TrackingSettings) -> str:
-    """Copy local run ``run_id`` (params, metrics with history, tags, artifacts) to ``remote`` exactly once.
-
-    The remote run carries the local run's ID as a tag: a run already there and finished is not sent again; one
-    left unfinished by an interrupted delivery is deleted and sent again. Returns the remote run's ID.
-    """
-    from mlflow.entities import Param
+    """Copy local run ``run_id`` (params, metrics with history, tags, artifacts) to ``remote`` exactly once (it is
+    tagged with the local ID; one left unfinished by an interrupted delivery is sent again). Returns its remote ID."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
 
     key = remote_key(settings.tracking_uri)
     run = local.get_run(run_id)
@@ -120,11 +91,9 @@ def deliver_run(local, run_id: str, remote, settings: TrackingSettings) -> str:
     )
     new_id = new.info.run_id
     metrics = [m for key_ in run.data.metrics for m in local.get_metric_history(run_id, key_)]
-    params = [Param(k, v) for k, v in run.data.params.items()]
-    for i in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limit is 100 params
-        remote.log_batch(new_id, metrics=metrics[i : i + 100], params=params[i : i + 100], tags=[])
-    artifact_dir = _local_path(run.info.artifact_uri)
-    if artifact_dir is not None and artifact_dir.is_dir() and any(artifact_dir.iterdir()):
+    log_batches(remote, new_id, run.data.params, metrics)
+    artifact_dir = Path(local_file_uri_to_path(run.info.artifact_uri))  # the local store's are files
+    if artifact_dir.is_dir() and any(artifact_dir.iterdir()):
         remote.log_artifacts(new_id, str(artifact_dir))
     remote.set_terminated(new_id, run.info.status, end_time=run.info.end_time)
     _mark_delivered(local, run, key, new_id)
@@ -136,17 +105,6 @@ def _mark_delivered(local, run, key: str, remote_run_id: str) -> None:
     pending = f"{PENDING_TAG}_{key}"
     if pending in run.data.tags:
         local.delete_tag(run.info.run_id, pending)
-
-
-def _local_path(uri: str) -> Path | None:
-    parts = urlsplit(uri)
-    if parts.scheme == "file":
-        from urllib.request import url2pathname
-
-        return Path(url2pathname(parts.path))
-    if parts.scheme == "":
-        return Path(uri)
-    return None
 
 
 @dataclass
@@ -163,6 +121,7 @@ def sync(settings: TrackingSettings, root: Path, include_all: bool = False) -> S
     yet there). Idempotent: a second sync delivers nothing."""
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
+    from mlflow.utils import get_results_from_paginated_fn
 
     report = SyncReport()
     if not settings.is_remote:
@@ -175,20 +134,12 @@ def sync(settings: TrackingSettings, root: Path, include_all: bool = False) -> S
         return report
     key = remote_key(settings.tracking_uri)
     query = "" if include_all else f"tags.{PENDING_TAG}_{key} = '{settings.display_uri}'"
-    runs, token = [], None
-    while True:
-        page = local.search_runs(
-            [experiment.experiment_id],
-            filter_string=query,
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            order_by=["attributes.start_time ASC"],
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
+    runs = get_results_from_paginated_fn(
+        lambda max_results, token: local.search_runs(
+            [experiment.experiment_id], query, ViewType.ACTIVE_ONLY, max_results, ["attributes.start_time ASC"], token
+        ),
+        1000,
+    )
     remote = MlflowClient(tracking_uri=settings.tracking_uri)
     for run in runs:
         if f"{DELIVERED_TAG}_{key}" in run.data.tags or run.info.status != "FINISHED":

@@ -15,9 +15,9 @@ import yaml
 
 from segmentation import pipeline
 from segmentation.errors import UserError
+from segmentation.pipeline import PARAMS_FILE
 
 LOCK_FILE = "dvc.lock"
-PARAMS_FILE = "params.yaml"
 DATA_PATH_PARAM = "preprocess.data.path"  # the raw data file, whose md5 every run is tagged with
 ENV_PIPELINE_RUN = "SEGMENTATION_PIPELINE_RUN_ID"
 
@@ -35,11 +35,8 @@ def git_commit(root: Path) -> str | None:
 
 def file_md5(path: str | Path) -> str:
     """MD5 of a file's bytes: what DVC records for a file."""
-    digest = hashlib.md5()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "md5").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ class Lineage:
 
 
 def _flat_section(key: str, value: Any) -> dict[str, Any]:
-    """A params section as recorded in dvc.lock, flattened like the stage logged it (defaults filled in)."""
+    """A params section recorded in dvc.lock, flattened as its stage logged it (defaults filled in)."""
     from segmentation.config import flatten, parse_section, section_model
 
     if not isinstance(value, dict):
@@ -66,13 +63,9 @@ def _flat_section(key: str, value: Any) -> dict[str, Any]:
 
 
 def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
-    """The params of every stage upstream of ``stage`` and the raw data's path and md5, from ``dvc.lock``.
-
-    Which stages are upstream comes from the pipeline's definition (``dvc.yaml`` beside the lock; on a first run
-    the lock has no entry for this stage yet) and from the lock. DVC writes a stage's entry as soon as it has run,
-    so during ``dvc repro`` / ``dvc exp run`` the entries of the upstream stages describe exactly the inputs this
-    stage reads; outside DVC (a stage run by hand), the last pipeline run. No lock: an empty lineage.
-    """
+    """The params of every stage upstream of ``stage`` and the raw data's path and md5, from ``dvc.lock`` (DVC
+    writes a stage's entry as soon as it has run); which stages are upstream comes from ``dvc.yaml`` and the lock.
+    No lock: an empty lineage."""
     lock_path = Path(lock_path)
     try:
         stages = pipeline.load_yaml(lock_path.read_text(encoding="utf-8"))["stages"]
@@ -102,8 +95,7 @@ def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
 
 
 def _pipeline_graph(dvc_yaml: Path) -> tuple[dict[str, set[str]], dict[str, str]]:
-    """(stage -> its dependency paths, output path -> its stage) as ``dvc.yaml`` declares them (``${...}``
-    resolved: the paths come from its ``vars``)."""
+    """(stage -> its dependency paths, output path -> its stage) as ``dvc.yaml`` declares them."""
     try:
         stages = pipeline.stages(dvc_yaml.parent)
     except UserError:
@@ -138,12 +130,8 @@ def dvc_process():
 
 
 def pipeline_run_id(environ: dict[str, str] | None = None) -> str:
-    """An ID shared by the stages of one pipeline execution.
-
-    ``dvc repro`` / ``dvc exp run`` start every stage as a descendant of one DVC process, so that process's
-    PID and start time identify the execution. ``SEGMENTATION_PIPELINE_RUN_ID`` overrides it; a stage run by
-    hand outside DVC is an execution of its own.
-    """
+    """An ID shared by the stages of one pipeline execution: its DVC process's PID and start time (outside DVC,
+    this process's); ``SEGMENTATION_PIPELINE_RUN_ID`` overrides it."""
     env = os.environ if environ is None else environ
     if env.get(ENV_PIPELINE_RUN):
         return env[ENV_PIPELINE_RUN]

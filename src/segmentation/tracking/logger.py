@@ -1,32 +1,27 @@
-"""The dual logger: every stage's params and metrics go to MLflow and to DagsHub's open-format files.
-
-MLflow holds the browsable history (local SQLite store by default); the ``DAGsHubLogger`` files under
-``metrics/dagshub/<stage>/`` are committed with the code, so each commit carries its own results. Here: where runs
-go (settings) and the logger the stages use. What produced a run is in :mod:`segmentation.tracking.lineage`,
-the local store
-in :mod:`segmentation.tracking.store`, delivery to a remote tracker (and its credentials) and ``make sync`` in
-:mod:`segmentation.tracking.delivery`.
-"""
+"""The dual logger: every stage's params and metrics go to MLflow (the browsable history, a local SQLite store by
+default) and to DagsHub's ``DAGsHubLogger`` files under ``metrics/dagshub/<stage>/``, committed with the code."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+import psutil
+
+from segmentation.errors import UserError
+from segmentation.files import plain
 from segmentation.tracking.delivery import PENDING_TAG, deliver_or_keep, remote_key
 from segmentation.tracking.lineage import LOCK_FILE, Lineage, git_commit, pipeline_run_id, upstream_lineage
 from segmentation.tracking.settings import TrackingSettings, project_root, redact_uri
 from segmentation.tracking.store import (
     MlflowClientFor,
     PendingRun,
-    describe_store_failure,
+    describe_failure,
     local_store_lock,
     quiet_mlflow,
     record_run,
@@ -38,50 +33,16 @@ ENV_EXP_NAME = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
 ENV_SOURCE_DATE = "SOURCE_DATE_EPOCH"  # reproducible-builds convention: a fixed time for files that record one
 
 
-def plain(value: Any) -> Any:
-    """numpy scalars -> Python scalars, so that files and MLflow keep real types (not ``'np.float64(0.5)'``)."""
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        return value.item()
-    return value
-
-
-@dataclass
-class StageRecord:
-    """Everything one stage logs: kept in memory, written once the stage has succeeded."""
-
-    stage: str
-    params: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float | int] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    artifacts: list[Path] = field(default_factory=list)
-    artifact_dirs: dict[str, Path] = field(default_factory=dict)  # name -> directory (an MLflow model)
-    started_ms: int = field(default_factory=lambda: process_start_ms())
-    data_path: str | None = None  # the raw data the stage read itself (preprocess); else taken from dvc.lock
-    data_md5: str | None = None
-
-
-def process_start_ms() -> int:
-    """When this process started: a run's duration is the stage's, imports and data loading included."""
-    import psutil
-
-    return int(psutil.Process().create_time() * 1000)
-
-
 def now_ms() -> int:
     """The current time in milliseconds since the epoch."""
     return int(time.time() * 1000)
 
 
 class DualLogger:
-    """Log a stage's params, metrics and artifacts to MLflow and to DagsHub's ``DAGsHubLogger`` files.
+    """Log a stage's params, metrics and artifacts to MLflow and to its own DagsHub files.
 
-    Use as a context manager: nothing is written unless the block succeeds, so a failed stage
-    neither wipes the previous results of its DagsHub files nor leaves a half-logged MLflow run.
-    Each stage has its own DagsHub files (the logger's constructor truncates its files).
-
-    The MLflow run also carries the lineage of the stage's inputs (upstream params and the raw data's md5, from
-    ``dvc.lock``), so runs of any stage can be compared on what produced them; the DagsHub files hold the stage's
-    own params only, like every other output of a DVC stage.
+    As a context manager, nothing is written unless the block succeeds. The MLflow run also carries the lineage of
+    the stage's inputs (upstream params, the raw data's md5, from ``dvc.lock``); the DagsHub files its own params only.
     """
 
     def __init__(
@@ -94,15 +55,20 @@ class DualLogger:
     ) -> None:
         self.root = root or project_root()
         self.settings = settings or TrackingSettings.resolve(self.root)
-        self.record = StageRecord(stage=stage)
+        # What the stage logs, kept in memory until it has succeeded. Its duration is the process's, imports included.
+        self.record = PendingRun(stage, {}, {}, {}, [], int(psutil.Process().create_time() * 1000), 0)
+        self.data: tuple[str, str] | None = None  # the raw data the stage read itself (preprocess), and its md5
         self.dagshub_dir = Path(dagshub_dir) if dagshub_dir is not None else DAGSHUB_DIR / stage
         # Relative to the working directory: a `dvc exp run --temp` copy has its own dvc.lock.
         self.lock_path = Path(lock_path)
-        self.dagshub_timestamp_ms = dagshub_timestamp()  # a bad SOURCE_DATE_EPOCH fails before anything is written
+        # The time stamped on new DagsHub metric rows: SOURCE_DATE_EPOCH (checked before anything is written), else now.
+        epoch = os.environ.get(ENV_SOURCE_DATE, "").strip()
+        if epoch and not epoch.isdigit():
+            raise UserError(f"{ENV_SOURCE_DATE}={epoch!r}: expected whole seconds since 1970-01-01")
+        self.dagshub_timestamp_ms = int(epoch) * 1000 if epoch else now_ms()
         self.run_id: str | None = None
         self._replayed = 0
 
-    # -- collecting ---------------------------------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
         """Record params (flat ``{"train.k_max": 10}``); values keep their types in the DagsHub YAML."""
         self.record.params.update({k: plain(v) for k, v in params.items()})
@@ -117,22 +83,20 @@ class DualLogger:
 
     def log_artifact(self, path: str | Path) -> None:
         """Record a file (plot, model) to upload to MLflow."""
-        self.record.artifacts.append(Path(path))
+        self.record.artifacts.append(str(path))
 
     def log_artifact_dir(self, path: str | Path, name: str) -> None:
-        """Record a directory to upload to MLflow under ``name`` (an MLflow model); it must exist until the run is
-        logged (the end of :func:`segmentation.stages.runner.run`)."""
-        self.record.artifact_dirs[name] = Path(path)
+        """Record a directory (an MLflow model) to upload under ``name``; it must exist until the run is logged."""
+        self.record.artifact_dirs[name] = str(path)
 
     def log_data(self, path: str | Path, md5: str) -> None:
         """Record the raw data file the stage read and its md5 (the other stages take it from ``dvc.lock``)."""
-        self.record.data_path, self.record.data_md5 = str(path), md5
+        self.data = (str(path), md5)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         """Record extra run tags."""
         self.record.tags.update({k: str(v) for k, v in tags.items()})
 
-    # -- writing ------------------------------------------------------------------------------------------
     def __enter__(self) -> DualLogger:
         return self
 
@@ -141,8 +105,7 @@ class DualLogger:
             self.close()
 
     def close(self) -> None:
-        """Write the DagsHub files (on their own) and the MLflow run. Stages use :func:`segmentation.stages.runner.run`,
-        which commits the DagsHub files together with the stage's other outputs."""
+        """Write the DagsHub files and the MLflow run (stages use :func:`segmentation.stages.runner.run` instead)."""
         from segmentation.files import StageOutputs
 
         with StageOutputs() as outputs:
@@ -160,8 +123,8 @@ class DualLogger:
         commit = git_commit(self.root)
         if commit:
             tags["mlflow.source.git.commit"] = commit
-        data_path = self.record.data_path or lineage.data_path
-        data_md5 = self.record.data_md5 or lineage.data_md5
+        data_path, data_md5 = self.data or (None, None)
+        data_path, data_md5 = data_path or lineage.data_path, data_md5 or lineage.data_md5
         if data_path and data_md5:
             tags["raw_data_path"], tags["raw_data_md5"] = data_path, data_md5
         if os.environ.get(ENV_EXP_NAME):
@@ -169,13 +132,8 @@ class DualLogger:
         return {**tags, **self.record.tags}
 
     def stage_dagshub_files(self, outputs) -> None:
-        """Write ``params.yml`` and ``metrics.csv`` with the DagsHub client's logger, as part of ``outputs``
-        (a :class:`segmentation.files.StageOutputs`).
-
-        The logger stamps each metric row with a time. For byte-stable, meaningful files: a ``metrics.csv`` whose
-        names, values and steps are unchanged is kept as it was (with the time its values were first logged);
-        otherwise rows get the time of ``SOURCE_DATE_EPOCH`` when set, else the time of logging.
-        """
+        """Write ``params.yml`` and ``metrics.csv`` with the DagsHub client's logger as part of ``outputs``; a
+        ``metrics.csv`` whose values are unchanged is kept as it was, with its times (byte-stable)."""
         from dagshub.logger import DAGsHubLogger
 
         stamp = self.dagshub_timestamp_ms
@@ -197,35 +155,30 @@ class DualLogger:
             shutil.copyfile(metrics_path, metrics_tmp)  # same values: keep the file, and its times, as it was
 
     def log_run(self, outputs) -> None:
-        """Log the run to the local MLflow store, with its artifacts read from ``outputs`` (a
-        :class:`segmentation.files.StageOutputs`) before they are committed: a stage stopped while logging (killed,
-        Ctrl-C) has replaced none of its outputs, so they stay in step with ``dvc.lock``.
-
-        Tracking is a record of the results, never a reason to lose them: when the local store cannot take the run
-        (corrupt or read-only ``mlflow.db``, an unknown URI scheme, a store locked for too long) the stage goes on,
-        prints one ``warning:`` line, and the run waits in ``mlruns-pending/`` until the store works again (the next
-        stage's logging or ``make sync`` records it).
-        """
+        """Log the run to the local MLflow store, its artifacts read from ``outputs`` before their commit (then the runs
+        kept pending from earlier). A store that cannot take it (corrupt, read-only, locked too long) only warns: the
+        run waits in ``mlruns-pending/`` for the next stage or ``make sync``."""
         s = self.settings
         lineage = upstream_lineage(self.record.stage, self.lock_path)
-        artifacts = [(outputs.staged(p) if outputs is not None else None) or p for p in self.record.artifacts]
-        self._pending = PendingRun(
-            stage=self.record.stage,
-            # Upstream params first: a stage's own values win where a key appears in both.
-            params={**lineage.params, **self.record.params},
-            metrics=dict(self.record.metrics),
+        artifacts = [outputs.staged(p) or Path(p) for p in self.record.artifacts]
+        run = dataclasses.replace(
+            self.record,
+            params={**lineage.params, **self.record.params},  # the stage's own values win
             tags=self._standard_tags(lineage),
             artifacts=[str(p) for p in artifacts],
-            artifact_dirs={name: str(p) for name, p in self.record.artifact_dirs.items()},
-            start_time=self.record.started_ms,
             end_time=now_ms(),
         )
         try:
-            self.run_id, self._replayed = store_run(s, self._pending, self.root)
+            with local_store_lock(self.root), quiet_mlflow():
+                local = MlflowClientFor(s.local_uri)
+                self.run_id = record_run(local, s, run, self.root)
+                if s.is_remote:  # pending until delivered: a stage stopped while delivering leaves it for sync
+                    local.set_tag(self.run_id, f"{PENDING_TAG}_{remote_key(s.tracking_uri)}", s.display_uri)
+                self._replayed = replay_pending(local, s, self.root)
         except Exception as exc:  # any store failure: keep the record, never the stage's results at stake
-            folder = self._pending.save(self.root, artifacts)
+            folder = run.save(self.root, artifacts)
             print(
-                f"warning: MLflow store {redact_uri(s.local_uri)}: {describe_store_failure(exc)}; the run is kept in "
+                f"warning: MLflow store {redact_uri(s.local_uri)}: {describe_failure(exc)}; the run is kept in "
                 f"{folder.relative_to(self.root)}/ and recorded by the next stage or `make sync` once the store "
                 "works (move a broken mlflow.db aside, or fix its permissions)",
                 file=sys.stderr,
@@ -233,28 +186,26 @@ class DualLogger:
             self.run_id = None
 
     def withdraw_run(self) -> None:
-        """Delete the run just logged locally (the stage stopped before its commit): the store keeps no record of
-        outputs that were never committed. Best effort: a store that fails here leaves the run, with a warning."""
+        """Delete, for good, the run just logged (the stage stopped before its commit); a store failure only warns."""
         if self.run_id is None:
             return
-        from urllib.request import url2pathname
+        from mlflow.utils.file_utils import local_file_uri_to_path
 
         try:
             with local_store_lock(self.root), quiet_mlflow():
                 client = MlflowClientFor(self.settings.local_uri)
-                artifacts = urlsplit(client.get_run(self.run_id).info.artifact_uri)
+                artifacts = client.get_run(self.run_id).info.artifact_uri
                 store = client._tracking_client.store
                 if hasattr(store, "_hard_delete_run"):
                     # For good, as `mlflow gc` does: restoring a deleted experiment would bring back a soft-deleted run.
                     store._hard_delete_run(self.run_id)
-                    if artifacts.scheme in ("", "file"):
-                        shutil.rmtree(url2pathname(artifacts.path), ignore_errors=True)
+                    shutil.rmtree(local_file_uri_to_path(artifacts), ignore_errors=True)
                 else:
                     client.delete_run(self.run_id)
         except Exception as exc:
             print(
                 f"warning: MLflow store {redact_uri(self.settings.local_uri)}: could not withdraw run {self.run_id} "
-                f"of a stage that stopped before its commit ({describe_store_failure(exc)})",
+                f"of a stage that stopped before its commit ({describe_failure(exc)})",
                 file=sys.stderr,
             )
         self.run_id = None
@@ -272,30 +223,6 @@ class DualLogger:
             f"{self.record.stage}: logged run {self.run_id}{extra} to MLflow ({where}) and {self.dagshub_dir}/",
             file=sys.stderr,
         )
-
-
-def store_run(settings: TrackingSettings, run: PendingRun, root: Path) -> tuple[str, int]:
-    """Record ``run`` in the local store (one writer at a time), then the runs kept pending from earlier; returns
-    the run's ID and how many kept runs were recorded."""
-    with local_store_lock(root), quiet_mlflow():
-        local = MlflowClientFor(settings.local_uri)
-        run_id = record_run(local, settings, run, root)
-        if settings.is_remote:  # pending until delivered: a stage stopped while delivering leaves it for sync
-            local.set_tag(run_id, f"{PENDING_TAG}_{remote_key(settings.tracking_uri)}", settings.display_uri)
-        return run_id, replay_pending(local, settings, root)
-
-
-def dagshub_timestamp(environ: Mapping[str, str] | None = None) -> int:
-    """The time stamped on new DagsHub metric rows: ``SOURCE_DATE_EPOCH`` (seconds) when set, else now (ms)."""
-    env = os.environ if environ is None else environ
-    epoch = env.get(ENV_SOURCE_DATE, "").strip()
-    if not epoch:
-        return now_ms()
-    if not epoch.isdigit():
-        from segmentation.errors import UserError
-
-        raise UserError(f"{ENV_SOURCE_DATE}={epoch!r}: expected whole seconds since 1970-01-01")
-    return int(epoch) * 1000
 
 
 def _metric_rows(path: Path) -> list[tuple[str, str, str]]:

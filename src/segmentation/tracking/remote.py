@@ -1,21 +1,11 @@
 """DagsHub set-up, configuration report and tracking sync: ``python -m segmentation.tracking.remote
 {dagshub,show,sync}``.
 
-``dagshub --owner O --repo R`` makes the project use DagsHub:
-
-- DVC remote ``origin`` (the default) = ``https://dagshub.com/O/R.dvc`` with basic auth, or with ``--s3`` DagsHub's
-  S3-compatible endpoint (bucket R at ``https://dagshub.com/api/v1/repo-buckets/s3/O``). Credentials come from
-  ``DAGSHUB_USER_TOKEN`` (and ``DAGSHUB_USERNAME``, default O) and go only to ``.dvc/config.local`` (git-ignored).
-- MLflow: ``dagshub_owner``/``dagshub_repo`` in ``[tool.segmentation]`` of pyproject.toml make the stages track to
-  ``https://dagshub.com/O/R.mlflow``; at run time the credentials come from ``MLFLOW_TRACKING_USERNAME`` /
-  ``MLFLOW_TRACKING_PASSWORD`` or, failing those, ``DAGSHUB_USER_TOKEN``.
-
-Nothing here talks to DagsHub: no login, no repo creation (create the repo on DagsHub first). ``DAGSHUB_CLIENT_HOST``
-points every URL at another host (a self-hosted DagsHub, or a test server).
-
-``make dagshub OWNER=... REPO=... [S3=1]`` passes its values in ``SEGMENTATION_DAGSHUB_OWNER``/``_REPO``/``_S3``
-(read when ``--owner``/``--repo``/``--s3`` are not given): neither make nor a shell parses them. Names are checked
-against DagsHub's rule before anything is written. Every URL printed is redacted (no ``user:password@``).
+``dagshub --owner O --repo R`` (``make dagshub OWNER=O REPO=R [S3=1]``, values passed in the environment) makes DVC
+remote ``origin`` DagsHub's storage (``https://dagshub.com/O/R.dvc``, or with ``--s3`` its S3 endpoint), credentials
+from ``DAGSHUB_USER_TOKEN`` in ``.dvc/config.local`` only, and sets ``dagshub_owner``/``dagshub_repo`` in
+pyproject.toml so that MLflow tracks to ``https://dagshub.com/O/R.mlflow``. Nothing here talks to DagsHub;
+``DAGSHUB_CLIENT_HOST`` points every URL at another host. Every URL printed is redacted.
 """
 
 from __future__ import annotations
@@ -46,8 +36,7 @@ OWNER_ENV = "SEGMENTATION_DAGSHUB_OWNER"
 REPO_ENV = "SEGMENTATION_DAGSHUB_REPO"
 S3_ENV = "SEGMENTATION_DAGSHUB_S3"
 USAGE = "usage: make dagshub OWNER=<user or org> REPO=<repo> [S3=1]"
-# DagsHub user, organisation and repository names: letters, digits, '-', '_' and '.', starting with a letter or a
-# digit (copier.yml's rule), and no '..'. Everything else (spaces, newlines, '/', '?', '#', quotes, '$', '`') fails.
+# DagsHub names (copier.yml's rule): letters, digits, '-', '_' and '.', starting with a letter or a digit, no '..'.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SHOWN_CHARS = 60  # a hostile value is echoed in the error, truncated
 
@@ -63,13 +52,7 @@ def check_name(value: str, what: str, kind: str) -> str:
     )
 
 
-def safe_url(url: object) -> str:
-    """``url`` fit to print: without ``user:password@`` (tracking.redact_uri), even when it does not parse."""
-    text = str(url)
-    try:
-        return redact_uri(text)
-    except ValueError:  # e.g. a port that is not a number: drop whatever sits between '//' and '@'
-        return re.sub(r"//[^/?#]*@", "//", text)
+safe_url = redact_uri  # a URL fit to print
 
 
 def s3_endpoint(owner: str, environ=None) -> str:
@@ -98,10 +81,8 @@ def configure_dvc_remote(
     endpoint: str | None = None,
     environ=None,
 ) -> dict[str, str]:
-    """Make ``origin`` the default DVC remote on DagsHub; credentials only in ``.dvc/config.local``.
-
-    Returns what was configured (without secrets).
-    """
+    """Make ``origin`` the default DVC remote on DagsHub, credentials only in ``.dvc/config.local``; returns what
+    was configured (no secrets)."""
     from dvc.repo import Repo
 
     env = os.environ if environ is None else environ

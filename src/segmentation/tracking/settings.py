@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 ENV_EXPERIMENT = "MLFLOW_EXPERIMENT_NAME"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
@@ -32,13 +33,9 @@ def project_root(cwd: Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class TrackingSettings:
-    """Where MLflow runs go.
-
-    Precedence: ``MLFLOW_TRACKING_URI`` > ``tracking_uri`` in ``[tool.segmentation]`` of pyproject.toml >
-    DagsHub's endpoint when ``dagshub_owner`` and ``dagshub_repo`` are set there > the embedded local store.
-    Every run is first written to the local store (``local_uri``); a remote ``tracking_uri`` then receives a copy,
-    and runs it could not take wait in the local store for ``sync``.
-    """
+    """Where MLflow runs go: ``MLFLOW_TRACKING_URI`` > ``tracking_uri`` in pyproject.toml's ``[tool.segmentation]``
+    > DagsHub's endpoint when ``dagshub_owner`` and ``dagshub_repo`` are set there > the local store. Runs go to the
+    local store (``local_uri``) first; a remote ``tracking_uri`` then receives a copy."""
 
     tracking_uri: str
     experiment_name: str
@@ -63,7 +60,7 @@ class TrackingSettings:
             source = "pyproject.toml [tool.segmentation] dagshub_owner/dagshub_repo"
         else:
             return cls(local, name, local, artifacts)
-        if not is_remote_uri(uri):
+        if urlsplit(uri).scheme not in ("http", "https"):
             # A store of the user's own on this machine: it is the local store, nothing to replicate.
             return cls(uri, name, uri, None, source)
         return cls(uri, name, local, artifacts, source)
@@ -77,11 +74,6 @@ class TrackingSettings:
     def display_uri(self) -> str:
         """The tracking URI without any credentials, safe to print."""
         return redact_uri(self.tracking_uri)
-
-
-def is_remote_uri(uri: str) -> bool:
-    """http(s) tracking servers are remote; sqlite/file stores are local."""
-    return urlsplit(uri).scheme in ("http", "https")
 
 
 def dagshub_host(environ: Mapping[str, str] | None = None) -> str:
@@ -104,11 +96,6 @@ def project_config(root: Path) -> dict[str, Any]:
         return tomllib.load(fh).get("tool", {}).get("segmentation", {})
 
 
-def redact_uri(uri: str) -> str:
-    """Drop ``user:password@`` from a URI."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
+def redact_uri(text: object) -> str:
+    """``text`` (a URI, or a message holding some) without any ``user:password@``, even where it does not parse."""
+    return re.sub(r"//[^/\s?#]*@", "//", str(text))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -13,18 +12,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from segmentation.tracking.settings import TrackingSettings
+from segmentation.errors import UserError
+from segmentation.tracking.settings import TrackingSettings, redact_uri
 
 PENDING_DIR = "mlruns-pending"
 LOCK_NAME = ".mlflow.lock"
 LOCK_WAIT_S = 120
 DIRS_NAME = "artifact_dirs"  # a kept run's directory artifacts, beside its "artifacts" folder
-# How the train stage saves its MLflow model (mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE): the segmenter's
-# feature step is this package's own class, which MLflow 3's default (skops) would not load without a list of
-# trusted types.
+# How the train stage saves its MLflow model: MLflow 3's default (skops) would not load the segmenter's own feature
+# step without a list of trusted types.
 MLFLOW_SERIALIZATION = "cloudpickle"
 
 
@@ -35,14 +33,13 @@ def quiet_mlflow() -> Iterator[None]:
 
     import mlflow  # noqa: F401 - configures its loggers on import: quiet them after that, not before
 
-    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic", "sqlalchemy")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
+    levels = {logging.getLogger(name): logging.getLogger(name).level for name in ("mlflow", "alembic", "sqlalchemy")}
+    for logger in levels:
         logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels, strict=True):
+        for logger, level in levels.items():
             logger.setLevel(level)
 
 
@@ -68,10 +65,7 @@ class PendingRun:
     artifact_dirs: dict[str, str] = field(default_factory=dict)
 
     def save(self, root: Path, artifacts: list[Path]) -> Path:
-        """Write ``mlruns-pending/<start>-<stage>-<pid>/run.json`` and copies of the artifacts as they are now
-        (directories under ``artifact_dirs/<name>``)."""
-        import json
-
+        """Write ``mlruns-pending/<start>-<stage>-<pid>/run.json`` and copies of the artifacts as they are now."""
         folder = root / PENDING_DIR / f"{self.start_time}-{self.stage}-{os.getpid()}"
         (folder / "artifacts").mkdir(parents=True, exist_ok=True)
         artifacts = [Path(p) for p in artifacts]
@@ -90,15 +84,12 @@ class PendingRun:
 
 def record_run(client, settings: TrackingSettings, run: PendingRun, root: Path, artifact_dir: Path | None = None):
     """Create a finished run in the store behind ``client``; returns its ID."""
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric
 
     experiment_id = ensure_experiment(client, settings.experiment_name, settings.artifact_location, settings.local_uri)
     created = client.create_run(experiment_id, start_time=run.start_time, run_name=run.stage, tags=run.tags)
     run_id = created.info.run_id
-    metrics = [Metric(k, float(v), run.end_time, 0) for k, v in run.metrics.items()]
-    params = [Param(k, str(v)) for k, v in run.params.items()]
-    for i in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limit is 100 params
-        client.log_batch(run_id, metrics=metrics[i : i + 100], params=params[i : i + 100])
+    log_batches(client, run_id, run.params, [Metric(k, float(v), run.end_time, 0) for k, v in run.metrics.items()])
     for name in run.artifacts:
         client.log_artifact(run_id, str(artifact_dir / name if artifact_dir else name))
     for name, path in run.artifact_dirs.items():
@@ -108,9 +99,17 @@ def record_run(client, settings: TrackingSettings, run: PendingRun, root: Path, 
     return run_id
 
 
+def log_batches(client, run_id: str, params: dict[str, Any], metrics: list) -> None:
+    """Log ``params`` and ``metrics`` (MLflow ``Metric``s) in batches of MLflow's limit (100 params)."""
+    from mlflow.entities import Param
+
+    params = [Param(k, str(v)) for k, v in params.items()]
+    for i in range(0, max(len(params), len(metrics), 1), 100):
+        client.log_batch(run_id, metrics=metrics[i : i + 100], params=params[i : i + 100])
+
+
 def replay_pending(client, settings: TrackingSettings, root: Path) -> int:
     """Record the runs kept in ``mlruns-pending/`` (oldest first) and remove them; returns how many."""
-
     folder = root / PENDING_DIR
     done = 0
     for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -126,12 +125,6 @@ def replay_pending(client, settings: TrackingSettings, root: Path) -> int:
     return done
 
 
-def _redact(uri: str) -> str:
-    from segmentation.tracking.settings import redact_uri
-
-    return redact_uri(uri)
-
-
 def record_kept_runs(settings: TrackingSettings, root: Path) -> int:
     """Record the runs waiting in ``mlruns-pending/`` in the local store (``make sync``); a store that still fails
     is a :class:`~segmentation.errors.UserError` naming it."""
@@ -141,10 +134,8 @@ def record_kept_runs(settings: TrackingSettings, root: Path) -> int:
         with local_store_lock(root):
             return replay_pending(MlflowClientFor(settings.local_uri), settings, root)
     except Exception as exc:
-        from segmentation.errors import UserError
-
         raise UserError(
-            f"MLflow store {_redact(settings.local_uri)}: {describe_store_failure(exc)}; runs stay in {PENDING_DIR}/"
+            f"MLflow store {redact_uri(settings.local_uri)}: {describe_failure(exc)}; runs stay in {PENDING_DIR}/"
         ) from None
 
 
@@ -170,9 +161,14 @@ def local_store_lock(root: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def describe_store_failure(exc: BaseException) -> str:
-    """One short line for a local store that cannot take a run."""
+def describe_failure(exc: BaseException) -> str:
+    """One short line, without credentials, for a store or a tracking server that failed."""
     text = " ".join(str(exc).split())
+    if "401" in text or "Unauthorized" in text or "403" in text:
+        return "credentials refused (check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or DAGSHUB_USER_TOKEN)"
+    for marker in ("Connection refused", "Max retries exceeded", "timed out", "Read timed out", "Name or service"):
+        if marker in text:
+            return f"unreachable ({marker.lower()})"
     for marker, meaning in (
         ("readonly database", "read-only"),
         ("file is not a database", "not an MLflow database (corrupt?)"),
@@ -182,15 +178,12 @@ def describe_store_failure(exc: BaseException) -> str:
     ):
         if marker in text:
             return meaning
-    return re.sub(r"(\w+://)[^/\s@]+@", r"\1", text)[:160] or type(exc).__name__
+    return redact_uri(text)[:160] or type(exc).__name__
 
 
 def ensure_experiment(client, name: str, artifact_location: str | None = None, store_uri: str | None = None) -> str:
-    """The experiment's ID; created when missing, restored when deleted (one line says so).
-
-    For the embedded local store (``artifact_location`` given), an experiment whose artifacts live elsewhere (the
-    project was copied or moved) is pointed back inside the project.
-    """
+    """The experiment's ID; created when missing, restored when deleted (one line says so); in the local store
+    (``artifact_location`` given), pointed back inside a copied or moved project."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return client.create_experiment(name, artifact_location=artifact_location)
@@ -203,12 +196,8 @@ def ensure_experiment(client, name: str, artifact_location: str | None = None, s
 
 
 def relocate_artifacts(store_uri: str, experiment_id: str, old: str, new: str) -> None:
-    """Point an experiment and its runs from ``old`` to ``new`` in a SQLite store.
-
-    MLflow records absolute artifact paths; after ``cp -a proj proj2`` or ``mv``, runs would write into (or
-    recreate) the old folder. MLflow's API cannot change an experiment's artifact location, so the two columns are
-    updated in the store itself; the artifacts of earlier runs are where the copy put them, under ``new``.
-    """
+    """Point an experiment and its runs' artifacts from ``old`` to ``new`` in a SQLite store (MLflow records absolute
+    paths and its API cannot change them; after ``cp -a`` or ``mv`` runs would write into the old folder)."""
     import sqlite3
 
     if not store_uri.startswith("sqlite:///"):
