@@ -363,13 +363,14 @@ def test_scores_from_group_bys_are_scikit_learn_s():
     equal scikit-learn's on the rows, an empty cluster left out as scikit-learn's labels leave it."""
     from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
 
-    from segmentation.engines.dask.evaluate import _part_groups, _part_spread, scores_of_groups
+    from segmentation.engines.dask.evaluate import scores_of_groups
+    from segmentation.engines.dask.parts import part_groups, part_spread
 
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(c, 1.0 + c / 4, size=(150, 3)) for c in (0, 4, 9)])
     labels = np.repeat([0, 1, 3], 150)  # cluster 2 has no rows
-    counts, sums = _part_groups(X, labels, 4)
-    spread = _part_spread(X, labels, sums / np.maximum(counts, 1)[:, None])
+    counts, sums = part_groups(X, labels, 4)
+    spread = part_spread(X, labels, sums / np.maximum(counts, 1)[:, None])
     ch, db = scores_of_groups(counts, sums, spread)
     assert ch == pytest.approx(calinski_harabasz_score(X, labels), rel=1e-9)
     assert db == pytest.approx(davies_bouldin_score(X, labels), rel=1e-9)

@@ -136,3 +136,21 @@ def test_the_import_scan_sees_lazy_imports():
     """tracking imports segmentation.files inside a function: the scan must still find it."""
     assert "segmentation.files" in imported_modules("segmentation.tracking.logger")
     assert "segmentation" in closure("segmentation.errors")
+
+
+# Modules whose functions the Dask engine's workers run part by part (a worker imports each such function's module).
+WORKER_MODULES = ["engines.dask.parts", "engines.dask.tables"]
+# What a worker must not import for them: the stages and what only they need (matplotlib, the report, the tracking).
+NOT_ON_WORKERS = ("stages", "core.plotting", "core.report", "tracking")
+
+
+@pytest.mark.parametrize("module", WORKER_MODULES)
+def test_the_workers_modules_import_no_stage(module):
+    """Two 600 MiB workers stayed paused when train's per-part functions came from a stage's module (with
+    matplotlib and the rest: ~30 MiB more per worker)."""
+    if not module_file(f"{PACKAGE}.{module}").is_file():  # a project generated without the Dask engine
+        return
+    heavy = sorted(
+        m for m in closure(f"{PACKAGE}.{module}") if m.startswith(tuple(f"{PACKAGE}.{n}" for n in NOT_ON_WORKERS))
+    )
+    assert heavy == [], f"{module} brings {heavy} onto every worker"

@@ -14,7 +14,6 @@ import pandas as pd
 from segmentation import algorithms
 from segmentation.config import EvaluateParams, PreprocessParams
 from segmentation.core import report
-from segmentation.core.data import as_categories
 from segmentation.core.figures import profile_plot, projection_figure, silhouette_plot
 from segmentation.core.quality import (
     CLUSTER_COLUMN,
@@ -28,51 +27,13 @@ from segmentation.core.quality import (
     sample_rows,
     silhouette_of,
 )
+from segmentation.engines.dask import parts
 from segmentation.engines.dask import tables as dask_tables
 from segmentation.engines.dask.cluster import dask_client
 from segmentation.errors import UserError
 from segmentation.files import load_model, remove_temp
 from segmentation.stages.evaluate import read_optional_csv, read_train_metrics, report_outcome
 from segmentation.stages.runner import Outcome
-
-
-def _part_labels(block: np.ndarray, model: Any) -> np.ndarray:
-    return model.predict(block) if len(block) else np.zeros(0, dtype=np.int32)
-
-
-def _part_inertia(block: np.ndarray, model: Any) -> float:
-    return algorithms.inertia_on(model, block) if len(block) else 0.0
-
-
-def _part_groups(block: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and the sum of each model column per cluster, in one part."""
-    sums = np.stack([np.bincount(labels, weights=block[:, j], minlength=k) for j in range(block.shape[1])], axis=1)
-    return np.bincount(labels, minlength=k), sums
-
-
-def _part_spread(block: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Per cluster, the sum of squared distances and the sum of distances of a part's rows to their centroid."""
-    k = len(centroids)
-    distances = np.sqrt(((block - centroids[labels]) ** 2).sum(axis=1))
-    return np.stack(
-        [np.bincount(labels, weights=distances**2, minlength=k), np.bincount(labels, weights=distances, minlength=k)]
-    )
-
-
-def _same_ids(features: pd.DataFrame, matrix: pd.DataFrame, id_column: str) -> bool:
-    return features[id_column].reset_index(drop=True).equals(matrix[id_column].reset_index(drop=True))
-
-
-def _segments(matrix: pd.DataFrame, labels: np.ndarray, id_column: str) -> pd.DataFrame:
-    return pd.DataFrame({id_column: matrix[id_column].to_numpy(), CLUSTER_COLUMN: labels})
-
-
-def _labelled(features: pd.DataFrame, labels: np.ndarray, categorical: list[str]) -> pd.DataFrame:
-    """A part of the features with its rows' clusters, its categorical columns as the local engine profiles them."""
-    out = features.assign(**{CLUSTER_COLUMN: labels})
-    for column in categorical:
-        out[column] = as_categories(out[column])
-    return out
 
 
 def scores_of_groups(counts: np.ndarray, sums: np.ndarray, spread: np.ndarray) -> tuple[float, float]:
@@ -136,19 +97,19 @@ def evaluate_on_dask(
 
     table, id_column = matrix.table, matrix.table.columns[0]
     if features.rows != table.rows or not all(
-        client.gather(client.map(_same_ids, features.frames, table.frames, id_column=id_column))
+        client.gather(client.map(parts.same_ids, features.frames, table.frames, id_column=id_column))
     ):
         raise UserError("data/processed: the features and matrix files hold different customers; run dvc repro")
     k, rows = algorithms.n_clusters(model), table.total
     require_silhouette_sample(params, k)
-    labels = client.map(_part_labels, matrix.blocks, model=model)
+    labels = client.map(parts.part_labels, matrix.blocks, model=model)
 
     # every row: sizes, the scores' group-bys
-    groups = client.gather(client.map(_part_groups, matrix.blocks, labels, k=k))
+    groups = client.gather(client.map(parts.part_groups, matrix.blocks, labels, k=k))
     counts, sums = sum(g[0] for g in groups), sum(g[1] for g in groups)
     sizes = {c: int(n) for c, n in enumerate(counts)}
     centroids = sums / np.maximum(counts, 1)[:, None]
-    spread = dask_tables.sum_of(client, client.map(_part_spread, matrix.blocks, labels, centroids=centroids))
+    spread = dask_tables.sum_of(client, client.map(parts.part_spread, matrix.blocks, labels, centroids=centroids))
     calinski_harabasz, davies_bouldin = scores_of_groups(counts, sums, spread)
 
     # seeded samples of rows, as the local engine draws them
@@ -162,9 +123,11 @@ def evaluate_on_dask(
     metrics = quality_metrics(model, sil_values, calinski_harabasz, davies_bouldin, sizes, rows, None)
 
     # the profile, overall means, contrasts and kinds: Dask's group-bys over the features and the labels
-    meta = _labelled(features.meta, np.zeros(0, dtype=np.int32), categorical)
+    meta = parts.labelled(features.meta, np.zeros(0, dtype=np.int32), categorical, CLUSTER_COLUMN)
     frame = dd.from_delayed(
-        client.map(_labelled, features.frames, labels, categorical=categorical), meta=meta, verify_meta=False
+        client.map(parts.labelled, features.frames, labels, categorical=categorical, cluster_column=CLUSTER_COLUMN),
+        meta=meta,
+        verify_meta=False,
     )
     profiled = [c for c in features.columns if c not in {id_column, *categorical}]
     grouped = frame[[*profiled, CLUSTER_COLUMN]].groupby(CLUSTER_COLUMN)
@@ -213,7 +176,7 @@ def evaluate_on_dask(
         "profile.png": profile_plot(profile),
     }
     criteria_rows, _ = sampled(params.criteria_sample_size)
-    segments = client.map(_segments, table.frames, labels, id_column=id_column)
+    segments = client.map(parts.part_segments, table.frames, labels, id_column=id_column, cluster_column=CLUSTER_COLUMN)
     result = Evaluation(metrics, None, profile, sil_values, sil_labels)
     return DaskEvaluation(result, segments, overall, z, kinds, figures, criteria_rows)
 
@@ -235,7 +198,7 @@ def work(args, params: EvaluateParams, preprocess_params: PreprocessParams) -> O
             features.meta, id_column, model_features, categorical_params.columns, params.profile_columns
         )
         categorical = [*categorical_params.columns, *text_extras]
-        inertia = lambda: dask_tables.sum_of(client, client.map(_part_inertia, matrix.blocks, model=model))  # noqa: E731
+        inertia = lambda: dask_tables.sum_of(client, client.map(parts.part_inertia, matrix.blocks, model=model))  # noqa: E731
         check_model(model, matrix.array(), args.model, args.matrix, train_metrics, args.train_metrics, inertia)
         done = evaluate_on_dask(
             client, matrix, features, model, params, categorical, [*model_features, *numeric_extras]

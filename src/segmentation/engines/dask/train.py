@@ -16,6 +16,7 @@ from segmentation import algorithms
 from segmentation.config import PreprocessParams, TrainParams
 from segmentation.core.search import ElbowResult, check_k_rows, distinct_rows, search_k, search_sample
 from segmentation.core.segmenter import build_segmenter
+from segmentation.engines.dask import parts
 from segmentation.engines.dask import tables as dask_tables
 from segmentation.engines.dask.cluster import dask_client
 from segmentation.errors import UserError
@@ -39,16 +40,6 @@ def require_dask_params(params: TrainParams, source: str) -> None:
         )
 
 
-def _part_sizes(block: np.ndarray, model: KMeans) -> np.ndarray:
-    return (
-        np.bincount(model.predict(block), minlength=model.n_clusters) if len(block) else np.zeros(model.n_clusters, int)
-    )
-
-
-def _part_inertia(block: np.ndarray, model: KMeans) -> float:
-    return algorithms.inertia_on(model, block) if len(block) else 0.0
-
-
 def train_on_dask(client: Any, matrix: Any, params: TrainParams, source: str) -> tuple[ElbowResult, KMeans, np.ndarray]:
     """:func:`segmentation.core.search.train` on the model matrix held by the cluster
     (:class:`segmentation.engines.dask.tables.Matrix`): the k search on the local engine's seeded sample (the same
@@ -66,7 +57,7 @@ def train_on_dask(client: Any, matrix: Any, params: TrainParams, source: str) ->
         model = elbow.models[k]
     else:
         model = fit_kmeans_on_dask(client, matrix, elbow.models[k].cluster_centers_, S, params)
-    sizes = dask_tables.sum_of(client, client.map(_part_sizes, matrix.blocks, model=model))
+    sizes = dask_tables.sum_of(client, client.map(parts.part_sizes, matrix.blocks, model=model))
     return elbow, model, sizes
 
 
@@ -103,7 +94,7 @@ def fit_kmeans_on_dask(
     model.cluster_centers_ = np.asarray(fitted.cluster_centers_, dtype=float)
     model.n_iter_ = int(fitted.n_iter_)
     del model.labels_
-    model.inertia_ = float(dask_tables.sum_of(client, client.map(_part_inertia, matrix.blocks, model=model)))
+    model.inertia_ = float(dask_tables.sum_of(client, client.map(parts.part_inertia, matrix.blocks, model=model)))
     print(
         f"train: final fit, k={k} on all {matrix.table.total} rows from the sample's centres, on Dask "
         f"({time.perf_counter() - start:.1f} s, {model.n_iter_} iterations)",
