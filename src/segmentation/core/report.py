@@ -117,7 +117,7 @@ class Segment:
 def contrasts(values: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
     """Per cluster (rows) and column: (cluster mean - mean of all other customers) / the column's spread over all
     customers. Blanks are left out of every mean; a constant column scores 0."""
-    grouped = values.astype(float).groupby(labels)
+    grouped = values.astype(float).groupby(np.asarray(labels, dtype=np.int64))  # int64 segments, on every engine
     return contrasts_of(grouped.sum(), grouped.count(), values.astype(float).std(ddof=0))
 
 
