@@ -117,17 +117,34 @@ class Segment:
 def contrasts(values: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
     """Per cluster (rows) and column: (cluster mean - mean of all other customers) / the column's spread over all
     customers. Blanks are left out of every mean; a constant column scores 0."""
-    grouped = values.astype(float).groupby(np.asarray(labels, dtype=np.int64))  # int64 segments, on every engine
-    return contrasts_of(grouped.sum(), grouped.count(), values.astype(float).std(ddof=0))
+    clusters, codes = np.unique(labels, return_inverse=True)
+    sums, counts, spreads = {}, {}, {}
+    # Column by column, sums per cluster by bincount: one pass over the rows (masking them per cluster was k passes).
+    for column_name, column in values.items():
+        data = column.to_numpy(dtype=float, na_value=np.nan)
+        present = ~np.isnan(data)
+        has_blanks = not present.all()
+        filled = np.where(present, data, 0.0) if has_blanks else data
+        sums[column_name] = np.bincount(codes, weights=filled, minlength=len(clusters))
+        counts[column_name] = (
+            np.bincount(codes, weights=present, minlength=len(clusters)) if has_blanks else np.bincount(codes)
+        )
+        spreads[column_name] = (np.nanstd(data) if has_blanks else data.std()) if len(data) else 0.0
+    index = [int(k) for k in clusters]
+    return contrasts_of(pd.DataFrame(sums, index=index), pd.DataFrame(counts, index=index), pd.Series(spreads))
 
 
 def contrasts_of(sums: pd.DataFrame, counts: pd.DataFrame, spreads: pd.Series) -> pd.DataFrame:
-    """:func:`contrasts` from the sums and counts of the values present per cluster and column, and each column's
-    spread (ddof 0) over all customers."""
-    total, count = sums.sum(), counts.sum()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = (sums / counts - (total - sums) / (count - counts)) / spreads
-    return z.astype(float).where(np.isfinite(z.astype(float)), 0.0)
+    """:func:`contrasts` from its group-bys: per cluster (rows) and column the sum and the count of the values
+    present, and per column the spread (standard deviation, ddof 0) over all customers."""
+    rows = np.empty(sums.shape)
+    for j, column in enumerate(sums.columns):
+        s_k, n_k = sums[column].to_numpy(dtype=float), counts[column].to_numpy()
+        total, count = s_k.sum(), n_k.sum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (s_k / n_k - (total - s_k) / (count - n_k)) / spreads[column]
+        rows[:, j] = np.where(np.isfinite(z), z, 0.0)
+    return pd.DataFrame(rows, index=list(sums.index), columns=list(sums.columns))
 
 
 def noun(column: str) -> str:
