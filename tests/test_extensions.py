@@ -283,7 +283,8 @@ def add_summary_stage(root: Path, module: str) -> None:
     as written, the template's entries left as they are), its params section."""
     (root / f"{module}.py").write_text(SUMMARY_MODULE)
     entry = {
-        "cmd": f"python -m {module} --evaluate-metrics ${{paths.evaluate_metrics}} --summary reports/summary.txt "
+        "cmd": f"python -m {module} "  # no doubled braces here: a generated project must hold no template marker
+        "--evaluate-metrics ${paths.evaluate_metrics} --summary reports/summary.txt "
         "--dagshub-dir ${paths.dagshub}/summary",
         "deps": ["${paths.evaluate_metrics}", f"{module}.py"],
         "params": ["summary"],
