@@ -1,7 +1,5 @@
-"""The clustering algorithms ``train.algorithm`` selects: one :class:`Algorithm` entry each in :data:`REGISTRY`, its
-params model (the sub-section ``train.<name>``) beside it. Adding an algorithm is one entry here plus its sub-section
-in ``params.yaml`` (tests/test_extensions.py registers one at run time). Algorithms without ``predict`` are fitted on
-a seeded sample and extended to every other row by :class:`CentroidAssigner` (nearest centroid)."""
+"""The clustering algorithms of ``train.algorithm``: one :data:`REGISTRY` entry each, its params model
+(``train.<name>``) beside it; those without ``predict`` are extended to all rows by :class:`CentroidAssigner`."""
 
 from __future__ import annotations
 
@@ -12,6 +10,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
 
 from segmentation.errors import UserError
 
@@ -30,7 +30,7 @@ class AlgorithmParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def k_setting(self) -> str:
-        """What sets the k an algorithm that finds k itself finds, for messages and the plot."""
+        """What sets the k of an algorithm that finds k itself, for messages and the plot."""
         return ", ".join(f"{key} = {value}" for key, value in self.model_dump().items())
 
     def check_rows(self, name: str, rows: int) -> None:
@@ -55,7 +55,6 @@ def _elbow(p: TrainParams) -> str:
     return ELBOW
 
 
-# -- kmeans ------------------------------------------------------------------------------------------------------
 class KMeansParams(AlgorithmParams):
     """``train.kmeans``: scikit-learn's ``KMeans`` (``n_init``, ``max_iter``, ``random_state`` from ``train``)."""
 
@@ -73,7 +72,6 @@ def _kmeans(p: TrainParams, k: int):
     return _seeded(KMeans, p, k, algorithm=p.kmeans.method)
 
 
-# -- minibatch_kmeans --------------------------------------------------------------------------------------------
 class MiniBatchKMeansParams(AlgorithmParams):
     """``train.minibatch_kmeans``: ``MiniBatchKMeans``, k-means on random batches (faster on many rows)."""
 
@@ -87,7 +85,6 @@ def _minibatch_kmeans(p: TrainParams, k: int):
     return _seeded(MiniBatchKMeans, p, k, **p.minibatch_kmeans.model_dump())
 
 
-# -- bisecting_kmeans --------------------------------------------------------------------------------------------
 class BisectingKMeansParams(AlgorithmParams):
     """``train.bisecting_kmeans``: ``BisectingKMeans``, the clusters split in two one at a time."""
 
@@ -100,7 +97,6 @@ def _bisecting_kmeans(p: TrainParams, k: int):
     return _seeded(BisectingKMeans, p, k, **p.bisecting_kmeans.model_dump())
 
 
-# -- gaussian_mixture --------------------------------------------------------------------------------------------
 class GaussianMixtureParams(AlgorithmParams):
     """``train.gaussian_mixture``: ``GaussianMixture``; k is the one with the lowest BIC (or AIC)."""
 
@@ -119,7 +115,6 @@ def _gaussian_mixture(p: TrainParams, k: int):
     )  # fmt: skip
 
 
-# -- agglomerative -----------------------------------------------------------------------------------------------
 class AgglomerativeParams(AlgorithmParams):
     """``train.agglomerative``: ``AgglomerativeClustering``, fitted on a seeded sample (memory grows with rows^2)."""
 
@@ -134,7 +129,6 @@ def _agglomerative(p: TrainParams, k: int):
     return AgglomerativeClustering(n_clusters=k, linkage=p.agglomerative.linkage)
 
 
-# -- hdbscan -----------------------------------------------------------------------------------------------------
 class HDBSCANParams(AlgorithmParams):
     """``train.hdbscan``: ``HDBSCAN``, fitted on a seeded sample; finds k itself and marks some rows noise (-1)."""
 
@@ -169,31 +163,17 @@ def _hdbscan(p: TrainParams, k: int):
 # The one list of algorithms: a name here is a valid train.algorithm and a sub-section of train.
 REGISTRY: dict[str, Algorithm] = {
     "kmeans": Algorithm("k-means", "KMeans", _kmeans, _elbow, params=KMeansParams),
-    "minibatch_kmeans": Algorithm(
-        "mini-batch k-means", "MiniBatchKMeans", _minibatch_kmeans, _elbow, params=MiniBatchKMeansParams
-    ),
-    "bisecting_kmeans": Algorithm(
-        "bisecting k-means", "BisectingKMeans", _bisecting_kmeans, _elbow, params=BisectingKMeansParams
-    ),
-    "gaussian_mixture": Algorithm(
-        "a Gaussian mixture",
-        "GaussianMixture",
-        _gaussian_mixture,
-        lambda p: p.gaussian_mixture.criterion,
-        params=GaussianMixtureParams,
-    ),
-    "agglomerative": Algorithm(
-        "agglomerative clustering",
-        "AgglomerativeClustering",
-        _agglomerative,
-        _elbow,
-        predicts=False,
-        params=AgglomerativeParams,
-    ),
-    "hdbscan": Algorithm(
-        "HDBSCAN", "HDBSCAN", _hdbscan, lambda p: None, predicts=False, noise=True, params=HDBSCANParams
-    ),
-}
+    "minibatch_kmeans": Algorithm("mini-batch k-means", "MiniBatchKMeans", _minibatch_kmeans, _elbow,
+                                  params=MiniBatchKMeansParams),
+    "bisecting_kmeans": Algorithm("bisecting k-means", "BisectingKMeans", _bisecting_kmeans, _elbow,
+                                  params=BisectingKMeansParams),
+    "gaussian_mixture": Algorithm("a Gaussian mixture", "GaussianMixture", _gaussian_mixture,
+                                  lambda p: p.gaussian_mixture.criterion, params=GaussianMixtureParams),
+    "agglomerative": Algorithm("agglomerative clustering", "AgglomerativeClustering", _agglomerative, _elbow,
+                               predicts=False, params=AgglomerativeParams),
+    "hdbscan": Algorithm("HDBSCAN", "HDBSCAN", _hdbscan, lambda p: None, predicts=False, noise=True,
+                         params=HDBSCANParams),
+}  # fmt: skip
 
 
 DEFAULT = "kmeans"  # train.algorithm when params.yaml does not say
@@ -210,8 +190,7 @@ def make(params: TrainParams, k: int):
 
 
 def fit_labels(model: Any, X: np.ndarray) -> np.ndarray:
-    """The cluster of each row ``model`` was just fitted on: its ``labels_``, else ``predict``; for a
-    :class:`CentroidAssigner`, the training assignment."""
+    """The cluster of each row ``model`` was just fitted on: ``labels_``, else ``predict`` (noise kept)."""
     if isinstance(model, CentroidAssigner):
         return model.training_labels(X)
     labels = getattr(model, "labels_", None)
@@ -219,9 +198,8 @@ def fit_labels(model: Any, X: np.ndarray) -> np.ndarray:
 
 
 class CentroidAssigner(ClusterMixin, BaseEstimator):
-    """For algorithms without ``predict``: a row goes to the nearest centroid (Euclidean; ties to the lower cluster)
-    of the training rows' clusters, noise excluded. ``fit(X, y, rows, fit_rows)``: the clusterer's labels ``y`` on
-    the rows ``fit_rows`` (None: all) of a training matrix of ``rows`` rows, kept as their training assignment."""
+    """For algorithms without ``predict``: a row goes to the nearest centroid (ties to the lower cluster) of the
+    clusters ``y`` found on the rows ``fit_rows`` (None: all) of a training matrix of ``rows`` rows, noise excluded."""
 
     def __init__(self, algorithm: str = "") -> None:
         self.algorithm = algorithm  # the registry name of the clusterer whose assignment it extends
@@ -244,14 +222,14 @@ class CentroidAssigner(ClusterMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         from sklearn.metrics import pairwise_distances_argmin
-        from sklearn.utils.validation import check_is_fitted, validate_data
+        from sklearn.utils.validation import validate_data
 
         check_is_fitted(self, "cluster_centers_")
         X = validate_data(self, X, reset=False, dtype=float)
         return pairwise_distances_argmin(X, self.cluster_centers_).astype(np.int32)
 
     def training_labels(self, X: np.ndarray) -> np.ndarray:
-        """The training assignment of the ``n_rows_`` rows of the training matrix ``X``."""
+        """The clusters of the ``n_rows_`` training rows ``X``: as fitted, the others by :meth:`predict`."""
         if self.fit_rows_ is None:
             return self.fit_labels_.copy()
         labels = self.predict(X)
@@ -269,24 +247,14 @@ def algorithm_name(model: Any) -> str | None:
     """The ``train.algorithm`` a fitted model comes from, or None for a foreign object."""
     if isinstance(model, CentroidAssigner):
         return model.algorithm if model.algorithm in REGISTRY else None
+    # A scikit-learn class by its name (another library's class with the same name is not ours), or by its full name.
     cls = type(model)
-    for name, entry in REGISTRY.items():
-        if not entry.predicts:
-            continue
-        if "." in entry.estimator:  # another library's class, by its full name
-            if f"{cls.__module__}.{cls.__qualname__}" == entry.estimator:
-                return name
-        # A scikit-learn class by its name: a pickled object of another library with the same name is not ours.
-        elif cls.__module__.startswith("sklearn.") and cls.__name__ == entry.estimator:
-            return name
-    return None
+    names = {f"{cls.__module__}.{cls.__qualname__}", *([cls.__name__] if cls.__module__.startswith("sklearn.") else [])}
+    return next((name for name, entry in REGISTRY.items() if entry.predicts and entry.estimator in names), None)
 
 
 def is_fitted(model: Any) -> bool:
     """Whether ``model`` has been fitted, by scikit-learn's ``check_is_fitted``."""
-    from sklearn.exceptions import NotFittedError
-    from sklearn.utils.validation import check_is_fitted
-
     try:
         check_is_fitted(model)
     except (NotFittedError, TypeError):  # TypeError: not an estimator at all
@@ -302,15 +270,14 @@ def training_labels(model: Any, X: np.ndarray) -> np.ndarray:
 
 
 def inertia_on(model: Any, X: np.ndarray) -> float:
-    """Sum of squared distances of the rows of ``X`` to their predicted cluster's centre (``inertia_`` on the fit
-    rows)."""
+    """Sum of squared distances of the rows of ``X`` to their predicted cluster's centre."""
     labels = model.predict(X)
     return float(((X - model.cluster_centers_[labels]) ** 2).sum())
 
 
 def fit_record(model: Any, X: np.ndarray) -> dict[str, float]:
-    """What ``metrics/train.json`` records to recognise the model: ``inertia`` (k-means family), the mean
-    ``log_likelihood`` (Gaussian mixture), nothing for the assigners."""
+    """What ``metrics/train.json`` records to recognise the model: ``inertia`` (k-means family) or the mean
+    ``log_likelihood`` (Gaussian mixture)."""
     if hasattr(model, "inertia_"):
         return {"inertia": float(model.inertia_)}
     if hasattr(model, "means_"):

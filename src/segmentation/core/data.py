@@ -24,9 +24,8 @@ def load_csv(
     *,
     separator_fix: Callable[[str], str] | None = None,
 ) -> pd.DataFrame:
-    """Read the raw CSV of ``params`` (only the ``columns`` it has: all when none, so a wrong separator is still
-    reported); a missing, empty or undecodable file is a :class:`UserError`. ``separator_fix(guess)``: the advice
-    when the separator looks wrong."""
+    """Read the raw CSV of ``params`` (only the ``columns`` it has); a missing, empty or undecodable file is a
+    :class:`UserError`. ``separator_fix(guess)``: the advice when the separator looks wrong."""
     path = Path(params.path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory, not a CSV file (set preprocess.data.path in params.yaml)")
@@ -77,13 +76,11 @@ def matches(column: str, patterns: Collection[str]) -> bool:
 def expand_columns(patterns: Iterable[str], columns: Iterable[str], setting: str, source: str) -> list[str]:
     """The ``columns`` that ``patterns`` (names or globs) name, each once, in pattern order; a pattern that matches
     no column is a :class:`UserError` naming ``setting``."""
-    columns = list(columns)
-    found: list[str] = []
+    columns, found = list(columns), []
     for pattern in patterns:
-        hits = [c for c in columns if matches(c, [pattern])]
-        if not hits:
+        if not (hits := [c for c in columns if matches(c, [pattern])]):
             raise UserError(f"params.yaml: {setting}: no column {pattern!r} in {source}")
-        found.extend(hits)
+        found += hits
     return list(dict.fromkeys(found))
 
 
@@ -100,8 +97,7 @@ def decode_error_position(path: Path, encoding: str) -> str:
 
 def require_columns(df: pd.DataFrame, columns: Iterable[str], source: str, what: str = "required") -> None:
     """Fail with the list of ``columns`` that ``df`` lacks."""
-    missing = [c for c in dict.fromkeys(columns) if c not in df.columns]
-    if missing:
+    if missing := [c for c in dict.fromkeys(columns) if c not in df.columns]:
         raise UserError(f"{source}: {what} column(s) missing: {', '.join(missing)}")
 
 
@@ -133,8 +129,7 @@ def require_finite(
         values = df[col]
         if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
             continue
-        bad = values[np.isinf(values.to_numpy(dtype=float, na_value=np.nan))]
-        if len(bad):
+        if len(bad := values[np.isinf(values.to_numpy(dtype=float, na_value=np.nan))]):
             what = f"{col} (derived from other columns: they overflow)" if col in derived else col
             raise UserError(
                 f"{source}: column {what} must be finite; {plain(bad.iloc[0])!r} on line "
@@ -143,64 +138,53 @@ def require_finite(
             )
 
 
-def require_unique(df: pd.DataFrame, column: str, source: str, lines: LineLocator | None = None) -> None:
-    """Fail when ``column`` (the customer ID) has blanks or duplicates."""
-    lines = lines or LineLocator()
-    ids = df[column]
-    if ids.isna().any():
-        raise UserError(
-            f"{source}: ID column {column} has {int(ids.isna().sum())} blank value(s), "
-            f"e.g. on line {lines.line(ids.index[ids.isna()][0], column)}"
-        )
-    dupes = ids[ids.duplicated()]
-    if len(dupes):
-        value = dupes.iloc[0]
-        first = ids.index[ids == value][0]
-        raise UserError(
-            f"{source}: ID column {column} has duplicates, e.g. {plain(value)!r} on lines "
-            f"{lines.line(first, column)} and {lines.line(dupes.index[0], column)}"
-        )
-
-
 def identify_rows(
     raw: pd.DataFrame, id_column: str | None, source: str, lines: LineLocator
 ) -> tuple[pd.DataFrame, str]:
-    """``raw`` with the column that identifies its rows, and its name: the ID column (checked present and unique),
-    or a ``row_id`` added when ``id_column`` is null."""
+    """``raw`` with the column that identifies its rows, and its name: the ID column (checked present, without blanks
+    or duplicates), or a ``row_id`` added when ``id_column`` is null."""
     if id_column is None:
         return with_row_id(raw, source), ROW_ID_COLUMN
     require_columns(raw, [id_column], source, what="ID")
-    require_unique(raw, id_column, source, lines)
+    ids = raw[id_column]
+    if ids.isna().any():
+        raise UserError(
+            f"{source}: ID column {id_column} has {int(ids.isna().sum())} blank value(s), "
+            f"e.g. on line {lines.line(ids.index[ids.isna()][0], id_column)}"
+        )
+    if len(dupes := ids[ids.duplicated()]):
+        first = ids.index[ids == dupes.iloc[0]][0]
+        raise UserError(
+            f"{source}: ID column {id_column} has duplicates, e.g. {plain(dupes.iloc[0])!r} on lines "
+            f"{lines.line(first, id_column)} and {lines.line(dupes.index[0], id_column)}"
+        )
     return raw, id_column
 
 
-def with_row_id(df: pd.DataFrame, source: str, column: str = ROW_ID_COLUMN) -> pd.DataFrame:
-    """Add a ``row_id`` column (1 = the first data row) for a CSV without an ID column (``id_column: null``)."""
-    if column in df.columns:
+def with_row_id(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """``df`` with a first column ``row_id`` (1 = the first data row), for a CSV without an ID column."""
+    if ROW_ID_COLUMN in df.columns:
         raise UserError(
-            f"{source}: the file already has a column {column}; set preprocess.data.id_column: {column} to use it"
+            f"{source}: the file already has a column {ROW_ID_COLUMN}; set preprocess.data.id_column: {ROW_ID_COLUMN}"
+            " to use it"
         )
     out = df.copy()
-    out.insert(0, column, range(1, len(df) + 1))
+    out.insert(0, ROW_ID_COLUMN, range(1, len(df) + 1))
     return out
 
 
 def as_categories(series: pd.Series) -> pd.Series:
     """A categorical column as strings (blanks stay NaN); integral numbers read as floats become '2', not '2.0'."""
     values = series
-    if pd.api.types.is_float_dtype(values):
-        present = values.dropna()
-        if len(present) and (present == present.round()).all():
-            values = values.astype("Int64")
-    out = values.astype("string").astype(object)
-    return out.where(series.notna(), np.nan)
+    if pd.api.types.is_float_dtype(series) and len(present := series.dropna()) and (present == present.round()).all():
+        values = series.astype("Int64")
+    return values.astype("string").astype(object).where(series.notna(), np.nan)
 
 
 def require_few_categories(df: pd.DataFrame, columns: Iterable[str], limit: int, source: str) -> None:
     """Fail when a column to one-hot encode has more than ``limit`` distinct values (an ID-like column, say)."""
     for col in columns:
-        n = df[col].nunique(dropna=True)
-        if n > limit:
+        if (n := df[col].nunique(dropna=True)) > limit:
             raise UserError(
                 f"{source}: categorical column {col} has {n} distinct values (more than "
                 f"preprocess.categorical.max_categories = {limit}); drop it or raise the limit"

@@ -1,9 +1,7 @@
 """The search over k for ``train.algorithm``, then the final fit. Pure: arrays in, results out.
 
-One seeded model per k on the search rows (all rows, or a seeded sample of ``search_sample_size``), ``n_threads``
-fits at a time, each on one thread (the scores do not depend on the thread count). k_best: the knee of the score
-curve (kneed, as yellowbrick 1.5 sets it), the lowest BIC/AIC (Gaussian mixture), or none (HDBSCAN finds k itself).
-"""
+One seeded fit per k on the search rows (all, or a seeded sample), ``n_threads`` fits at a time, each on one thread.
+k_best: the knee of the score curve (kneed, set as yellowbrick 1.5 sets it), or the lowest BIC/AIC."""
 
 from __future__ import annotations
 
@@ -41,9 +39,14 @@ class ElbowResult:
     sample: np.ndarray | None = field(default=None, repr=False)  # the search rows' indices (None: every row)
 
 
+def say(message: str) -> None:
+    """One line on stderr, at once."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def search_sample(rows: int, params: TrainParams) -> np.ndarray | None:
-    """The sorted indices of the seeded sample the search fits on (``search_sample_size``, and at most
-    ``fit_sample_size`` for an algorithm without ``predict``); None: all rows."""
+    """The sorted indices of the search's seeded sample (``search_sample_size``, at most ``fit_sample_size`` for an
+    algorithm without ``predict``); None: all rows."""
     size = params.search_sample_size
     if not algorithms.get(params).predicts:
         own = params.algorithm_params.fit_sample_size
@@ -53,28 +56,17 @@ def search_sample(rows: int, params: TrainParams) -> np.ndarray | None:
     return np.sort(np.random.default_rng(params.random_state).choice(rows, size=size, replace=False))
 
 
-def distortion_score(X: np.ndarray, labels: np.ndarray) -> float:
-    """yellowbrick's ``distortion_score``: squared distances to the cluster means, computed as yellowbrick 1.5 does
-    (the same scores to the last bit)."""
-    from sklearn.metrics import pairwise_distances
-
-    total = 0.0
-    for label in np.unique(labels):
-        members = X[labels == label]
-        center = np.array([members.mean(axis=0)])
-        total += (pairwise_distances(members, center, metric="euclidean") ** 2).sum()
-    return float(total)
-
-
 def score(X: np.ndarray, labels: np.ndarray, metric: str) -> float:
-    """The elbow curve's score of a clustering, as ``KElbowVisualizer`` computes it for ``metric``."""
-    if metric == "distortion":
-        return distortion_score(X, labels)
-    from sklearn.metrics import calinski_harabasz_score, silhouette_score
+    """The elbow curve's score of a clustering, as yellowbrick 1.5's ``KElbowVisualizer`` computes it (to the bit)."""
+    from sklearn.metrics import calinski_harabasz_score, pairwise_distances, silhouette_score
 
     if metric == "silhouette":
         return float(silhouette_score(X, labels, metric="euclidean"))
-    return float(calinski_harabasz_score(X, labels))
+    if metric == "calinski_harabasz":
+        return float(calinski_harabasz_score(X, labels))
+    # distortion (yellowbrick's distortion_score): squared distances to the cluster means
+    members = [X[labels == label] for label in np.unique(labels)]
+    return float(sum((pairwise_distances(m, m.mean(axis=0)[None]) ** 2).sum() for m in members))
 
 
 # yellowbrick's KElbowVisualizer: the shape of each metric's curve, for the knee locator.
@@ -86,8 +78,8 @@ CURVES = {
 
 
 def find_knee(x: list[int], y: list[float], curve_nature: str, curve_direction: str, S: float = 1.0) -> int | None:
-    """The knee by kneed's ``KneeLocator`` set as yellowbrick 1.5 sets it (``interp1d``, offline); None when there is
-    none, and for a flat curve or fewer than two k (kneed would divide by zero)."""
+    """The knee by kneed's ``KneeLocator`` set as yellowbrick 1.5 sets it; None when there is none, for a flat curve
+    or fewer than two k (kneed would divide by zero)."""
     from kneed import KneeLocator
 
     xs, ys = np.asarray(x), np.asarray(y, dtype=float)
@@ -105,8 +97,8 @@ def check_k_range(X: np.ndarray, params: TrainParams, source: str, sample: np.nd
 
 
 def check_k_rows(rows: int, count_distinct, params: TrainParams, source: str, sample: np.ndarray | None = None) -> None:
-    """Fail unless ``rows`` rows can hold ``k_max`` clusters: below the rows, at most rows / ``min_cluster_size``,
-    and at least ``k_max`` distinct rows (``count_distinct()``, called only when the search ``sample`` has too few)."""
+    """Fail unless ``rows`` rows can hold ``k_max`` clusters: below the rows, at most rows / ``min_cluster_size``, at
+    least ``k_max`` distinct rows (``count_distinct()``, called only when the search ``sample`` has too few)."""
     top, name = params.k_top  # k_max, or a fixed train.k above it
     if top >= rows:
         raise UserError(f"params.yaml: train.{name} ({top}) must be below the number of rows ({rows})")
@@ -147,7 +139,7 @@ def small_clusters(labels: np.ndarray, k: int, min_size: int) -> dict[int, int]:
 
 
 def small_sizes(sizes: np.ndarray, min_size: int) -> dict[int, int]:
-    """Clusters (``sizes[i]`` rows in cluster i) with fewer than ``min_size`` rows."""
+    """The same from the clusters' sizes."""
     return {i: int(n) for i, n in enumerate(sizes) if n < min_size}
 
 
@@ -162,27 +154,22 @@ def small_cluster_warning(small: dict[int, int], k: int, min_size: int) -> str:
 
 
 def fallback_k(k_values: list[int], scores: list[float], metric: str) -> tuple[int, str]:
-    """The rule when there is no elbow: the best score (silhouette, calinski_harabasz); for distortion the largest
-    second difference of the scores (with two k, the smaller)."""
+    """The rule when there is no elbow: the best score; for distortion the largest second difference of the scores
+    (with two k, the smaller)."""
     if metric != "distortion":
-        i = int(np.argmax(scores))
-        return k_values[i], "fallback_best_score"
+        return k_values[int(np.argmax(scores))], "fallback_best_score"
     if len(scores) < 3:
         return k_values[0], "fallback_k_min"
-    second_diff = np.diff(np.asarray(scores, dtype=float), n=2)
-    return k_values[int(np.argmax(second_diff)) + 1], "fallback_max_curvature"
+    return k_values[int(np.argmax(np.diff(np.asarray(scores, dtype=float), n=2))) + 1], "fallback_max_curvature"
 
 
 def choose_k(
     k_values: list[int], scores: list[float], elbow: int | None, metric: str, selection: str
 ) -> tuple[int, str]:
-    """Pick k_best: the elbow (or the best score) per ``selection``; never returns None."""
+    """k_best and its rule: the best score (``selection: best_score``), else the elbow, else :func:`fallback_k`."""
     if selection == "best_score":
-        i = int(np.argmax(scores))
-        return k_values[i], "best_score"
-    if elbow is not None:
-        return int(elbow), "elbow"
-    return fallback_k(k_values, scores, metric)
+        return k_values[int(np.argmax(scores))], "best_score"
+    return (int(elbow), "elbow") if elbow is not None else fallback_k(k_values, scores, metric)
 
 
 def fit_k(X: np.ndarray, k: int, params: TrainParams) -> tuple[Any, float, float]:
@@ -199,7 +186,7 @@ def fit_k(X: np.ndarray, k: int, params: TrainParams) -> tuple[Any, float, float
 
 
 def fit_model(params: TrainParams, k: int, X: np.ndarray):
-    """``train.algorithm`` with ``k`` clusters fitted on ``X``; a fit the library refuses is a one-line user error."""
+    """``train.algorithm`` with ``k`` clusters fitted on ``X``; a fit the library refuses is a one-line error."""
     try:
         return algorithms.make(params, k).fit(X)
     except ValueError as exc:
@@ -210,8 +197,7 @@ def fit_model(params: TrainParams, k: int, X: np.ndarray):
 
 
 def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model matrix") -> ElbowResult:
-    """Check the k range, fit k_min..k_max on the search rows and choose k_best (HDBSCAN: :func:`density_clusters`);
-    ``source`` names the matrix in error messages."""
+    """Check the k range, fit k_min..k_max on the search rows and choose k_best (HDBSCAN: :func:`density_clusters`)."""
     if algorithms.get(params).criterion(params) is None:
         return density_clusters(X, params)
     idx = search_sample(len(X), params)
@@ -224,7 +210,8 @@ def search_k(S: np.ndarray, rows: int, idx: np.ndarray | None, params: TrainPara
     """The search on its checked rows ``S``: the rows ``idx`` (None: all) of a matrix of ``rows`` rows."""
     criterion = algorithms.get(params).criterion(params)
     k_values = sorted(set(range(params.k_min, params.k_max + 1)) | ({params.k} if params.k is not None else set()))
-    fits: dict[int, tuple[Any, float]] = {}
+    models: dict[int, Any] = {}
+    scores: list[float] = []
     what = f"on {len(S)} of {rows} rows" if idx is not None else f"on {rows} rows"
     # BLAS's thread limit is process-wide: one thread for all; OpenMP's is set by each worker thread (fit_k).
     with (
@@ -232,12 +219,10 @@ def search_k(S: np.ndarray, rows: int, idx: np.ndarray | None, params: TrainPara
         threadpool_limits(limits=1, user_api="blas"),
         ThreadPoolExecutor(params.n_threads) as pool,
     ):
-        futures = {k: pool.submit(fit_k, S, k, params) for k in k_values}
-        for k in k_values:
-            model, value, seconds = futures[k].result()
-            fits[k] = (model, value)
+        for k, future in [(k, pool.submit(fit_k, S, k, params)) for k in k_values]:
+            models[k], value, seconds = future.result()
+            scores.append(value)
             progress.step(f"k={k}/{k_values[-1]} fitted ({seconds:.1f} s)")
-    scores = [fits[k][1] for k in k_values]
     metric = params.metric if criterion == algorithms.ELBOW else criterion
     if params.k is not None or len(k_values) == 1:  # fixed by the user: no rule to apply
         k_best, rule = (params.k if params.k is not None else k_values[0]), "fixed"
@@ -247,20 +232,16 @@ def search_k(S: np.ndarray, rows: int, idx: np.ndarray | None, params: TrainPara
         elbow = find_knee(k_values, scores, *CURVES[params.metric]) if params.selection == "elbow" else None
         k_best, rule = choose_k(k_values, scores, elbow, params.metric, params.selection)
     if rule.startswith("fallback"):
-        print(
-            f"warning: train: no elbow found in the {params.metric} curve for k={params.k_min}..{params.k_max}; "
-            f"using k={k_best} ({rule.removeprefix('fallback_').replace('_', ' ')} rule)",
-            file=sys.stderr,
-        )
+        say(f"warning: train: no elbow found in the {params.metric} curve for k={params.k_min}..{params.k_max}; "
+            f"using k={k_best} ({rule.removeprefix('fallback_').replace('_', ' ')} rule)")  # fmt: skip
     score_best = scores[k_values.index(k_best)]
     figure = elbow_figure(k_values, scores, k_best, score_best, rule, metric, len(S), rows)
-    models = {k: model for k, (model, _) in fits.items()}
     return ElbowResult(k_values, scores, k_best, score_best, rule, figure, len(S), models, metric, idx)
 
 
 def density_clusters(X: np.ndarray, params: TrainParams) -> ElbowResult:
-    """An algorithm that finds k itself (HDBSCAN): one fit on the search rows; the "curve" is one point, k found with
-    the share of noise rows as its score, and the figure shows the clusters' sizes."""
+    """An algorithm that finds k itself (HDBSCAN): one fit on the search rows; the "curve" is one point, its score
+    the share of noise rows; the figure shows the clusters' sizes."""
     idx = search_sample(len(X), params)
     S = X if idx is None else X[idx]
     start = time.perf_counter()
@@ -269,13 +250,9 @@ def density_clusters(X: np.ndarray, params: TrainParams) -> ElbowResult:
         model = fit_model(params, 0, S)
     labels = algorithms.fit_labels(model, S)
     sizes = algorithms.cluster_sizes(labels, int(labels.max()) + 1)
-    k = sum(1 for c in sizes if c != NOISE)
+    k = len(sizes) - (NOISE in sizes)
     what = f"on {len(S)} of {len(X)} rows" if idx is not None else f"on {len(X)} rows"
-    print(
-        f"train: {params.algorithm} {what}: {algorithms.describe(sizes)} ({time.perf_counter() - start:.1f} s)",
-        file=sys.stderr,
-        flush=True,
-    )
+    say(f"train: {params.algorithm} {what}: {algorithms.describe(sizes)} ({time.perf_counter() - start:.1f} s)")
     if k < 2:
         raise UserError(
             f"params.yaml: train.{params.algorithm} found {algorithms.describe(sizes)} in {len(S)} rows; change "
@@ -315,9 +292,8 @@ def elbow_figure(
 
 
 def fit_final(X: np.ndarray, elbow: ElbowResult, params: TrainParams) -> Any:
-    """The final model with k_best clusters on all rows of ``X``: without ``predict``, a :class:`CentroidAssigner`
-    of the search's fit; else the search's fit when it saw every row, else one fit on all rows (KMeans: one run
-    started from the sample's centres, whose ``n_init`` restarts already chose them)."""
+    """The model with k_best clusters for all rows of ``X``: a :class:`CentroidAssigner` of the search's fit (no
+    ``predict``), the search's fit when it saw every row, else a fit on all rows (KMeans: from the sample's centres)."""
     k = elbow.k_best
     if not algorithms.get(params).predicts:
         S = X if elbow.sample is None else X[elbow.sample]
@@ -334,11 +310,7 @@ def fit_final(X: np.ndarray, elbow: ElbowResult, params: TrainParams) -> Any:
             model = fit_model(params, k, X)
     start_from = " from the sample's centres" if kmeans else ""
     iterations = f", {model.n_iter_} iterations" if hasattr(model, "n_iter_") else ""
-    print(
-        f"train: final fit, k={k} on all {len(X)} rows{start_from} ({time.perf_counter() - start:.1f} s{iterations})",
-        file=sys.stderr,
-        flush=True,
-    )
+    say(f"train: final fit, k={k} on all {len(X)} rows{start_from} ({time.perf_counter() - start:.1f} s{iterations})")
     return model
 
 

@@ -4,7 +4,7 @@ encoder, PCA) and build the model matrix. Pure: DataFrames in, results out."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,9 +20,8 @@ from segmentation.files import LineLocator
 class PreprocessResult:
     """What preprocess produces: unscaled features, the model matrix, the fitted transformer, row counts."""
 
-    # ID + selected features, unscaled, + categorical columns as read, + evaluate.profile_columns (for profiles)
-    features: pd.DataFrame
-    matrix: pd.DataFrame  # ID + transformed columns (what KMeans sees)
+    features: pd.DataFrame  # ID, features unscaled, categorical columns as read, evaluate.profile_columns
+    matrix: pd.DataFrame  # ID + transformed columns (what the clusterer sees)
     transformer: Any  # a scikit-learn Pipeline
     metrics: dict[str, int]
 
@@ -53,28 +52,19 @@ def build_transformer(params: PreprocessParams):
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     impute = params.missing == "median"
-    numeric: list[tuple[str, object]] = [("impute", SimpleImputer(strategy="median"))] if impute else []
-    if params.scale:
-        numeric.append(("scale", StandardScaler()))
-    onehot = onehot_columns(params)
-    steps: list[tuple[str, object]] = []
-    if onehot:
-        categorical: list[tuple[str, object]] = [("impute", SimpleImputer(strategy="most_frequent"))] if impute else []
+    numeric: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))] if impute else []
+    numeric += [("scale", StandardScaler())] if params.scale else []
+    steps = numeric
+    if onehot := onehot_columns(params):
+        categorical: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="most_frequent"))] if impute else []
         categorical.append(("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=float)))
-        columns = ColumnTransformer(
-            [
-                ("numeric", Pipeline(numeric) if numeric else "passthrough", list(params.features)),
-                ("categorical", Pipeline(categorical), onehot),
-            ],
-            verbose_feature_names_out=False,
-        )
-        steps.append(("columns", columns))
-    else:
-        steps.extend(numeric)
+        numeric_step = Pipeline(numeric) if numeric else "passthrough"
+        columns = [("numeric", numeric_step, list(params.features)), ("categorical", Pipeline(categorical), onehot)]
+        steps = [("columns", ColumnTransformer(columns, verbose_feature_names_out=False))]
     if params.pca_components is not None:
         # Deterministic (the randomized solver would need a seed); eigendecomposition of the features' covariance:
         # ~10x faster than the full SVD on a million rows, and no rows x features copies.
-        steps.append(("pca", PCA(n_components=params.pca_components, svd_solver="covariance_eigh")))
+        steps = [*steps, ("pca", PCA(n_components=params.pca_components, svd_solver="covariance_eigh"))]
     return Pipeline(steps or [("identity", "passthrough")])
 
 
@@ -83,12 +73,11 @@ class Rows:
     """The row-wise part of preprocess (:func:`select_rows`) on one table, or on one partition of a larger one."""
 
     table: pd.DataFrame  # the kept rows and columns, under the raw row labels (messages name their lines)
-    metrics: dict[str, int]  # row counts: rows_in, dropped_missing (or imputed_rows), outliers_<column>..., rows_out
-    blank: list[str]  # the model columns blank on every row read, before any row was dropped
+    metrics: dict[str, int]  # rows_in, dropped_missing (or imputed_rows), outliers_<column>..., rows_out
+    blank: list[str]  # the model columns blank on every row read
     profiled: list[str]  # the passed-through profile columns (evaluate.profile_columns), in output order
     derived: list[str]  # the columns the recipe computed (named as such in messages)
-    # With ``distinct``: each one-hot column's values (the Dask engine checks max_categories on their union).
-    categories: dict[str, list[Any]] = field(default_factory=dict)
+    categories: dict[str, list[Any]] = field(default_factory=dict)  # with ``distinct``: each one-hot column's values
 
 
 def select_rows(
@@ -101,8 +90,7 @@ def select_rows(
     distinct: bool = False,
 ) -> Rows:
     """Check the raw rows, derive the recipe's columns, keep the columns that matter and drop the rows with blanks
-    (``missing: drop``) or outside the ``outliers`` bounds. Row by row (the Dask engine applies it per partition):
-    what only the whole table can tell (unique IDs, a column blank everywhere, too few rows) is the caller's."""
+    (``missing: drop``) or outside the ``outliers`` bounds. Row by row: whole-table checks are the caller's."""
     df, derived = recipes.apply(params.recipe, raw, params.recipe_params, source, lines)
 
     categorical = list(params.categorical.columns)
@@ -125,12 +113,8 @@ def select_rows(
     used = [*params.features, *onehot]  # the columns the model sees: blanks there are "missing"
     blank = [c for c in used if df[c].isna().all()]
     missing = df[used].isna().any(axis=1)
-    if params.missing == "drop":
-        metrics["dropped_missing"] = int(missing.sum())
-        kept = ~missing
-    else:
-        metrics["imputed_rows"] = int(missing.sum())
-        kept = pd.Series(True, index=df.index)
+    metrics["dropped_missing" if params.missing == "drop" else "imputed_rows"] = int(missing.sum())
+    kept = ~missing if params.missing == "drop" else pd.Series(True, index=df.index)
 
     # Outliers are counted among the rows kept so far; the rows are then filtered once.
     any_outlier = pd.Series(False, index=df.index)
@@ -149,17 +133,12 @@ def select_rows(
 def preprocess(
     raw: pd.DataFrame, params: PreprocessParams, source: str, profile_columns: list[str] | None = None
 ) -> PreprocessResult:
-    """Validate ``raw``, derive features, drop missing/outlier rows, fit the transformer. ``profile_columns`` are
-    passed through as read; ``source`` names the input in error messages."""
+    """Validate ``raw``, derive features, drop missing/outlier rows, fit the transformer (``profile_columns`` passed
+    through as read)."""
     return fit_preprocessing(keep_rows(raw, params, source, profile_columns), params, source)
 
 
-class Kept(NamedTuple):
-    """The rows :func:`keep_rows` keeps, with what :func:`fit_preprocessing` needs to go on."""
-
-    rows: Rows
-    id_col: str
-    lines: LineLocator
+Kept = tuple[Rows, str, LineLocator]  # the kept rows, the ID column, the lines of the raw rows
 
 
 def keep_rows(
@@ -179,7 +158,7 @@ def keep_rows(
     require_computable(df, params.features, source, lines, rows.derived)
     if all(df[c].nunique(dropna=True) <= 1 for c in used):  # one distinct row: PCA would divide by a zero variance
         raise UserError(single_value_message(used, len(df), source))
-    return Kept(rows, id_col, lines)
+    return rows, id_col, lines
 
 
 def fit_preprocessing(kept: Kept, params: PreprocessParams, source: str) -> PreprocessResult:
@@ -242,13 +221,9 @@ def require_values(
     drop it silently), drop would drop every row."""
     for col in (c for c in used if c in blank):
         setting = "preprocess.features" if col in params.features else "preprocess.categorical.columns"
-        consequence = (
-            "preprocess.missing: median cannot impute it"
-            if params.missing == "median"
-            else "preprocess.missing: drop would drop every row"
-        )
+        consequence = "median cannot impute it" if params.missing == "median" else "drop would drop every row"
         raise UserError(
-            f"{source}: column {col} is blank on all {rows} rows{after}; {consequence}: "
+            f"{source}: column {col} is blank on all {rows} rows{after}; preprocess.missing: {consequence}: "
             f"fill it in or remove it from {setting}"
         )
 
