@@ -61,15 +61,15 @@ class KMeansParams(AlgorithmParams):
     method: Literal["lloyd", "elkan"] = "lloyd"  # KMeans' ``algorithm``; lloyd is the default
 
 
-def _seeded(cls: type, p: TrainParams, k: int, **own: Any):
-    """A k-means-family estimator with every knob explicit: seeded, ``n_init`` fixed (``'auto'`` moves the knee)."""
-    return cls(n_clusters=k, n_init=p.n_init, max_iter=p.max_iter, random_state=p.random_state, **own)
+def _seeded(p: TrainParams) -> dict[str, Any]:
+    """The knobs of ``train`` every seeded estimator gets, explicit (``n_init: 'auto'`` would move the knee)."""
+    return {"n_init": p.n_init, "max_iter": p.max_iter, "random_state": p.random_state}
 
 
 def _kmeans(p: TrainParams, k: int):
     from sklearn.cluster import KMeans
 
-    return _seeded(KMeans, p, k, algorithm=p.kmeans.method)
+    return KMeans(n_clusters=k, algorithm=p.kmeans.method, **_seeded(p))
 
 
 class MiniBatchKMeansParams(AlgorithmParams):
@@ -82,7 +82,7 @@ class MiniBatchKMeansParams(AlgorithmParams):
 def _minibatch_kmeans(p: TrainParams, k: int):
     from sklearn.cluster import MiniBatchKMeans
 
-    return _seeded(MiniBatchKMeans, p, k, **p.minibatch_kmeans.model_dump())
+    return MiniBatchKMeans(n_clusters=k, **p.minibatch_kmeans.model_dump(), **_seeded(p))
 
 
 class BisectingKMeansParams(AlgorithmParams):
@@ -94,7 +94,7 @@ class BisectingKMeansParams(AlgorithmParams):
 def _bisecting_kmeans(p: TrainParams, k: int):
     from sklearn.cluster import BisectingKMeans
 
-    return _seeded(BisectingKMeans, p, k, **p.bisecting_kmeans.model_dump())
+    return BisectingKMeans(n_clusters=k, **p.bisecting_kmeans.model_dump(), **_seeded(p))
 
 
 class GaussianMixtureParams(AlgorithmParams):
@@ -108,11 +108,7 @@ class GaussianMixtureParams(AlgorithmParams):
 def _gaussian_mixture(p: TrainParams, k: int):
     from sklearn.mixture import GaussianMixture
 
-    q = p.gaussian_mixture
-    return GaussianMixture(
-        n_components=k, covariance_type=q.covariance_type, reg_covar=q.reg_covar, n_init=p.n_init,
-        max_iter=p.max_iter, random_state=p.random_state,
-    )  # fmt: skip
+    return GaussianMixture(n_components=k, **p.gaussian_mixture.model_dump(exclude={"criterion"}), **_seeded(p))
 
 
 class AgglomerativeParams(AlgorithmParams):
@@ -126,7 +122,7 @@ class AgglomerativeParams(AlgorithmParams):
 def _agglomerative(p: TrainParams, k: int):
     from sklearn.cluster import AgglomerativeClustering
 
-    return AgglomerativeClustering(n_clusters=k, linkage=p.agglomerative.linkage)
+    return AgglomerativeClustering(n_clusters=k, **p.agglomerative.model_dump(exclude={"fit_sample_size"}))
 
 
 class HDBSCANParams(AlgorithmParams):
@@ -152,12 +148,8 @@ class HDBSCANParams(AlgorithmParams):
 def _hdbscan(p: TrainParams, k: int):
     from sklearn.cluster import HDBSCAN
 
-    q = p.hdbscan
     # copy=True: it must not scale the caller's rows in place (and scikit-learn warns without it).
-    return HDBSCAN(
-        min_cluster_size=q.min_cluster_size, min_samples=q.min_samples,
-        cluster_selection_epsilon=q.cluster_selection_epsilon, copy=True,
-    )  # fmt: skip
+    return HDBSCAN(**p.hdbscan.model_dump(exclude={"fit_sample_size"}), copy=True)
 
 
 # The one list of algorithms: a name here is a valid train.algorithm and a sub-section of train.

@@ -1,8 +1,5 @@
-"""The pipeline as ``dvc.yaml`` declares it: its paths (``vars: paths``) and its stages, ``${...}`` resolved.
-
-``dvc.yaml`` is the one place where each path is written; code outside a stage asks here. A plain YAML read, not
-DVC's parser (~0.8 s to import): the resolution is DVC's for what this project uses (tests/test_paths.py checks it).
-"""
+"""The pipeline as ``dvc.yaml`` declares it: its paths (``vars: paths``) and its stages, ``${...}`` resolved. A plain
+YAML read, not DVC's parser (~0.8 s to import), resolving what this project uses as DVC does (tests/test_paths.py)."""
 
 from __future__ import annotations
 
@@ -47,10 +44,9 @@ def variables(root: str | Path = ".", data: dict[str, Any] | None = None) -> dic
     """What ``${...}`` can name, as for DVC: ``params.yaml`` (when present), then the mappings under ``vars``."""
     data = definition(root) if data is None else data
     context: dict[str, Any] = {}
-    params = Path(root) / PARAMS_FILE
     # A broken params file is reported by the stages themselves; here only the paths matter.
     with contextlib.suppress(OSError, yaml.YAMLError):
-        context.update(load_yaml(params.read_text(encoding="utf-8")) or {})
+        context.update(load_yaml((Path(root) / PARAMS_FILE).read_text(encoding="utf-8")) or {})
     for item in data.get("vars") or []:
         if isinstance(item, dict):  # a file name in vars (another params file) is not used by this project
             context.update(item)
@@ -94,7 +90,6 @@ def paths(root: str | Path = ".") -> dict[str, str]:
 
 def path(name: str, root: str | Path = ".") -> str:
     """One named path, e.g. ``path("segmenter")``; a :class:`UserError` when ``dvc.yaml`` does not declare it."""
-    found = paths(root)
-    if name not in found:
+    if name not in (found := paths(root)):
         raise UserError(f"{Path(root) / DVC_YAML}: vars: paths: has no {name}: (the pipeline's path for it)")
     return found[name]

@@ -4,37 +4,28 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 LONG_STEP_S = 1.0  # a step shorter than this prints nothing in a log: small data stays quiet
 
 
-class Progress:
-    """A step of ``total`` parts (the k values of a search): a tqdm bar on a terminal, else one line per part."""
+@contextmanager
+def parts(stage: str, what: str, total: int, unit: str = "it") -> Iterator[Callable[[str], None]]:
+    """A step of ``total`` parts (the k values of a search): a tqdm bar on a terminal, else one line per part. Yields
+    the function that says a part is done."""
+    if not sys.stderr.isatty():
+        yield lambda message: print(f"{stage}: {message}", file=sys.stderr, flush=True)
+        return
+    from tqdm import tqdm
 
-    def __init__(self, stage: str, what: str, total: int, unit: str = "it") -> None:
-        self.stage = stage
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
+    with tqdm(total=total, desc=f"{stage}: {what}", unit=unit, file=sys.stderr, leave=False) as bar:
 
-            self.bar = tqdm(total=total, desc=f"{stage}: {what}", unit=unit, file=sys.stderr, leave=False)
+        def done(message: str) -> None:
+            bar.set_postfix_str(message, refresh=False)
+            bar.update(1)
 
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def step(self, message: str) -> None:
-        """One part done."""
-        if self.bar is None:
-            print(f"{self.stage}: {message}", file=sys.stderr, flush=True)
-        else:
-            self.bar.set_postfix_str(message, refresh=False)
-            self.bar.update(1)
+        yield done
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from segmentation import algorithms
 from segmentation.algorithms import NOISE, CentroidAssigner
 from segmentation.config import TrainParams
 from segmentation.core.plotting import new_figure
-from segmentation.core.progress import Progress
+from segmentation.core.progress import parts
 from segmentation.errors import UserError
 
 
@@ -70,11 +70,8 @@ def score(X: np.ndarray, labels: np.ndarray, metric: str) -> float:
 
 
 # yellowbrick's KElbowVisualizer: the shape of each metric's curve, for the knee locator.
-CURVES = {
-    "distortion": ("convex", "decreasing"),
-    "silhouette": ("concave", "increasing"),
-    "calinski_harabasz": ("concave", "increasing"),
-}
+CURVES = {"distortion": ("convex", "decreasing"), "silhouette": ("concave", "increasing"),
+          "calinski_harabasz": ("concave", "increasing")}  # fmt: skip
 
 
 def find_knee(x: list[int], y: list[float], curve_nature: str, curve_direction: str, S: float = 1.0) -> int | None:
@@ -215,14 +212,14 @@ def search_k(S: np.ndarray, rows: int, idx: np.ndarray | None, params: TrainPara
     what = f"on {len(S)} of {rows} rows" if idx is not None else f"on {rows} rows"
     # BLAS's thread limit is process-wide: one thread for all; OpenMP's is set by each worker thread (fit_k).
     with (
-        Progress("train", f"elbow search {what}", total=len(k_values), unit="k") as progress,
+        parts("train", f"elbow search {what}", total=len(k_values), unit="k") as done,
         threadpool_limits(limits=1, user_api="blas"),
         ThreadPoolExecutor(params.n_threads) as pool,
     ):
         for k, future in [(k, pool.submit(fit_k, S, k, params)) for k in k_values]:
             models[k], value, seconds = future.result()
             scores.append(value)
-            progress.step(f"k={k}/{k_values[-1]} fitted ({seconds:.1f} s)")
+            done(f"k={k}/{k_values[-1]} fitted ({seconds:.1f} s)")
     metric = params.metric if criterion == algorithms.ELBOW else criterion
     if params.k is not None or len(k_values) == 1:  # fixed by the user: no rule to apply
         k_best, rule = (params.k if params.k is not None else k_values[0]), "fixed"

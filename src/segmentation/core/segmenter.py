@@ -1,6 +1,6 @@
 """The segmenter: one scikit-learn ``Pipeline`` from a raw CSV row to a segment: the recipe's features
-(:class:`RecipeFeatures`), the fitted preprocessing and the fitted clusterer (one with ``predict``). The train stage
-builds it; ``segmentation.tools.score`` and ``mlflow models serve`` use it as it is."""
+(:class:`RecipeFeatures`), the fitted preprocessing and the fitted clusterer. The train stage builds it;
+``segmentation.tools.score`` and ``mlflow models serve`` use it as it is."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from segmentation import recipes
 from segmentation.config import PreprocessParams
 from segmentation.core import data
+from segmentation.core.transform import onehot_columns
 from segmentation.files import LineLocator
 
 
 class RecipeFeatures(TransformerMixin, BaseEstimator):
     """Raw rows -> the columns the fitted preprocessing reads, as preprocess computes them (the numeric ``features``
-    as float64, then the one-hot ``categorical`` columns as text). Stateless; bad values raise the preprocess
-    stage's one-line :class:`segmentation.errors.UserError`."""
+    as float64, then the one-hot ``categorical`` columns as text). Stateless; bad values raise preprocess's errors."""
 
     def __init__(
         self,
@@ -38,48 +38,34 @@ class RecipeFeatures(TransformerMixin, BaseEstimator):
     @classmethod
     def from_params(cls, params: PreprocessParams) -> RecipeFeatures:
         """The feature step of the preprocess params (the recipe, ``features``, one-hot ``categorical`` columns)."""
-        onehot = list(params.categorical.columns) if params.categorical.encoding == "onehot" else []
-        knobs = params.recipe_params
-        return cls(
-            recipe=params.recipe,
-            recipe_params=knobs.model_dump(mode="json") if knobs is not None else None,
-            features=tuple(params.features),
-            categorical=tuple(onehot),
-        )
+        knobs = None if params.recipe_params is None else params.recipe_params.model_dump(mode="json")
+        return cls(params.recipe, knobs, tuple(params.features), tuple(onehot_columns(params)))
 
-    # -- what it reads and writes ---------------------------------------------------------------------------
     def _recipe(self) -> tuple[recipes.Recipe | None, Any]:
         """The recipe's registry entry and its knobs (validated by its params model), or (None, None)."""
-        if self.recipe is None:
-            return None, None
-        recipe = recipes.get(self.recipe)
-        if recipe.params is None or self.recipe_params is None:
+        recipe = None if self.recipe is None else recipes.get(self.recipe)
+        if recipe is None or recipe.params is None or self.recipe_params is None:
             return recipe, None
         return recipe, recipe.params.model_validate(self.recipe_params)
 
     def raw_columns(self) -> list[str]:
-        """The raw columns it reads: the recipe's inputs (with the columns it checks among the features), the raw
-        features and the categorical columns (an ID is not among them)."""
+        """The raw columns it reads: the recipe's inputs (and the columns it checks among the features), the raw
+        features and the categorical columns."""
         recipe, knobs = self._recipe()
-        columns: list[str] = []
-        derived: tuple[str, ...] = ()
-        if recipe is not None:
-            columns += [*recipe.inputs(knobs), *(c for c in recipe.checked if c in self.features)]
-            derived = recipe.derived
-        columns += [c for c in self.features if c not in derived]
-        return list(dict.fromkeys([*columns, *self.categorical]))
+        own = [*recipe.inputs(knobs), *(c for c in recipe.checked if c in self.features)] if recipe else []
+        derived = recipe.derived if recipe else ()
+        return list(dict.fromkeys([*own, *(c for c in self.features if c not in derived), *self.categorical]))
 
     def numeric_raw_columns(self) -> list[str]:
         """Of :meth:`raw_columns`, those read as numbers."""
         recipe, knobs = self._recipe()
-        text = set(self.categorical) | (set(recipe.text_inputs(knobs)) if recipe is not None else set())
+        text = {*self.categorical, *(recipe.text_inputs(knobs) if recipe else [])}
         return [c for c in self.raw_columns() if c not in text]
 
     def model_columns(self) -> list[str]:
         """The columns it outputs, in the order the preprocessing was fitted on."""
         return [*self.features, *self.categorical]
 
-    # -- scikit-learn ---------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None) -> RecipeFeatures:
         return self
 
@@ -88,10 +74,8 @@ class RecipeFeatures(TransformerMixin, BaseEstimator):
 
     def derive(self, X: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
         """``X`` checked as preprocess checks it, with the recipe's derived columns added (all columns kept)."""
-        source = source or self.source
-        lines = LineLocator.of(X)
-        _, knobs = self._recipe()
-        df, derived = recipes.apply(self.recipe, X, knobs, source, lines)
+        source, lines = source or self.source, LineLocator.of(X)
+        df, derived = recipes.apply(self.recipe, X, self._recipe()[1], source, lines)
         data.require_columns(df, self.features, source, what="feature (preprocess.features)")
         data.require_columns(df, self.categorical, source, what="categorical (preprocess.categorical.columns)")
         data.require_numeric(df, self.features, source, lines)
@@ -116,9 +100,8 @@ def build_segmenter(params: PreprocessParams, preprocessor: Any, model: Any):
     """The fitted ``Pipeline``: the recipe's features, the fitted preprocessing, the fitted clusterer."""
     from sklearn.pipeline import Pipeline
 
-    return Pipeline(
-        [("features", RecipeFeatures.from_params(params)), ("preprocess", preprocessor), ("cluster", model)]
-    )
+    steps = [("features", RecipeFeatures.from_params(params)), ("preprocess", preprocessor), ("cluster", model)]
+    return Pipeline(steps)
 
 
 def input_schema(segmenter: Any):
@@ -128,8 +111,6 @@ def input_schema(segmenter: Any):
 
     step: RecipeFeatures = segmenter.named_steps["features"]
     numeric = set(step.numeric_raw_columns())
-    example = pd.DataFrame(
-        {c: pd.Series([1.0], dtype="float64") if c in numeric else pd.Series(["x"], dtype=object) for c in
-         step.raw_columns()}
-    )  # fmt: skip
-    return infer_signature(example, np.zeros(1, dtype=np.int32))
+    example = {c: pd.Series([1.0] if c in numeric else ["x"], dtype="float64" if c in numeric else object)
+               for c in step.raw_columns()}  # fmt: skip
+    return infer_signature(pd.DataFrame(example), np.zeros(1, dtype=np.int32))

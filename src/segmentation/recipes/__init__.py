@@ -1,6 +1,5 @@
-"""Feature recipes: ``preprocess.recipe`` names one entry of :data:`REGISTRY` (null: no recipe, the table's own
-columns are the features). Adding a recipe is its module (the function that derives the columns) and one entry here;
-the preprocess stage, the segmenter and :mod:`segmentation.config` ask this registry and nothing else."""
+"""Feature recipes: ``preprocess.recipe`` names one entry of :data:`REGISTRY` (null: the table's own columns).
+Adding a recipe is its module (the function that derives the columns) and one entry here."""
 
 from __future__ import annotations
 
@@ -20,8 +19,7 @@ from segmentation.recipes import marketing_campaign
 class Recipe:
     """One feature recipe of ``preprocess.recipe``."""
 
-    # (raw rows, its params, source, lines) -> the rows with the derived columns added (a shallow copy); bad values
-    # raise UserError naming the column and the line.
+    # (raw rows, its params, source, lines) -> the rows with the derived columns added; bad values raise UserError
     derive: Callable[[pd.DataFrame, Any, str, LineLocator | None], pd.DataFrame]
     derived: tuple[str, ...]  # the columns it adds (messages name them as derived)
     inputs: Callable[[Any], list[str]]  # (its params) -> the raw columns it reads: all must be in the table
@@ -31,22 +29,17 @@ class Recipe:
 
     def text_inputs(self, params: Any) -> list[str]:
         """Its inputs that are text (not :attr:`numeric`)."""
-        numeric = set(self.numeric(params))
-        return [c for c in self.inputs(params) if c not in numeric]
+        return [c for c in self.inputs(params) if c not in self.numeric(params)]
 
 
 _mc = marketing_campaign
 # The one list of recipes: a name here is a valid preprocess.recipe.
 REGISTRY: dict[str, Recipe] = {
     "marketing_campaign": Recipe(
-        derive=_mc.derive_marketing_features,
-        derived=tuple(_mc.MARKETING_DERIVED),
-        inputs=_mc.marketing_inputs,
-        numeric=_mc.numeric_inputs,
-        params=_mc.MarketingCampaignParams,
-        checked=tuple(_mc.NON_NEGATIVE_COLUMNS),
+        derive=_mc.derive_marketing_features, derived=tuple(_mc.MARKETING_DERIVED), inputs=_mc.marketing_inputs,
+        numeric=_mc.numeric_inputs, params=_mc.MarketingCampaignParams, checked=tuple(_mc.NON_NEGATIVE_COLUMNS),
     ),
-}
+}  # fmt: skip
 
 
 def get(name: str) -> Recipe:
@@ -67,8 +60,7 @@ def input_columns(name: str | None, params: Any) -> list[str]:
 def apply(
     name: str | None, df: pd.DataFrame, params: Any, source: str, lines: LineLocator | None = None
 ) -> tuple[pd.DataFrame, list[str]]:
-    """``df`` with recipe ``name``'s derived columns (its inputs checked first) and their names; ``(df, [])`` for no
-    recipe."""
+    """``df`` with recipe ``name``'s derived columns (its inputs checked first) and their names."""
     if name is None:
         return df, []
     recipe = get(name)

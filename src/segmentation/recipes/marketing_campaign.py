@@ -1,6 +1,5 @@
 """The marketing-campaign feature recipe (``preprocess.recipe: marketing_campaign``): derived columns of the Kaggle
-"Customer Personality Analysis" schema (age, children, family size, total spend and purchases, enrollment length),
-its knobs in ``preprocess.marketing_campaign``. Registered in :mod:`segmentation.recipes` as :data:`RECIPE`."""
+"Customer Personality Analysis" schema, its knobs in ``preprocess.marketing_campaign``."""
 
 from __future__ import annotations
 
@@ -14,22 +13,14 @@ from segmentation.core import features
 from segmentation.errors import UserError
 from segmentation.files import LineLocator, plain
 
-# The marketing-campaign recipe's inputs: columns of the Kaggle "Customer Personality Analysis" schema.
 SPEND_COLUMNS = ["MntWines", "MntFruits", "MntMeatProducts", "MntFishProducts", "MntSweetProducts", "MntGoldProds"]
 PURCHASE_COLUMNS = ["NumDealsPurchases", "NumWebPurchases", "NumCatalogPurchases", "NumStorePurchases"]
 CHILD_COLUMNS = ["Kidhome", "Teenhome"]
 BIRTH_YEAR_COLUMN = "Year_Birth"
 MARITAL_STATUS_COLUMN = "Marital_Status"
 MARKETING_NUMERIC_INPUTS = [BIRTH_YEAR_COLUMN, *CHILD_COLUMNS, *SPEND_COLUMNS, *PURCHASE_COLUMNS]
-MARKETING_DERIVED = [
-    "Age",
-    "Children",
-    "Family_Size",
-    "Total_Spent",
-    "Total_Purchases",
-    "Enrollment_Days",
-    "Enrollment_Years",
-]
+MARKETING_DERIVED = ["Age", "Children", "Family_Size", "Total_Spent", "Total_Purchases", "Enrollment_Days",
+                     "Enrollment_Years"]  # fmt: skip
 DAYS_PER_YEAR = 365.25
 # Counts and amounts of the example schema cannot be negative: such a value is a data error (the stage stops), not an
 # outlier (implausible but possible values, e.g. an age of 120, are for preprocess.outliers: rows dropped, counted).
@@ -51,8 +42,7 @@ class MarketingCampaignParams(BaseModel):
 
     @model_validator(mode="after")
     def _statuses_disjoint(self) -> MarketingCampaignParams:
-        both = sorted(set(self.partnered_statuses) & set(self.single_statuses))
-        if both:
+        if both := sorted(set(self.partnered_statuses) & set(self.single_statuses)):
             raise ValueError(f"statuses listed as both partnered and single: {both}")
         return self
 
@@ -83,8 +73,7 @@ def parse_dates(series: pd.Series, date_format: str, source: str, lines: LineLoc
     parsed = pd.Series(
         parsed_uniques.take(codes, allow_fill=True, fill_value=pd.NaT), index=series.index, name=series.name
     )
-    bad = series[parsed.isna() & series.notna()]
-    if len(bad):
+    if len(bad := series[parsed.isna() & series.notna()]):
         line = (lines or LineLocator()).line(bad.index[0], str(series.name))
         raise UserError(
             f"{source}: column {series.name}: {plain(bad.iloc[0])!r} on line {line} "
@@ -95,18 +84,14 @@ def parse_dates(series: pd.Series, date_format: str, source: str, lines: LineLoc
 
 def adults_in_household(status: pd.Series, partnered: list[str], single: list[str], source: str) -> pd.Series:
     """Adults in the household per marital status: 2 partnered, 1 single; an unlisted status is an error, not a
-    guess."""
-    mapping = {**{s: 2 for s in partnered}, **{s: 1 for s in single}}
-    codes, uniques = pd.factorize(status, use_na_sentinel=True)  # mapped once per distinct status
-    per_value = np.array([mapping.get(v, np.nan) for v in uniques] + [np.nan], dtype=float)  # last: blanks
-    adults = pd.Series(per_value[codes], index=status.index, name=status.name)
-    unknown = sorted(status[adults.isna() & status.notna()].astype(str).unique())
-    if unknown:
+    guess (blanks stay NaN: missing)."""
+    adults = status.map({**{s: 2 for s in partnered}, **{s: 1 for s in single}}).astype(float)
+    if unknown := sorted(status[adults.isna() & status.notna()].astype(str).unique()):
         raise UserError(
             f"{source}: column {status.name} has value(s) {unknown} not listed in "
             "preprocess.marketing_campaign.partnered_statuses or single_statuses"
         )
-    return adults  # blanks stay NaN and are handled as missing
+    return adults
 
 
 def derive_marketing_features(
@@ -125,8 +110,7 @@ def derive_marketing_features(
             f"the latest {params.date_column} in {source} ({latest.date()})"
         )
     out["Age"] = reference.year - df[BIRTH_YEAR_COLUMN]
-    unborn = out["Age"][out["Age"] < 0]
-    if len(unborn):
+    if len(unborn := out["Age"][out["Age"] < 0]):
         label = unborn.index[0]
         raise UserError(
             f"{source}: column {BIRTH_YEAR_COLUMN}: {plain(df[BIRTH_YEAR_COLUMN][label])!r} on line "

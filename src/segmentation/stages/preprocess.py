@@ -17,8 +17,7 @@ from segmentation.tracking.lineage import file_md5
 
 
 def in_background(function, *args) -> Future:
-    """``function(*args)`` in a daemon thread (a stage that stops early does not wait for it); its result in the
-    returned future."""
+    """``function(*args)`` in a daemon thread (a stage that stops early does not wait for it), as a future."""
     future: Future = Future()
 
     def run() -> None:
@@ -33,8 +32,8 @@ def in_background(function, *args) -> Future:
 
 
 def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
-    """Read the raw CSV (only the columns used), preprocess it, say what to write and log; another
-    ``preprocess.engine`` does its own work."""
+    """Read the raw CSV (only the columns used), preprocess it, say what to write and log (another
+    ``preprocess.engine`` does its own work)."""
     if params.engine != LOCAL:
         return engine_module(params.engine, "preprocess").work(args, params, raw_params)
     profile_columns = profile_patterns(raw_params, args.params)  # passed through for the evaluate stage

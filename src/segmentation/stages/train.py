@@ -1,5 +1,5 @@
-"""Stage ``train``: the search over k for ``train.algorithm`` (:mod:`segmentation.core.search`), then the final fit
-on all rows, and the segmenter (raw row -> segment)."""
+"""Stage ``train``: the search over k for ``train.algorithm``, the final fit on all rows, the segmenter (raw row ->
+segment)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from segmentation import algorithms
 from segmentation.algorithms import NOISE
 from segmentation.config import PreprocessParams, TrainParams, flatten, parse_section
 from segmentation.core.plotting import FIGURE_DPI
-from segmentation.core.search import ElbowResult, small_cluster_warning, small_sizes, train
+from segmentation.core.search import ElbowResult, elbow_search, fit_final, small_cluster_warning, small_sizes
 from segmentation.core.segmenter import build_segmenter, input_schema
 from segmentation.engines import LOCAL, engine_module
 from segmentation.errors import UserError
@@ -25,7 +25,7 @@ MLFLOW_MODEL_NAME = "segmenter"  # the train run's MLflow model: runs:/<run id>/
 
 def save_mlflow_model(segmenter, folder: str) -> str:
     """Write ``segmenter`` as an MLflow model into ``folder``/segmenter (logged to the run, never a DVC output: its
-    MLmodel holds a time and a UUID). The requirements are given: inferring them loads the model in a subprocess."""
+    MLmodel holds a time and a UUID). Requirements given: inferring them loads the model in a subprocess."""
     from importlib.metadata import version
 
     import mlflow.sklearn
@@ -35,19 +35,14 @@ def save_mlflow_model(segmenter, folder: str) -> str:
     path = f"{folder}/{MLFLOW_MODEL_NAME}"
     requirements = [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "cloudpickle")]
     with quiet_mlflow():  # its notes on pickle safety and pip's version are not the user's concern here
-        mlflow.sklearn.save_model(
-            segmenter,
-            path,
-            signature=input_schema(segmenter),
-            pip_requirements=requirements,
-            serialization_format=MLFLOW_SERIALIZATION,
-        )
+        mlflow.sklearn.save_model(segmenter, path, signature=input_schema(segmenter), pip_requirements=requirements,
+                                  serialization_format=MLFLOW_SERIALIZATION)  # fmt: skip
     return path
 
 
 def work(args, params: TrainParams, raw_params: dict[str, Any]) -> Outcome:
-    """Read the matrix, search k and fit, build the segmenter; say what to write and log. Another
-    ``preprocess.engine`` does its own work."""
+    """Read the matrix, search k and fit, build the segmenter; say what to write and log (another
+    ``preprocess.engine`` does its own work)."""
     if args.segmenter and not args.preprocessor:
         raise UserError("--segmenter needs --preprocessor (the fitted preprocessing it includes)")
     # The segmenter's feature step is the preprocess recipe; preprocess.engine says where the matrix is.
@@ -58,9 +53,9 @@ def work(args, params: TrainParams, raw_params: dict[str, Any]) -> Outcome:
         return engine_module(preprocess_params.engine, "train").work(args, params, preprocess_params)
     matrix = read_matrix(args.matrix, stage="preprocess")
     preprocessor = load_model(args.preprocessor, stage="preprocess") if args.segmenter else None
-    id_column = matrix.columns[0]
-    elbow, model = train(matrix, id_column, params, source=args.matrix)
-    X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
+    X = matrix.drop(columns=[matrix.columns[0]]).to_numpy(dtype=float)  # the first column is the ID
+    elbow = elbow_search(X, params, source=args.matrix)
+    model = fit_final(X, elbow, params)
     labels = algorithms.fit_labels(model, X)
     noise_share = float((labels == NOISE).mean()) if algorithms.get(params).noise else None
     sizes = np.bincount(labels[labels != NOISE], minlength=elbow.k_best)
@@ -74,15 +69,14 @@ def outcome(
 ) -> Outcome:  # fmt: skip
     """What train writes and logs, from the search, the final model, its fit record and its clusters' sizes on all
     rows (noise apart, ``noise_share`` of them; None: no noise)."""
-    # The criterion that chose k names the score (distortion_at_k_best, bic_at_k_best); inertia only where the
-    # algorithm has one (k-means family), the Gaussian mixture's log-likelihood instead: evaluate checks the model.
+    # The criterion that chose k names the score (distortion_at_k_best, bic_at_k_best).
     metrics: dict[str, Any] = {"k_best": elbow.k_best}
     if elbow.rule != "density":  # HDBSCAN has no criterion: it found k itself (noise_share below)
         metrics[f"{elbow.metric}_at_k_best"] = elbow.score_best
     metrics.update(record)
     if hasattr(model, "n_iter_"):
         metrics["n_iter"] = int(model.n_iter_)
-    metrics["search_rows"] = elbow.search_rows  # all rows, or the seeded sample (search/fit_sample_size)
+    metrics["search_rows"] = elbow.search_rows
     if noise_share is not None:
         metrics["noise_share"] = noise_share
     tags = {"k_rule": elbow.rule}
