@@ -209,14 +209,11 @@ class CentroidAssigner(ClusterMixin, BaseEstimator):
         self.fit_labels_ = y.astype(np.int32)
         return self
 
-    def __sklearn_is_fitted__(self) -> bool:
-        return hasattr(self, "cluster_centers_")
-
     def predict(self, X: Any) -> np.ndarray:
         from sklearn.metrics import pairwise_distances_argmin
         from sklearn.utils.validation import validate_data
 
-        check_is_fitted(self, "cluster_centers_")
+        check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=float)
         return pairwise_distances_argmin(X, self.cluster_centers_).astype(np.int32)
 
@@ -256,15 +253,12 @@ def is_fitted(model: Any) -> bool:
 
 def training_labels(model: Any, X: np.ndarray) -> np.ndarray:
     """Each training row's cluster: ``predict``, or a :class:`CentroidAssigner`'s training assignment (noise kept)."""
-    if isinstance(model, CentroidAssigner):
-        return model.training_labels(X)
-    return model.predict(X)
+    return model.training_labels(X) if isinstance(model, CentroidAssigner) else model.predict(X)
 
 
 def inertia_on(model: Any, X: np.ndarray) -> float:
     """Sum of squared distances of the rows of ``X`` to their predicted cluster's centre."""
-    labels = model.predict(X)
-    return float(((X - model.cluster_centers_[labels]) ** 2).sum())
+    return float(((X - model.cluster_centers_[model.predict(X)]) ** 2).sum())
 
 
 def fit_record(model: Any, X: np.ndarray) -> dict[str, float]:
@@ -291,6 +285,5 @@ def cluster_sizes(labels: np.ndarray, k: int) -> dict[int, int]:
 
 def describe(sizes: Mapping[int, int]) -> str:
     """``4 clusters + 12 noise rows``, for messages."""
-    k = sum(1 for c in sizes if c != NOISE)
     noise = sizes.get(NOISE, 0)
-    return f"{k} cluster(s)" + (f" + {noise} noise row(s)" if noise else "")
+    return f"{len(sizes) - (NOISE in sizes)} cluster(s)" + (f" + {noise} noise row(s)" if noise else "")

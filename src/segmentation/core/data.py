@@ -19,10 +19,7 @@ DataParams = Any  # segmentation.config.DataParams (config builds on the recipes
 
 
 def load_csv(
-    params: DataParams,
-    columns: Collection[str] | None = None,
-    *,
-    separator_fix: Callable[[str], str] | None = None,
+    params: DataParams, columns: Collection[str] | None = None, *, separator_fix: Callable[[str], str] | None = None
 ) -> pd.DataFrame:
     """Read the raw CSV of ``params`` (only the ``columns`` it has); a missing, empty or undecodable file is a
     :class:`UserError`. ``separator_fix(guess)``: the advice when the separator looks wrong."""
@@ -33,11 +30,8 @@ def load_csv(
         raise UserError(f"{path}: data file not found (set preprocess.data.path in params.yaml)")
     options = {"sep": params.separator, "encoding": params.encoding, "quoting": csv.QUOTE_MINIMAL}
     try:
-        usecols = None
-        if columns is not None:
-            header = pd.read_csv(path, nrows=0, **options).columns
-            usecols = [c for c in header if matches(c, columns)] or None
-        df = pd.read_csv(path, usecols=usecols, **options)
+        header = [] if columns is None else pd.read_csv(path, nrows=0, **options).columns
+        df = pd.read_csv(path, usecols=[c for c in header if matches(c, columns)] or None, **options)
     except UnicodeDecodeError:
         # pandas decodes in chunks: its exc.start is an offset into a chunk, not into the file.
         where = decode_error_position(path, params.encoding)
@@ -53,8 +47,7 @@ def load_csv(
     if len(df.columns) == 1 and len(params.separator) == 1 and params.separator not in df.columns[0]:
         # One column usually means the wrong separator: say so rather than "column X missing".
         header = str(df.columns[0])[:60]
-        guess = next((sep for sep in ("\t", ",", ";", "|") if sep in header), None)
-        if guess is not None:
+        if (guess := next((sep for sep in ("\t", ",", ";", "|") if sep in header), None)) is not None:
             fix = separator_fix(guess) if separator_fix else "set preprocess.data.separator"
             raise UserError(
                 f"{path}: only one column found with separator {params.separator!r} (header starts {header!r}); {fix}"

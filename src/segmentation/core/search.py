@@ -99,8 +99,7 @@ def check_k_rows(rows: int, count_distinct, params: TrainParams, source: str, sa
     top, name = params.k_top  # k_max, or a fixed train.k above it
     if top >= rows:
         raise UserError(f"params.yaml: train.{name} ({top}) must be below the number of rows ({rows})")
-    most = rows // params.min_cluster_size
-    if top > most:
+    if top > (most := rows // params.min_cluster_size):
         raise UserError(
             f"params.yaml: train.{name} ({top}) is more than {rows} rows allow: at most rows / "
             f"train.min_cluster_size ({params.min_cluster_size}) = {most}; lower {name} (or min_cluster_size)"
@@ -109,11 +108,8 @@ def check_k_rows(rows: int, count_distinct, params: TrainParams, source: str, sa
         return
     distinct = count_distinct()
     if distinct < top:
-        fix = (
-            "nothing to cluster: check the data"
-            if distinct <= min(params.k_min, top)
-            else f"lower train.{name} to at most {distinct} or check the data"
-        )
+        fix = f"lower train.{name} to at most {distinct} or check the data"
+        fix = "nothing to cluster: check the data" if distinct <= min(params.k_min, top) else fix
         raise UserError(
             f"{source}: only {distinct} distinct row(s) among {rows} (identical customers?), fewer than "
             f"train.{name} ({top}); {fix}"
@@ -182,10 +178,10 @@ def fit_k(X: np.ndarray, k: int, params: TrainParams) -> tuple[Any, float, float
     return model, value, time.perf_counter() - start
 
 
-def fit_model(params: TrainParams, k: int, X: np.ndarray):
-    """``train.algorithm`` with ``k`` clusters fitted on ``X``; a fit the library refuses is a one-line error."""
+def fit_model(params: TrainParams, k: int, X: np.ndarray, **knobs: Any):
+    """``train.algorithm`` with ``k`` clusters (and ``knobs``) fitted on ``X``; a refused fit is a one-line error."""
     try:
-        return algorithms.make(params, k).fit(X)
+        return algorithms.make(params, k).set_params(**knobs).fit(X)
     except ValueError as exc:
         raise UserError(
             f"train: {params.algorithm} with k={k} on {len(X)} rows failed: {str(exc).splitlines()[0]} "
@@ -204,11 +200,10 @@ def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model ma
 
 
 def search_k(S: np.ndarray, rows: int, idx: np.ndarray | None, params: TrainParams) -> ElbowResult:
-    """The search on its checked rows ``S``: the rows ``idx`` (None: all) of a matrix of ``rows`` rows."""
+    """The search on its checked rows ``S``: the rows ``idx`` (None: all) of ``rows``."""
     criterion = algorithms.get(params).criterion(params)
     k_values = sorted(set(range(params.k_min, params.k_max + 1)) | ({params.k} if params.k is not None else set()))
-    models: dict[int, Any] = {}
-    scores: list[float] = []
+    models, scores = {}, []
     what = f"on {len(S)} of {rows} rows" if idx is not None else f"on {rows} rows"
     # BLAS's thread limit is process-wide: one thread for all; OpenMP's is set by each worker thread (fit_k).
     with (
@@ -260,9 +255,8 @@ def density_clusters(X: np.ndarray, params: TrainParams) -> ElbowResult:
     names = [algorithms.NOISE_NAME if c == NOISE else str(c) for c in sizes]
     ax.bar(names, list(sizes.values()), color=["grey" if c == NOISE else "C0" for c in sizes])
     on = "" if len(S) == len(X) else f", on a sample of {len(S)} of {len(X)} rows"
-    ax.set_title(f"No k search ({params.algorithm}: {params.algorithm_params.k_setting()}{on}), k_best = {k} found")
-    ax.set_xlabel("cluster")
-    ax.set_ylabel("rows")
+    title = f"No k search ({params.algorithm}: {params.algorithm_params.k_setting()}{on}), k_best = {k} found"
+    ax.set(title=title, xlabel="cluster", ylabel="rows")
     return ElbowResult([k], [noise_share], k, noise_share, "density", fig, len(S), {k: model}, "noise_share", idx)
 
 
@@ -280,10 +274,8 @@ def elbow_figure(
     )  # fmt: skip
     ax.axvline(k_best, color="black", linestyle="--", label=label)
     on = "" if rows == total else f", on a sample of {rows} of {total} rows"
-    ax.set_title(f"{'k search' if lower else 'Elbow search'} ({metric}{', lower is better' if lower else ''}{on}), "
-                 f"k_best = {k_best}")  # fmt: skip
-    ax.set_xlabel("number of clusters k")
-    ax.set_ylabel(f"{metric} score")
+    title = f"{'k search' if lower else 'Elbow search'} ({metric}{', lower is better' if lower else ''}{on})"
+    ax.set(title=f"{title}, k_best = {k_best}", xlabel="number of clusters k", ylabel=f"{metric} score")
     ax.legend(loc="upper right")  # a fixed place: "best" searches every point of the plot
     return fig
 
@@ -299,12 +291,9 @@ def fit_final(X: np.ndarray, elbow: ElbowResult, params: TrainParams) -> Any:
     if elbow.search_rows == len(X):
         return elbow.models[k]
     start = time.perf_counter()
-    kmeans = params.algorithm == "kmeans"
+    kmeans = params.algorithm == "kmeans"  # its n_init restarts on the sample already chose the centres
     with threadpool_limits(limits=params.n_threads):
-        if kmeans:
-            model = algorithms.make(params, k).set_params(init=elbow.models[k].cluster_centers_, n_init=1).fit(X)
-        else:
-            model = fit_model(params, k, X)
+        model = fit_model(params, k, X, **({"init": elbow.models[k].cluster_centers_, "n_init": 1} if kmeans else {}))
     start_from = " from the sample's centres" if kmeans else ""
     iterations = f", {model.n_iter_} iterations" if hasattr(model, "n_iter_") else ""
     say(f"train: final fit, k={k} on all {len(X)} rows{start_from} ({time.perf_counter() - start:.1f} s{iterations})")

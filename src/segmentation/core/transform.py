@@ -81,18 +81,12 @@ class Rows:
 
 
 def select_rows(
-    raw: pd.DataFrame,
-    params: PreprocessParams,
-    id_col: str,
-    source: str,
-    lines: LineLocator,
-    profile_columns: list[str] | None = None,
-    distinct: bool = False,
-) -> Rows:
+    raw: pd.DataFrame, params: PreprocessParams, id_col: str, source: str, lines: LineLocator,
+    profile_columns: list[str] | None = None, distinct: bool = False,
+) -> Rows:  # fmt: skip
     """Check the raw rows, derive the recipe's columns, keep the columns that matter and drop the rows with blanks
     (``missing: drop``) or outside the ``outliers`` bounds. Row by row: whole-table checks are the caller's."""
     df, derived = recipes.apply(params.recipe, raw, params.recipe_params, source, lines)
-
     categorical = list(params.categorical.columns)
     onehot = onehot_columns(params)
     data.require_columns(df, params.features, source, what="feature (preprocess.features)")
@@ -108,14 +102,12 @@ def select_rows(
     df = df[list(dict.fromkeys([id_col, *params.features, *categorical, *params.outliers, *extra]))]
     df = df.astype({c: "float64" for c in [*params.features, *params.outliers]})
     df = df.assign(**{c: data.as_categories(df[c]) for c in categorical})
-
     metrics: dict[str, int] = {"rows_in": len(df)}
     used = [*params.features, *onehot]  # the columns the model sees: blanks there are "missing"
     blank = [c for c in used if df[c].isna().all()]
     missing = df[used].isna().any(axis=1)
     metrics["dropped_missing" if params.missing == "drop" else "imputed_rows"] = int(missing.sum())
     kept = ~missing if params.missing == "drop" else pd.Series(True, index=df.index)
-
     # Outliers are counted among the rows kept so far; the rows are then filtered once.
     any_outlier = pd.Series(False, index=df.index)
     for column, mask in features.outlier_rows(df, params.outliers).items():
@@ -168,8 +160,7 @@ def fit_preprocessing(kept: Kept, params: PreprocessParams, source: str) -> Prep
     table = output_table(df, params, id_col, rows.profiled)
     transformer = build_transformer(params)
     values = transformer.fit_transform(table[used])
-    bad = ~np.isfinite(values)
-    if bad.any():  # not expected after the checks above: a clear stop rather than NaN in the matrix
+    if (bad := ~np.isfinite(values)).any():  # not expected after the checks: a clear stop rather than NaN
         row, col = np.argwhere(bad)[0]
         raise UserError(
             f"{source}: preprocessing the row on line {lines.line(df.index[row])} gave a non-finite value "
