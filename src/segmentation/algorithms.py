@@ -137,8 +137,7 @@ class HDBSCANParams(AlgorithmParams):
         return f"min_cluster_size = {self.min_cluster_size}, min_samples = {self.min_samples}"
 
     def check_rows(self, name: str, rows: int) -> None:
-        needs = self.min_samples or self.min_cluster_size
-        if needs > rows:
+        if (needs := self.min_samples or self.min_cluster_size) > rows:
             raise UserError(
                 f"params.yaml: train.{name}.min_samples (or min_cluster_size) ({needs}) must be at most the rows it "
                 f"is fitted on ({rows}); lower it"
@@ -262,8 +261,7 @@ def inertia_on(model: Any, X: np.ndarray) -> float:
 
 
 def fit_record(model: Any, X: np.ndarray) -> dict[str, float]:
-    """What ``metrics/train.json`` records to recognise the model: ``inertia`` (k-means family) or the mean
-    ``log_likelihood`` (Gaussian mixture)."""
+    """What ``metrics/train.json`` records to recognise the model: its ``inertia`` or mean ``log_likelihood``."""
     if hasattr(model, "inertia_"):
         return {"inertia": float(model.inertia_)}
     if hasattr(model, "means_"):

@@ -67,8 +67,7 @@ def matches(column: str, patterns: Collection[str]) -> bool:
 
 
 def expand_columns(patterns: Iterable[str], columns: Iterable[str], setting: str, source: str) -> list[str]:
-    """The ``columns`` that ``patterns`` (names or globs) name, each once, in pattern order; a pattern that matches
-    no column is a :class:`UserError` naming ``setting``."""
+    """The ``columns`` that ``patterns`` (names or globs) name, each once, in order; one matching none is an error."""
     columns, found = list(columns), []
     for pattern in patterns:
         if not (hits := [c for c in columns if matches(c, [pattern])]):
@@ -98,29 +97,24 @@ def require_numeric(df: pd.DataFrame, columns: Iterable[str], source: str, lines
     """Fail naming the first non-numeric column, its first offending value and how many (blanks are missing)."""
     lines = lines or LineLocator()
     for col in columns:
-        series = df[col]
-        if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+        if pd.api.types.is_numeric_dtype(series := df[col]):  # bools too
             continue
-        coerced = pd.to_numeric(series, errors="coerce")
-        bad = series[coerced.isna() & series.notna()]
+        bad = series[pd.to_numeric(series, errors="coerce").isna() & series.notna()]
         example = f"; e.g. {plain(bad.iloc[0])!r} on line {lines.line(bad.index[0], col)}" if len(bad) else ""
         count = f" ({len(bad)} such value(s))" if len(bad) > 1 else ""  # one: the message as it always was
         raise UserError(f"{source}: column {col} must be numeric{example}{count}")
 
 
 def require_finite(
-    df: pd.DataFrame,
-    columns: Iterable[str],
-    source: str,
-    lines: LineLocator | None = None,
+    df: pd.DataFrame, columns: Iterable[str], source: str, lines: LineLocator | None = None,
     derived: Collection[str] = (),
-) -> None:
+) -> None:  # fmt: skip
     """Fail naming the first column holding ``inf`` or ``-inf`` and the line of one such value (``derived``: columns
     computed from others, named as such)."""
     lines = lines or LineLocator()
     for col in columns:
         values = df[col]
-        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
             continue
         if len(bad := values[np.isinf(values.to_numpy(dtype=float, na_value=np.nan))]):
             what = f"{col} (derived from other columns: they overflow)" if col in derived else col

@@ -12,8 +12,7 @@ LONG_STEP_S = 1.0  # a step shorter than this prints nothing in a log: small dat
 
 @contextmanager
 def parts(stage: str, what: str, total: int, unit: str = "it") -> Iterator[Callable[[str], None]]:
-    """A step of ``total`` parts (the k values of a search): a tqdm bar on a terminal, else one line per part. Yields
-    the function that says a part is done."""
+    """A step of ``total`` parts: a tqdm bar on a terminal, else one line per part; yields the function "part done"."""
     if not sys.stderr.isatty():
         yield lambda message: print(f"{stage}: {message}", file=sys.stderr, flush=True)
         return

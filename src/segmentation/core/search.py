@@ -75,8 +75,7 @@ CURVES = {"distortion": ("convex", "decreasing"), "silhouette": ("concave", "inc
 
 
 def find_knee(x: list[int], y: list[float], curve_nature: str, curve_direction: str, S: float = 1.0) -> int | None:
-    """The knee by kneed's ``KneeLocator`` set as yellowbrick 1.5 sets it; None when there is none, for a flat curve
-    or fewer than two k (kneed would divide by zero)."""
+    """The knee by kneed's ``KneeLocator`` set as yellowbrick 1.5 sets it; None if none, or a flat or 1-point curve."""
     from kneed import KneeLocator
 
     xs, ys = np.asarray(x), np.asarray(y, dtype=float)
@@ -147,8 +146,7 @@ def small_cluster_warning(small: dict[int, int], k: int, min_size: int) -> str:
 
 
 def fallback_k(k_values: list[int], scores: list[float], metric: str) -> tuple[int, str]:
-    """The rule when there is no elbow: the best score; for distortion the largest second difference of the scores
-    (with two k, the smaller)."""
+    """No elbow: the best score; for distortion the largest second difference of the scores (two k: the smaller)."""
     if metric != "distortion":
         return k_values[int(np.argmax(scores))], "fallback_best_score"
     if len(scores) < 3:
@@ -170,12 +168,9 @@ def fit_k(X: np.ndarray, k: int, params: TrainParams) -> tuple[Any, float, float
     start = time.perf_counter()
     with threadpool_limits(limits=1, user_api="openmp"):  # OpenMP's thread count is per calling thread
         model = fit_model(params, k, X)
-    criterion = algorithms.get(params).criterion(params)
-    if criterion in ("bic", "aic"):
-        value = float(getattr(model, criterion)(X))
-    else:
-        value = score(X, algorithms.fit_labels(model, X), params.metric)
-    return model, value, time.perf_counter() - start
+    if (criterion := algorithms.get(params).criterion(params)) in ("bic", "aic"):
+        return model, float(getattr(model, criterion)(X)), time.perf_counter() - start
+    return model, score(X, algorithms.fit_labels(model, X), params.metric), time.perf_counter() - start
 
 
 def fit_model(params: TrainParams, k: int, X: np.ndarray, **knobs: Any):
@@ -191,10 +186,10 @@ def fit_model(params: TrainParams, k: int, X: np.ndarray, **knobs: Any):
 
 def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model matrix") -> ElbowResult:
     """Check the k range, fit k_min..k_max on the search rows and choose k_best (HDBSCAN: :func:`density_clusters`)."""
-    if algorithms.get(params).criterion(params) is None:
-        return density_clusters(X, params)
     idx = search_sample(len(X), params)
     S = X if idx is None else X[idx]
+    if algorithms.get(params).criterion(params) is None:
+        return density_clusters(S, len(X), idx, params)
     check_k_range(X, params, source, sample=S)
     return search_k(S, len(X), idx, params)
 
@@ -204,10 +199,9 @@ def search_k(S: np.ndarray, rows: int, idx: np.ndarray | None, params: TrainPara
     criterion = algorithms.get(params).criterion(params)
     k_values = sorted(set(range(params.k_min, params.k_max + 1)) | ({params.k} if params.k is not None else set()))
     models, scores = {}, []
-    what = f"on {len(S)} of {rows} rows" if idx is not None else f"on {rows} rows"
     # BLAS's thread limit is process-wide: one thread for all; OpenMP's is set by each worker thread (fit_k).
     with (
-        parts("train", f"elbow search {what}", total=len(k_values), unit="k") as done,
+        parts("train", f"elbow search {_on(S, rows)}", total=len(k_values), unit="k") as done,
         threadpool_limits(limits=1, user_api="blas"),
         ThreadPoolExecutor(params.n_threads) as pool,
     ):
@@ -231,11 +225,12 @@ def search_k(S: np.ndarray, rows: int, idx: np.ndarray | None, params: TrainPara
     return ElbowResult(k_values, scores, k_best, score_best, rule, figure, len(S), models, metric, idx)
 
 
-def density_clusters(X: np.ndarray, params: TrainParams) -> ElbowResult:
-    """An algorithm that finds k itself (HDBSCAN): one fit on the search rows; the "curve" is one point, its score
-    the share of noise rows; the figure shows the clusters' sizes."""
-    idx = search_sample(len(X), params)
-    S = X if idx is None else X[idx]
+def _on(S: np.ndarray, rows: int) -> str:
+    return f"on {len(S)} of {rows} rows" if len(S) < rows else f"on {rows} rows"
+
+
+def density_clusters(S: np.ndarray, rows: int, idx: np.ndarray | None, params: TrainParams) -> ElbowResult:
+    """An algorithm that finds k itself (HDBSCAN): one fit on the search rows; the "curve" is one point: noise share."""
     start = time.perf_counter()
     params.algorithm_params.check_rows(params.algorithm, len(S))
     with threadpool_limits(limits=params.n_threads):
@@ -243,8 +238,7 @@ def density_clusters(X: np.ndarray, params: TrainParams) -> ElbowResult:
     labels = algorithms.fit_labels(model, S)
     sizes = algorithms.cluster_sizes(labels, int(labels.max()) + 1)
     k = len(sizes) - (NOISE in sizes)
-    what = f"on {len(S)} of {len(X)} rows" if idx is not None else f"on {len(X)} rows"
-    say(f"train: {params.algorithm} {what}: {algorithms.describe(sizes)} ({time.perf_counter() - start:.1f} s)")
+    say(f"train: {params.algorithm} {_on(S, rows)}: {algorithms.describe(sizes)} ({time.perf_counter() - start:.1f} s)")
     if k < 2:
         raise UserError(
             f"params.yaml: train.{params.algorithm} found {algorithms.describe(sizes)} in {len(S)} rows; change "
@@ -254,7 +248,7 @@ def density_clusters(X: np.ndarray, params: TrainParams) -> ElbowResult:
     fig, ax = new_figure()
     names = [algorithms.NOISE_NAME if c == NOISE else str(c) for c in sizes]
     ax.bar(names, list(sizes.values()), color=["grey" if c == NOISE else "C0" for c in sizes])
-    on = "" if len(S) == len(X) else f", on a sample of {len(S)} of {len(X)} rows"
+    on = "" if len(S) == rows else f", on a sample of {len(S)} of {rows} rows"
     title = f"No k search ({params.algorithm}: {params.algorithm_params.k_setting()}{on}), k_best = {k} found"
     ax.set(title=title, xlabel="cluster", ylabel="rows")
     return ElbowResult([k], [noise_share], k, noise_share, "density", fig, len(S), {k: model}, "noise_share", idx)

@@ -19,16 +19,10 @@ from segmentation.files import LineLocator
 
 class RecipeFeatures(TransformerMixin, BaseEstimator):
     """Raw rows -> the columns the fitted preprocessing reads, as preprocess computes them (the numeric ``features``
-    as float64, then the one-hot ``categorical`` columns as text). Stateless; bad values raise preprocess's errors."""
+    as float64, then the one-hot ``categorical`` columns as text). Stateless; bad values raise preprocess's errors.
+    ``recipe`` and its ``recipe_params`` (a dict) as in ``preprocess``; ``source`` names the rows in messages."""
 
-    def __init__(
-        self,
-        recipe: str | None = None,
-        recipe_params: dict[str, Any] | None = None,
-        features: tuple[str, ...] = (),
-        categorical: tuple[str, ...] = (),
-        source: str = "input",
-    ) -> None:
+    def __init__(self, recipe=None, recipe_params=None, features=(), categorical=(), source="input") -> None:
         self.recipe = recipe
         self.recipe_params = recipe_params
         self.features = features
@@ -49,18 +43,11 @@ class RecipeFeatures(TransformerMixin, BaseEstimator):
         return recipe, recipe.params.model_validate(self.recipe_params)
 
     def raw_columns(self) -> list[str]:
-        """The raw columns it reads: the recipe's inputs (and the columns it checks among the features), the raw
-        features and the categorical columns."""
+        """The raw columns it reads: the recipe's inputs and checked features, the raw features, categorical columns."""
         recipe, knobs = self._recipe()
         own = [*recipe.inputs(knobs), *(c for c in recipe.checked if c in self.features)] if recipe else []
         derived = recipe.derived if recipe else ()
         return list(dict.fromkeys([*own, *(c for c in self.features if c not in derived), *self.categorical]))
-
-    def numeric_raw_columns(self) -> list[str]:
-        """Of :meth:`raw_columns`, those read as numbers."""
-        recipe, knobs = self._recipe()
-        text = {*self.categorical, *(recipe.text_inputs(knobs) if recipe else [])}
-        return [c for c in self.raw_columns() if c not in text]
 
     def model_columns(self) -> list[str]:
         """The columns it outputs, in the order the preprocessing was fitted on."""
@@ -110,7 +97,7 @@ def input_schema(segmenter: Any):
     from mlflow.models import infer_signature
 
     step: RecipeFeatures = segmenter.named_steps["features"]
-    numeric = set(step.numeric_raw_columns())
-    example = {c: pd.Series([1.0] if c in numeric else ["x"], dtype="float64" if c in numeric else object)
-               for c in step.raw_columns()}  # fmt: skip
+    recipe, knobs = step._recipe()
+    text = {*step.categorical, *(recipe.text_inputs(knobs) if recipe else [])}
+    example = {c: pd.Series(["x"], dtype=object) if c in text else pd.Series([1.0]) for c in step.raw_columns()}
     return infer_signature(pd.DataFrame(example), np.zeros(1, dtype=np.int32))

@@ -27,9 +27,11 @@ class PreprocessResult:
 
 
 def input_columns(params: PreprocessParams) -> list[str]:
-    """The raw columns read: the ID, the recipe's inputs, the features, categorical and outlier columns."""
-    columns = [params.data.id_column or ROW_ID_COLUMN, *recipes.input_columns(params.recipe, params.recipe_params)]
-    return list(dict.fromkeys([*columns, *params.features, *params.categorical.columns, *params.outliers]))
+    """The raw columns read: ID, the recipe's inputs and checked columns, features, categorical and outlier columns."""
+    recipe = None if params.recipe is None else recipes.get(params.recipe)
+    own = [*recipe.inputs(params.recipe_params), *recipe.checked] if recipe else []
+    columns = [params.data.id_column or ROW_ID_COLUMN, *own, *params.features, *params.categorical.columns]
+    return list(dict.fromkeys([*columns, *params.outliers]))
 
 
 def onehot_columns(params: PreprocessParams) -> list[str]:
@@ -125,18 +127,15 @@ def select_rows(
 def preprocess(
     raw: pd.DataFrame, params: PreprocessParams, source: str, profile_columns: list[str] | None = None
 ) -> PreprocessResult:
-    """Validate ``raw``, derive features, drop missing/outlier rows, fit the transformer (``profile_columns`` passed
-    through as read)."""
+    """Validate ``raw``, derive features, drop missing/outlier rows, fit the transformer (profile columns as read)."""
     return fit_preprocessing(keep_rows(raw, params, source, profile_columns), params, source)
-
-
-Kept = tuple[Rows, str, LineLocator]  # the kept rows, the ID column, the lines of the raw rows
 
 
 def keep_rows(
     raw: pd.DataFrame, params: PreprocessParams, source: str, profile_columns: list[str] | None = None
-) -> Kept:
-    """The first half of :func:`preprocess`: identify, check and select the rows (the stage then drops ``raw``)."""
+) -> tuple[Rows, str, LineLocator]:
+    """The first half of :func:`preprocess`: identify, check and select the rows (the stage then drops ``raw``): the
+    kept rows, the ID column and the raw rows' lines."""
     lines = LineLocator.of(raw)  # physical lines of the CSV's rows, for messages
     raw, id_col = data.identify_rows(raw, params.data.id_column, source, lines)
     rows = select_rows(raw, params, id_col, source, lines, profile_columns)
@@ -153,7 +152,7 @@ def keep_rows(
     return rows, id_col, lines
 
 
-def fit_preprocessing(kept: Kept, params: PreprocessParams, source: str) -> PreprocessResult:
+def fit_preprocessing(kept: tuple[Rows, str, LineLocator], params: PreprocessParams, source: str) -> PreprocessResult:
     """The second half of :func:`preprocess`: the features table, the fitted transformer and the model matrix."""
     rows, id_col, lines = kept
     df, used = rows.table, model_columns(params)

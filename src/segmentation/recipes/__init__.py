@@ -49,14 +49,6 @@ def get(name: str) -> Recipe:
     return REGISTRY[name]
 
 
-def input_columns(name: str | None, params: Any) -> list[str]:
-    """The raw columns recipe ``name`` reads with its ``params``, then those it checks (read when present)."""
-    if name is None:
-        return []
-    recipe = get(name)
-    return list(dict.fromkeys([*recipe.inputs(params), *recipe.checked]))
-
-
 def apply(
     name: str | None, df: pd.DataFrame, params: Any, source: str, lines: LineLocator | None = None
 ) -> tuple[pd.DataFrame, list[str]]:

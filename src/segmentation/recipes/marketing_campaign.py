@@ -62,17 +62,13 @@ def parse_dates(series: pd.Series, date_format: str, source: str, lines: LineLoc
     # Parsed once per distinct value (a few hundred dates among millions of rows), then spread back to the rows.
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
     try:
-        parsed_uniques = pd.DatetimeIndex(
-            pd.to_datetime(pd.Index(uniques, dtype=object), format=date_format, errors="coerce")
-        )
+        parsed = pd.to_datetime(pd.Index(uniques, dtype=object), format=date_format, errors="coerce")
     except ValueError as exc:  # with errors="coerce" only the format itself can fail (e.g. '%Q')
         raise UserError(
             f"params.yaml: preprocess.marketing_campaign.date_format ({date_format!r}): {exc}; "
             "use strftime codes, e.g. '%d-%m-%Y'"
         ) from None
-    parsed = pd.Series(
-        parsed_uniques.take(codes, allow_fill=True, fill_value=pd.NaT), index=series.index, name=series.name
-    )
+    parsed = pd.Series(parsed.take(codes, allow_fill=True, fill_value=pd.NaT), index=series.index, name=series.name)
     if len(bad := series[parsed.isna() & series.notna()]):
         line = (lines or LineLocator()).line(bad.index[0], str(series.name))
         raise UserError(
@@ -83,8 +79,7 @@ def parse_dates(series: pd.Series, date_format: str, source: str, lines: LineLoc
 
 
 def adults_in_household(status: pd.Series, partnered: list[str], single: list[str], source: str) -> pd.Series:
-    """Adults in the household per marital status: 2 partnered, 1 single; an unlisted status is an error, not a
-    guess (blanks stay NaN: missing)."""
+    """Adults in the household per marital status: 2 partnered, 1 single, blank NaN; an unlisted status is an error."""
     adults = status.map({**{s: 2 for s in partnered}, **{s: 1 for s in single}}).astype(float)
     if unknown := sorted(status[adults.isna() & status.notna()].astype(str).unique()):
         raise UserError(
@@ -103,8 +98,7 @@ def derive_marketing_features(
     out = df.copy(deep=False)  # new columns only: the input's columns are shared, not copied (copy-on-write)
     reference = pd.Timestamp(params.reference_date)
     enrolled = parse_dates(df[params.date_column], params.date_format, source, lines)
-    latest = enrolled.max()
-    if pd.notna(latest) and latest > reference:
+    if pd.notna(latest := enrolled.max()) and latest > reference:
         raise UserError(
             f"params.yaml: preprocess.marketing_campaign.reference_date ({params.reference_date}) is before "
             f"the latest {params.date_column} in {source} ({latest.date()})"

@@ -32,8 +32,7 @@ def in_background(function, *args) -> Future:
 
 
 def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
-    """Read the raw CSV (only the columns used), preprocess it, say what to write and log (another
-    ``preprocess.engine`` does its own work)."""
+    """Read the raw CSV (only the columns used), preprocess it, say what to write and log."""
     if params.engine != LOCAL:
         return engine_module(params.engine, "preprocess").work(args, params, raw_params)
     profile_columns = profile_patterns(raw_params, args.params)  # passed through for the evaluate stage

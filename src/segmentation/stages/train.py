@@ -41,8 +41,7 @@ def save_mlflow_model(segmenter, folder: str) -> str:
 
 
 def work(args, params: TrainParams, raw_params: dict[str, Any]) -> Outcome:
-    """Read the matrix, search k and fit, build the segmenter; say what to write and log (another
-    ``preprocess.engine`` does its own work)."""
+    """Read the matrix, search k and fit, build the segmenter; say what to write and log."""
     if args.segmenter and not args.preprocessor:
         raise UserError("--segmenter needs --preprocessor (the fitted preprocessing it includes)")
     # The segmenter's feature step is the preprocess recipe; preprocess.engine says where the matrix is.
@@ -80,8 +79,7 @@ def outcome(
     if noise_share is not None:
         metrics["noise_share"] = noise_share
     tags = {"k_rule": elbow.rule}
-    small = small_sizes(sizes, params.min_cluster_size)
-    if small:  # a warning, kept with the results: in metrics/train.json and as an MLflow tag
+    if small := small_sizes(sizes, params.min_cluster_size):  # a warning kept in metrics/train.json and MLflow
         message = small_cluster_warning(small, elbow.k_best, params.min_cluster_size)
         print(f"warning: train: {message}", file=sys.stderr)
         metrics.update(clusters_below_min_size=len(small), smallest_cluster_size=min(small.values()))
