@@ -11,16 +11,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.exceptions import NotFittedError
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from segmentation.errors import UserError
 
-# The train section's model (segmentation.config.TrainParams) is built from this registry, so not imported here.
-TrainParams = Any
+TrainParams = Any  # segmentation.config.TrainParams is built from this registry: not imported here
 
 NOISE = -1  # HDBSCAN's label for rows in no cluster
 NOISE_NAME = "noise"  # its name in metric keys (size_noise) and plot legends
-
 ELBOW = "elbow"  # the k search of train.metric's curve and its knee (train.selection)
 
 
@@ -44,15 +42,10 @@ class Algorithm:
     label: str  # how the report names it: "The train stage fitted <label> for each k"
     estimator: str  # what ``make`` returns: a scikit-learn class name, or another library's ``module.Class``
     make: Callable[[TrainParams, int], Any]  # an unfitted estimator with k clusters (ignored when it finds k itself)
-    # The k search: ELBOW, "bic"/"aic" (the lowest wins), or None (the algorithm finds k itself: no search).
-    criterion: Callable[[TrainParams], str | None]
+    criterion: Callable[[TrainParams], str | None]  # the k search: ELBOW, "bic"/"aic", or None (it finds k itself)
     predicts: bool = True  # False: fitted on a sample, extended to all rows and new ones by CentroidAssigner
     noise: bool = False  # labels some rows NOISE: noise_share is a metric, noise a segment of its own
     params: type[AlgorithmParams] = AlgorithmParams  # its sub-section train.<name> (defaults: may be left out)
-
-
-def _elbow(p: TrainParams) -> str:
-    return ELBOW
 
 
 class KMeansParams(AlgorithmParams):
@@ -153,14 +146,14 @@ def _hdbscan(p: TrainParams, k: int):
 
 # The one list of algorithms: a name here is a valid train.algorithm and a sub-section of train.
 REGISTRY: dict[str, Algorithm] = {
-    "kmeans": Algorithm("k-means", "KMeans", _kmeans, _elbow, params=KMeansParams),
-    "minibatch_kmeans": Algorithm("mini-batch k-means", "MiniBatchKMeans", _minibatch_kmeans, _elbow,
+    "kmeans": Algorithm("k-means", "KMeans", _kmeans, lambda p: ELBOW, params=KMeansParams),
+    "minibatch_kmeans": Algorithm("mini-batch k-means", "MiniBatchKMeans", _minibatch_kmeans, lambda p: ELBOW,
                                   params=MiniBatchKMeansParams),
-    "bisecting_kmeans": Algorithm("bisecting k-means", "BisectingKMeans", _bisecting_kmeans, _elbow,
+    "bisecting_kmeans": Algorithm("bisecting k-means", "BisectingKMeans", _bisecting_kmeans, lambda p: ELBOW,
                                   params=BisectingKMeansParams),
     "gaussian_mixture": Algorithm("a Gaussian mixture", "GaussianMixture", _gaussian_mixture,
                                   lambda p: p.gaussian_mixture.criterion, params=GaussianMixtureParams),
-    "agglomerative": Algorithm("agglomerative clustering", "AgglomerativeClustering", _agglomerative, _elbow,
+    "agglomerative": Algorithm("agglomerative clustering", "AgglomerativeClustering", _agglomerative, lambda p: ELBOW,
                                predicts=False, params=AgglomerativeParams),
     "hdbscan": Algorithm("HDBSCAN", "HDBSCAN", _hdbscan, lambda p: None, predicts=False, noise=True,
                          params=HDBSCANParams),
@@ -182,10 +175,9 @@ def make(params: TrainParams, k: int):
 
 def fit_labels(model: Any, X: np.ndarray) -> np.ndarray:
     """The cluster of each row ``model`` was just fitted on: ``labels_``, else ``predict`` (noise kept)."""
-    if isinstance(model, CentroidAssigner):
-        return model.training_labels(X)
-    labels = getattr(model, "labels_", None)
-    return np.asarray(labels) if labels is not None else model.predict(X)
+    if isinstance(model, CentroidAssigner) or getattr(model, "labels_", None) is None:
+        return training_labels(model, X)
+    return np.asarray(model.labels_)
 
 
 class CentroidAssigner(ClusterMixin, BaseEstimator):
@@ -210,7 +202,6 @@ class CentroidAssigner(ClusterMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         from sklearn.metrics import pairwise_distances_argmin
-        from sklearn.utils.validation import validate_data
 
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=float)

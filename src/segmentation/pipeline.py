@@ -54,8 +54,7 @@ def variables(root: str | Path = ".", data: dict[str, Any] | None = None) -> dic
 
 
 def resolve(value: Any, context: dict[str, Any]) -> Any:
-    """``value`` with every ``${name.sub}`` replaced from ``context`` (in keys, lists and strings); an unknown one is
-    left as written: DVC would stop on it, and so will the stage."""
+    """``value`` with each ``${name.sub}`` replaced from ``context`` (keys, lists, strings); unknown ones left as is."""
 
     def lookup(match: re.Match) -> str:
         found: Any = context

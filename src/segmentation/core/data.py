@@ -15,6 +15,7 @@ from segmentation.errors import UserError
 from segmentation.files import SOURCE_ATTR, CsvSource, LineLocator, plain
 
 ROW_ID_COLUMN = "row_id"  # identifies the rows of a table without an ID column (1 = first data row)
+GLOB_CHARS = frozenset("*?[")  # a column pattern with one of them is a glob
 DataParams = Any  # segmentation.config.DataParams (config builds on the recipes, which read data: not imported)
 
 
@@ -56,9 +57,6 @@ def load_csv(
         raise UserError(f"{path}: no data rows")
     df.attrs[SOURCE_ATTR] = CsvSource(str(path), params.separator, params.encoding, len(df))
     return df
-
-
-GLOB_CHARS = frozenset("*?[")
 
 
 def matches(column: str, patterns: Collection[str]) -> bool:
@@ -105,12 +103,9 @@ def require_numeric(df: pd.DataFrame, columns: Iterable[str], source: str, lines
         raise UserError(f"{source}: column {col} must be numeric{example}{count}")
 
 
-def require_finite(
-    df: pd.DataFrame, columns: Iterable[str], source: str, lines: LineLocator | None = None,
-    derived: Collection[str] = (),
-) -> None:  # fmt: skip
-    """Fail naming the first column holding ``inf`` or ``-inf`` and the line of one such value (``derived``: columns
-    computed from others, named as such)."""
+def require_finite(df: pd.DataFrame, columns: Iterable[str], source: str, lines: LineLocator | None = None,
+                   derived: Collection[str] = ()) -> None:  # fmt: skip
+    """Fail naming the first column holding ``inf`` or ``-inf`` and the line of one (``derived``: computed columns)."""
     lines = lines or LineLocator()
     for col in columns:
         values = df[col]
@@ -128,8 +123,7 @@ def require_finite(
 def identify_rows(
     raw: pd.DataFrame, id_column: str | None, source: str, lines: LineLocator
 ) -> tuple[pd.DataFrame, str]:
-    """``raw`` with the column that identifies its rows, and its name: the ID column (checked present, without blanks
-    or duplicates), or a ``row_id`` added when ``id_column`` is null."""
+    """``raw`` with its ID column (checked: present, no blanks or duplicates) or an added ``row_id``, and its name."""
     if id_column is None:
         return with_row_id(raw, source), ROW_ID_COLUMN
     require_columns(raw, [id_column], source, what="ID")

@@ -32,15 +32,14 @@ def step(stage: str, what: str) -> Iterator[None]:
     """A single long step: ``<stage>: <what> ...`` then its time on a terminal; in a log one line with its time if
     it took ``LONG_STEP_S`` or more. A failed step prints nothing: its error is the one line."""
     tty = sys.stderr.isatty()
-    if tty:
-        print(f"{stage}: {what} ...", end="", file=sys.stderr, flush=True)
+    clear = "\r\033[K" if tty else ""  # a terminal's "... " line is cleared for what comes next
+    print(f"{stage}: {what} ..." if tty else "", end="", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
         yield
     except BaseException:
-        if tty:  # the error says what happened: clear the line for it
-            print("\r\033[K", end="", file=sys.stderr, flush=True)
+        print(clear, end="", file=sys.stderr, flush=True)  # the error says what happened
         raise
-    seconds, clear = time.perf_counter() - start, "\r\033[K" if tty else ""
+    seconds = time.perf_counter() - start
     if tty or seconds >= LONG_STEP_S:
         print(f"{clear}{stage}: {what} ({seconds:.1f} s)", file=sys.stderr, flush=True)

@@ -1,7 +1,5 @@
-"""The search over k for ``train.algorithm``, then the final fit. Pure: arrays in, results out.
-
-One seeded fit per k on the search rows (all, or a seeded sample), ``n_threads`` fits at a time, each on one thread.
-k_best: the knee of the score curve (kneed, set as yellowbrick 1.5 sets it), or the lowest BIC/AIC."""
+"""The search over k for ``train.algorithm`` (one seeded fit per k on the search rows, ``n_threads`` at a time), then
+the final fit. Pure: arrays in, results out."""
 
 from __future__ import annotations
 
@@ -21,6 +19,10 @@ from segmentation.config import TrainParams
 from segmentation.core.plotting import new_figure
 from segmentation.core.progress import parts
 from segmentation.errors import UserError
+
+# yellowbrick's KElbowVisualizer: the shape of each metric's curve, for the knee locator.
+CURVES = {"distortion": ("convex", "decreasing"), "silhouette": ("concave", "increasing"),
+          "calinski_harabasz": ("concave", "increasing")}  # fmt: skip
 
 
 @dataclass
@@ -45,12 +47,10 @@ def say(message: str) -> None:
 
 
 def search_sample(rows: int, params: TrainParams) -> np.ndarray | None:
-    """The sorted indices of the search's seeded sample (``search_sample_size``, at most ``fit_sample_size`` for an
-    algorithm without ``predict``); None: all rows."""
+    """The sorted indices of the search's seeded sample (of ``search_sample_size``, ``fit_sample_size``); None: all."""
     size = params.search_sample_size
-    if not algorithms.get(params).predicts:
-        own = params.algorithm_params.fit_sample_size
-        size = own if size is None else min(size, own)
+    if not algorithms.get(params).predicts:  # fitted on at most fit_sample_size rows
+        size = min(size or rows, params.algorithm_params.fit_sample_size)
     if size is None or rows <= size:
         return None
     return np.sort(np.random.default_rng(params.random_state).choice(rows, size=size, replace=False))
@@ -67,11 +67,6 @@ def score(X: np.ndarray, labels: np.ndarray, metric: str) -> float:
     # distortion (yellowbrick's distortion_score): squared distances to the cluster means
     members = [X[labels == label] for label in np.unique(labels)]
     return float(sum((pairwise_distances(m, m.mean(axis=0)[None]) ** 2).sum() for m in members))
-
-
-# yellowbrick's KElbowVisualizer: the shape of each metric's curve, for the knee locator.
-CURVES = {"distortion": ("convex", "decreasing"), "silhouette": ("concave", "increasing"),
-          "calinski_harabasz": ("concave", "increasing")}  # fmt: skip
 
 
 def find_knee(x: list[int], y: list[float], curve_nature: str, curve_direction: str, S: float = 1.0) -> int | None:
@@ -254,10 +249,8 @@ def density_clusters(S: np.ndarray, rows: int, idx: np.ndarray | None, params: T
     return ElbowResult([k], [noise_share], k, noise_share, "density", fig, len(S), {k: model}, "noise_share", idx)
 
 
-def elbow_figure(
-    k_values: list[int], scores: list[float], k_best: int, score_best: float, rule: str, metric: str, rows: int,
-    total: int,
-):  # fmt: skip
+def elbow_figure(k_values: list[int], scores: list[float], k_best: int, score_best: float, rule: str, metric: str,
+                 rows: int, total: int):  # fmt: skip
     """The elbow curve as yellowbrick draws it (diamonds, a dashed line at the chosen k), titled with k_best."""
     fig, ax = new_figure()
     ax.plot(k_values, scores, marker="D", color="C0")

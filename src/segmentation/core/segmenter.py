@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.pipeline import Pipeline
 
 from segmentation import recipes
 from segmentation.config import PreprocessParams
@@ -38,9 +39,8 @@ class RecipeFeatures(TransformerMixin, BaseEstimator):
     def _recipe(self) -> tuple[recipes.Recipe | None, Any]:
         """The recipe's registry entry and its knobs (validated by its params model), or (None, None)."""
         recipe = None if self.recipe is None else recipes.get(self.recipe)
-        if recipe is None or recipe.params is None or self.recipe_params is None:
-            return recipe, None
-        return recipe, recipe.params.model_validate(self.recipe_params)
+        knobs = recipe is not None and recipe.params is not None and self.recipe_params is not None
+        return recipe, recipe.params.model_validate(self.recipe_params) if knobs else None
 
     def raw_columns(self) -> list[str]:
         """The raw columns it reads: the recipe's inputs and checked features, the raw features, categorical columns."""
@@ -85,10 +85,8 @@ class RecipeFeatures(TransformerMixin, BaseEstimator):
 
 def build_segmenter(params: PreprocessParams, preprocessor: Any, model: Any):
     """The fitted ``Pipeline``: the recipe's features, the fitted preprocessing, the fitted clusterer."""
-    from sklearn.pipeline import Pipeline
-
-    steps = [("features", RecipeFeatures.from_params(params)), ("preprocess", preprocessor), ("cluster", model)]
-    return Pipeline(steps)
+    features = RecipeFeatures.from_params(params)
+    return Pipeline([("features", features), ("preprocess", preprocessor), ("cluster", model)])
 
 
 def input_schema(segmenter: Any):

@@ -82,10 +82,8 @@ class Rows:
     categories: dict[str, list[Any]] = field(default_factory=dict)  # with ``distinct``: each one-hot column's values
 
 
-def select_rows(
-    raw: pd.DataFrame, params: PreprocessParams, id_col: str, source: str, lines: LineLocator,
-    profile_columns: list[str] | None = None, distinct: bool = False,
-) -> Rows:  # fmt: skip
+def select_rows(raw: pd.DataFrame, params: PreprocessParams, id_col: str, source: str, lines: LineLocator,
+                profile_columns: list[str] | None = None, distinct: bool = False) -> Rows:  # fmt: skip
     """Check the raw rows, derive the recipe's columns, keep the columns that matter and drop the rows with blanks
     (``missing: drop``) or outside the ``outliers`` bounds. Row by row: whole-table checks are the caller's."""
     df, derived = recipes.apply(params.recipe, raw, params.recipe_params, source, lines)
@@ -139,8 +137,7 @@ def keep_rows(
     lines = LineLocator.of(raw)  # physical lines of the CSV's rows, for messages
     raw, id_col = data.identify_rows(raw, params.data.id_column, source, lines)
     rows = select_rows(raw, params, id_col, source, lines, profile_columns)
-    df, metrics = rows.table, rows.metrics
-    used = model_columns(params)
+    df, metrics, used = rows.table, rows.metrics, model_columns(params)
     require_values(used, rows.blank, metrics["rows_in"], params, source)
     require_enough_rows(metrics["rows_out"], params, source)
     if metrics["dropped_outliers"]:
@@ -207,8 +204,7 @@ def single_value_message(used: list[str], rows: int, source: str) -> str:
 def require_values(
     used: list[str], blank: list[str], rows: int, params: PreprocessParams, source: str, after: str = ""
 ) -> None:
-    """Fail naming the first model column that is blank on every row: median cannot impute it (scikit-learn would
-    drop it silently), drop would drop every row."""
+    """Fail naming the first model column blank on every row (median cannot impute it, drop would drop every row)."""
     for col in (c for c in used if c in blank):
         setting = "preprocess.features" if col in params.features else "preprocess.categorical.columns"
         consequence = "median cannot impute it" if params.missing == "median" else "drop would drop every row"
@@ -221,8 +217,7 @@ def require_values(
 def require_computable(
     df: pd.DataFrame, columns: list[str], source: str, lines: LineLocator, derived: list[str]
 ) -> None:
-    """Fail when a column's sum of squares overflows float64 (scaling, PCA and distances would), naming the line of
-    its largest value."""
+    """Fail when a column's sum of squares overflows float64 (scaling, PCA would), naming its largest value's line."""
     for col in columns:
         x = df[col].to_numpy(dtype=float, na_value=np.nan)
         with np.errstate(over="ignore", invalid="ignore"):

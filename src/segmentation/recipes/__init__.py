@@ -37,7 +37,8 @@ _mc = marketing_campaign
 REGISTRY: dict[str, Recipe] = {
     "marketing_campaign": Recipe(
         derive=_mc.derive_marketing_features, derived=tuple(_mc.MARKETING_DERIVED), inputs=_mc.marketing_inputs,
-        numeric=_mc.numeric_inputs, params=_mc.MarketingCampaignParams, checked=tuple(_mc.NON_NEGATIVE_COLUMNS),
+        numeric=lambda p: list(_mc.MARKETING_NUMERIC_INPUTS),  # the date and the marital status are text
+        params=_mc.MarketingCampaignParams, checked=tuple(_mc.NON_NEGATIVE_COLUMNS),
     ),
 }  # fmt: skip
 

@@ -22,9 +22,8 @@ MARKETING_NUMERIC_INPUTS = [BIRTH_YEAR_COLUMN, *CHILD_COLUMNS, *SPEND_COLUMNS, *
 MARKETING_DERIVED = ["Age", "Children", "Family_Size", "Total_Spent", "Total_Purchases", "Enrollment_Days",
                      "Enrollment_Years"]  # fmt: skip
 DAYS_PER_YEAR = 365.25
-# Counts and amounts of the example schema cannot be negative: such a value is a data error (the stage stops), not an
-# outlier (implausible but possible values, e.g. an age of 120, are for preprocess.outliers: rows dropped, counted).
-# Columns not in the file are skipped: the recipe itself reads only MARKETING_NUMERIC_INPUTS.
+# Counts and amounts cannot be negative: a data error (the stage stops), not an outlier (implausible but possible
+# values, e.g. an age of 120, are for preprocess.outliers). Columns not in the file are skipped.
 NON_NEGATIVE_COLUMNS = [*CHILD_COLUMNS, *SPEND_COLUMNS, *PURCHASE_COLUMNS, "NumWebVisitsMonth", "Recency", "Income"]
 
 
@@ -50,11 +49,6 @@ class MarketingCampaignParams(BaseModel):
 def marketing_inputs(params: MarketingCampaignParams) -> list[str]:
     """Columns the marketing-campaign recipe reads."""
     return [*MARKETING_NUMERIC_INPUTS, params.date_column, MARITAL_STATUS_COLUMN]
-
-
-def numeric_inputs(params: MarketingCampaignParams) -> list[str]:
-    """Of :func:`marketing_inputs`, those that are numbers (the date and the marital status are text)."""
-    return list(MARKETING_NUMERIC_INPUTS)
 
 
 def parse_dates(series: pd.Series, date_format: str, source: str, lines: LineLocator | None = None) -> pd.Series:
@@ -92,8 +86,7 @@ def adults_in_household(status: pd.Series, partnered: list[str], single: list[st
 def derive_marketing_features(
     df: pd.DataFrame, params: MarketingCampaignParams, source: str, lines: LineLocator | None = None
 ) -> pd.DataFrame:
-    """Add the recipe's derived columns to a copy of ``df``; negative counts or amounts and birth years after
-    ``reference_date`` are errors naming the column and the line."""
+    """``df`` with the derived columns (a copy); negative counts or amounts, births after ``reference_date``: errors."""
     features.require_non_negative(df, NON_NEGATIVE_COLUMNS, source, lines)
     out = df.copy(deep=False)  # new columns only: the input's columns are shared, not copied (copy-on-write)
     reference = pd.Timestamp(params.reference_date)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from segmentation import algorithms
 from segmentation.algorithms import NOISE
-from segmentation.config import PreprocessParams, TrainParams, flatten, parse_section
+from segmentation.config import TrainParams, flatten, parse_section
 from segmentation.core.plotting import FIGURE_DPI
 from segmentation.core.search import ElbowResult, elbow_search, fit_final, small_cluster_warning, small_sizes
 from segmentation.core.segmenter import build_segmenter, input_schema
@@ -45,9 +45,8 @@ def work(args, params: TrainParams, raw_params: dict[str, Any]) -> Outcome:
     if args.segmenter and not args.preprocessor:
         raise UserError("--segmenter needs --preprocessor (the fitted preprocessing it includes)")
     # The segmenter's feature step is the preprocess recipe; preprocess.engine says where the matrix is.
-    preprocess_params: PreprocessParams | None = None
-    if args.segmenter or raw_params.get("preprocess") is not None:
-        preprocess_params = parse_section("preprocess", raw_params.get("preprocess"), args.params)
+    wanted = args.segmenter or raw_params.get("preprocess") is not None
+    preprocess_params = parse_section("preprocess", raw_params.get("preprocess"), args.params) if wanted else None
     if preprocess_params is not None and preprocess_params.engine != LOCAL:
         return engine_module(preprocess_params.engine, "train").work(args, params, preprocess_params)
     matrix = read_matrix(args.matrix, stage="preprocess")
@@ -62,12 +61,9 @@ def work(args, params: TrainParams, raw_params: dict[str, Any]) -> Outcome:
     return outcome(args, params, elbow, model, algorithms.fit_record(model, X), sizes, noise_share, segmenter)
 
 
-def outcome(
-    args, params: TrainParams, elbow: ElbowResult, model: Any, record: dict[str, float], sizes: np.ndarray,
-    noise_share: float | None, segmenter: Any,
-) -> Outcome:  # fmt: skip
-    """What train writes and logs, from the search, the final model, its fit record and its clusters' sizes on all
-    rows (noise apart, ``noise_share`` of them; None: no noise)."""
+def outcome(args, params: TrainParams, elbow: ElbowResult, model: Any, record: dict[str, float], sizes: np.ndarray,
+            noise_share: float | None, segmenter: Any) -> Outcome:  # fmt: skip
+    """What train writes and logs, from the search, the model, its fit record, its clusters' sizes and noise share."""
     # The criterion that chose k names the score (distortion_at_k_best, bic_at_k_best).
     metrics: dict[str, Any] = {"k_best": elbow.k_best}
     if elbow.rule != "density":  # HDBSCAN has no criterion: it found k itself (noise_share below)
