@@ -151,16 +151,14 @@ def evaluate(
     clustered = labels != NOISE
     Xc, labels_c = (X, labels) if clustered.all() else (X[clustered], labels[clustered])
     idx = sample_rows(len(Xc), params.silhouette_sample_size, params.random_state)  # full silhouette is O(n^2)
-    sil_values, sil_labels = silhouette_of(Xc[idx], labels_c[idx], params.silhouette_sample_size)
+    silhouette = silhouette_of(Xc[idx], labels_c[idx], params.silhouette_sample_size)  # (values, labels)
     noise_share = float((~clustered).mean()) if algorithms.REGISTRY[algorithms.algorithm_name(model)].noise else None
     metrics = quality_metrics(
-        model, sil_values, calinski_harabasz_score(Xc, labels_c), davies_bouldin_score(Xc, labels_c),
+        model, silhouette[0], calinski_harabasz_score(Xc, labels_c), davies_bouldin_score(Xc, labels_c),
         algorithms.cluster_sizes(labels, k), len(labels), noise_share,
     )  # fmt: skip
     segments = pd.DataFrame({id_column: matrix[id_column], CLUSTER_COLUMN: labels})
-    return Evaluation(
-        metrics, segments, cluster_profile(features, labels, id_column, categorical), sil_values, sil_labels
-    )
+    return Evaluation(metrics, segments, cluster_profile(features, labels, id_column, categorical), *silhouette)
 
 
 def quality_metrics(
@@ -169,19 +167,17 @@ def quality_metrics(
 ) -> dict[str, float | int]:  # fmt: skip
     """``metrics/evaluate.json``: the scores, the inertia (k-means family), the smallest cluster's share, the noise
     share (None: the algorithm has none) and each cluster's size."""
-    metrics: dict[str, float | int] = {
+    return {
         "n_clusters": algorithms.n_clusters(model),
         "silhouette": float(sil_values.mean()),
         "silhouette_sample_rows": len(sil_values),
         "calinski_harabasz": float(calinski_harabasz),
         "davies_bouldin": float(davies_bouldin),
+        **({"inertia": float(model.inertia_)} if hasattr(model, "inertia_") else {}),
+        "smallest_cluster_share": float(min(n for c, n in sizes.items() if c != NOISE) / rows),
+        **({"noise_share": noise_share} if noise_share is not None else {}),
+        **{algorithms.size_key(c): n for c, n in sizes.items()},
     }
-    if hasattr(model, "inertia_"):
-        metrics["inertia"] = float(model.inertia_)
-    metrics["smallest_cluster_share"] = float(min(n for c, n in sizes.items() if c != NOISE) / rows)
-    if noise_share is not None:
-        metrics["noise_share"] = noise_share
-    return metrics | {algorithms.size_key(c): n for c, n in sizes.items()}
 
 
 def criteria_per_k(X: np.ndarray, ks: Sequence[int], sample_size: int, random_state: int) -> pd.DataFrame:

@@ -147,14 +147,6 @@ def noun(column: str) -> str:
     return " ".join(w if w.isupper() and len(w) > 1 else w.lower() for w in words) or column
 
 
-def phrase(column: str, z: float, segment_mean: float) -> str:
-    """``High income`` / ``Low spending`` / ``No children``: how a segment stands out on ``column``."""
-    if z < 0 and np.isfinite(segment_mean) and abs(segment_mean) < 0.05:
-        return f"No {noun(column)}"
-    high, low, _ = PHRASES.get(column, (f"High {noun(column)}", f"Low {noun(column)}", ""))
-    return high if z > 0 else low
-
-
 def top_columns(z: pd.Series, n: int) -> list[str]:
     """The ``n`` columns with the largest |z|; ties in column order (deterministic)."""
     return list((-z.abs().round(9)).sort_values(kind="stable").index[:n])
@@ -170,7 +162,11 @@ def describe_segments(
     for _, row in profile.iterrows():
         k = int(row[CLUSTER_COLUMN])
         top = top_columns(z.loc[k, list(features)], NAME_FEATURES) if len(features) else []
-        phrases = [phrase(c, float(z.loc[k, c]), float(row[c])) for c in top]
+        phrases = []
+        for c in top:  # "High income", "Low spending"; "No children" for a mean near 0
+            high, low, _ = PHRASES.get(c, (f"High {noun(c)}", f"Low {noun(c)}", ""))
+            none = z.loc[k, c] < 0 and np.isfinite(row[c]) and abs(row[c]) < 0.05
+            phrases.append(f"No {noun(c)}" if none else high if z.loc[k, c] > 0 else low)
         name = ", ".join([phrases[0], *(p[0].lower() + p[1:] for p in phrases[1:])]) if phrases else f"Segment {k}"
         shown = top + [c for c in top_columns(z.loc[k, list(extras)], 1) if abs(z.loc[k, c]) >= EXTRA_Z]
         parts = "; ".join(
@@ -204,11 +200,10 @@ SCORES: dict[str, tuple[str, list[tuple[float, str]]]] = {
 
 STYLE = """
 body{font-family:"DejaVu Sans",Arial,sans-serif;margin:2em auto;max-width:1200px;color:#1d2733;padding:0 1em}
-h2{border-bottom:2px solid #d8dee6;margin-top:1.8em}.cards,.figs{display:flex;flex-wrap:wrap;gap:12px}
+.cards,.figs{display:flex;flex-wrap:wrap;gap:12px}.figs figure{flex:1 1 520px;margin:0}img{max-width:100%}
 .card{flex:1 1 260px;border:1px solid #d8dee6;border-left:6px solid #2f6db5;border-radius:6px;padding:0 .9em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th,td{border:1px solid #d8dee6;padding:.25em .6em}
-th{background:#eef2f6;text-align:left}td{text-align:right;font-variant-numeric:tabular-nums}
-img{max-width:100%;height:auto}.figs figure{flex:1 1 520px;margin:0}.muted,figcaption{color:#6b7785;font-size:.9em}
+table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #d8dee6;padding:.25em .6em;text-align:right}
+th{background:#eef2f6;text-align:left}.muted,figcaption{color:#6b7785;font-size:.9em}
 """
 
 
@@ -227,24 +222,6 @@ def _score(value: float) -> str:
     return "–" if not np.isfinite(value) else f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3f}"
 
 
-def profile_table(profile: pd.DataFrame, overall: Mapping[str, float], segments: Sequence[Segment],
-                  features: Sequence[str], extras: Sequence[str], kinds: Mapping[str, str]) -> str:  # fmt: skip
-    """The profile, one column per segment and one for all customers, one row per column profiled (escaped)."""
-    rows = {
-        ("Segment", "Customers"): [f"{n:,}" for n in [*profile[SIZE_COLUMN], profile[SIZE_COLUMN].sum()]],
-        ("Segment", "Share"): [*(format_value(v, RATE) for v in profile[SHARE_COLUMN]), "100.0%"],
-    }
-    for title, columns in (
-        ("Used for clustering (mean per customer)", [c for c in features if c in profile]),
-        ("Profiled only, not used for clustering (mean per customer)", [c for c in extras if c in profile]),
-        ("Category shares (each column's shares add up to 100%, blanks included)", [c for c in profile if "=" in c]),
-    ):
-        for c in columns:
-            values = [*profile[c], overall[c]]
-            rows[title, c.replace("=", ": ", 1)] = [format_value(float(v), kinds.get(c, RATE)) for v in values]
-    return pd.DataFrame(rows, index=[*(s.name for s in segments), "All customers"]).T.to_html()
-
-
 def k_choice_section(
     elbow: pd.DataFrame | None, train_metrics: Mapping[str, Any] | None, criteria: pd.DataFrame | None,
     elbow_png: bytes | None, algorithm: str = "k-means",
@@ -252,63 +229,46 @@ def k_choice_section(
     """How k was chosen: the train stage's score per k and rule, and what the other ``criteria`` (k, silhouette,
     calinski_harabasz, davies_bouldin) say per k; ``algorithm`` is the registry's label."""
     tm = dict(train_metrics or {})
-    k_best, rule = tm.get("k_best"), str(tm.get("k_rule", "?"))
+    k_best, rule, k = tm.get("k_best"), str(tm.get("k_rule", "?")), f"<b>k = {_e(tm.get('k_best'))}</b>"
     metric = str(elbow["metric"].iloc[0]) if elbow is not None and "metric" in elbow and len(elbow) else "score"
-    trade_off = "the best trade-off between fit and the number of parameters"
+    fit = "the best trade-off between fit and the number of parameters"
     how = {
         "elbow": "the elbow (knee) of the curve: where adding a segment stops paying off",
-        "best_score": f"the best {metric} score", "min_bic": f"the lowest BIC: {trade_off}",
-        "min_aic": f"the lowest AIC: {trade_off}",
+        "best_score": f"the best {metric} score", "min_bic": f"the lowest BIC: {fit}",
+        "min_aic": f"the lowest AIC: {fit}",
+        "fixed": "params: train.k (or k_min = k_max), whatever the curve says",
     }.get(rule, rule)  # fmt: skip
-    chose = f"it chose <b>k = {_e(k_best)}</b> by {_e(how)}"
-    if rule == "fixed":
-        chose = f"k = <b>{_e(k_best)}</b> was fixed in params (<code>train.k</code>, or k_min = k_max), whatever the "
-        chose += "curve says"
-    text = f"The train stage fitted {_e(algorithm)} for each k and scored it by <b>{_e(metric)}</b>; {chose}."
+    text = f"The train stage fitted {_e(algorithm)} for each k and scored it by <b>{_e(metric)}</b>; it chose {k} by "
+    text += f"{_e(how)}."
     if rule == "density":  # an algorithm that finds k itself (HDBSCAN): no search, its one "score" the noise share
         elbow, noise = None, format_value(float(tm.get("noise_share", 0.0)), RATE)
         text = (
-            f"{_e(algorithm)} found <b>k = {_e(k_best)}</b> segments itself (the dense groups its settings in "
-            "<code>params.yaml</code> call clusters); there was no search over k. "
-            f"{noise} of the customers it fitted on are in no group (noise)."
+            f"{_e(algorithm)} found {k} segments itself (the dense groups its settings in <code>params.yaml</code> "
+            f"call clusters); there was no search over k. {noise} of the customers it fitted on are in no group "
+            "(noise)."
         )
     parts = [f"<p>{text}</p>"]
-    tables = [t for t in (criteria,) if t is not None and len(t)]
-    if elbow is not None and len(elbow):
-        tables.insert(0, elbow[["k", "score"]].rename(columns={"score": metric}))
+    scores = None if elbow is None else elbow[["k", "score"]].rename(columns={"score": metric})
+    tables = [t.set_index("k") for t in (scores, criteria) if t is not None and len(t)]
     if tables:
-        table = tables[0].merge(tables[1], on="k", how="outer") if len(tables) == 2 else tables[0]
-        by_k = table.set_index("k")
-        says = [
-            f"{label} prefers k = {int(getattr(by_k[c], best)())}"
-            for c, label, best in (
-                ("silhouette", "silhouette (higher is better)", "idxmax"),
-                ("calinski_harabasz", "Calinski–Harabasz (higher is better)", "idxmax"),
-                ("davies_bouldin", "Davies–Bouldin (lower is better)", "idxmin"),
+        by_k = pd.concat(tables, axis=1)  # outer join on k
+        says = "; ".join(
+            f"{label} prefers k = {int(by_k[c].idxmin() if c == 'davies_bouldin' else by_k[c].idxmax())}"
+            for c, label in (
+                ("silhouette", "silhouette (higher is better)"),
+                ("calinski_harabasz", "Calinski–Harabasz (higher is better)"),
+                ("davies_bouldin", "Davies–Bouldin (lower is better)"),
             )
-            if c in table
-        ]
+            if c in by_k
+        )
         if says:
             parts.append(
                 "<p>The other criteria, from one k-means fit per k on the same matrix (3 restarts; above "
-                "<code>evaluate.silhouette_sample_size</code> rows, on a seeded sample of that many): "
-                f"{_e('; '.join(says))}.</p>"
+                f"<code>evaluate.silhouette_sample_size</code> rows, on a seeded sample of that many): {_e(says)}.</p>"
             )
         by_k.index = [f"{k:.0f} (the model's k)" if k == k_best else f"{k:.0f}" for k in by_k.index]
         parts.append(by_k.rename_axis("k").to_html(na_rep="–", float_format=_score))
-    parts.append(f"<figure>{image_tag(elbow_png, 'Elbow curve: score per k')}</figure>")
-    return "".join(parts)
-
-
-def metrics_table(metrics: Mapping[str, Any]) -> str:
-    """The quality scores with what each says (:data:`SCORES`)."""
-    rows = []
-    for key, (label, readings) in SCORES.items():
-        if key in metrics:
-            v = float(metrics[key])
-            reading = next((r for least, r in readings if v >= least), readings[-1][1])  # NaN: the last
-            rows.append((label, format_value(v, RATE) if key.endswith("share") else _score(v), reading))
-    return pd.DataFrame(rows, columns=["Metric", "Value", "Reading"]).to_html(index=False)
+    return "".join([*parts, f"<figure>{image_tag(elbow_png, 'Elbow curve: score per k')}</figure>"])
 
 
 def provenance_section(
@@ -330,7 +290,27 @@ def render_report(
     extras: Sequence[str], kinds: Mapping[str, str], metrics: Mapping[str, Any], images: Mapping[str, bytes | None],
     k_choice: str, provenance: str,
 ) -> str:  # fmt: skip
-    """The whole page: one HTML string, styles and images inline, no script, no URL."""
+    """The whole page: one HTML string, styles and images inline, no script, no URL; every user text escaped."""
+    rows = {  # the profile: a column per segment and one for all customers
+        ("Segment", "Customers"): [f"{n:,}" for n in [*profile[SIZE_COLUMN], profile[SIZE_COLUMN].sum()]],
+        ("Segment", "Share"): [*(format_value(v, RATE) for v in profile[SHARE_COLUMN]), "100.0%"],
+    }
+    for title, columns in (
+        ("Used for clustering (mean per customer)", [c for c in features if c in profile]),
+        ("Profiled only, not used for clustering (mean per customer)", [c for c in extras if c in profile]),
+        ("Category shares (each column's shares add up to 100%, blanks included)", [c for c in profile if "=" in c]),
+    ):
+        for c in columns:
+            values = [*profile[c], overall[c]]
+            rows[title, c.replace("=", ": ", 1)] = [format_value(float(v), kinds.get(c, RATE)) for v in values]
+    profile_table = pd.DataFrame(rows, index=[*(s.name for s in segments), "All customers"]).T.to_html()
+    scores = []  # the quality scores with what each says
+    for key, (label, readings) in SCORES.items():
+        if key in metrics:
+            v = float(metrics[key])
+            reading = next((r for least, r in readings if v >= least), readings[-1][1])  # NaN: the last
+            scores.append((label, format_value(v, RATE) if key.endswith("share") else _score(v), reading))
+    scores_table = pd.DataFrame(scores, columns=["Metric", "Value", "Reading"]).to_html(index=False)
     cards = "".join(
         f'<div class="card"><h3>{_e(s.name)}</h3>'
         f'<div class="size">{s.size:,} customers · {format_value(s.share, RATE)} · '
@@ -355,13 +335,13 @@ what sets it apart from the other customers (features furthest above or below th
 <h2>Profile</h2>
 <p>Averages per customer in original units (money in whole units, counts with one decimal, 0/1 flags as the share
 of customers with the flag), against the average over all customers.</p>
-{profile_table(profile, overall, segments, features, extras, kinds)}
+{profile_table}
 <figure>{image_tag(images.get("profile"), "Heatmap of the profile")}<figcaption>Colour: how far each segment's
 average is above (red) or below (blue) the overall one; cell text: the average.</figcaption></figure>
 <h2>How the number of segments was chosen</h2>
 {k_choice}
 <h2>Quality</h2>
-{metrics_table(metrics)}
+{scores_table}
 <div class="figs">{figures}</div>
 <h2>What produced this report</h2>
 {provenance}

@@ -156,8 +156,7 @@ main = cli(
         "matrix": "input: ID + transformed matrix (.parquet or .csv)",
         "features": "input: ID + unscaled features (.parquet or .csv)",
         "model": "input: the fitted clusterer of train.algorithm (pickle)",
-        "train_metrics": "input: the train stage's metrics; the model must have its k_best and inertia (or "
-        "log-likelihood; skipped when the file is absent)",
+        "train_metrics": "input: the train stage's metrics: the model must match its k_best and fit record (if any)",
         "segments": "output: ID -> cluster (CSV)",
         "profile": "output: per-cluster profile (CSV)",
         "metrics": "output: quality metrics (JSON)",
