@@ -229,7 +229,7 @@ def k_choice_section(
     """How k was chosen: the train stage's score per k and rule, and what the other ``criteria`` (k, silhouette,
     calinski_harabasz, davies_bouldin) say per k; ``algorithm`` is the registry's label."""
     tm = dict(train_metrics or {})
-    k_best, rule, k = tm.get("k_best"), str(tm.get("k_rule", "?")), f"<b>k = {_e(tm.get('k_best'))}</b>"
+    k_best, rule, chosen = tm.get("k_best"), str(tm.get("k_rule", "?")), f"<b>k = {_e(tm.get('k_best'))}</b>"
     metric = str(elbow["metric"].iloc[0]) if elbow is not None and "metric" in elbow and len(elbow) else "score"
     fit = "the best trade-off between fit and the number of parameters"
     how = {
@@ -238,14 +238,14 @@ def k_choice_section(
         "min_aic": f"the lowest AIC: {fit}",
         "fixed": "params: train.k (or k_min = k_max), whatever the curve says",
     }.get(rule, rule)  # fmt: skip
-    text = f"The train stage fitted {_e(algorithm)} for each k and scored it by <b>{_e(metric)}</b>; it chose {k} by "
-    text += f"{_e(how)}."
+    text = f"The train stage fitted {_e(algorithm)} for each k and scored it by <b>{_e(metric)}</b>; it chose {chosen} "
+    text += f"by {_e(how)}."
     if rule == "density":  # an algorithm that finds k itself (HDBSCAN): no search, its one "score" the noise share
         elbow, noise = None, format_value(float(tm.get("noise_share", 0.0)), RATE)
         text = (
-            f"{_e(algorithm)} found {k} segments itself (the dense groups its settings in <code>params.yaml</code> "
-            f"call clusters); there was no search over k. {noise} of the customers it fitted on are in no group "
-            "(noise)."
+            f"{_e(algorithm)} found {chosen} segments itself (the dense groups its settings in "
+            "<code>params.yaml</code> call clusters); there was no search over k. "
+            f"{noise} of the customers it fitted on are in no group (noise)."
         )
     parts = [f"<p>{text}</p>"]
     scores = None if elbow is None else elbow[["k", "score"]].rename(columns={"score": metric})

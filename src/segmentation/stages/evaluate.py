@@ -26,18 +26,15 @@ from segmentation.tracking.lineage import _pipeline_graph, upstream_lineage
 def read_train_metrics(path: str | Path) -> dict[str, Any] | None:
     """The train stage's metrics (``k_best``, ``inertia``), or None when the file is absent."""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(
-            f"{path}: is a directory, not the train stage's metrics; remove it, then: dvc repro -f -s train"
-        )
     if not path.exists():
         return None
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # a folder, binary, cut short
         metrics = None
     if not isinstance(metrics, dict):
-        raise UserError(f"{path}: not the JSON the train stage writes; rebuild it: dvc repro -f -s train")
+        fix = "remove it, then" if path.is_dir() else "rebuild it"
+        raise UserError(f"{path}: not the JSON the train stage writes; {fix}: dvc repro -f -s train")
     return metrics
 
 
@@ -46,14 +43,10 @@ def read_optional_csv(path: str | None) -> pd.DataFrame | None:
 
 
 def source_files(stage: str = "evaluate", dvc_yaml: str | Path = "dvc.yaml") -> dict[str, str]:
-    """The git blob id of each Python file the stage declares in ``dvc.yaml`` (or in a folder it declares), the
-    package's when none: ``git log --find-object=<id>`` finds the commits holding each."""
+    """The git blob id of each Python file the stage declares in ``dvc.yaml`` (or in a folder it declares):
+    ``git log --find-object=<id>`` finds the commits holding each."""
     declared = [Path(d) for d in _pipeline_graph(Path(dvc_yaml))[0].get(stage, ()) if d.startswith("src/")]
-    files = {f.as_posix(): f for d in declared for f in (d.rglob("*.py") if d.is_dir() else [d]) if f.suffix == ".py"}
-    files = {name: f for name, f in files.items() if f.is_file()}
-    if not files:  # a stage run by hand, outside a project: the package
-        root = Path(__file__).resolve().parents[2]
-        files = {f.relative_to(root).as_posix(): f for f in (root / "segmentation").rglob("*.py")}
+    files = {f.as_posix(): f for d in declared for f in ([d] if d.suffix == ".py" else d.rglob("*.py")) if f.is_file()}
     blobs = {name: files[name].read_bytes() for name in sorted(files)}
     return {name: hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() for name, data in blobs.items()}
 
