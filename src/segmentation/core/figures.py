@@ -20,8 +20,7 @@ def _name(cluster: int) -> str:
 
 
 def projection_plot(matrix: pd.DataFrame, labels: np.ndarray, id_column: str, sample_size: int, random_state: int):
-    """The first two principal components of the model matrix (fitted on every row), coloured by cluster; at most
-    ``sample_size`` rows (a seeded sample) drawn."""
+    """The model matrix's first two principal components (fitted on all rows), a seeded sample drawn by cluster."""
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
     xy = PCA(n_components=min(2, X.shape[1]), svd_solver="covariance_eigh").fit_transform(X)
     sizes = dict(zip(*np.unique(labels, return_counts=True), strict=True))

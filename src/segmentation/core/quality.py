@@ -65,9 +65,7 @@ def check_model(
 
     name = algorithms.algorithm_name(model)
     if name is None or not algorithms.is_fitted(model):
-        fail(
-            f"holds {'an unfitted' if name is not None else 'a'} {type(model).__name__}, not a fitted clustering model"
-        )
+        fail(f"holds {'an unfitted' if name else 'a'} {type(model).__name__}, not a fitted clustering model")
     if model.n_features_in_ != X.shape[1]:
         fail(f"fitted on {model.n_features_in_} column(s), but {matrix_source} has {X.shape[1]}")
     k = algorithms.n_clusters(model)
@@ -109,8 +107,7 @@ def cluster_profile(
 def assemble_profile(
     sizes: pd.Series, means: pd.DataFrame, categories: Mapping[str, tuple[pd.DataFrame, pd.Series | None]], rows: int
 ) -> pd.DataFrame:
-    """:func:`cluster_profile` from its group-bys: sizes, means, per categorical column the counts per category and
-    of blanks (None: none)."""
+    """:func:`cluster_profile` from its group-bys; ``categories``: per column, counts per category and of blanks."""
     profile = means.copy()
     profile.insert(0, "share", sizes / rows)
     profile.insert(0, "size", sizes)
@@ -165,8 +162,7 @@ def quality_metrics(
     model: Any, sil_values: np.ndarray, calinski_harabasz: float, davies_bouldin: float, sizes: Mapping[int, int],
     rows: int, noise_share: float | None,
 ) -> dict[str, float | int]:  # fmt: skip
-    """``metrics/evaluate.json``: the scores, the inertia (k-means family), the smallest cluster's share, the noise
-    share (None: the algorithm has none) and each cluster's size."""
+    """``metrics/evaluate.json``: scores, inertia (k-means family), smallest cluster's share, noise share, sizes."""
     return {
         "n_clusters": algorithms.n_clusters(model),
         "silhouette": float(sil_values.mean()),

@@ -127,8 +127,7 @@ def contrasts(values: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
 
 
 def contrasts_of(sums: pd.DataFrame, counts: pd.DataFrame, spreads: pd.Series) -> pd.DataFrame:
-    """:func:`contrasts` from its group-bys: per cluster and column the sum and count of the values present, per
-    column the spread (ddof 0) over all customers."""
+    """:func:`contrasts` from per-cluster sums and counts of the values present and each column's spread (ddof 0)."""
     s, n = sums.to_numpy(dtype=float), counts.to_numpy(dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (s / n - (s.sum(axis=0) - s) / (n.sum(axis=0) - n)) / spreads[sums.columns].to_numpy(dtype=float)
@@ -161,7 +160,7 @@ def describe_segments(
     segments = []
     for _, row in profile.iterrows():
         k = int(row[CLUSTER_COLUMN])
-        top = top_columns(z.loc[k, list(features)], NAME_FEATURES) if len(features) else []
+        top = top_columns(z.loc[k, list(features)], NAME_FEATURES)
         phrases = []
         for c in top:  # "High income", "Low spending"; "No children" for a mean near 0
             high, low, _ = PHRASES.get(c, (f"High {noun(c)}", f"Low {noun(c)}", ""))

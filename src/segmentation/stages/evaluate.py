@@ -42,10 +42,9 @@ def read_optional_csv(path: str | None) -> pd.DataFrame | None:
     return read_csv(path, stage="train") if path and Path(path).is_file() else None
 
 
-def source_files(stage: str = "evaluate", dvc_yaml: str | Path = "dvc.yaml") -> dict[str, str]:
-    """The git blob id of each Python file the stage declares in ``dvc.yaml`` (or in a folder it declares):
-    ``git log --find-object=<id>`` finds the commits holding each."""
-    declared = [Path(d) for d in _pipeline_graph(Path(dvc_yaml))[0].get(stage, ()) if d.startswith("src/")]
+def source_files() -> dict[str, str]:
+    """The git blob id of each Python file the stage runs, as dvc.yaml declares them (``git log --find-object``)."""
+    declared = [Path(d) for d in _pipeline_graph(Path("dvc.yaml"))[0].get("evaluate", ()) if d.startswith("src/")]
     files = {f.as_posix(): f for d in declared for f in ([d] if d.suffix == ".py" else d.rglob("*.py")) if f.is_file()}
     blobs = {name: files[name].read_bytes() for name in sorted(files)}
     return {name: hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() for name, data in blobs.items()}
