@@ -15,33 +15,29 @@ from segmentation.core.quality import sample_rows
 from segmentation.core.report import CLUSTER_COLUMN
 
 
+def _name(cluster: int) -> str:
+    return NOISE_NAME if cluster == NOISE else f"cluster {cluster}"
+
+
 def projection_plot(matrix: pd.DataFrame, labels: np.ndarray, id_column: str, sample_size: int, random_state: int):
-    """The first two principal components of the model matrix (fitted on every row), coloured by cluster; at most
-    ``sample_size`` rows (a seeded sample) drawn."""
+    """The model matrix's first two principal components (fitted on all rows), a seeded sample drawn by cluster."""
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
     xy = PCA(n_components=min(2, X.shape[1]), svd_solver="covariance_eigh").fit_transform(X)
-    clusters, counts = np.unique(labels, return_counts=True)
+    sizes = dict(zip(*np.unique(labels, return_counts=True), strict=True))
     shown = sample_rows(len(xy), sample_size, random_state)
-    return projection_figure(
-        xy[shown], labels[shown], dict(zip(clusters.tolist(), counts.tolist(), strict=True)), len(xy)
-    )
+    return projection_figure(xy[shown], labels[shown], sizes, len(xy))
 
 
 def projection_figure(xy: np.ndarray, labels: np.ndarray, sizes: Mapping[int, int], rows: int):
-    """:func:`projection_plot`'s figure from the drawn rows' coordinates and labels, each cluster's size in all
-    ``rows``."""
-    n = xy.shape[1]
-    if n == 1:
-        xy = np.column_stack([xy[:, 0], np.zeros(len(xy))])
+    """:func:`projection_plot`'s figure from the drawn rows' coordinates and labels and the clusters' full sizes."""
     fig, ax = new_figure()
-    for k in [*(c for c in sizes if c != NOISE), *(c for c in sizes if c == NOISE)]:  # noise last, in grey
+    for k in sorted(sizes, key=lambda c: c == NOISE):  # noise last, in grey
         pts = xy[labels == k]
-        name, colour = (NOISE_NAME, {"color": "grey"}) if k == NOISE else (f"cluster {k}", {})
-        ax.scatter(pts[:, 0], pts[:, 1], s=8, alpha=0.6, label=f"{name} ({sizes[k]})", **colour)
+        y = pts[:, 1] if xy.shape[1] == 2 else np.zeros(len(pts))
+        ax.scatter(pts[:, 0], y, s=8, alpha=0.6, label=f"{_name(k)} ({sizes[k]})", color="grey" if k == NOISE else None)
     drawn = "" if len(xy) == rows else f" (a sample of {len(xy)} of {rows})"
-    ax.set_title(f"Customers in 2-D (PCA of the model matrix), coloured by cluster{drawn}")
-    ax.set_xlabel("component 1")
-    ax.set_ylabel("component 2" if n == 2 else "(single feature)")
+    ax.set(title=f"Customers in 2-D (PCA of the model matrix), coloured by cluster{drawn}", xlabel="component 1")
+    ax.set_ylabel("component 2" if xy.shape[1] == 2 else "(single feature)")
     # A fixed place: loc="best" tests every point drawn (9.5 s for 1M points).
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=2)
     return fig
@@ -56,10 +52,8 @@ def silhouette_plot(values: np.ndarray, labels: np.ndarray):
         ax.fill_betweenx(np.arange(y, y + len(band)), 0, band, alpha=0.7, label=f"cluster {k}")
         y += len(band) + 10
     ax.axvline(values.mean(), color="black", linestyle="--", label=f"mean {values.mean():.3f}")
-    ax.set_title(f"Silhouette per customer ({len(values)} rows)")
-    ax.set_xlabel("silhouette coefficient")
+    ax.set(title=f"Silhouette per customer ({len(values)} rows)", xlabel="silhouette coefficient", yticks=[])
     ax.set_ylabel("customers, grouped by cluster")
-    ax.set_yticks([])
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
@@ -73,17 +67,13 @@ def profile_plot(profile: pd.DataFrame):
     limit = max(float(np.nanmax(np.abs(z))), 1e-9)
     image = ax.imshow(z, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     ax.set_xticks(range(feats.shape[1]), feats.columns, rotation=45, ha="right")
-    rows = [
-        f"{NOISE_NAME if c == NOISE else f'cluster {c}'} (n={n})"
-        for c, n in zip(profile[CLUSTER_COLUMN], profile["size"], strict=True)
-    ]
+    rows = [f"{_name(c)} (n={n})" for c, n in zip(profile[CLUSTER_COLUMN], profile["size"], strict=True)]
     ax.set_yticks(range(len(profile)), rows)
     for (i, j), mean in np.ndenumerate(feats.to_numpy(dtype=float)):
         # Short labels (29k, 1,393, 0.82) in the colour that contrasts with the cell's.
         colour = report.text_colour(image.cmap(image.norm(z[i, j])))
         ax.text(j, i, report.compact_number(mean), ha="center", va="center", fontsize=8, color=colour)
-    ax.set_title("Cluster profiles: mean of each feature (colour: relative to the other clusters)")
-    ax.set_xlabel("feature")
+    ax.set(title="Cluster profiles: mean of each feature (colour: relative to the other clusters)", xlabel="feature")
     ax.set_ylabel("cluster")
     fig.colorbar(image, ax=ax, label="relative level (z-score of cluster means)")
     return fig

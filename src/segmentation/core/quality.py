@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -57,54 +57,37 @@ def check_model(
     model: Any, X: np.ndarray, model_source: str, matrix_source: str, train_metrics: Mapping[str, Any] | None = None,
     metrics_source: str = "metrics/train.json", inertia_on_matrix: Callable[[], float] | None = None,
 ) -> None:  # fmt: skip
-    """Fail in one line unless ``model`` is a fitted clusterer fitted on ``X`` with the k and fit record
-    (inertia, log-likelihood) ``train_metrics`` holds; an assigner's centroids must be its clusters' means in ``X``.
-    ``inertia_on_matrix`` computes the inertia where ``X`` is not in this process (Dask)."""
-    rebuild = "rebuild it: dvc repro -f -s train"
+    """Fail in one line unless ``model`` is a clusterer fitted on ``X`` with the k and fit record ``train_metrics``
+    holds. ``inertia_on_matrix`` computes the inertia where ``X`` is not in this process (Dask)."""
+
+    def fail(why: str) -> NoReturn:
+        raise UserError(f"{model_source}: {why}; rebuild it: dvc repro -f -s train")
+
     name = algorithms.algorithm_name(model)
     if name is None or not algorithms.is_fitted(model):
-        what = f"an unfitted {type(model).__name__}" if name is not None else f"a {type(model).__name__}"
-        raise UserError(f"{model_source}: holds {what}, not a fitted clustering model; {rebuild}")
+        fail(f"holds {'an unfitted' if name else 'a'} {type(model).__name__}, not a fitted clustering model")
     if model.n_features_in_ != X.shape[1]:
-        raise UserError(
-            f"{model_source}: fitted on {model.n_features_in_} column(s), but {matrix_source} has {X.shape[1]}; "
-            f"{rebuild}"
-        )
+        fail(f"fitted on {model.n_features_in_} column(s), but {matrix_source} has {X.shape[1]}")
     k = algorithms.n_clusters(model)
-    recorded = algorithms.fit_record(model, X)  # inertia_ as fitted; the mixture's log-likelihood on X
     if train_metrics is not None:
         if train_metrics.get("k_best") != k:
-            raise UserError(
-                f"{model_source}: has {k} clusters, but {metrics_source} says k_best = {train_metrics.get('k_best')}; "
-                f"{rebuild}"
-            )
-        for key, value in recorded.items():
+            fail(f"has {k} clusters, but {metrics_source} says k_best = {train_metrics.get('k_best')}")
+        for key, value in algorithms.fit_record(model, X).items():  # inertia_ as fitted; the log-likelihood on X
             wrote = train_metrics.get(key)
             if not isinstance(wrote, int | float) or not np.isclose(value, wrote, rtol=INERTIA_RTOL):
                 what = "inertia" if key == "inertia" else f"{key.replace('_', '-')} on {matrix_source}"
-                raise UserError(
-                    f"{model_source}: its {what} ({value:.6g}) is not the one {metrics_source} records ({wrote}); "
-                    f"{rebuild}"
-                )
+                fail(f"its {what} ({value:.6g}) is not the one {metrics_source} records ({wrote})")
     if hasattr(model, "inertia_"):
         on_matrix = inertia_on_matrix() if inertia_on_matrix is not None else algorithms.inertia_on(model, X)
         if not np.isclose(on_matrix, model.inertia_, rtol=INERTIA_RTOL):
-            raise UserError(
-                f"{model_source}: was not fitted on {matrix_source} (inertia {on_matrix:.6g} on it, "
-                f"{model.inertia_:.6g} when fitted); {rebuild}"
-            )
-    if isinstance(model, algorithms.CentroidAssigner):
+            fail(f"was not fitted on {matrix_source} (inertia {on_matrix:.6g} on it, {model.inertia_:.6g} when fitted)")
+    if isinstance(model, algorithms.CentroidAssigner):  # its centroids must be its clusters' means in X
         if model.n_rows_ != len(X):
-            raise UserError(
-                f"{model_source}: was fitted on {model.n_rows_} rows, but {matrix_source} has {len(X)}; {rebuild}"
-            )
+            fail(f"was fitted on {model.n_rows_} rows, but {matrix_source} has {len(X)}")
         fitted = X if model.fit_rows_ is None else X[model.fit_rows_]  # the rows its clusterer was fitted on
-        means = [fitted[model.fit_labels_ == c].mean(axis=0) for c in range(k)]
-        if not np.allclose(np.stack(means), model.cluster_centers_, rtol=INERTIA_RTOL, atol=1e-9):
-            raise UserError(
-                f"{model_source}: was not fitted on {matrix_source} (its centroids are not the means of its clusters "
-                f"there); {rebuild}"
-            )
+        means = np.stack([fitted[model.fit_labels_ == c].mean(axis=0) for c in range(k)])
+        if not np.allclose(means, model.cluster_centers_, rtol=INERTIA_RTOL, atol=1e-9):
+            fail(f"was not fitted on {matrix_source} (its centroids are not the means of its clusters there)")
 
 
 def cluster_profile(
@@ -124,8 +107,7 @@ def cluster_profile(
 def assemble_profile(
     sizes: pd.Series, means: pd.DataFrame, categories: Mapping[str, tuple[pd.DataFrame, pd.Series | None]], rows: int
 ) -> pd.DataFrame:
-    """:func:`cluster_profile` from its group-bys (indexed by cluster): sizes, numeric means, per categorical column
-    the counts per category and the blanks (None: none); ``rows`` in all."""
+    """:func:`cluster_profile` from its group-bys; ``categories``: per column, counts per category and of blanks."""
     profile = means.copy()
     profile.insert(0, "share", sizes / rows)
     profile.insert(0, "size", sizes)
@@ -155,9 +137,8 @@ def evaluate(
     matrix: pd.DataFrame, features: pd.DataFrame, model, id_column: str, params: EvaluateParams,
     categorical: Sequence[str] = (),
 ) -> Evaluation:  # fmt: skip
-    """Assign clusters (``predict``, or the training assignment) and measure them; ``features`` are the unscaled
-    rows behind ``matrix``, ``categorical`` its columns profiled as shares. Noise rows (-1) are left out of the
-    scores; ``noise_share`` counts them."""
+    """Assign clusters (``predict``, or the training assignment) and measure them; ``features``: the unscaled rows
+    behind ``matrix``, ``categorical`` their columns profiled as shares. Noise rows (-1) are left out of the scores."""
     if not matrix[id_column].equals(features[id_column]):
         raise UserError("data/processed: the features and matrix files hold different customers; run dvc repro")
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
@@ -167,42 +148,36 @@ def evaluate(
     clustered = labels != NOISE
     Xc, labels_c = (X, labels) if clustered.all() else (X[clustered], labels[clustered])
     idx = sample_rows(len(Xc), params.silhouette_sample_size, params.random_state)  # full silhouette is O(n^2)
-    sil_values, sil_labels = silhouette_of(Xc[idx], labels_c[idx], params.silhouette_sample_size)
+    silhouette = silhouette_of(Xc[idx], labels_c[idx], params.silhouette_sample_size)  # (values, labels)
     noise_share = float((~clustered).mean()) if algorithms.REGISTRY[algorithms.algorithm_name(model)].noise else None
     metrics = quality_metrics(
-        model, sil_values, calinski_harabasz_score(Xc, labels_c), davies_bouldin_score(Xc, labels_c),
+        model, silhouette[0], calinski_harabasz_score(Xc, labels_c), davies_bouldin_score(Xc, labels_c),
         algorithms.cluster_sizes(labels, k), len(labels), noise_share,
     )  # fmt: skip
     segments = pd.DataFrame({id_column: matrix[id_column], CLUSTER_COLUMN: labels})
-    profile = cluster_profile(features, labels, id_column, categorical)
-    return Evaluation(metrics, segments, profile, sil_values, sil_labels)
+    return Evaluation(metrics, segments, cluster_profile(features, labels, id_column, categorical), *silhouette)
 
 
 def quality_metrics(
     model: Any, sil_values: np.ndarray, calinski_harabasz: float, davies_bouldin: float, sizes: Mapping[int, int],
     rows: int, noise_share: float | None,
 ) -> dict[str, float | int]:  # fmt: skip
-    """``metrics/evaluate.json``: the scores, the inertia (k-means family), the smallest cluster's share of all
-    ``rows``, the noise share (None: the algorithm has none) and each cluster's size."""
-    metrics: dict[str, float | int] = {
+    """``metrics/evaluate.json``: scores, inertia (k-means family), smallest cluster's share, noise share, sizes."""
+    return {
         "n_clusters": algorithms.n_clusters(model),
         "silhouette": float(sil_values.mean()),
         "silhouette_sample_rows": len(sil_values),
         "calinski_harabasz": float(calinski_harabasz),
         "davies_bouldin": float(davies_bouldin),
+        **({"inertia": float(model.inertia_)} if hasattr(model, "inertia_") else {}),
+        "smallest_cluster_share": float(min(n for c, n in sizes.items() if c != NOISE) / rows),
+        **({"noise_share": noise_share} if noise_share is not None else {}),
+        **{algorithms.size_key(c): n for c, n in sizes.items()},
     }
-    if hasattr(model, "inertia_"):
-        metrics["inertia"] = float(model.inertia_)
-    metrics["smallest_cluster_share"] = float(min(n for c, n in sizes.items() if c != NOISE) / rows)
-    if noise_share is not None:
-        metrics["noise_share"] = noise_share
-    metrics.update({algorithms.size_key(c): n for c, n in sizes.items()})
-    return metrics
 
 
 def criteria_per_k(X: np.ndarray, ks: Sequence[int], sample_size: int, random_state: int) -> pd.DataFrame:
-    """Silhouette, Calinski-Harabasz and Davies-Bouldin of a k-means fit per k on a seeded sample of ``X``: what
-    the criteria the search did not use say about k."""
+    """Silhouette, Calinski-Harabasz and Davies-Bouldin of a k-means fit per k on a seeded sample of ``X``."""
     return criteria_of(X[sample_rows(len(X), sample_size, random_state)], ks, random_state)
 
 
@@ -219,7 +194,7 @@ def criteria_of(sample: np.ndarray, ks: Sequence[int], random_state: int) -> pd.
             if len(np.unique(labels)) > 1:
                 silhouette = silhouette_score(distances, labels, metric="precomputed")
                 scores = silhouette, calinski_harabasz_score(sample, labels), davies_bouldin_score(sample, labels)
-                rows.append({"k": int(k), **{c: float(s) for c, s in zip(CRITERIA[1:], scores, strict=True)}})
+                rows.append({"k": int(k), **dict(zip(CRITERIA[1:], map(float, scores), strict=True))})
     return pd.DataFrame(rows, columns=CRITERIA)
 
 

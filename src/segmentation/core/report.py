@@ -1,5 +1,4 @@
-"""The segment report: names and descriptions of the segments, rounded profiles in original units, and one
-self-contained HTML page (styles and images inline, no network). Pure functions: same inputs, same bytes."""
+"""The segment report: segment names, rounded profiles and one self-contained HTML page, as pure functions."""
 
 from __future__ import annotations
 
@@ -58,7 +57,7 @@ def column_kind(name: str, values: pd.Series) -> str:
 
 
 def kind_of(name: str, zero_one: bool) -> str:
-    """:func:`column_kind` of a column whose values are all 0 or 1 (``zero_one``: blanks aside, at least one)."""
+    """:func:`column_kind` of a column whose values are (``zero_one``) or are not all 0 or 1."""
     return RATE if zero_one else MONEY if MONEY_NAME.search(name) else NUMBER
 
 
@@ -72,12 +71,8 @@ def format_value(value: float, kind: str) -> str:
 def compact_number(value: float) -> str:
     """A short label for a heatmap cell: 29k, 1.2M, 1,393, 48.0, 0.82."""
     size = abs(value)
-    if not np.isfinite(value):
-        return "–"
-    if size >= 1e6:
-        return f"{value / 1e6:.1f}M"
-    if size >= 1e4:
-        return f"{value / 1e3:.0f}k"
+    if size >= 1e4 or not np.isfinite(value):
+        return "–" if not np.isfinite(value) else f"{value / 1e6:.1f}M" if size >= 1e6 else f"{value / 1e3:.0f}k"
     return f"{value:,.0f}" if size >= 100 else f"{value:.1f}" if size >= 10 else f"{value:.2f}"
 
 
@@ -89,8 +84,8 @@ def text_colour(rgba: Sequence[float]) -> str:
 
 
 def rounded_profile(profile: pd.DataFrame, kinds: Mapping[str, str]) -> pd.DataFrame:
-    """``cluster_profile.csv`` for people and diffs: money to whole units, other means to 2 decimals, shares and
-    rates as fractions to 4 decimals (0.1234 = 12.34%). Columns not in ``kinds`` are category shares."""
+    """``cluster_profile.csv``: money to whole units, other means to 2 decimals, shares and rates as fractions to 4
+    decimals (0.1234 = 12.34%). Columns not in ``kinds`` are category shares."""
     out = profile.copy()
     for column in out.columns.drop([CLUSTER_COLUMN, SIZE_COLUMN]):
         kind = RATE if column == SHARE_COLUMN else kinds.get(column, RATE)
@@ -119,32 +114,24 @@ def contrasts(values: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
     customers. Blanks are left out of every mean; a constant column scores 0."""
     clusters, codes = np.unique(labels, return_inverse=True)
     sums, counts, spreads = {}, {}, {}
-    # Column by column, sums per cluster by bincount: one pass over the rows (masking them per cluster was k passes).
-    for column_name, column in values.items():
+    # Column by column, by bincount: a group-by on a float copy of the table costs GiBs at 10M rows.
+    for name, column in values.items():
         data = column.to_numpy(dtype=float, na_value=np.nan)
         present = ~np.isnan(data)
-        has_blanks = not present.all()
-        filled = np.where(present, data, 0.0) if has_blanks else data
-        sums[column_name] = np.bincount(codes, weights=filled, minlength=len(clusters))
-        counts[column_name] = (
-            np.bincount(codes, weights=present, minlength=len(clusters)) if has_blanks else np.bincount(codes)
-        )
-        spreads[column_name] = (np.nanstd(data) if has_blanks else data.std()) if len(data) else 0.0
+        blanks = not present.all()
+        sums[name] = np.bincount(codes, np.where(present, data, 0.0) if blanks else data, minlength=len(clusters))
+        counts[name] = np.bincount(codes, present if blanks else None, minlength=len(clusters))
+        spreads[name] = (np.nanstd(data) if blanks else data.std()) if len(data) else 0.0
     index = [int(k) for k in clusters]
     return contrasts_of(pd.DataFrame(sums, index=index), pd.DataFrame(counts, index=index), pd.Series(spreads))
 
 
 def contrasts_of(sums: pd.DataFrame, counts: pd.DataFrame, spreads: pd.Series) -> pd.DataFrame:
-    """:func:`contrasts` from its group-bys: per cluster (rows) and column the sum and the count of the values
-    present, and per column the spread (standard deviation, ddof 0) over all customers."""
-    rows = np.empty(sums.shape)
-    for j, column in enumerate(sums.columns):
-        s_k, n_k = sums[column].to_numpy(dtype=float), counts[column].to_numpy()
-        total, count = s_k.sum(), n_k.sum()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = (s_k / n_k - (total - s_k) / (count - n_k)) / spreads[column]
-        rows[:, j] = np.where(np.isfinite(z), z, 0.0)
-    return pd.DataFrame(rows, index=list(sums.index), columns=list(sums.columns))
+    """:func:`contrasts` from per-cluster sums and counts of the values present and each column's spread (ddof 0)."""
+    s, n = sums.to_numpy(dtype=float), counts.to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (s / n - (s.sum(axis=0) - s) / (n.sum(axis=0) - n)) / spreads[sums.columns].to_numpy(dtype=float)
+    return pd.DataFrame(np.where(np.isfinite(z), z, 0.0), index=list(sums.index), columns=list(sums.columns))
 
 
 def noun(column: str) -> str:
@@ -159,45 +146,35 @@ def noun(column: str) -> str:
     return " ".join(w if w.isupper() and len(w) > 1 else w.lower() for w in words) or column
 
 
-def phrase(column: str, z: float, segment_mean: float) -> str:
-    """``High income`` / ``Low spending`` / ``No children``: how a segment stands out on ``column``."""
-    if z < 0 and np.isfinite(segment_mean) and abs(segment_mean) < 0.05:
-        return f"No {noun(column)}"
-    high, low, _ = PHRASES.get(column, (f"High {noun(column)}", f"Low {noun(column)}", ""))
-    return high if z > 0 else low
-
-
 def top_columns(z: pd.Series, n: int) -> list[str]:
     """The ``n`` columns with the largest |z|; ties in column order (deterministic)."""
-    order = sorted(range(len(z)), key=lambda i: (-round(abs(float(z.iloc[i])), 9), i))
-    return [z.index[i] for i in order[:n]]
+    return list((-z.abs().round(9)).sort_values(kind="stable").index[:n])
 
 
 def describe_segments(
     profile: pd.DataFrame, overall: Mapping[str, float], z: pd.DataFrame, features: Sequence[str],
     extras: Sequence[str], kinds: Mapping[str, str],
 ) -> list[Segment]:  # fmt: skip
-    """A unique name and a one-sentence description per cluster of ``profile``: the phrases of the
-    ``NAME_FEATURES`` clustering ``features`` furthest from the other customers (``z``), those means against the
-    overall ones, plus the profile-only column (``extras``) furthest away if by ``EXTRA_Z`` or more."""
+    """A unique name and a one-sentence description per cluster: the ``NAME_FEATURES`` clustering ``features``
+    furthest from the other customers (``z``), plus the profile-only column (``extras``) furthest if by ``EXTRA_Z``."""
     segments = []
     for _, row in profile.iterrows():
         k = int(row[CLUSTER_COLUMN])
-        top = top_columns(z.loc[k, list(features)], NAME_FEATURES) if len(features) else []
-        phrases = [phrase(c, float(z.loc[k, c]), float(row[c])) for c in top]
+        top = top_columns(z.loc[k, list(features)], NAME_FEATURES)
+        phrases = []
+        for c in top:  # "High income", "Low spending"; "No children" for a mean near 0
+            high, low, _ = PHRASES.get(c, (f"High {noun(c)}", f"Low {noun(c)}", ""))
+            none = z.loc[k, c] < 0 and np.isfinite(row[c]) and abs(row[c]) < 0.05
+            phrases.append(f"No {noun(c)}" if none else high if z.loc[k, c] > 0 else low)
         name = ", ".join([phrases[0], *(p[0].lower() + p[1:] for p in phrases[1:])]) if phrases else f"Segment {k}"
-        shown = list(top)
-        if extras:
-            (best,) = top_columns(z.loc[k, list(extras)], 1)
-            if abs(float(z.loc[k, best])) >= EXTRA_Z:
-                shown.append(best)
-        parts = [
+        shown = top + [c for c in top_columns(z.loc[k, list(extras)], 1) if abs(z.loc[k, c]) >= EXTRA_Z]
+        parts = "; ".join(
             f"{noun(c)} {format_value(float(row[c]), kinds[c])} vs {format_value(overall[c], kinds[c])} overall"
             for c in shown
-        ]
-        description = (parts[0][0].upper() + "; ".join(parts)[1:] + ".") if parts else ""
+        )
+        description = f"{parts[:1].upper()}{parts[1:]}." if parts else ""
         if k == NOISE:
-            name, description = NOISE_SEGMENT, f"{NOISE_LEAD}{'; ' + '; '.join(parts) if parts else ''}."
+            name, description = NOISE_SEGMENT, f"{NOISE_LEAD}{'; ' + parts if parts else ''}."
         segments.append(Segment(k, name, description, int(row[SIZE_COLUMN]), float(row[SHARE_COLUMN])))
     counts = pd.Series([s.name for s in segments]).value_counts()
     return [replace(s, name=f"{s.name} (segment {s.cluster})") if counts[s.name] > 1 else s for s in segments]
@@ -205,48 +182,32 @@ def describe_segments(
 
 # -- the page ------------------------------------------------------------------------------------------------------
 
-# The quality table: per score its label and readings, (the lowest value a reading is for, reading) highest first.
+# The quality table: per score its label, then its readings (the lowest value a reading is for, reading) highest first.
 SCORES: dict[str, tuple[str, list[tuple[float, str]]]] = {
-    "silhouette": ("Silhouette (−1 to 1, higher is better)", [
-        (0.5, "well separated segments"),
+    "silhouette": ("Silhouette (−1 to 1, higher is better)", [(0.5, "well separated segments"),
         (0.25, "reasonable structure: segments overlap at their edges"),
         (-np.inf, "weak structure: segments overlap a lot; read them as tendencies")]),
     "calinski_harabasz": ("Calinski–Harabasz (higher is better)", [
         (-np.inf, "between-segment spread over within-segment spread; compare it across runs on the same data")]),
-    "davies_bouldin": ("Davies–Bouldin (0 and up, lower is better)", [
-        (1.5, "segments close to each other relative to their size"),
-        (0.7, "segments fairly distinct"),
-        (-np.inf, "compact, distinct segments")]),
-    "smallest_cluster_share": ("Smallest segment", [
-        (0.05, "every segment is large enough to act on"),
+    "davies_bouldin": ("Davies–Bouldin (0 and up, lower is better)", [(1.5, "segments close to each other relative "
+        "to their size"), (0.7, "segments fairly distinct"), (-np.inf, "compact, distinct segments")]),
+    "smallest_cluster_share": ("Smallest segment", [(0.05, "every segment is large enough to act on"),
         (-np.inf, "a small niche: check it is worth a campaign of its own")]),
-    "noise_share": ("Customers in no segment (noise)", [
-        (-np.inf, "a segment of their own in the profile, left out of the scores above; new customers always get "
-                  "the nearest segment")]),
+    "noise_share": ("Customers in no segment (noise)", [(-np.inf, "a segment of their own in the profile, left out "
+        "of the scores above; new customers always get the nearest segment")]),
 }  # fmt: skip
 
 STYLE = """
 body{font-family:"DejaVu Sans",Arial,sans-serif;margin:2em auto;max-width:1200px;color:#1d2733;padding:0 1em}
-h1{margin-bottom:.2em}h2{border-bottom:2px solid #d8dee6;padding-bottom:.2em;margin-top:1.8em}.lead{color:#4a5663}
-.cards{display:flex;flex-wrap:wrap;gap:12px}.card h3{margin:.1em 0 .3em 0;font-size:1.05em}
-.card{flex:1 1 260px;border:1px solid #d8dee6;border-left:6px solid #2f6db5;border-radius:6px;padding:.6em .9em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th,td{border:1px solid #d8dee6;padding:.25em .6em}
-th{background:#eef2f6;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.group th{background:#dde5ee}td.overall,th.overall{background:#f7f9fb;font-weight:bold}tr.best td{background:#fff4d6}
-img{max-width:100%;height:auto;border:1px solid #eef2f6}.figs{display:flex;flex-wrap:wrap;gap:16px}
-.figs figure{flex:1 1 520px;margin:0}figcaption,.card .size{color:#4a5663;font-size:.9em}
-code{background:#eef2f6;padding:0 .25em;border-radius:3px}.muted{color:#6b7785;font-size:.9em}
+.cards,.figs{display:flex;flex-wrap:wrap;gap:12px}.figs figure{flex:1 1 520px;margin:0}img{max-width:100%}
+.card{flex:1 1 260px;border:1px solid #d8dee6;border-left:6px solid #2f6db5;border-radius:6px;padding:0 .9em}
+table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #d8dee6;padding:.25em .6em;text-align:right}
+th{background:#eef2f6;text-align:left}.muted,figcaption{color:#6b7785;font-size:.9em}
 """
 
 
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _row(head: str, cells: Sequence[str], last: str = "") -> str:
-    """A table row: a header cell, number cells, and the all-customers cell ``last`` (none when empty)."""
-    cells = "".join(f'<td class="num">{c}</td>' for c in cells)
-    return f"<tr><th>{_e(head)}</th>{cells}" + (f'<td class="num overall">{last}</td>' if last else "") + "</tr>"
 
 
 def image_tag(png: bytes | None, alt: str) -> str:
@@ -260,120 +221,66 @@ def _score(value: float) -> str:
     return "–" if not np.isfinite(value) else f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3f}"
 
 
-def profile_table(profile: pd.DataFrame, overall: Mapping[str, float], segments: Sequence[Segment],
-                  features: Sequence[str], extras: Sequence[str], kinds: Mapping[str, str]) -> str:  # fmt: skip
-    """The profile, one column per segment and one for all customers, one row per column profiled."""
-    names = "".join(f"<th>{_e(s.name)}</th>" for s in segments)
-    rows = [f'<tr><th>Segment</th>{names}<th class="overall">All customers</th></tr>']
-    rows.append(_row("Customers", [f"{int(n):,}" for n in profile[SIZE_COLUMN]], f"{profile[SIZE_COLUMN].sum():,}"))
-    rows.append(_row("Share", [format_value(v, RATE) for v in profile[SHARE_COLUMN]], "100.0%"))
-    for title, columns in (
-        ("Used for clustering (mean per customer)", [c for c in features if c in profile]),
-        ("Profiled only, not used for clustering (mean per customer)", [c for c in extras if c in profile]),
-        ("Category shares (each column's shares add up to 100%, blanks included)", [c for c in profile if "=" in c]),
-    ):
-        rows += [f'<tr class="group"><th colspan="{len(profile) + 2}">{_e(title)}</th></tr>'] if columns else []
-        for c in columns:
-            kind = kinds.get(c, RATE)
-            values = [format_value(float(v), kind) for v in profile[c]]
-            rows.append(_row(c.replace("=", ": ", 1), values, format_value(overall[c], kind)))
-    return "<table>" + "".join(rows) + "</table>"
-
-
 def k_choice_section(
     elbow: pd.DataFrame | None, train_metrics: Mapping[str, Any] | None, criteria: pd.DataFrame | None,
     elbow_png: bytes | None, algorithm: str = "k-means",
 ) -> str:  # fmt: skip
-    """How k was chosen: the train stage's score per k and rule, and what the other criteria (``criteria``: k,
-    silhouette, calinski_harabasz, davies_bouldin) say per k; ``algorithm`` is the registry's label."""
+    """How k was chosen: the train stage's score per k and rule, and what the other ``criteria`` (k, silhouette,
+    calinski_harabasz, davies_bouldin) say per k; ``algorithm`` is the registry's label."""
     tm = dict(train_metrics or {})
-    k_best, rule = tm.get("k_best"), tm.get("k_rule", "?")
+    k_best, rule, chosen = tm.get("k_best"), str(tm.get("k_rule", "?")), f"<b>k = {_e(tm.get('k_best'))}</b>"
     metric = str(elbow["metric"].iloc[0]) if elbow is not None and "metric" in elbow and len(elbow) else "score"
-    rule_text = {
+    fit = "the best trade-off between fit and the number of parameters"
+    how = {
         "elbow": "the elbow (knee) of the curve: where adding a segment stops paying off",
-        "best_score": f"the best {metric} score",
-        "min_bic": "the lowest BIC: the best trade-off between fit and the number of parameters",
-        "min_aic": "the lowest AIC: the best trade-off between fit and the number of parameters",
-    }.get(str(rule), str(rule))
+        "best_score": f"the best {metric} score", "min_bic": f"the lowest BIC: {fit}",
+        "min_aic": f"the lowest AIC: {fit}",
+        "fixed": "params: train.k (or k_min = k_max), whatever the curve says",
+    }.get(rule, rule)  # fmt: skip
+    text = f"The train stage fitted {_e(algorithm)} for each k and scored it by <b>{_e(metric)}</b>; it chose {chosen} "
+    text += f"by {_e(how)}."
     if rule == "density":  # an algorithm that finds k itself (HDBSCAN): no search, its one "score" the noise share
-        parts = [
-            f"<p>{_e(algorithm)} found <b>k = {_e(k_best)}</b> segments itself (the dense groups its settings in "
+        elbow, noise = None, format_value(float(tm.get("noise_share", 0.0)), RATE)
+        text = (
+            f"{_e(algorithm)} found {chosen} segments itself (the dense groups its settings in "
             "<code>params.yaml</code> call clusters); there was no search over k. "
-            f"{format_value(float(tm.get('noise_share', 0.0)), RATE)} of the customers it fitted on are in no group "
-            "(noise).</p>"
-        ]
-        elbow = None
-    else:
-        chose = (
-            f"k = <b>{_e(k_best)}</b> was fixed in params (<code>train.k</code>, or k_min = k_max), whatever the "
-            "curve says"
-            if rule == "fixed"
-            else f"it chose <b>k = {_e(k_best)}</b> by {_e(rule_text)}"
+            f"{noise} of the customers it fitted on are in no group (noise)."
         )
-        parts = [
-            f"<p>The train stage fitted {_e(algorithm)} for each k and scored it by <b>{_e(metric)}</b>; {chose}.</p>"
-        ]
-    table = pd.DataFrame({"k": []})
-    if elbow is not None and len(elbow):
-        table = elbow[["k", "score"]].rename(columns={"score": metric})
-    if criteria is not None and len(criteria):
-        table = criteria if not len(table) else table.merge(criteria, on="k", how="outer")
-    if len(table):
-        says = [
-            f"{label} prefers k = {int(table.loc[table[c] == better(table[c]), 'k'].iloc[0])}"
-            for c, label, better in (
-                ("silhouette", "silhouette (higher is better)", max),
-                ("calinski_harabasz", "Calinski–Harabasz (higher is better)", max),
-                ("davies_bouldin", "Davies–Bouldin (lower is better)", min),
+    parts = [f"<p>{text}</p>"]
+    scores = None if elbow is None else elbow[["k", "score"]].rename(columns={"score": metric})
+    tables = [t.set_index("k") for t in (scores, criteria) if t is not None and len(t)]
+    if tables:
+        by_k = pd.concat(tables, axis=1)  # outer join on k
+        says = "; ".join(
+            f"{label} prefers k = {int(by_k[c].idxmin() if c == 'davies_bouldin' else by_k[c].idxmax())}"
+            for c, label in (
+                ("silhouette", "silhouette (higher is better)"),
+                ("calinski_harabasz", "Calinski–Harabasz (higher is better)"),
+                ("davies_bouldin", "Davies–Bouldin (lower is better)"),
             )
-            if c in table
-        ]
+            if c in by_k
+        )
         if says:
             parts.append(
                 "<p>The other criteria, from one k-means fit per k on the same matrix (3 restarts; above "
-                "<code>evaluate.silhouette_sample_size</code> rows, on a seeded sample of that many): "
-                f"{_e('; '.join(says))}.</p>"
+                f"<code>evaluate.silhouette_sample_size</code> rows, on a seeded sample of that many): {_e(says)}.</p>"
             )
-        body = [
-            ('<tr class="best">' if k_best is not None and int(r["k"]) == int(k_best) else "<tr>")
-            + "".join(f'<td class="num">{int(r[c]) if c == "k" else _score(r[c])}</td>' for c in table.columns)
-            + "</tr>"
-            for _, r in table.iterrows()
-        ]
-        head = "".join(f"<th>{_e(c)}</th>" for c in table.columns)
-        parts.append(f"<table><tr>{head}</tr>{''.join(body)}</table>")
-        parts.append('<p class="muted">Highlighted: the k the model uses.</p>')
-    parts.append(f"<figure>{image_tag(elbow_png, 'Elbow curve: score per k')}</figure>")
-    return "".join(parts)
-
-
-def metrics_table(metrics: Mapping[str, Any]) -> str:
-    """The quality scores with what each says (:data:`SCORES`)."""
-    rows = ["<tr><th>Metric</th><th>Value</th><th>Reading</th></tr>"]
-    for key, (label, readings) in SCORES.items():
-        if key in metrics:
-            v = float(metrics[key])
-            reading = next((r for least, r in readings if v >= least), readings[-1][1])
-            shown = format_value(v, RATE) if key.endswith("share") else _score(v)
-            rows.append(f'<tr><th>{_e(label)}</th><td class="num">{shown}</td><td>{_e(reading)}</td></tr>')
-    return "<table>" + "".join(rows) + "</table>"
+        by_k.index = [f"{k:.0f} (the model's k)" if k == k_best else f"{k:.0f}" for k in by_k.index]
+        parts.append(by_k.rename_axis("k").to_html(na_rep="–", float_format=_score))
+    return "".join([*parts, f"<figure>{image_tag(elbow_png, 'Elbow curve: score per k')}</figure>"])
 
 
 def provenance_section(
     params: Mapping[str, Any], data_path: str | None, data_md5: str | None, code: Mapping[str, str]
 ) -> str:
     """The params, the raw data and its md5, and the code (git blob id per source file) behind the page."""
-    files = "<br>".join(f"<code>{_e(blob)}</code> {_e(path)}" for path, blob in code.items())
-    rows = [
-        f"<tr><th>Data</th><td><code>{_e(data_path or '?')}</code> (md5 <code>{_e(data_md5 or '?')}</code>)</td></tr>",
-        f"<tr><th>Code (git blob ids)</th><td>{files}</td></tr>",
-        *(f"<tr><th>{_e(k)}</th><td><code>{_e(v)}</code></td></tr>" for k, v in params.items()),
-    ]
     return (
-        "<p>The git commit: <code>git log --find-object=&lt;blob id&gt;</code> lists the commits that hold each "
-        "source file below (a file cannot name the commit it is committed in). The MLflow run that holds this page "
-        "is tagged with the commit checked out when it ran (<code>mlflow.source.git.commit</code>).</p>"
-        "<table>" + "".join(rows) + "</table>"
+        f"<p>Data: <code>{_e(data_path or '?')}</code> (md5 <code>{_e(data_md5 or '?')}</code>). The git commit: "
+        "<code>git log --find-object=&lt;blob id&gt;</code> lists the commits that hold each source file below (a "
+        "file cannot name the commit it is committed in). The MLflow run that holds this page is tagged with the "
+        "commit checked out when it ran (<code>mlflow.source.git.commit</code>).</p>"
+        + pd.DataFrame(list(code.items()), columns=["Source file", "git blob id"]).to_html(index=False)
+        + pd.DataFrame([(k, str(v)) for k, v in params.items()], columns=["Param", "Value"]).to_html(index=False)
     )
 
 
@@ -382,7 +289,27 @@ def render_report(
     extras: Sequence[str], kinds: Mapping[str, str], metrics: Mapping[str, Any], images: Mapping[str, bytes | None],
     k_choice: str, provenance: str,
 ) -> str:  # fmt: skip
-    """The whole page: one HTML string, styles and images inline, no script, no URL."""
+    """The whole page: one HTML string, styles and images inline, no script, no URL; every user text escaped."""
+    rows = {  # the profile: a column per segment and one for all customers
+        ("Segment", "Customers"): [f"{n:,}" for n in [*profile[SIZE_COLUMN], profile[SIZE_COLUMN].sum()]],
+        ("Segment", "Share"): [*(format_value(v, RATE) for v in profile[SHARE_COLUMN]), "100.0%"],
+    }
+    for title, columns in (
+        ("Used for clustering (mean per customer)", [c for c in features if c in profile]),
+        ("Profiled only, not used for clustering (mean per customer)", [c for c in extras if c in profile]),
+        ("Category shares (each column's shares add up to 100%, blanks included)", [c for c in profile if "=" in c]),
+    ):
+        for c in columns:
+            values = [*profile[c], overall[c]]
+            rows[title, c.replace("=", ": ", 1)] = [format_value(float(v), kinds.get(c, RATE)) for v in values]
+    profile_table = pd.DataFrame(rows, index=[*(s.name for s in segments), "All customers"]).T.to_html()
+    scores = []  # the quality scores with what each says
+    for key, (label, readings) in SCORES.items():
+        if key in metrics:
+            v = float(metrics[key])
+            reading = next((r for least, r in readings if v >= least), readings[-1][1])  # NaN: the last
+            scores.append((label, format_value(v, RATE) if key.endswith("share") else _score(v), reading))
+    scores_table = pd.DataFrame(scores, columns=["Metric", "Value", "Reading"]).to_html(index=False)
     cards = "".join(
         f'<div class="card"><h3>{_e(s.name)}</h3>'
         f'<div class="size">{s.size:,} customers · {format_value(s.share, RATE)} · '
@@ -397,15 +324,9 @@ def render_report(
         )
     )
     return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Customer segments</title>
-<style>{STYLE}</style>
-</head>
-<body>
-<h1>Customer segments</h1>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Customer segments</title><style>{STYLE}</style></head>
+<body><h1>Customer segments</h1>
 <p class="lead">{int(profile[SIZE_COLUMN].sum()):,} customers in {len(segments)} segments. Each segment is named after
 what sets it apart from the other customers (features furthest above or below them).</p>
 <h2>The segments</h2>
@@ -413,16 +334,15 @@ what sets it apart from the other customers (features furthest above or below th
 <h2>Profile</h2>
 <p>Averages per customer in original units (money in whole units, counts with one decimal, 0/1 flags as the share
 of customers with the flag), against the average over all customers.</p>
-{profile_table(profile, overall, segments, features, extras, kinds)}
+{profile_table}
 <figure>{image_tag(images.get("profile"), "Heatmap of the profile")}<figcaption>Colour: how far each segment's
 average is above (red) or below (blue) the overall one; cell text: the average.</figcaption></figure>
 <h2>How the number of segments was chosen</h2>
 {k_choice}
 <h2>Quality</h2>
-{metrics_table(metrics)}
+{scores_table}
 <div class="figs">{figures}</div>
 <h2>What produced this report</h2>
 {provenance}
-</body>
-</html>
+</body></html>
 """

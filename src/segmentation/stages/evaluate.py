@@ -26,18 +26,15 @@ from segmentation.tracking.lineage import _pipeline_graph, upstream_lineage
 def read_train_metrics(path: str | Path) -> dict[str, Any] | None:
     """The train stage's metrics (``k_best``, ``inertia``), or None when the file is absent."""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(
-            f"{path}: is a directory, not the train stage's metrics; remove it, then: dvc repro -f -s train"
-        )
     if not path.exists():
         return None
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # a folder, binary, cut short
         metrics = None
     if not isinstance(metrics, dict):
-        raise UserError(f"{path}: not the JSON the train stage writes; rebuild it: dvc repro -f -s train")
+        fix = "remove it, then" if path.is_dir() else "rebuild it"
+        raise UserError(f"{path}: not the JSON the train stage writes; {fix}: dvc repro -f -s train")
     return metrics
 
 
@@ -45,21 +42,12 @@ def read_optional_csv(path: str | None) -> pd.DataFrame | None:
     return read_csv(path, stage="train") if path and Path(path).is_file() else None
 
 
-def source_files(stage: str = "evaluate", dvc_yaml: str | Path = "dvc.yaml") -> dict[str, str]:
-    """The git blob id of each Python file (or file in a code folder) the stage declares in ``dvc.yaml``, the
-    package's when none: ``git log --find-object=<id>`` finds the commits holding each, and a fresh clone
-    reproduces the report byte for byte."""
-    declared = _pipeline_graph(Path(dvc_yaml))[0].get(stage, ())
-    code = [Path(d) for d in declared if d.startswith("src/") and Path(d).is_dir()]
-    deps = sorted({*(d for d in declared if d.endswith(".py")), *(f.as_posix() for c in code for f in c.rglob("*.py"))})
-    paths = [Path(d) for d in deps if Path(d).is_file()]
-    root = Path(__file__).resolve().parents[2]  # a stage run by hand, outside a project: the package
-    paths = paths or sorted((root / "segmentation").rglob("*.py"))
-    blob = {p: p.read_bytes() for p in paths}
-    return {
-        (p.relative_to(root) if p.is_absolute() else p).as_posix(): hashlib.sha1(b"blob %d\0" % len(d) + d).hexdigest()
-        for p, d in blob.items()
-    }
+def source_files() -> dict[str, str]:
+    """The git blob id of each Python file the stage runs, as dvc.yaml declares them (``git log --find-object``)."""
+    declared = [Path(d) for d in _pipeline_graph(Path("dvc.yaml"))[0].get("evaluate", ()) if d.startswith("src/")]
+    files = {f.as_posix(): f for d in declared for f in ([d] if d.suffix == ".py" else d.rglob("*.py")) if f.is_file()}
+    blobs = {name: files[name].read_bytes() for name in sorted(files)}
+    return {name: hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() for name, data in blobs.items()}
 
 
 def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
@@ -72,9 +60,7 @@ def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
     id_column = matrix.columns[0]
     model_features = [c for c in preprocess_params.features if c in features.columns]
     categorical = preprocess_params.categorical.columns
-    numeric_extras, text_extras = profiled_columns(
-        features, id_column, model_features, categorical, params.profile_columns
-    )
+    extras, text_extras = profiled_columns(features, id_column, model_features, categorical, params.profile_columns)
     model = load_model(args.model, stage="train")
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
     train_metrics = read_train_metrics(args.train_metrics)  # the model's check, then the report's k section
@@ -86,16 +72,15 @@ def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
         "silhouette.png": silhouette_plot(result.silhouette_values, result.silhouette_labels),
         "profile.png": profile_plot(result.profile),
     }
-    numeric = [*model_features, *numeric_extras]
-    kinds = {c: report.column_kind(c, features[c]) for c in numeric}
+    numeric = [*model_features, *extras]
     elbow = read_optional_csv(args.elbow_scores)
     criteria = None
     if args.report and elbow is not None and "k" in elbow:
         criteria = criteria_per_k(X, [int(k) for k in elbow["k"]], params.criteria_sample_size, params.random_state)
-    overall = {c: float(features[c].mean()) for c in numeric}
     return report_outcome(
-        args, params, model, result, figures, kinds, overall, report.contrasts(features[numeric], labels), criteria,
-        model_features, numeric_extras, preprocess_params.categorical, train_metrics, elbow, len(labels),
+        args, params, model, result, figures, {c: report.column_kind(c, features[c]) for c in numeric},
+        {c: float(features[c].mean()) for c in numeric}, report.contrasts(features[numeric], labels), criteria,
+        model_features, extras, preprocess_params.categorical, train_metrics, elbow, len(labels),
         lambda out: out.write_csv(args.segments, result.segments),
     )  # fmt: skip
 
@@ -107,14 +92,13 @@ def report_outcome(
     elbow: pd.DataFrame | None, rows: int, write_segments: Callable[[Any], None],
 ) -> Outcome:  # fmt: skip
     """Name the segments and say what to write and log (either engine); ``z``: :func:`report.contrasts`,
-    ``criteria``: None for no report section, ``write_segments(out)`` writes the segments file."""
+    ``write_segments(out)`` writes the segments file."""
     profile = result.profile
     overall = {**overall, **{c: float((profile[c] * profile["size"]).sum() / rows) for c in profile if "=" in c}}
     segments = report.describe_segments(profile, overall, z, model_features, numeric_extras, kinds)
     rounded = report.rounded_profile(profile, kinds)
     # The names go with the profile: `make score` puts them beside each new customer's segment.
     rounded.insert(1, report.NAME_COLUMN, [segment.name for segment in segments])
-    algorithm = algorithms.REGISTRY[algorithms.algorithm_name(model)].label
     evaluate_params = flatten(params, "evaluate.")
 
     def write(out, log) -> None:
@@ -129,12 +113,14 @@ def report_outcome(
         log.log_artifact(args.profile)
         if args.report:
             lineage = upstream_lineage("evaluate")
-            elbow_png = Path(args.elbow_plot) if args.elbow_plot else None
-            elbow_png = elbow_png.read_bytes() if elbow_png and elbow_png.is_file() else None
+            elbow_png = Path(args.elbow_plot or "")
+            algorithm = algorithms.REGISTRY[algorithms.algorithm_name(model)].label
             page = report.render_report(
                 segments=segments, profile=profile, overall=overall, features=model_features, extras=numeric_extras,
                 kinds=kinds, metrics=result.metrics, images=images,
-                k_choice=report.k_choice_section(elbow, train_metrics, criteria, elbow_png, algorithm=algorithm),
+                k_choice=report.k_choice_section(
+                    elbow, train_metrics, criteria, elbow_png.read_bytes() if elbow_png.is_file() else None, algorithm
+                ),
                 provenance=report.provenance_section(
                     {**lineage.params, **evaluate_params}, lineage.data_path, lineage.data_md5, source_files()
                 ),
@@ -162,8 +148,7 @@ main = cli(
         "matrix": "input: ID + transformed matrix (.parquet or .csv)",
         "features": "input: ID + unscaled features (.parquet or .csv)",
         "model": "input: the fitted clusterer of train.algorithm (pickle)",
-        "train_metrics": "input: the train stage's metrics; the model must have its k_best and inertia (or "
-        "log-likelihood; skipped when the file is absent)",
+        "train_metrics": "input: the train stage's metrics: the model must match its k_best and fit record (if any)",
         "segments": "output: ID -> cluster (CSV)",
         "profile": "output: per-cluster profile (CSV)",
         "metrics": "output: quality metrics (JSON)",
