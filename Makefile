@@ -55,11 +55,11 @@ score: ## Score new customers: make score INPUT=new.csv [OUTPUT=scores/new_segme
 	python -m segmentation.tools.score --input "$$SEGMENTATION_SCORE_INPUT" $${SEGMENTATION_SCORE_OUTPUT:+--output "$$SEGMENTATION_SCORE_OUTPUT"} $${SEGMENTATION_SCORE_SEPARATOR:+--separator="$$SEGMENTATION_SCORE_SEPARATOR"}
 
 # `make exps`: DVC's own table, the params that differ between the rows and the key metrics (--keep: even when equal
-# everywhere); --drop removes every other column (the lookahead keeps the experiment's name and the params, named by
+# everywhere, as the experiments' names); --drop removes every other column (the lookahead keeps the params, named by
 # their params.yaml section). As wide as the terminal; in a log (no terminal) every column, however wide.
 KEY_METRICS := k_best|silhouette|calinski_harabasz|davies_bouldin
-EXPS := [ -t 1 ] || export COLUMNS=$${COLUMNS:-1000}; dvc exp show --no-pager --hide-workspace --only-changed --keep '($(KEY_METRICS))$$' \
-	--drop '(?!Experiment$$|(preprocess|train|evaluate)\.)'
+EXPS := [ -t 1 ] || export COLUMNS=$${COLUMNS:-1000}; dvc exp show --no-pager --hide-workspace --only-changed \
+	--keep '(Experiment|$(KEY_METRICS))$$' --drop '(?!(preprocess|train|evaluate)\.)'
 
 # ARGS and NAMES reach the command through the environment, split by xargs (quotes as in a shell, no $(...) or
 # `...` run): an argument is data, never shell syntax.
@@ -75,8 +75,9 @@ exps: ## The experiments: changed params and key metrics (all columns: dvc exp s
 
 compare: export SEGMENTATION_NAMES = $(value NAMES)
 compare: ## Each experiment beside HEAD (dvc exp diff): changed params and metrics, segment sizes (NAMES="a b" to pick)
-	@set -f; names=$$(printf '%s\n' "$$SEGMENTATION_NAMES" | xargs -n 1); \
-	for name in $${names:-$$(dvc exp ls --name-only)}; do dvc exp diff HEAD "$$name" || exit; echo; done
+	@set -f; names=$$(printf '%s\n' "$$SEGMENTATION_NAMES" | xargs -n 1); names=$${names:-$$(dvc exp ls --name-only)}; \
+	[ -n "$$names" ] || echo 'no experiment of HEAD yet: make experiment ARGS="-S train.k_max=12"'; \
+	for name in $$names; do dvc exp diff HEAD "$$name" || exit; echo; done
 
 metrics: ## Show metrics and params differences against HEAD
 	dvc metrics show

@@ -27,6 +27,10 @@ def test_make_experiment_leaves_the_workspace_and_experiments_do_not_carry_over(
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-q", "-m", "results"], root, env)
     params_before = (root / "params.yaml").read_bytes()
+    header, rows = exps_table(run(["make", "exps"], root, env).stdout)  # no experiment yet: the baseline's metrics
+    assert header == ["Experiment", "k_best", "silhouette", "calinski_harabasz", "davies_bouldin"]
+    assert list(rows) == ["main"]
+    assert "no experiment of HEAD yet" in run(["make", "compare"], root, env).stdout
 
     first = run(["make", "experiment", "ARGS=-S train.k_max=3 -n k3"], root, env)
     second = run(["make", "experiment", "ARGS=-S 'train.n_init=5' -n n5"], root, env)
