@@ -24,7 +24,7 @@ export UV_COMPILE_BYTECODE := 1
 # uv from PATH, else a pinned copy installed into .uv/ (works where the system pip is locked down).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.uv/bin/uv)
 
-.PHONY: help setup repro score experiment exps compare metrics plots ui check-deps test test-all check lint format push pull dagshub remote sync bench bench-floor clean
+.PHONY: help setup repro score experiment exps compare metrics plots ui check-deps test test-all check check-lock lint format push pull dagshub remote sync bench bench-floor clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,14 +54,30 @@ score: ## Score new customers: make score INPUT=new.csv [OUTPUT=scores/new_segme
 	@if [ -z "$$SEGMENTATION_SCORE_INPUT" ]; then echo "error: make score needs INPUT=<csv of new customers>" >&2; exit 2; fi
 	python -m segmentation.tools.score --input "$$SEGMENTATION_SCORE_INPUT" $${SEGMENTATION_SCORE_OUTPUT:+--output "$$SEGMENTATION_SCORE_OUTPUT"} $${SEGMENTATION_SCORE_SEPARATOR:+--separator="$$SEGMENTATION_SCORE_SEPARATOR"}
 
+# `make exps`: DVC's own table, the params that differ between the rows and the key metrics (--keep: even when equal
+# everywhere, as the experiments' names); --drop removes every other column (the lookahead keeps the params, named by
+# their params.yaml section). As wide as the terminal; in a log (no terminal) every column, however wide.
+KEY_METRICS := k_best|silhouette|calinski_harabasz|davies_bouldin
+EXPS := [ -t 1 ] || export COLUMNS=$${COLUMNS:-1000}; dvc exp show --no-pager --hide-workspace --only-changed \
+	--keep '(Experiment|$(KEY_METRICS))$$' --drop '(?!(preprocess|train|evaluate)\.)'
+
+# ARGS and NAMES reach the command through the environment, split by xargs (quotes as in a shell, no $(...) or
+# `...` run): an argument is data, never shell syntax.
+unexport NAMES
+experiment: export SEGMENTATION_EXP_ARGS = $(value ARGS)
 experiment: ## Run a DVC experiment in a temporary copy (workspace untouched), then the table: ARGS="-S train.k_max=12"
-	python -m segmentation.tools.experiments run $(ARGS)
+	printf '%s\n' "--temp $$SEGMENTATION_EXP_ARGS" | xargs dvc exp run
+	@echo
+	$(EXPS)
 
-exps: ## The experiments: changed params and key metrics, 80 columns (all columns: dvc exp show)
-	python -m segmentation.tools.experiments show
+exps: ## The experiments: changed params and key metrics (all columns: dvc exp show)
+	$(EXPS)
 
-compare: ## Experiments side by side: params that differ, metrics, segment sizes (NAMES="exp1 exp2" to pick)
-	python -m segmentation.tools.experiments compare $(NAMES)
+compare: export SEGMENTATION_NAMES = $(value NAMES)
+compare: ## Each experiment beside HEAD (dvc exp diff): changed params and metrics, segment sizes (NAMES="a b" to pick)
+	@set -f; names=$$(printf '%s\n' "$$SEGMENTATION_NAMES" | xargs -n 1); names=$${names:-$$(dvc exp ls --name-only)}; \
+	[ -n "$$names" ] || echo 'no experiment of HEAD yet: make experiment ARGS="-S train.k_max=12"'; \
+	for name in $$names; do dvc exp diff HEAD "$$name" || exit; echo; done
 
 metrics: ## Show metrics and params differences against HEAD
 	dvc metrics show
@@ -91,8 +107,28 @@ test: ## Fast feedback: unit and bad-input tests, report in Chromium (skipped wi
 test-all: ## The full suite, what CI runs (~35 min on 2 busy cores): + end to end, faults, DagsHub, MLflow UI, Dask, template
 	$(BIN)/python -m pytest
 
-check: ## Check that the committed results reproduce: dvc.lock up to date, a fresh clone's repro leaves git clean
-	$(BIN)/python -m segmentation.tools.checks
+# `make check`: first dvc.lock against the working tree (each dep or params section `dvc status` finds modified;
+# outputs missing, as on a fresh clone, are not stale), then a fresh clone of HEAD (this DVC cache, its own MLflow
+# store): dvc repro, then dvc repro --force, must leave git status empty.
+check-lock:
+	@status=$$(dvc status) || exit; stale=$$(awk '/^[^\t]/ {stage = $$0} /^\t[^\t]/ {deps = /changed deps/; file = ""} \
+	  deps && /^\t\t[^\t].*:$$/ {file = $$0 " "} deps && /modified:/ {sub(/^.*modified: */, ""); \
+	  print "error: " stage " " file $$0 " changed since dvc.lock"}' <<< "$$status" | tr -d '\t'); \
+	if [ -n "$$stale" ]; then echo "$$stale" >&2; echo "fix: run \`dvc repro\` and commit dvc.lock with the results" >&2; \
+	  exit 1; fi; echo "check: dvc.lock matches the code, params and data"
+
+check: check-lock ## Check that the committed results reproduce: dvc.lock up to date, a fresh clone's repro leaves git clean
+	@cache=$$(dvc cache dir) && tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	git clone -q --no-hardlinks . "$$tmp/clone" && cd "$$tmp/clone" && dvc cache dir --local "$$cache" && \
+	export MLFLOW_TRACKING_URI="sqlite:///$$tmp/clone/mlflow.db" DVC_SITE_CACHE_DIR="$$tmp/site" && \
+	for data in $$(git ls-files '*.dvc'); do dvc checkout -q "$$data" || dvc pull -q "$$data" || { \
+	  echo "error: $$data: data neither in the DVC cache nor on the remote; run dvc push" >&2; exit 1; }; done && \
+	for repro in repro "repro --force"; do \
+	  dvc $$repro > "$$tmp/log" 2>&1 || { tail -n 3 "$$tmp/log" >&2; \
+	    echo "error: dvc $$repro failed in a fresh clone" >&2; exit 1; }; \
+	  changed=$$(git status --porcelain); [ -z "$$changed" ] || { sed "s/^/error: after dvc $$repro: /" \
+	    <<< "$$changed" >&2; echo "fix: commit every result of \`dvc repro\` (dvc.lock, metrics/, reports/)" >&2; \
+	    exit 1; }; done && echo "check: in a fresh clone, dvc repro and dvc repro --force leave git status empty"
 
 lint: ## Check code style with ruff (lint + format check)
 	$(BIN)/ruff check $(LINT_PATHS)

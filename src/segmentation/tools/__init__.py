@@ -1,1 +1,1 @@
-"""The make targets that are not stages: score, experiments, checks, set-up."""
+"""The make targets that are not stages: score, set-up."""

@@ -103,16 +103,15 @@ def prepare_local_store(root: Path | None = None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m segmentation.tools.bootstrap [--skip-data] [--skip-pth] [--skip-store]``."""
+    """CLI: ``python -m segmentation.tools.bootstrap [--skip-data] [--skip-pth]``."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--skip-data", action="store_true", help="do not restore the raw data")
     parser.add_argument("--skip-pth", action="store_true", help="do not write the no-telemetry .pth")
-    parser.add_argument("--skip-store", action="store_true", help="do not create the local MLflow store")
     args = parser.parse_args(argv)
     if not args.skip_pth:
         print(f"bootstrap: telemetry off for this environment ({write_quiet_pth().name})")
     print(f"bootstrap: offline page for `dvc plots show`: {write_offline_plots_template()}")
-    if not args.skip_store and (done := prepare_local_store()):
+    if done := prepare_local_store():
         print(f"bootstrap: local MLflow store {done}")
     if args.skip_data:
         return

@@ -17,18 +17,14 @@ DEFAULT_EXPERIMENT = "customer-segmentation"
 DAGSHUB_DEFAULT_HOST = "https://dagshub.com"
 LOCAL_STORE = "mlflow.db"
 LOCAL_ARTIFACTS = "mlruns"
-# `dvc exp run --temp` and queued experiments run in a copy under .dvc/tmp/exps: track into the real repo.
-_DVC_TEMP_EXPS = (".dvc", "tmp", "exps")
 
 
 def project_root(cwd: Path | None = None) -> Path:
     """The project's root: the working directory, or the repo that owns a DVC temporary experiment copy."""
     cwd = (cwd or Path.cwd()).resolve()
-    parts = cwd.parts
-    for i in range(len(parts) - len(_DVC_TEMP_EXPS)):
-        if parts[i : i + len(_DVC_TEMP_EXPS)] == _DVC_TEMP_EXPS:
-            return Path(*parts[:i])
-    return cwd
+    # `dvc exp run --temp` and queued experiments run in a copy under .dvc/tmp/exps/: track into the real repo.
+    root, copy, _ = str(cwd).partition(f"{os.sep}.dvc{os.sep}tmp{os.sep}exps{os.sep}")
+    return Path(root) if copy else cwd
 
 
 @dataclass(frozen=True)
