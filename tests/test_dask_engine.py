@@ -18,13 +18,15 @@ import pytest
 import yaml
 
 from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO, project_env
-from segmentation.config import DaskParams, PreprocessParams, parse_bytes
+from segmentation.config import PreprocessParams
 from segmentation.core.transform import input_columns, preprocess
 from segmentation.errors import UserError
 from segmentation.files import read_csv
 
 # Without the dask extra (`make setup` installs none) the whole file is one skip line: make setup EXTRAS=dask.
 pytest.importorskip("dask", reason="the dask extra is not installed: make setup EXTRAS=dask")
+
+from segmentation.engines.dask.params import DaskParams, dask_params
 
 SMALL_BLOCKS = "8kB"  # the 428-row sample (~50 kB of the columns used... ~110 kB in all) in about 14 partitions
 TINY_BLOCKS = "4kB"  # the sample (a 42 kB file) in 11 partitions
@@ -37,9 +39,41 @@ BYTE_SIZES = ["64MiB", "64 MiB", "2GB", "500kB", "1.5GiB", "1000", "12B", "3 kib
 
 @pytest.mark.parametrize("text", BYTE_SIZES)
 def test_byte_sizes_read_as_dask_reads_them(text):
-    from dask.utils import parse_bytes as dask_parse_bytes
+    assert DaskParams(blocksize=text, memory_limit=text).blocksize == text
 
-    assert parse_bytes(text) == dask_parse_bytes(text)
+
+@pytest.mark.parametrize("text", ["lots", "64 MiBs", "-1MB", "0", "", 0])
+def test_a_bad_byte_size_is_an_error(text):
+    from pydantic import ValidationError
+
+    for knob in ("blocksize", "memory_limit"):
+        with pytest.raises(ValidationError, match="not a byte size"):
+            DaskParams(**{knob: text})
+
+
+def test_the_dask_knobs_are_checked_on_engine_dask_as_one_line(preprocess_params):
+    """``preprocess.dask`` is the Dask engine's: checked when a stage runs on it, one line naming the knob; the
+    defaults fill in what is left out."""
+    base = preprocess_params.model_dump()
+    params = PreprocessParams.model_validate({**base, "engine": "dask", "dask": {"blocksize": "lots"}})
+    with pytest.raises(UserError) as bad:
+        dask_params(params, "p.yaml")
+    assert str(bad.value) == (
+        "p.yaml: preprocess.dask.blocksize: not a byte size of at least 1 byte (e.g. 64MiB, 2GB, 500kB) (got 'lots')"
+    )
+    with pytest.raises(UserError, match=r"^params.yaml: preprocess.dask.n_workers: Input should be greater than"):
+        dask_params(PreprocessParams.model_validate({**base, "engine": "dask", "dask": {"n_workers": 0}}))
+    assert dask_params(PreprocessParams.model_validate({**base, "dask": {}})) == DaskParams()
+
+
+@pytest.mark.parametrize("files", ["/abs/*.csv", "../up/*.csv", "s3://b/*.csv", ""])
+def test_data_files_is_a_pattern_inside_the_folder(preprocess_params, files):
+    from pydantic import ValidationError
+
+    base = preprocess_params.model_dump()
+    with pytest.raises((ValidationError, UserError), match=r"data\.files|at least 1 character"):
+        params = PreprocessParams.model_validate({**base, "engine": "dask", "data": {**base["data"], "files": files}})
+        dask_params(params)
 
 
 # -- on a LocalCluster ----------------------------------------------------------------------------------------------
@@ -72,7 +106,7 @@ def listening_addresses() -> set[str]:
     return found
 
 
-def dask_params(params: PreprocessParams, blocksize: str = SMALL_BLOCKS, **data) -> PreprocessParams:
+def on_engine_dask(params: PreprocessParams, blocksize: str = SMALL_BLOCKS, **data) -> PreprocessParams:
     return params.model_copy(
         update={
             "engine": "dask",
@@ -99,7 +133,7 @@ def test_dask_engine_gives_the_local_engine_s_outputs(client, raw_full, preproce
     """Same rows in the same order, same features (exactly), same matrix up to rounding, same counts; the saved
     transformer is an ordinary scikit-learn one that maps the features onto the matrix."""
     local = preprocess(raw_full, preprocess_params, preprocess_params.data.path, profile_columns=PROFILE)
-    result, features, matrix = on_dask(client, dask_params(preprocess_params, blocksize), tmp_path)
+    result, features, matrix = on_dask(client, on_engine_dask(preprocess_params, blocksize), tmp_path)
     assert (result.partitions > 5) == (blocksize == SMALL_BLOCKS)
     assert result.metrics == local.metrics
     pd.testing.assert_frame_equal(features, local.features)
@@ -149,7 +183,7 @@ def test_row_ids_medians_and_one_hot_columns_on_dask_are_the_local_engine_s(
     )
     raw = load_csv(params.data)
     local = preprocess(raw, params, path, profile_columns=PROFILE)
-    result, features, matrix = on_dask(client, dask_params(params, TINY_BLOCKS), tmp_path)
+    result, features, matrix = on_dask(client, on_engine_dask(params, TINY_BLOCKS), tmp_path)
     assert result.partitions > 10
     assert result.metrics == local.metrics
     # as the next stages read them: the local engine's tables written as the stage writes them (text columns come
@@ -213,7 +247,7 @@ def test_a_glob_of_csv_files_reads_as_their_concatenation(client, raw_full, prep
         (tmp_path / f"part-{number}.csv").write_text(header + "".join(rows[start:stop]), encoding="utf-8")
     local = preprocess(raw_full, preprocess_params, preprocess_params.data.path, profile_columns=PROFILE)
     result, features, matrix = on_dask(
-        client, dask_params(preprocess_params, path=str(tmp_path / "part-*.csv")), tmp_path
+        client, on_engine_dask(preprocess_params, path=str(tmp_path / "part-*.csv")), tmp_path
     )
     assert result.metrics == local.metrics
     pd.testing.assert_frame_equal(features, local.features)
@@ -238,7 +272,7 @@ def same_error(client, raw_params: PreprocessParams, path: str, tmp_path) -> str
     with pytest.raises(UserError) as local:
         preprocess(load_csv(local_params.data), local_params, path, profile_columns=PROFILE)
     with pytest.raises(UserError) as remote:
-        on_dask(client, dask_params(raw_params, path=path), tmp_path)
+        on_dask(client, on_engine_dask(raw_params, path=path), tmp_path)
     assert str(remote.value) == str(local.value)
     assert not list(tmp_path.glob(".*.tmp")), "a failed run leaves no partial output"
     return str(local.value)
@@ -306,7 +340,7 @@ def test_train_and_evaluate_on_dask_give_the_local_engine_s_results(client, prep
     elbow, model = tr.train(local.matrix, "ID", train_params)
     X = local.matrix.drop(columns="ID").to_numpy()
 
-    result = preprocess_on_dask_(client, dask_params(params), tmp_path)
+    result = preprocess_on_dask_(client, on_engine_dask(params), tmp_path)
     matrix = dask_tables.load_matrix(client, result.matrix_dir)
     features = dask_tables.load(client, result.features_dir, "preprocess")
     assert len(matrix.blocks) > 5

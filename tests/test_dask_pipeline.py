@@ -156,8 +156,9 @@ def test_the_pipeline_on_a_separately_started_cluster_gives_the_local_engine_s_s
 
 
 # -- workers with less memory than the data they hold -----------------------------------------------------------------
-# A worker process with dask-ml, scikit-learn and pandas loaded holds ~370 MiB before any data (measured here); Dask
-# pauses a worker at 80% of its limit and restarts it at 95%: 600 MiB leaves ~100 MiB to work in.
+# Dask pauses a worker at 80% of its limit (even with all its data spilled: a paused worker whose memory is all
+# unmanaged stays paused, the run stalls) and restarts it at 95%. A worker that ran the three stages held ~480 MiB
+# with nothing in memory while it imported dask-ml (numba, LLVM) and shuffled with P2P; ~400 MiB without them.
 LOW_MEMORY = "600MiB"
 LOW_MEMORY_COPIES = 1200  # the sample's rows 1200 times (new IDs): ~510k rows, ~55 MB of CSV
 LOW_MEMORY_BLOCKS = "2MiB"
@@ -211,11 +212,6 @@ def small_cluster(tmp_path_factory):
         yield started
 
 
-@pytest.mark.xfail(
-    reason="known defect (issue 18 follow-up): evaluate on two 600 MiB workers stalls with both paused at Dask's 80% "
-    "threshold (unmanaged memory ~480 MiB); seen at 8f5fd9e too, so not the engine's move to engines/dask",
-    strict=False,
-)
 def test_data_larger_than_a_worker_s_memory_completes_without_killing_it(local_project, small_cluster, tmp_path):
     """~510k rows on two workers of 600 MiB: the partitions the stages hold (several copies of the table) exceed a
     worker's memory; Dask spills them to disk and every stage completes, the same workers (ids and processes) all

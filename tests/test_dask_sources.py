@@ -19,13 +19,15 @@ import yaml
 
 from pipeline_helpers import DAGSHUB_SINK as DISCARD  # the discard port on 127.0.0.1
 from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO
-from segmentation.config import DaskParams, PreprocessParams
+from segmentation.config import PreprocessParams
 from segmentation.core.transform import input_columns, preprocess
 from segmentation.errors import UserError
 from segmentation.files import read_csv
 
 # Without the dask extra (`make setup` installs none) the whole file is one skip line: make setup EXTRAS=dask.
 pytest.importorskip("dask", reason="the dask extra is not installed: make setup EXTRAS=dask")
+
+from segmentation.engines.dask.params import DaskParams
 
 SMALL_BLOCKS = "8kB"
 PROFILE = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())["evaluate"]["profile_columns"]

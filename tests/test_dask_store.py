@@ -19,7 +19,7 @@ import yaml
 pytest.importorskip("dask", reason="the dask extra is not installed: make setup EXTRAS=dask")
 
 import test_dask_sources as sources
-from segmentation.config import DaskParams
+from segmentation.engines.dask.params import DaskParams
 from segmentation.errors import UserError
 from test_dask_sources import BUCKET, PROFILE, STAGE_CLUSTER, files_holding
 

@@ -5,8 +5,8 @@ are built from the registries of algorithms and recipes (each entry's own sub-se
 
 from __future__ import annotations
 
-import importlib
-import re
+import functools
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,15 +35,7 @@ class DataParams(_Params):
     encoding: str = "utf-8"
     id_column: str | None = None  # null: a row_id column is generated (1 = the first data row)
     format: Literal["auto", "csv", "parquet"] = "auto"
-    # A glob of the files inside the folder ``path``: the folder stays a valid DVC dependency (a glob is not one).
-    files: str | None = Field(default=None, min_length=1)
-
-    @field_validator("files")
-    @classmethod
-    def _relative(cls, value: str | None) -> str | None:
-        if value is not None and (value.startswith("/") or "://" in value or ".." in value.split("/")):
-            raise ValueError(f"{value!r}: a pattern of file names inside data.path, e.g. part-*.csv")
-        return value
+    files: str | None = Field(default=None, min_length=1)  # engine dask: a glob inside the folder path (it checks it)
 
 
 class CategoricalParams(_Params):
@@ -69,75 +61,19 @@ class Bounds(_Params):
         return self
 
 
-# Byte sizes as Dask reads them ("64MiB", "2GB", "500kB", "1.5G", a plain number of bytes): the units of
-# dask.utils.parse_bytes, case-insensitive (tests check the two agree; Dask is not imported for every stage's params).
-_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "pb": 10**15}
-_BYTE_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50}
-_BYTE_UNITS |= {k[0]: v for k, v in _BYTE_UNITS.items() if k and "i" not in k}  # "64M"
-_BYTE_UNITS |= {k[:-1]: v for k, v in _BYTE_UNITS.items() if "i" in k}  # "64Mi"
-_BYTE_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_bytes(value: int | float | str) -> int:
-    """A byte size (``"64MiB"``, ``"2 GB"``, ``1000000``) as a number of bytes; ``ValueError`` when it is not one."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a byte size: {value!r}")
-    if isinstance(value, int | float):
-        number, unit = float(value), ""
-    else:
-        match = _BYTE_SIZE.match(value)
-        if not match or match.group(2).lower() not in _BYTE_UNITS:
-            raise ValueError(f"not a byte size: {value!r} (e.g. 64MiB, 2GB, 500kB)")
-        number, unit = float(match.group(1)), match.group(2).lower()
-    size = int(number * _BYTE_UNITS[unit])
-    if size < 1:
-        raise ValueError(f"must be at least 1 byte (got {value!r})")
-    return size
-
-
-TABLE_SCHEMES = ("s3://", "remote://")
-
-
-class DaskParams(_Params):
-    """``preprocess.dask``: the Dask engine's knobs (read only with ``engine: dask``)."""
+class DaskSection(_Params):
+    """``preprocess.dask`` as written (logged with the section): the Dask engine checks it (engines/dask/params.py)."""
 
     blocksize: str | int = "64MiB"
-    n_workers: int | None = Field(default=None, ge=1)
-    threads_per_worker: int = Field(default=1, ge=1)
+    n_workers: int | None = None
+    threads_per_worker: int = 1
     memory_limit: str | int = "auto"
-    connect_timeout: float = Field(default=30, gt=0)
+    connect_timeout: float = 30
     tables: str | None = None
-
-    @field_validator("tables")
-    @classmethod
-    def _tables(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        scheme = next((s for s in TABLE_SCHEMES if value.startswith(s)), None)
-        location, _, prefix = value.removeprefix(scheme or "").partition("/")
-        if scheme is None or not location or not prefix.strip("/"):
-            raise ValueError(f"{value!r}: expected s3://<bucket>/<prefix>, remote://<dvc remote>/<prefix> or null")
-        if any(c in value for c in "*?["):
-            raise ValueError(f"{value!r}: a prefix, not a glob")
-        return value
-
-    @field_validator("blocksize")
-    @classmethod
-    def _blocksize(cls, value: str | int) -> str | int:
-        parse_bytes(value)
-        return value
-
-    @field_validator("memory_limit")
-    @classmethod
-    def _memory_limit(cls, value: str | int) -> str | int:
-        if value != "auto":
-            parse_bytes(value)
-        return value
 
 
 def beyond_local(path: str, fmt: str) -> bool:
-    """Whether ``path`` (``fmt``) is input only the Dask engine reads: Parquet, a glob (not a file named with ``[``),
-    a URL."""
+    """Whether ``path`` (``fmt``) is input only the Dask engine reads: Parquet, a glob (not a file's name), a URL."""
     return (
         fmt == "parquet"
         or "://" in path
@@ -158,7 +94,7 @@ class _PreprocessBase(_Params):
     scale: bool = True
     pca_components: int | None = Field(default=None, ge=1)
     engine: Literal["local", "dask"] = "local"
-    dask: DaskParams = Field(default_factory=DaskParams)
+    dask: DaskSection = Field(default_factory=DaskSection)
 
     @field_validator("recipe")
     @classmethod
@@ -203,7 +139,7 @@ class _PreprocessBase(_Params):
 class _TrainBase(_Params):
     """``train`` section; :data:`TrainParams` adds each algorithm's sub-section ``train.<name>``."""
 
-    algorithm: str = Field(default_factory=lambda: _default_algorithm())
+    algorithm: str = Field(default_factory=lambda: importlib.import_module("segmentation.algorithms").DEFAULT)
     k_min: int = Field(ge=2)  # calinski_harabasz and silhouette are undefined for k=1
     k_max: int
     metric: Literal["distortion", "silhouette", "calinski_harabasz"] = "distortion"
@@ -279,53 +215,28 @@ class EvaluateParams(_Params):
 
 
 # -- models built from the registries ------------------------------------------------------------------------------
-_BUILT: dict[str, tuple[tuple[Any, ...], type[BaseModel]]] = {}
+# TrainParams adds each algorithm's sub-section (its defaults when left out), PreprocessParams each recipe's section
+# (required when selected); built when asked for, from the registry as it is now (this module stays light).
+_REGISTRIES = {"TrainParams": (_TrainBase, "algorithms"), "PreprocessParams": (_PreprocessBase, "recipes")}
 
 
-def _with_sections(name: str, base: type[_Params], sections: dict[str, tuple[Any, Any]]) -> type[BaseModel]:
-    """``base`` with one field per registry entry (name -> (type, default)); built again when the registry changed."""
-    key = tuple((section, kind) for section, (kind, _) in sections.items())
-    built = _BUILT.get(name)
-    if built is None or built[0] != key:
-        model = create_model(name, __base__=base, __module__=__name__, **sections)
-        model.__doc__ = base.__doc__
-        _BUILT[name] = built = (key, model)
-    return built[1]
-
-
-def _default_algorithm() -> str:
-    from segmentation.algorithms import DEFAULT
-
-    return DEFAULT
-
-
-def train_model() -> type[_TrainBase]:
-    """The ``train`` section's model: :class:`_TrainBase` and each algorithm's sub-section (defaults when left out)."""
-    from segmentation.algorithms import REGISTRY
-
-    sections = {name: (entry.params, Field(default_factory=entry.params)) for name, entry in REGISTRY.items()}
-    return _with_sections("TrainParams", _TrainBase, sections)  # type: ignore[return-value]
-
-
-def preprocess_model() -> type[_PreprocessBase]:
-    """The ``preprocess`` section's model: :class:`_PreprocessBase` and each recipe's section (required if selected)."""
-    from segmentation.recipes import REGISTRY
-
-    sections = {name: (r.params | None, None) for name, r in REGISTRY.items() if r.params is not None}
-    return _with_sections("PreprocessParams", _PreprocessBase, sections)  # type: ignore[return-value]
-
-
-_TrainBase.current_model = classmethod(lambda cls: train_model())  # type: ignore[attr-defined]
-_PreprocessBase.current_model = classmethod(lambda cls: preprocess_model())  # type: ignore[attr-defined]
+@functools.cache  # built again only when the registry changed
+def _with_sections(name: str, sections: tuple[tuple[str, Any], ...]) -> type[BaseModel]:
+    base = _REGISTRIES[name][0]
+    fields = {s: (m, Field(default_factory=m)) if base is _TrainBase else (m | None, None) for s, m in sections}
+    return create_model(name, __base__=base, __module__=__name__, __doc__=base.__doc__, **fields)
 
 
 def __getattr__(name: str) -> Any:
-    """``TrainParams`` and ``PreprocessParams``, built from the registries when asked for (this module stays light)."""
-    if name == "TrainParams":
-        return train_model()
-    if name == "PreprocessParams":
-        return preprocess_model()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """``TrainParams`` and ``PreprocessParams``: their base and one field per entry of their registry."""
+    if name not in _REGISTRIES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    entries = importlib.import_module(f"segmentation.{_REGISTRIES[name][1]}").REGISTRY.items()
+    return _with_sections(name, tuple((n, e.params) for n, e in entries if e.params is not None))
+
+
+_TrainBase.current_model = classmethod(lambda cls: __getattr__("TrainParams"))  # type: ignore[attr-defined]
+_PreprocessBase.current_model = classmethod(lambda cls: __getattr__("PreprocessParams"))  # type: ignore[attr-defined]
 
 
 # -- sections ------------------------------------------------------------------------------------------------------
@@ -340,13 +251,9 @@ def declare_section(section: str, model: type[BaseModel]) -> None:
 
 def section_model(section: str) -> type[BaseModel] | None:
     """The model ``segmentation.stages.<section>`` declares (imported to learn it); None: read as written."""
-    if section not in _SECTION_MODELS and section.isidentifier():
-        module = f"segmentation.stages.{section}"
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    module = f"segmentation.stages.{section}"
+    if section not in _SECTION_MODELS and section.isidentifier() and importlib.util.find_spec(module):
+        importlib.import_module(module)
     model = _SECTION_MODELS.get(section)
     current = getattr(model, "current_model", None)  # built from a registry: as the registry is now
     return current() if current is not None else model
@@ -413,15 +320,12 @@ def profile_patterns(raw: dict[str, Any], source: str = PARAMS_FILE) -> list[str
 
 
 def flatten(params: _Params | dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten a params model into ``{"train.k_max": 10, ...}`` with plain Python values."""
+    """Flatten a params model into ``{"train.k_max": 10, ...}`` with plain Python values (lists joined by commas)."""
     data = params.model_dump(mode="json") if isinstance(params, BaseModel) else params
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, list):
-            flat[name] = ",".join(str(v) for v in value)
+            flat |= flatten(value, f"{prefix}{key}.")
         else:
-            flat[name] = value
+            flat[f"{prefix}{key}"] = ",".join(map(str, value)) if isinstance(value, list) else value
     return flat

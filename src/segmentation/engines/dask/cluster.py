@@ -1,7 +1,6 @@
 """The Dask cluster a stage runs on (``preprocess.engine: dask``): the scheduler at ``DASK_SCHEDULER_ADDRESS`` or,
 when it is unset, a ``LocalCluster`` of worker processes listening on 127.0.0.1 only, started for the stage and stopped
-after it (:func:`dask_client`). The preprocess, train and evaluate stages share it; importing this module imports no
-Dask (a stage on the local engine never pays for it).
+after it (:func:`dask_client`). The preprocess, train and evaluate stages and `make score` share it.
 """
 
 from __future__ import annotations
@@ -13,7 +12,10 @@ from collections.abc import Iterator
 from concurrent.futures import CancelledError
 from typing import Any
 
-from segmentation.config import DaskParams, parse_bytes
+from dask.utils import parse_bytes
+
+from segmentation.engines.dask import parts
+from segmentation.engines.dask.params import DaskParams
 from segmentation.errors import UserError
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"  # a running scheduler, e.g. tcp://10.0.0.5:8786; unset: a LocalCluster
@@ -45,6 +47,7 @@ def dask_client(params: DaskParams) -> Iterator[Any]:
 
     with _client(params) as client:
         try:
+            client.run(parts.release_memory, on_error="ignore")  # what an earlier stage left on the workers
             yield client
         except KilledWorker as exc:
             raise UserError(

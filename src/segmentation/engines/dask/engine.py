@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from dask.utils import parse_bytes
 
 from segmentation import recipes
-from segmentation.config import ROW_ID_COLUMN, DataParams, PreprocessParams, parse_bytes
+from segmentation.config import ROW_ID_COLUMN, DataParams, PreprocessParams
 from segmentation.core import data
 from segmentation.core.transform import (
     build_transformer,
@@ -48,6 +49,7 @@ from segmentation.engines.dask import sources as dask_sources
 from segmentation.engines.dask import store as dask_store
 from segmentation.engines.dask.cluster import SCHEDULER_ENV as SCHEDULER_ENV  # re-exported: the engine's public names
 from segmentation.engines.dask.cluster import dask_client as dask_client
+from segmentation.engines.dask.params import dask_params
 from segmentation.engines.dask.sources import Block as Block  # re-exported: the engine's public names
 from segmentation.engines.dask.store import PART_NAME as PART_NAME  # re-exported: make score's parts are named alike
 from segmentation.errors import UserError
@@ -317,7 +319,7 @@ def preprocess_on_dask(
             )
     return dask_sources.on_partitions(
         params.data,
-        parse_bytes(params.dask.blocksize),
+        parse_bytes(dask_params(params).blocksize),
         lambda blocks: _preprocess_blocks(client, params, columns, profile_columns, features_path, matrix_path, blocks),
     )
 
@@ -358,8 +360,9 @@ def _preprocess_blocks(
     matrices = client.map(
         transform_part, tables, blocks, transformer=transformer, used=used, id_col=id_col, names=names, source=source
     )
-    if params.dask.tables is not None:
-        manifests = write_to_store(client, params.dask.tables, outputs, matrices)
+    tables = dask_params(params).tables
+    if tables is not None:
+        manifests = write_to_store(client, tables, outputs, matrices)
         return DaskPreprocess(None, None, transformer, metrics, len(names), len(blocks), manifests)
     features_dir, matrix_dir = temp_dir_beside(features_path), temp_dir_beside(matrix_path)
     try:

@@ -30,6 +30,7 @@ from segmentation.core.quality import (
 from segmentation.engines.dask import parts
 from segmentation.engines.dask import tables as dask_tables
 from segmentation.engines.dask.cluster import dask_client
+from segmentation.engines.dask.params import dask_params
 from segmentation.errors import UserError
 from segmentation.files import load_model, remove_temp
 from segmentation.stages.evaluate import read_optional_csv, read_train_metrics, report_outcome
@@ -134,7 +135,7 @@ def evaluate_on_dask(
     values = frame[numeric]
     zero_one = ((values == 0) | (values == 1) | values.isna()).all() & (values.count() > 0)
     lazy = {
-        "size": frame[CLUSTER_COLUMN].value_counts(),
+        "size": frame[CLUSTER_COLUMN].value_counts(split_out=1),  # k rows: no shuffle (its buffers, on the workers)
         "means": grouped.mean(),
         "sums": grouped.sum(),
         "counts": grouped.count(),
@@ -189,7 +190,7 @@ def work(args, params: EvaluateParams, preprocess_params: PreprocessParams) -> O
     require_dask_model(model, args.model)
     train_metrics = read_train_metrics(args.train_metrics)  # the model's check, then the report's k section
     elbow = read_optional_csv(args.elbow_scores)
-    with dask_client(preprocess_params.dask) as client:
+    with dask_client(dask_params(preprocess_params, args.params)) as client:
         matrix = dask_tables.load_matrix(client, args.matrix, stage="preprocess")
         features = dask_tables.load(client, args.features, stage="preprocess")
         id_column = matrix.table.columns[0]

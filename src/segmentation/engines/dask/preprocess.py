@@ -10,6 +10,7 @@ from segmentation.config import PreprocessParams, flatten, profile_patterns
 from segmentation.core.progress import step
 from segmentation.core.transform import input_columns
 from segmentation.engines.dask import engine as dask_engine
+from segmentation.engines.dask.params import dask_params
 from segmentation.stages.preprocess import in_background
 from segmentation.stages.runner import Outcome
 from segmentation.tracking.lineage import file_md5
@@ -22,7 +23,7 @@ def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
     md5 = in_background(file_md5, params.data.path) if Path(params.data.path).is_file() else None
     columns = [*input_columns(params), *profile_columns]
     with (
-        dask_engine.dask_client(params.dask) as client,
+        dask_engine.dask_client(dask_params(params, args.params)) as client,
         step("preprocess", f"preprocessed {params.data.path} on Dask"),
     ):
         result = dask_engine.preprocess_on_dask(client, params, columns, profile_columns, args.features, args.matrix)

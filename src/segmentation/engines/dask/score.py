@@ -24,11 +24,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from dask.utils import parse_bytes
 
 from segmentation import algorithms
-from segmentation.config import ROW_ID_COLUMN, DataParams, PreprocessParams, parse_bytes
+from segmentation.config import ROW_ID_COLUMN, DataParams, PreprocessParams
 from segmentation.engines.dask import sources as dask_sources
 from segmentation.engines.dask.cluster import dask_client
+from segmentation.engines.dask.params import dask_params
 from segmentation.errors import UserError
 from segmentation.files import PARQUET, StageOutputs, temp_dir_beside
 from segmentation.tools import score
@@ -142,7 +144,7 @@ def score_on_dask(
     source = params.data.path
     return dask_sources.on_partitions(
         params.data,
-        parse_bytes(params.dask.blocksize),
+        parse_bytes(dask_params(params).blocksize),
         lambda parts: _score_parts(client, segmenter, params, names, output, parts, source),
     )
 
@@ -223,7 +225,7 @@ def run(args: argparse.Namespace, params: PreprocessParams) -> None:
     names = score.segment_names(Path(args.profile), k)
     rejects = rejects_dir(output)
     with StageOutputs() as out:
-        with dask_client(params.dask) as client:
+        with dask_client(dask_params(params, args.params)) as client:
             result = score_on_dask(client, segmenter, params, names, output)
         out.adopt(output, result.scored_dir)
         if result.rejects_dir is not None:

@@ -1,6 +1,7 @@
 """Stage ``train`` on the Dask engine (``preprocess.engine: dask``): its ``work``
 (:func:`segmentation.stages.train.work` hands over to it). The k search runs on the local engine's seeded sample of
-the matrix held by the cluster, brought to this process; dask-ml fits the final KMeans on all rows."""
+the matrix held by the cluster, brought to this process; the final KMeans on all rows is Lloyd's method, part by part
+on the workers (numpy only: dask-ml's KMeans brought numba and LLVM, ~150 MiB, onto every worker)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from segmentation.core.segmenter import build_segmenter
 from segmentation.engines.dask import parts
 from segmentation.engines.dask import tables as dask_tables
 from segmentation.engines.dask.cluster import dask_client
+from segmentation.engines.dask.params import dask_params
 from segmentation.errors import UserError
 from segmentation.files import load_model
 from segmentation.stages.runner import Outcome
@@ -26,12 +28,12 @@ from segmentation.stages.train import outcome
 
 
 def require_dask_params(params: TrainParams, source: str) -> None:
-    """What the Dask engine's train does: the k-means search on a seeded sample, the final KMeans fit by dask-ml.
+    """What the Dask engine's train does: the k-means search on a seeded sample, the final KMeans fit on all rows.
     Anything else is one line naming the setting."""
     if params.algorithm != "kmeans":
         raise UserError(
             f"{source}: train.algorithm: {params.algorithm} runs on the local engine only (preprocess.engine: "
-            "dask fits kmeans with dask-ml); use kmeans or preprocess.engine: local"
+            "dask fits kmeans on the cluster); use kmeans or preprocess.engine: local"
         )
     if params.search_sample_size is None:
         raise UserError(
@@ -43,7 +45,7 @@ def require_dask_params(params: TrainParams, source: str) -> None:
 def train_on_dask(client: Any, matrix: Any, params: TrainParams, source: str) -> tuple[ElbowResult, KMeans, np.ndarray]:
     """:func:`segmentation.core.search.train` on the model matrix held by the cluster
     (:class:`segmentation.engines.dask.tables.Matrix`): the k search on the local engine's seeded sample (the same
-    row numbers, brought to this process), then the final fit on all rows by dask-ml (:func:`fit_kmeans_on_dask`)
+    row numbers, brought to this process), then the final fit on all rows (:func:`fit_kmeans_on_dask`)
     unless the sample holds every row (then, as on the local engine, the search's fit is the model). Returns the
     search, the model and its clusters' sizes on all rows."""
     rows = matrix.table.total
@@ -64,18 +66,15 @@ def train_on_dask(client: Any, matrix: Any, params: TrainParams, source: str) ->
 def fit_kmeans_on_dask(
     client: Any, matrix: Any, centres: np.ndarray, sample: np.ndarray, params: TrainParams
 ) -> KMeans:
-    """The final KMeans on all rows of the matrix in the cluster: dask-ml's ``KMeans`` (Lloyd) started from the
-    search's ``centres``, one run, seeded; returned as the ordinary scikit-learn ``KMeans`` the local engine saves
-    (``predict``, pickling, the segmenter and the MLflow model work unchanged).
+    """The final KMeans on all rows of the matrix in the cluster: Lloyd's method from the search's ``centres``
+    (:func:`lloyd_on_dask`); returned as the ordinary scikit-learn ``KMeans`` the local engine saves (``predict``,
+    pickling, the segmenter and the MLflow model work unchanged).
 
     The scikit-learn estimator is first fitted on the search ``sample`` from the same centres, for its structure
-    (``n_features_in_``, its thread count...), then given dask-ml's centres and iterations, and the inertia of
-    those centres on all rows (dask-ml 2025.1 reports the sum of distances, not of squared distances, after a run
-    that stops on its tolerance). Its ``labels_`` are dropped: they would be the sample's (a label per row of all
-    rows would bring a column of the whole matrix to this process); ``predict`` gives them.
+    (``n_features_in_``, its thread count...), then given the centres and iterations on all rows, and the inertia of
+    those centres on all rows. Its ``labels_`` are dropped: they would be the sample's (a label per row of all rows
+    would bring a column of the whole matrix to this process); ``predict`` gives them.
     """
-    from dask_ml.cluster import KMeans as DaskKMeans  # here: worker processes import this module, not dask-ml
-
     k = len(centres)
     start = time.perf_counter()
     x = matrix.array()
@@ -83,16 +82,13 @@ def fit_kmeans_on_dask(
         n_clusters=k, init=centres, n_init=1, max_iter=params.max_iter, random_state=params.random_state,
         algorithm=params.kmeans.method,
     )  # fmt: skip
-    # scikit-learn stops when the centres' squared shift is below tol x the data's mean variance per column;
-    # dask-ml's tol is that bound itself
+    # scikit-learn stops when the centres' squared shift is below tol x the data's mean variance per column
     tol = model.tol * float(x.var(axis=0).mean().compute())
-    fitted = DaskKMeans(
-        n_clusters=k, init=centres, n_init=1, max_iter=params.max_iter, random_state=params.random_state, tol=tol
-    ).fit(x)
+    fitted, n_iter = lloyd_on_dask(client, matrix.blocks, np.asarray(centres, dtype=float), params.max_iter, tol)
     with threadpool_limits(limits=params.n_threads):  # the model's thread count, as the local engine's final fit
         model.fit(sample)
-    model.cluster_centers_ = np.asarray(fitted.cluster_centers_, dtype=float)
-    model.n_iter_ = int(fitted.n_iter_)
+    model.cluster_centers_ = fitted
+    model.n_iter_ = n_iter
     del model.labels_
     model.inertia_ = float(dask_tables.sum_of(client, client.map(parts.part_inertia, matrix.blocks, model=model)))
     print(
@@ -104,12 +100,30 @@ def fit_kmeans_on_dask(
     return model
 
 
+def lloyd_on_dask(
+    client: Any, blocks: list[Any], centres: np.ndarray, max_iter: int, tol: float
+) -> tuple[np.ndarray, int]:
+    """Lloyd's iterations from ``centres`` as dask-ml's ``KMeans`` runs them: each row to its nearest centre, each
+    centre to its rows' mean (a centre with no rows to the origin), until the centres' squared shift is below
+    ``tol`` (the centres before that last step are kept) or ``max_iter``. The centres and the iterations run."""
+    n_iter = 0
+    while n_iter < max_iter:
+        n_iter += 1
+        steps = client.gather(client.map(parts.part_step, blocks, centres=centres))
+        counts, sums = sum(s[0] for s in steps), sum(s[1] for s in steps)
+        moved = sums / np.maximum(counts, 1)[:, None]
+        if float(((centres - moved) ** 2).sum()) < tol:
+            break
+        centres = moved
+    return centres, n_iter
+
+
 def work(args, params: TrainParams, preprocess_params: PreprocessParams) -> Outcome:
     """The train stage on the cluster (``preprocess.engine: dask``): the matrix is read by the workers, part by
     part; the search, the model, the metrics and the outputs are those of the local engine."""
     require_dask_params(params, args.params)
     preprocessor = load_model(args.preprocessor, stage="preprocess") if args.segmenter else None
-    with dask_client(preprocess_params.dask) as client:
+    with dask_client(dask_params(preprocess_params, args.params)) as client:
         matrix = dask_tables.load_matrix(client, args.matrix, stage="preprocess")
         elbow, model, sizes = train_on_dask(client, matrix, params, source=args.matrix)
     segmenter = build_segmenter(preprocess_params, preprocessor, model) if args.segmenter else None
