@@ -40,8 +40,9 @@ setup: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Create .venv from
 	$(UV) sync --frozen $(addprefix --extra ,$(EXTRAS))
 	$(BIN)/python -m segmentation.tools.bootstrap
 
-repro: ## Run the pipeline (dvc repro): preprocess -> train -> evaluate
-	dvc repro
+# DVC removes a stage's outputs before running it: if one fails, the last good ones (dvc.lock) are put back.
+repro: ## Run the pipeline (dvc repro): preprocess -> train -> evaluate; a failed stage's last good outputs put back
+	@dvc repro || { python -m segmentation.stages.runner --restore; exit 1; }
 
 # INPUT, OUTPUT and SEPARATOR reach the command through the environment as typed (as OWNER and REPO below): a file
 # name with spaces, quotes or $ is data, never shell syntax. SEPARATOR: the input's own (SEPARATOR=, or '\t'),

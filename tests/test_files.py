@@ -98,7 +98,9 @@ def test_a_folder_output_replaces_a_file_and_a_file_replaces_it_back(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "t.parquet"]  # no temporary or backup left
 
 
-def test_a_failed_commit_puts_the_folder_back(tmp_path, monkeypatch):
+def test_a_failed_move_leaves_every_file_whole(tmp_path, monkeypatch):
+    """Each output is renamed into place whole: one that cannot be moved keeps its earlier content, and no temporary
+    file is left."""
     import os
 
     from segmentation.files import temp_dir_beside
@@ -121,10 +123,10 @@ def test_a_failed_commit_puts_the_folder_back(tmp_path, monkeypatch):
         out.adopt(target, folder)
         out.write_json(other, {"rows": 1})
         monkeypatch.setattr(os, "replace", failing)
-        with pytest.raises(UserError, match="earlier results are unchanged"):
+        with pytest.raises(UserError, match=r"m.json: cannot replace \(No space left on device\)$"):
             out.commit()
         monkeypatch.setattr(os, "replace", real_replace)
     assert target.is_dir()
-    pd.testing.assert_frame_equal(read_csv(target), df)
+    pd.testing.assert_frame_equal(read_csv(target), df.iloc[:1])  # moved before the failure: the new one, whole
     assert other.read_text() == "{}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "t.parquet"]

@@ -188,29 +188,59 @@ def test_a_stale_lock_is_caught(project, tmp_path):
     assert "Traceback" not in found.stderr
 
 
-def test_bad_params_fail_cleanly_and_earlier_results_survive(project):
+def committed_results(root: Path) -> dict[str, bytes]:
+    """Every output file of dvc.lock, and the lock, by content."""
+    return {rel: (root / rel).read_bytes() for rel in [*lock_outputs(root), "dvc.lock"]}
+
+
+def test_make_repro_puts_back_the_last_good_outputs_after_a_failed_stage(project):
+    """DVC removes a stage's outputs before running it (no `persist`: the run-cache needs that): when the stage
+    fails, `make repro` puts them back, byte for byte, and the error line says how to do it by hand."""
     root, env, _ = project
-    lock_before = (root / "dvc.lock").read_text()
-    model_before = (root / P["model"]).read_bytes()
+    before = committed_results(root)
     params_file = root / "params.yaml"
     good = params_file.read_text()
     params_file.write_text(good.replace("k_max: 8", "k_max: 1"))
     try:
-        failed = run(["dvc", "repro"], root, env, check=False)
+        failed = run(["make", "repro"], root, env, check=False)
     finally:
         params_file.write_text(good)
     assert failed.returncode != 0
-    assert "error: params.yaml: train: k_max (1) must not be below k_min (2)" in failed.stderr
+    (line,) = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: params.yaml: train: k_max (1) must not be below k_min (2)")
+    assert line.endswith("come back with python -m segmentation.stages.runner --restore (make repro does it)")
     assert "Traceback" not in failed.stderr + failed.stdout
-    assert (root / "dvc.lock").read_text() == lock_before
-    # Outputs are persistent and replaced only on success: the failed stage left them as they were.
-    assert (root / P["model"]).read_bytes() == model_before
+    assert "restored the last good outputs (dvc.lock): " in failed.stderr and P["model"] in failed.stderr
+    assert committed_results(root) == before
     assert json.loads(run(["dvc", "status", "--json", "dvc.yaml"], root, env).stdout) == {}
+    assert git_status(root, env) == ""
     # And the cache holds them too.
     (root / P["model"]).unlink()
     run(["dvc", "checkout", "train"], root, env)
-    assert (root / P["model"]).read_bytes() == model_before
-    assert json.loads(run(["dvc", "status", "--json", "dvc.yaml"], root, env).stdout) == {}
+    assert (root / P["model"]).read_bytes() == before[P["model"]]
+
+
+def test_params_already_run_come_back_from_the_run_cache(project):
+    """k_max 8 -> 9 -> back to 8: train and evaluate are not run again but restored from DVC's run-cache, in
+    `dvc repro` and in `dvc exp run`, and git sees nothing changed (issue 19)."""
+    root, env, _ = project
+    params_file = root / "params.yaml"
+    good = params_file.read_text()
+    try:
+        params_file.write_text(good.replace("k_max: 8", "k_max: 9"))
+        assert "Running stage 'train'" in run(["dvc", "repro"], root, env).stdout
+        params_file.write_text(good)
+        back = run(["dvc", "repro"], root, env).stdout
+        for stage in ("train", "evaluate"):
+            assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in back, back
+        assert git_status(root, env) == ""
+        again = run(["dvc", "exp", "run", "-S", "train.k_max=9"], root, env).stdout
+        for stage in ("train", "evaluate"):
+            assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in again, again
+    finally:
+        params_file.write_text(good)
+        run(["dvc", "repro"], root, env)
+    assert git_status(root, env) == ""
 
 
 def test_experiment_with_a_param_override_is_tracked(project):

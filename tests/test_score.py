@@ -325,8 +325,9 @@ def test_a_rejects_file_that_would_be_the_input_is_refused(project, monkeypatch,
         ("dvc.lock", "DVC's record of the pipeline's results (dvc.lock)"),
         ("data/raw/marketing_sample.csv", "DVC-tracked data (data/raw/marketing_sample.csv.dvc)"),
         ("data/raw/marketing_sample.csv.dvc", "DVC's record of tracked data (data/raw/marketing_sample.csv.dvc)"),
-        (f"{P['dagshub']}/evaluate/metrics.csv", f"inside {P['dagshub']}, a path of the pipeline (paths.dagshub in "
+        (f"{P['dagshub']}/evaluate/new.csv", f"inside {P['dagshub']}, a path of the pipeline (paths.dagshub in "
          "dvc.yaml)"),
+        (f"{P['dagshub']}/evaluate/metrics.csv", "a plot of the pipeline's evaluate stage (dvc.yaml)"),
         (f"{P['evaluate_plots']}/new.csv", f"inside {P['evaluate_plots']}, a path of the pipeline "
          "(paths.evaluate_plots in dvc.yaml)"),
         ("src/segmentation/core/data.py", "inside src/segmentation/core, a dependency of the pipeline's preprocess "
@@ -334,7 +335,7 @@ def test_a_rejects_file_that_would_be_the_input_is_refused(project, monkeypatch,
         ("Makefile", "a file git tracks"),
     ],
     ids=["segments", "segmenter", "profile", "params", "dvc.yaml", "dvc.lock", "raw-data", "raw-data.dvc",
-         "in-dagshub", "in-plots", "stage-dep", "git"],
+         "in-dagshub", "dagshub-file", "in-plots", "stage-dep", "git"],
 )  # fmt: skip
 def test_output_that_the_pipeline_tracks_is_refused(project, monkeypatch, capsys, output, what):
     root, env = project

@@ -1,5 +1,5 @@
 """The stage runner (segmentation.stages.runner.cli): a stage is a work function; the runner parses the paths, loads the
-params section, commits the outputs together and logs the run."""
+params section, logs the run and writes each output whole."""
 
 from __future__ import annotations
 
@@ -75,3 +75,17 @@ def test_bad_params_stop_before_the_work(project, capsys):
         toy_stage(lambda *_: pytest.fail("the work ran"))(ARGS)
     assert stopped.value.code == 2
     assert capsys.readouterr().err.startswith("error: params.yaml: evaluate.random_state: Input should be greater")
+
+
+def test_under_dvc_the_error_line_says_how_to_get_the_outputs_back(project, capsys, monkeypatch):
+    monkeypatch.setenv("DVC_STAGE", "evaluate")  # dvc removed the stage's outputs before running it
+
+    def failing(args, params, raw_params):
+        raise UserError("in.csv: column x is blank")
+
+    with pytest.raises(SystemExit):
+        toy_stage(failing)(ARGS)
+    assert capsys.readouterr().err == (
+        "error: in.csv: column x is blank; dvc removed its outputs: the last good ones (dvc.lock) come back with "
+        "python -m segmentation.stages.runner --restore (make repro does it)\n"
+    )

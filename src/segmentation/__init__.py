@@ -16,8 +16,8 @@ for _name, _value in {
 
 
 def _interrupted_while_loading(signum, frame) -> None:
-    # Nothing has been read or written yet: leave at once, with one line instead of an import traceback.
-    sys.stderr.write("interrupted: stopped while loading; nothing was changed\n")
+    # Nothing has been written yet: leave at once, with one line instead of an import traceback.
+    sys.stderr.write("interrupted: stopped while loading\n")
     os._exit(130)
 
 

@@ -1,11 +1,10 @@
-"""A stage's outputs written all together or not at all; readers of the files between stages; physical line numbers
-of CSV rows for messages."""
+"""A stage's outputs, each written atomically; readers of the files between stages; physical line numbers of CSV rows
+for messages."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import glob
 import json
 import os
 import re
@@ -20,8 +19,6 @@ import pandas as pd
 
 from segmentation.errors import UserError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 # data.load_csv notes in DataFrame.attrs which file a frame came from; LineLocator reads it to name physical lines.
 SOURCE_ATTR = "segmentation_csv"
 _NEWLINE = re.compile(r"\r\n|\r|\n")
@@ -29,47 +26,20 @@ PARQUET = ".parquet"
 FAST_CSV_ROWS = 100_000
 
 
-def temp_file_beside(path: str | Path) -> Path:
-    """A new empty file named like ``path`` in a new hidden folder beside it (``.<name>.<pid>.*.tmp``): the same
-    filesystem, so the commit is a rename; the same name, so it can be logged first. See :func:`remove_temp`."""
+def temp_file_beside(path: str | Path, folder: bool = False) -> Path:
+    """A new empty file (a folder if ``folder``: a partitioned output) named like ``path``, in a new hidden folder
+    beside it (``.<name>.*.tmp``): the same filesystem, so that it replaces ``path`` by a rename; the same name, so
+    that it can be logged first. See :func:`remove_temp`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(path)
-    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
-    tmp = folder / path.name
-    tmp.touch()
-    os.chmod(tmp, 0o666 & ~_UMASK)  # outputs get the usual permissions
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)) / path.name
+    tmp.mkdir() if folder else tmp.touch()  # the usual permissions (umask), not mkdtemp's 0o700
     return tmp
 
 
 def temp_dir_beside(path: str | Path) -> Path:
-    """Like :func:`temp_file_beside`, a folder: for a partitioned output, committed by :meth:`StageOutputs.adopt`."""
-    tmp = temp_file_beside(path)
-    tmp.unlink()
-    tmp.mkdir()
-    os.chmod(tmp, 0o777 & ~_UMASK)
-    return tmp
-
-
-def remove_leftovers(path: Path) -> None:
-    """Remove the temporary folders and backups (``.<name>.<pid>.*``) a killed stage left beside ``path``; those of a
-    process still running (a parallel experiment) are left alone."""
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
-        pid = leftover.name[len(path.name) + 2 :].split(".", 1)[0]
-        if not pid.isdigit() or _running(int(pid)):
-            continue
-        with contextlib.suppress(OSError):
-            _remove(leftover)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """:func:`temp_file_beside`, a folder (put in place by :meth:`StageOutputs.adopt`)."""
+    return temp_file_beside(path, folder=True)
 
 
 def _remove(path: Path) -> None:
@@ -90,12 +60,9 @@ def remove_temp(tmp: str | Path) -> None:
 
 
 class StageOutputs:
-    """A stage's outputs, committed all together or not at all.
-
-    Each output is written to a temporary file beside its target; :meth:`commit` moves them all into place and, should
-    a move fail, puts back what it had replaced. Until then the previous outputs stay as they were, in step with
-    ``dvc.lock``. Use as a context manager: temporary files are removed whatever happens.
-    """
+    """A stage's outputs, each written to a temporary file beside its target, then renamed into place by
+    :meth:`commit`: no file is ever half-written. Until then the files can be read (and logged) through
+    :meth:`staged`. Use as a context manager: temporary files are removed whatever happens."""
 
     def __init__(self) -> None:
         self._staged: dict[Path, Path] = {}  # target -> temporary file
@@ -124,11 +91,10 @@ class StageOutputs:
         if target.is_dir() and not replaces_folder:
             raise UserError(f"{target}: is a directory, expected a file; remove it and run again")
         try:
-            tmp = temp_file_beside(target)
+            self._staged[target] = temp_file_beside(target)
         except OSError as exc:
-            raise UserError(f"{target}: cannot write ({exc.strerror}); earlier results are unchanged") from None
-        self._staged[target] = tmp
-        return tmp
+            raise UserError(f"{target}: cannot write ({exc.strerror})") from None
+        return self._staged[target]
 
     def write_json(self, target: str | Path, data: dict[str, Any]) -> None:
         """Indented JSON (keys in insertion order, for readable diffs)."""
@@ -154,7 +120,8 @@ class StageOutputs:
             self.write_csv(target, df)
 
     def adopt(self, target: str | Path, folder: str | Path) -> None:
-        """Commit ``folder`` (from :func:`temp_dir_beside`, or a file from :func:`temp_file_beside`) as ``target``."""
+        """Put ``folder`` (from :func:`temp_dir_beside`, or a file from :func:`temp_file_beside`) in place as
+        ``target`` at the commit."""
         target = Path(target)
         if target in self._staged:
             remove_temp(self._staged[target])
@@ -186,47 +153,20 @@ class StageOutputs:
         tmp = self.path(target, replaces_folder)
         try:
             write(tmp)
-        except OSError as exc:  # a full disk, a quota, an I/O error: the user's to fix, nothing replaced yet
-            raise UserError(f"{target}: cannot write ({exc.strerror or exc}); earlier results are unchanged") from None
+        except OSError as exc:  # a full disk, a quota, an I/O error: the user's to fix
+            raise UserError(f"{target}: cannot write ({exc.strerror or exc})") from None
 
     def commit(self) -> None:
-        """Move every staged file into place; on a failure, put back what was already replaced, then raise.
-
-        A file replacing a file is atomic (the old one kept as a hard link until the end); where a folder is
-        involved, the old content is renamed aside first, so the target is missing for a moment.
-        """
-        backups: dict[Path, Path] = {}
-        moved: list[Path] = []  # renamed aside, not linked: to put back if the commit fails
-        done: list[Path] = []
-        current = None
-        try:
-            for current, tmp in self._staged.items():
-                if not (current.exists() or current.is_symlink()):
-                    continue
-                backups[current] = backup = current.with_name(f".{current.name}.{os.getpid()}.bak")
-                if backup.exists() or backup.is_symlink():
-                    _remove(backup)
-                if current.is_file() and not tmp.is_dir():
-                    os.link(current, backup)
-                else:
-                    os.rename(current, backup)
-                    moved.append(current)
-            for current, tmp in self._staged.items():
-                os.replace(tmp, current)
-                done.append(current)
-                remove_temp(tmp)
-        except OSError as exc:
-            for target in dict.fromkeys([*done, *moved]):
-                if target in done and (target in moved or target not in backups):
-                    _remove(target)  # the new content, where a folder is involved or nothing was there
-                if target in backups:
-                    os.replace(backups[target], target)
-            raise UserError(f"{current}: cannot replace ({exc.strerror}); earlier results are unchanged") from None
-        finally:
-            for backup in backups.values():
-                if backup.exists() or backup.is_symlink():
-                    _remove(backup)
-        self._staged.clear()
+        """Rename each staged file into place (a folder where one is involved: the old one removed first)."""
+        for target, tmp in list(self._staged.items()):
+            try:
+                if (tmp.is_dir() or target.is_dir()) and (target.exists() or target.is_symlink()):
+                    _remove(target)  # os.replace cannot replace a folder, nor a file by a folder
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise UserError(f"{target}: cannot replace ({exc.strerror})") from None
+            remove_temp(tmp)
+            del self._staged[target]
 
     def discard(self) -> None:
         """Remove the temporary files that were not committed."""

@@ -1,4 +1,4 @@
-"""The runner every stage's CLI shares: paths and params in, the work done, the run logged, all outputs committed.
+"""The runner every stage's CLI shares: paths and params in, the work done, the run logged, the outputs written.
 
 A stage is a module with a pure function and a ``work(args, params, raw_params) -> Outcome`` that reads its inputs,
 calls it and says what to write; ``main = cli("mystage", __doc__, work, {"table": "input: ..."}, MyParams)``; plus
@@ -8,64 +8,58 @@ its entry in ``dvc.yaml`` and its section in ``params.yaml``. tests/test_extensi
 from __future__ import annotations
 
 import argparse
-import os
+import hashlib
+import subprocess
+import sys
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel
 
 from segmentation.config import PARAMS_FILE, declare_section, parse_section, read_params_file
-from segmentation.errors import UserError, raise_if_interrupted, stage_entrypoint
+from segmentation.errors import RESTORE, stage_entrypoint
 from segmentation.files import StageOutputs
-from segmentation.tracking.lineage import dvc_process
+from segmentation.tracking.lineage import LOCK_FILE
 from segmentation.tracking.logger import DualLogger
-
-# The dvc process this stage runs under, looked up when the stage starts (its CLI imports this module first): once
-# dvc is killed, the stage is re-parented and its ancestry no longer shows it.
-STARTED_BY_DVC = dvc_process()
 
 
 @contextmanager
 def run(stage: str, dagshub_dir: str | Path) -> Iterator[tuple[StageOutputs, DualLogger]]:
-    """Collect a stage's outputs and its record; if the block succeeds, add the DagsHub files, log the run (locally,
-    then to a remote tracker), then commit all outputs at once. A failure (an error, Ctrl-C, dvc gone) before the
-    commit replaces nothing and withdraws the logged run."""
+    """Collect a stage's outputs and its record; if the block succeeds, add the DagsHub files, log the run (MLflow
+    reads the artifacts from the staged files), deliver it to a remote tracker, then put each output in place."""
     log = DualLogger(stage, dagshub_dir=dagshub_dir)
-    dvc = STARTED_BY_DVC
     with StageOutputs() as outputs:
         yield outputs, log
         log.stage_dagshub_files(outputs)
-        _require_dvc(stage, dvc)
-        log.log_run(outputs)  # MLflow reads the artifacts from the staged files
-        try:
-            _require_dvc(stage, dvc)  # Ctrl-C while logging (Python may have swallowed it in a finalizer)
-            log.deliver()  # best effort, bounded; before the commit, so that little can stop a stage after it
-            _require_dvc(stage, dvc)
-        except BaseException:
-            log.withdraw_run()  # no run in the store for outputs that were never committed
-            raise
+        log.log_run(outputs)
+        log.deliver()  # best effort, bounded; before the outputs, so that little can stop a stage after them
         outputs.commit()
 
 
-def _require_dvc(stage: str, dvc) -> None:
-    """Stop before the commit if Ctrl-C came (even one Python swallowed) or if dvc (which sets DVC_STAGE for its
-    commands) has gone: it could not record the new outputs in dvc.lock."""
-    import psutil
+def restore(lock_path: str | Path = LOCK_FILE) -> list[str]:
+    """Put back the outputs ``dvc.lock`` records that a failed stage left removed: cached ones by ``dvc checkout``,
+    those kept in git from DVC's cache (the run-cache keeps a copy) or else from HEAD. Returns the files put back."""
+    from dvc.repo import Repo
 
-    raise_if_interrupted()
-    # A killed dvc not yet reaped is a zombie, not alive.
-    try:
-        alive = dvc is not None and dvc.is_running() and dvc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        alive = False
-    if os.environ.get("DVC_STAGE") and not alive:
-        raise UserError(
-            f"{stage}: dvc stopped before the stage finished (killed?); outputs left as they were, in step with "
-            "dvc.lock: run dvc repro again"
-        )
+    lock = yaml.safe_load(Path(lock_path).read_text()) if Path(lock_path).is_file() else {}  # none: nothing ran yet
+    outs = [out for entry in (lock or {}).get("stages", {}).values() for out in entry.get("outs", [])]
+    missing = [out for out in outs if not Path(out["path"]).exists()]
+    if not missing:
+        return []
+    subprocess.run([sys.executable, "-m", "dvc", "checkout", "--quiet"], check=False)
+    with Repo() as repo, StageOutputs() as put_back:
+        for out in (out for out in missing if not Path(out["path"]).exists()):
+            cached = Path(repo.cache.local.oid_to_path(out["md5"]))
+            git = ["git", "show", f"HEAD:{out['path']}"]
+            data = cached.read_bytes() if cached.is_file() else subprocess.run(git, capture_output=True).stdout
+            if hashlib.md5(data).hexdigest() == out["md5"]:
+                put_back.path(out["path"]).write_bytes(data)
+        put_back.commit()
+    return [out["path"] for out in missing if Path(out["path"]).exists()]
 
 
 @dataclass(frozen=True)
@@ -73,7 +67,7 @@ class Outcome:
     """What a stage's work hands back to the runner."""
 
     write: Callable[[StageOutputs, DualLogger], None]  # inside run(): outputs through ``out``, the record on ``log``
-    summary: str  # one line, printed once the outputs are committed
+    summary: str  # one line, printed once the outputs are in place
 
 
 def cli(
@@ -111,3 +105,10 @@ def cli(
 
     main.__doc__ = f"CLI of the ``{stage}`` stage (paths come from dvc.yaml, knobs from params.yaml)."
     return stage_entrypoint(main, name=stage)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--restore"]:  # make repro, after a failed stage
+    back = restore()
+    print(f"restored the last good outputs (dvc.lock): {', '.join(back) or 'none were missing'}", file=sys.stderr)
+elif __name__ == "__main__":
+    sys.exit(f"usage: {RESTORE}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 
 from segmentation.errors import UserError
-from segmentation.files import plain
+from segmentation.files import StageOutputs, plain
 from segmentation.tracking.delivery import PENDING_TAG, deliver_or_keep, remote_key
 from segmentation.tracking.lineage import LOCK_FILE, Lineage, git_commit, pipeline_run_id, upstream_lineage
 from segmentation.tracking.settings import TrackingSettings, project_root, redact_uri
@@ -106,8 +106,6 @@ class DualLogger:
 
     def close(self) -> None:
         """Write the DagsHub files and the MLflow run (stages use :func:`segmentation.stages.runner.run` instead)."""
-        from segmentation.files import StageOutputs
-
         with StageOutputs() as outputs:
             self.stage_dagshub_files(outputs)
             self.log_run(outputs)
@@ -133,7 +131,8 @@ class DualLogger:
 
     def stage_dagshub_files(self, outputs) -> None:
         """Write ``params.yml`` and ``metrics.csv`` with the DagsHub client's logger as part of ``outputs``; a
-        ``metrics.csv`` whose values are unchanged is kept as it was, with its times (byte-stable)."""
+        ``metrics.csv`` whose values are those of the last one (in place, or as committed: DVC removes it before the
+        stage runs) is kept as it was, with its times (byte-stable)."""
         from dagshub.logger import DAGsHubLogger
 
         stamp = self.dagshub_timestamp_ms
@@ -151,8 +150,9 @@ class DualLogger:
             logger.log_metrics(self.record.metrics, step_num=1)
         logger.save()
         logger.close()
-        if metrics_path.is_file() and _metric_rows(metrics_path) == _metric_rows(metrics_tmp):
-            shutil.copyfile(metrics_path, metrics_tmp)  # same values: keep the file, and its times, as it was
+        last = metrics_path.read_bytes() if metrics_path.is_file() else _committed(metrics_path)
+        if last and _metric_rows(last) == _metric_rows(metrics_tmp.read_bytes()):
+            metrics_tmp.write_bytes(last)  # same values: keep the file, and its times, as it was
 
     def log_run(self, outputs) -> None:
         """Log the run to the local MLflow store, its artifacts read from ``outputs`` before their commit (then the runs
@@ -185,33 +185,8 @@ class DualLogger:
             )
             self.run_id = None
 
-    def withdraw_run(self) -> None:
-        """Delete, for good, the run just logged (the stage stopped before its commit); a store failure only warns."""
-        if self.run_id is None:
-            return
-        from mlflow.utils.file_utils import local_file_uri_to_path
-
-        try:
-            with local_store_lock(self.root), quiet_mlflow():
-                client = MlflowClientFor(self.settings.local_uri)
-                artifacts = client.get_run(self.run_id).info.artifact_uri
-                store = client._tracking_client.store
-                if hasattr(store, "_hard_delete_run"):
-                    # For good, as `mlflow gc` does: restoring a deleted experiment would bring back a soft-deleted run.
-                    store._hard_delete_run(self.run_id)
-                    shutil.rmtree(local_file_uri_to_path(artifacts), ignore_errors=True)
-                else:
-                    client.delete_run(self.run_id)
-        except Exception as exc:
-            print(
-                f"warning: MLflow store {redact_uri(self.settings.local_uri)}: could not withdraw run {self.run_id} "
-                f"of a stage that stopped before its commit ({describe_failure(exc)})",
-                file=sys.stderr,
-            )
-        self.run_id = None
-
     def deliver(self) -> None:
-        """After the commit: copy the run to the remote tracker, if one is configured, and say where it went."""
+        """Copy the run to the remote tracker, if one is configured, and say where it went."""
         s = self.settings
         if self.run_id is None:
             return
@@ -225,9 +200,15 @@ class DualLogger:
         )
 
 
-def _metric_rows(path: Path) -> list[tuple[str, str, str]]:
+def _committed(path: Path) -> bytes | None:
+    """``path`` (relative to the working directory) as committed at HEAD, or None."""
+    proc = subprocess.run(["git", "show", f"HEAD:./{path.as_posix()}"], capture_output=True, check=False)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _metric_rows(data: bytes) -> list[tuple[str, str, str]]:
     """(name, value, step) of each row of a DagsHub ``metrics.csv``: its content without the logging times."""
     import csv
 
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [(row.get("Name"), row.get("Value"), row.get("Step")) for row in csv.DictReader(fh)]
+    rows = csv.DictReader(data.decode("utf-8").splitlines())
+    return [(row.get("Name"), row.get("Value"), row.get("Step")) for row in rows]
