@@ -50,7 +50,6 @@ DASK_ENTRY_POINTS = [
     "distributed",
     "dask_ml.preprocessing",
     "dask_ml.decomposition",
-    "dask_ml.cluster",  # the distributed final fit
 ] if HAS_DASK_ENGINE else []  # fmt: skip
 WITHOUT_DASK = pytest.mark.skipif(
     importlib.util.find_spec("dask") is None, reason="the dask extra is not installed: make setup EXTRAS=dask"
