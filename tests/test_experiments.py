@@ -22,6 +22,7 @@ def exps_table(stdout: str) -> tuple[list[str], dict[str, list[str]]]:
 def test_make_experiment_leaves_the_workspace_and_experiments_do_not_carry_over(tmp_path):
     root = copy_project(tmp_path / "project")
     env = project_env(tmp_path)
+    env.pop("COLUMNS", None)  # a log, not a terminal: every column (pytest-xdist's workers inherit a width)
     use_fixture_data(root, env)
     run(["dvc", "repro"], root, env)
     run(["git", "add", "-A"], root, env)
