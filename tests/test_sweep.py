@@ -4,7 +4,11 @@ untouched, every stage's MLflow run in the local store and each experiment's res
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import time
 from collections import Counter
 
 import pytest
@@ -86,3 +90,29 @@ def test_make_sweep_takes_args_and_jobs_as_data_and_names_a_failed_experiment(tm
     # An experiment that fails (this copy has no data: preprocess cannot run) is named, and make sweep fails.
     failed = run(["make", "sweep", "ARGS=-S train.k_max=4 -n nodata"], root, env, check=False)
     assert failed.returncode != 0 and re.search(r"nodata .*Failed", failed.stderr), failed.stderr
+
+
+@pytest.mark.pipeline
+def test_an_interrupted_sweep_leaves_its_experiments_to_the_queue(tmp_path):
+    root, env = committed_project(tmp_path)
+    log = tmp_path / "sweep.log"
+    with log.open("w") as out:
+        # Ctrl-C as a terminal sends it: SIGINT to make's process group (default action, even where CI ignores it).
+        sweep = subprocess.Popen(
+            ["make", "sweep", "ARGS=-S train.k_max=6,7 -f"], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while "Started" not in log.read_text() and sweep.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)
+        os.killpg(sweep.pid, signal.SIGINT)
+        assert sweep.wait(timeout=30) != 0
+    assert "interrupted: the queue goes on (dvc queue status)" in log.read_text()
+    # The queue's workers run on: dvc queue status shows the sweep's tasks; they finish (no worker left behind).
+    assert re.search(r" (Queued|Running) *$", run(["dvc", "queue", "status"], root, env).stdout, flags=re.M)
+    deadline = time.monotonic() + 240
+    while re.search(r" (Queued|Running) *$", status := run(["dvc", "queue", "status"], root, env).stdout, re.M):
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert len(re.findall(r" Success *$", status, flags=re.M)) == 2, status
