@@ -12,6 +12,7 @@ import time
 from collections import Counter
 
 import pytest
+import yaml
 
 from pipeline_helpers import copy_project, paths, project_env, run, stage_names, use_fixture_data
 
@@ -36,10 +37,10 @@ def mlflow_runs(root) -> list:
 
 
 def experiments(root, env) -> dict[str, dict]:
-    """HEAD's experiments in ``dvc exp show --json``: name -> their params and metrics files."""
+    """HEAD's experiments in ``dvc exp show --json``: name -> their params, metrics and commit (rev)."""
     shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env).stdout)
     revs = [rev for commit in shown for exp in commit.get("experiments") or [] for rev in exp["revs"]]
-    return {rev["name"]: rev["data"] for rev in revs}
+    return {rev["name"]: {**rev["data"], "rev": rev["rev"]} for rev in revs}
 
 
 @pytest.mark.pipeline
@@ -58,7 +59,8 @@ def test_make_sweep_runs_one_experiment_per_value_two_at_a_time(tmp_path):
     for name, data in found.items():
         k_max[name] = data["params"]["params.yaml"]["data"]["train"]["k_max"]
         # Each experiment's DagsHub logger file holds its own params (not the other one's, written at the same time).
-        assert data["metrics"][dagshub_train]["data"]["train.k_max"] == k_max[name], name
+        logged = yaml.safe_load(run(["git", "show", f"{data['rev']}:{dagshub_train}"], root, env).stdout)
+        assert logged["train.k_max"] == k_max[name], name
         assert all(not m.get("error") for m in data["metrics"].values()), name
     assert sorted(k_max.values()) == [8, 9]
     # One MLflow run per stage of each experiment, all in the store, tagged with their experiment.
