@@ -24,7 +24,7 @@ export UV_COMPILE_BYTECODE := 1
 # uv from PATH, else a pinned copy installed into .uv/ (works where the system pip is locked down).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.uv/bin/uv)
 
-.PHONY: help setup repro score experiment exps compare metrics plots ui check-deps test test-all check check-lock lint format push pull dagshub remote sync bench bench-floor clean
+.PHONY: help setup repro score experiment exps compare sweep metrics plots ui check-deps test test-all check check-lock lint format push pull dagshub remote sync bench bench-floor clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -69,6 +69,34 @@ experiment: export SEGMENTATION_EXP_ARGS = $(value ARGS)
 experiment: ## Run a DVC experiment in a temporary copy (workspace untouched), then the table: ARGS="-S train.k_max=12"
 	printf '%s\n' "--temp $$SEGMENTATION_EXP_ARGS" | xargs dvc exp run
 	@echo
+	$(EXPS)
+
+# `make sweep`: DVC expands each comma list in ARGS (-S train.k_max=8,10,12; also range(...), choice(...)) to one
+# queued experiment per combination; its queue workers run them JOBS at a time, each in a temporary copy (workspace
+# untouched; the local MLflow store takes one writer at a time). The sweep waits for its own tasks (new task IDs with
+# the names DVC printed), at most SWEEP_WAIT_S. Interrupted, the queue goes on: `dvc queue status` shows it,
+# `dvc queue stop --kill` ends it. ARGS and JOBS are data (as above).
+JOBS ?= 1
+SWEEP_WAIT_S ?= 7200
+unexport JOBS SWEEP_WAIT_S
+sweep: export SEGMENTATION_EXP_ARGS = $(value ARGS)
+sweep: export SEGMENTATION_SWEEP = $(value JOBS) $(value SWEEP_WAIT_S)
+sweep: ## Queue one DVC experiment per combination, run the queue (JOBS=2: two at a time), then the table: ARGS="-S train.k_max=8,10"
+	@[[ "$$SEGMENTATION_SWEEP" =~ ^([1-9][0-9]*)\ ([0-9]+)$$ ]] || { echo "error: JOBS and SWEEP_WAIT_S must be numbers" >&2; \
+	  exit 2; }; jobs=$${BASH_REMATCH[1]}; deadline=$$((SECONDS + BASH_REMATCH[2])); \
+	old=$$(dvc queue status | awk '{ print $$1 }') || exit; \
+	out=$$(printf '%s\n' "--queue $$SEGMENTATION_EXP_ARGS" | xargs dvc exp run) || exit; echo "$$out"; \
+	names=$$(sed -n "s/^Queued experiment '\(.*\)' for future execution.*/\1/p" <<< "$$out"); \
+	[ -n "$$names" ] || { echo "error: no experiment queued" >&2; exit 1; }; \
+	dvc queue start -j "$$jobs" || exit; \
+	trap 'echo "interrupted: the queue goes on (dvc queue status); dvc queue stop --kill ends it" >&2; exit 130' INT; \
+	mine() { awk -v old="$$old" -v names="$$names" 'BEGIN { split(old, o, "\n"); for (i in o) t[o[i]]; \
+	  split(names, n, "\n"); for (i in n) q[n[i]] } !($$1 in t) && $$2 in q' <<< "$$status"; }; \
+	while status=$$(dvc queue status) || exit; mine | grep -qE ' (Queued|Running) *$$'; do \
+	  (( SECONDS < deadline )) || { echo "error: the sweep still runs after SWEEP_WAIT_S; dvc queue status:" >&2; \
+	    echo "$$status" >&2; exit 1; }; sleep 5; done; \
+	failed=$$(mine | grep -vE ' Success *$$') && { \
+	  echo "error: experiments that failed (dvc queue logs NAME says why):" >&2; echo "$$failed" >&2; exit 1; }; echo
 	$(EXPS)
 
 exps: ## The experiments: changed params and key metrics (all columns: dvc exp show)
