@@ -139,7 +139,7 @@ test-all: ## The full suite, what CI runs (~35 min on 2 busy cores): + end to en
 # `make check`: first dvc.lock against the working tree (each dep or params section `dvc status` finds modified;
 # outputs missing, as on a fresh clone, are not stale), then a fresh clone of HEAD (this DVC cache, its own MLflow
 # store): dvc repro, then dvc repro --force, must leave git status empty.
-check-lock:
+check-lock: ## Check that dvc.lock matches the code, params and data (the first half of make check)
 	@status=$$(dvc status) || exit; stale=$$(awk '/^[^\t]/ {stage = $$0} /^\t[^\t]/ {deps = /changed deps/; file = ""} \
 	  deps && /^\t\t[^\t].*:$$/ {file = $$0 " "} deps && /modified:/ {sub(/^.*modified: */, ""); \
 	  print "error: " stage " " file $$0 " changed since dvc.lock"}' <<< "$$status" | tr -d '\t'); \
