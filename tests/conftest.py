@@ -84,7 +84,8 @@ def trained_project(tmp_path_factory):
     first worker that asks (the others wait on a lock). (xdist's ``--dist loadgroup`` would keep the two files on one
     worker, but xdist 3.8 does not tag the groups' tests under pytest 9.2.)"""
     base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # inherited too by a pytest that a worker's test starts
+    shared = base.parent if worker and base.name == f"popen-{worker}" else base
     tmp = shared / "trained"
     root, env = tmp / "project", project_env(tmp)
     with open(shared / "trained.lock", "w") as lock:
