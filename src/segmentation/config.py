@@ -114,8 +114,7 @@ class _PreprocessBase(_Params):
         if self.recipe is not None and recipes.get(self.recipe).params is not None and self.recipe_params is None:
             raise ValueError(f"recipe '{self.recipe}' needs a {self.recipe} section")
         columns = [*self.features, *self.categorical.columns]
-        dupes = sorted({f for f in columns if columns.count(f) > 1})
-        if dupes:
+        if dupes := sorted({f for f in columns if columns.count(f) > 1}):
             raise ValueError(f"columns listed twice in features / categorical.columns: {dupes}")
         id_column = self.data.id_column or ROW_ID_COLUMN
         if id_column in columns:
@@ -205,8 +204,7 @@ class EvaluateParams(_Params):
     def _profile_columns(cls, names: list[str]) -> list[str]:
         if any(not name.strip() for name in names):
             raise ValueError("empty column name")
-        dupes = sorted({c for c in names if names.count(c) > 1})
-        if dupes:
+        if dupes := sorted({c for c in names if names.count(c) > 1}):
             raise ValueError(f"listed twice: {dupes}")
         return names
 
