@@ -78,13 +78,10 @@ def check_model(
             if not isinstance(wrote, int | float) or not np.isclose(value, wrote, rtol=INERTIA_RTOL):
                 what = "inertia" if key == "inertia" else f"{key.replace('_', '-')} on {matrix_source}"
                 fail(f"its {what} ({value:.6g}) is not the one {metrics_source} records ({wrote})")
-    labels = None
+    labels = None  # algorithms.inertia_on's predict, kept: one pass over the rows for the check and evaluate()
     if hasattr(model, "inertia_"):
-        if inertia_on_matrix is not None:
-            on_matrix = inertia_on_matrix()
-        else:  # algorithms.inertia_on, its predict kept: one pass over the rows for the check and evaluate()
-            labels = model.predict(X)
-            on_matrix = float(((X - model.cluster_centers_[labels]) ** 2).sum())
+        labels = None if inertia_on_matrix else model.predict(X)
+        on_matrix = inertia_on_matrix() if labels is None else ((X - model.cluster_centers_[labels]) ** 2).sum()
         if not np.isclose(on_matrix, model.inertia_, rtol=INERTIA_RTOL):
             fail(f"was not fitted on {matrix_source} (inertia {on_matrix:.6g} on it, {model.inertia_:.6g} when fitted)")
     if isinstance(model, algorithms.CentroidAssigner):  # its centroids must be its clusters' means in X
