@@ -12,7 +12,7 @@ dvc's output), peak RSS (the largest process: /usr/bin/time's maximum resident s
 children it waited for, or a 0.1 s sampling of every process working in the project's folder, whichever is larger:
 Dask's worker processes are not children dvc waits for). The example itself (2,240 rows) is measured the
 same way, plus a no-op `dvc repro`.
---large adds 3M and 10M rows (10M: the project only, one round, unless --seed-at-10m).
+--large adds 3M and 10M rows (10M: the project only, one round, unless --seed-at-10m; so does --rows 10000000).
 
 Engines: at each --dask-rows size (1M; --large adds 10M) `dvc repro` also runs once with each
 ``preprocess.engine`` (local, then dask: every stage on a LocalCluster it starts, one worker process per core),
@@ -286,7 +286,9 @@ def main() -> None:
     print(f"bench_scale: {os.cpu_count()} cores, load {load()} (1/5/15 min), {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"  uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     plan = [] if args.no_example else [(0, args.runs, True, True)]
-    plan += [(int(r), args.runs, True, False) for r in args.rows.split(",") if int(r)]
+    # From 10M rows the seed's script runs only with --seed-at-10m (minutes, and most of the machine's memory).
+    sizes = [int(r) for r in args.rows.split(",") if int(r)]
+    plan += [(rows, args.runs, rows < 10_000_000 or args.seed_at_10m, False) for rows in sizes]
     if args.large:
         plan += [(3_000_000, min(args.runs, 3), True, False), (10_000_000, 1, args.seed_at_10m, False)]
     results = [bench_size(rows, runs, seeds, with_seed, noop) for rows, runs, with_seed, noop in plan]

@@ -56,9 +56,10 @@ def silhouette_of(X: np.ndarray, labels: np.ndarray, sample_size: int) -> tuple[
 def check_model(
     model: Any, X: np.ndarray, model_source: str, matrix_source: str, train_metrics: Mapping[str, Any] | None = None,
     metrics_source: str = "metrics/train.json", inertia_on_matrix: Callable[[], float] | None = None,
-) -> None:  # fmt: skip
+) -> np.ndarray | None:  # fmt: skip
     """Fail in one line unless ``model`` is a clusterer fitted on ``X`` with the k and fit record ``train_metrics``
-    holds. ``inertia_on_matrix`` computes the inertia where ``X`` is not in this process (Dask)."""
+    holds. ``inertia_on_matrix`` computes the inertia where ``X`` is not in this process (Dask). Returns the rows'
+    clusters when the check predicted them (k-means family), for :func:`evaluate`; else None."""
 
     def fail(why: str) -> NoReturn:
         raise UserError(f"{model_source}: {why}; rebuild it: dvc repro -f -s train")
@@ -77,8 +78,10 @@ def check_model(
             if not isinstance(wrote, int | float) or not np.isclose(value, wrote, rtol=INERTIA_RTOL):
                 what = "inertia" if key == "inertia" else f"{key.replace('_', '-')} on {matrix_source}"
                 fail(f"its {what} ({value:.6g}) is not the one {metrics_source} records ({wrote})")
+    labels = None  # algorithms.inertia_on's predict, kept: one pass over the rows for the check and evaluate()
     if hasattr(model, "inertia_"):
-        on_matrix = inertia_on_matrix() if inertia_on_matrix is not None else algorithms.inertia_on(model, X)
+        labels = None if inertia_on_matrix else model.predict(X)
+        on_matrix = inertia_on_matrix() if labels is None else ((X - model.cluster_centers_[labels]) ** 2).sum()
         if not np.isclose(on_matrix, model.inertia_, rtol=INERTIA_RTOL):
             fail(f"was not fitted on {matrix_source} (inertia {on_matrix:.6g} on it, {model.inertia_:.6g} when fitted)")
     if isinstance(model, algorithms.CentroidAssigner):  # its centroids must be its clusters' means in X
@@ -88,6 +91,7 @@ def check_model(
         means = np.stack([fitted[model.fit_labels_ == c].mean(axis=0) for c in range(k)])
         if not np.allclose(means, model.cluster_centers_, rtol=INERTIA_RTOL, atol=1e-9):
             fail(f"was not fitted on {matrix_source} (its centroids are not the means of its clusters there)")
+    return labels
 
 
 def cluster_profile(
@@ -135,16 +139,17 @@ def require_silhouette_sample(params: EvaluateParams, k: int) -> None:
 
 def evaluate(
     matrix: pd.DataFrame, features: pd.DataFrame, model, id_column: str, params: EvaluateParams,
-    categorical: Sequence[str] = (),
+    categorical: Sequence[str] = (), labels: np.ndarray | None = None,
 ) -> Evaluation:  # fmt: skip
-    """Assign clusters (``predict``, or the training assignment) and measure them; ``features``: the unscaled rows
-    behind ``matrix``, ``categorical`` their columns profiled as shares. Noise rows (-1) are left out of the scores."""
+    """Assign clusters (``predict``, or the training assignment; ``labels``: already predicted, by :func:`check_model`)
+    and measure them; ``features``: the unscaled rows behind ``matrix``, ``categorical`` their columns profiled as
+    shares. Noise rows (-1) are left out of the scores."""
     if not matrix[id_column].equals(features[id_column]):
         raise UserError("data/processed: the features and matrix files hold different customers; run dvc repro")
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
     k = algorithms.n_clusters(model)
     require_silhouette_sample(params, k)
-    labels = algorithms.training_labels(model, X)
+    labels = algorithms.training_labels(model, X) if labels is None else labels
     clustered = labels != NOISE
     Xc, labels_c = (X, labels) if clustered.all() else (X[clustered], labels[clustered])
     idx = sample_rows(len(Xc), params.silhouette_sample_size, params.random_state)  # full silhouette is O(n^2)

@@ -64,8 +64,8 @@ def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
     model = load_model(args.model, stage="train")
     X = matrix.drop(columns=[id_column]).to_numpy(dtype=float)
     train_metrics = read_train_metrics(args.train_metrics)  # the model's check, then the report's k section
-    check_model(model, X, args.model, args.matrix, train_metrics, args.train_metrics)
-    result = evaluate(matrix, features, model, id_column, params, [*categorical, *text_extras])
+    labels = check_model(model, X, args.model, args.matrix, train_metrics, args.train_metrics)  # None or predicted
+    result = evaluate(matrix, features, model, id_column, params, [*categorical, *text_extras], labels)
     labels = result.segments[report.CLUSTER_COLUMN].to_numpy()
     figures = {
         "clusters_2d.png": projection_plot(matrix, labels, id_column, params.plot_sample_size, params.random_state),
