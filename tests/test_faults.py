@@ -24,7 +24,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline_helpers import copy_project, outputs, paths, project_env, run, stages, use_fixture_data
+from pipeline_helpers import copy_project, outputs, paths, project_env, run, stage_runs, stages, use_fixture_data
 
 pytestmark = pytest.mark.pipeline
 
@@ -265,7 +265,7 @@ def test_ctrl_c_prints_one_line_and_changes_nothing(project):
 def mlflow_runs(root: Path, stage: str | None = None):
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    runs = stage_runs(client, [experiment.experiment_id], order_by=["attributes.start_time ASC"])
     return client, [r for r in runs if stage is None or r.info.run_name == stage]
 
 

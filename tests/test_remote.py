@@ -19,7 +19,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline_helpers import copy_project, paths, project_env, run, stage_names, use_fixture_data
+from pipeline_helpers import copy_project, paths, project_env, run, stage_names, stage_runs, use_fixture_data
 from segmentation.tracking.settings import TrackingSettings
 from servers import (
     dvc_http_remote,
@@ -57,7 +57,7 @@ class FakeDagsHub:
     def runs(self, monkeypatch, experiment: str):
         client = self.client(monkeypatch)
         exp = client.get_experiment_by_name(experiment)
-        return [] if exp is None else client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+        return [] if exp is None else stage_runs(client, [exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_full_repro_logs_to_the_tracking_server(project, dagshub, monkeypatch):
     assert downloaded.read_bytes() == (root / plot).read_bytes()
     # The same runs are kept in the local store, marked as delivered.
     local = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    local_runs = local.search_runs([local.get_experiment_by_name(experiment).experiment_id])
+    local_runs = stage_runs(local, [local.get_experiment_by_name(experiment).experiment_id])
     assert sorted(r.info.run_id for r in local_runs) == sorted(r.data.tags["segmentation_source_run"] for r in runs)
 
 
@@ -158,7 +158,7 @@ def test_wrong_password_is_one_clear_line_and_nothing_is_lost(project, dagshub, 
     assert "Traceback" not in repro.stderr
     assert dagshub.runs(monkeypatch, "wrong-password") == []
     local = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    kept = local.search_runs([local.get_experiment_by_name("wrong-password").experiment_id])
+    kept = stage_runs(local, [local.get_experiment_by_name("wrong-password").experiment_id])
     assert sorted(r.info.run_name for r in kept) == sorted(STAGES)
     for stage in STAGES:  # the DagsHub logger files were written too
         assert (root / P["dagshub"] / stage / "metrics.csv").stat().st_size > 30
