@@ -29,7 +29,7 @@ PIPELINE_TAG = "pipeline_run_id"  # on a pipeline run and on each of its stages'
 PARENT_TAG = "mlflow.parentRunId"  # what makes MLflow's runs list nest a stage's run under its pipeline run
 OUTPUTS_TAG = "outputs_md5"  # a stage run's cached outputs (md5s): how a later pipeline run finds what made them
 SKIPPED_PREFIX = "skipped."  # on a pipeline run: skipped.<stage> = the run that made the outputs DVC kept
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI's model-training view
+KIND_TAG, TRAINING = "mlflow.experimentKind", "custom_model_development"  # the UI's model-training view
 
 
 @contextmanager
@@ -237,10 +237,12 @@ def ensure_experiment(client, name: str, artifact_location: str | None = None, s
     so); in the local store (``artifact_location`` given), pointed back inside a copied or moved project."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
+        return client.create_experiment(name, artifact_location=artifact_location, tags={KIND_TAG: TRAINING})
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
         print(f"note: MLflow experiment {name!r} had been deleted; restored it, with its runs", file=sys.stderr)
+    if KIND_TAG not in experiment.tags:  # one made before it was said, or by hand: the UI opens on its runs all the same
+        client.set_experiment_tag(experiment.experiment_id, KIND_TAG, TRAINING)
     if artifact_location and store_uri and experiment.artifact_location != artifact_location:
         relocate_artifacts(store_uri, experiment.experiment_id, experiment.artifact_location, artifact_location)
     return experiment.experiment_id
