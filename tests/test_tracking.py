@@ -355,3 +355,11 @@ def test_a_pipeline_run_is_the_parent_of_its_stages_runs(project, monkeypatch):
     )
     assert latest.data.tags["skipped.train"] == train_run.info.run_id
     assert latest.data.metrics == {"silhouette": 0.4, "k_best": 4}  # the key metrics, the skipped stage's too
+
+
+@pytest.mark.parametrize("uri", ["nonsense://x", "s3://bucket/runs"])
+def test_an_unusable_tracking_uri_is_one_line_naming_it(tmp_path, uri):
+    with pytest.raises(UserError, match=rf"^MLFLOW_TRACKING_URI='{uri}': not a tracking URI MLflow can use; give"):
+        TrackingSettings.resolve(tmp_path, environ={"MLFLOW_TRACKING_URI": uri})
+    for usable in ("http://127.0.0.1:5000", "sqlite:///x.db", "postgresql+psycopg2://u@h/db", "./mlruns"):
+        assert TrackingSettings.resolve(tmp_path, environ={"MLFLOW_TRACKING_URI": usable}).tracking_uri == usable

@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from segmentation.errors import UserError
+
 ENV_EXPERIMENT = "MLFLOW_EXPERIMENT_NAME"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 DEFAULT_EXPERIMENT = "customer-segmentation"
 DAGSHUB_DEFAULT_HOST = "https://dagshub.com"
 LOCAL_STORE = "mlflow.db"
 LOCAL_ARTIFACTS = "mlruns"
+# The stores MLflow can track to (a dialect may name its driver: postgresql+psycopg2); no scheme: a folder.
+SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks", "")
 
 
 def project_root(cwd: Path | None = None) -> Path:
@@ -56,6 +60,12 @@ class TrackingSettings:
             source = "pyproject.toml [tool.segmentation] dagshub_owner/dagshub_repo"
         else:
             return cls(local, name, local, artifacts)
+        if urlsplit(uri).scheme.partition("+")[0] not in SCHEMES:
+            where = "MLFLOW_TRACKING_URI" if source.startswith("env") else source.removeprefix("pyproject.toml ")
+            raise UserError(
+                f"{where}={redact_uri(uri)[:80]!r}: not a tracking URI MLflow can use; give http(s)://host:port, "
+                "sqlite:///path/mlflow.db or postgresql://..., or unset it for the project's local store"
+            )
         if urlsplit(uri).scheme not in ("http", "https"):
             # A store of the user's own on this machine: it is the local store, nothing to replicate.
             return cls(uri, name, uri, None, source)

@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,36 +97,42 @@ def record_run(client, settings: TrackingSettings, run: PendingRun, artifact_dir
     local = settings.local_uri == client.tracking_uri
     location = settings.artifact_location if local else None
     experiment_id = ensure_experiment(client, settings.experiment_name, location, settings.local_uri if local else None)
-    parent = pipeline_run(client, experiment_id, run)
-    created = client.create_run(
-        experiment_id, start_time=run.start_time, run_name=run.stage, tags={**run.tags, PARENT_TAG: parent.info.run_id}
-    )
-    run_id = created.info.run_id
-    log_batches(client, run_id, run.params, run.metrics, run.end_time)
-    if run.inputs:
-        context = [InputTag("mlflow.data.context", run.stage)]
-        datasets = [DatasetInput(Dataset(source_type="local", **d), context) for d in run.inputs]
-        client.log_inputs(run_id, datasets=datasets)
-    for name in run.artifacts:
-        client.log_artifact(run_id, str(artifact_dir / name if artifact_dir else name))
-    for name, path in run.artifact_dirs.items():
-        source = artifact_dir.parent / DIRS_NAME / name if artifact_dir and name else (artifact_dir or Path(path))
-        client.log_artifacts(run_id, str(source), artifact_path=name or None)
-    client.set_terminated(run_id, "FINISHED", end_time=run.end_time)
+    parent, new_parent = pipeline_run(client, experiment_id, run)
+    run_id = None
+    try:
+        tags = {**run.tags, PARENT_TAG: parent.info.run_id}
+        run_id = client.create_run(experiment_id, start_time=run.start_time, run_name=run.stage, tags=tags).info.run_id
+        log_batches(client, run_id, run.params, run.metrics, run.end_time)
+        if run.inputs:
+            context = [InputTag("mlflow.data.context", run.stage)]
+            datasets = [DatasetInput(Dataset(source_type="local", **d), context) for d in run.inputs]
+            client.log_inputs(run_id, datasets=datasets)
+        for name in run.artifacts:
+            client.log_artifact(run_id, str(artifact_dir / name if artifact_dir else name))
+        for name, path in run.artifact_dirs.items():
+            source = artifact_dir.parent / DIRS_NAME / name if artifact_dir and name else (artifact_dir or Path(path))
+            client.log_artifacts(run_id, str(source), artifact_path=name or None)
+        client.set_terminated(run_id, "FINISHED", end_time=run.end_time)
+    except Exception:  # e.g. mlruns/ not writable: no run left RUNNING beside the copy the caller keeps
+        for ghost in (run_id, parent.info.run_id if new_parent else None):
+            with suppress(Exception):
+                if ghost:
+                    client.delete_run(ghost)
+        raise
     add_to_pipeline_run(client, experiment_id, parent, run)
     return run_id
 
 
 def pipeline_run(client, experiment_id: str, run: PendingRun):
-    """The parent run of ``run``'s pipeline run (its ``PIPELINE_TAG``), created by its first stage."""
+    """The parent run of ``run``'s pipeline run (its ``PIPELINE_TAG``), created by its first stage; and whether it
+    is new."""
     key = run.tags[PIPELINE_TAG]
     for found in client.search_runs([experiment_id], f"tags.{PIPELINE_TAG} = '{key}'"):
         if PARENT_TAG not in found.data.tags:
-            return found
+            return found, False
     shared = {k: v for k, v in run.tags.items() if k.startswith(("mlflow.source", "dvc_exp_name", "raw_data"))}
-    return client.create_run(
-        experiment_id, start_time=run.start_time, run_name=run.parent_name, tags={**shared, PIPELINE_TAG: key}
-    )
+    tags = {**shared, PIPELINE_TAG: key}
+    return client.create_run(experiment_id, start_time=run.start_time, run_name=run.parent_name, tags=tags), True
 
 
 def add_to_pipeline_run(client, experiment_id: str, parent, run: PendingRun) -> None:
@@ -241,7 +247,9 @@ def ensure_experiment(client, name: str, artifact_location: str | None = None, s
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
         print(f"note: MLflow experiment {name!r} had been deleted; restored it, with its runs", file=sys.stderr)
-    if KIND_TAG not in experiment.tags:  # one made before it was said, or by hand: the UI opens on its runs all the same
+    if (
+        KIND_TAG not in experiment.tags
+    ):  # one made before it was said, or by hand: the UI opens on its runs all the same
         client.set_experiment_tag(experiment.experiment_id, KIND_TAG, TRAINING)
     if artifact_location and store_uri and experiment.artifact_location != artifact_location:
         relocate_artifacts(store_uri, experiment.experiment_id, experiment.artifact_location, artifact_location)
