@@ -9,7 +9,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 UV_VERSION := 0.13.9
 PORT ?= 5000
 # .copier/ (the template's task script) exists only in the template repository.
-LINT_PATHS := src tests benchmarks $(wildcard .copier)
+LINT_PATHS := src tests benchmarks scripts $(wildcard .copier)
 ARGS ?=
 
 export PATH := $(BIN):$(PATH)
@@ -71,32 +71,17 @@ experiment: ## Run a DVC experiment in a temporary copy (workspace untouched), t
 	@echo
 	$(EXPS)
 
-# `make sweep`: DVC expands each comma list in ARGS (-S train.k_max=8,10,12; also range(...), choice(...)) to one
-# queued experiment per combination; its queue workers run them JOBS at a time, each in a temporary copy (workspace
-# untouched; the local MLflow store takes one writer at a time). The sweep waits for its own tasks (new task IDs with
-# the names DVC printed), at most SWEEP_WAIT_S. Interrupted, the queue goes on: `dvc queue status` shows it,
-# `dvc queue stop --kill` ends it. ARGS and JOBS are data (as above).
+# `make sweep`: one queued experiment per combination of ARGS' values, run JOBS at a time and waited for (at most
+# SWEEP_WAIT_S); scripts/sweep.py says how. ARGS and JOBS are data (as above).
 JOBS ?= 1
 SWEEP_WAIT_S ?= 7200
 unexport JOBS SWEEP_WAIT_S
 sweep: export SEGMENTATION_EXP_ARGS = $(value ARGS)
-sweep: export SEGMENTATION_SWEEP = $(value JOBS) $(value SWEEP_WAIT_S)
+sweep: export SEGMENTATION_SWEEP_JOBS = $(value JOBS)
+sweep: export SEGMENTATION_SWEEP_WAIT_S = $(value SWEEP_WAIT_S)
 sweep: ## Queue one DVC experiment per combination, run the queue (JOBS=2: two at a time), then the table: ARGS="-S train.k_max=8,10"
-	@[[ "$$SEGMENTATION_SWEEP" =~ ^([1-9][0-9]*)\ ([0-9]+)$$ ]] || { echo "error: JOBS and SWEEP_WAIT_S must be numbers" >&2; \
-	  exit 2; }; jobs=$${BASH_REMATCH[1]}; deadline=$$((SECONDS + BASH_REMATCH[2])); \
-	old=$$(dvc queue status | awk '{ print $$1 }') || exit; \
-	out=$$(printf '%s\n' "--queue $$SEGMENTATION_EXP_ARGS" | xargs dvc exp run) || exit; echo "$$out"; \
-	names=$$(sed -n "s/^Queued experiment '\(.*\)' for future execution.*/\1/p" <<< "$$out"); \
-	[ -n "$$names" ] || { echo "error: no experiment queued" >&2; exit 1; }; \
-	dvc queue start -j "$$jobs" || exit; \
-	trap 'echo "interrupted: the queue goes on (dvc queue status); dvc queue stop --kill ends it" >&2; exit 130' INT; \
-	mine() { awk -v old="$$old" -v names="$$names" 'BEGIN { split(old, o, "\n"); for (i in o) t[o[i]]; \
-	  split(names, n, "\n"); for (i in n) q[n[i]] } !($$1 in t) && $$2 in q' <<< "$$status"; }; \
-	while status=$$(dvc queue status) || exit; mine | grep -qE ' (Queued|Running) *$$'; do \
-	  (( SECONDS < deadline )) || { echo "error: the sweep still runs after SWEEP_WAIT_S; dvc queue status:" >&2; \
-	    echo "$$status" >&2; exit 1; }; sleep 5; done; \
-	failed=$$(mine | grep -vE ' Success *$$') && { \
-	  echo "error: experiments that failed (dvc queue logs NAME says why):" >&2; echo "$$failed" >&2; exit 1; }; echo
+	@python scripts/sweep.py
+	@echo
 	$(EXPS)
 
 exps: ## The experiments: changed params and key metrics (all columns: dvc exp show)
@@ -137,15 +122,11 @@ test: ## Fast feedback: unit and bad-input tests, report in Chromium (skipped wi
 test-all: ## The full suite, what CI runs (~35 min on 2 busy cores): + end to end, faults, DagsHub, MLflow UI, Dask, template
 	$(BIN)/python -m pytest
 
-# `make check`: first dvc.lock against the working tree (each dep or params section `dvc status` finds modified;
-# outputs missing, as on a fresh clone, are not stale), then a fresh clone of HEAD (this DVC cache, its own MLflow
-# store): dvc repro, then dvc repro --force, must leave git status empty.
+# `make check`: first dvc.lock against the working tree (scripts/check_lock.py: each dep or params section `dvc status`
+# finds modified), then a fresh clone of HEAD (this DVC cache, its own MLflow store): dvc repro, then dvc repro
+# --force, must leave git status empty.
 check-lock: ## Check that dvc.lock matches the code, params and data (the first half of make check)
-	@status=$$(dvc status) || exit; stale=$$(awk '/^[^\t]/ {stage = $$0} /^\t[^\t]/ {deps = /changed deps/; file = ""} \
-	  deps && /^\t\t[^\t].*:$$/ {file = $$0 " "} deps && /modified:/ {sub(/^.*modified: */, ""); \
-	  print "error: " stage " " file $$0 " changed since dvc.lock"}' <<< "$$status" | tr -d '\t'); \
-	if [ -n "$$stale" ]; then echo "$$stale" >&2; echo "fix: run \`dvc repro\` and commit dvc.lock with the results" >&2; \
-	  exit 1; fi; echo "check: dvc.lock matches the code, params and data"
+	@python scripts/check_lock.py
 
 check: check-lock ## Check that the committed results reproduce: dvc.lock up to date, a fresh clone's repro leaves git clean
 	@cache=$$(dvc cache dir) && tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \

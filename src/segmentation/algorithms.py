@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -48,21 +49,21 @@ class Algorithm:
     params: type[AlgorithmParams] = AlgorithmParams  # its sub-section train.<name> (defaults: may be left out)
 
 
-class KMeansParams(AlgorithmParams):
-    """``train.kmeans``: scikit-learn's ``KMeans`` (``n_init``, ``max_iter``, ``random_state`` from ``train``)."""
-
-    method: Literal["lloyd", "elkan"] = "lloyd"  # KMeans' ``algorithm``; lloyd is the default
-
-
 def _seeded(p: TrainParams) -> dict[str, Any]:
     """The knobs of ``train`` every seeded estimator gets, explicit (``n_init: 'auto'`` would move the knee)."""
     return {"n_init": p.n_init, "max_iter": p.max_iter, "random_state": p.random_state}
 
 
-def _kmeans(p: TrainParams, k: int):
-    from sklearn.cluster import KMeans
+def _sklearn(name: str, **kwargs: Any) -> Any:
+    """The scikit-learn clusterer ``name``, imported only when one is made (the stages that fit none stay light)."""
+    module = importlib.import_module("sklearn.mixture" if name == "GaussianMixture" else "sklearn.cluster")
+    return getattr(module, name)(**kwargs)
 
-    return KMeans(n_clusters=k, algorithm=p.kmeans.method, **_seeded(p))
+
+class KMeansParams(AlgorithmParams):
+    """``train.kmeans``: scikit-learn's ``KMeans`` (``n_init``, ``max_iter``, ``random_state`` from ``train``)."""
+
+    method: Literal["lloyd", "elkan"] = "lloyd"  # KMeans' ``algorithm``; lloyd is the default
 
 
 class MiniBatchKMeansParams(AlgorithmParams):
@@ -72,22 +73,10 @@ class MiniBatchKMeansParams(AlgorithmParams):
     max_no_improvement: int = Field(default=10, ge=1)  # batches without a better inertia before it stops
 
 
-def _minibatch_kmeans(p: TrainParams, k: int):
-    from sklearn.cluster import MiniBatchKMeans
-
-    return MiniBatchKMeans(n_clusters=k, **p.minibatch_kmeans.model_dump(), **_seeded(p))
-
-
 class BisectingKMeansParams(AlgorithmParams):
     """``train.bisecting_kmeans``: ``BisectingKMeans``, the clusters split in two one at a time."""
 
     bisecting_strategy: Literal["biggest_inertia", "largest_cluster"] = "biggest_inertia"
-
-
-def _bisecting_kmeans(p: TrainParams, k: int):
-    from sklearn.cluster import BisectingKMeans
-
-    return BisectingKMeans(n_clusters=k, **p.bisecting_kmeans.model_dump(), **_seeded(p))
 
 
 class GaussianMixtureParams(AlgorithmParams):
@@ -98,24 +87,12 @@ class GaussianMixtureParams(AlgorithmParams):
     reg_covar: float = Field(default=1e-6, gt=0)  # added to the covariances' diagonal: keeps them invertible
 
 
-def _gaussian_mixture(p: TrainParams, k: int):
-    from sklearn.mixture import GaussianMixture
-
-    return GaussianMixture(n_components=k, **p.gaussian_mixture.model_dump(exclude={"criterion"}), **_seeded(p))
-
-
 class AgglomerativeParams(AlgorithmParams):
     """``train.agglomerative``: ``AgglomerativeClustering``, fitted on a seeded sample (memory grows with rows^2)."""
 
     linkage: Literal["ward", "complete", "average", "single"] = "ward"
     # 5,000 rows: ~100 MB of pairwise distances; 20,000 would take ~1.6 GB.
     fit_sample_size: int = Field(default=5000, ge=2)
-
-
-def _agglomerative(p: TrainParams, k: int):
-    from sklearn.cluster import AgglomerativeClustering
-
-    return AgglomerativeClustering(n_clusters=k, **p.agglomerative.model_dump(exclude={"fit_sample_size"}))
 
 
 class HDBSCANParams(AlgorithmParams):
@@ -137,26 +114,30 @@ class HDBSCANParams(AlgorithmParams):
             )
 
 
-def _hdbscan(p: TrainParams, k: int):
-    from sklearn.cluster import HDBSCAN
-
-    # copy=True: it must not scale the caller's rows in place (and scikit-learn warns without it).
-    return HDBSCAN(**p.hdbscan.model_dump(exclude={"fit_sample_size"}), copy=True)
-
-
-# The one list of algorithms: a name here is a valid train.algorithm and a sub-section of train.
+# The one list of algorithms: a name here is a valid train.algorithm and a sub-section of train. Each makes its
+# estimator with k clusters from train's knobs and its own sub-section's (HDBSCAN: copy=True, or it would scale the
+# caller's rows in place).
 REGISTRY: dict[str, Algorithm] = {
-    "kmeans": Algorithm("k-means", "KMeans", _kmeans, lambda p: ELBOW, params=KMeansParams),
-    "minibatch_kmeans": Algorithm("mini-batch k-means", "MiniBatchKMeans", _minibatch_kmeans, lambda p: ELBOW,
-                                  params=MiniBatchKMeansParams),
-    "bisecting_kmeans": Algorithm("bisecting k-means", "BisectingKMeans", _bisecting_kmeans, lambda p: ELBOW,
-                                  params=BisectingKMeansParams),
-    "gaussian_mixture": Algorithm("a Gaussian mixture", "GaussianMixture", _gaussian_mixture,
-                                  lambda p: p.gaussian_mixture.criterion, params=GaussianMixtureParams),
-    "agglomerative": Algorithm("agglomerative clustering", "AgglomerativeClustering", _agglomerative, lambda p: ELBOW,
-                               predicts=False, params=AgglomerativeParams),
-    "hdbscan": Algorithm("HDBSCAN", "HDBSCAN", _hdbscan, lambda p: None, predicts=False, noise=True,
-                         params=HDBSCANParams),
+    "kmeans": Algorithm("k-means", "KMeans",
+        lambda p, k: _sklearn("KMeans", n_clusters=k, algorithm=p.kmeans.method, **_seeded(p)),
+        lambda p: ELBOW, params=KMeansParams),
+    "minibatch_kmeans": Algorithm("mini-batch k-means", "MiniBatchKMeans",
+        lambda p, k: _sklearn("MiniBatchKMeans", n_clusters=k, **p.minibatch_kmeans.model_dump(), **_seeded(p)),
+        lambda p: ELBOW, params=MiniBatchKMeansParams),
+    "bisecting_kmeans": Algorithm("bisecting k-means", "BisectingKMeans",
+        lambda p, k: _sklearn("BisectingKMeans", n_clusters=k, **p.bisecting_kmeans.model_dump(), **_seeded(p)),
+        lambda p: ELBOW, params=BisectingKMeansParams),
+    "gaussian_mixture": Algorithm("a Gaussian mixture", "GaussianMixture",
+        lambda p, k: _sklearn("GaussianMixture", n_components=k,
+                              **p.gaussian_mixture.model_dump(exclude={"criterion"}), **_seeded(p)),
+        lambda p: p.gaussian_mixture.criterion, params=GaussianMixtureParams),
+    "agglomerative": Algorithm("agglomerative clustering", "AgglomerativeClustering",
+        lambda p, k: _sklearn("AgglomerativeClustering", n_clusters=k,
+                              **p.agglomerative.model_dump(exclude={"fit_sample_size"})),
+        lambda p: ELBOW, predicts=False, params=AgglomerativeParams),
+    "hdbscan": Algorithm("HDBSCAN", "HDBSCAN",
+        lambda p, k: _sklearn("HDBSCAN", **p.hdbscan.model_dump(exclude={"fit_sample_size"}), copy=True),
+        lambda p: None, predicts=False, noise=True, params=HDBSCANParams),
 }  # fmt: skip
 
 

@@ -1,7 +1,5 @@
-"""Typed, validated params: one model per ``params.yaml`` section (params.yaml documents each knob).
-
-A stage declares its section's model (``runner.cli(..., params_model=...)``); the ``train`` and ``preprocess`` models
-are built from the registries of algorithms and recipes (each entry's own sub-section)."""
+"""Typed, validated params: one model per ``params.yaml`` section (params.yaml documents each knob); ``train`` and
+``preprocess`` add a sub-section per entry of the registries of algorithms and recipes."""
 
 from __future__ import annotations
 
@@ -15,9 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from segmentation.core.data import ROW_ID_COLUMN as ROW_ID_COLUMN  # re-exported: the stages read it here
 from segmentation.errors import UserError
+from segmentation.pipeline import PARAMS_FILE as PARAMS_FILE  # re-exported: the stages read it here
 from segmentation.pipeline import load_yaml
-
-PARAMS_FILE = "params.yaml"
 
 
 class _Params(BaseModel):
@@ -62,7 +59,7 @@ class Bounds(_Params):
 
 
 class DaskSection(_Params):
-    """``preprocess.dask`` as written (logged with the section): the Dask engine checks it (engines/dask/params.py)."""
+    """``preprocess.dask``, its defaults filled in (logged with the section); engines/dask/params.py checks it."""
 
     blocksize: str | int = "64MiB"
     n_workers: int | None = None
@@ -117,8 +114,7 @@ class _PreprocessBase(_Params):
         if self.recipe is not None and recipes.get(self.recipe).params is not None and self.recipe_params is None:
             raise ValueError(f"recipe '{self.recipe}' needs a {self.recipe} section")
         columns = [*self.features, *self.categorical.columns]
-        dupes = sorted({f for f in columns if columns.count(f) > 1})
-        if dupes:
+        if dupes := sorted({f for f in columns if columns.count(f) > 1}):
             raise ValueError(f"columns listed twice in features / categorical.columns: {dupes}")
         id_column = self.data.id_column or ROW_ID_COLUMN
         if id_column in columns:
@@ -208,8 +204,7 @@ class EvaluateParams(_Params):
     def _profile_columns(cls, names: list[str]) -> list[str]:
         if any(not name.strip() for name in names):
             raise ValueError("empty column name")
-        dupes = sorted({c for c in names if names.count(c) > 1})
-        if dupes:
+        if dupes := sorted({c for c in names if names.count(c) > 1}):
             raise ValueError(f"listed twice: {dupes}")
         return names
 

@@ -18,9 +18,8 @@ class UserError(Exception):
 
 def restore_hint() -> str:
     """Under DVC, which removes a stage's outputs before running it: how to get the last good ones back."""
-    if not os.environ.get("DVC_STAGE"):
-        return ""
-    return f"; dvc removed its outputs: the last good ones (dvc.lock) come back with {RESTORE} (make repro does it)"
+    hint = f"; dvc removed its outputs: the last good ones (dvc.lock) come back with {RESTORE} (make repro does it)"
+    return hint if os.environ.get("DVC_STAGE") else ""
 
 
 def stage_entrypoint(func: Callable[..., None], name: str | None = None) -> Callable[..., None]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,8 @@ FAST_CSV_ROWS = 100_000
 
 
 def temp_file_beside(path: str | Path, folder: bool = False) -> Path:
-    """A new empty file (a folder if ``folder``: a partitioned output) named like ``path``, in a new hidden folder
-    beside it (``.<name>.*.tmp``): the same filesystem, so that it replaces ``path`` by a rename; the same name, so
-    that it can be logged first. See :func:`remove_temp`."""
+    """A new empty file (a folder if ``folder``) named like ``path``, in a new hidden folder ``.<name>.*.tmp`` beside
+    it: the same filesystem, so that a rename puts it in place; the same name, so that it can be logged first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)) / path.name
@@ -43,7 +43,6 @@ def temp_dir_beside(path: str | Path) -> Path:
 
 
 def _remove(path: Path) -> None:
-    """Remove a file or a folder (a partitioned output)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
@@ -51,7 +50,7 @@ def _remove(path: Path) -> None:
 
 
 def remove_temp(tmp: str | Path) -> None:
-    """Remove a temporary output of :func:`temp_file_beside` or :func:`temp_dir_beside` and its hidden folder."""
+    """Remove a temporary output of :func:`temp_file_beside` and its hidden folder."""
     tmp = Path(tmp)
     with contextlib.suppress(OSError):  # gone already (committed)
         _remove(tmp)
@@ -59,10 +58,13 @@ def remove_temp(tmp: str | Path) -> None:
         tmp.parent.rmdir()
 
 
+def _rebuild(stage: str | None) -> str:
+    return f"dvc repro -f -s {stage}" if stage else "dvc repro -f"
+
+
 class StageOutputs:
-    """A stage's outputs, each written to a temporary file beside its target, then renamed into place by
-    :meth:`commit`: no file is ever half-written. Until then the files can be read (and logged) through
-    :meth:`staged`. Use as a context manager: temporary files are removed whatever happens."""
+    """A stage's outputs, each written to a temporary file beside its target (readable, e.g. to log it, through
+    :meth:`staged`), then renamed into place by :meth:`commit`: no file is ever half-written. A context manager."""
 
     def __init__(self) -> None:
         self._staged: dict[Path, Path] = {}  # target -> temporary file
@@ -98,15 +100,15 @@ class StageOutputs:
 
     def write_json(self, target: str | Path, data: dict[str, Any]) -> None:
         """Indented JSON (keys in insertion order, for readable diffs)."""
-        self._write(target, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
+        self.write_text(target, json.dumps(data, indent=2) + "\n")
 
-    def write_text(self, target: str | Path, text: str) -> None:
+    def write_text(self, target: str | Path, text: str, replaces_folder: bool = False) -> None:
         """A text file (UTF-8, ``\\n`` line ends on every platform)."""
-        self._write(target, lambda tmp: tmp.write_bytes(text.encode("utf-8")))
+        self._write(target, lambda tmp: tmp.write_bytes(text.encode("utf-8")), replaces_folder)
 
     def write_manifest(self, target: str | Path, text: str) -> None:
         """A table's manifest (the Dask engine's object storage); it may replace a partitioned table (a folder)."""
-        self._write(target, lambda tmp: tmp.write_bytes(text.encode("utf-8")), replaces_folder=True)
+        self.write_text(target, text, replaces_folder=True)
 
     def write_csv(self, target: str | Path, df: pd.DataFrame) -> None:
         """CSV without the index (floats round-trip exactly)."""
@@ -189,19 +191,13 @@ class CsvSource:
     rows: int
 
 
-@dataclass
 class LineLocator:
-    """Physical line numbers of a raw CSV's rows (labels: 0 = first data row) and values, for error messages.
+    """Physical line numbers of a raw CSV's rows (labels: 0 = first data row) and values, for error messages. The
+    file is scanned once, when a message needs a line, counting quoted newlines and skipped blank lines; without it
+    (or when it does not read as pandas read it), row ``label`` is on line ``label + 2``."""
 
-    The file is re-scanned once, when a message needs a line, counting quoted newlines and skipped blank lines; without
-    it (or when it does not read as pandas read it), row ``label`` is on line ``label + 2``.
-    """
-
-    source: CsvSource | None = None
-    _starts: list[int] | None = field(default=None, repr=False)
-    _header: list[str] = field(default_factory=list, repr=False)
-    _extra: dict[int, list[int]] = field(default_factory=dict, repr=False)  # row -> newlines before each field
-    _scanned: bool = field(default=False, repr=False)
+    def __init__(self, source: CsvSource | None = None) -> None:
+        self.source = source
 
     @classmethod
     def of(cls, df: pd.DataFrame) -> LineLocator:
@@ -212,23 +208,20 @@ class LineLocator:
     def line(self, label: Any, column: str | None = None) -> int:
         """The physical line of row ``label`` (of its value in ``column`` when given)."""
         row = int(label)
-        starts = self._scan()
-        if starts is None or not 0 <= row < len(starts):
+        if self._scan is None or not 0 <= row < len(self._scan[0]):
             return row + 2
-        offset = 0
-        if column is not None and row in self._extra and column in self._header:
-            offset = self._extra[row][self._header.index(column)]
-        return starts[row] + offset
+        starts, header, extra = self._scan
+        return starts[row] + (extra[row][header.index(column)] if row in extra and column in header else 0)
 
-    def _scan(self) -> list[int] | None:
-        if self._scanned or self.source is None:
-            return self._starts
-        self._scanned = True
+    @functools.cached_property
+    def _scan(self) -> tuple[list[int], list[str], dict[int, list[int]]] | None:
+        """Each row's first line, the header, and for a row spanning lines the newlines before each of its fields."""
         src = self.source
-        if len(src.separator) != 1:  # a regex separator: pandas' python engine, not the csv module's dialect
+        if src is None or len(src.separator) != 1:  # a regex separator: pandas' python engine, not the csv module's
             return None
         starts: list[int] = []
         header: list[str] | None = None
+        extra: dict[int, list[int]] = {}
         try:
             with open(src.path, encoding=src.encoding, newline="") as fh:
                 reader = csv.reader(fh, delimiter=src.separator, quotechar='"', doublequote=True)
@@ -240,16 +233,12 @@ class LineLocator:
                     if header is None:
                         header = fields
                         continue
-                    if before > first:  # the row spans lines: remember where each field starts
-                        breaks = np.cumsum([0, *(len(_NEWLINE.findall(f)) for f in fields[:-1])])
-                        self._extra[len(starts)] = [int(b) for b in breaks]
+                    if before > first:
+                        extra[len(starts)] = np.cumsum([0, *(len(_NEWLINE.findall(f)) for f in fields[:-1])]).tolist()
                     starts.append(first)
         except (OSError, UnicodeError, csv.Error):
             return None
-        if len(starts) != src.rows:  # not read as pandas read it: do not guess
-            return None
-        self._header, self._starts = header or [], starts
-        return starts
+        return (starts, header or [], extra) if len(starts) == src.rows else None  # else not read as pandas read it
 
 
 def write_csv(path: str | Path, df: pd.DataFrame) -> None:
@@ -299,25 +288,23 @@ def read_csv(path: str | Path, stage: str | None = None) -> pd.DataFrame:
     """Read a table written by a previous stage (``stage``, named in the fix): Parquet for a ``.parquet`` path (a
     folder: a partitioned table), else CSV; a missing or unreadable file is a :class:`UserError`."""
     path = _existing_file(path, stage, folder_ok=Path(path).suffix == PARQUET)
-    rebuild = f"dvc repro -f -s {stage}" if stage else "dvc repro -f"
     if path.suffix == PARQUET:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
-            if path.is_dir():  # a partitioned table: its parts in order (their names are zero-padded numbers)
-                parts = sorted(path.glob(f"*{PARQUET}"))
-                if not parts:
-                    raise ValueError("no parts")
-                return pa.concat_tables([pq.read_table(part) for part in parts]).to_pandas()
-            return pq.read_table(path).to_pandas()
-        except (pa.ArrowException, OSError, ValueError):
-            raise UserError(f"{path}: not a Parquet file written by the pipeline; rebuild it: {rebuild}") from None
+            # A partitioned table: its parts in order (their names are zero-padded numbers).
+            parts = sorted(path.glob(f"*{PARQUET}")) if path.is_dir() else [path]
+            return pa.concat_tables([pq.read_table(part) for part in parts]).to_pandas()
+        except (pa.ArrowException, OSError, ValueError):  # ArrowInvalid: a folder without parts
+            raise UserError(
+                f"{path}: not a Parquet file written by the pipeline; rebuild it: {_rebuild(stage)}"
+            ) from None
     try:
         return pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         reason = "empty" if isinstance(exc, pd.errors.EmptyDataError) else "not a CSV file written by the pipeline"
-        raise UserError(f"{path}: {reason}; rebuild it: {rebuild}") from None
+        raise UserError(f"{path}: {reason}; rebuild it: {_rebuild(stage)}") from None
 
 
 def read_matrix(path: str | Path, stage: str = "preprocess") -> pd.DataFrame:
@@ -327,7 +314,6 @@ def read_matrix(path: str | Path, stage: str = "preprocess") -> pd.DataFrame:
     rebuild = f"rebuild it: dvc repro -f -s {stage}"
     if matrix.shape[1] < 2 or matrix.empty:
         raise UserError(f"{path}: expected an ID column and model columns with rows; {rebuild}")
-    parquet = Path(path).suffix == PARQUET
     for column in matrix.columns[1:]:
         series = matrix[column]
         if pd.api.types.is_float_dtype(series) and not pd.api.types.is_extension_array_dtype(series):
@@ -336,13 +322,10 @@ def read_matrix(path: str | Path, stage: str = "preprocess") -> pd.DataFrame:
             values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         if np.isfinite(values).all():
             continue
-        bad = np.flatnonzero(~np.isfinite(values))
-        shown = series.iloc[bad[0]]
-        value = "a blank" if pd.isna(shown) else repr(plain(shown))
-        if parquet:
-            where = f"row {bad[0] + 1}"
-        else:
-            where = f"line {LineLocator(CsvSource(str(path), ',', 'utf-8', len(matrix))).line(bad[0], str(column))}"
+        bad = np.flatnonzero(~np.isfinite(values))[0]
+        value = "a blank" if pd.isna(series.iloc[bad]) else repr(plain(series.iloc[bad]))
+        lines = LineLocator(CsvSource(str(path), ",", "utf-8", len(matrix)))
+        where = f"row {bad + 1}" if Path(path).suffix == PARQUET else f"line {lines.line(bad, str(column))}"
         raise UserError(
             f"{path}: column {column} has {value} on {where} (the model matrix must be finite numbers); {rebuild}"
         )
@@ -357,7 +340,6 @@ def load_model(path: str | Path, stage: str | None = None) -> Any:
     try:
         return joblib.load(path)
     except Exception as exc:  # a corrupt or foreign file fails in many ways (EOFError, KeyError, UnpicklingError...)
-        rebuild = f"dvc repro -f -s {stage}" if stage else "dvc repro -f"
         raise UserError(
-            f"{path}: cannot be read as a model file ({type(exc).__name__}); rebuild it: {rebuild}"
+            f"{path}: cannot be read as a model file ({type(exc).__name__}); rebuild it: {_rebuild(stage)}"
         ) from None

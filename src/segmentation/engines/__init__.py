@@ -1,7 +1,5 @@
 """The engines a pipeline runs on (``preprocess.engine``): ``local``, the stages' own code, and optional ones, one
-package each here (``dask``: ``make setup EXTRAS=dask``). A stage picks its engine with :func:`engine_module`; nothing
-else imports an optional engine, and ``dvc.yaml`` lists the chosen engine's folder among each stage's deps.
-"""
+package each here (``dask``: ``make setup EXTRAS=dask``), imported only through :func:`engine_module`."""
 
 from __future__ import annotations
 

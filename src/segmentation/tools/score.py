@@ -1,7 +1,6 @@
 """Score new customers (``make score INPUT=new.csv [OUTPUT=...] [SEPARATOR=,]``): a raw CSV with the training data's
 columns -> ID, segment, segment_name; the rows it cannot score are listed in ``<output>_rejects.csv``. It never writes
-over the input, a file of the pipeline or of git, nor a file that is no earlier score output.
-"""
+over the input, a file of the pipeline or of git, nor a file that is no earlier score output."""
 
 from __future__ import annotations
 
@@ -69,8 +68,7 @@ def _dvc_tracked(root: Path) -> list[tuple[Path, str]]:
     found = []
     listed = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.dvc", cwd=root)
     for name in filter(None, listed.decode("utf-8", "replace").split("\0")):
-        dvc_file = root / name
-        found.append((dvc_file, f"DVC's record of tracked data ({name})"))
+        found.append((dvc_file := root / name, f"DVC's record of tracked data ({name})"))
         try:
             outs = pipeline.load_yaml(dvc_file.read_text(encoding="utf-8")).get("outs") or []
         except Exception:  # an unreadable or odd .dvc file: its name still tells what it tracks
@@ -124,20 +122,18 @@ def header_of(path: Path) -> list[str] | None:
     """The column names on the first line of the CSV ``path``."""
     try:
         with open(path, encoding="utf-8", newline="") as fh:
-            line = fh.readline(64 * 1024)
+            return next(csv.reader([fh.readline(64 * 1024).rstrip("\r\n")]), None)
     except (OSError, UnicodeDecodeError):
         return None
-    return next(csv.reader([line.rstrip("\r\n")]), None) if line else None
 
 
 def check_outputs(output: Path, source: Path, id_column: str) -> None:
     """Before anything is read: a :class:`UserError` when ``output`` or its rejects file would replace the input, a
     file of the pipeline or of git, or an existing file whose header is not that of a score output."""
-    default = default_output(source)
+    default, protected, rejects = default_output(source), protected_paths(source), rejects_path(output)
     advice = "choose another file " + (
         "with --output" if _places(output) & _places(default) else f"(default: {default})"
     )
-    protected, rejects = protected_paths(source), rejects_path(output)
     for target, shown, header in [
         (output, f"--output {output}", [id_column, SEGMENT_COLUMN, SEGMENT_NAME_COLUMN]),
         (rejects, f"--output {output}'s rejects file {rejects}", [id_column, REASON_COLUMN]),
@@ -250,9 +246,7 @@ def rejects_line(rejects: pd.DataFrame, total: int, path: Path) -> str:
     )
 
 
-def rejects_summary(
-    id_col: str, count: int, first_ids: list[Any], reasons: dict[str, int], total: int, path: Path
-) -> str:
+def rejects_summary(id_col: str, count: int, first_ids: list, reasons: dict[str, int], total: int, path: Path) -> str:
     """:func:`rejects_line` from counts: ``count`` rejects, the first of their IDs, the rows per reason."""
     ids = ", ".join(str(v) for v in first_ids[:SHOWN_IDS])
     more = f" and {count - SHOWN_IDS} more" if count > SHOWN_IDS else ""

@@ -1,12 +1,12 @@
-"""``preprocess.dask``, the Dask engine's knobs (params.yaml documents them), and its other checks of the
-``preprocess`` section: read with ``engine: dask`` only, as one-line errors naming the parameter."""
+"""The Dask engine's checks of ``preprocess.dask`` (declared once, with its defaults, by config.DaskSection) and of
+the ``preprocess`` section: read with ``engine: dask`` only, as one-line errors naming the parameter."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from dask.utils import parse_bytes
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import field_validator
 
 from segmentation.config import PARAMS_FILE, DaskSection, PreprocessParams, parse_section
 from segmentation.errors import UserError
@@ -28,12 +28,17 @@ def byte_size(value: Any) -> Any:
 class DaskParams(DaskSection):
     """``preprocess.dask``, checked."""
 
-    blocksize: Annotated[str | int, AfterValidator(byte_size)] = "64MiB"
-    n_workers: int | None = Field(default=None, ge=1)
-    threads_per_worker: int = Field(default=1, ge=1)
-    memory_limit: Annotated[str | int, AfterValidator(lambda v: v if v == "auto" else byte_size(v))] = "auto"
-    connect_timeout: float = Field(default=30, gt=0)
-    tables: str | None = None
+    @field_validator("blocksize", "memory_limit")
+    @classmethod
+    def _byte_size(cls, value: Any, info: Any) -> Any:
+        return value if info.field_name == "memory_limit" and value == "auto" else byte_size(value)
+
+    @field_validator("n_workers", "threads_per_worker", "connect_timeout")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("Input should be greater than 0")
+        return value
 
     @field_validator("tables")
     @classmethod
