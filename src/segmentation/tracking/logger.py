@@ -17,6 +17,7 @@ from segmentation.errors import UserError
 from segmentation.files import StageOutputs, plain
 from segmentation.tracking.delivery import PENDING_TAG, deliver_or_keep, remote_key
 from segmentation.tracking.lineage import LOCK_FILE, Lineage, git_commit, pipeline_run_id, upstream_lineage
+from segmentation.tracking.registry import SEGMENTER, register_run
 from segmentation.tracking.settings import TrackingSettings, project_root, redact_uri
 from segmentation.tracking.store import (
     MlflowClientFor,
@@ -172,6 +173,8 @@ class DualLogger:
             with local_store_lock(self.root), quiet_mlflow():
                 local = MlflowClientFor(s.local_uri)
                 self.run_id = record_run(local, s, run, self.root)
+                if SEGMENTER in run.artifact_dirs:  # train: a new version of the project's model
+                    register_run(local, self.run_id, self.root)
                 if s.is_remote:  # pending until delivered: a stage stopped while delivering leaves it for sync
                     local.set_tag(self.run_id, f"{PENDING_TAG}_{remote_key(s.tracking_uri)}", s.display_uri)
                 self._replayed = replay_pending(local, s, self.root)
