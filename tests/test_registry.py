@@ -88,9 +88,11 @@ def test_champion_is_served_where_the_project_package_is_not_importable(trained_
     root, _ = trained_project
     name = model_name(root)
     champion = client_for(root).get_model_version_by_alias(name, CHAMPION)
-    required = client_for(root).download_artifacts(champion.run_id, "segmenter/requirements.txt", str(tmp_path))
-    names = {line.split("==")[0] for line in Path(required).read_text().split()}
+    model = Path(client_for(root).download_artifacts(champion.run_id, "segmenter", str(tmp_path)))
+    names = {line.split("==")[0] for line in (model / "requirements.txt").read_text().split()}
     assert {"pydantic", "pyyaml", "scikit-learn", "cloudpickle"} <= names
+    example = (model / "serving_input_example.json").read_bytes()  # the first complete rows of the training data
+    assert len(json.loads(example)["dataframe_split"]["data"]) == 3
 
     # The editable install is a path in a .pth file: a sitecustomize takes it out of sys.path again.
     site, outside = tmp_path / "site", tmp_path / "elsewhere"
@@ -112,7 +114,9 @@ def test_champion_is_served_where_the_project_package_is_not_importable(trained_
 
     raw = pd.read_csv(root / "new_customers.csv", sep="\t")
     rows = raw.dropna().head(20)  # raw rows, every column of the file (ID included)
-    expected = joblib.load(root / P["segmenter"]).predict(rows).tolist()
+    segmenter = joblib.load(root / P["segmenter"])
+    expected = segmenter.predict(rows).tolist()
+    example_expected = segmenter.predict(pd.DataFrame(**json.loads(example)["dataframe_split"])).tolist()
     body = json.dumps({"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}).encode()
     port = free_port()
     cmd = [
@@ -126,5 +130,9 @@ def test_champion_is_served_where_the_project_package_is_not_importable(trained_
         request = Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
         with urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())
+        request = Request(f"{url}/invocations", data=example, headers={"Content-Type": "application/json"})
+        with urlopen(request, timeout=60) as response:
+            example_answer = json.loads(response.read())
     assert answer["predictions"] == expected
+    assert example_answer["predictions"] == example_expected
     assert proc.returncode is not None  # stopped

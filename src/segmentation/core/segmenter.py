@@ -107,20 +107,17 @@ def input_schema(segmenter: Any):
 
 
 def example_rows(segmenter: Any, data: DataParams, n: int = 3) -> pd.DataFrame | None:
-    """The MLflow model's input example: the first ``n`` complete rows among the first 100 of a local raw CSV, its
-    raw columns only, typed as :func:`input_schema` says; None when there are none or the segmenter rejects them."""
+    """The MLflow model's input example: the first ``n`` complete rows among the first 100 of the local raw CSV, its
+    raw columns typed as :func:`input_schema` says; None when there are none the segmenter scores."""
+    if not Path(data.path).is_file():  # a folder or a remote table (engine dask): no example
+        return None
     step: RecipeFeatures = segmenter.named_steps["features"]
-    if not Path(data.path).is_file() or data.format == "parquet" or data.path.endswith(".parquet"):
-        return None
-    head = pd.read_csv(data.path, sep=data.separator, encoding=data.encoding, nrows=100)
-    if not set(step.raw_columns()) <= set(head.columns):
-        return None
-    rows = head[step.raw_columns()].dropna().head(n).reset_index(drop=True)
-    numbers = [c for c in rows.columns if c not in _text_columns(step)]
-    try:
-        rows = rows.astype(dict.fromkeys(numbers, "float64"))
+    try:  # optional: a file it cannot read as CSV (Parquet) or rows it rejects leave the model without one
+        head = pd.read_csv(data.path, sep=data.separator, encoding=data.encoding, nrows=100)
+        rows = head[step.raw_columns()].dropna().head(n).reset_index(drop=True)
+        rows = rows.astype({c: "float64" for c in rows if c not in _text_columns(step)})
         segmenter.predict(rows)
-    except Exception:  # an example is optional: the model is saved without one
+    except Exception:
         return None
     return rows if len(rows) else None
 
