@@ -91,6 +91,7 @@ def build_segmenter(params: PreprocessParams, preprocessor: Any, model: Any):
 
 
 def _text_columns(step: RecipeFeatures) -> set[str]:
+    """The raw columns that are text: the one-hot columns and the recipe's text inputs (the others are numbers)."""
     recipe, knobs = step._recipe()
     return {*step.categorical, *(recipe.text_inputs(knobs) if recipe else [])}
 
