@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from segmentation.errors import UserError
+from segmentation.tracking.registry import SEGMENTER, register_segmenter
 from segmentation.tracking.settings import TrackingSettings, redact_uri
 
 PENDING_DIR = "mlruns-pending"
@@ -120,6 +121,14 @@ def record_run(client, settings: TrackingSettings, run: PendingRun, artifact_dir
                     client.delete_run(ghost)
         raise
     add_to_pipeline_run(client, experiment_id, parent, run)
+    if any(
+        name == SEGMENTER or (not name and Path(path, SEGMENTER).is_dir()) for name, path in run.artifact_dirs.items()
+    ):
+        try:  # train's model: a new version in the registry, the champion unless in a DVC experiment
+            register_segmenter(client, run_id, settings.model_name, champion="dvc_exp_name" not in run.tags)
+        except Exception as exc:  # the run and the stage's outputs are what matter
+            why = describe_failure(exc)
+            print(f"warning: MLflow model registry: segmenter of run {run_id} not registered: {why}", file=sys.stderr)
     return run_id
 
 
