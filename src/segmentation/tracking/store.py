@@ -135,7 +135,7 @@ def record_run(client, settings: TrackingSettings, run: PendingRun, artifact_dir
 def pipeline_run(client, experiment_id: str, run: PendingRun):
     """The parent run of ``run``'s pipeline run (its ``PIPELINE_TAG``), created by its first stage; and whether it
     is new."""
-    key = run.tags[PIPELINE_TAG]
+    key = run.tags.setdefault(PIPELINE_TAG, f"{run.start_time}-{run.stage}")  # none: kept by an older version
     for found in client.search_runs([experiment_id], f"tags.{PIPELINE_TAG} = '{key}'"):
         if PARENT_TAG not in found.data.tags:
             return found, False
