@@ -107,20 +107,22 @@ def input_schema(segmenter: Any):
     return infer_signature(pd.DataFrame(example), np.zeros(1, dtype=np.int32))
 
 
-def example_rows(segmenter: Any, data: DataParams, n: int = 3) -> pd.DataFrame | None:
-    """The MLflow model's input example: the first ``n`` complete rows among the first 100 of the local raw CSV, its
-    raw columns typed as :func:`input_schema` says; None when there are none the segmenter scores."""
+def example_rows(segmenter: Any, data: DataParams) -> pd.DataFrame | None:
+    """The MLflow model's input example: one typical row (each column's median, or its most frequent text) of the
+    complete rows among the first 100 of the local raw CSV, so that no customer's own values travel with the model;
+    typed as :func:`input_schema` says. None when there is none the segmenter scores."""
     if not Path(data.path).is_file():  # a folder or a remote table (engine dask): no example
         return None
     step: RecipeFeatures = segmenter.named_steps["features"]
-    try:  # optional: a file it cannot read as CSV (Parquet) or rows it rejects leave the model without one
+    text = _text_columns(step)
+    try:  # optional: a file it cannot read as CSV (Parquet) or a row it rejects leave the model without one
         head = pd.read_csv(data.path, sep=data.separator, encoding=data.encoding, nrows=100)
-        rows = head[step.raw_columns()].dropna().head(n).reset_index(drop=True)
-        rows = rows.astype({c: "float64" for c in rows if c not in _text_columns(step)})
-        segmenter.predict(rows)
+        rows = head[step.raw_columns()].dropna()
+        row = pd.DataFrame({c: [rows[c].mode()[0] if c in text else float(rows[c].median())] for c in rows})
+        segmenter.predict(row)
     except Exception:
         return None
-    return rows if len(rows) else None
+    return row
 
 
 def requirements(package: str = "segmentation") -> list[str]:
