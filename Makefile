@@ -103,7 +103,8 @@ plots: ## Render the DVC plots to dvc_plots/index.html
 # Without MLflow's job runner (10 processes, ~2.3 GiB) and with one worker (the default 4: 7 processes, ~1.3 GiB,
 # up in ~14 s): 2 processes, ~0.5 GiB, up in ~7 s.
 # tests/test_ui.py runs this target and loads the experiment and run pages (endpoints and headless Chromium).
-ui: ## Open the MLflow UI over the local store on http://127.0.0.1:5000 (PORT=...)
+ui: ## Open the MLflow UI over the local store on http://127.0.0.1:5000 (PORT=...): pipeline runs, stages, models
+	@echo "MLflow UI (model training): http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT) --workers 1
 
 check-deps: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Check that the installed packages' requirements agree (uv pip check on .venv)

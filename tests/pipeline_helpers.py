@@ -69,6 +69,11 @@ def paths(root: Path = REPO) -> dict[str, str]:
     return declared(root)
 
 
+def stage_runs(client, experiment_ids: list[str], **kwargs) -> list:
+    """The stages' MLflow runs in ``experiment_ids``, without the pipeline runs that are their parents."""
+    return [r for r in client.search_runs(experiment_ids, **kwargs) if "stage" in r.data.tags]
+
+
 def project_env(tmp: Path, **extra: str) -> dict[str, str]:
     """Environment for DVC/stage subprocesses: the project's venv first, no telemetry, nothing global."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DAGSHUB_", "AWS_", "SEGMENTATION_"))}

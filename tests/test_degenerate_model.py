@@ -21,7 +21,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
 from pipeline_helpers import run_stage_cli as stage
-from pipeline_helpers import the_error
+from pipeline_helpers import stage_runs, the_error
 from segmentation import algorithms
 from segmentation.config import EvaluateParams, TrainParams, parse_section
 from segmentation.core.plotting import FONT
@@ -93,7 +93,7 @@ def test_train_prints_progress_per_k_and_keeps_a_small_cluster_warning(tmp_path)
     assert metrics["k_best"] == 3
     assert (metrics["clusters_below_min_size"], metrics["smallest_cluster_size"]) == (1, 20)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (run,) = stage_runs(client, [e.experiment_id for e in client.search_experiments()])
     assert run.data.tags["warning_small_clusters"] == f"{warning} train.k_max"
     assert run.data.metrics["clusters_below_min_size"] == 1
 

@@ -23,7 +23,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO
+from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO, stage_runs
 from segmentation import algorithms, pipeline, recipes
 from segmentation.algorithms import Algorithm, AlgorithmParams
 from segmentation.errors import UserError
@@ -91,7 +91,7 @@ def test_an_algorithm_is_one_registry_entry_and_its_params_section(project, monk
     assert trained["search_rows"] == 400 and evaluated["n_clusters"] == trained["k_best"] == model.n_clusters
     assert "BIRCH" in (project / paths["report"]).read_text()  # the registry's label
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    runs = stage_runs(client, [client.get_experiment_by_name(EXPERIMENT).experiment_id])
     train_run = next(r for r in runs if r.info.run_name == "train")
     assert train_run.data.params["train.birch.threshold"] == "0.3"  # its section, logged like the others
 
@@ -313,7 +313,7 @@ def test_a_stage_is_its_module_its_dvc_yaml_entry_and_its_params_section(project
     assert (project / "reports" / "summary.txt").read_text() == "4 segments, silhouette 0.31\n"
     assert capsys.readouterr().out.endswith("summary: 4 segments, silhouette 0.31\n")
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    (run,) = stage_runs(client, [client.get_experiment_by_name(EXPERIMENT).experiment_id])
     assert run.info.run_name == "summary" and run.data.params["summary.decimals"] == "2"
 
     from segmentation.config import load_section

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline_helpers import copy_project, outputs, paths, project_env, run, stages, use_fixture_data
+from pipeline_helpers import copy_project, outputs, paths, project_env, run, stage_runs, stages, use_fixture_data
 
 pytestmark = pytest.mark.pipeline
 
@@ -265,7 +265,7 @@ def test_ctrl_c_prints_one_line_and_changes_nothing(project):
 def mlflow_runs(root: Path, stage: str | None = None):
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    runs = stage_runs(client, [experiment.experiment_id], order_by=["attributes.start_time ASC"])
     return client, [r for r in runs if stage is None or r.info.run_name == stage]
 
 
@@ -280,23 +280,25 @@ def test_a_deleted_experiment_is_restored(project):
     assert len(after) == len(runs) + 1
 
 
-@pytest.mark.parametrize("fault", ["corrupt", "read-only", "unknown scheme"])
+@pytest.mark.parametrize("fault", ["corrupt", "read-only", "artifacts read-only"])
 def test_a_broken_store_warns_keeps_the_run_and_sync_records_it_later(project, fault):
     root, env = project
     store = root / "mlflow.db"
     good_store = store.read_bytes()
-    _, runs_before = mlflow_runs(root, "evaluate")
-    extra = {}
+    client, runs_before = mlflow_runs(root, "evaluate")
+    every_run = {r.info.run_id for r in client.search_runs([runs_before[0].info.experiment_id])}
+    locked = store if fault == "read-only" else root / "mlruns"
     if fault == "corrupt":
         store.write_bytes(b"this is not a database " * 100)
-    elif fault == "read-only":
-        run(["chattr", "+i", str(store)], root, env)
     else:
-        extra = {"MLFLOW_TRACKING_URI": "foo://nowhere"}
+        run(["chattr", "+i", str(locked)], root, env)
     try:
-        proc = run(["dvc", "repro", "--force", "--single-item", "evaluate"], root, {**env, **extra})
+        proc = run(["dvc", "repro", "--force", "--single-item", "evaluate"], root, env)
     finally:
-        subprocess.run(["chattr", "-i", str(store)], check=False)
+        subprocess.run(["chattr", "-i", str(locked)], check=False)
+    if fault == "artifacts read-only":  # the store took the run, its artifacts failed: no run left RUNNING there
+        after = client.search_runs([runs_before[0].info.experiment_id])
+        assert {r.info.run_id for r in after} == every_run, "a failed record left a run in the store"
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "the run is kept in mlruns-pending/" in warnings[0] and "`make sync`" in warnings[0]
@@ -318,6 +320,28 @@ def test_a_broken_store_warns_keeps_the_run_and_sync_records_it_later(project, f
     assert "cluster_profile.csv" in {a.path for a in client.list_artifacts(new.info.run_id)}
 
 
+@pytest.mark.parametrize("where", ["env", "pyproject"])
+def test_an_unusable_tracking_uri_is_one_line_before_the_work(project, where):
+    root, env = project
+    pyproject = (root / "pyproject.toml").read_text()
+    if where == "env":
+        env = {**env, "MLFLOW_TRACKING_URI": "nonsense://x"}
+    else:
+        (root / "pyproject.toml").write_text(
+            pyproject.replace("[tool.segmentation]", '[tool.segmentation]\ntracking_uri = "nonsense://x"')
+        )
+    try:
+        failed = run(["dvc", "repro", "--force", "--single-item", "evaluate"], root, env, check=False)
+    finally:
+        (root / "pyproject.toml").write_text(pyproject)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    (line,) = error_lines(failed)
+    name = "MLFLOW_TRACKING_URI" if where == "env" else "[tool.segmentation] tracking_uri"
+    assert line.startswith(f"error: {name}='nonsense://x': not a tracking URI MLflow can use; give http(s)://"), line
+    restore(root, env)
+    assert json.loads(run(["dvc", "status", "--json", "dvc.yaml"], root, env).stdout) == {}
+
+
 def test_a_copied_project_keeps_its_artifacts_inside_itself(project, tmp_path):
     root, env = project
     copy = tmp_path / "copy"
@@ -330,7 +354,7 @@ def test_a_copied_project_keeps_its_artifacts_inside_itself(project, tmp_path):
     assert experiment.artifact_location == (copy / "mlruns").as_uri()
     runs = client.search_runs([experiment.experiment_id])
     assert all(r.info.artifact_uri.startswith((copy / "mlruns").as_uri()) for r in runs)
-    newest = max(runs, key=lambda r: r.info.start_time)
+    newest = max(stage_runs(client, [experiment.experiment_id]), key=lambda r: r.info.start_time)
     assert (copy / "mlruns" / newest.info.run_id / "artifacts" / "profile.png").is_file()
     assert not (root / "mlruns" / newest.info.run_id).exists()
 

@@ -19,6 +19,7 @@ from pipeline_helpers import (
     project_env,
     run,
     stage_names,
+    stage_runs,
     use_fixture_data,
 )
 from segmentation.tracking.lineage import file_md5
@@ -55,7 +56,12 @@ def mlflow_runs(root: Path):
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     # The project's experiment name: its own in a project generated from the template.
     exp = client.get_experiment_by_name(TrackingSettings.resolve(root, environ={}).experiment_name)
-    return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    return client, stage_runs(client, [exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def pipeline_runs(client, runs: list) -> list:
+    """The pipeline runs (the parents) of the experiment of ``runs``."""
+    return [r for r in client.search_runs([runs[0].info.experiment_id]) if "stage" not in r.data.tags]
 
 
 def git_status(root: Path, env) -> str:
@@ -141,6 +147,23 @@ def test_one_mlflow_run_per_stage_with_its_lineage(project):
     # The run holds the very page the pipeline committed (issue 10 §1).
     logged_page = Path(client.download_artifacts(evaluate.info.run_id, report, str(root.parent)))
     assert logged_page.read_bytes() == (root / P["report"]).read_bytes()
+    # One pipeline run: the parent of the three (MLflow's runs list nests them), named after the commit it ran on,
+    # with every stage's params and the key metrics (issue 19).
+    parents = pipeline_runs(client, runs)
+    assert [p.info.run_name for p in parents] == [commit[:7]]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
+    assert set(evaluate.data.params) <= set(parents[0].data.params)
+    assert parents[0].data.metrics["k_best"] == k_best
+    assert {"silhouette", "size_cluster_0", "rows_out"} <= set(parents[0].data.metrics)
+    # The tables each stage read are its MLflow datasets, with DVC's md5.
+    assert [(d.dataset.name, d.dataset.digest) for d in pre.inputs.dataset_inputs] == [
+        ("marketing_sample.csv", sample_md5)
+    ]
+    matrix_md5 = file_md5(root / P["matrix"])
+    assert [(d.dataset.source, d.dataset.digest) for d in train.inputs.dataset_inputs] == [(P["matrix"], matrix_md5)]
+    assert {d.dataset.source for d in evaluate.inputs.dataset_inputs} == {
+        P[n] for n in ("matrix", "features", "elbow_scores")
+    }
 
 
 def test_dagshub_logger_files_of_every_stage(project):
@@ -249,7 +272,7 @@ def test_experiment_with_a_param_override_is_tracked(project):
     run(["dvc", "exp", "run", "-S", "train.k_max=3", "-n", "kmax3"], root, env)
     table = run(["dvc", "exp", "show", "--json"], root, env).stdout
     assert "kmax3" in table
-    _, after = mlflow_runs(root)
+    client, after = mlflow_runs(root)
     new = after[len(before) :]
     assert [r.info.run_name for r in new] == ["train", "evaluate"]
     assert new[0].data.params["train.k_max"] == "3"  # below the base k_best (4): a new model
@@ -257,6 +280,16 @@ def test_experiment_with_a_param_override_is_tracked(project):
     assert {r.data.tags["dvc_exp_name"] for r in new} == {"kmax3"}
     assert len({r.data.tags["pipeline_run_id"] for r in new}) == 1
     assert new[0].data.tags["pipeline_run_id"] != before[0].data.tags["pipeline_run_id"]
+    # Its pipeline run is named after the experiment; preprocess, which DVC skipped, is linked to the run that made
+    # its outputs.
+    (parent,) = [
+        p for p in pipeline_runs(client, new) if p.data.tags["pipeline_run_id"] == new[0].data.tags["pipeline_run_id"]
+    ]
+    assert parent.info.run_name == "kmax3"
+    assert (
+        parent.data.tags["skipped.preprocess"] == [r for r in before if r.info.run_name == "preprocess"][-1].info.run_id
+    )
+    assert "skipped.train" not in parent.data.tags
 
 
 def test_stage_cli_user_error_is_one_line_and_writes_nothing(tmp_path, repo):

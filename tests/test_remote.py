@@ -19,7 +19,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline_helpers import copy_project, paths, project_env, run, stage_names, use_fixture_data
+from pipeline_helpers import copy_project, paths, project_env, run, stage_names, stage_runs, use_fixture_data
 from segmentation.tracking.settings import TrackingSettings
 from servers import (
     dvc_http_remote,
@@ -57,7 +57,7 @@ class FakeDagsHub:
     def runs(self, monkeypatch, experiment: str):
         client = self.client(monkeypatch)
         exp = client.get_experiment_by_name(experiment)
-        return [] if exp is None else client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+        return [] if exp is None else stage_runs(client, [exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +108,15 @@ def project(tmp_path_factory, dagshub):
     return root, outputs
 
 
+def one_pipeline_run(client, runs: list):
+    """The one pipeline run (MLflow parent run) of the stages' ``runs`` on the tracker: the local store's structure."""
+    everything = client.search_runs([runs[0].info.experiment_id])
+    (parent,) = [r for r in everything if "stage" not in r.data.tags]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED" and "train.k_max" in parent.data.params
+    return parent
+
+
 def test_dagshub_command_configures_without_writing_the_token(project, dagshub):
     root, outputs = project
     config = (root / ".dvc" / "config").read_text()
@@ -142,9 +151,10 @@ def test_full_repro_logs_to_the_tracking_server(project, dagshub, monkeypatch):
     plot = Path(P["elbow_plot"])
     downloaded = Path(client.download_artifacts(train.info.run_id, plot.name, str(root.parent / "dl")))
     assert downloaded.read_bytes() == (root / plot).read_bytes()
+    assert one_pipeline_run(client, runs).data.metrics["k_best"] == train.data.metrics["k_best"]
     # The same runs are kept in the local store, marked as delivered.
     local = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    local_runs = local.search_runs([local.get_experiment_by_name(experiment).experiment_id])
+    local_runs = stage_runs(local, [local.get_experiment_by_name(experiment).experiment_id])
     assert sorted(r.info.run_id for r in local_runs) == sorted(r.data.tags["segmentation_source_run"] for r in runs)
 
 
@@ -158,7 +168,7 @@ def test_wrong_password_is_one_clear_line_and_nothing_is_lost(project, dagshub, 
     assert "Traceback" not in repro.stderr
     assert dagshub.runs(monkeypatch, "wrong-password") == []
     local = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    kept = local.search_runs([local.get_experiment_by_name("wrong-password").experiment_id])
+    kept = stage_runs(local, [local.get_experiment_by_name("wrong-password").experiment_id])
     assert sorted(r.info.run_name for r in kept) == sorted(STAGES)
     for stage in STAGES:  # the DagsHub logger files were written too
         assert (root / P["dagshub"] / stage / "metrics.csv").stat().st_size > 30
@@ -171,6 +181,7 @@ def test_wrong_password_is_one_clear_line_and_nothing_is_lost(project, dagshub, 
     delivered = dagshub.runs(monkeypatch, "wrong-password")
     assert sorted(r.data.tags["segmentation_source_run"] for r in delivered) == sorted(r.info.run_id for r in kept)
     assert all(r.info.status == "FINISHED" and r.data.metrics for r in delivered)
+    one_pipeline_run(dagshub.client(monkeypatch), delivered)  # delivered later, nested as if at once
 
 
 @pytest.mark.parametrize("failure", ["dead", "hanging", "errors"])
@@ -214,6 +225,7 @@ def test_unreachable_tracker_is_bounded_and_sync_delivers_once(project, dagshub,
     delivered = dagshub.runs(monkeypatch, experiment)
     assert sorted(r.info.run_name for r in delivered) == sorted(STAGES)
     assert len({r.data.tags["segmentation_source_run"] for r in delivered}) == 3
+    one_pipeline_run(dagshub.client(monkeypatch), delivered)
 
 
 def test_push_and_pull_over_http_with_basic_auth(project, dagshub, tmp_path):

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
-from pipeline_helpers import FIXTURE_PARAMS, HELD_BACK, REPO, held_back_ids, paths, run, stages
+from pipeline_helpers import FIXTURE_PARAMS, HELD_BACK, REPO, held_back_ids, paths, run, stage_runs, stages
 from segmentation.config import load_section
 from segmentation.core.search import train
 from segmentation.core.segmenter import RecipeFeatures, build_segmenter
@@ -538,7 +538,7 @@ def test_a_kept_run_keeps_its_model_directory(tmp_path):
     client = MlflowClientFor(settings.local_uri)
     assert replay_pending(client, settings, tmp_path) == 1
     assert not (tmp_path / PENDING_DIR).exists()
-    (run,) = client.search_runs([client.get_experiment_by_name(settings.experiment_name).experiment_id])
+    (run,) = stage_runs(client, [client.get_experiment_by_name(settings.experiment_name).experiment_id])
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"plot.png", "segmenter"}
     assert {a.path for a in client.list_artifacts(run.info.run_id, "segmenter")} == {
         "segmenter/MLmodel",

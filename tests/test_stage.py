@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline_helpers import stage_runs
 from segmentation.errors import UserError
 from segmentation.stages.runner import Outcome, cli
 
@@ -44,7 +45,7 @@ def test_a_stage_is_a_work_function_plus_the_runner(project, capsys):
     assert (project / "out" / "dagshub" / "metrics.csv").is_file()
     assert capsys.readouterr().out.endswith("evaluate: 3 rows\n")
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("toy").experiment_id])
+    (run,) = stage_runs(client, [client.get_experiment_by_name("toy").experiment_id])
     assert run.info.run_name == "evaluate" and run.data.metrics == {"rows": 3.0}
 
 

@@ -63,8 +63,13 @@ def test_make_sweep_runs_one_experiment_per_value_two_at_a_time(tmp_path):
         assert logged["train.k_max"] == k_max[name], name
         assert all(not m.get("error") for m in data["metrics"].values()), name
     assert sorted(k_max.values()) == [8, 9]
-    # One MLflow run per stage of each experiment, all in the store, tagged with their experiment.
-    new = [r for r in mlflow_runs(root) if r.info.run_id not in before]
+    # One MLflow pipeline run per experiment, named after it, the parent of one run per stage (issue 19).
+    everything = [r for r in mlflow_runs(root) if r.info.run_id not in before]
+    new = [r for r in everything if "stage" in r.data.tags]
+    parents = {r.info.run_id: r.info.run_name for r in everything if "stage" not in r.data.tags}
+    assert sorted(parents.values()) == sorted(found)
+    children = Counter(parents[r.data.tags["mlflow.parentRunId"]] for r in new)
+    assert children == Counter(dict.fromkeys(found, 3))
     assert Counter(r.info.run_name for r in new) == Counter(stage_names(root) * 2)
     assert all(r.info.status == "FINISHED" for r in new)
     assert Counter(r.data.tags.get("dvc_exp_name") for r in new) == Counter(dict.fromkeys(found, 3))

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline_helpers import BIN, DAGSHUB_SINK, REPO, copy_project, paths, project_env, run, stage_names
+from pipeline_helpers import BIN, DAGSHUB_SINK, REPO, copy_project, paths, project_env, run, stage_names, stage_runs
 from segmentation.config import load_section
 from segmentation.tracking.delivery import remote_key
 
@@ -273,7 +273,7 @@ def test_generated_project_sets_up_reproduces_and_passes_its_tests(generated):
 
     client = MlflowClient(f"sqlite:///{gen / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("acme-segments")
-    runs = client.search_runs([experiment.experiment_id])
+    runs = stage_runs(client, [experiment.experiment_id])
     assert len(runs) == 3
     # Its runs are meant for its DagsHub repo (here a closed loopback port stands in for dagshub.com: offline,
     # they stay in the local store, pending for `make sync`).

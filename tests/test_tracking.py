@@ -10,8 +10,9 @@ from mlflow.tracking import MlflowClient
 
 from pipeline_helpers import stage_names
 from segmentation.errors import UserError
+from segmentation.files import StageOutputs
 from segmentation.tracking.delivery import apply_dagshub_credentials, bound_http_requests, describe_failure
-from segmentation.tracking.lineage import Lineage, pipeline_run_id, upstream_lineage
+from segmentation.tracking.lineage import Lineage, file_md5, pipeline_run_id, upstream_lineage
 from segmentation.tracking.logger import DualLogger, plain
 from segmentation.tracking.settings import TrackingSettings, redact_uri
 
@@ -75,10 +76,11 @@ def project(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def mlflow_runs(project: Path):
+def mlflow_runs(project: Path, pipelines: bool = False):
+    """The stages' runs (with ``pipelines``: the pipeline runs, their parents), newest first."""
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("demo-exp").experiment_id])
-    return client, runs
+    return client, [r for r in runs if ("stage" in r.data.tags) != pipelines]
 
 
 def read_metrics_csv(path: Path) -> dict[str, str]:
@@ -302,3 +304,62 @@ def test_lineage_on_a_first_run_comes_from_dvc_yaml(project):
     )
     lineage = upstream_lineage("train")
     assert lineage.data_md5 == RAW_MD5 and lineage.params["preprocess.features"] == "spend,visits"
+
+
+def test_a_pipeline_run_is_the_parent_of_its_stages_runs(project, monkeypatch):
+    (project / "matrix.csv").write_text("id,x\n1,0.5\n")
+    for stage in ("train", "evaluate"):
+        with DualLogger(stage) as log:
+            log.log_params({f"{stage}.p": 1})
+            log.log_metrics({f"{stage}_m": 1.5})
+            log.log_input("matrix.csv")
+    client, (parent,) = mlflow_runs(project, pipelines=True)
+    _, children = mlflow_runs(project)
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert parent.info.run_name == "pipeline" and parent.info.status == "FINISHED"  # outside git, outside DVC
+    # Every stage's params (upstream ones from dvc.lock among them) and metrics on the parent.
+    assert {"train.p", "evaluate.p", "train.k_max", "preprocess.features"} <= set(parent.data.params)
+    assert parent.data.metrics == {"train_m": 1.5, "evaluate_m": 1.5}
+    # Each run read the table: a dataset with its md5.
+    for run in children:
+        (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
+        assert (dataset.name, dataset.digest) == ("matrix.csv", file_md5(project / "matrix.csv"))
+
+    # The next pipeline run, in an experiment, runs evaluate only: train is linked to the run that made its output.
+    monkeypatch.setenv("SEGMENTATION_PIPELINE_RUN_ID", "run-group-2")
+    monkeypatch.setenv("DVC_EXP_NAME", "kmax9")
+    (project / "dvc.yaml").write_text(
+        "stages:\n  train:\n    cmd: y\n    deps: [data/processed/matrix.csv]\n    outs: [models/clusterer.joblib]\n"
+        "  evaluate:\n    cmd: z\n    deps: [models/clusterer.joblib]\n"
+    )
+    (project / "models").mkdir()
+    (project / "models" / "clusterer.joblib").write_bytes(b"model")
+    with StageOutputs() as outputs:  # train as DVC ran it: its output's md5 is tagged
+        log = DualLogger("train")
+        outputs.write_text("models/clusterer.joblib", "model")
+        log.log_metrics({"k_best": 4})
+        log.stage_dagshub_files(outputs)
+        log.log_run(outputs)
+    lock = yaml.safe_load(LOCK)
+    lock["stages"]["train"]["outs"][0]["md5"] = file_md5(project / "models" / "clusterer.joblib")
+    (project / "dvc.lock").write_text(yaml.safe_dump(lock))
+    monkeypatch.setenv("SEGMENTATION_PIPELINE_RUN_ID", "run-group-3")
+    with DualLogger("evaluate") as log:
+        log.log_metrics({"silhouette": 0.4})
+    client, pipelines = mlflow_runs(project, pipelines=True)
+    latest = next(r for r in pipelines if r.data.tags["pipeline_run_id"] == "run-group-3")
+    assert latest.info.run_name == "kmax9"
+    made_it = next(r for r in pipelines if r.data.tags["pipeline_run_id"] == "run-group-2")
+    (train_run,) = client.search_runs(
+        [latest.info.experiment_id], f"tags.`mlflow.parentRunId` = '{made_it.info.run_id}'"
+    )
+    assert latest.data.tags["skipped.train"] == train_run.info.run_id
+    assert latest.data.metrics == {"silhouette": 0.4, "k_best": 4}  # the key metrics, the skipped stage's too
+
+
+@pytest.mark.parametrize("uri", ["nonsense://x", "s3://bucket/runs"])
+def test_an_unusable_tracking_uri_is_one_line_naming_it(tmp_path, uri):
+    with pytest.raises(UserError, match=rf"^MLFLOW_TRACKING_URI='{uri}': not a tracking URI MLflow can use; give"):
+        TrackingSettings.resolve(tmp_path, environ={"MLFLOW_TRACKING_URI": uri})
+    for usable in ("http://127.0.0.1:5000", "sqlite:///x.db", "postgresql+psycopg2://u@h/db", "./mlruns"):
+        assert TrackingSettings.resolve(tmp_path, environ={"MLFLOW_TRACKING_URI": usable}).tracking_uri == usable

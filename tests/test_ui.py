@@ -178,7 +178,10 @@ def test_experiment_page_loads_the_experiment_and_its_runs(ui, logged):
         {"experiment_ids": [exp_id], "max_results": 100, "run_view_type": "ACTIVE_ONLY"},
     )["runs"]
     by_name = {r["info"]["run_name"]: r for r in runs}
-    assert set(by_name) == set(logged.runs)
+    # One pipeline run (outside git: "pipeline"), the parent of the stages' runs.
+    assert set(by_name) == {"pipeline", *logged.runs}
+    parent = by_name.pop("pipeline")["info"]["run_id"]
+    assert all({"key": "mlflow.parentRunId", "value": parent} in r["data"]["tags"] for r in by_name.values())
     for stage, run_id in logged.runs.items():
         run = by_name[stage]
         assert (run["info"]["run_id"], run["info"]["status"]) == (run_id, "FINISHED")
@@ -186,7 +189,7 @@ def test_experiment_page_loads_the_experiment_and_its_runs(ui, logged):
         assert {m["key"]: m["value"] for m in run["data"]["metrics"]} == logged.metrics[stage]
 
     searched = graphql(ui, "SearchRuns", {"data": {"experimentIds": [exp_id]}})["runs"]
-    assert {r["info"]["runUuid"] for r in searched} == set(logged.runs.values())
+    assert {r["info"]["runUuid"] for r in searched} == {parent, *logged.runs.values()}
     assert server_errors(logged) == []
 
 
@@ -306,11 +309,13 @@ def test_run_page_renders_in_chromium(ui, logged, chromium, tmp_path):
 
 
 def test_experiment_page_renders_in_chromium(ui, logged, chromium, tmp_path):
-    page = f"{ui}/#/experiments/{experiment_id(ui)}/runs"  # its runs table (the bare URL opens a GenAI overview)
+    # The experiment in the UI's model-training view, as `make ui` links it: on its runs (not the GenAI overview).
+    assert f"{ui}/#/experiments?workflowType=machine_learning" in (logged.root / "mlflow-ui.log").read_text()
+    page = f"{ui}/#/experiments/{experiment_id(ui)}?workflowType=machine_learning"
     text = visible_text(headless(chromium, page, tmp_path / "profile", "--dump-dom"))
     for banner in ERROR_BANNERS:
         assert banner not in text, f"the experiment page shows {banner!r}: {text[:2000]}"
-    for expected in (EXPERIMENT, "preprocess", "train"):
+    for expected in (EXPERIMENT, "pipeline", "Run Name"):
         assert expected in text, f"{expected!r} is not on the experiment page: {text[:2000]}"
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "mlflow-ui-experiment-page.png"

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 
 from segmentation import recipes
-from segmentation.config import PreprocessParams
+from segmentation.config import DataParams, PreprocessParams
 from segmentation.core import data
 from segmentation.core.transform import onehot_columns
 from segmentation.files import LineLocator
@@ -89,13 +90,49 @@ def build_segmenter(params: PreprocessParams, preprocessor: Any, model: Any):
     return Pipeline([("features", features), ("preprocess", preprocessor), ("cluster", model)])
 
 
+def _text_columns(step: RecipeFeatures) -> set[str]:
+    """The raw columns that are text: the one-hot columns and the recipe's text inputs (the others are numbers)."""
+    recipe, knobs = step._recipe()
+    return {*step.categorical, *(recipe.text_inputs(knobs) if recipe else [])}
+
+
 def input_schema(segmenter: Any):
     """MLflow's input signature of the raw columns (numbers as double, text as string): declared, not inferred from
     rows (a sample without a blank Income would make it an integer column)."""
     from mlflow.models import infer_signature
 
     step: RecipeFeatures = segmenter.named_steps["features"]
-    recipe, knobs = step._recipe()
-    text = {*step.categorical, *(recipe.text_inputs(knobs) if recipe else [])}
+    text = _text_columns(step)
     example = {c: pd.Series(["x"], dtype=object) if c in text else pd.Series([1.0]) for c in step.raw_columns()}
     return infer_signature(pd.DataFrame(example), np.zeros(1, dtype=np.int32))
+
+
+def example_rows(segmenter: Any, data: DataParams) -> pd.DataFrame | None:
+    """The MLflow model's input example: one typical row (each column's median, or its most frequent text) of the
+    complete rows among the first 100 of the local raw CSV, so that no customer's own values travel with the model;
+    typed as :func:`input_schema` says. None when there is none the segmenter scores."""
+    if not Path(data.path).is_file():  # a folder or a remote table (engine dask): no example
+        return None
+    step: RecipeFeatures = segmenter.named_steps["features"]
+    text = _text_columns(step)
+    try:  # optional: a file it cannot read as CSV (Parquet) or a row it rejects leave the model without one
+        head = pd.read_csv(data.path, sep=data.separator, encoding=data.encoding, nrows=100)
+        rows = head[step.raw_columns()].dropna()
+        row = pd.DataFrame({c: [rows[c].mode()[0] if c in text else float(rows[c].median())] for c in rows})
+        segmenter.predict(row)
+    except Exception:
+        return None
+    return row
+
+
+def requirements(package: str = "segmentation") -> list[str]:
+    """The pip requirements of a model that imports ``package``: its distribution's dependencies (extras left out),
+    pinned to the installed versions, and cloudpickle (which pickled the model)."""
+    from importlib.metadata import packages_distributions, requires, version
+
+    from packaging.requirements import Requirement
+
+    wanted = [Requirement(r) for r in requires(packages_distributions()[package][0]) or []]
+    pinned = [f"{r.name}{'[' + ','.join(sorted(r.extras)) + ']' if r.extras else ''}=={version(r.name)}"
+              for r in wanted if r.marker is None or r.marker.evaluate({"extra": ""})]  # fmt: skip
+    return [*pinned, f"cloudpickle=={version('cloudpickle')}"]

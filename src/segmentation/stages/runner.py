@@ -28,12 +28,14 @@ from segmentation.tracking.logger import DualLogger
 
 
 @contextmanager
-def run(stage: str, dagshub_dir: str | Path) -> Iterator[tuple[StageOutputs, DualLogger]]:
-    """Collect a stage's outputs and its record; if the block succeeds, add the DagsHub files, log the run (MLflow
-    reads the artifacts from the staged files), deliver it to a remote tracker, then put each output in place."""
-    log = DualLogger(stage, dagshub_dir=dagshub_dir)
+def run(log: DualLogger, inputs: Collection[str] = ()) -> Iterator[StageOutputs]:
+    """Collect a stage's outputs and its record on ``log``; if the block succeeds, add the DagsHub files, log the run
+    (MLflow reads the artifacts from the staged files, its datasets are the ``inputs`` tables), deliver it to a
+    remote tracker, then put each output in place."""
     with StageOutputs() as outputs:
-        yield outputs, log
+        yield outputs
+        for path in inputs:
+            log.log_input(path)
         log.stage_dagshub_files(outputs)
         log.log_run(outputs)
         log.deliver()  # best effort, bounded; before the outputs, so that little can stop a stage after them
@@ -98,8 +100,12 @@ def cli(
 
         raw_params = read_params_file(args.params)
         params = parse_section(stage, raw_params.get(stage), args.params)
+        log = DualLogger(stage, dagshub_dir=args.dagshub_dir)  # checks where runs go before the work
         outcome = work(args, params, raw_params)
-        with run(stage, args.dagshub_dir) as (out, log):
+        inputs = [
+            getattr(args, name) for name, text in files.items() if text.startswith("input") and getattr(args, name)
+        ]
+        with run(log, inputs) as out:
             outcome.write(out, log)
         print(outcome.summary)
 

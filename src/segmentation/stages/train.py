@@ -11,31 +11,35 @@ import pandas as pd
 
 from segmentation import algorithms
 from segmentation.algorithms import NOISE
-from segmentation.config import TrainParams, flatten, parse_section
+from segmentation.config import DataParams, TrainParams, flatten, load_section, parse_section
 from segmentation.core.plotting import FIGURE_DPI
 from segmentation.core.search import ElbowResult, elbow_search, fit_final, small_cluster_warning, small_sizes
-from segmentation.core.segmenter import build_segmenter, input_schema
+from segmentation.core.segmenter import build_segmenter, example_rows, input_schema, requirements
 from segmentation.engines import LOCAL, engine_module
 from segmentation.errors import UserError
 from segmentation.files import load_model, read_matrix
 from segmentation.stages.runner import Outcome, cli
+from segmentation.tracking.registry import SEGMENTER
 
-MLFLOW_MODEL_NAME = "segmenter"  # the train run's MLflow model: runs:/<run id>/segmenter
+MLFLOW_MODEL_NAME = SEGMENTER  # the train run's MLflow model: runs:/<run id>/segmenter
 
 
-def save_mlflow_model(segmenter, folder: str) -> str:
-    """Write ``segmenter`` as an MLflow model into ``folder``/segmenter (logged to the run, never a DVC output: its
-    MLmodel holds a time and a UUID). Requirements given: inferring them loads the model in a subprocess."""
-    from importlib.metadata import version
+def save_mlflow_model(segmenter, folder: str, data: DataParams | None = None) -> str:
+    """Write ``segmenter`` as a self-contained MLflow model into ``folder``/segmenter (logged to the run, never a DVC
+    output: its MLmodel holds a time and a UUID): the package's code travels in it, its requirements are declared
+    (inferring them loads the model in a subprocess), its input example is a few rows of ``data``."""
+    from pathlib import Path
 
     import mlflow.sklearn
 
+    import segmentation
     from segmentation.tracking.store import MLFLOW_SERIALIZATION, quiet_mlflow
 
     path = f"{folder}/{MLFLOW_MODEL_NAME}"
-    requirements = [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "pandas", "numpy", "cloudpickle")]
+    example = example_rows(segmenter, data) if data is not None else None
     with quiet_mlflow():  # its notes on pickle safety and pip's version are not the user's concern here
-        mlflow.sklearn.save_model(segmenter, path, signature=input_schema(segmenter), pip_requirements=requirements,
+        mlflow.sklearn.save_model(segmenter, path, signature=input_schema(segmenter), input_example=example,
+                                  pip_requirements=requirements(), code_paths=[str(Path(segmentation.__file__).parent)],
                                   serialization_format=MLFLOW_SERIALIZATION)  # fmt: skip
     return path
 
@@ -95,7 +99,8 @@ def outcome(args, params: TrainParams, elbow: ElbowResult, model: Any, record: d
         for path in (args.model, args.elbow_plot, args.elbow_scores):
             log.log_artifact(path)
         if segmenter is not None:
-            log.log_artifact_dir(save_mlflow_model(segmenter, str(out.scratch("segmenter-"))), MLFLOW_MODEL_NAME)
+            data = load_section("preprocess", args.params).data  # the input example: a few of its raw rows
+            log.log_artifact_dir(save_mlflow_model(segmenter, str(out.scratch("segmenter-")), data), MLFLOW_MODEL_NAME)
 
     return Outcome(write, f"train: k_best = {elbow.k_best} ({elbow.rule}), {elbow.metric} = {elbow.score_best:.4g}")
 

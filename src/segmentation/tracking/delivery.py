@@ -11,11 +11,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segmentation.tracking.settings import TrackingSettings, project_config, redact_uri
-from segmentation.tracking.store import describe_failure, ensure_experiment, log_batches
+from segmentation.tracking.store import (
+    OUTPUTS_TAG,
+    PARENT_TAG,
+    SKIPPED_PREFIX,
+    PendingRun,
+    describe_failure,
+    ensure_experiment,
+    record_run,
+)
 
 PENDING_TAG = "segmentation_pending"  # + "_<key>": value = the remote URI (redacted) still to receive the run
 DELIVERED_TAG = "segmentation_delivered"  # + "_<key>": value = the run's ID on that remote
 SOURCE_TAG = "segmentation_source_run"  # on the remote run: the local run's ID (what makes delivery idempotent)
+# Tags that stay in the local store: delivery marks, and what MLflow sets itself on the copy.
+LOCAL_ONLY = (PENDING_TAG, DELIVERED_TAG, "mlflow.runName", PARENT_TAG)
 ENV_TIMEOUT = "SEGMENTATION_TRACKING_TIMEOUT"
 DEFAULT_TIMEOUT_S = 5
 
@@ -68,8 +78,9 @@ def deliver_or_keep(local, run_id: str, settings: TrackingSettings, root: Path) 
 
 
 def deliver_run(local, run_id: str, remote, settings: TrackingSettings) -> str:
-    """Copy local run ``run_id`` (params, metrics with history, tags, artifacts) to ``remote`` exactly once (it is
-    tagged with the local ID; one left unfinished by an interrupted delivery is sent again). Returns its remote ID."""
+    """Copy local run ``run_id`` (params, metrics, tags, datasets, artifacts) under its pipeline run on ``remote``,
+    exactly once (it is tagged with the local ID; one left unfinished by an interrupted delivery is sent again).
+    Returns its remote ID."""
     from mlflow.utils.file_utils import local_file_uri_to_path
 
     key = remote_key(settings.tracking_uri)
@@ -81,21 +92,28 @@ def deliver_run(local, run_id: str, remote, settings: TrackingSettings) -> str:
             return previous.info.run_id
         remote.delete_run(previous.info.run_id)
 
-    tags = {
-        k: v
-        for k, v in run.data.tags.items()
-        if not k.startswith((PENDING_TAG, DELIVERED_TAG)) and k != "mlflow.runName"
-    }
-    new = remote.create_run(
-        experiment_id, start_time=run.info.start_time, tags={**tags, SOURCE_TAG: run_id}, run_name=run.info.run_name
-    )
-    new_id = new.info.run_id
-    metrics = [m for key_ in run.data.metrics for m in local.get_metric_history(run_id, key_)]
-    log_batches(remote, new_id, run.data.params, metrics)
+    tags = run.data.tags
+    parent = local.get_run(tags[PARENT_TAG]) if PARENT_TAG in tags else None  # None: recorded before nesting
+    # The stages DVC skipped, linked on the remote as locally: by the outputs of the run that made them.
+    links = {k.removeprefix(SKIPPED_PREFIX): v for k, v in (parent.data.tags if parent else {}).items()
+             if k.startswith(SKIPPED_PREFIX)}  # fmt: skip
     artifact_dir = Path(local_file_uri_to_path(run.info.artifact_uri))  # the local store's are files
-    if artifact_dir.is_dir() and any(artifact_dir.iterdir()):
-        remote.log_artifacts(new_id, str(artifact_dir))
-    remote.set_terminated(new_id, run.info.status, end_time=run.info.end_time)
+    record = PendingRun(
+        stage=run.info.run_name,
+        params=run.data.params,
+        metrics=run.data.metrics,
+        tags={k: v for k, v in tags.items() if not k.startswith(LOCAL_ONLY)} | {SOURCE_TAG: run_id},
+        artifacts=[],
+        start_time=run.info.start_time,
+        end_time=run.info.end_time,
+        artifact_dirs={"": str(artifact_dir)} if artifact_dir.is_dir() and any(artifact_dir.iterdir()) else {},
+        inputs=[{k: getattr(d.dataset, k) for k in ("name", "digest", "source")} for d in run.inputs.dataset_inputs],
+        parent_name=parent.info.run_name if parent else "pipeline",
+        upstream={
+            stage: local.get_run(other).data.tags.get(OUTPUTS_TAG, " ").split(" ")[0] for stage, other in links.items()
+        },
+    )
+    new_id = record_run(remote, settings, record)
     _mark_delivered(local, run, key, new_id)
     return new_id
 
@@ -142,7 +160,7 @@ def sync(settings: TrackingSettings, root: Path, include_all: bool = False) -> S
     )
     remote = MlflowClient(tracking_uri=settings.tracking_uri)
     for run in runs:
-        if f"{DELIVERED_TAG}_{key}" in run.data.tags or run.info.status != "FINISHED":
+        if f"{DELIVERED_TAG}_{key}" in run.data.tags or run.info.status != "FINISHED" or "stage" not in run.data.tags:
             continue
         report.considered += 1
         try:

@@ -20,6 +20,7 @@ from segmentation.pipeline import PARAMS_FILE
 LOCK_FILE = "dvc.lock"
 DATA_PATH_PARAM = "preprocess.data.path"  # the raw data file, whose md5 every run is tagged with
 ENV_PIPELINE_RUN = "SEGMENTATION_PIPELINE_RUN_ID"
+ENV_EXP_NAME = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
 
 
 def git_commit(root: Path) -> str | None:
@@ -31,6 +32,20 @@ def git_commit(root: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def pipeline_run_name(root: Path) -> str:
+    """What a pipeline run is called in MLflow: its DVC experiment, else the commit (``-dirty`` when a tracked file
+    other than dvc.lock and the pipeline's ``outputs`` differs from it), else "pipeline"."""
+    if os.environ.get(ENV_EXP_NAME):
+        return os.environ[ENV_EXP_NAME]
+    commit = git_commit(root)
+    if not commit:
+        return "pipeline"
+    outputs = pipeline_graph(root / "dvc.yaml")[1]
+    spec = ["--", ".", ":(exclude)dvc.lock", *(f":(exclude){path}" for path in outputs)]
+    changed = subprocess.run(["git", "status", "--porcelain", "-uno", *spec], cwd=root, capture_output=True, text=True)
+    return commit[:7] + ("-dirty" if changed.stdout.strip() else "")
 
 
 def file_md5(path: str | Path) -> str:
@@ -46,6 +61,8 @@ class Lineage:
     params: dict[str, Any] = field(default_factory=dict)  # flat, with section prefixes: {"train.k_max": 10}
     data_path: str | None = None
     data_md5: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)  # upstream stage -> md5 of its smallest cached output
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # their outputs: path -> entry (md5, size)
 
 
 def _flat_section(key: str, value: Any) -> dict[str, Any]:
@@ -71,7 +88,7 @@ def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
         stages = pipeline.load_yaml(lock_path.read_text(encoding="utf-8"))["stages"]
     except (OSError, yaml.YAMLError, TypeError, KeyError):
         return Lineage()
-    deps_of, producer = _pipeline_graph(lock_path.with_name("dvc.yaml"))
+    deps_of, producer, cached = pipeline_graph(lock_path.with_name("dvc.yaml"))
     for name, entry in stages.items():
         deps_of.setdefault(name, set()).update(d["path"] for d in entry.get("deps") or [])
         producer.update({out["path"]: name for out in entry.get("outs") or []})
@@ -85,31 +102,43 @@ def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
                 todo.append(name)
     params: dict[str, Any] = {}
     deps: dict[str, str] = {}
+    outputs: dict[str, str] = {}
+    files: dict[str, dict[str, Any]] = {}
     for name in upstream:
         entry = stages.get(name) or {}
         deps.update({d["path"]: d.get("md5") for d in entry.get("deps") or []})
         for key, value in ((entry.get("params") or {}).get(PARAMS_FILE) or {}).items():
             params.update(_flat_section(key, value))
+        files.update({out["path"]: out for out in entry.get("outs") or []})
+        outs = [out for out in entry.get("outs") or [] if out["path"] in cached.get(name, ()) and "md5" in out]
+        if outs:
+            outputs[name] = min(outs, key=lambda out: out.get("size", 0))["md5"]
     data_path = params.get(DATA_PATH_PARAM)
-    return Lineage(params, data_path, deps.get(data_path) if data_path else None)
+    return Lineage(params, data_path, deps.get(data_path) if data_path else None, outputs, files)
 
 
-def _pipeline_graph(dvc_yaml: Path) -> tuple[dict[str, set[str]], dict[str, str]]:
-    """(stage -> its dependency paths, output path -> its stage) as ``dvc.yaml`` declares them."""
+def pipeline_graph(dvc_yaml: Path) -> tuple[dict[str, set[str]], dict[str, str], dict[str, list[str]]]:
+    """(stage -> its dependency paths, output path -> its stage, stage -> its cached outputs) as ``dvc.yaml``
+    declares them."""
     try:
         stages = pipeline.stages(dvc_yaml.parent)
     except UserError:
-        return {}, {}
+        return {}, {}, {}
     deps_of: dict[str, set[str]] = {}
     producer: dict[str, str] = {}
+    cached: dict[str, list[str]] = {}
     for name, stage in stages.items():
         deps_of[name] = {d for d in stage.get("deps") or [] if isinstance(d, str)}
+        cached[name] = [out if isinstance(out, str) else next(iter(out)) for out in stage.get("outs") or []]
         for kind in ("outs", "metrics", "plots"):
             for out in stage.get(kind) or []:
                 path = out if isinstance(out, str) else next(iter(out), None) if isinstance(out, dict) else None
                 if path:
                     producer[path] = name
-    return deps_of, producer
+    return deps_of, producer, cached
+
+
+_pipeline_graph = pipeline_graph  # the name evaluate imports
 
 
 def dvc_process():

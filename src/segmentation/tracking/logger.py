@@ -16,9 +16,21 @@ import psutil
 from segmentation.errors import UserError
 from segmentation.files import StageOutputs, plain
 from segmentation.tracking.delivery import PENDING_TAG, deliver_or_keep, remote_key
-from segmentation.tracking.lineage import LOCK_FILE, Lineage, git_commit, pipeline_run_id, upstream_lineage
+from segmentation.tracking.lineage import (
+    ENV_EXP_NAME,
+    LOCK_FILE,
+    Lineage,
+    file_md5,
+    git_commit,
+    pipeline_graph,
+    pipeline_run_id,
+    pipeline_run_name,
+    upstream_lineage,
+)
 from segmentation.tracking.settings import TrackingSettings, project_root, redact_uri
 from segmentation.tracking.store import (
+    OUTPUTS_TAG,
+    PIPELINE_TAG,
     MlflowClientFor,
     PendingRun,
     describe_failure,
@@ -29,7 +41,8 @@ from segmentation.tracking.store import (
 )
 
 DAGSHUB_DIR = Path("metrics") / "dagshub"
-ENV_EXP_NAME = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
+TABLES = (".csv", ".tsv", ".txt", ".parquet")  # the inputs logged as MLflow datasets
+HASHED_MAX_BYTES = 64 << 20  # outputs up to this size are identified by md5 (a later pipeline run links to them)
 ENV_SOURCE_DATE = "SOURCE_DATE_EPOCH"  # reproducible-builds convention: a fixed time for files that record one
 
 
@@ -58,6 +71,7 @@ class DualLogger:
         # What the stage logs, kept in memory until it has succeeded. Its duration is the process's, imports included.
         self.record = PendingRun(stage, {}, {}, {}, [], int(psutil.Process().create_time() * 1000), 0)
         self.data: tuple[str, str] | None = None  # the raw data the stage read itself (preprocess), and its md5
+        self.inputs: list[str] = []
         self.dagshub_dir = Path(dagshub_dir) if dagshub_dir is not None else DAGSHUB_DIR / stage
         # Relative to the working directory: a `dvc exp run --temp` copy has its own dvc.lock.
         self.lock_path = Path(lock_path)
@@ -92,6 +106,24 @@ class DualLogger:
     def log_data(self, path: str | Path, md5: str) -> None:
         """Record the raw data file the stage read and its md5 (the other stages take it from ``dvc.lock``)."""
         self.data = (str(path), md5)
+        self.log_input(path)
+
+    def log_input(self, path: str | Path) -> None:
+        """Record a file the stage read: a table becomes one of the run's MLflow datasets."""
+        if Path(path).suffix.lower() in TABLES and str(path) not in self.inputs:
+            self.inputs.append(str(path))
+
+    def _dataset(self, path: str, lineage: Lineage) -> dict[str, str]:
+        """An input table as an MLflow dataset: its md5 as DVC has it (the raw data's, or dvc.lock's when the
+        size agrees), else computed."""
+        known = lineage.files.get(Path(path).as_posix(), {})
+        if self.data and self.data[0] == path:
+            md5 = self.data[1]
+        elif known.get("md5") and known.get("size") == Path(path).stat().st_size:
+            md5 = known["md5"]
+        else:
+            md5 = file_md5(path)
+        return {"name": Path(path).name, "digest": md5, "source": Path(path).as_posix()}
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         """Record extra run tags."""
@@ -112,12 +144,17 @@ class DualLogger:
             outputs.commit()
         self.deliver()
 
-    def _standard_tags(self, lineage: Lineage) -> dict[str, str]:
+    def _standard_tags(self, lineage: Lineage, outputs) -> dict[str, str]:
         tags = {
             "stage": self.record.stage,
-            "pipeline_run_id": pipeline_run_id(),
+            PIPELINE_TAG: pipeline_run_id(),
             "mlflow.source.name": f"dvc stage {self.record.stage}",
         }
+        cached = pipeline_graph(self.lock_path.with_name("dvc.yaml"))[2].get(self.record.stage, [])
+        files = [path for path in map(outputs.staged, cached) if path and path.is_file()]
+        md5s = [file_md5(path) for path in files if path.stat().st_size <= HASHED_MAX_BYTES]
+        if md5s:
+            tags[OUTPUTS_TAG] = " ".join(md5s)
         commit = git_commit(self.root)
         if commit:
             tags["mlflow.source.git.commit"] = commit
@@ -164,14 +201,17 @@ class DualLogger:
         run = dataclasses.replace(
             self.record,
             params={**lineage.params, **self.record.params},  # the stage's own values win
-            tags=self._standard_tags(lineage),
+            tags=self._standard_tags(lineage, outputs),
             artifacts=[str(p) for p in artifacts],
             end_time=now_ms(),
+            inputs=[self._dataset(path, lineage) for path in self.inputs if Path(path).is_file()],
+            parent_name=pipeline_run_name(self.root),
+            upstream=lineage.outputs,
         )
         try:
             with local_store_lock(self.root), quiet_mlflow():
                 local = MlflowClientFor(s.local_uri)
-                self.run_id = record_run(local, s, run, self.root)
+                self.run_id = record_run(local, s, run)
                 if s.is_remote:  # pending until delivered: a stage stopped while delivering leaves it for sync
                     local.set_tag(self.run_id, f"{PENDING_TAG}_{remote_key(s.tracking_uri)}", s.display_uri)
                 self._replayed = replay_pending(local, s, self.root)

@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from segmentation.errors import UserError
+
 ENV_EXPERIMENT = "MLFLOW_EXPERIMENT_NAME"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 DEFAULT_EXPERIMENT = "customer-segmentation"
 DAGSHUB_DEFAULT_HOST = "https://dagshub.com"
 LOCAL_STORE = "mlflow.db"
 LOCAL_ARTIFACTS = "mlruns"
+# The stores MLflow can track to (a dialect may name its driver: postgresql+psycopg2); no scheme: a folder.
+SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks", "")
 
 
 def project_root(cwd: Path | None = None) -> Path:
@@ -38,6 +42,7 @@ class TrackingSettings:
     local_uri: str
     artifact_location: str | None = None  # only for the embedded local store
     source: str = "local default"
+    model_name: str = DEFAULT_EXPERIMENT  # the registered model: [tool.segmentation] model_name, else [project] name
 
     @classmethod
     def resolve(cls, root: Path, environ: Mapping[str, str] | None = None) -> TrackingSettings:
@@ -45,6 +50,7 @@ class TrackingSettings:
         env = os.environ if environ is None else environ
         project = project_config(root)
         name = env.get(ENV_EXPERIMENT) or project.get("experiment_name") or DEFAULT_EXPERIMENT
+        model = project.get("model_name") or project_config(root, "project").get("name") or DEFAULT_EXPERIMENT
         local = f"sqlite:///{root / LOCAL_STORE}"
         artifacts = (root / LOCAL_ARTIFACTS).as_uri()
         if env.get(ENV_TRACKING_URI):
@@ -55,11 +61,17 @@ class TrackingSettings:
             uri = dagshub_url(project["dagshub_owner"], project["dagshub_repo"], ".mlflow", env)
             source = "pyproject.toml [tool.segmentation] dagshub_owner/dagshub_repo"
         else:
-            return cls(local, name, local, artifacts)
+            return cls(local, name, local, artifacts, model_name=model)
+        if urlsplit(uri).scheme.partition("+")[0] not in SCHEMES:
+            where = "MLFLOW_TRACKING_URI" if source.startswith("env") else source.removeprefix("pyproject.toml ")
+            raise UserError(
+                f"{where}={redact_uri(uri)[:80]!r}: not a tracking URI MLflow can use; give http(s)://host:port, "
+                "sqlite:///path/mlflow.db or postgresql://..., or unset it for the project's local store"
+            )
         if urlsplit(uri).scheme not in ("http", "https"):
             # A store of the user's own on this machine: it is the local store, nothing to replicate.
-            return cls(uri, name, uri, None, source)
-        return cls(uri, name, local, artifacts, source)
+            return cls(uri, name, uri, None, source, model)
+        return cls(uri, name, local, artifacts, source, model)
 
     @property
     def is_remote(self) -> bool:
@@ -83,13 +95,16 @@ def dagshub_url(owner: str, repo: str, suffix: str, environ: Mapping[str, str] |
     return f"{dagshub_host(environ)}/{owner}/{repo}{suffix}"
 
 
-def project_config(root: Path) -> dict[str, Any]:
-    """The ``[tool.segmentation]`` table of the project's pyproject.toml (empty when absent)."""
+def project_config(root: Path, table: str = "tool.segmentation") -> dict[str, Any]:
+    """A table (``[tool.segmentation]``, ``[project]``) of the project's pyproject.toml (empty when absent)."""
     path = root / "pyproject.toml"
     if not path.is_file():
         return {}
     with path.open("rb") as fh:
-        return tomllib.load(fh).get("tool", {}).get("segmentation", {})
+        data = tomllib.load(fh)
+    for key in table.split("."):
+        data = data.get(key, {})
+    return data
 
 
 def redact_uri(text: object) -> str:

@@ -1,5 +1,6 @@
-"""The local MLflow store: every run is recorded here first, one writer at a time; runs it cannot take wait in
-``mlruns-pending/``; a deleted experiment is restored, a moved project's artifact paths follow it."""
+"""Recording runs in an MLflow store: each stage's run is a child of its pipeline run (one parent per `dvc repro` or
+`dvc exp run`); runs the local store cannot take wait in ``mlruns-pending/``; a deleted experiment is restored, a
+moved project's artifact paths follow it."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from segmentation.errors import UserError
+from segmentation.tracking.registry import SEGMENTER, register_segmenter
 from segmentation.tracking.settings import TrackingSettings, redact_uri
 
 PENDING_DIR = "mlruns-pending"
@@ -24,6 +26,11 @@ DIRS_NAME = "artifact_dirs"  # a kept run's directory artifacts, beside its "art
 # How the train stage saves its MLflow model: MLflow 3's default (skops) would not load the segmenter's own feature
 # step without a list of trusted types.
 MLFLOW_SERIALIZATION = "cloudpickle"
+PIPELINE_TAG = "pipeline_run_id"  # on a pipeline run and on each of its stages' runs
+PARENT_TAG = "mlflow.parentRunId"  # what makes MLflow's runs list nest a stage's run under its pipeline run
+OUTPUTS_TAG = "outputs_md5"  # a stage run's cached outputs (md5s): how a later pipeline run finds what made them
+SKIPPED_PREFIX = "skipped."  # on a pipeline run: skipped.<stage> = the run that made the outputs DVC kept
+KIND_TAG, TRAINING = "mlflow.experimentKind", "custom_model_development"  # the UI's model-training view
 
 
 @contextmanager
@@ -57,53 +64,112 @@ class PendingRun:
     stage: str
     params: dict[str, Any]
     metrics: dict[str, float | int]
-    tags: dict[str, str]
+    tags: dict[str, str]  # PIPELINE_TAG among them
     artifacts: list[str]
     start_time: int
     end_time: int
     # Directories logged under a name (an MLflow model: ``{"segmenter": "/tmp/.../segmenter"}``).
     artifact_dirs: dict[str, str] = field(default_factory=dict)
+    inputs: list[dict[str, str]] = field(default_factory=list)  # the tables read: name, digest, source (a path)
+    parent_name: str = "pipeline"  # the pipeline run's name, if this run starts it
+    upstream: dict[str, str] = field(default_factory=dict)  # upstream stage -> md5 of one of its outputs now
 
     def save(self, root: Path, artifacts: list[Path]) -> Path:
         """Write ``mlruns-pending/<start>-<stage>-<pid>/run.json`` and copies of the artifacts as they are now."""
         folder = root / PENDING_DIR / f"{self.start_time}-{self.stage}-{os.getpid()}"
         (folder / "artifacts").mkdir(parents=True, exist_ok=True)
-        artifacts = [Path(p) for p in artifacts]
         for path in artifacts:
             if path.is_file():
                 shutil.copy2(path, folder / "artifacts" / path.name)
-        dirs = {}
         for name, path in self.artifact_dirs.items():
             if Path(path).is_dir():
                 shutil.copytree(path, folder / DIRS_NAME / name, dirs_exist_ok=True)
-                dirs[name] = name
-        record = {**self.__dict__, "artifacts": [p.name for p in artifacts if p.is_file()], "artifact_dirs": dirs}
+        record = {**self.__dict__, "artifacts": [p.name for p in artifacts if p.is_file()]}
+        record["artifact_dirs"] = {name: name for name in self.artifact_dirs}
         (folder / "run.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
         return folder
 
 
-def record_run(client, settings: TrackingSettings, run: PendingRun, root: Path, artifact_dir: Path | None = None):
-    """Create a finished run in the store behind ``client``; returns its ID."""
-    from mlflow.entities import Metric
+def record_run(client, settings: TrackingSettings, run: PendingRun, artifact_dir: Path | None = None) -> str:
+    """Create a finished run under its pipeline run in the store behind ``client``; returns its ID. Artifacts are
+    read from ``artifact_dir`` when given (a kept run, a run copied from the local store)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    experiment_id = ensure_experiment(client, settings.experiment_name, settings.artifact_location, settings.local_uri)
-    created = client.create_run(experiment_id, start_time=run.start_time, run_name=run.stage, tags=run.tags)
-    run_id = created.info.run_id
-    log_batches(client, run_id, run.params, [Metric(k, float(v), run.end_time, 0) for k, v in run.metrics.items()])
-    for name in run.artifacts:
-        client.log_artifact(run_id, str(artifact_dir / name if artifact_dir else name))
-    for name, path in run.artifact_dirs.items():
-        source = artifact_dir.parent / DIRS_NAME / name if artifact_dir else Path(path)
-        client.log_artifacts(run_id, str(source), artifact_path=name)
-    client.set_terminated(run_id, "FINISHED", end_time=run.end_time)
+    local = settings.local_uri == client.tracking_uri
+    location = settings.artifact_location if local else None
+    experiment_id = ensure_experiment(client, settings.experiment_name, location, settings.local_uri if local else None)
+    parent, new_parent = pipeline_run(client, experiment_id, run)
+    run_id = None
+    try:
+        tags = {**run.tags, PARENT_TAG: parent.info.run_id}
+        run_id = client.create_run(experiment_id, start_time=run.start_time, run_name=run.stage, tags=tags).info.run_id
+        log_batches(client, run_id, run.params, run.metrics, run.end_time)
+        if run.inputs:
+            context = [InputTag("mlflow.data.context", run.stage)]
+            datasets = [DatasetInput(Dataset(source_type="local", **d), context) for d in run.inputs]
+            client.log_inputs(run_id, datasets=datasets)
+        for name in run.artifacts:
+            client.log_artifact(run_id, str(artifact_dir / name if artifact_dir else name))
+        for name, path in run.artifact_dirs.items():
+            source = artifact_dir.parent / DIRS_NAME / name if artifact_dir and name else (artifact_dir or Path(path))
+            client.log_artifacts(run_id, str(source), artifact_path=name or None)
+        client.set_terminated(run_id, "FINISHED", end_time=run.end_time)
+    except Exception:  # e.g. mlruns/ not writable: no run left RUNNING beside the copy the caller keeps
+        for ghost in (run_id, parent.info.run_id if new_parent else None):
+            with suppress(Exception):
+                if ghost:
+                    client.delete_run(ghost)
+        raise
+    add_to_pipeline_run(client, experiment_id, parent, run)
+    if any(
+        name == SEGMENTER or (not name and Path(path, SEGMENTER).is_dir()) for name, path in run.artifact_dirs.items()
+    ):
+        try:  # train's model: a new version in the registry, the champion unless in a DVC experiment
+            register_segmenter(client, run_id, settings.model_name, champion="dvc_exp_name" not in run.tags)
+        except Exception as exc:  # the run and the stage's outputs are what matter
+            why = describe_failure(exc)
+            print(f"warning: MLflow model registry: segmenter of run {run_id} not registered: {why}", file=sys.stderr)
     return run_id
 
 
-def log_batches(client, run_id: str, params: dict[str, Any], metrics: list) -> None:
-    """Log ``params`` and ``metrics`` (MLflow ``Metric``s) in batches of MLflow's limit (100 params)."""
-    from mlflow.entities import Param
+def pipeline_run(client, experiment_id: str, run: PendingRun):
+    """The parent run of ``run``'s pipeline run (its ``PIPELINE_TAG``), created by its first stage; and whether it
+    is new."""
+    key = run.tags.setdefault(PIPELINE_TAG, f"{run.start_time}-{run.stage}")  # none: kept by an older version
+    for found in client.search_runs([experiment_id], f"tags.{PIPELINE_TAG} = '{key}'"):
+        if PARENT_TAG not in found.data.tags:
+            return found, False
+    shared = {k: v for k, v in run.tags.items() if k.startswith(("mlflow.source", "dvc_exp_name", "raw_data"))}
+    tags = {**shared, PIPELINE_TAG: key}
+    return client.create_run(experiment_id, start_time=run.start_time, run_name=run.parent_name, tags=tags), True
+
+
+def add_to_pipeline_run(client, experiment_id: str, parent, run: PendingRun) -> None:
+    """Give the pipeline run the stage's params (every upstream stage's among them) and metrics, link the upstream
+    stages DVC skipped to the runs that made their outputs, and mark it finished as of this stage."""
+    parent_id, tags = parent.info.run_id, dict(parent.data.tags)
+    ran = {r.data.tags.get("stage") for r in client.search_runs([experiment_id], f"tags.{PARENT_TAG} = '{parent_id}'")}
+    metrics = dict(run.metrics)
+    for stage, md5 in run.upstream.items():
+        if stage in ran or SKIPPED_PREFIX + stage in tags:
+            continue
+        query = f"tags.stage = '{stage}' and tags.{OUTPUTS_TAG} LIKE '%{md5}%'"
+        for earlier in client.search_runs(
+            [experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"]
+        ):
+            client.set_tag(parent_id, SKIPPED_PREFIX + stage, earlier.info.run_id)
+            metrics = {**earlier.data.metrics, **metrics}
+    params = {k: v for k, v in run.params.items() if k not in parent.data.params}
+    log_batches(client, parent_id, params, metrics, run.end_time)
+    client.set_terminated(parent_id, "FINISHED", end_time=run.end_time)
+
+
+def log_batches(client, run_id: str, params: dict[str, Any], metrics: dict[str, float], time_ms: int) -> None:
+    """Log ``params`` and ``metrics`` in batches of MLflow's limit (100 params)."""
+    from mlflow.entities import Metric, Param
 
     params = [Param(k, str(v)) for k, v in params.items()]
+    metrics = [Metric(k, float(v), time_ms, 0) for k, v in metrics.items()]
     for i in range(0, max(len(params), len(metrics), 1), 100):
         client.log_batch(run_id, metrics=metrics[i : i + 100], params=params[i : i + 100])
 
@@ -117,7 +183,7 @@ def replay_pending(client, settings: TrackingSettings, root: Path) -> int:
         if not record_file.is_file():
             continue
         run = PendingRun(**json.loads(record_file.read_text(encoding="utf-8")))
-        record_run(client, settings, run, root, artifact_dir=entry / "artifacts")
+        record_run(client, settings, run, artifact_dir=entry / "artifacts")
         shutil.rmtree(entry)
         done += 1
     if folder.is_dir() and not any(folder.iterdir()):
@@ -182,14 +248,18 @@ def describe_failure(exc: BaseException) -> str:
 
 
 def ensure_experiment(client, name: str, artifact_location: str | None = None, store_uri: str | None = None) -> str:
-    """The experiment's ID; created when missing, restored when deleted (one line says so); in the local store
-    (``artifact_location`` given), pointed back inside a copied or moved project."""
+    """The experiment's ID; created when missing (a model-training experiment), restored when deleted (one line says
+    so); in the local store (``artifact_location`` given), pointed back inside a copied or moved project."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location, tags={KIND_TAG: TRAINING})
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
         print(f"note: MLflow experiment {name!r} had been deleted; restored it, with its runs", file=sys.stderr)
+    if (
+        KIND_TAG not in experiment.tags
+    ):  # one made before it was said, or by hand: the UI opens on its runs all the same
+        client.set_experiment_tag(experiment.experiment_id, KIND_TAG, TRAINING)
     if artifact_location and store_uri and experiment.artifact_location != artifact_location:
         relocate_artifacts(store_uri, experiment.experiment_id, experiment.artifact_location, artifact_location)
     return experiment.experiment_id
