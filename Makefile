@@ -51,7 +51,7 @@ unexport INPUT OUTPUT SEPARATOR
 score: export SEGMENTATION_SCORE_INPUT = $(value INPUT)
 score: export SEGMENTATION_SCORE_OUTPUT = $(value OUTPUT)
 score: export SEGMENTATION_SCORE_SEPARATOR = $(value SEPARATOR)
-score: ## Score new customers: make score INPUT=new.csv [OUTPUT=scores/new_segments.csv] [SEPARATOR=,] (ID -> segment)
+score: ## Score new customers: make score INPUT=new.csv [OUTPUT=scores/new_segments.csv] [SEPARATOR=,] (ID -> segment; drift summary)
 	@if [ -z "$$SEGMENTATION_SCORE_INPUT" ]; then echo "error: make score needs INPUT=<csv of new customers>" >&2; exit 2; fi
 	python -m segmentation.tools.score --input "$$SEGMENTATION_SCORE_INPUT" $${SEGMENTATION_SCORE_OUTPUT:+--output "$$SEGMENTATION_SCORE_OUTPUT"} $${SEGMENTATION_SCORE_SEPARATOR:+--separator="$$SEGMENTATION_SCORE_SEPARATOR"}
 
