@@ -88,10 +88,11 @@ exps: ## The experiments: changed params and key metrics (all columns: dvc exp s
 	$(EXPS)
 
 compare: export SEGMENTATION_NAMES = $(value NAMES)
-compare: ## Each experiment beside HEAD (dvc exp diff): changed params and metrics, segment sizes (NAMES="a b" to pick)
+# After each experiment's `dvc exp diff`, scripts/compare_segments.py: how alike HEAD's and its segments are.
+compare: ## Each experiment beside HEAD (dvc exp diff): changed params and metrics, segment sizes, the segments' adjusted Rand index (NAMES="a b" to pick)
 	@set -f; names=$$(printf '%s\n' "$$SEGMENTATION_NAMES" | xargs -n 1); names=$${names:-$$(dvc exp ls --name-only)}; \
 	[ -n "$$names" ] || echo 'no experiment of HEAD yet: make experiment ARGS="-S train.k_max=12"'; \
-	for name in $$names; do dvc exp diff HEAD "$$name" || exit; echo; done
+	for name in $$names; do dvc exp diff HEAD "$$name" && python scripts/compare_segments.py "$$name" || exit; echo; done
 
 metrics: ## Show metrics and params differences against HEAD
 	dvc metrics show
