@@ -26,6 +26,7 @@ from segmentation.files import read_csv
 # Without the dask extra (`make setup` installs none) the whole file is one skip line: make setup EXTRAS=dask.
 pytest.importorskip("dask", reason="the dask extra is not installed: make setup EXTRAS=dask")
 
+from segmentation.engines.dask import params as dask_params_module
 from segmentation.engines.dask.params import DaskParams, dask_params
 
 SMALL_BLOCKS = "8kB"  # the 428-row sample (~50 kB of the columns used... ~110 kB in all) in about 14 partitions
@@ -34,7 +35,7 @@ PROFILE = yaml.safe_load((REPO / FIXTURE_PARAMS).read_text())["evaluate"]["profi
 
 
 # -- no cluster -----------------------------------------------------------------------------------------------------
-BYTE_SIZES = ["64MiB", "64 MiB", "2GB", "500kB", "1.5GiB", "1000", "12B", "3 kib", "5M", "2gi", "1PB"]
+BYTE_SIZES = ["600MiB", "600 MiB", "2GB", "1.5GiB", "1000000000", "5G", "2gi", "1PB"]  # above both minimums
 
 
 @pytest.mark.parametrize("text", BYTE_SIZES)
@@ -51,6 +52,47 @@ def test_a_bad_byte_size_is_an_error(text):
             DaskParams(**{knob: text})
 
 
+@pytest.mark.parametrize(
+    ("knob", "least", "above", "below"),
+    [("blocksize", "4kB", ["4000", "5 kib", "500kB", "64MiB"], ["3999", "1", "1B", "3 kib"]),
+     ("memory_limit", "512MiB", ["512MiB", "2GB", "auto"], ["511MiB", "256MiB", "12B"])],
+)  # fmt: skip
+def test_a_size_below_its_minimum_is_an_error(knob, least, above, below):
+    """A blocksize of 1 byte (a task per byte: minutes on a small file) or a memory limit smaller than a worker
+    process: an error naming the minimum, before any work."""
+    from pydantic import ValidationError
+
+    for text in above:
+        assert getattr(DaskParams(**{knob: text}), knob) == text
+    for text in below:
+        with pytest.raises(ValidationError, match=f"not a byte size of at least {least} "):
+            DaskParams(**{knob: text})
+
+
+@pytest.mark.parametrize(
+    "address", ["tcp://10.0.0.5:8786", "tls://scheduler.example:8786", "tcp://[::1]:8786", " tcp://h:1/ "]
+)
+def test_a_scheduler_address_is_tcp_host_port(monkeypatch, address):
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", address)
+    assert dask_params_module.scheduler_address() == address.strip()
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", " ")
+    assert dask_params_module.scheduler_address() is None
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["10.0.0.5", "10.0.0.5:8786", "tcp://10.0.0.5", "tcp://:8786", "tcp://h:port", "tcp://h:70000", "tcp://h:0",
+     "http://h:8787", "tcp://h:8786/x", "tcp://user@h:8786", "tcp://h:8786?x=1", "localhost:8786 tcp://h:1"],
+)  # fmt: skip
+def test_a_malformed_scheduler_address_is_one_line_before_any_work(monkeypatch, preprocess_params, address):
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", address)
+    with pytest.raises(UserError) as bad:
+        dask_params(preprocess_params.model_copy(update={"engine": "dask"}))
+    assert str(bad.value) == (
+        f"DASK_SCHEDULER_ADDRESS={address}: not a scheduler address tcp://host:port (e.g. tcp://10.0.0.5:8786)"
+    )
+
+
 def test_the_dask_knobs_are_checked_on_engine_dask_as_one_line(preprocess_params):
     """``preprocess.dask`` is the Dask engine's: checked when a stage runs on it, one line naming the knob; the
     defaults fill in what is left out."""
@@ -59,7 +101,7 @@ def test_the_dask_knobs_are_checked_on_engine_dask_as_one_line(preprocess_params
     with pytest.raises(UserError) as bad:
         dask_params(params, "p.yaml")
     assert str(bad.value) == (
-        "p.yaml: preprocess.dask.blocksize: not a byte size of at least 1 byte (e.g. 64MiB, 2GB, 500kB) (got 'lots')"
+        "p.yaml: preprocess.dask.blocksize: not a byte size of at least 4kB (e.g. 512MiB, 2GB) (got 'lots')"
     )
     with pytest.raises(UserError, match=r"^params.yaml: preprocess.dask.n_workers: Input should be greater than"):
         dask_params(PreprocessParams.model_validate({**base, "engine": "dask", "dask": {"n_workers": 0}}))
@@ -448,6 +490,29 @@ def test_a_task_whose_workers_keep_dying_is_one_line():
             os.environ[dask_engine.SCHEDULER_ENV] = saved
 
 
+@pytest.mark.dask
+def test_a_local_worker_that_never_starts_is_one_line_within_its_deadline(monkeypatch, tmp_path):
+    """A LocalCluster worker stuck while it starts (here: in a preload that sleeps): one line once
+    ``START_TIMEOUT_S`` has passed, not a wait for ever."""
+    import time
+
+    import dask
+
+    from segmentation.engines.dask import cluster
+
+    monkeypatch.delenv(cluster.SCHEDULER_ENV, raising=False)
+    monkeypatch.setattr(cluster, "START_TIMEOUT_S", 5)
+    (tmp_path / "stuck.py").write_text("import time\n\ntime.sleep(600)\n")
+    started = time.monotonic()
+    with (
+        dask.config.set({"distributed.worker.preload": [str(tmp_path / "stuck.py")]}),
+        pytest.raises(UserError, match=r"^Dask: the LocalCluster's 1 worker\(s\) did not start within 5 s \("),
+        cluster.dask_client(DaskParams(n_workers=1, memory_limit="1GiB")),
+    ):
+        pass
+    assert 5 <= time.monotonic() - started < 5 + 30  # the deadline, then a bounded close
+
+
 # -- the stage's command line ---------------------------------------------------------------------------------------
 STAGE_OUTPUTS = ["--features", "out/f.parquet", "--matrix", "out/m.parquet", "--transformer", "out/t.joblib",
                  "--metrics", "out/p.json", "--dagshub-dir", "out/dh"]  # fmt: skip
@@ -500,6 +565,37 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path):
     line = the_error(proc, tmp_path)
     assert line.startswith(
         "error: DASK_SCHEDULER_ADDRESS=tcp://127.0.0.1:9: cannot reach the Dask scheduler within 2 s"
+    )
+
+
+@pytest.mark.dask
+def test_a_scheduler_that_never_answers_is_one_line_within_connect_timeout(tmp_path):
+    """A port that accepts the connection and never answers (distributed's Client alone waits for its handshake for
+    ever): one line naming the address and connect_timeout, within that deadline plus the stage's start-up."""
+    import time
+
+    from pipeline_helpers import the_error
+    from servers import hanging_server
+
+    (tmp_path / "sample.csv").write_bytes((REPO / FIXTURE_DATA).read_bytes())
+    with hanging_server() as url:
+        address = url.replace("http://", "tcp://")
+        started = time.monotonic()
+        proc = run_stage(tmp_path, "sample.csv", scheduler=address, connect_timeout=3)
+        elapsed = time.monotonic() - started
+    line = the_error(proc, tmp_path)
+    assert line.startswith(f"error: DASK_SCHEDULER_ADDRESS={address}: cannot reach the Dask scheduler within 3 s")
+    assert elapsed < 3 + 60, elapsed  # the stage's imports on a loaded machine: seconds; before the deadline: hung
+
+
+@pytest.mark.dask
+def test_a_malformed_scheduler_address_stops_the_stage_with_one_line(tmp_path):
+    from pipeline_helpers import the_error
+
+    (tmp_path / "sample.csv").write_bytes((REPO / FIXTURE_DATA).read_bytes())
+    line = the_error(run_stage(tmp_path, "sample.csv", scheduler="localhost"), tmp_path)
+    assert line == (
+        "error: DASK_SCHEDULER_ADDRESS=localhost: not a scheduler address tcp://host:port (e.g. tcp://10.0.0.5:8786)"
     )
 
 

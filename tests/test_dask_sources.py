@@ -50,6 +50,25 @@ def test_the_input_with_data_files_and_the_default_score_output():
     assert str(default_output("new.csv")).endswith("new_segments.parquet")
 
 
+def test_too_many_csv_blocks_is_one_line_naming_blocksize(monkeypatch, tmp_path):
+    """More blocks than the scheduler handles in reasonable time (a tiny blocksize on a large input): one line, before
+    any task."""
+    from segmentation.config import DataParams
+    from segmentation.engines.dask import sources
+
+    (tmp_path / "sample.csv").write_bytes((REPO / FIXTURE_DATA).read_bytes())  # 42 kB: 11 blocks of 4 kB
+    monkeypatch.chdir(tmp_path)
+    data = DataParams(path="sample.csv", separator="\t")
+    assert len(sources.partitions(data, 4000)[1]) == 11
+    monkeypatch.setattr(sources, "MAX_PARTITIONS", 10)
+    with pytest.raises(UserError) as bad:
+        sources.partitions(data, 4000)
+    assert str(bad.value) == (
+        "params.yaml: preprocess.dask.blocksize: 4000 bytes cut sample.csv into 11 partitions (at most 10); "
+        "raise it (e.g. 64MiB)"
+    )
+
+
 def test_storage_options_come_from_the_dvc_remote_then_the_environment():
     from segmentation.engines.dask.sources import s3_options
 

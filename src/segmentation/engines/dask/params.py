@@ -3,7 +3,9 @@ the ``preprocess`` section: read with ``engine: dask`` only, as one-line errors 
 
 from __future__ import annotations
 
+import os
 from typing import Any
+from urllib.parse import urlsplit
 
 from dask.utils import parse_bytes
 from pydantic import field_validator
@@ -12,17 +14,40 @@ from segmentation.config import PARAMS_FILE, DaskSection, PreprocessParams, pars
 from segmentation.errors import UserError
 
 TABLE_SCHEMES = ("s3://", "remote://")
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"  # a running scheduler, e.g. tcp://10.0.0.5:8786; unset: a LocalCluster
+# Sizes below which a run is all overhead or never ends: Dask spends about a millisecond per task and a CSV block is
+# a task (a blocksize of 1 byte: a task per byte); a worker holds ~230 MiB once it has imported pandas and
+# scikit-learn, and Dask pauses it at 80% of its memory limit (a limit of 256MiB: paused for ever).
+MIN_SIZES = {"blocksize": "4kB", "memory_limit": "512MiB"}
 
 
-def byte_size(value: Any) -> Any:
-    """``value`` when it is a byte size of at least 1 byte as Dask reads it ("64MiB", "2 GB", 1000000)."""
+def byte_size(value: Any, least: str = "1B") -> Any:
+    """``value`` when it is a byte size of at least ``least`` as Dask reads it ("64MiB", "2 GB", 1000000)."""
     try:
         size = parse_bytes(value) if str(value).strip() and not isinstance(value, bool) else 0
     except (ValueError, TypeError):
         size = 0
-    if size < 1:
-        raise ValueError("not a byte size of at least 1 byte (e.g. 64MiB, 2GB, 500kB)")
+    if size < parse_bytes(least):
+        raise ValueError(f"not a byte size of at least {least} (e.g. 512MiB, 2GB)")
     return value
+
+
+def scheduler_address() -> str | None:
+    """``DASK_SCHEDULER_ADDRESS`` when set, checked up front: a malformed one is one line, not a traceback."""
+    address = os.environ.get(SCHEDULER_ENV, "").strip()
+    if not address:
+        return None
+    try:
+        url = urlsplit(address)
+        ok = url.scheme in ("tcp", "tls") and url.hostname and url.port and url.path in ("", "/")
+        ok = ok and not (url.username or url.query or url.fragment)
+    except ValueError:  # a port that is not a number in 0-65535, a broken [IPv6] host
+        ok = False
+    if not ok:
+        raise UserError(
+            f"{SCHEDULER_ENV}={address}: not a scheduler address tcp://host:port (e.g. tcp://10.0.0.5:8786)"
+        )
+    return address
 
 
 class DaskParams(DaskSection):
@@ -31,7 +56,8 @@ class DaskParams(DaskSection):
     @field_validator("blocksize", "memory_limit")
     @classmethod
     def _byte_size(cls, value: Any, info: Any) -> Any:
-        return value if info.field_name == "memory_limit" and value == "auto" else byte_size(value)
+        auto = info.field_name == "memory_limit" and value == "auto"
+        return value if auto else byte_size(value, MIN_SIZES[info.field_name])
 
     @field_validator("n_workers", "threads_per_worker", "connect_timeout")
     @classmethod
@@ -55,8 +81,10 @@ class DaskParams(DaskSection):
 
 
 def dask_params(params: PreprocessParams, source: str = PARAMS_FILE) -> DaskParams:
-    """``preprocess.dask`` checked (its defaults filled in), after ``preprocess.data.files``: a pattern of file
-    names inside the folder ``data.path`` (the folder stays a valid DVC dependency, a glob is not one)."""
+    """``preprocess.dask`` checked (its defaults filled in), after ``DASK_SCHEDULER_ADDRESS`` and
+    ``preprocess.data.files``: a pattern of file names inside the folder ``data.path`` (the folder stays a valid DVC
+    dependency, a glob is not one)."""
+    scheduler_address()
     files = params.data.files
     if files is not None and (files.startswith("/") or "://" in files or ".." in files.split("/")):
         raise UserError(

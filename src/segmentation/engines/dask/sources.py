@@ -46,6 +46,8 @@ PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 SKIPPED = ("_", ".")  # in a folder: markers and metadata of the tools that wrote it, not data
 REMOTE_SCHEME, S3_SCHEME, LOCAL_URL = "remote://", "s3://", "file://"
 GLOB_CHARS = frozenset("*?[")
+# Dask spends about a millisecond scheduling each task: beyond this many CSV blocks the overhead is minutes
+MAX_PARTITIONS = 100_000
 # Bounded waits for S3 (botocore's defaults: 60 s per connect and read, retried): an unreachable endpoint is one
 # line within about a minute, not a stall.
 S3_CONNECT_TIMEOUT_S = 10
@@ -316,6 +318,12 @@ def partitions(params: DataParams, blocksize: int, root: Path | None = None) -> 
     fmt = file_format(files, params.format, source)
     if fmt == PARQUET:
         return fmt, parquet_parts(files, source)
+    count = sum(-(-max(file.size, 1) // blocksize) for file in files)
+    if count > MAX_PARTITIONS:
+        raise UserError(
+            f"params.yaml: preprocess.dask.blocksize: {blocksize} bytes cut {source.shown} into {count} partitions "
+            f"(at most {MAX_PARTITIONS}); raise it (e.g. 64MiB)"
+        )
     blocks: list[Any] = []
     for file in files:
         for offset in range(0, max(file.size, 1), blocksize):
