@@ -320,8 +320,8 @@ def test_a_pipeline_run_is_the_parent_of_its_stages_runs(project, monkeypatch):
     # Every stage's params (upstream ones from dvc.lock among them) and metrics on the parent.
     assert {"train.p", "evaluate.p", "train.k_max", "preprocess.features"} <= set(parent.data.params)
     assert parent.data.metrics == {"train_m": 1.5, "evaluate_m": 1.5}
-    # Each run read the table: a dataset with its md5.
-    for run in children:
+    # Each run read the table: a dataset with its md5; the pipeline run lists it once.
+    for run in [*children, parent]:
         (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
         assert (dataset.name, dataset.digest) == ("matrix.csv", file_md5(project / "matrix.csv"))
 

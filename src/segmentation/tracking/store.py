@@ -108,6 +108,7 @@ def record_run(client, settings: TrackingSettings, run: PendingRun, artifact_dir
             context = [InputTag("mlflow.data.context", run.stage)]
             datasets = [DatasetInput(Dataset(source_type="local", **d), context) for d in run.inputs]
             client.log_inputs(run_id, datasets=datasets)
+            client.log_inputs(parent.info.run_id, datasets=datasets)  # the pipeline run's Dataset column too
         for name in run.artifacts:
             client.log_artifact(run_id, str(artifact_dir / name if artifact_dir else name))
         for name, path in run.artifact_dirs.items():
