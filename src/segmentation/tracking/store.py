@@ -141,7 +141,7 @@ def pipeline_run(client, experiment_id: str, run: PendingRun):
         if PARENT_TAG not in found.data.tags:
             return found, False
     shared = {k: v for k, v in run.tags.items() if k.startswith(("mlflow.source", "dvc_exp_name", "raw_data"))}
-    tags = {**shared, PIPELINE_TAG: key}
+    tags = {**shared, PIPELINE_TAG: key, "mlflow.source.name": "dvc pipeline"}
     return client.create_run(experiment_id, start_time=run.start_time, run_name=run.parent_name, tags=tags), True
 
 
