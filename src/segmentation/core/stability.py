@@ -25,11 +25,8 @@ def best_jaccard(segments: np.ndarray, found: np.ndarray, k: int) -> np.ndarray:
     both = (segments != NOISE) & (found != NOISE)
     common = np.zeros((k, m))
     np.add.at(common, (segments[both], found[both]), 1)
-    sizes = (
-        np.bincount(segments[segments != NOISE], minlength=k)[:, None],
-        np.bincount(found[found != NOISE], minlength=m),
-    )
-    union = sizes[0] + sizes[1] - common
+    in_segment = np.bincount(segments[segments != NOISE], minlength=k)[:, None]
+    union = in_segment + np.bincount(found[found != NOISE], minlength=m) - common
     return np.divide(common, union, out=np.zeros_like(common), where=union > 0).max(axis=1)
 
 
