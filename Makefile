@@ -51,7 +51,7 @@ unexport INPUT OUTPUT SEPARATOR
 score: export SEGMENTATION_SCORE_INPUT = $(value INPUT)
 score: export SEGMENTATION_SCORE_OUTPUT = $(value OUTPUT)
 score: export SEGMENTATION_SCORE_SEPARATOR = $(value SEPARATOR)
-score: ## Score new customers: make score INPUT=new.csv [OUTPUT=scores/new_segments.csv] [SEPARATOR=,] (ID -> segment)
+score: ## Score new customers: make score INPUT=new.csv [OUTPUT=scores/new_segments.csv] [SEPARATOR=,] (ID -> segment; drift summary)
 	@if [ -z "$$SEGMENTATION_SCORE_INPUT" ]; then echo "error: make score needs INPUT=<csv of new customers>" >&2; exit 2; fi
 	python -m segmentation.tools.score --input "$$SEGMENTATION_SCORE_INPUT" $${SEGMENTATION_SCORE_OUTPUT:+--output "$$SEGMENTATION_SCORE_OUTPUT"} $${SEGMENTATION_SCORE_SEPARATOR:+--separator="$$SEGMENTATION_SCORE_SEPARATOR"}
 
@@ -88,10 +88,11 @@ exps: ## The experiments: changed params and key metrics (all columns: dvc exp s
 	$(EXPS)
 
 compare: export SEGMENTATION_NAMES = $(value NAMES)
-compare: ## Each experiment beside HEAD (dvc exp diff): changed params and metrics, segment sizes (NAMES="a b" to pick)
+# After each experiment's `dvc exp diff`, scripts/compare_segments.py: how alike HEAD's and its segments are.
+compare: ## Each experiment beside HEAD (dvc exp diff): changed params and metrics, segment sizes, the segments' adjusted Rand index (NAMES="a b" to pick)
 	@set -f; names=$$(printf '%s\n' "$$SEGMENTATION_NAMES" | xargs -n 1); names=$${names:-$$(dvc exp ls --name-only)}; \
 	[ -n "$$names" ] || echo 'no experiment of HEAD yet: make experiment ARGS="-S train.k_max=12"'; \
-	for name in $$names; do dvc exp diff HEAD "$$name" || exit; echo; done
+	for name in $$names; do dvc exp diff HEAD "$$name" && python scripts/compare_segments.py "$$name" || exit; echo; done
 
 metrics: ## Show metrics and params differences against HEAD
 	dvc metrics show

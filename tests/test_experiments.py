@@ -1,13 +1,16 @@
 """Experiments you can read: `make experiment` leaves the workspace as it was; `make exps` / `make compare` are DVC's
-own tables (dvc exp show, dvc exp diff)."""
+own tables (dvc exp show, dvc exp diff), compare with how alike the experiments' segments are (adjusted Rand index)."""
 
 from __future__ import annotations
 
 import re
 
+import pandas as pd
 import pytest
+import yaml
+from sklearn.metrics import adjusted_rand_score
 
-from pipeline_helpers import copy_project, project_env, run, use_fixture_data
+from pipeline_helpers import copy_project, paths, project_env, run, use_fixture_data
 
 
 def exps_table(stdout: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -16,6 +19,15 @@ def exps_table(stdout: str) -> tuple[list[str], dict[str, list[str]]]:
     start = next(i for i, line in enumerate(lines) if line.startswith("Experiment"))
     header, *rows = (re.split(r"\s{2,}", line) for line in lines[start:])
     return header, {re.sub(r".*\[(.+)\]$", r"\1", row[0]): row for row in rows}
+
+
+def cached_segments(root, env, name: str) -> pd.DataFrame:
+    """The experiment ``name``'s segments file, found by hand: its dvc.lock's md5, then DVC's cache."""
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], root, env).stdout.split()
+    (ref,) = [r for r in refs if r.endswith(f"/{name}")]
+    lock = yaml.safe_load(run(["git", "show", f"{ref}:dvc.lock"], root, env).stdout)
+    md5 = next(o["md5"] for o in lock["stages"]["evaluate"]["outs"] if o["path"] == paths()["segments"])
+    return pd.read_csv(root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:])
 
 
 @pytest.mark.pipeline
@@ -55,4 +67,11 @@ def test_make_experiment_leaves_the_workspace_and_experiments_do_not_carry_over(
     assert all(len(line) <= 80 for line in narrow.splitlines() if not line.startswith("[ -t 1 ]"))
     compared = run(["make", "compare", "NAMES=k3"], root, env).stdout  # k3 beside HEAD
     assert "size_cluster_0" in compared and "train.k_max" in compared and "n5" not in compared
+    # How much the assignment changed: the adjusted Rand index of HEAD's segments and k3's, on the IDs both hold.
+    ours, theirs = pd.read_csv(root / paths()["segments"]), cached_segments(root, env, "k3")
+    both = ours.merge(theirs, on="ID", suffixes=("", "_k3"))
+    expected = adjusted_rand_score(both["cluster"], both["cluster_k3"])
+    assert (
+        f"segments: adjusted Rand index {expected:.4f} between HEAD and k3 on the {len(both)} customer(s)" in compared
+    )
     assert "n5" in run(["make", "compare"], root, env).stdout  # every experiment

@@ -31,7 +31,7 @@ from segmentation.core.segmenter import RecipeFeatures, build_segmenter
 from segmentation.core.transform import preprocess
 from segmentation.errors import UserError
 from segmentation.recipes import marketing_campaign as recipe
-from segmentation.tools.score import rejects_path, score
+from segmentation.tools.score import PSI_FLOOR, psi, rejects_path, score, summary_path
 from servers import HOST, free_port, process_group, server_env, wait_http
 
 P = paths()  # every path as dvc.yaml declares it
@@ -157,6 +157,11 @@ def test_make_score_on_held_back_rows(project):
     assert len(summary) == 1 and f"{BLANK_INCOME} of 428 row(s) not scored (blank Income: {BLANK_INCOME};" in summary[0]
     assert str(rejects["ID"].iloc[0]) in summary[0] and "new_customers_segments_rejects.csv" in summary[0]
     assert f"note: {OUTLIERS} scored row(s) are outside preprocess.outliers" in proc.stderr
+    # The summary beside it: counts, the shares beside training's; the same mix as training's: no warning.
+    assert "score: summary -> scores/new_customers_segments_summary.md" in proc.stdout and "warning:" not in proc.stderr
+    summary = (root / "scores" / "new_customers_segments_summary.md").read_text()
+    assert f"- not scored: {BLANK_INCOME} (listed in scores/new_customers_segments_rejects.csv)" in summary
+    assert "(stable; score.drift_threshold 0.2)" in summary and f"| 0 | {names[0]} | " in summary
     # OUTPUT= names the file; scoring changes nothing else (scores/ is git-ignored).
     run(["make", "score", "INPUT=new_customers.csv", "OUTPUT=scores/custom.csv"], root, env)
     assert pd.read_csv(root / "scores" / "custom.csv").equals(scores)
@@ -360,8 +365,9 @@ def test_output_that_the_pipeline_tracks_is_refused(project, monkeypatch, capsys
         ("old_segments.csv", "old_segments.csv", "ID,cluster\n5524,2\n"),  # segments.csv's columns, not score's
         ("empty.csv", "empty.csv", ""),
         ("mine.csv", "mine_rejects.csv", "ID,note\n5524,call back\n"),  # the user's file where the rejects go
+        ("mine.csv", "mine_summary.md", "# My notes\n"),  # the user's file where the summary goes
     ],
-    ids=["other-table", "segments-like", "empty", "rejects-file"],
+    ids=["other-table", "segments-like", "empty", "rejects-file", "summary-file"],
 )
 def test_an_existing_file_that_is_no_score_output_is_refused(project, monkeypatch, capsys, output, existing, content):
     root, _ = project
@@ -369,8 +375,11 @@ def test_an_existing_file_that_is_no_score_output_is_refused(project, monkeypatc
     try:
         code, _, err = score_main(root, monkeypatch, capsys, "--input", "new_customers.csv", "--output", output)
         line = the_one_line(code, err)
-        header = "ID,segment,segment_name" if existing == output else "ID,reason"
-        shown = f"--output {output}" if existing == output else f"--output {output}'s rejects file {existing}"
+        header, shown = {
+            output: ("ID,segment,segment_name", f"--output {output}"),
+            str(rejects_path(output)): ("ID,reason", f"--output {output}'s rejects file {existing}"),
+            str(summary_path(output)): ("# Score summary", f"--output {output}'s summary file {existing}"),
+        }[existing]
         assert line == (
             f"error: score: {shown} exists and is not a score output (its header is not {header}); "
             "choose another file (default: scores/new_customers_segments.csv), or move it away"
@@ -378,7 +387,7 @@ def test_an_existing_file_that_is_no_score_output_is_refused(project, monkeypatc
         assert (root / existing).read_text() == content
         assert existing == output or not (root / output).exists()
     finally:
-        for name in {output, existing, str(rejects_path(output))}:
+        for name in {output, existing, str(rejects_path(output)), str(summary_path(output))}:
             (root / name).unlink(missing_ok=True)
 
 
@@ -389,6 +398,8 @@ def test_a_previous_score_output_is_overwritten(project, monkeypatch, capsys):
     out.write_text("ID,segment,segment_name\n1,0,stale\n")  # an earlier run's output, of other customers
     rejects = out.with_name("again_rejects.csv")
     rejects.write_text("ID,reason\n1,blank Income\n")
+    summary = out.with_name("again_summary.md")
+    summary.write_text("# Score summary\n\n- stale\n")
     for _ in range(2):  # over the stale ones, then over its own
         code, stdout, err = score_main(
             root, monkeypatch, capsys, "--input", "new_customers.csv", "--output", "scores/again.csv"
@@ -397,6 +408,7 @@ def test_a_previous_score_output_is_overwritten(project, monkeypatch, capsys):
         scores = pd.read_csv(out)
         assert list(scores.columns) == ["ID", "segment", "segment_name"] and len(scores) == 428 - BLANK_INCOME
         assert len(pd.read_csv(rejects)) == BLANK_INCOME
+        assert "stale" not in summary.read_text() and f"- not scored: {BLANK_INCOME} " in summary.read_text()
 
 
 @pytest.mark.parametrize(
@@ -559,3 +571,45 @@ def test_segment_names_only_when_the_profile_has_them_for_these_segments(tmp_pat
     scored = pd.DataFrame({"ID": [7, 8], "segment": [1, 0]})
     assert with_names(scored, {0: "a", 1: "b"})["segment_name"].tolist() == ["b", "a"]
     assert with_names(scored, None)["segment_name"].tolist() == ["", ""]
+
+
+# -- drift: the new customers' segment mix against training's ----------------------------------------------------------
+
+
+def test_psi_is_the_sum_over_segments_with_a_floor_for_empty_ones():
+    training = pd.Series([0.5, 0.3, 0.2])
+    assert psi(training, training) == 0
+    new = pd.Series([0.7, 0.3, 0.0])  # an empty segment counts as PSI_FLOOR
+    expected = (0.7 - 0.5) * np.log(0.7 / 0.5) + (PSI_FLOOR - 0.2) * np.log(PSI_FLOOR / 0.2)
+    assert psi(training, new) == pytest.approx(expected)
+
+
+def test_a_shifted_mix_warns_and_an_unshifted_one_does_not(project, monkeypatch, capsys):
+    root, _ = project
+    customers = pd.read_csv(root / "new_customers.csv", sep="\t")
+    segments = pd.read_csv(root / P["segments"])
+    shifted = customers[customers["ID"].isin(segments.loc[segments["cluster"] == 0, "ID"])]  # one segment's only
+    shifted.to_csv(root / "shifted.csv", sep="\t", index=False)
+    customers.sample(frac=0.5, random_state=0).to_csv(root / "half.csv", sep="\t", index=False)  # a sample of all
+    profile = pd.read_csv(root / P["profile"], index_col="cluster")
+    training = profile["size"] / profile["size"].sum()
+    try:
+        for name, warns in [("half", False), ("shifted", True)]:
+            code, out, err = score_main(
+                root, monkeypatch, capsys, "--input", f"{name}.csv", "--output", f"out_{name}.csv"
+            )
+            assert code == 0, err
+            new = pd.read_csv(root / f"out_{name}.csv")["segment"].value_counts(normalize=True)
+            new = new.reindex(training.index, fill_value=0.0).clip(lower=PSI_FLOOR)
+            direct = sum((n - t) * np.log(n / t) for t, n in zip(training, new, strict=True))
+            assert f"(population stability index over segments: {direct:.4f})" in out
+            summary = (root / f"out_{name}_summary.md").read_text()
+            assert summary.startswith("# Score summary\n") and f"population stability index: {direct:.4f} (" in summary
+            assert f"| 0 | {profile.loc[0, 'name']} | {training[0]:.4f} | {new[0]:.4f} |" in summary
+            warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+            assert bool(direct > 0.2) == warns and len(warnings) == warns, err
+            assert not warns or ("the segment mix has shifted" in warnings[0] and "retraining" in warnings[0])
+    finally:
+        for name in ("half", "shifted"):
+            for path in (f"{name}.csv", f"out_{name}.csv", f"out_{name}_summary.md", f"out_{name}_rejects.csv"):
+                (root / path).unlink(missing_ok=True)

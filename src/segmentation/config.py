@@ -213,6 +213,12 @@ class EvaluateParams(_Params):
         return names
 
 
+class ScoreParams(_Params):
+    """``score`` section: read by ``make score`` only (no stage: changing it reruns nothing); optional."""
+
+    drift_threshold: float = Field(default=0.2, gt=0)  # the segment mix's population stability index that warns
+
+
 # -- models built from the registries ------------------------------------------------------------------------------
 # TrainParams adds each algorithm's sub-section (its defaults when left out), PreprocessParams each recipe's section
 # (required when selected); built when asked for, from the registry as it is now (this module stays light).

@@ -1,6 +1,7 @@
 """Score new customers (``make score INPUT=new.csv [OUTPUT=...] [SEPARATOR=,]``): a raw CSV with the training data's
-columns -> ID, segment, segment_name; the rows it cannot score are listed in ``<output>_rejects.csv``. It never writes
-over the input, a file of the pipeline or of git, nor a file that is no earlier score output."""
+columns -> ID, segment, segment_name; the rows it cannot score are listed in ``<output>_rejects.csv``; a summary
+``<output>_summary.md`` puts the segment shares beside training's, with their population stability index (drift).
+It never writes over the input, a file of the pipeline or of git, nor a file that is no earlier score output."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from segmentation import algorithms, pipeline
-from segmentation.config import ROW_ID_COLUMN, PreprocessParams, beyond_local, load_section
+from segmentation import algorithms, config, pipeline
+from segmentation.config import ROW_ID_COLUMN, PreprocessParams, beyond_local
 from segmentation.core import data, features
-from segmentation.core.report import NAME_COLUMN
+from segmentation.core.report import NAME_COLUMN, SIZE_COLUMN
 from segmentation.engines import LOCAL, engine_module
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import LineLocator, StageOutputs, load_model
@@ -36,6 +38,8 @@ PROJECT_FILES = {  # the project's files that no stage of dvc.yaml names
 }
 STAGE_ENTRIES = {"outs": "an output", "metrics": "the metrics", "plots": "a plot", "deps": "a dependency"}
 ROLES = {"model": "the bare clusterer", "preprocessor": "the fitted preprocessing"}  # paths in dvc.yaml
+SUMMARY_TITLE = "# Score summary"  # the summary's first line: what marks an earlier one, safe to replace
+PSI_FLOOR = 1e-4  # the share an empty segment counts as in the index (ln 0 would make it infinite)
 
 
 def default_output(input_path: str | Path) -> Path:
@@ -46,6 +50,11 @@ def default_output(input_path: str | Path) -> Path:
 def rejects_path(output: str | Path) -> Path:
     """``<output stem>_rejects.csv`` beside the output."""
     return Path(output).with_name(f"{Path(output).stem}_rejects.csv")
+
+
+def summary_path(output: str | Path) -> Path:
+    """``<output stem>_summary.md`` beside the output."""
+    return Path(output).with_name(f"{Path(output).stem}_summary.md")
 
 
 def _places(path: str | Path) -> set[Path]:
@@ -128,15 +137,17 @@ def header_of(path: Path) -> list[str] | None:
 
 
 def check_outputs(output: Path, source: Path, id_column: str) -> None:
-    """Before anything is read: a :class:`UserError` when ``output`` or its rejects file would replace the input, a
-    file of the pipeline or of git, or an existing file whose header is not that of a score output."""
-    default, protected, rejects = default_output(source), protected_paths(source), rejects_path(output)
+    """Before anything is read: a :class:`UserError` when ``output``, its rejects or its summary file would replace
+    the input, a file of the pipeline or of git, or an existing file whose header is not that of a score output."""
+    default, protected = default_output(source), protected_paths(source)
+    rejects, summary = rejects_path(output), summary_path(output)
     advice = "choose another file " + (
         "with --output" if _places(output) & _places(default) else f"(default: {default})"
     )
     for target, shown, header in [
         (output, f"--output {output}", [id_column, SEGMENT_COLUMN, SEGMENT_NAME_COLUMN]),
         (rejects, f"--output {output}'s rejects file {rejects}", [id_column, REASON_COLUMN]),
+        (summary, f"--output {output}'s summary file {summary}", [SUMMARY_TITLE]),
     ]:
         what = what_it_is(target, protected) or ("a directory" if target.is_dir() else None)
         if what is not None:
@@ -218,17 +229,51 @@ def score(
     return scored.reset_index(drop=True), rejects.reset_index(drop=True), int((outside & ok).sum())
 
 
-def segment_names(profile_path: Path, n_clusters: int) -> dict[int, str] | None:
-    """Each segment's name from the evaluate stage's profile; None when it has none for these ``n_clusters``
-    segments (no profile yet, an older one, another model's). A noise row (HDBSCAN's -1) may be there too."""
-    if not profile_path.is_file():
-        return None
+def read_profile(profile_path: Path, column: str, n_clusters: int) -> pd.Series | None:
+    """A column of the evaluate stage's profile by segment; None when it has none for these ``n_clusters`` segments
+    (no profile yet, an older one, another model's). A noise row (HDBSCAN's -1) may be there too."""
     try:
-        profile = pd.read_csv(profile_path, usecols=["cluster", NAME_COLUMN])
+        profile = pd.read_csv(profile_path, usecols=["cluster", column], index_col="cluster")[column]
     except (ValueError, OSError, pd.errors.ParserError):
         return None
-    names = dict(zip(profile["cluster"].astype(int), profile[NAME_COLUMN].astype(str), strict=True))
-    return names if sorted(k for k in names if k != algorithms.NOISE) == list(range(n_clusters)) else None
+    return profile if sorted(k for k in profile.index if k != algorithms.NOISE) == list(range(n_clusters)) else None
+
+
+def segment_names(profile_path: Path, n_clusters: int) -> dict[int, str] | None:
+    """Each segment's name from the evaluate stage's profile (:func:`read_profile`)."""
+    names = read_profile(profile_path, NAME_COLUMN, n_clusters)
+    return None if names is None else {int(k): str(v) for k, v in names.items()}
+
+
+def segment_shares(scored: pd.DataFrame, training_sizes: pd.Series) -> pd.DataFrame:
+    """Each segment's share of training's rows (the profile's sizes) and of the scored rows. HDBSCAN's noise is left
+    out: scoring never assigns it."""
+    sizes = training_sizes.drop(algorithms.NOISE, errors="ignore")
+    counts = scored[SEGMENT_COLUMN].value_counts().reindex(sizes.index, fill_value=0)
+    return pd.DataFrame({"training": sizes / sizes.sum(), "scored": counts / counts.sum()})
+
+
+def psi(expected: pd.Series, actual: pd.Series) -> float:
+    """Population stability index of the shares ``actual`` against ``expected``: the sum of (actual - expected) *
+    ln(actual / expected), each share at least PSI_FLOOR. 0: the same mix; above 0.2 usually a shifted one."""
+    e, a = expected.clip(lower=PSI_FLOOR), actual.clip(lower=PSI_FLOOR)
+    return float(((a - e) * np.log(a / e)).sum())
+
+
+def summary_text(
+    facts: list[str], shares: pd.DataFrame | None, names: dict[int, str] | None, index: float | None, threshold: float
+) -> str:
+    """The summary file (Markdown): ``facts`` listed, the index, then each segment's share beside training's."""
+    if index is None:
+        facts = [*facts, "population stability index: none (no row scored, or no training sizes in the profile)"]
+    else:
+        verdict = "shifted: the model may need retraining" if index > threshold else "stable"
+        facts = [*facts, f"population stability index: {index:.4f} ({verdict}; score.drift_threshold {threshold})"]
+    lines = [SUMMARY_TITLE, "", *(f"- {fact}" for fact in facts)]
+    if shares is not None:
+        lines += ["", "| segment | name | training share | new share |", "|--:|:--|--:|--:|"]
+        lines += [f"| {k} | {(names or {}).get(k, '')} | {t:.4f} | {n:.4f} |" for k, t, n in shares.itertuples()]
+    return "\n".join(lines) + "\n"
 
 
 def with_names(scored: pd.DataFrame, names: dict[int, str] | None) -> pd.DataFrame:
@@ -271,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     args.model = args.model or pipeline.path("segmenter")
     args.profile = args.profile or pipeline.path("profile")
     args.separator = separator_option(args.separator)
-    params: PreprocessParams = load_section("preprocess", args.params)
+    raw_params = config.read_params_file(args.params)
+    params: PreprocessParams = config.parse_section("preprocess", raw_params.get("preprocess"), args.params)
     if params.engine != LOCAL:  # another engine scores (Dask: partitions on the cluster, the output Parquet)
         engine_module(params.engine, "score").run(args, params)
         return
@@ -284,22 +330,34 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{source}: " + ("is a directory, not a CSV file" if source.is_dir() else "file not found"))
     output = Path(args.output) if args.output else default_output(source)
     check_outputs(output, source, params.data.id_column or ROW_ID_COLUMN)
+    drift = config.parse_section("score", raw_params.get("score") or {}, args.params, config.ScoreParams)
     segmenter = load_segmenter(args.model)
     update = {"path": str(source), **({"separator": args.separator} if args.separator else {})}
     raw = data.load_csv(params.data.model_copy(update=update), separator_fix=separator_fix)
     scored, rejects, outliers = score(raw, segmenter, params, str(source))
     k = algorithms.n_clusters(segmenter.named_steps["cluster"])
     names = segment_names(Path(args.profile), k)
+    sizes = read_profile(Path(args.profile), SIZE_COLUMN, k)
+    shares = segment_shares(scored, sizes) if sizes is not None and len(scored) else None
+    index = psi(shares["training"], shares["scored"]) if shares is not None else None
 
-    rejects_file = rejects_path(output)
-    with StageOutputs() as out:  # both files replaced together, only once all succeeded
+    rejects_file, summary_file = rejects_path(output), summary_path(output)
+    facts = [f"input: {source}, {len(raw)} row(s)", f"scored: {len(scored)} -> {output}"]
+    facts.append(f"not scored: {len(rejects)}" + (f" (listed in {rejects_file})" if len(rejects) else ""))
+    with StageOutputs() as out:  # the files replaced together, only once all succeeded
         out.write_csv(output, with_names(scored, names))
         if len(rejects):
             out.write_csv(rejects_file, rejects)
+        out.write_text(summary_file, summary_text(facts, shares, names, index, drift.drift_threshold))
         out.commit()
     if not len(rejects):
         rejects_file.unlink(missing_ok=True)  # from an earlier run of the same output
     print(f"score: {len(scored)} of {len(raw)} row(s) scored -> {output}")
+    shown = f" (population stability index over segments: {index:.4f})" if index is not None else ""
+    print(f"score: summary -> {summary_file}{shown}")
+    if index is not None and index > drift.drift_threshold:
+        print(f"warning: the segment mix has shifted (population stability index {index:.4f} > score.drift_threshold "
+              f"{drift.drift_threshold}): the model may need retraining", file=sys.stderr)  # fmt: skip
     if len(rejects):
         print(rejects_line(rejects, len(raw), rejects_file), file=sys.stderr)
     if names is None:
