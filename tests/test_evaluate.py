@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import json
+
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
+from pipeline_helpers import run_stage_cli
 from segmentation.config import EvaluateParams
 from segmentation.core.figures import profile_plot, projection_plot, silhouette_plot
 from segmentation.core.quality import evaluate
@@ -115,3 +119,33 @@ def test_saved_figures_are_the_bytes_of_a_tight_savefig(fitted, tmp_path):
         tight = tmp_path / f"{name}-tight.png"
         make().savefig(tight, format="png", dpi=FIGURE_DPI, bbox_inches="tight", metadata={"Software": None})
         assert (tmp_path / f"{name}.png").read_bytes() == tight.read_bytes(), name
+
+
+def test_the_stage_reports_each_segment_s_stability_and_warns_below_0_6(tmp_path):
+    """Uniform noise in 5 dimensions at k = 6: segments that are not real (NOTES.md "Cluster stability")."""
+    X = np.random.default_rng(0).uniform(size=(2000, 5))
+    columns = list("abcde")
+    matrix = pd.DataFrame({"ID": np.arange(len(X)), **dict(zip(columns, X.T, strict=True))})
+    matrix.to_csv(tmp_path / "m.csv", index=False)
+    matrix.to_csv(tmp_path / "f.csv", index=False)
+    model = KMeans(n_clusters=6, n_init=4, random_state=0).fit(X)
+    joblib.dump(model, tmp_path / "k.joblib")
+    (tmp_path / "t.json").write_text(json.dumps({"k_best": 6, "inertia": float(model.inertia_)}))
+    train = {"k_min": 2, "k_max": 8, "n_init": 4, "random_state": 0, "n_threads": 1}
+    args = ["--matrix", "m.csv", "--features", "f.csv", "--model", "k.joblib", "--train-metrics", "t.json",
+            "--segments", "out/seg.csv", "--profile", "out/p.csv", "--metrics", "out/e.json", "--plots-dir", "out/p",
+            "--dagshub-dir", "out/dh"]  # fmt: skip
+    preprocess = {"data": {"path": "raw.csv", "separator": ","}, "recipe": None, "features": columns}
+    for resamples in (5, 0):
+        evaluate_params = {"silhouette_sample_size": 500, "random_state": 0, "stability_resamples": resamples}
+        proc = run_stage_cli(tmp_path, "evaluate", args, preprocess=preprocess, train=train, evaluate=evaluate_params)
+        assert proc.returncode == 0, proc.stderr
+        metrics = json.loads((tmp_path / "out" / "e.json").read_text())
+        stability = [metrics[f"stability_cluster_{c}"] for c in range(6) if f"stability_cluster_{c}" in metrics]
+        warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: evaluate: segment")]
+        if resamples:
+            assert len(stability) == 6 and min(stability) < 0.6
+            assert len(warnings) == sum(v < 0.6 for v in stability)
+            assert all("not a real segment" in line for line in warnings)
+        else:  # off: no stability, no warning
+            assert stability == [] and warnings == []

@@ -209,7 +209,7 @@ def test_category_shares_add_up_with_blanks():
     assert np.allclose(shares.sum(axis=1), 1.0)
 
 
-def page(png: bytes = b"\x89PNG fake") -> str:
+def page(png: bytes = b"\x89PNG fake", stability: tuple[float, ...] = (0.9, 0.7, 0.5)) -> str:
     _, _, profile, kinds, overall, z = example()
     segments = report.describe_segments(profile, overall, z, ["Income", "Children", "Age"], ["Response"], kinds)
     elbow = pd.DataFrame({"k": [2, 3, 4], "score": [10.0, 6.0, 5.5], "metric": "distortion"})
@@ -230,6 +230,7 @@ def page(png: bytes = b"\x89PNG fake") -> str:
         provenance=report.provenance_section(
             {"train.k_max": 10, "evaluate.x": "<b>"}, "d.csv", "abc", {"src/x.py": "f00"}
         ),
+        stability=report.stability_section(segments, dict(enumerate(stability)), 20, 3000),
     )
 
 
@@ -243,6 +244,15 @@ def test_the_page_is_self_contained_and_deterministic():
     assert "90,500" in html and "75.0%" in html  # rounded, original units
     assert "silhouette (higher is better) prefers k = 3" in html
     assert "<b>k = 3</b>" in html
+
+
+def test_each_segment_s_stability_is_shown_with_hennig_s_reading():
+    html = page()
+    assert "20 bootstrap resamples of 3,000 customers" in html
+    for value, reading in (("0.90", "highly stable"), ("0.70", "a pattern"), ("0.50", "not a real segment")):
+        assert re.search(rf"<td>{value}</td>\s*<td>{reading}", html)
+    assert "Stability of each segment" not in page(stability=())  # not measured (evaluate.stability_resamples: 0)
+    assert report.stability_reading(0.6) != report.stability_reading(0.5999)  # Hennig's threshold, UNSTABLE
 
 
 def test_missing_figures_are_noted_not_broken():

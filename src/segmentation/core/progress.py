@@ -11,10 +11,19 @@ LONG_STEP_S = 1.0  # a step shorter than this prints nothing in a log: small dat
 
 
 @contextmanager
-def parts(stage: str, what: str, total: int, unit: str = "it") -> Iterator[Callable[[str], None]]:
-    """A step of ``total`` parts: a tqdm bar on a terminal, else one line per part; yields the function "part done"."""
+def parts(stage: str, what: str, total: int, unit: str = "it", every_s: float = 0.0) -> Iterator[Callable[[str], None]]:
+    """A step of ``total`` parts: a tqdm bar on a terminal, else one line per part (at most one per ``every_s``
+    seconds: many short parts stay quiet); yields the function "part done"."""
     if not sys.stderr.isatty():
-        yield lambda message: print(f"{stage}: {message}", file=sys.stderr, flush=True)
+        last = time.perf_counter()
+
+        def line(message: str) -> None:
+            nonlocal last
+            if time.perf_counter() - last >= every_s:
+                print(f"{stage}: {message}", file=sys.stderr, flush=True)
+                last = time.perf_counter()
+
+        yield line
         return
     from tqdm import tqdm
 

@@ -197,6 +197,39 @@ SCORES: dict[str, tuple[str, list[tuple[float, str]]]] = {
         "of the scores above; new customers always get the nearest segment")]),
 }  # fmt: skip
 
+# Hennig's reading of a segment's stability (fpc::clusterboot's documentation), highest first, as SCORES' readings.
+STABILITY: list[tuple[float, str]] = [(0.85, "highly stable"), (0.75, "stable: a valid segment"),
+    (0.6, "a pattern in the data, but which customers belong to it is doubtful"),
+    (-np.inf, "not a real segment: it dissolves when the data vary; do not act on it alone")]  # fmt: skip
+UNSTABLE = 0.6  # below this, evaluate warns
+
+
+def stability_reading(value: float) -> str:
+    """What a segment's stability says, by Hennig's thresholds."""
+    return next(text for least, text in STABILITY if value >= least)
+
+
+def stability_section(segments: Sequence[Segment], stability: Mapping[int, float], resamples: int, rows: int) -> str:
+    """The page's section (heading included) on each segment's stability (``stability``: cluster -> value) with its
+    reading; empty when it was not measured."""
+    if not stability:
+        return ""
+    table = pd.DataFrame(
+        [(s.name, f"{stability[s.cluster]:.2f}", stability_reading(stability[s.cluster]))
+         for s in segments if s.cluster in stability],
+        columns=["Segment", "Stability", "Reading"],
+    ).to_html(index=False)  # fmt: skip
+    return (
+        "<h2>Stability of each segment</h2>\n"
+        f"<p>How often each segment comes back when the data vary: the model's algorithm refitted at its k on "
+        f"{resamples} bootstrap resamples of {rows:,} customers; a segment scores its best Jaccard overlap with the "
+        "resample's segments, averaged (Hennig's cluster-wise stability, as R's <code>fpc::clusterboot</code>; "
+        "0 to 1). Below 0.6 a segment is not real, 0.6–0.75 a pattern, 0.75 and up valid, 0.85 and up highly stable."
+        f"{' Customers in no segment (noise) are not scored.' if any(s.cluster == NOISE for s in segments) else ''}"
+        f"</p>{table}\n"
+    )
+
+
 STYLE = """
 body{font-family:"DejaVu Sans",Arial,sans-serif;margin:2em auto;max-width:1200px;color:#1d2733;padding:0 1em}
 .cards,.figs{display:flex;flex-wrap:wrap;gap:12px}.figs figure{flex:1 1 520px;margin:0}img{max-width:100%}
@@ -287,7 +320,7 @@ def provenance_section(
 def render_report(
     *, segments: Sequence[Segment], profile: pd.DataFrame, overall: Mapping[str, float], features: Sequence[str],
     extras: Sequence[str], kinds: Mapping[str, str], metrics: Mapping[str, Any], images: Mapping[str, bytes | None],
-    k_choice: str, provenance: str,
+    k_choice: str, provenance: str, stability: str = "",
 ) -> str:  # fmt: skip
     """The whole page: one HTML string, styles and images inline, no script, no URL; every user text escaped."""
     rows = {  # the profile: a column per segment and one for all customers
@@ -342,7 +375,7 @@ average is above (red) or below (blue) the overall one; cell text: the average.<
 <h2>Quality</h2>
 {scores_table}
 <div class="figs">{figures}</div>
-<h2>What produced this report</h2>
+{stability}<h2>What produced this report</h2>
 {provenance}
 </body></html>
 """

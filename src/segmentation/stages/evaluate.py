@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from segmentation.config import EvaluateParams, flatten, parse_section
 from segmentation.core import report
 from segmentation.core.figures import profile_plot, projection_plot, silhouette_plot
 from segmentation.core.plotting import FIGURE_DPI
+from segmentation.core.progress import LONG_STEP_S, parts, step
 from segmentation.core.quality import Evaluation, check_model, criteria_per_k, evaluate, profiled_columns
+from segmentation.core.stability import cluster_stability, stability_key
 from segmentation.engines import LOCAL, engine_module
 from segmentation.errors import UserError
 from segmentation.files import load_model, read_csv, read_matrix
@@ -67,6 +70,13 @@ def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
     labels = check_model(model, X, args.model, args.matrix, train_metrics, args.train_metrics)  # None or predicted
     result = evaluate(matrix, features, model, id_column, params, [*categorical, *text_extras], labels)
     labels = result.segments[report.CLUSTER_COLUMN].to_numpy()
+    if resamples := params.stability_resamples:  # refitted with train's knobs: dvc.yaml declares train's params
+        train_params, k = parse_section("train", raw_params.get("train"), args.params), algorithms.n_clusters(model)
+        what = f"stability, {resamples} resamples of {min(len(X), params.stability_max_rows):,} rows"
+        with step("evaluate", what), parts("evaluate", what, resamples, "resample", LONG_STEP_S) as done:
+            values = cluster_stability(X, labels, lambda: algorithms.make(train_params, k), resamples,
+                                       params.stability_max_rows, params.random_state, done)  # fmt: skip
+        result.metrics.update({stability_key(c): float(v) for c, v in enumerate(values)})
     figures = {
         "clusters_2d.png": projection_plot(matrix, labels, id_column, params.plot_sample_size, params.random_state),
         "silhouette.png": silhouette_plot(result.silhouette_values, result.silhouette_labels),
@@ -100,6 +110,13 @@ def report_outcome(
     # The names go with the profile: `make score` puts them beside each new customer's segment.
     rounded.insert(1, report.NAME_COLUMN, [segment.name for segment in segments])
     evaluate_params = flatten(params, "evaluate.")
+    stability = {
+        s.cluster: result.metrics[key] for s in segments if (key := stability_key(s.cluster)) in result.metrics
+    }
+    for s in segments:
+        if stability.get(s.cluster, 1.0) < report.UNSTABLE:
+            print(f"warning: evaluate: segment {s.cluster} ({s.name}) has stability {stability[s.cluster]:.2f}: "
+                  f"{report.stability_reading(stability[s.cluster])}", file=sys.stderr)  # fmt: skip
 
     def write(out, log) -> None:
         write_segments(out)
@@ -120,6 +137,9 @@ def report_outcome(
                 kinds=kinds, metrics=result.metrics, images=images,
                 k_choice=report.k_choice_section(
                     elbow, train_metrics, criteria, elbow_png.read_bytes() if elbow_png.is_file() else None, algorithm
+                ),
+                stability=report.stability_section(
+                    segments, stability, params.stability_resamples, min(rows, params.stability_max_rows)
                 ),
                 provenance=report.provenance_section(
                     {**lineage.params, **evaluate_params}, lineage.data_path, lineage.data_md5, source_files()
