@@ -23,7 +23,7 @@ from segmentation.engines import LOCAL, engine_module
 from segmentation.errors import UserError
 from segmentation.files import load_model, read_csv, read_matrix
 from segmentation.stages.runner import Outcome, cli
-from segmentation.tracking.lineage import _pipeline_graph, upstream_lineage
+from segmentation.tracking.lineage import pipeline_graph, upstream_lineage
 
 
 def read_train_metrics(path: str | Path) -> dict[str, Any] | None:
@@ -47,7 +47,7 @@ def read_optional_csv(path: str | None) -> pd.DataFrame | None:
 
 def source_files() -> dict[str, str]:
     """The git blob id of each Python file the stage runs, as dvc.yaml declares them (``git log --find-object``)."""
-    declared = [Path(d) for d in _pipeline_graph(Path("dvc.yaml"))[0].get("evaluate", ()) if d.startswith("src/")]
+    declared = [Path(d) for d in pipeline_graph(Path("dvc.yaml"))[0].get("evaluate", ()) if d.startswith("src/")]
     files = {f.as_posix(): f for d in declared for f in ([d] if d.suffix == ".py" else d.rglob("*.py")) if f.is_file()}
     blobs = {name: files[name].read_bytes() for name in sorted(files)}
     return {name: hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() for name, data in blobs.items()}

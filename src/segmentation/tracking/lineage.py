@@ -138,9 +138,6 @@ def pipeline_graph(dvc_yaml: Path) -> tuple[dict[str, set[str]], dict[str, str],
     return deps_of, producer, cached
 
 
-_pipeline_graph = pipeline_graph  # the name evaluate imports
-
-
 def dvc_process():
     """The DVC process (``dvc repro``, ``dvc exp run``, a queue worker) that this stage runs under, or None."""
     import psutil
