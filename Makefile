@@ -38,7 +38,7 @@ EXTRAS ?=
 
 setup: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Create .venv from uv.lock, turn telemetry off, restore the example data (EXTRAS=dask: + the Dask engine)
 	$(UV) sync --frozen $(addprefix --extra ,$(EXTRAS))
-	$(BIN)/python -m segmentation.tools.bootstrap
+	$(BIN)/python scripts/bootstrap.py
 
 # DVC removes a stage's outputs before running it: if one fails, the last good ones (dvc.lock) are put back.
 repro: ## Run the pipeline (dvc repro): preprocess -> train -> evaluate; a failed stage's last good outputs put back

@@ -54,7 +54,7 @@ def pipeline_times() -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         root = copy_project(Path(tmp) / "project")
         env = project_env(Path(tmp))
-        run([sys.executable, "-m", "segmentation.tools.bootstrap", "--skip-pth"], root, env)
+        run([sys.executable, "scripts/bootstrap.py", "--skip-pth"], root, env)
         start = time.perf_counter()
         run(["dvc", "repro"], root, env)
         full = time.perf_counter() - start

@@ -44,7 +44,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         root = copy_project(tmp / "project")
         env = project_env(tmp)
-        run([sys.executable, "-m", "segmentation.tools.bootstrap", "--skip-pth"], root, env)
+        run([sys.executable, "scripts/bootstrap.py", "--skip-pth"], root, env)
         run(["dvc", "repro"], root, env)
 
         base = median(lambda: timed(EVALUATE, root, env), args.repeat)

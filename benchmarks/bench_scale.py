@@ -166,7 +166,7 @@ def project_copy(tmp: Path, data: Path, seed: int, engine: str = "local") -> tup
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-q", "-m", "bench params"], root, env)
     # What `make setup` does in a new clone (the local MLflow store created), as a user has it before a first repro.
-    run([sys.executable, "-m", "segmentation.tools.bootstrap", "--skip-pth", "--skip-data"], root, env)
+    run([sys.executable, "scripts/bootstrap.py", "--skip-pth", "--skip-data"], root, env)
     return root, env
 
 

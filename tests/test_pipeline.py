@@ -103,7 +103,7 @@ def test_dvc_metrics_params_and_plots(project):
     plots = run(["dvc", "plots", "show", "--json"], root, env)
     assert P["elbow_scores"] in plots.stdout
     # The HTML page works offline: Vega is inlined (template written by the set-up), no script from a CDN.
-    run([sys.executable, "-m", "segmentation.tools.bootstrap", "--skip-pth", "--skip-data"], root, env)
+    run([sys.executable, "scripts/bootstrap.py", "--skip-pth", "--skip-data"], root, env)
     run(["dvc", "plots", "show"], root, env)
     page = (root / "dvc_plots" / "index.html").read_text()
     assert "<script src" not in page and "cdn.jsdelivr" not in page

@@ -259,10 +259,7 @@ def test_generated_project_sets_up_reproduces_and_passes_its_tests(generated):
     gen, env = generated
     where = run([sys.executable, "-c", "import segmentation; print(segmentation.__file__)"], gen, env).stdout
     assert Path(where.strip()).is_relative_to(gen / "src")  # its own code runs, not the template's
-    assert (
-        "restored from data/example/"
-        in run([sys.executable, "-m", "segmentation.tools.bootstrap", "--skip-pth"], gen, env).stdout
-    )
+    assert "restored from data/example/" in run([sys.executable, "scripts/bootstrap.py", "--skip-pth"], gen, env).stdout
     run(["dvc", "repro"], gen, env)
     assert json.loads(run(["dvc", "status", "--json"], gen, env).stdout) == {}
     for name in ("preprocess", "train", "evaluate"):  # same data and params as the template: same results
@@ -306,7 +303,7 @@ def test_project_without_the_example_data_takes_your_data_and_its_make_test_pass
     assert not (gen / "data/example").exists() and not (gen / "data/raw.dvc").exists()
     for section in stage_names(gen):  # each stage's own section
         load_section(section, gen / "params.yaml")  # still valid params
-    setup = run([sys.executable, "-m", "segmentation.tools.bootstrap", "--skip-pth"], gen, env)
+    setup = run([sys.executable, "scripts/bootstrap.py", "--skip-pth"], gen, env)
     assert "no data/raw.dvc, no data to restore" in setup.stdout
     failed = run(["dvc", "repro"], gen, env, check=False)
     assert failed.returncode != 0 and "data/raw/customers.csv" in failed.stderr
@@ -341,7 +338,7 @@ def test_copy_from_a_used_clone_then_update(tmp_path):
     """The template clone has run its pipeline (`make repro`): still clean, so copier records a real commit."""
     env = project_env(tmp_path)
     root = copy_project(tmp_path / "template")
-    run([sys.executable, "-m", "segmentation.tools.bootstrap", "--skip-pth"], root, env)
+    run([sys.executable, "scripts/bootstrap.py", "--skip-pth"], root, env)
     run(["dvc", "repro"], root, env)
     assert run(["git", "status", "--porcelain"], root, env).stdout == ""  # the commit reproduced itself
     gen = copier_copy(root, tmp_path / "used-shop", {"project_name": "used-shop"}, env)

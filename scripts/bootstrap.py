@@ -103,7 +103,7 @@ def prepare_local_store(root: Path | None = None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m segmentation.tools.bootstrap [--skip-data] [--skip-pth]``."""
+    """CLI: ``python scripts/bootstrap.py [--skip-data] [--skip-pth]`` (make setup)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--skip-data", action="store_true", help="do not restore the raw data")
     parser.add_argument("--skip-pth", action="store_true", help="do not write the no-telemetry .pth")
