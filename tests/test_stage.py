@@ -90,3 +90,26 @@ def test_under_dvc_the_error_line_says_how_to_get_the_outputs_back(project, caps
         "error: in.csv: column x is blank; dvc removed its outputs: the last good ones (dvc.lock) come back with "
         "python -m segmentation.stages.runner --restore (make repro does it)\n"
     )
+
+
+def test_restoring_gives_up_on_a_hung_dvc_checkout_in_one_line(project, capsys, monkeypatch):
+    """`make repro`'s restore waits for `dvc checkout` at most RESTORE_TIMEOUT_S, then says what to do."""
+    import subprocess
+
+    from segmentation.stages import runner
+
+    (project / "dvc.lock").write_text("stages:\n  evaluate:\n    outs:\n    - path: gone.csv\n      md5: 0\n")
+    waited = []
+
+    def hung(cmd, **kwargs):
+        waited.append(kwargs.get("timeout"))
+        raise subprocess.TimeoutExpired(cmd, kwargs.get("timeout"))
+
+    monkeypatch.setattr(runner.subprocess, "run", hung)
+    with pytest.raises(SystemExit) as stopped:
+        runner.restore_main()
+    assert stopped.value.code == 2 and waited == [runner.RESTORE_TIMEOUT_S]
+    err = capsys.readouterr().err
+    assert (
+        err == f"error: dvc checkout did not finish within {runner.RESTORE_TIMEOUT_S} s; run `dvc checkout` yourself\n"
+    )

@@ -21,10 +21,12 @@ import yaml
 from pydantic import BaseModel
 
 from segmentation.config import PARAMS_FILE, declare_section, parse_section, read_params_file
-from segmentation.errors import RESTORE, stage_entrypoint
+from segmentation.errors import RESTORE, UserError, stage_entrypoint
 from segmentation.files import StageOutputs
 from segmentation.tracking.lineage import LOCK_FILE
 from segmentation.tracking.logger import DualLogger
+
+RESTORE_TIMEOUT_S = 600  # `dvc checkout` of the last good outputs (10M rows: a few GB from the cache)
 
 
 @contextmanager
@@ -52,12 +54,19 @@ def restore(lock_path: str | Path = LOCK_FILE) -> list[str]:
     missing = [out for out in outs if not Path(out["path"]).exists()]
     if not missing:
         return []
-    subprocess.run([sys.executable, "-m", "dvc", "checkout", "--quiet"], check=False)
+    try:
+        subprocess.run([sys.executable, "-m", "dvc", "checkout", "--quiet"], check=False, timeout=RESTORE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise UserError(
+            f"dvc checkout did not finish within {RESTORE_TIMEOUT_S} s; run `dvc checkout` yourself"
+        ) from None
     with Repo() as repo, StageOutputs() as put_back:
         for out in (out for out in missing if not Path(out["path"]).exists()):
             cached = Path(repo.cache.local.oid_to_path(out["md5"]))
             git = ["git", "show", f"HEAD:{out['path']}"]
-            data = cached.read_bytes() if cached.is_file() else subprocess.run(git, capture_output=True).stdout
+            data = (
+                cached.read_bytes() if cached.is_file() else subprocess.run(git, capture_output=True, timeout=60).stdout
+            )
             if hashlib.md5(data).hexdigest() == out["md5"]:
                 put_back.path(out["path"]).write_bytes(data)
         put_back.commit()
@@ -113,8 +122,12 @@ def cli(
     return stage_entrypoint(main, name=stage)
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--restore"]:  # make repro, after a failed stage
+@stage_entrypoint
+def restore_main() -> None:
+    """``python -m segmentation.stages.runner --restore`` (make repro, after a failed stage)."""
     back = restore()
     print(f"restored the last good outputs (dvc.lock): {', '.join(back) or 'none were missing'}", file=sys.stderr)
-elif __name__ == "__main__":
-    sys.exit(f"usage: {RESTORE}")
+
+
+if __name__ == "__main__":
+    restore_main() if sys.argv[1:] == ["--restore"] else sys.exit(f"usage: {RESTORE}")
