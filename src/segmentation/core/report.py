@@ -183,22 +183,7 @@ def describe_segments(
 
 # -- the page ------------------------------------------------------------------------------------------------------
 
-# The quality table: per score its label, then its readings (the lowest value a reading is for, reading) highest first.
-SCORES: dict[str, tuple[str, list[tuple[float, str]]]] = {
-    "silhouette": ("Silhouette (−1 to 1, higher is better)", [(0.5, "well separated segments"),
-        (0.25, "reasonable structure: segments overlap at their edges"),
-        (-np.inf, "weak structure: segments overlap a lot; read them as tendencies")]),
-    "calinski_harabasz": ("Calinski–Harabasz (higher is better)", [
-        (-np.inf, "between-segment spread over within-segment spread; compare it across runs on the same data")]),
-    "davies_bouldin": ("Davies–Bouldin (0 and up, lower is better)", [(1.5, "segments close to each other relative "
-        "to their size"), (0.7, "segments fairly distinct"), (-np.inf, "compact, distinct segments")]),
-    "smallest_cluster_share": ("Smallest segment", [(0.05, "every segment is large enough to act on"),
-        (-np.inf, "a small niche: check it is worth a campaign of its own")]),
-    "noise_share": ("Customers in no segment (noise)", [(-np.inf, "a segment of their own in the profile, left out "
-        "of the scores above; new customers always get the nearest segment")]),
-}  # fmt: skip
-
-# Hennig's reading of a segment's stability (fpc::clusterboot's documentation), highest first, as SCORES' readings.
+# Hennig's reading of a segment's stability (fpc::clusterboot's documentation), highest first.
 STABILITY: list[tuple[float, str]] = [(0.85, "highly stable"), (0.75, "stable: a valid segment"),
     (0.6, "a pattern in the data, but which customers belong to it is doubtful"),
     (-np.inf, "not a real segment: it dissolves when the data vary; do not act on it alone")]  # fmt: skip
@@ -213,65 +198,44 @@ def stability_reading(value: float) -> str:
 def stability_section(segments: Sequence[Segment], stability: Mapping[int, float], resamples: int, rows: int) -> str:
     """The page's section on each segment's stability (``stability``: cluster -> value) with its reading; empty when
     it was not measured."""
-    if not stability:
-        return ""
-    table = pd.DataFrame(
-        [(s.name, f"{stability[s.cluster]:.2f}", stability_reading(stability[s.cluster]))
-         for s in segments if s.cluster in stability],
-        columns=["Segment", "Stability", "Reading"],
-    ).to_html(index=False)  # fmt: skip
-    return SECTIONS.stability(resamples, rows, any(s.cluster == NOISE for s in segments), table)
+    scored = [(s.name, stability[s.cluster], stability_reading(stability[s.cluster]))
+              for s in segments if s.cluster in stability]  # fmt: skip
+    return SECTIONS.stability(resamples, rows, any(s.cluster == NOISE for s in segments), scored) if scored else ""
+
+
+CRITERIA = ("silhouette", "calinski_harabasz", "davies_bouldin")  # the other criteria per k, in the page's order
 
 
 def _score(value: float) -> str:
     return "–" if not np.isfinite(value) else f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3f}"
 
 
-FIT = "the best trade-off between fit and the number of parameters"
-RULES = {
-    "elbow": "the elbow (knee) of the curve: where adding a segment stops paying off",
-    "min_bic": f"the lowest BIC: {FIT}", "min_aic": f"the lowest AIC: {FIT}",
-    "fixed": "params: train.k (or k_min = k_max), whatever the curve says",
-}  # fmt: skip
-CRITERIA = {"silhouette": "silhouette (higher is better)", "calinski_harabasz": "Calinski–Harabasz (higher is better)",
-            "davies_bouldin": "Davies–Bouldin (lower is better)"}  # fmt: skip
-
-
 def k_choice_section(
     elbow: pd.DataFrame | None, train_metrics: Mapping[str, Any] | None, criteria: pd.DataFrame | None,
     elbow_png: bytes | None, algorithm: str = "k-means",
 ) -> str:  # fmt: skip
-    """How k was chosen: the train stage's score per k and rule, and what the other ``criteria`` (k, silhouette,
-    calinski_harabasz, davies_bouldin) say per k; ``algorithm`` is the registry's label."""
+    """How k was chosen: the train stage's score per k and rule, and the k each of the other ``criteria`` (k,
+    silhouette, calinski_harabasz, davies_bouldin) prefers; ``algorithm`` is the registry's label."""
     tm = dict(train_metrics or {})
     rule = str(tm.get("k_rule", "?"))
     metric = str(elbow["metric"].iloc[0]) if elbow is not None and "metric" in elbow and len(elbow) else "score"
-    how = f"the best {metric} score" if rule == "best_score" else RULES.get(rule, rule)
-    if rule == "density":  # an algorithm that finds k itself (HDBSCAN): no search, its one "score" the noise share
+    if rule == "density":  # an algorithm that finds k itself (HDBSCAN): no search over k
         elbow = None
     scores = None if elbow is None else elbow[["k", "score"]].rename(columns={"score": metric})
     tables = [t.set_index("k") for t in (scores, criteria) if t is not None and len(t)]
-    by_k, says = pd.DataFrame(), ""
-    if tables:
-        by_k = pd.concat(tables, axis=1)  # outer join on k
-        best = {c: by_k[c].idxmin() if c == "davies_bouldin" else by_k[c].idxmax() for c in CRITERIA if c in by_k}
-        says = "; ".join(f"{CRITERIA[c]} prefers k = {int(k)}" for c, k in best.items())
-        by_k.index = [f"{k:.0f} (the model's k)" if k == tm.get("k_best") else f"{k:.0f}" for k in by_k.index]
+    by_k = pd.concat(tables, axis=1) if tables else pd.DataFrame()  # outer join on k
+    best = {c: int(by_k[c].idxmin() if c == "davies_bouldin" else by_k[c].idxmax()) for c in CRITERIA if c in by_k}
+    by_k.index = [f"{k:.0f} (the model's k)" if k == tm.get("k_best") else f"{k:.0f}" for k in by_k.index]
     table = by_k.rename_axis("k").to_html(na_rep="–", float_format=_score) if tables else ""
     noise = format_value(float(tm.get("noise_share", 0.0)), RATE)
-    return SECTIONS.k_choice(algorithm, rule, tm.get("k_best"), metric, how, noise, says, table, elbow_png)
+    return SECTIONS.k_choice(algorithm, rule, tm.get("k_best"), metric, noise, best, table, elbow_png)
 
 
 def provenance_section(
     params: Mapping[str, Any], data_path: str | None, data_md5: str | None, code: Mapping[str, str]
 ) -> str:
     """The params, the raw data and its md5, and the code (git blob id per source file) behind the page."""
-    return SECTIONS.provenance(
-        data_path or "?",
-        data_md5 or "?",
-        pd.DataFrame(list(code.items()), columns=["Source file", "git blob id"]).to_html(index=False)
-        + pd.DataFrame([(k, str(v)) for k, v in params.items()], columns=["Param", "Value"]).to_html(index=False),
-    )
+    return SECTIONS.provenance(data_path or "?", data_md5 or "?", code, params)
 
 
 def render_report(
@@ -292,18 +256,11 @@ def render_report(
         for c in columns:
             values = [*profile[c], overall[c]]
             rows[title, c.replace("=", ": ", 1)] = [format_value(float(v), kinds.get(c, RATE)) for v in values]
-    scores = []  # the quality scores with what each says
-    for key, (label, readings) in SCORES.items():
-        if key in metrics:
-            v = float(metrics[key])
-            reading = next((r for least, r in readings if v >= least), readings[-1][1])  # NaN: the last
-            scores.append((label, format_value(v, RATE) if key.endswith("share") else _score(v), reading))
     return PAGE.render(
-        segments=segments, customers=int(profile[SIZE_COLUMN].sum()), noise=NOISE, images=images,
-        rate=lambda v: format_value(v, RATE), k_choice_html=k_choice, stability_html=stability,
+        segments=segments, customers=int(profile[SIZE_COLUMN].sum()), noise=NOISE, images=images, metrics=metrics,
         profile_table=pd.DataFrame(rows, index=[*(s.name for s in segments), "All customers"]).T.to_html(),
-        scores_table=pd.DataFrame(scores, columns=["Metric", "Value", "Reading"]).to_html(index=False),
-        provenance_html=provenance,
+        k_choice=k_choice, stability=stability, provenance=provenance,
+        score=_score, rate=lambda v: format_value(v, RATE),
     )  # fmt: skip
 
 
