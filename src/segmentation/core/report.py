@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
-import html
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 import pandas as pd
 
@@ -182,22 +183,7 @@ def describe_segments(
 
 # -- the page ------------------------------------------------------------------------------------------------------
 
-# The quality table: per score its label, then its readings (the lowest value a reading is for, reading) highest first.
-SCORES: dict[str, tuple[str, list[tuple[float, str]]]] = {
-    "silhouette": ("Silhouette (−1 to 1, higher is better)", [(0.5, "well separated segments"),
-        (0.25, "reasonable structure: segments overlap at their edges"),
-        (-np.inf, "weak structure: segments overlap a lot; read them as tendencies")]),
-    "calinski_harabasz": ("Calinski–Harabasz (higher is better)", [
-        (-np.inf, "between-segment spread over within-segment spread; compare it across runs on the same data")]),
-    "davies_bouldin": ("Davies–Bouldin (0 and up, lower is better)", [(1.5, "segments close to each other relative "
-        "to their size"), (0.7, "segments fairly distinct"), (-np.inf, "compact, distinct segments")]),
-    "smallest_cluster_share": ("Smallest segment", [(0.05, "every segment is large enough to act on"),
-        (-np.inf, "a small niche: check it is worth a campaign of its own")]),
-    "noise_share": ("Customers in no segment (noise)", [(-np.inf, "a segment of their own in the profile, left out "
-        "of the scores above; new customers always get the nearest segment")]),
-}  # fmt: skip
-
-# Hennig's reading of a segment's stability (fpc::clusterboot's documentation), highest first, as SCORES' readings.
+# Hennig's reading of a segment's stability (fpc::clusterboot's documentation), highest first.
 STABILITY: list[tuple[float, str]] = [(0.85, "highly stable"), (0.75, "stable: a valid segment"),
     (0.6, "a pattern in the data, but which customers belong to it is doubtful"),
     (-np.inf, "not a real segment: it dissolves when the data vary; do not act on it alone")]  # fmt: skip
@@ -210,44 +196,14 @@ def stability_reading(value: float) -> str:
 
 
 def stability_section(segments: Sequence[Segment], stability: Mapping[int, float], resamples: int, rows: int) -> str:
-    """The page's section (heading included) on each segment's stability (``stability``: cluster -> value) with its
-    reading; empty when it was not measured."""
-    if not stability:
-        return ""
-    table = pd.DataFrame(
-        [(s.name, f"{stability[s.cluster]:.2f}", stability_reading(stability[s.cluster]))
-         for s in segments if s.cluster in stability],
-        columns=["Segment", "Stability", "Reading"],
-    ).to_html(index=False)  # fmt: skip
-    return (
-        "<h2>Stability of each segment</h2>\n"
-        f"<p>How often each segment comes back when the data vary: the model's algorithm refitted at its k on "
-        f"{resamples} bootstrap resamples of {rows:,} customers; a segment scores its best Jaccard overlap with the "
-        "resample's segments, averaged (Hennig's cluster-wise stability, as R's <code>fpc::clusterboot</code>; "
-        "0 to 1). Below 0.6 a segment is not real, 0.6–0.75 a pattern, 0.75 and up valid, 0.85 and up highly stable."
-        f"{' Customers in no segment (noise) are not scored.' if any(s.cluster == NOISE for s in segments) else ''}"
-        f"</p>{table}\n"
-    )
+    """The page's section on each segment's stability (``stability``: cluster -> value) with its reading; empty when
+    it was not measured."""
+    scored = [(s.name, stability[s.cluster], stability_reading(stability[s.cluster]))
+              for s in segments if s.cluster in stability]  # fmt: skip
+    return SECTIONS.stability(resamples, rows, any(s.cluster == NOISE for s in segments), scored) if scored else ""
 
 
-STYLE = """
-body{font-family:"DejaVu Sans",Arial,sans-serif;margin:2em auto;max-width:1200px;color:#1d2733;padding:0 1em}
-.cards,.figs{display:flex;flex-wrap:wrap;gap:12px}.figs figure{flex:1 1 520px;margin:0}img{max-width:100%}
-.card{flex:1 1 260px;border:1px solid #d8dee6;border-left:6px solid #2f6db5;border-radius:6px;padding:0 .9em}
-table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #d8dee6;padding:.25em .6em;text-align:right}
-th{background:#eef2f6;text-align:left}.muted,figcaption{color:#6b7785;font-size:.9em}
-"""
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def image_tag(png: bytes | None, alt: str) -> str:
-    """An inline PNG (data URI), or a note when there is none."""
-    if not png:
-        return f'<p class="muted">({_e(alt)}: not available)</p>'
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+CRITERIA = ("silhouette", "calinski_harabasz", "davies_bouldin")  # the other criteria per k, in the page's order
 
 
 def _score(value: float) -> str:
@@ -258,63 +214,28 @@ def k_choice_section(
     elbow: pd.DataFrame | None, train_metrics: Mapping[str, Any] | None, criteria: pd.DataFrame | None,
     elbow_png: bytes | None, algorithm: str = "k-means",
 ) -> str:  # fmt: skip
-    """How k was chosen: the train stage's score per k and rule, and what the other ``criteria`` (k, silhouette,
-    calinski_harabasz, davies_bouldin) say per k; ``algorithm`` is the registry's label."""
+    """How k was chosen: the train stage's score per k and rule, and the k each of the other ``criteria`` (k,
+    silhouette, calinski_harabasz, davies_bouldin) prefers; ``algorithm`` is the registry's label."""
     tm = dict(train_metrics or {})
-    k_best, rule, chosen = tm.get("k_best"), str(tm.get("k_rule", "?")), f"<b>k = {_e(tm.get('k_best'))}</b>"
+    rule = str(tm.get("k_rule", "?"))
     metric = str(elbow["metric"].iloc[0]) if elbow is not None and "metric" in elbow and len(elbow) else "score"
-    fit = "the best trade-off between fit and the number of parameters"
-    how = {
-        "elbow": "the elbow (knee) of the curve: where adding a segment stops paying off",
-        "best_score": f"the best {metric} score", "min_bic": f"the lowest BIC: {fit}",
-        "min_aic": f"the lowest AIC: {fit}",
-        "fixed": "params: train.k (or k_min = k_max), whatever the curve says",
-    }.get(rule, rule)  # fmt: skip
-    text = f"The train stage fitted {_e(algorithm)} for each k and scored it by <b>{_e(metric)}</b>; it chose {chosen} "
-    text += f"by {_e(how)}."
-    if rule == "density":  # an algorithm that finds k itself (HDBSCAN): no search, its one "score" the noise share
-        elbow, noise = None, format_value(float(tm.get("noise_share", 0.0)), RATE)
-        text = (
-            f"{_e(algorithm)} found {chosen} segments itself (the dense groups its settings in "
-            "<code>params.yaml</code> call clusters); there was no search over k. "
-            f"{noise} of the customers it fitted on are in no group (noise)."
-        )
-    parts = [f"<p>{text}</p>"]
+    if rule == "density":  # an algorithm that finds k itself (HDBSCAN): no search over k
+        elbow = None
     scores = None if elbow is None else elbow[["k", "score"]].rename(columns={"score": metric})
     tables = [t.set_index("k") for t in (scores, criteria) if t is not None and len(t)]
-    if tables:
-        by_k = pd.concat(tables, axis=1)  # outer join on k
-        says = "; ".join(
-            f"{label} prefers k = {int(by_k[c].idxmin() if c == 'davies_bouldin' else by_k[c].idxmax())}"
-            for c, label in (
-                ("silhouette", "silhouette (higher is better)"),
-                ("calinski_harabasz", "Calinski–Harabasz (higher is better)"),
-                ("davies_bouldin", "Davies–Bouldin (lower is better)"),
-            )
-            if c in by_k
-        )
-        if says:
-            parts.append(
-                "<p>The other criteria, from one k-means fit per k on the same matrix (3 restarts; above "
-                f"<code>evaluate.silhouette_sample_size</code> rows, on a seeded sample of that many): {_e(says)}.</p>"
-            )
-        by_k.index = [f"{k:.0f} (the model's k)" if k == k_best else f"{k:.0f}" for k in by_k.index]
-        parts.append(by_k.rename_axis("k").to_html(na_rep="–", float_format=_score))
-    return "".join([*parts, f"<figure>{image_tag(elbow_png, 'Elbow curve: score per k')}</figure>"])
+    by_k = pd.concat(tables, axis=1) if tables else pd.DataFrame()  # outer join on k
+    best = {c: int(by_k[c].idxmin() if c == "davies_bouldin" else by_k[c].idxmax()) for c in CRITERIA if c in by_k}
+    by_k.index = [f"{k:.0f} (the model's k)" if k == tm.get("k_best") else f"{k:.0f}" for k in by_k.index]
+    table = by_k.rename_axis("k").to_html(na_rep="–", float_format=_score) if tables else ""
+    noise = format_value(float(tm.get("noise_share", 0.0)), RATE)
+    return SECTIONS.k_choice(algorithm, rule, tm.get("k_best"), metric, noise, best, table, elbow_png)
 
 
 def provenance_section(
     params: Mapping[str, Any], data_path: str | None, data_md5: str | None, code: Mapping[str, str]
 ) -> str:
     """The params, the raw data and its md5, and the code (git blob id per source file) behind the page."""
-    return (
-        f"<p>Data: <code>{_e(data_path or '?')}</code> (md5 <code>{_e(data_md5 or '?')}</code>). The git commit: "
-        "<code>git log --find-object=&lt;blob id&gt;</code> lists the commits that hold each source file below (a "
-        "file cannot name the commit it is committed in). The MLflow run that holds this page is tagged with the "
-        "commit checked out when it ran (<code>mlflow.source.git.commit</code>).</p>"
-        + pd.DataFrame(list(code.items()), columns=["Source file", "git blob id"]).to_html(index=False)
-        + pd.DataFrame([(k, str(v)) for k, v in params.items()], columns=["Param", "Value"]).to_html(index=False)
-    )
+    return SECTIONS.provenance(data_path or "?", data_md5 or "?", code, params)
 
 
 def render_report(
@@ -322,7 +243,7 @@ def render_report(
     extras: Sequence[str], kinds: Mapping[str, str], metrics: Mapping[str, Any], images: Mapping[str, bytes | None],
     k_choice: str, provenance: str, stability: str = "",
 ) -> str:  # fmt: skip
-    """The whole page: one HTML string, styles and images inline, no script, no URL; every user text escaped."""
+    """The whole page (report.html.j2): one HTML string, styles and images inline, no script, no URL."""
     rows = {  # the profile: a column per segment and one for all customers
         ("Segment", "Customers"): [f"{n:,}" for n in [*profile[SIZE_COLUMN], profile[SIZE_COLUMN].sum()]],
         ("Segment", "Share"): [*(format_value(v, RATE) for v in profile[SHARE_COLUMN]), "100.0%"],
@@ -335,47 +256,17 @@ def render_report(
         for c in columns:
             values = [*profile[c], overall[c]]
             rows[title, c.replace("=", ": ", 1)] = [format_value(float(v), kinds.get(c, RATE)) for v in values]
-    profile_table = pd.DataFrame(rows, index=[*(s.name for s in segments), "All customers"]).T.to_html()
-    scores = []  # the quality scores with what each says
-    for key, (label, readings) in SCORES.items():
-        if key in metrics:
-            v = float(metrics[key])
-            reading = next((r for least, r in readings if v >= least), readings[-1][1])  # NaN: the last
-            scores.append((label, format_value(v, RATE) if key.endswith("share") else _score(v), reading))
-    scores_table = pd.DataFrame(scores, columns=["Metric", "Value", "Reading"]).to_html(index=False)
-    cards = "".join(
-        f'<div class="card"><h3>{_e(s.name)}</h3>'
-        f'<div class="size">{s.size:,} customers · {format_value(s.share, RATE)} · '
-        f"{'no cluster' if s.cluster == NOISE else f'cluster {s.cluster}'}</div><p>{_e(s.description)}</p></div>"
-        for s in segments
-    )
-    figures = "".join(
-        f"<figure>{image_tag(images.get(key), caption)}<figcaption>{_e(caption)}</figcaption></figure>"
-        for key, caption in (
-            ("clusters_2d", "The customers on the two main directions of the data, coloured by segment"),
-            ("silhouette", "Silhouette per customer: how much closer each is to its own segment than to the next"),
-        )
-    )
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Customer segments</title><style>{STYLE}</style></head>
-<body><h1>Customer segments</h1>
-<p class="lead">{int(profile[SIZE_COLUMN].sum()):,} customers in {len(segments)} segments. Each segment is named after
-what sets it apart from the other customers (features furthest above or below them).</p>
-<h2>The segments</h2>
-<div class="cards">{cards}</div>
-<h2>Profile</h2>
-<p>Averages per customer in original units (money in whole units, counts with one decimal, 0/1 flags as the share
-of customers with the flag), against the average over all customers.</p>
-{profile_table}
-<figure>{image_tag(images.get("profile"), "Heatmap of the profile")}<figcaption>Colour: how far each segment's
-average is above (red) or below (blue) the overall one; cell text: the average.</figcaption></figure>
-<h2>How the number of segments was chosen</h2>
-{k_choice}
-<h2>Quality</h2>
-{scores_table}
-<div class="figs">{figures}</div>
-{stability}<h2>What produced this report</h2>
-{provenance}
-</body></html>
-"""
+    return PAGE.render(
+        segments=segments, customers=int(profile[SIZE_COLUMN].sum()), noise=NOISE, images=images, metrics=metrics,
+        profile_table=pd.DataFrame(rows, index=[*(s.name for s in segments), "All customers"]).T.to_html(),
+        k_choice=k_choice, stability=stability, provenance=provenance,
+        score=_score, rate=lambda v: format_value(v, RATE),
+    )  # fmt: skip
+
+
+# The page's markup, beside this file; autoescape: every user text (names, params, paths) is escaped.
+_JINJA = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, trim_blocks=True, lstrip_blocks=True
+)
+_JINJA.filters["b64"] = lambda data: base64.b64encode(data).decode("ascii")
+PAGE, SECTIONS = _JINJA.get_template("report.html.j2"), _JINJA.get_template("report_sections.html.j2").module

@@ -46,9 +46,11 @@ def read_optional_csv(path: str | None) -> pd.DataFrame | None:
 
 
 def source_files() -> dict[str, str]:
-    """The git blob id of each Python file the stage runs, as dvc.yaml declares them (``git log --find-object``)."""
+    """The git blob id of each source file (Python, the report's templates) the stage runs, as dvc.yaml declares them
+    (``git log --find-object``)."""
     declared = [Path(d) for d in pipeline_graph(Path("dvc.yaml"))[0].get("evaluate", ()) if d.startswith("src/")]
-    files = {f.as_posix(): f for d in declared for f in ([d] if d.suffix == ".py" else d.rglob("*.py")) if f.is_file()}
+    found = [f for d in declared for f in ([d] if d.is_file() else d.rglob("*"))]
+    files = {f.as_posix(): f for f in found if f.suffix in (".py", ".j2")}
     blobs = {name: files[name].read_bytes() for name in sorted(files)}
     return {name: hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() for name, data in blobs.items()}
 
