@@ -25,9 +25,8 @@ MLFLOW_MODEL_NAME = SEGMENTER  # the train run's MLflow model: runs:/<run id>/se
 
 
 def save_mlflow_model(segmenter, folder: str, data: DataParams | None = None) -> str:
-    """Write ``segmenter`` as a self-contained MLflow model into ``folder``/segmenter (logged to the run, never a DVC
-    output: its MLmodel holds a time and a UUID): the package's code travels in it, its requirements are declared
-    (inferring them loads the model in a subprocess), its input example is a few rows of ``data``."""
+    """Write ``segmenter`` as a self-contained MLflow model (the package's code in it) into ``folder``/segmenter: logged
+    to the run, never a DVC output (its MLmodel holds a time and a UUID); requirements declared, not inferred (slow)."""
     from pathlib import Path
 
     import mlflow.sklearn
@@ -68,16 +67,11 @@ def work(args, params: TrainParams, raw_params: dict[str, Any]) -> Outcome:
 def outcome(args, params: TrainParams, elbow: ElbowResult, model: Any, record: dict[str, float], sizes: np.ndarray,
             noise_share: float | None, segmenter: Any) -> Outcome:  # fmt: skip
     """What train writes and logs, from the search, the model, its fit record, its clusters' sizes and noise share."""
-    # The criterion that chose k names the score (distortion_at_k_best, bic_at_k_best).
-    metrics: dict[str, Any] = {"k_best": elbow.k_best}
-    if elbow.rule != "density":  # HDBSCAN has no criterion: it found k itself (noise_share below)
-        metrics[f"{elbow.metric}_at_k_best"] = elbow.score_best
-    metrics.update(record)
-    if hasattr(model, "n_iter_"):
-        metrics["n_iter"] = int(model.n_iter_)
-    metrics["search_rows"] = elbow.search_rows
-    if noise_share is not None:
-        metrics["noise_share"] = noise_share
+    # The criterion that chose k names the score (distortion_at_k_best); HDBSCAN found k itself (noise_share).
+    score = {} if elbow.rule == "density" else {f"{elbow.metric}_at_k_best": elbow.score_best}
+    n_iter = {"n_iter": int(model.n_iter_)} if hasattr(model, "n_iter_") else {}
+    noise = {} if noise_share is None else {"noise_share": noise_share}
+    metrics = {"k_best": elbow.k_best, **score, **record, **n_iter, "search_rows": elbow.search_rows, **noise}
     tags = {"k_rule": elbow.rule}
     if small := small_sizes(sizes, params.min_cluster_size):  # a warning kept in metrics/train.json and MLflow
         message = small_cluster_warning(small, elbow.k_best, params.min_cluster_size)
