@@ -130,14 +130,9 @@ REGISTRY: dict[str, Algorithm] = {
 DEFAULT = "kmeans"  # train.algorithm when params.yaml does not say
 
 
-def get(params: TrainParams) -> Algorithm:
-    """The registry entry of ``train.algorithm``."""
-    return REGISTRY[params.algorithm]
-
-
 def make(params: TrainParams, k: int):
     """An unfitted estimator of ``train.algorithm`` with ``k`` clusters, every knob from ``params``."""
-    return get(params).make(params, k)
+    return REGISTRY[params.algorithm].make(params, k)
 
 
 def fit_labels(model: Any, X: np.ndarray) -> np.ndarray:

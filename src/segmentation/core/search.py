@@ -49,7 +49,7 @@ def say(message: str) -> None:
 def search_sample(rows: int, params: TrainParams) -> np.ndarray | None:
     """The sorted indices of the search's seeded sample (of ``search_sample_size``, ``fit_sample_size``); None: all."""
     size = params.search_sample_size or rows
-    if not algorithms.get(params).predicts:  # fitted on at most fit_sample_size rows
+    if not algorithms.REGISTRY[params.algorithm].predicts:  # fitted on at most fit_sample_size rows
         size = min(size, params.algorithm_params.fit_sample_size)
     if rows <= size:
         return None
@@ -149,7 +149,7 @@ def fit_k(X: np.ndarray, k: int, params: TrainParams) -> tuple[Any, float, float
     start = time.perf_counter()
     with threadpool_limits(limits=1, user_api="openmp"):  # OpenMP's thread count is per calling thread
         model = fit_model(params, k, X)
-    if (criterion := algorithms.get(params).criterion(params)) in ("bic", "aic"):
+    if (criterion := algorithms.REGISTRY[params.algorithm].criterion(params)) in ("bic", "aic"):
         return model, float(getattr(model, criterion)(X)), time.perf_counter() - start
     return model, score(X, algorithms.fit_labels(model, X), params.metric), time.perf_counter() - start
 
@@ -169,7 +169,7 @@ def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model ma
     """Check the k range, fit k_min..k_max on the search rows and choose k_best (HDBSCAN: :func:`density_clusters`)."""
     idx = search_sample(len(X), params)
     S = X if idx is None else X[idx]
-    if algorithms.get(params).criterion(params) is None:
+    if algorithms.REGISTRY[params.algorithm].criterion(params) is None:
         return density_clusters(S, len(X), idx, params)
     check_k_range(X, params, source, sample=S)
     return search_k(S, len(X), idx, params)
@@ -177,7 +177,7 @@ def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model ma
 
 def search_k(S: np.ndarray, rows: int, idx: np.ndarray | None, params: TrainParams) -> ElbowResult:
     """The search on its checked rows ``S``: the rows ``idx`` (None: all) of ``rows``."""
-    criterion = algorithms.get(params).criterion(params)
+    criterion = algorithms.REGISTRY[params.algorithm].criterion(params)
     k_values = sorted(set(range(params.k_min, params.k_max + 1)) | ({params.k} if params.k is not None else set()))
     models, scores = {}, []
     # BLAS's thread limit is process-wide: one thread for all; OpenMP's is set by each worker thread (fit_k).
@@ -257,7 +257,7 @@ def fit_final(X: np.ndarray, elbow: ElbowResult, params: TrainParams) -> Any:
     """The model with k_best clusters for all rows of ``X``: a :class:`CentroidAssigner` of the search's fit (no
     ``predict``), the search's fit when it saw every row, else a fit on all rows (KMeans: from the sample's centres)."""
     k = elbow.k_best
-    if not algorithms.get(params).predicts:
+    if not algorithms.REGISTRY[params.algorithm].predicts:
         S = X if elbow.sample is None else X[elbow.sample]
         labels = algorithms.fit_labels(elbow.models[k], S)
         return CentroidAssigner(params.algorithm).fit(S, labels, rows=len(X), fit_rows=elbow.sample)

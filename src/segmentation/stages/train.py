@@ -58,7 +58,7 @@ def work(args, params: TrainParams, raw_params: dict[str, Any]) -> Outcome:
     elbow = elbow_search(X, params, source=args.matrix)
     model = fit_final(X, elbow, params)
     labels = algorithms.fit_labels(model, X)
-    noise_share = float((labels == NOISE).mean()) if algorithms.get(params).noise else None
+    noise_share = float((labels == NOISE).mean()) if algorithms.REGISTRY[params.algorithm].noise else None
     sizes = np.bincount(labels[labels != NOISE], minlength=elbow.k_best)
     segmenter = build_segmenter(preprocess_params, preprocessor, model) if args.segmenter else None
     return outcome(args, params, elbow, model, algorithms.fit_record(model, X), sizes, noise_share, segmenter)
@@ -99,22 +99,16 @@ def outcome(args, params: TrainParams, elbow: ElbowResult, model: Any, record: d
     return Outcome(write, f"train: k_best = {elbow.k_best} ({elbow.rule}), {elbow.metric} = {elbow.score_best:.4g}")
 
 
-main = cli(
-    "train",
-    __doc__,
-    work,
-    {
-        "matrix": "input: ID + transformed matrix (.parquet or .csv)",
-        "model": "output: the fitted clusterer of train.algorithm (pickle)",
-        "preprocessor": "input: fitted preprocessing (pickle); needed with --segmenter",
-        "segmenter": "output: raw row -> segment, a scikit-learn Pipeline (pickle), also an MLflow model",
-        "elbow_plot": "output: elbow plot (PNG)",
-        "elbow_scores": "output: score per k (CSV, DVC plot data)",
-        "metrics": "output: k_best and its score (JSON)",
-    },
-    optional={"preprocessor", "segmenter"},
-    params_model=TrainParams,
-)
+FILES = {  # --<option>: its help
+    "matrix": "input: ID + transformed matrix (.parquet or .csv)",
+    "model": "output: the fitted clusterer of train.algorithm (pickle)",
+    "preprocessor": "input: fitted preprocessing (pickle); needed with --segmenter",
+    "segmenter": "output: raw row -> segment, a scikit-learn Pipeline (pickle), also an MLflow model",
+    "elbow_plot": "output: elbow plot (PNG)",
+    "elbow_scores": "output: score per k (CSV, DVC plot data)",
+    "metrics": "output: k_best and its score (JSON)",
+}
+main = cli("train", __doc__, work, FILES, optional={"preprocessor", "segmenter"}, params_model=TrainParams)
 
 
 if __name__ == "__main__":
