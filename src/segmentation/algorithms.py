@@ -41,7 +41,7 @@ class Algorithm:
     label: str  # how the report names it: "The train stage fitted <label> for each k"
     estimator: str  # what ``make`` returns: a scikit-learn class name, or another library's ``module.Class``
     make: Callable[[TrainParams, int], Any]  # an unfitted estimator with k clusters (ignored when it finds k itself)
-    criterion: Callable[[TrainParams], str | None]  # the k search: ELBOW, "bic"/"aic", or None (it finds k itself)
+    criterion: Callable[[TrainParams], str | None] = lambda p: ELBOW  # the k search, "bic"/"aic" or None (finds k)
     predicts: bool = True  # False: fitted on a sample, extended to all rows and new ones by CentroidAssigner
     noise: bool = False  # labels some rows NOISE: noise_share is a metric, noise a segment of its own
     params: type[AlgorithmParams] = AlgorithmParams  # its sub-section train.<name> (defaults: may be left out)
@@ -104,15 +104,12 @@ class HDBSCANParams(AlgorithmParams):  # train.hdbscan: fitted on a seeded sampl
 # estimator with k clusters from train's knobs and its own sub-section's (HDBSCAN: copy=True, or it would scale the
 # caller's rows in place).
 REGISTRY: dict[str, Algorithm] = {
-    "kmeans": Algorithm("k-means", "KMeans",
-        lambda p, k: _sklearn("KMeans", n_clusters=k, algorithm=p.kmeans.method, **_seeded(p)),
-        lambda p: ELBOW, params=KMeansParams),
-    "minibatch_kmeans": Algorithm("mini-batch k-means", "MiniBatchKMeans",
-        lambda p, k: _sklearn("MiniBatchKMeans", n_clusters=k, **p.minibatch_kmeans.model_dump(), **_seeded(p)),
-        lambda p: ELBOW, params=MiniBatchKMeansParams),
-    "bisecting_kmeans": Algorithm("bisecting k-means", "BisectingKMeans",
-        lambda p, k: _sklearn("BisectingKMeans", n_clusters=k, **p.bisecting_kmeans.model_dump(), **_seeded(p)),
-        lambda p: ELBOW, params=BisectingKMeansParams),
+    "kmeans": Algorithm("k-means", "KMeans", params=KMeansParams,
+        make=lambda p, k: _sklearn("KMeans", n_clusters=k, algorithm=p.kmeans.method, **_seeded(p))),
+    "minibatch_kmeans": Algorithm("mini-batch k-means", "MiniBatchKMeans", params=MiniBatchKMeansParams,
+        make=lambda p, k: _sklearn("MiniBatchKMeans", n_clusters=k, **p.minibatch_kmeans.model_dump(), **_seeded(p))),
+    "bisecting_kmeans": Algorithm("bisecting k-means", "BisectingKMeans", params=BisectingKMeansParams,
+        make=lambda p, k: _sklearn("BisectingKMeans", n_clusters=k, **p.bisecting_kmeans.model_dump(), **_seeded(p))),
     "gaussian_mixture": Algorithm("a Gaussian mixture", "GaussianMixture",
         lambda p, k: _sklearn("GaussianMixture", n_components=k,
                               **p.gaussian_mixture.model_dump(exclude={"criterion"}), **_seeded(p)),
@@ -120,7 +117,7 @@ REGISTRY: dict[str, Algorithm] = {
     "agglomerative": Algorithm("agglomerative clustering", "AgglomerativeClustering",
         lambda p, k: _sklearn("AgglomerativeClustering", n_clusters=k,
                               **p.agglomerative.model_dump(exclude={"fit_sample_size"})),
-        lambda p: ELBOW, predicts=False, params=AgglomerativeParams),
+        predicts=False, params=AgglomerativeParams),
     "hdbscan": Algorithm("HDBSCAN", "HDBSCAN",
         lambda p, k: _sklearn("HDBSCAN", **p.hdbscan.model_dump(exclude={"fit_sample_size"}), copy=True),
         lambda p: None, predicts=False, noise=True, params=HDBSCANParams),
