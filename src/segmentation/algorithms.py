@@ -100,9 +100,8 @@ class HDBSCANParams(AlgorithmParams):  # train.hdbscan: fitted on a seeded sampl
             )
 
 
-# The one list of algorithms: a name here is a valid train.algorithm and a sub-section of train. Each makes its
-# estimator with k clusters from train's knobs and its own sub-section's (HDBSCAN: copy=True, or it would scale the
-# caller's rows in place).
+# The one list of algorithms: a name here is a valid train.algorithm and a sub-section of train (its knobs). HDBSCAN:
+# copy=True, or it would scale the caller's rows in place.
 REGISTRY: dict[str, Algorithm] = {
     "kmeans": Algorithm("k-means", "KMeans", params=KMeansParams,
         make=lambda p, k: _sklearn("KMeans", n_clusters=k, algorithm=p.kmeans.method, **_seeded(p))),

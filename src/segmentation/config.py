@@ -219,7 +219,6 @@ class ScoreParams(_Params):
     drift_threshold: float = Field(default=0.2, gt=0)  # the segment mix's population stability index that warns
 
 
-# -- models built from the registries ------------------------------------------------------------------------------
 # TrainParams adds each algorithm's sub-section (its defaults when left out), PreprocessParams each recipe's section
 # (required when selected); built when asked for, from the registry as it is now (this module stays light).
 _REGISTRIES = {"TrainParams": (_TrainBase, "algorithms"), "PreprocessParams": (_PreprocessBase, "recipes")}
@@ -240,7 +239,6 @@ def __getattr__(name: str) -> Any:
     return _with_sections(name, tuple((n, e.params) for n, e in entries if e.params is not None))
 
 
-# -- sections ------------------------------------------------------------------------------------------------------
 # Each stage's section model, recorded as its module is imported (runner.cli(..., params_model=...)).
 _SECTION_MODELS: dict[str, type[BaseModel]] = {}
 

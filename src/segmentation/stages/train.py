@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from segmentation import algorithms
-from segmentation.algorithms import NOISE
 from segmentation.config import DataParams, TrainParams, flatten, load_section, parse_section
 from segmentation.core.plotting import FIGURE_DPI
 from segmentation.core.search import ElbowResult, elbow_search, fit_final, small_cluster_warning, small_sizes
@@ -20,8 +19,6 @@ from segmentation.errors import UserError
 from segmentation.files import load_model, read_matrix
 from segmentation.stages.runner import Outcome, cli
 from segmentation.tracking.registry import SEGMENTER
-
-MLFLOW_MODEL_NAME = SEGMENTER  # the train run's MLflow model: runs:/<run id>/segmenter
 
 
 def save_mlflow_model(segmenter, folder: str, data: DataParams | None = None) -> str:
@@ -34,7 +31,7 @@ def save_mlflow_model(segmenter, folder: str, data: DataParams | None = None) ->
     import segmentation
     from segmentation.tracking.store import MLFLOW_SERIALIZATION, quiet_mlflow
 
-    path = f"{folder}/{MLFLOW_MODEL_NAME}"
+    path = f"{folder}/{SEGMENTER}"  # the run's MLflow model: runs:/<run id>/segmenter
     example = example_rows(segmenter, data) if data is not None else None
     with quiet_mlflow():  # its notes on pickle safety and pip's version are not the user's concern here
         mlflow.sklearn.save_model(segmenter, path, signature=input_schema(segmenter), input_example=example,
@@ -58,8 +55,8 @@ def work(args, params: TrainParams, raw_params: dict[str, Any]) -> Outcome:
     elbow = elbow_search(X, params, source=args.matrix)
     model = fit_final(X, elbow, params)
     labels = algorithms.fit_labels(model, X)
-    noise_share = float((labels == NOISE).mean()) if algorithms.REGISTRY[params.algorithm].noise else None
-    sizes = np.bincount(labels[labels != NOISE], minlength=elbow.k_best)
+    noise_share = float((labels == algorithms.NOISE).mean()) if algorithms.REGISTRY[params.algorithm].noise else None
+    sizes = np.bincount(labels[labels != algorithms.NOISE], minlength=elbow.k_best)
     segmenter = build_segmenter(preprocess_params, preprocessor, model) if args.segmenter else None
     return outcome(args, params, elbow, model, algorithms.fit_record(model, X), sizes, noise_share, segmenter)
 
@@ -94,7 +91,7 @@ def outcome(args, params: TrainParams, elbow: ElbowResult, model: Any, record: d
             log.log_artifact(path)
         if segmenter is not None:
             data = load_section("preprocess", args.params).data  # the input example: a few of its raw rows
-            log.log_artifact_dir(save_mlflow_model(segmenter, str(out.scratch("segmenter-")), data), MLFLOW_MODEL_NAME)
+            log.log_artifact_dir(save_mlflow_model(segmenter, str(out.scratch("segmenter-")), data), SEGMENTER)
 
     return Outcome(write, f"train: k_best = {elbow.k_best} ({elbow.rule}), {elbow.metric} = {elbow.score_best:.4g}")
 
