@@ -26,7 +26,7 @@ from segmentation import algorithms
 from segmentation.config import EvaluateParams, TrainParams, parse_section
 from segmentation.core.plotting import FONT
 from segmentation.core.quality import check_model, evaluate
-from segmentation.core.search import check_k_range, elbow_search, small_cluster_warning, small_clusters
+from segmentation.core.search import check_k_range, elbow_search, small_cluster_warning, small_sizes
 from segmentation.errors import UserError
 from segmentation.files import load_model
 from segmentation.stages.evaluate import read_train_metrics
@@ -149,11 +149,11 @@ def test_the_search_gives_yellowbricks_scores_and_knee_with_a_line_per_k(capsys,
 
 def test_small_cluster_rule_names_singletons():
     labels = np.array([0] * 40 + [1] * 3 + [2])
-    small = small_clusters(labels, 4, min_size=5)  # cluster 3 is empty (size 0)
+    small = small_sizes(np.bincount(labels, minlength=4), min_size=5)  # cluster 3 is empty (size 0)
     assert small == {1: 3, 2: 1, 3: 0}
     text = small_cluster_warning({2: 1}, 3, 5)
     assert "cluster 2: 1 row (singletons are usually outliers: see preprocess.outliers)" in text
-    assert small_clusters(labels, 3, min_size=1) == {}
+    assert small_sizes(np.bincount(labels, minlength=3), min_size=1) == {}
 
 
 # --- params that pass validation never crash later ------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 from sklearn.datasets import make_blobs
 
 from segmentation.config import TrainParams
-from segmentation.core.search import CURVES, choose_k, elbow_search, fallback_k, find_knee, search_sample, train
+from segmentation.core.search import CURVES, choose_k, elbow_search, find_knee, search_sample, train
 from segmentation.errors import UserError
 
 
@@ -64,7 +64,7 @@ def test_no_elbow_falls_back_with_a_warning(capsys):
 )
 def test_fallback_rules(scores, metric, expected):
     ks = list(range(2, 2 + len(scores)))
-    assert fallback_k(ks, scores, metric) == expected
+    assert choose_k(ks, scores, None, metric, "elbow") == expected
 
 
 def test_choose_k_never_returns_none():

@@ -16,16 +16,14 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from segmentation.errors import UserError
 
-TrainParams = Any  # segmentation.config.TrainParams is built from this registry: not imported here
+TrainParams = Any  # config.TrainParams is built from this registry: not imported here
 
 NOISE = -1  # HDBSCAN's label for rows in no cluster
 NOISE_NAME = "noise"  # its name in metric keys (size_noise) and plot legends
 ELBOW = "elbow"  # the k search of train.metric's curve and its knee (train.selection)
 
 
-class AlgorithmParams(BaseModel):
-    """Base of an algorithm's sub-section ``train.<algorithm>`` (one without ``predict`` has a ``fit_sample_size``)."""
-
+class AlgorithmParams(BaseModel):  # base of train.<algorithm> (one without predict has a fit_sample_size)
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def k_setting(self) -> str:
@@ -43,7 +41,7 @@ class Algorithm:
     label: str  # how the report names it: "The train stage fitted <label> for each k"
     estimator: str  # what ``make`` returns: a scikit-learn class name, or another library's ``module.Class``
     make: Callable[[TrainParams, int], Any]  # an unfitted estimator with k clusters (ignored when it finds k itself)
-    criterion: Callable[[TrainParams], str | None]  # the k search: ELBOW, "bic"/"aic", or None (it finds k itself)
+    criterion: Callable[[TrainParams], str | None] = lambda p: ELBOW  # the k search, "bic"/"aic" or None (finds k)
     predicts: bool = True  # False: fitted on a sample, extended to all rows and new ones by CentroidAssigner
     noise: bool = False  # labels some rows NOISE: noise_share is a metric, noise a segment of its own
     params: type[AlgorithmParams] = AlgorithmParams  # its sub-section train.<name> (defaults: may be left out)
@@ -60,44 +58,32 @@ def _sklearn(name: str, **kwargs: Any) -> Any:
     return getattr(module, name)(**kwargs)
 
 
-class KMeansParams(AlgorithmParams):
-    """``train.kmeans``: scikit-learn's ``KMeans`` (``n_init``, ``max_iter``, ``random_state`` from ``train``)."""
-
+class KMeansParams(AlgorithmParams):  # train.kmeans (n_init, max_iter, random_state come from train)
     method: Literal["lloyd", "elkan"] = "lloyd"  # KMeans' ``algorithm``; lloyd is the default
 
 
-class MiniBatchKMeansParams(AlgorithmParams):
-    """``train.minibatch_kmeans``: ``MiniBatchKMeans``, k-means on random batches (faster on many rows)."""
-
+class MiniBatchKMeansParams(AlgorithmParams):  # train.minibatch_kmeans: k-means on random batches
     batch_size: int = Field(default=1024, ge=1)
     max_no_improvement: int = Field(default=10, ge=1)  # batches without a better inertia before it stops
 
 
-class BisectingKMeansParams(AlgorithmParams):
-    """``train.bisecting_kmeans``: ``BisectingKMeans``, the clusters split in two one at a time."""
-
+class BisectingKMeansParams(AlgorithmParams):  # train.bisecting_kmeans: clusters split in two one at a time
     bisecting_strategy: Literal["biggest_inertia", "largest_cluster"] = "biggest_inertia"
 
 
-class GaussianMixtureParams(AlgorithmParams):
-    """``train.gaussian_mixture``: ``GaussianMixture``; k is the one with the lowest BIC (or AIC)."""
-
+class GaussianMixtureParams(AlgorithmParams):  # train.gaussian_mixture: k with the lowest BIC (or AIC)
     covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
     criterion: Literal["bic", "aic"] = "bic"
     reg_covar: float = Field(default=1e-6, gt=0)  # added to the covariances' diagonal: keeps them invertible
 
 
-class AgglomerativeParams(AlgorithmParams):
-    """``train.agglomerative``: ``AgglomerativeClustering``, fitted on a seeded sample (memory grows with rows^2)."""
-
+class AgglomerativeParams(AlgorithmParams):  # train.agglomerative: fitted on a seeded sample (memory: rows^2)
     linkage: Literal["ward", "complete", "average", "single"] = "ward"
     # 5,000 rows: ~100 MB of pairwise distances; 20,000 would take ~1.6 GB.
     fit_sample_size: int = Field(default=5000, ge=2)
 
 
-class HDBSCANParams(AlgorithmParams):
-    """``train.hdbscan``: ``HDBSCAN``, fitted on a seeded sample; finds k itself and marks some rows noise (-1)."""
-
+class HDBSCANParams(AlgorithmParams):  # train.hdbscan: fitted on a seeded sample; finds k itself, marks noise
     min_cluster_size: int = Field(default=20, ge=2)  # the smallest group HDBSCAN calls a cluster
     min_samples: int | None = Field(default=10, ge=1)  # null: min_cluster_size; higher marks more rows noise
     cluster_selection_epsilon: float = Field(default=0.0, ge=0)  # merge clusters closer than this
@@ -114,19 +100,15 @@ class HDBSCANParams(AlgorithmParams):
             )
 
 
-# The one list of algorithms: a name here is a valid train.algorithm and a sub-section of train. Each makes its
-# estimator with k clusters from train's knobs and its own sub-section's (HDBSCAN: copy=True, or it would scale the
-# caller's rows in place).
+# The one list of algorithms: a name here is a valid train.algorithm and a sub-section of train (its knobs). HDBSCAN:
+# copy=True, or it would scale the caller's rows in place.
 REGISTRY: dict[str, Algorithm] = {
-    "kmeans": Algorithm("k-means", "KMeans",
-        lambda p, k: _sklearn("KMeans", n_clusters=k, algorithm=p.kmeans.method, **_seeded(p)),
-        lambda p: ELBOW, params=KMeansParams),
-    "minibatch_kmeans": Algorithm("mini-batch k-means", "MiniBatchKMeans",
-        lambda p, k: _sklearn("MiniBatchKMeans", n_clusters=k, **p.minibatch_kmeans.model_dump(), **_seeded(p)),
-        lambda p: ELBOW, params=MiniBatchKMeansParams),
-    "bisecting_kmeans": Algorithm("bisecting k-means", "BisectingKMeans",
-        lambda p, k: _sklearn("BisectingKMeans", n_clusters=k, **p.bisecting_kmeans.model_dump(), **_seeded(p)),
-        lambda p: ELBOW, params=BisectingKMeansParams),
+    "kmeans": Algorithm("k-means", "KMeans", params=KMeansParams,
+        make=lambda p, k: _sklearn("KMeans", n_clusters=k, algorithm=p.kmeans.method, **_seeded(p))),
+    "minibatch_kmeans": Algorithm("mini-batch k-means", "MiniBatchKMeans", params=MiniBatchKMeansParams,
+        make=lambda p, k: _sklearn("MiniBatchKMeans", n_clusters=k, **p.minibatch_kmeans.model_dump(), **_seeded(p))),
+    "bisecting_kmeans": Algorithm("bisecting k-means", "BisectingKMeans", params=BisectingKMeansParams,
+        make=lambda p, k: _sklearn("BisectingKMeans", n_clusters=k, **p.bisecting_kmeans.model_dump(), **_seeded(p))),
     "gaussian_mixture": Algorithm("a Gaussian mixture", "GaussianMixture",
         lambda p, k: _sklearn("GaussianMixture", n_components=k,
                               **p.gaussian_mixture.model_dump(exclude={"criterion"}), **_seeded(p)),
@@ -134,7 +116,7 @@ REGISTRY: dict[str, Algorithm] = {
     "agglomerative": Algorithm("agglomerative clustering", "AgglomerativeClustering",
         lambda p, k: _sklearn("AgglomerativeClustering", n_clusters=k,
                               **p.agglomerative.model_dump(exclude={"fit_sample_size"})),
-        lambda p: ELBOW, predicts=False, params=AgglomerativeParams),
+        predicts=False, params=AgglomerativeParams),
     "hdbscan": Algorithm("HDBSCAN", "HDBSCAN",
         lambda p, k: _sklearn("HDBSCAN", **p.hdbscan.model_dump(exclude={"fit_sample_size"}), copy=True),
         lambda p: None, predicts=False, noise=True, params=HDBSCANParams),
@@ -144,21 +126,15 @@ REGISTRY: dict[str, Algorithm] = {
 DEFAULT = "kmeans"  # train.algorithm when params.yaml does not say
 
 
-def get(params: TrainParams) -> Algorithm:
-    """The registry entry of ``train.algorithm``."""
-    return REGISTRY[params.algorithm]
-
-
 def make(params: TrainParams, k: int):
     """An unfitted estimator of ``train.algorithm`` with ``k`` clusters, every knob from ``params``."""
-    return get(params).make(params, k)
+    return REGISTRY[params.algorithm].make(params, k)
 
 
 def fit_labels(model: Any, X: np.ndarray) -> np.ndarray:
     """The cluster of each row ``model`` was just fitted on: ``labels_``, else ``predict`` (noise kept)."""
-    if isinstance(model, CentroidAssigner) or getattr(model, "labels_", None) is None:
-        return training_labels(model, X)
-    return np.asarray(model.labels_)
+    labels = getattr(model, "labels_", None)  # a CentroidAssigner has none: its training_labels
+    return training_labels(model, X) if labels is None else np.asarray(labels)
 
 
 class CentroidAssigner(ClusterMixin, BaseEstimator):

@@ -219,7 +219,6 @@ class ScoreParams(_Params):
     drift_threshold: float = Field(default=0.2, gt=0)  # the segment mix's population stability index that warns
 
 
-# -- models built from the registries ------------------------------------------------------------------------------
 # TrainParams adds each algorithm's sub-section (its defaults when left out), PreprocessParams each recipe's section
 # (required when selected); built when asked for, from the registry as it is now (this module stays light).
 _REGISTRIES = {"TrainParams": (_TrainBase, "algorithms"), "PreprocessParams": (_PreprocessBase, "recipes")}
@@ -240,11 +239,6 @@ def __getattr__(name: str) -> Any:
     return _with_sections(name, tuple((n, e.params) for n, e in entries if e.params is not None))
 
 
-_TrainBase.current_model = classmethod(lambda cls: __getattr__("TrainParams"))  # type: ignore[attr-defined]
-_PreprocessBase.current_model = classmethod(lambda cls: __getattr__("PreprocessParams"))  # type: ignore[attr-defined]
-
-
-# -- sections ------------------------------------------------------------------------------------------------------
 # Each stage's section model, recorded as its module is imported (runner.cli(..., params_model=...)).
 _SECTION_MODELS: dict[str, type[BaseModel]] = {}
 
@@ -259,9 +253,8 @@ def section_model(section: str) -> type[BaseModel] | None:
     module = f"segmentation.stages.{section}"
     if section not in _SECTION_MODELS and section.isidentifier() and importlib.util.find_spec(module):
         importlib.import_module(module)
-    model = _SECTION_MODELS.get(section)
-    current = getattr(model, "current_model", None)  # built from a registry: as the registry is now
-    return current() if current is not None else model
+    model = _SECTION_MODELS.get(section)  # one built from a registry: as the registry is now
+    return __getattr__(model.__name__) if model is not None and model.__name__ in _REGISTRIES else model
 
 
 def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
@@ -299,17 +292,16 @@ def load_section(section: str, path: str | Path = PARAMS_FILE) -> Any:
     return parse_section(section, read_params_file(path).get(section), str(path))
 
 
+_MESSAGES = {"extra_forbidden": "unknown parameter", "missing": "required parameter is missing"}
+
+
 def _describe(section: str, exc: ValidationError) -> str:
     """Condense pydantic's report into one line: ``train.k_max: must be ... (got 1)``."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in (section, *err["loc"]))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown parameter"
-        elif err["type"] == "missing":
-            msg = "required parameter is missing"
-        elif "input" in err and not isinstance(err["input"], dict):
+        msg = _MESSAGES.get(err["type"], err["msg"].removeprefix("Value error, "))
+        if err["type"] not in _MESSAGES and "input" in err and not isinstance(err["input"], dict):
             msg = f"{msg} (got {err['input']!r})"
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)

@@ -1,5 +1,5 @@
-"""The search over k for ``train.algorithm`` (one seeded fit per k on the search rows, ``n_threads`` at a time), then
-the final fit. Pure: arrays in, results out."""
+"""The search over k for ``train.algorithm`` (one seeded fit per k, ``n_threads`` at a time), then the final fit.
+Pure: arrays in, results out."""
 
 from __future__ import annotations
 
@@ -48,10 +48,10 @@ def say(message: str) -> None:
 
 def search_sample(rows: int, params: TrainParams) -> np.ndarray | None:
     """The sorted indices of the search's seeded sample (of ``search_sample_size``, ``fit_sample_size``); None: all."""
-    size = params.search_sample_size
-    if not algorithms.get(params).predicts:  # fitted on at most fit_sample_size rows
-        size = min(size or rows, params.algorithm_params.fit_sample_size)
-    if size is None or rows <= size:
+    size = params.search_sample_size or rows
+    if not algorithms.REGISTRY[params.algorithm].predicts:  # fitted on at most fit_sample_size rows
+        size = min(size, params.algorithm_params.fit_sample_size)
+    if rows <= size:
         return None
     return np.sort(np.random.default_rng(params.random_state).choice(rows, size=size, replace=False))
 
@@ -73,12 +73,9 @@ def find_knee(x: list[int], y: list[float], curve_nature: str, curve_direction: 
     """The knee by kneed's ``KneeLocator`` set as yellowbrick 1.5 sets it; None if none, or a flat or 1-point curve."""
     from kneed import KneeLocator
 
-    xs, ys = np.asarray(x), np.asarray(y, dtype=float)
-    if len(xs) < 2 or xs.max() == xs.min() or ys.max() == ys.min():
+    if len(set(x)) < 2 or len(set(y)) < 2:
         return None
-    knee = KneeLocator(
-        xs, ys, S=S, curve=curve_nature, direction=curve_direction, interp_method="interp1d", online=False
-    ).knee
+    knee = KneeLocator(x, y, S=S, curve=curve_nature, direction=curve_direction, interp_method="interp1d").knee
     return None if knee is None else int(knee)
 
 
@@ -120,13 +117,8 @@ def distinct_rows(X: np.ndarray) -> int:
     return len(pd.DataFrame(X).drop_duplicates())
 
 
-def small_clusters(labels: np.ndarray, k: int, min_size: int) -> dict[int, int]:
-    """``{cluster: size}`` of the clusters with fewer than ``min_size`` rows (noise is no cluster)."""
-    return small_sizes(np.bincount(labels[labels != NOISE], minlength=k), min_size)
-
-
 def small_sizes(sizes: np.ndarray, min_size: int) -> dict[int, int]:
-    """The same from the clusters' sizes."""
+    """``{cluster: size}`` of the clusters (``sizes``) with fewer than ``min_size`` rows."""
     return {i: int(n) for i, n in enumerate(sizes) if n < min_size}
 
 
@@ -140,22 +132,16 @@ def small_cluster_warning(small: dict[int, int], k: int, min_size: int) -> str:
     )
 
 
-def fallback_k(k_values: list[int], scores: list[float], metric: str) -> tuple[int, str]:
-    """No elbow: the best score; for distortion the largest second difference of the scores (two k: the smaller)."""
-    if metric != "distortion":
-        return k_values[int(np.argmax(scores))], "fallback_best_score"
+def choose_k(k_values: list[int], scores: list[float], elbow: int | None, metric: str, selection: str):
+    """k_best and its rule: the best score (``selection: best_score``), else the elbow, else a fallback: the best
+    score, for distortion the largest second difference of the scores (two k: the smaller)."""
+    if selection == "best_score" or (elbow is None and metric != "distortion"):
+        return k_values[int(np.argmax(scores))], "best_score" if selection == "best_score" else "fallback_best_score"
+    if elbow is not None:
+        return int(elbow), "elbow"
     if len(scores) < 3:
         return k_values[0], "fallback_k_min"
     return k_values[int(np.argmax(np.diff(np.asarray(scores, dtype=float), n=2))) + 1], "fallback_max_curvature"
-
-
-def choose_k(
-    k_values: list[int], scores: list[float], elbow: int | None, metric: str, selection: str
-) -> tuple[int, str]:
-    """k_best and its rule: the best score (``selection: best_score``), else the elbow, else :func:`fallback_k`."""
-    if selection == "best_score":
-        return k_values[int(np.argmax(scores))], "best_score"
-    return (int(elbow), "elbow") if elbow is not None else fallback_k(k_values, scores, metric)
 
 
 def fit_k(X: np.ndarray, k: int, params: TrainParams) -> tuple[Any, float, float]:
@@ -163,7 +149,7 @@ def fit_k(X: np.ndarray, k: int, params: TrainParams) -> tuple[Any, float, float
     start = time.perf_counter()
     with threadpool_limits(limits=1, user_api="openmp"):  # OpenMP's thread count is per calling thread
         model = fit_model(params, k, X)
-    if (criterion := algorithms.get(params).criterion(params)) in ("bic", "aic"):
+    if (criterion := algorithms.REGISTRY[params.algorithm].criterion(params)) in ("bic", "aic"):
         return model, float(getattr(model, criterion)(X)), time.perf_counter() - start
     return model, score(X, algorithms.fit_labels(model, X), params.metric), time.perf_counter() - start
 
@@ -183,7 +169,7 @@ def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model ma
     """Check the k range, fit k_min..k_max on the search rows and choose k_best (HDBSCAN: :func:`density_clusters`)."""
     idx = search_sample(len(X), params)
     S = X if idx is None else X[idx]
-    if algorithms.get(params).criterion(params) is None:
+    if algorithms.REGISTRY[params.algorithm].criterion(params) is None:
         return density_clusters(S, len(X), idx, params)
     check_k_range(X, params, source, sample=S)
     return search_k(S, len(X), idx, params)
@@ -191,7 +177,7 @@ def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model ma
 
 def search_k(S: np.ndarray, rows: int, idx: np.ndarray | None, params: TrainParams) -> ElbowResult:
     """The search on its checked rows ``S``: the rows ``idx`` (None: all) of ``rows``."""
-    criterion = algorithms.get(params).criterion(params)
+    criterion = algorithms.REGISTRY[params.algorithm].criterion(params)
     k_values = sorted(set(range(params.k_min, params.k_max + 1)) | ({params.k} if params.k is not None else set()))
     models, scores = {}, []
     # BLAS's thread limit is process-wide: one thread for all; OpenMP's is set by each worker thread (fit_k).
@@ -271,7 +257,7 @@ def fit_final(X: np.ndarray, elbow: ElbowResult, params: TrainParams) -> Any:
     """The model with k_best clusters for all rows of ``X``: a :class:`CentroidAssigner` of the search's fit (no
     ``predict``), the search's fit when it saw every row, else a fit on all rows (KMeans: from the sample's centres)."""
     k = elbow.k_best
-    if not algorithms.get(params).predicts:
+    if not algorithms.REGISTRY[params.algorithm].predicts:
         S = X if elbow.sample is None else X[elbow.sample]
         labels = algorithms.fit_labels(elbow.models[k], S)
         return CentroidAssigner(params.algorithm).fit(S, labels, rows=len(X), fit_rows=elbow.sample)

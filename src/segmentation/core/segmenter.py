@@ -20,9 +20,8 @@ from segmentation.files import LineLocator
 
 
 class RecipeFeatures(TransformerMixin, BaseEstimator):
-    """Raw rows -> the columns the fitted preprocessing reads, as preprocess computes them (the numeric ``features``
-    as float64, then the one-hot ``categorical`` columns as text). Stateless; bad values raise preprocess's errors.
-    ``recipe`` and its ``recipe_params`` (a dict) as in ``preprocess``; ``source`` names the rows in messages."""
+    """Raw rows -> the columns the fitted preprocessing reads, as preprocess computes them (numeric ``features``, then
+    one-hot ``categorical`` columns as text); stateless. ``source`` names the rows in preprocess's error messages."""
 
     def __init__(self, recipe=None, recipe_params=None, features=(), categorical=(), source="input") -> None:
         self.recipe = recipe
@@ -97,8 +96,8 @@ def _text_columns(step: RecipeFeatures) -> set[str]:
 
 
 def input_schema(segmenter: Any):
-    """MLflow's input signature of the raw columns (numbers as double, text as string): declared, not inferred from
-    rows (a sample without a blank Income would make it an integer column)."""
+    """MLflow's input signature of the raw columns (numbers as double, text as string): declared, as a sample without
+    a blank Income would make it an integer column."""
     from mlflow.models import infer_signature
 
     step: RecipeFeatures = segmenter.named_steps["features"]
@@ -108,9 +107,8 @@ def input_schema(segmenter: Any):
 
 
 def example_rows(segmenter: Any, data: DataParams) -> pd.DataFrame | None:
-    """The MLflow model's input example: one typical row (each column's median, or its most frequent text) of the
-    complete rows among the first 100 of the local raw CSV, so that no customer's own values travel with the model;
-    typed as :func:`input_schema` says. None when there is none the segmenter scores."""
+    """The MLflow model's input example: a typical row (medians, most frequent texts) of the first 100 rows of the
+    local raw CSV, so that no customer's own values travel with the model; None when the segmenter cannot score it."""
     if not Path(data.path).is_file():  # a folder or a remote table (engine dask): no example
         return None
     step: RecipeFeatures = segmenter.named_steps["features"]

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from segmentation import algorithms
-from segmentation.algorithms import NOISE
 from segmentation.config import DataParams, TrainParams, flatten, load_section, parse_section
 from segmentation.core.plotting import FIGURE_DPI
 from segmentation.core.search import ElbowResult, elbow_search, fit_final, small_cluster_warning, small_sizes
@@ -21,13 +20,10 @@ from segmentation.files import load_model, read_matrix
 from segmentation.stages.runner import Outcome, cli
 from segmentation.tracking.registry import SEGMENTER
 
-MLFLOW_MODEL_NAME = SEGMENTER  # the train run's MLflow model: runs:/<run id>/segmenter
-
 
 def save_mlflow_model(segmenter, folder: str, data: DataParams | None = None) -> str:
-    """Write ``segmenter`` as a self-contained MLflow model into ``folder``/segmenter (logged to the run, never a DVC
-    output: its MLmodel holds a time and a UUID): the package's code travels in it, its requirements are declared
-    (inferring them loads the model in a subprocess), its input example is a few rows of ``data``."""
+    """Write ``segmenter`` as a self-contained MLflow model (the package's code in it) into ``folder``/segmenter: logged
+    to the run, never a DVC output (its MLmodel holds a time and a UUID); requirements declared, not inferred (slow)."""
     from pathlib import Path
 
     import mlflow.sklearn
@@ -35,7 +31,7 @@ def save_mlflow_model(segmenter, folder: str, data: DataParams | None = None) ->
     import segmentation
     from segmentation.tracking.store import MLFLOW_SERIALIZATION, quiet_mlflow
 
-    path = f"{folder}/{MLFLOW_MODEL_NAME}"
+    path = f"{folder}/{SEGMENTER}"  # the run's MLflow model: runs:/<run id>/segmenter
     example = example_rows(segmenter, data) if data is not None else None
     with quiet_mlflow():  # its notes on pickle safety and pip's version are not the user's concern here
         mlflow.sklearn.save_model(segmenter, path, signature=input_schema(segmenter), input_example=example,
@@ -59,8 +55,8 @@ def work(args, params: TrainParams, raw_params: dict[str, Any]) -> Outcome:
     elbow = elbow_search(X, params, source=args.matrix)
     model = fit_final(X, elbow, params)
     labels = algorithms.fit_labels(model, X)
-    noise_share = float((labels == NOISE).mean()) if algorithms.get(params).noise else None
-    sizes = np.bincount(labels[labels != NOISE], minlength=elbow.k_best)
+    noise_share = float((labels == algorithms.NOISE).mean()) if algorithms.REGISTRY[params.algorithm].noise else None
+    sizes = np.bincount(labels[labels != algorithms.NOISE], minlength=elbow.k_best)
     segmenter = build_segmenter(preprocess_params, preprocessor, model) if args.segmenter else None
     return outcome(args, params, elbow, model, algorithms.fit_record(model, X), sizes, noise_share, segmenter)
 
@@ -68,16 +64,11 @@ def work(args, params: TrainParams, raw_params: dict[str, Any]) -> Outcome:
 def outcome(args, params: TrainParams, elbow: ElbowResult, model: Any, record: dict[str, float], sizes: np.ndarray,
             noise_share: float | None, segmenter: Any) -> Outcome:  # fmt: skip
     """What train writes and logs, from the search, the model, its fit record, its clusters' sizes and noise share."""
-    # The criterion that chose k names the score (distortion_at_k_best, bic_at_k_best).
-    metrics: dict[str, Any] = {"k_best": elbow.k_best}
-    if elbow.rule != "density":  # HDBSCAN has no criterion: it found k itself (noise_share below)
-        metrics[f"{elbow.metric}_at_k_best"] = elbow.score_best
-    metrics.update(record)
-    if hasattr(model, "n_iter_"):
-        metrics["n_iter"] = int(model.n_iter_)
-    metrics["search_rows"] = elbow.search_rows
-    if noise_share is not None:
-        metrics["noise_share"] = noise_share
+    # The criterion that chose k names the score (distortion_at_k_best); HDBSCAN found k itself (noise_share).
+    score = {} if elbow.rule == "density" else {f"{elbow.metric}_at_k_best": elbow.score_best}
+    n_iter = {"n_iter": int(model.n_iter_)} if hasattr(model, "n_iter_") else {}
+    noise = {} if noise_share is None else {"noise_share": noise_share}
+    metrics = {"k_best": elbow.k_best, **score, **record, **n_iter, "search_rows": elbow.search_rows, **noise}
     tags = {"k_rule": elbow.rule}
     if small := small_sizes(sizes, params.min_cluster_size):  # a warning kept in metrics/train.json and MLflow
         message = small_cluster_warning(small, elbow.k_best, params.min_cluster_size)
@@ -100,27 +91,21 @@ def outcome(args, params: TrainParams, elbow: ElbowResult, model: Any, record: d
             log.log_artifact(path)
         if segmenter is not None:
             data = load_section("preprocess", args.params).data  # the input example: a few of its raw rows
-            log.log_artifact_dir(save_mlflow_model(segmenter, str(out.scratch("segmenter-")), data), MLFLOW_MODEL_NAME)
+            log.log_artifact_dir(save_mlflow_model(segmenter, str(out.scratch("segmenter-")), data), SEGMENTER)
 
     return Outcome(write, f"train: k_best = {elbow.k_best} ({elbow.rule}), {elbow.metric} = {elbow.score_best:.4g}")
 
 
-main = cli(
-    "train",
-    __doc__,
-    work,
-    {
-        "matrix": "input: ID + transformed matrix (.parquet or .csv)",
-        "model": "output: the fitted clusterer of train.algorithm (pickle)",
-        "preprocessor": "input: fitted preprocessing (pickle); needed with --segmenter",
-        "segmenter": "output: raw row -> segment, a scikit-learn Pipeline (pickle), also an MLflow model",
-        "elbow_plot": "output: elbow plot (PNG)",
-        "elbow_scores": "output: score per k (CSV, DVC plot data)",
-        "metrics": "output: k_best and its score (JSON)",
-    },
-    optional={"preprocessor", "segmenter"},
-    params_model=TrainParams,
-)
+FILES = {  # --<option>: its help
+    "matrix": "input: ID + transformed matrix (.parquet or .csv)",
+    "model": "output: the fitted clusterer of train.algorithm (pickle)",
+    "preprocessor": "input: fitted preprocessing (pickle); needed with --segmenter",
+    "segmenter": "output: raw row -> segment, a scikit-learn Pipeline (pickle), also an MLflow model",
+    "elbow_plot": "output: elbow plot (PNG)",
+    "elbow_scores": "output: score per k (CSV, DVC plot data)",
+    "metrics": "output: k_best and its score (JSON)",
+}
+main = cli("train", __doc__, work, FILES, optional={"preprocessor", "segmenter"}, params_model=TrainParams)
 
 
 if __name__ == "__main__":
