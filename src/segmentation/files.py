@@ -1,5 +1,4 @@
-"""A stage's outputs, each written atomically; readers of the files between stages; physical line numbers of CSV rows
-for messages."""
+"""A stage's outputs, each written atomically; readers of the files between stages; CSV rows' lines for messages."""
 
 from __future__ import annotations
 
@@ -37,9 +36,7 @@ def temp_file_beside(path: str | Path, folder: bool = False) -> Path:
     return tmp
 
 
-def temp_dir_beside(path: str | Path) -> Path:
-    """:func:`temp_file_beside`, a folder (put in place by :meth:`StageOutputs.adopt`)."""
-    return temp_file_beside(path, folder=True)
+temp_dir_beside = functools.partial(temp_file_beside, folder=True)  # a folder, put in place by StageOutputs.adopt
 
 
 def _remove(path: Path) -> None:
@@ -85,8 +82,7 @@ class StageOutputs:
         return folder
 
     def path(self, target: str | Path, replaces_folder: bool = False) -> Path:
-        """A temporary file to write ``target``'s new content to; a folder at ``target`` is an error unless
-        ``replaces_folder`` (a partitioned table the Dask engine wrote)."""
+        """A temporary file for ``target``'s new content; a folder there is an error unless ``replaces_folder``."""
         target = Path(target)
         if target in self._staged:
             return self._staged[target]
@@ -107,7 +103,7 @@ class StageOutputs:
         self._write(target, lambda tmp: tmp.write_bytes(text.encode("utf-8")), replaces_folder)
 
     def write_manifest(self, target: str | Path, text: str) -> None:
-        """A table's manifest (the Dask engine's object storage); it may replace a partitioned table (a folder)."""
+        """A table's manifest (the Dask engine's object storage); it may replace a partitioned table."""
         self.write_text(target, text, replaces_folder=True)
 
     def write_csv(self, target: str | Path, df: pd.DataFrame) -> None:
@@ -122,8 +118,7 @@ class StageOutputs:
             self.write_csv(target, df)
 
     def adopt(self, target: str | Path, folder: str | Path) -> None:
-        """Put ``folder`` (from :func:`temp_dir_beside`, or a file from :func:`temp_file_beside`) in place as
-        ``target`` at the commit."""
+        """Put ``folder`` (from :func:`temp_dir_beside` or :func:`temp_file_beside`) in place as ``target``."""
         target = Path(target)
         if target in self._staged:
             remove_temp(self._staged[target])
@@ -192,16 +187,15 @@ class CsvSource:
 
 
 class LineLocator:
-    """Physical line numbers of a raw CSV's rows (labels: 0 = first data row) and values, for error messages. The
-    file is scanned once, when a message needs a line, counting quoted newlines and skipped blank lines; without it
-    (or when it does not read as pandas read it), row ``label`` is on line ``label + 2``."""
+    """Physical lines of a raw CSV's rows (label 0 = first data row) and values, for messages: the file is scanned
+    when a message needs one (quoted newlines, blank lines); without it, row ``label`` is on line ``label + 2``."""
 
     def __init__(self, source: CsvSource | None = None) -> None:
         self.source = source
 
     @classmethod
     def of(cls, df: pd.DataFrame) -> LineLocator:
-        """The locator for a frame returned by :func:`load_csv` (index + 2 for any other frame)."""
+        """The locator for a frame from :func:`segmentation.core.data.load_csv` (index + 2 for any other)."""
         source = df.attrs.get(SOURCE_ATTR)
         return cls(source if isinstance(source, CsvSource) else None)
 
@@ -285,8 +279,8 @@ def _existing_file(path: str | Path, stage: str | None, folder_ok: bool = False)
 
 
 def read_csv(path: str | Path, stage: str | None = None) -> pd.DataFrame:
-    """Read a table written by a previous stage (``stage``, named in the fix): Parquet for a ``.parquet`` path (a
-    folder: a partitioned table), else CSV; a missing or unreadable file is a :class:`UserError`."""
+    """Read a table a previous stage (``stage``, named in the fix) wrote: Parquet (a folder: partitioned) for a
+    ``.parquet`` path, else CSV; a missing or unreadable file is a :class:`UserError`."""
     path = _existing_file(path, stage, folder_ok=Path(path).suffix == PARQUET)
     if path.suffix == PARQUET:
         import pyarrow as pa
@@ -316,10 +310,7 @@ def read_matrix(path: str | Path, stage: str = "preprocess") -> pd.DataFrame:
         raise UserError(f"{path}: expected an ID column and model columns with rows; {rebuild}")
     for column in matrix.columns[1:]:
         series = matrix[column]
-        if pd.api.types.is_float_dtype(series) and not pd.api.types.is_extension_array_dtype(series):
-            values = series.to_numpy()  # already numbers: no conversion, no copy
-        else:
-            values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         if np.isfinite(values).all():
             continue
         bad = np.flatnonzero(~np.isfinite(values))[0]

@@ -47,7 +47,7 @@ def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
     with step("preprocess", f"checked, derived and transformed {len(raw)} rows"):
         kept = keep_rows(raw, params, source=params.data.path, profile_columns=profile_columns)
         del raw  # the fit and the outputs without the raw table in memory (0.4 GiB less at 3M rows)
-        result = fit_preprocessing(kept, params, source=params.data.path)
+        result = fit_preprocessing(kept, params)
 
     def write(out, log) -> None:
         with step("preprocess", "wrote the features and the matrix"):

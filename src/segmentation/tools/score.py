@@ -19,7 +19,7 @@ import pandas as pd
 
 from segmentation import algorithms, config, pipeline
 from segmentation.config import ROW_ID_COLUMN, PreprocessParams, beyond_local
-from segmentation.core import data, features
+from segmentation.core import data
 from segmentation.core.report import NAME_COLUMN, SIZE_COLUMN
 from segmentation.engines import LOCAL, engine_module
 from segmentation.errors import UserError, stage_entrypoint
@@ -91,8 +91,7 @@ def _dvc_tracked(root: Path) -> list[tuple[Path, str]]:
 
 
 def protected_paths(source: Path | None, root: Path = Path(".")) -> list[tuple[Path, str]]:
-    """What score must never write over, most specific first, with what it is: the input, the project's files,
-    ``dvc.yaml``'s paths, DVC-tracked data, the stages' outs, metrics, plots and deps (folders: all inside)."""
+    """What score must never write over (folders: all inside), most specific first, with what it is."""
     found = [(source, f"the input file {source}")] if source is not None else []
     found += [(root / name, f"{what} ({name})") for name, what in PROJECT_FILES.items()]
     try:
@@ -137,8 +136,8 @@ def header_of(path: Path) -> list[str] | None:
 
 
 def check_outputs(output: Path, source: Path, id_column: str) -> None:
-    """Before anything is read: a :class:`UserError` when ``output``, its rejects or its summary file would replace
-    the input, a file of the pipeline or of git, or an existing file whose header is not that of a score output."""
+    """A :class:`UserError`, before anything is read, when ``output``, its rejects or its summary file would replace
+    a protected file or an existing file that is no score output (by its header)."""
     default, protected = default_output(source), protected_paths(source)
     rejects, summary = rejects_path(output), summary_path(output)
     advice = "choose another file " + (
@@ -160,8 +159,7 @@ def check_outputs(output: Path, source: Path, id_column: str) -> None:
 
 
 def load_segmenter(path: str) -> Any:
-    """The segmenter pickled at ``path``; any other model (the bare clusterer, the preprocessing...) is a one-line
-    :class:`UserError` saying what it holds and what to use."""
+    """The segmenter pickled at ``path``; any other model is a :class:`UserError` saying what it holds, what to use."""
     model = load_model(path, stage="train")
     steps = getattr(model, "named_steps", None)
     if steps is not None and all(name in steps for name in SEGMENTER_STEPS) and hasattr(model, "predict"):
@@ -210,9 +208,9 @@ def imputes(preprocessor: Any) -> bool:
 def score(
     raw: pd.DataFrame, segmenter: Any, params: PreprocessParams, source: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """``(scored, rejects, outliers)`` for the rows of ``raw`` (as :func:`segmentation.core.data.load_csv` read
-    them): ID -> segment in the file's order, ID -> reason for the rows that cannot be scored, and how many scored
-    rows are outside ``preprocess.outliers`` (scored all the same: training only left them out of the fit)."""
+    """``(scored, rejects, outliers)`` for ``raw`` (from :func:`segmentation.core.data.load_csv`): ID -> segment in
+    the file's order, ID -> reason for the rows it cannot score, how many scored rows are outside the outlier bounds
+    (scored all the same: training only left them out of the fit)."""
     raw, id_col = data.identify_rows(raw, params.data.id_column, source, LineLocator.of(raw))
     step = segmenter.named_steps["features"]
     derived = step.derive(raw, source)  # the checks and the recipe of the training data; a bad value stops here
@@ -224,14 +222,13 @@ def score(
     rejects = pd.DataFrame({id_col: raw.loc[rejected, id_col], REASON_COLUMN: reasons.astype(object)})
     segments = segmenter.predict(raw.loc[ok]) if ok.any() else []
     scored = pd.DataFrame({id_col: raw.loc[ok, id_col], SEGMENT_COLUMN: pd.array(segments, dtype="int64")})
-    masks = features.outlier_rows(derived, {c: b for c, b in params.outliers.items() if c in derived})
+    masks = data.outlier_rows(derived, {c: b for c, b in params.outliers.items() if c in derived})
     outside = pd.concat([pd.Series(False, index=derived.index), *masks.values()], axis=1).any(axis=1)
     return scored.reset_index(drop=True), rejects.reset_index(drop=True), int((outside & ok).sum())
 
 
 def read_profile(profile_path: Path, column: str, n_clusters: int) -> pd.Series | None:
-    """A column of the evaluate stage's profile by segment; None when it has none for these ``n_clusters`` segments
-    (no profile yet, an older one, another model's). A noise row (HDBSCAN's -1) may be there too."""
+    """A column of the evaluate stage's profile by segment (noise too); None without one for these ``n_clusters``."""
     try:
         profile = pd.read_csv(profile_path, usecols=["cluster", column], index_col="cluster")[column]
     except (ValueError, OSError, pd.errors.ParserError):
@@ -246,16 +243,15 @@ def segment_names(profile_path: Path, n_clusters: int) -> dict[int, str] | None:
 
 
 def segment_shares(scored: pd.DataFrame, training_sizes: pd.Series) -> pd.DataFrame:
-    """Each segment's share of training's rows (the profile's sizes) and of the scored rows. HDBSCAN's noise is left
-    out: scoring never assigns it."""
+    """Each segment's share of training's rows (the profile's sizes; noise, never assigned, left out) and of ours."""
     sizes = training_sizes.drop(algorithms.NOISE, errors="ignore")
     counts = scored[SEGMENT_COLUMN].value_counts().reindex(sizes.index, fill_value=0)
     return pd.DataFrame({"training": sizes / sizes.sum(), "scored": counts / counts.sum()})
 
 
 def psi(expected: pd.Series, actual: pd.Series) -> float:
-    """Population stability index of the shares ``actual`` against ``expected``: the sum of (actual - expected) *
-    ln(actual / expected), each share at least PSI_FLOOR. 0: the same mix; above 0.2 usually a shifted one."""
+    """Population stability index of the shares ``actual`` against ``expected`` (each at least PSI_FLOOR): 0 is the
+    same mix, above 0.2 usually a shifted one."""
     e, a = expected.clip(lower=PSI_FLOOR), actual.clip(lower=PSI_FLOOR)
     return float(((a - e) * np.log(a / e)).sum())
 
