@@ -19,7 +19,7 @@ import pandas as pd
 
 from segmentation.errors import UserError
 
-# data.load_csv notes in DataFrame.attrs which file a frame came from; LineLocator reads it to name physical lines.
+# data.load_csv leaves in DataFrame.attrs the LineLocator of the file a frame came from.
 SOURCE_ATTR = "segmentation_csv"
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 PARQUET = ".parquet"
@@ -177,27 +177,20 @@ class StageOutputs:
 
 
 @dataclass(frozen=True)
-class CsvSource:
-    """The file a frame was read from, as ``load_csv`` read it (kept in ``DataFrame.attrs``)."""
-
-    path: str
-    separator: str
-    encoding: str
-    rows: int
-
-
 class LineLocator:
-    """Physical lines of a raw CSV's rows (label 0 = first data row) and values, for messages: the file is scanned
-    when a message needs one (quoted newlines, blank lines); without it, row ``label`` is on line ``label + 2``."""
+    """Physical lines of a raw CSV's rows (label 0 = first data row) and values, for messages: the file (as pandas
+    read it) is scanned when a message needs one; without a file, row ``label`` is on line ``label + 2``."""
 
-    def __init__(self, source: CsvSource | None = None) -> None:
-        self.source = source
+    path: str | None = None
+    separator: str = ","
+    encoding: str = "utf-8"
+    rows: int = 0  # as many as pandas read
 
     @classmethod
     def of(cls, df: pd.DataFrame) -> LineLocator:
-        """The locator for a frame from :func:`segmentation.core.data.load_csv` (index + 2 for any other)."""
-        source = df.attrs.get(SOURCE_ATTR)
-        return cls(source if isinstance(source, CsvSource) else None)
+        """The locator :func:`segmentation.core.data.load_csv` left in ``df.attrs`` (index + 2 for any other)."""
+        found = df.attrs.get(SOURCE_ATTR)
+        return found if isinstance(found, LineLocator) else cls()
 
     def line(self, label: Any, column: str | None = None) -> int:
         """The physical line of row ``label`` (of its value in ``column`` when given)."""
@@ -210,15 +203,14 @@ class LineLocator:
     @functools.cached_property
     def _scan(self) -> tuple[list[int], list[str], dict[int, list[int]]] | None:
         """Each row's first line, the header, and for a row spanning lines the newlines before each of its fields."""
-        src = self.source
-        if src is None or len(src.separator) != 1:  # a regex separator: pandas' python engine, not the csv module's
+        if self.path is None or len(self.separator) != 1:  # a regex separator: pandas' python engine, not csv's
             return None
         starts: list[int] = []
         header: list[str] | None = None
         extra: dict[int, list[int]] = {}
         try:
-            with open(src.path, encoding=src.encoding, newline="") as fh:
-                reader = csv.reader(fh, delimiter=src.separator, quotechar='"', doublequote=True)
+            with open(self.path, encoding=self.encoding, newline="") as fh:
+                reader = csv.reader(fh, delimiter=self.separator, quotechar='"', doublequote=True)
                 before = 0
                 for fields in reader:
                     first, before = before + 1, reader.line_num
@@ -232,7 +224,7 @@ class LineLocator:
                     starts.append(first)
         except (OSError, UnicodeError, csv.Error):
             return None
-        return (starts, header or [], extra) if len(starts) == src.rows else None  # else not read as pandas read it
+        return (starts, header or [], extra) if len(starts) == self.rows else None  # else not read as pandas read it
 
 
 def write_csv(path: str | Path, df: pd.DataFrame) -> None:
@@ -258,7 +250,7 @@ def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
     import pyarrow.parquet as pq
 
     plain_df = df.copy(deep=False)
-    plain_df.attrs = {}  # pandas would try to store them (a CsvSource) in the file's metadata
+    plain_df.attrs = {}  # pandas would try to store them (a LineLocator) in the file's metadata
     pq.write_table(pa.Table.from_pandas(plain_df, preserve_index=False), path, compression="zstd")
 
 
@@ -315,7 +307,7 @@ def read_matrix(path: str | Path, stage: str = "preprocess") -> pd.DataFrame:
             continue
         bad = np.flatnonzero(~np.isfinite(values))[0]
         value = "a blank" if pd.isna(series.iloc[bad]) else repr(plain(series.iloc[bad]))
-        lines = LineLocator(CsvSource(str(path), ",", "utf-8", len(matrix)))
+        lines = LineLocator(str(path), rows=len(matrix))
         where = f"row {bad + 1}" if Path(path).suffix == PARQUET else f"line {lines.line(bad, str(column))}"
         raise UserError(
             f"{path}: column {column} has {value} on {where} (the model matrix must be finite numbers); {rebuild}"

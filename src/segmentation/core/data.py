@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from segmentation.errors import UserError
-from segmentation.files import SOURCE_ATTR, CsvSource, LineLocator, plain
+from segmentation.files import SOURCE_ATTR, LineLocator, plain
 
 ROW_ID_COLUMN = "row_id"  # identifies the rows of a table without an ID column (1 = first data row)
 GLOB_CHARS = frozenset("*?[")  # a column pattern with one of them is a glob
@@ -53,7 +53,7 @@ def load_csv(
             )
     if df.empty:
         raise UserError(f"{path}: no data rows")
-    df.attrs[SOURCE_ATTR] = CsvSource(str(path), params.separator, params.encoding, len(df))
+    df.attrs[SOURCE_ATTR] = LineLocator(str(path), params.separator, params.encoding, len(df))
     return df
 
 

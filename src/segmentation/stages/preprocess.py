@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 from segmentation.config import PreprocessParams, flatten, profile_patterns
@@ -37,7 +36,7 @@ def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
         return engine_module(params.engine, "preprocess").work(args, params, raw_params)
     profile_columns = profile_patterns(raw_params, args.params)  # passed through for the evaluate stage
     # The raw file's md5 (for the MLflow run) is computed while the stage works: hashlib releases the GIL.
-    md5 = in_background(file_md5, params.data.path) if Path(params.data.path).is_file() else None
+    md5 = in_background(file_md5, params.data.path)  # a missing file: load_csv says so, the future is dropped
     # The CSV is read while scikit-learn is imported (~1 s): pandas' tokenizer releases the GIL.
     reading = in_background(data.load_csv, params.data, [*input_columns(params), *profile_columns])
     build_transformer(params)

@@ -82,11 +82,8 @@ def _dvc_tracked(root: Path) -> list[tuple[Path, str]]:
             outs = pipeline.load_yaml(dvc_file.read_text(encoding="utf-8")).get("outs") or []
         except Exception:  # an unreadable or odd .dvc file: its name still tells what it tracks
             outs = [{"path": dvc_file.stem}]
-        found += [
-            (dvc_file.parent / out["path"], f"DVC-tracked data ({name})")
-            for out in outs
-            if isinstance(out, dict) and isinstance(out.get("path"), str)
-        ]
+        paths = [out.get("path") for out in outs if isinstance(out, dict)]
+        found += [(dvc_file.parent / p, f"DVC-tracked data ({name})") for p in paths if isinstance(p, str)]
     return found
 
 
@@ -111,8 +108,7 @@ def protected_paths(source: Path | None, root: Path = Path(".")) -> list[tuple[P
 
 
 def what_it_is(path: Path, protected: list[tuple[Path, str]]) -> str | None:
-    """What ``path`` is when score must not write it (the first of ``protected`` it is or lies in, a file git
-    tracks), else None."""
+    """What ``path`` is (the first of ``protected`` it is or lies in, a file git tracks), else None: not to write."""
     places = _places(path)
     for other, what in protected:
         # os.path.samefile: a hard link, another spelling on a case-insensitive disk
@@ -201,8 +197,7 @@ def imputes(preprocessor: Any) -> bool:
     """Whether the fitted preprocessing fills blanks in (``missing: median``): it holds a SimpleImputer."""
     from sklearn.impute import SimpleImputer
 
-    parts = preprocessor.get_params(deep=True).values() if hasattr(preprocessor, "get_params") else []
-    return any(isinstance(p, SimpleImputer) for p in [preprocessor, *parts])
+    return any(isinstance(p, SimpleImputer) for p in preprocessor.get_params(deep=True).values())
 
 
 def score(
@@ -281,10 +276,8 @@ def with_names(scored: pd.DataFrame, names: dict[int, str] | None) -> pd.DataFra
 
 def rejects_line(rejects: pd.DataFrame, total: int, path: Path) -> str:
     """One line: how many rows were not scored, why, which IDs (the first few), where the full list is."""
-    reasons = dict(rejects[REASON_COLUMN].value_counts(sort=False).items())
-    return rejects_summary(
-        str(rejects.columns[0]), len(rejects), list(rejects.iloc[:SHOWN_IDS, 0]), reasons, total, path
-    )
+    reasons, first = rejects[REASON_COLUMN].value_counts(sort=False).to_dict(), list(rejects.iloc[:SHOWN_IDS, 0])
+    return rejects_summary(str(rejects.columns[0]), len(rejects), first, reasons, total, path)
 
 
 def rejects_summary(id_col: str, count: int, first_ids: list, reasons: dict[str, int], total: int, path: Path) -> str:
