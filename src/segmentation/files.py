@@ -294,8 +294,7 @@ def read_csv(path: str | Path, stage: str | None = None) -> pd.DataFrame:
 
 
 def read_matrix(path: str | Path, stage: str = "preprocess") -> pd.DataFrame:
-    """Read the model matrix (an ID column, then numbers); a blank, text or infinite value is a :class:`UserError`
-    naming the column and the line (the row, in a Parquet file)."""
+    """Read the model matrix (an ID column, then numbers); a value that is no finite number is a :class:`UserError`."""
     matrix = read_csv(path, stage)
     rebuild = f"rebuild it: dvc repro -f -s {stage}"
     if matrix.shape[1] < 2 or matrix.empty:

@@ -149,8 +149,7 @@ def keep_rows(
 
 
 def fit_preprocessing(rows: Rows, params: PreprocessParams) -> PreprocessResult:
-    """The second half of :func:`preprocess`: the features table, the fitted transformer and the model matrix (the
-    checks of :func:`keep_rows` leave every value finite)."""
+    """The second half of :func:`preprocess`: features table, fitted transformer, model matrix (finite: checked)."""
     id_col = rows.table.columns[0]
     table = output_table(rows.table, params, id_col, rows.profiled)
     transformer = build_transformer(params)

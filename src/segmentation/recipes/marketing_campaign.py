@@ -62,8 +62,7 @@ def marketing_inputs(params: MarketingCampaignParams) -> list[str]:
 
 
 def parse_dates(series: pd.Series, date_format: str, source: str, lines: LineLocator | None = None) -> pd.Series:
-    """Parse dates with an explicit format (pandas would guess month-first from the first row and then fail); pandas
-    parses each distinct value once (its cache): a few hundred dates among millions of rows."""
+    """Parse dates with an explicit format (pandas would guess month-first from the first row, then fail)."""
     try:
         parsed = pd.to_datetime(series, format=date_format, errors="coerce")
     except ValueError as exc:  # with errors="coerce" only the format itself can fail (e.g. '%Q')

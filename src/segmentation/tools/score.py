@@ -132,8 +132,7 @@ def header_of(path: Path) -> list[str] | None:
 
 
 def check_outputs(output: Path, source: Path, id_column: str) -> None:
-    """A :class:`UserError`, before anything is read, when ``output``, its rejects or its summary file would replace
-    a protected file or an existing file that is no score output (by its header)."""
+    """Fail, before anything is read, when ``output`` or a file beside it would replace a protected or a user's file."""
     default, protected = default_output(source), protected_paths(source)
     rejects, summary = rejects_path(output), summary_path(output)
     advice = "choose another file " + (
@@ -203,9 +202,8 @@ def imputes(preprocessor: Any) -> bool:
 def score(
     raw: pd.DataFrame, segmenter: Any, params: PreprocessParams, source: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """``(scored, rejects, outliers)`` for ``raw`` (from :func:`segmentation.core.data.load_csv`): ID -> segment in
-    the file's order, ID -> reason for the rows it cannot score, how many scored rows are outside the outlier bounds
-    (scored all the same: training only left them out of the fit)."""
+    """``(scored, rejects, outliers)``: ID -> segment in the file's order, ID -> reason for the rows it cannot score,
+    how many scored rows are outside the outlier bounds (scored all the same: training only left them out)."""
     raw, id_col = data.identify_rows(raw, params.data.id_column, source, LineLocator.of(raw))
     step = segmenter.named_steps["features"]
     derived = step.derive(raw, source)  # the checks and the recipe of the training data; a bad value stops here
@@ -245,8 +243,7 @@ def segment_shares(scored: pd.DataFrame, training_sizes: pd.Series) -> pd.DataFr
 
 
 def psi(expected: pd.Series, actual: pd.Series) -> float:
-    """Population stability index of the shares ``actual`` against ``expected`` (each at least PSI_FLOOR): 0 is the
-    same mix, above 0.2 usually a shifted one."""
+    """Population stability index of shares ``actual`` against ``expected``: 0 the same mix, >0.2 usually shifted."""
     e, a = expected.clip(lower=PSI_FLOOR), actual.clip(lower=PSI_FLOOR)
     return float(((a - e) * np.log(a / e)).sum())
 
