@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from segmentation.config import Bounds
-from segmentation.core.features import outlier_rows
+from segmentation.core.data import outlier_rows
 from segmentation.errors import UserError
 from segmentation.recipes.marketing_campaign import adults_in_household, derive_marketing_features, parse_dates
 

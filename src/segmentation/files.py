@@ -1,5 +1,4 @@
-"""A stage's outputs, each written atomically; readers of the files between stages; physical line numbers of CSV rows
-for messages."""
+"""A stage's outputs, each written atomically; readers of the files between stages; CSV rows' lines for messages."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ import pandas as pd
 
 from segmentation.errors import UserError
 
-# data.load_csv notes in DataFrame.attrs which file a frame came from; LineLocator reads it to name physical lines.
+# data.load_csv leaves in DataFrame.attrs the LineLocator of the file a frame came from.
 SOURCE_ATTR = "segmentation_csv"
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 PARQUET = ".parquet"
@@ -37,9 +36,7 @@ def temp_file_beside(path: str | Path, folder: bool = False) -> Path:
     return tmp
 
 
-def temp_dir_beside(path: str | Path) -> Path:
-    """:func:`temp_file_beside`, a folder (put in place by :meth:`StageOutputs.adopt`)."""
-    return temp_file_beside(path, folder=True)
+temp_dir_beside = functools.partial(temp_file_beside, folder=True)  # a folder, put in place by StageOutputs.adopt
 
 
 def _remove(path: Path) -> None:
@@ -85,8 +82,7 @@ class StageOutputs:
         return folder
 
     def path(self, target: str | Path, replaces_folder: bool = False) -> Path:
-        """A temporary file to write ``target``'s new content to; a folder at ``target`` is an error unless
-        ``replaces_folder`` (a partitioned table the Dask engine wrote)."""
+        """A temporary file for ``target``'s new content; a folder there is an error unless ``replaces_folder``."""
         target = Path(target)
         if target in self._staged:
             return self._staged[target]
@@ -107,7 +103,7 @@ class StageOutputs:
         self._write(target, lambda tmp: tmp.write_bytes(text.encode("utf-8")), replaces_folder)
 
     def write_manifest(self, target: str | Path, text: str) -> None:
-        """A table's manifest (the Dask engine's object storage); it may replace a partitioned table (a folder)."""
+        """A table's manifest (the Dask engine's object storage); it may replace a partitioned table."""
         self.write_text(target, text, replaces_folder=True)
 
     def write_csv(self, target: str | Path, df: pd.DataFrame) -> None:
@@ -122,8 +118,7 @@ class StageOutputs:
             self.write_csv(target, df)
 
     def adopt(self, target: str | Path, folder: str | Path) -> None:
-        """Put ``folder`` (from :func:`temp_dir_beside`, or a file from :func:`temp_file_beside`) in place as
-        ``target`` at the commit."""
+        """Put ``folder`` (from :func:`temp_dir_beside` or :func:`temp_file_beside`) in place as ``target``."""
         target = Path(target)
         if target in self._staged:
             remove_temp(self._staged[target])
@@ -182,28 +177,20 @@ class StageOutputs:
 
 
 @dataclass(frozen=True)
-class CsvSource:
-    """The file a frame was read from, as ``load_csv`` read it (kept in ``DataFrame.attrs``)."""
-
-    path: str
-    separator: str
-    encoding: str
-    rows: int
-
-
 class LineLocator:
-    """Physical line numbers of a raw CSV's rows (labels: 0 = first data row) and values, for error messages. The
-    file is scanned once, when a message needs a line, counting quoted newlines and skipped blank lines; without it
-    (or when it does not read as pandas read it), row ``label`` is on line ``label + 2``."""
+    """Physical lines of a raw CSV's rows (label 0 = first data row) and values, for messages: the file (as pandas
+    read it) is scanned when a message needs one; without a file, row ``label`` is on line ``label + 2``."""
 
-    def __init__(self, source: CsvSource | None = None) -> None:
-        self.source = source
+    path: str | None = None
+    separator: str = ","
+    encoding: str = "utf-8"
+    rows: int = 0  # as many as pandas read
 
     @classmethod
     def of(cls, df: pd.DataFrame) -> LineLocator:
-        """The locator for a frame returned by :func:`load_csv` (index + 2 for any other frame)."""
-        source = df.attrs.get(SOURCE_ATTR)
-        return cls(source if isinstance(source, CsvSource) else None)
+        """The locator :func:`segmentation.core.data.load_csv` left in ``df.attrs`` (index + 2 for any other)."""
+        found = df.attrs.get(SOURCE_ATTR)
+        return found if isinstance(found, LineLocator) else cls()
 
     def line(self, label: Any, column: str | None = None) -> int:
         """The physical line of row ``label`` (of its value in ``column`` when given)."""
@@ -216,15 +203,14 @@ class LineLocator:
     @functools.cached_property
     def _scan(self) -> tuple[list[int], list[str], dict[int, list[int]]] | None:
         """Each row's first line, the header, and for a row spanning lines the newlines before each of its fields."""
-        src = self.source
-        if src is None or len(src.separator) != 1:  # a regex separator: pandas' python engine, not the csv module's
+        if self.path is None or len(self.separator) != 1:  # a regex separator: pandas' python engine, not csv's
             return None
         starts: list[int] = []
         header: list[str] | None = None
         extra: dict[int, list[int]] = {}
         try:
-            with open(src.path, encoding=src.encoding, newline="") as fh:
-                reader = csv.reader(fh, delimiter=src.separator, quotechar='"', doublequote=True)
+            with open(self.path, encoding=self.encoding, newline="") as fh:
+                reader = csv.reader(fh, delimiter=self.separator, quotechar='"', doublequote=True)
                 before = 0
                 for fields in reader:
                     first, before = before + 1, reader.line_num
@@ -238,7 +224,7 @@ class LineLocator:
                     starts.append(first)
         except (OSError, UnicodeError, csv.Error):
             return None
-        return (starts, header or [], extra) if len(starts) == src.rows else None  # else not read as pandas read it
+        return (starts, header or [], extra) if len(starts) == self.rows else None  # else not read as pandas read it
 
 
 def write_csv(path: str | Path, df: pd.DataFrame) -> None:
@@ -264,7 +250,7 @@ def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
     import pyarrow.parquet as pq
 
     plain_df = df.copy(deep=False)
-    plain_df.attrs = {}  # pandas would try to store them (a CsvSource) in the file's metadata
+    plain_df.attrs = {}  # pandas would try to store them (a LineLocator) in the file's metadata
     pq.write_table(pa.Table.from_pandas(plain_df, preserve_index=False), path, compression="zstd")
 
 
@@ -285,8 +271,8 @@ def _existing_file(path: str | Path, stage: str | None, folder_ok: bool = False)
 
 
 def read_csv(path: str | Path, stage: str | None = None) -> pd.DataFrame:
-    """Read a table written by a previous stage (``stage``, named in the fix): Parquet for a ``.parquet`` path (a
-    folder: a partitioned table), else CSV; a missing or unreadable file is a :class:`UserError`."""
+    """Read a table a previous stage (``stage``, named in the fix) wrote: Parquet (a folder: partitioned) for a
+    ``.parquet`` path, else CSV; a missing or unreadable file is a :class:`UserError`."""
     path = _existing_file(path, stage, folder_ok=Path(path).suffix == PARQUET)
     if path.suffix == PARQUET:
         import pyarrow as pa
@@ -308,23 +294,19 @@ def read_csv(path: str | Path, stage: str | None = None) -> pd.DataFrame:
 
 
 def read_matrix(path: str | Path, stage: str = "preprocess") -> pd.DataFrame:
-    """Read the model matrix (an ID column, then numbers); a blank, text or infinite value is a :class:`UserError`
-    naming the column and the line (the row, in a Parquet file)."""
+    """Read the model matrix (an ID column, then numbers); a value that is no finite number is a :class:`UserError`."""
     matrix = read_csv(path, stage)
     rebuild = f"rebuild it: dvc repro -f -s {stage}"
     if matrix.shape[1] < 2 or matrix.empty:
         raise UserError(f"{path}: expected an ID column and model columns with rows; {rebuild}")
     for column in matrix.columns[1:]:
         series = matrix[column]
-        if pd.api.types.is_float_dtype(series) and not pd.api.types.is_extension_array_dtype(series):
-            values = series.to_numpy()  # already numbers: no conversion, no copy
-        else:
-            values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         if np.isfinite(values).all():
             continue
         bad = np.flatnonzero(~np.isfinite(values))[0]
         value = "a blank" if pd.isna(series.iloc[bad]) else repr(plain(series.iloc[bad]))
-        lines = LineLocator(CsvSource(str(path), ",", "utf-8", len(matrix)))
+        lines = LineLocator(str(path), rows=len(matrix))
         where = f"row {bad + 1}" if Path(path).suffix == PARQUET else f"line {lines.line(bad, str(column))}"
         raise UserError(
             f"{path}: column {column} has {value} on {where} (the model matrix must be finite numbers); {rebuild}"

@@ -1,4 +1,4 @@
-"""Loading the raw CSV and checking its schema."""
+"""Loading the raw CSV, checking its schema and values; the outlier filter."""
 
 from __future__ import annotations
 
@@ -12,18 +12,17 @@ import numpy as np
 import pandas as pd
 
 from segmentation.errors import UserError
-from segmentation.files import SOURCE_ATTR, CsvSource, LineLocator, plain
+from segmentation.files import SOURCE_ATTR, LineLocator, plain
 
 ROW_ID_COLUMN = "row_id"  # identifies the rows of a table without an ID column (1 = first data row)
 GLOB_CHARS = frozenset("*?[")  # a column pattern with one of them is a glob
-DataParams = Any  # segmentation.config.DataParams (config builds on the recipes, which read data: not imported)
 
 
 def load_csv(
-    params: DataParams, columns: Collection[str] | None = None, *, separator_fix: Callable[[str], str] | None = None
+    params: Any, columns: Collection[str] | None = None, *, separator_fix: Callable | None = None
 ) -> pd.DataFrame:
-    """Read the raw CSV of ``params`` (only the ``columns`` it has); a missing, empty or undecodable file is a
-    :class:`UserError`. ``separator_fix(guess)``: the advice when the separator looks wrong."""
+    """Read the raw CSV of ``params`` (a config.DataParams; only the ``columns`` it has); a missing, empty or
+    undecodable file is a :class:`UserError`. ``separator_fix(guess)``: the advice when the separator looks wrong."""
     path = Path(params.path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory, not a CSV file (set preprocess.data.path in params.yaml)")
@@ -34,8 +33,7 @@ def load_csv(
         header = [] if columns is None else pd.read_csv(path, nrows=0, **options).columns
         df = pd.read_csv(path, usecols=[c for c in header if matches(c, columns)] or None, **options)
     except UnicodeDecodeError:
-        # pandas decodes in chunks: its exc.start is an offset into a chunk, not into the file.
-        where = decode_error_position(path, params.encoding)
+        where = decode_error_position(path, params.encoding)  # pandas' exc.start is an offset into a chunk
         raise UserError(
             f"{path}: cannot decode as {params.encoding}: {where}; set preprocess.data.encoding (e.g. latin-1)"
         ) from None
@@ -45,8 +43,8 @@ def load_csv(
         raise UserError(f"{path}: file is empty") from None
     except pd.errors.ParserError as exc:
         raise UserError(f"{path}: cannot parse as CSV with separator {params.separator!r}: {exc}") from None
+    # One column usually means the wrong separator: say so rather than "column X missing".
     if len(df.columns) == 1 and len(params.separator) == 1 and params.separator not in df.columns[0]:
-        # One column usually means the wrong separator: say so rather than "column X missing".
         header = str(df.columns[0])[:60]
         if (guess := next((sep for sep in ("\t", ",", ";", "|") if sep in header), None)) is not None:
             fix = separator_fix(guess) if separator_fix else "set preprocess.data.separator"
@@ -55,7 +53,7 @@ def load_csv(
             )
     if df.empty:
         raise UserError(f"{path}: no data rows")
-    df.attrs[SOURCE_ATTR] = CsvSource(str(path), params.separator, params.encoding, len(df))
+    df.attrs[SOURCE_ATTR] = LineLocator(str(path), params.separator, params.encoding, len(df))
     return df
 
 
@@ -160,6 +158,17 @@ def as_categories(series: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(series) and len(present := series.dropna()) and (present == present.round()).all():
         values = series.astype("Int64")
     return values.astype("string").astype(object).where(series.notna(), np.nan)
+
+
+def outlier_rows(df: pd.DataFrame, bounds: dict[str, Any]) -> dict[str, pd.Series]:
+    """One boolean mask per bounded column: rows outside the inclusive [min, max] range (blanks are not outliers)."""
+    masks = {}
+    for column, rule in bounds.items():
+        values, mask = df[column], pd.Series(False, index=df.index)
+        mask |= (values < rule.min) if rule.min is not None else False
+        mask |= (values > rule.max) if rule.max is not None else False
+        masks[column] = mask.fillna(False).astype(bool)
+    return masks
 
 
 def require_few_categories(df: pd.DataFrame, columns: Iterable[str], limit: int, source: str) -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from segmentation import recipes
 from segmentation.config import ROW_ID_COLUMN, PreprocessParams
-from segmentation.core import data, features
+from segmentation.core import data
 from segmentation.errors import UserError
 from segmentation.files import LineLocator
 
@@ -110,7 +110,7 @@ def select_rows(raw: pd.DataFrame, params: PreprocessParams, id_col: str, source
     kept = ~missing if params.missing == "drop" else pd.Series(True, index=df.index)
     # Outliers are counted among the rows kept so far; the rows are then filtered once.
     any_outlier = pd.Series(False, index=df.index)
-    for column, mask in features.outlier_rows(df, params.outliers).items():
+    for column, mask in data.outlier_rows(df, params.outliers).items():
         mask &= kept
         metrics[f"outliers_{column}"] = int(mask.sum())
         any_outlier |= mask
@@ -126,14 +126,13 @@ def preprocess(
     raw: pd.DataFrame, params: PreprocessParams, source: str, profile_columns: list[str] | None = None
 ) -> PreprocessResult:
     """Validate ``raw``, derive features, drop missing/outlier rows, fit the transformer (profile columns as read)."""
-    return fit_preprocessing(keep_rows(raw, params, source, profile_columns), params, source)
+    return fit_preprocessing(keep_rows(raw, params, source, profile_columns), params)
 
 
 def keep_rows(
     raw: pd.DataFrame, params: PreprocessParams, source: str, profile_columns: list[str] | None = None
-) -> tuple[Rows, str, LineLocator]:
-    """The first half of :func:`preprocess`: identify, check and select the rows (the stage then drops ``raw``): the
-    kept rows, the ID column and the raw rows' lines."""
+) -> Rows:
+    """The first half of :func:`preprocess` (the stage then drops ``raw``): the checked, kept rows, ID first."""
     lines = LineLocator.of(raw)  # physical lines of the CSV's rows, for messages
     raw, id_col = data.identify_rows(raw, params.data.id_column, source, lines)
     rows = select_rows(raw, params, id_col, source, lines, profile_columns)
@@ -146,22 +145,15 @@ def keep_rows(
     require_computable(df, params.features, source, lines, rows.derived)
     if all(df[c].nunique(dropna=True) <= 1 for c in used):  # one distinct row: PCA would divide by a zero variance
         raise UserError(single_value_message(used, len(df), source))
-    return rows, id_col, lines
+    return rows
 
 
-def fit_preprocessing(kept: tuple[Rows, str, LineLocator], params: PreprocessParams, source: str) -> PreprocessResult:
-    """The second half of :func:`preprocess`: the features table, the fitted transformer and the model matrix."""
-    rows, id_col, lines = kept
-    df, used = rows.table, model_columns(params)
-    table = output_table(df, params, id_col, rows.profiled)
+def fit_preprocessing(rows: Rows, params: PreprocessParams) -> PreprocessResult:
+    """The second half of :func:`preprocess`: features table, fitted transformer, model matrix (finite: checked)."""
+    id_col = rows.table.columns[0]
+    table = output_table(rows.table, params, id_col, rows.profiled)
     transformer = build_transformer(params)
-    values = transformer.fit_transform(table[used])
-    if (bad := ~np.isfinite(values)).any():  # not expected after the checks: a clear stop rather than NaN
-        row, col = np.argwhere(bad)[0]
-        raise UserError(
-            f"{source}: preprocessing the row on line {lines.line(df.index[row])} gave a non-finite value "
-            f"(column {col + 1} of the model matrix); check that row's values"
-        )
+    values = transformer.fit_transform(table[model_columns(params)])
     matrix = pd.concat([table[[id_col]], pd.DataFrame(values, columns=matrix_names(params, transformer))], axis=1)
     return PreprocessResult(features=table, matrix=matrix, transformer=transformer, metrics=rows.metrics)
 

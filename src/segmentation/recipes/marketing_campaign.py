@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from segmentation.core import features
 from segmentation.errors import UserError
 from segmentation.files import LineLocator, plain
 
@@ -46,23 +45,31 @@ class MarketingCampaignParams(BaseModel):
         return self
 
 
+def require_non_negative(df: pd.DataFrame, columns: list[str], source: str, lines: LineLocator | None = None) -> None:
+    """Fail naming the first of ``columns`` (those present in ``df``) with a negative value, and its line."""
+    for col in [c for c in columns if c in df.columns]:
+        values = pd.to_numeric(df[col], errors="coerce")
+        if len(bad := values[values < 0]):
+            raise UserError(
+                f"{source}: column {col} cannot be negative (a count or an amount); {plain(bad.iloc[0])!r} on line "
+                f"{(lines or LineLocator()).line(bad.index[0], col)} ({len(bad)} such value(s)); fix or blank it"
+            )
+
+
 def marketing_inputs(params: MarketingCampaignParams) -> list[str]:
     """Columns the marketing-campaign recipe reads."""
     return [*MARKETING_NUMERIC_INPUTS, params.date_column, MARITAL_STATUS_COLUMN]
 
 
 def parse_dates(series: pd.Series, date_format: str, source: str, lines: LineLocator | None = None) -> pd.Series:
-    """Parse dates with an explicit format (pandas would guess month-first from the first row and then fail)."""
-    # Parsed once per distinct value (a few hundred dates among millions of rows), then spread back to the rows.
-    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    """Parse dates with an explicit format (pandas would guess month-first from the first row, then fail)."""
     try:
-        parsed = pd.to_datetime(pd.Index(uniques, dtype=object), format=date_format, errors="coerce")
+        parsed = pd.to_datetime(series, format=date_format, errors="coerce")
     except ValueError as exc:  # with errors="coerce" only the format itself can fail (e.g. '%Q')
         raise UserError(
             f"params.yaml: preprocess.marketing_campaign.date_format ({date_format!r}): {exc}; "
             "use strftime codes, e.g. '%d-%m-%Y'"
         ) from None
-    parsed = pd.Series(parsed.take(codes, allow_fill=True, fill_value=pd.NaT), index=series.index, name=series.name)
     if len(bad := series[parsed.isna() & series.notna()]):
         line = (lines or LineLocator()).line(bad.index[0], str(series.name))
         raise UserError(
@@ -87,7 +94,7 @@ def derive_marketing_features(
     df: pd.DataFrame, params: MarketingCampaignParams, source: str, lines: LineLocator | None = None
 ) -> pd.DataFrame:
     """``df`` with the derived columns (a copy); negative counts or amounts, births after ``reference_date``: errors."""
-    features.require_non_negative(df, NON_NEGATIVE_COLUMNS, source, lines)
+    require_non_negative(df, NON_NEGATIVE_COLUMNS, source, lines)
     out = df.copy(deep=False)  # new columns only: the input's columns are shared, not copied (copy-on-write)
     reference = pd.Timestamp(params.reference_date)
     enrolled = parse_dates(df[params.date_column], params.date_format, source, lines)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 from segmentation.config import PreprocessParams, flatten, profile_patterns
@@ -37,7 +36,7 @@ def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
         return engine_module(params.engine, "preprocess").work(args, params, raw_params)
     profile_columns = profile_patterns(raw_params, args.params)  # passed through for the evaluate stage
     # The raw file's md5 (for the MLflow run) is computed while the stage works: hashlib releases the GIL.
-    md5 = in_background(file_md5, params.data.path) if Path(params.data.path).is_file() else None
+    md5 = in_background(file_md5, params.data.path)  # a missing file: load_csv says so, the future is dropped
     # The CSV is read while scikit-learn is imported (~1 s): pandas' tokenizer releases the GIL.
     reading = in_background(data.load_csv, params.data, [*input_columns(params), *profile_columns])
     build_transformer(params)
@@ -47,7 +46,7 @@ def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
     with step("preprocess", f"checked, derived and transformed {len(raw)} rows"):
         kept = keep_rows(raw, params, source=params.data.path, profile_columns=profile_columns)
         del raw  # the fit and the outputs without the raw table in memory (0.4 GiB less at 3M rows)
-        result = fit_preprocessing(kept, params, source=params.data.path)
+        result = fit_preprocessing(kept, params)
 
     def write(out, log) -> None:
         with step("preprocess", "wrote the features and the matrix"):

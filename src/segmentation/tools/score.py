@@ -19,7 +19,7 @@ import pandas as pd
 
 from segmentation import algorithms, config, pipeline
 from segmentation.config import ROW_ID_COLUMN, PreprocessParams, beyond_local
-from segmentation.core import data, features
+from segmentation.core import data
 from segmentation.core.report import NAME_COLUMN, SIZE_COLUMN
 from segmentation.engines import LOCAL, engine_module
 from segmentation.errors import UserError, stage_entrypoint
@@ -82,17 +82,13 @@ def _dvc_tracked(root: Path) -> list[tuple[Path, str]]:
             outs = pipeline.load_yaml(dvc_file.read_text(encoding="utf-8")).get("outs") or []
         except Exception:  # an unreadable or odd .dvc file: its name still tells what it tracks
             outs = [{"path": dvc_file.stem}]
-        found += [
-            (dvc_file.parent / out["path"], f"DVC-tracked data ({name})")
-            for out in outs
-            if isinstance(out, dict) and isinstance(out.get("path"), str)
-        ]
+        paths = [out.get("path") for out in outs if isinstance(out, dict)]
+        found += [(dvc_file.parent / p, f"DVC-tracked data ({name})") for p in paths if isinstance(p, str)]
     return found
 
 
 def protected_paths(source: Path | None, root: Path = Path(".")) -> list[tuple[Path, str]]:
-    """What score must never write over, most specific first, with what it is: the input, the project's files,
-    ``dvc.yaml``'s paths, DVC-tracked data, the stages' outs, metrics, plots and deps (folders: all inside)."""
+    """What score must never write over (folders: all inside), most specific first, with what it is."""
     found = [(source, f"the input file {source}")] if source is not None else []
     found += [(root / name, f"{what} ({name})") for name, what in PROJECT_FILES.items()]
     try:
@@ -112,8 +108,7 @@ def protected_paths(source: Path | None, root: Path = Path(".")) -> list[tuple[P
 
 
 def what_it_is(path: Path, protected: list[tuple[Path, str]]) -> str | None:
-    """What ``path`` is when score must not write it (the first of ``protected`` it is or lies in, a file git
-    tracks), else None."""
+    """What ``path`` is (the first of ``protected`` it is or lies in, a file git tracks), else None: not to write."""
     places = _places(path)
     for other, what in protected:
         # os.path.samefile: a hard link, another spelling on a case-insensitive disk
@@ -137,8 +132,7 @@ def header_of(path: Path) -> list[str] | None:
 
 
 def check_outputs(output: Path, source: Path, id_column: str) -> None:
-    """Before anything is read: a :class:`UserError` when ``output``, its rejects or its summary file would replace
-    the input, a file of the pipeline or of git, or an existing file whose header is not that of a score output."""
+    """Fail, before anything is read, when ``output`` or a file beside it would replace a protected or a user's file."""
     default, protected = default_output(source), protected_paths(source)
     rejects, summary = rejects_path(output), summary_path(output)
     advice = "choose another file " + (
@@ -160,8 +154,7 @@ def check_outputs(output: Path, source: Path, id_column: str) -> None:
 
 
 def load_segmenter(path: str) -> Any:
-    """The segmenter pickled at ``path``; any other model (the bare clusterer, the preprocessing...) is a one-line
-    :class:`UserError` saying what it holds and what to use."""
+    """The segmenter pickled at ``path``; any other model is a :class:`UserError` saying what it holds, what to use."""
     model = load_model(path, stage="train")
     steps = getattr(model, "named_steps", None)
     if steps is not None and all(name in steps for name in SEGMENTER_STEPS) and hasattr(model, "predict"):
@@ -203,16 +196,14 @@ def imputes(preprocessor: Any) -> bool:
     """Whether the fitted preprocessing fills blanks in (``missing: median``): it holds a SimpleImputer."""
     from sklearn.impute import SimpleImputer
 
-    parts = preprocessor.get_params(deep=True).values() if hasattr(preprocessor, "get_params") else []
-    return any(isinstance(p, SimpleImputer) for p in [preprocessor, *parts])
+    return any(isinstance(p, SimpleImputer) for p in preprocessor.get_params(deep=True).values())
 
 
 def score(
     raw: pd.DataFrame, segmenter: Any, params: PreprocessParams, source: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """``(scored, rejects, outliers)`` for the rows of ``raw`` (as :func:`segmentation.core.data.load_csv` read
-    them): ID -> segment in the file's order, ID -> reason for the rows that cannot be scored, and how many scored
-    rows are outside ``preprocess.outliers`` (scored all the same: training only left them out of the fit)."""
+    """``(scored, rejects, outliers)``: ID -> segment in the file's order, ID -> reason for the rows it cannot score,
+    how many scored rows are outside the outlier bounds (scored all the same: training only left them out)."""
     raw, id_col = data.identify_rows(raw, params.data.id_column, source, LineLocator.of(raw))
     step = segmenter.named_steps["features"]
     derived = step.derive(raw, source)  # the checks and the recipe of the training data; a bad value stops here
@@ -224,14 +215,13 @@ def score(
     rejects = pd.DataFrame({id_col: raw.loc[rejected, id_col], REASON_COLUMN: reasons.astype(object)})
     segments = segmenter.predict(raw.loc[ok]) if ok.any() else []
     scored = pd.DataFrame({id_col: raw.loc[ok, id_col], SEGMENT_COLUMN: pd.array(segments, dtype="int64")})
-    masks = features.outlier_rows(derived, {c: b for c, b in params.outliers.items() if c in derived})
+    masks = data.outlier_rows(derived, {c: b for c, b in params.outliers.items() if c in derived})
     outside = pd.concat([pd.Series(False, index=derived.index), *masks.values()], axis=1).any(axis=1)
     return scored.reset_index(drop=True), rejects.reset_index(drop=True), int((outside & ok).sum())
 
 
 def read_profile(profile_path: Path, column: str, n_clusters: int) -> pd.Series | None:
-    """A column of the evaluate stage's profile by segment; None when it has none for these ``n_clusters`` segments
-    (no profile yet, an older one, another model's). A noise row (HDBSCAN's -1) may be there too."""
+    """A column of the evaluate stage's profile by segment (noise too); None without one for these ``n_clusters``."""
     try:
         profile = pd.read_csv(profile_path, usecols=["cluster", column], index_col="cluster")[column]
     except (ValueError, OSError, pd.errors.ParserError):
@@ -246,16 +236,14 @@ def segment_names(profile_path: Path, n_clusters: int) -> dict[int, str] | None:
 
 
 def segment_shares(scored: pd.DataFrame, training_sizes: pd.Series) -> pd.DataFrame:
-    """Each segment's share of training's rows (the profile's sizes) and of the scored rows. HDBSCAN's noise is left
-    out: scoring never assigns it."""
+    """Each segment's share of training's rows (the profile's sizes; noise, never assigned, left out) and of ours."""
     sizes = training_sizes.drop(algorithms.NOISE, errors="ignore")
     counts = scored[SEGMENT_COLUMN].value_counts().reindex(sizes.index, fill_value=0)
     return pd.DataFrame({"training": sizes / sizes.sum(), "scored": counts / counts.sum()})
 
 
 def psi(expected: pd.Series, actual: pd.Series) -> float:
-    """Population stability index of the shares ``actual`` against ``expected``: the sum of (actual - expected) *
-    ln(actual / expected), each share at least PSI_FLOOR. 0: the same mix; above 0.2 usually a shifted one."""
+    """Population stability index of shares ``actual`` against ``expected``: 0 the same mix, >0.2 usually shifted."""
     e, a = expected.clip(lower=PSI_FLOOR), actual.clip(lower=PSI_FLOOR)
     return float(((a - e) * np.log(a / e)).sum())
 
@@ -285,10 +273,8 @@ def with_names(scored: pd.DataFrame, names: dict[int, str] | None) -> pd.DataFra
 
 def rejects_line(rejects: pd.DataFrame, total: int, path: Path) -> str:
     """One line: how many rows were not scored, why, which IDs (the first few), where the full list is."""
-    reasons = dict(rejects[REASON_COLUMN].value_counts(sort=False).items())
-    return rejects_summary(
-        str(rejects.columns[0]), len(rejects), list(rejects.iloc[:SHOWN_IDS, 0]), reasons, total, path
-    )
+    reasons, first = rejects[REASON_COLUMN].value_counts(sort=False).to_dict(), list(rejects.iloc[:SHOWN_IDS, 0])
+    return rejects_summary(str(rejects.columns[0]), len(rejects), first, reasons, total, path)
 
 
 def rejects_summary(id_col: str, count: int, first_ids: list, reasons: dict[str, int], total: int, path: Path) -> str:
