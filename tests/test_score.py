@@ -22,6 +22,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from sklearn.base import clone
 
 from pipeline_helpers import FIXTURE_PARAMS, HELD_BACK, REPO, held_back_ids, paths, run, stage_runs, stages
@@ -613,3 +614,52 @@ def test_a_shifted_mix_warns_and_an_unshifted_one_does_not(project, monkeypatch,
         for name in ("half", "shifted"):
             for path in (f"{name}.csv", f"out_{name}.csv", f"out_{name}_summary.md", f"out_{name}_rejects.csv"):
                 (root / path).unlink(missing_ok=True)
+
+
+def test_names_of_another_model_are_refused_in_one_line(project, tmp_path):
+    """Train re-run alone (another algorithm: `dvc repro -s train`) leaves evaluate's profile naming the old model's
+    segments: score refuses, in one line naming what to re-run, and writes nothing; after `dvc repro` it scores."""
+    root, env = project
+    copy = tmp_path / "project"
+    shutil.copytree(root, copy, symlinks=True)
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["train"]["algorithm"] = "bisecting_kmeans"
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "--single-item", "train"], copy, env)
+    score = [sys.executable, "-m", "segmentation.tools.score", "--input", "new_customers.csv", "--output", "s.csv"]
+    refused = run(score, copy, env, check=False)
+    assert refused.returncode == 2 and not (copy / "s.csv").exists()
+    assert refused.stderr.strip() == (
+        f"error: {P['profile']}: its segment names may belong to another model than {P['segmenter']} (train ran "
+        "again after evaluate); run `dvc repro` (it re-runs evaluate), then score again"
+    )
+    run(["dvc", "repro"], copy, env)
+    assert run(score, copy, env).returncode == 0 and (copy / "s.csv").is_file()
+
+
+def test_names_are_checked_against_dvc_lock_only_for_its_own_files(tmp_path, monkeypatch):
+    import hashlib
+
+    from segmentation.tools.score import check_names_belong
+
+    monkeypatch.chdir(tmp_path)
+    Path("m.joblib").write_bytes(b"model")
+    Path("p.csv").write_bytes(b"profile")
+    model, profile = hashlib.md5(b"model").hexdigest(), hashlib.md5(b"profile").hexdigest()
+    lock = {
+        "stages": {
+            "train": {"outs": [{"path": "m.joblib", "md5": model}]},
+            "evaluate": {"deps": [{"path": "m.joblib", "md5": model}], "outs": [{"path": "p.csv", "md5": profile}]},
+        }
+    }
+    Path("dvc.lock").write_text(json.dumps(lock))  # JSON is YAML
+    check_names_belong("m.joblib", "p.csv")  # as dvc.lock has them
+    check_names_belong("other.joblib", "p.csv")  # a model dvc.lock does not know: not checked
+    Path("p.csv").write_bytes(b"edited")
+    with pytest.raises(UserError, match=r"p.csv changed since dvc.lock"):
+        check_names_belong("m.joblib", "p.csv")
+    Path("p.csv").write_bytes(b"profile")
+    lock["stages"]["train"]["outs"][0]["md5"] = "0" * 32  # train wrote another model after evaluate read this one
+    Path("dvc.lock").write_text(json.dumps(lock))
+    with pytest.raises(UserError, match=r"train ran again after evaluate.*m.joblib changed since dvc.lock"):
+        check_names_belong("m.joblib", "p.csv")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from segmentation import algorithms, config, pipeline
 from segmentation.config import ROW_ID_COLUMN, PreprocessParams, beyond_local
@@ -24,6 +25,7 @@ from segmentation.core.report import NAME_COLUMN, SIZE_COLUMN
 from segmentation.engines import LOCAL, engine_module
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import LineLocator, StageOutputs, load_model
+from segmentation.tracking.lineage import file_md5
 
 SEGMENT_COLUMN, SEGMENT_NAME_COLUMN, REASON_COLUMN = "segment", "segment_name", "reason"
 OUTPUT_DIR = Path("scores")
@@ -229,6 +231,31 @@ def read_profile(profile_path: Path, column: str, n_clusters: int) -> pd.Series 
     return profile if sorted(k for k in profile.index if k != algorithms.NOISE) == list(range(n_clusters)) else None
 
 
+def check_names_belong(model: str, profile: str, lock_path: Path = Path("dvc.lock")) -> None:
+    """The segments' names must come from the model scored: under DVC, the evaluate run that wrote ``profile`` read
+    the files of the train run that wrote ``model`` (``dvc.lock``), and neither file changed since. Paths that
+    ``dvc.lock`` does not record are not checked."""
+    try:
+        stages = pipeline.load_yaml(lock_path.read_text(encoding="utf-8"))["stages"]
+        outs = {o["path"]: (name, o.get("md5")) for name, e in stages.items() for o in e.get("outs") or []}
+    except (OSError, TypeError, KeyError, AttributeError, yaml.YAMLError):
+        return
+    model, profile = Path(model).as_posix(), Path(profile).as_posix()
+    if model not in outs or profile not in outs:
+        return
+    trainer, evaluator = outs[model][0], outs[profile][0]
+    read = stages[evaluator].get("deps") or []
+    why = [f"{trainer} ran again after {evaluator}"] if any(
+        outs.get(d["path"], ("",))[0] == trainer and outs[d["path"]][1] != d.get("md5") for d in read
+    ) else []  # fmt: skip
+    why += [f"{p} changed since dvc.lock" for p in (model, profile) if Path(p).is_file() and file_md5(p) != outs[p][1]]
+    if why:
+        raise UserError(
+            f"{profile}: its segment names may belong to another model than {model} ({'; '.join(why)}); "
+            f"run `dvc repro` (it re-runs {evaluator}), then score again"
+        )
+
+
 def segment_names(profile_path: Path, n_clusters: int) -> dict[int, str] | None:
     """Each segment's name from the evaluate stage's profile (:func:`read_profile`)."""
     names = read_profile(profile_path, NAME_COLUMN, n_clusters)
@@ -318,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     check_outputs(output, source, params.data.id_column or ROW_ID_COLUMN)
     drift = config.parse_section("score", raw_params.get("score") or {}, args.params, config.ScoreParams)
     segmenter = load_segmenter(args.model)
+    check_names_belong(args.model, args.profile)
     update = {"path": str(source), **({"separator": args.separator} if args.separator else {})}
     raw = data.load_csv(params.data.model_copy(update=update), separator_fix=separator_fix)
     scored, rejects, outliers = score(raw, segmenter, params, str(source))
