@@ -19,7 +19,7 @@ import yaml
 
 from pipeline_helpers import BIN, DAGSHUB_SINK, REPO, copy_project, paths, project_env, run, stage_names, stage_runs
 from segmentation.config import load_section
-from segmentation.tracking.delivery import remote_key
+from segmentation.tracking.remote import remote_key
 
 pytestmark = pytest.mark.template
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segmentation.errors import UserError
 from segmentation.tracking.registry import SEGMENTER, register_segmenter
 from segmentation.tracking.settings import TrackingSettings, redact_uri
 
@@ -190,20 +189,6 @@ def replay_pending(client, settings: TrackingSettings, root: Path) -> int:
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
     return done
-
-
-def record_kept_runs(settings: TrackingSettings, root: Path) -> int:
-    """Record the runs waiting in ``mlruns-pending/`` in the local store (``make sync``); a store that still fails
-    is a :class:`~segmentation.errors.UserError` naming it."""
-    if not (root / PENDING_DIR).is_dir():
-        return 0
-    try:
-        with local_store_lock(root):
-            return replay_pending(MlflowClientFor(settings.local_uri), settings, root)
-    except Exception as exc:
-        raise UserError(
-            f"MLflow store {redact_uri(settings.local_uri)}: {describe_failure(exc)}; runs stay in {PENDING_DIR}/"
-        ) from None
 
 
 @contextmanager

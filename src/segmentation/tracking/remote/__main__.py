@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from segmentation.errors import UserError, stage_entrypoint
-from segmentation.tracking.delivery import sync
+from segmentation.tracking.remote import record_kept_runs, sync
 from segmentation.tracking.settings import (
     TrackingSettings,
     dagshub_host,
@@ -24,7 +24,7 @@ from segmentation.tracking.settings import (
     project_root,
     redact_uri,
 )
-from segmentation.tracking.store import PENDING_DIR, record_kept_runs
+from segmentation.tracking.store import PENDING_DIR
 
 REMOTE_NAME = "origin"
 TOKEN_ENV = "DAGSHUB_USER_TOKEN"
