@@ -242,9 +242,7 @@ def ensure_experiment(client, name: str, artifact_location: str | None = None, s
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
         print(f"note: MLflow experiment {name!r} had been deleted; restored it, with its runs", file=sys.stderr)
-    if (
-        KIND_TAG not in experiment.tags
-    ):  # one made before it was said, or by hand: the UI opens on its runs all the same
+    if KIND_TAG not in experiment.tags:  # made before it was said, or by hand: the UI opens on its runs all the same
         client.set_experiment_tag(experiment.experiment_id, KIND_TAG, TRAINING)
     if artifact_location and store_uri and experiment.artifact_location != artifact_location:
         relocate_artifacts(store_uri, experiment.experiment_id, experiment.artifact_location, artifact_location)
