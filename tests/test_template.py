@@ -295,6 +295,7 @@ def test_generated_project_sets_up_reproduces_and_passes_its_tests(generated):
         ],
         gen,
         env,
+        timeout=1500,  # one process, on busy cores
     )
     assert re.search(r"\d+ passed", tests.stdout) and "skipped" not in tests.stdout, tests.stdout
     run(["make", "lint", f"BIN={BIN}"], gen, env)  # its code is lint-clean, without the template's .copier/
