@@ -156,6 +156,11 @@ push: ## Push the raw data and every pipeline output to the default DVC remote
 pull: ## Pull the raw data and every pipeline output from the default DVC remote
 	dvc pull
 
+# Remote tracking is an optional part of a generated project (copier's remote_tracking): without it, one line says so.
+REMOTE_PART = @test -d src/segmentation/tracking/remote || { echo 'make $@: this project was generated without \
+remote tracking (runs kept in mlruns-pending/ are recorded by the next stage); add it with \
+`copier update --trust --defaults --data remote_tracking=true`' >&2; exit 1; }
+
 # OWNER, REPO and S3 reach the command through the environment as typed ($(value ...): not expanded by make, not
 # exported as make would expand them, never on a shell command line), so a value holding `...`, $(...) or quotes
 # runs nothing; segmentation.tracking.remote checks the names. Never write $(OWNER) in a recipe.
@@ -164,12 +169,15 @@ dagshub: export SEGMENTATION_DAGSHUB_OWNER = $(value OWNER)
 dagshub: export SEGMENTATION_DAGSHUB_REPO = $(value REPO)
 dagshub: export SEGMENTATION_DAGSHUB_S3 = $(value S3)
 dagshub: ## Use DagsHub: make dagshub OWNER=me REPO=segments [S3=1] (token from DAGSHUB_USER_TOKEN)
+	$(REMOTE_PART)
 	python -m segmentation.tracking.remote dagshub
 
 remote: ## Show where data and runs go (DVC remotes, MLflow tracking), without secrets
+	$(REMOTE_PART)
 	python -m segmentation.tracking.remote show
 
 sync: ## Deliver MLflow runs kept locally (tracker unreachable) to the remote tracker
+	$(REMOTE_PART)
 	python -m segmentation.tracking.remote sync
 
 bench: ## Speed and scale: the seed's script vs dvc repro, example to 1M rows (LARGE=1: also 3M and 10M rows); local vs dask engine at 1M (LARGE=1: 10M)

@@ -2,7 +2,9 @@
 
 A value smuggled into OWNER, REPO or S3 must never run (each payload would create a file), and must stop with one
 clean `error:` line. No secret from the environment may reach a tracked file, the output or a log; the only place a
-token may land is the git-ignored `.dvc/config.local`. Nothing here touches the network.
+token may land is the git-ignored `.dvc/config.local`. Nothing here touches the network. Part of the optional remote
+tracking (copier's `remote_tracking`): a project generated without it has no such file
+(its `make dagshub` says how to add the part).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import pytest
 
 from pipeline_helpers import BIN, copy_project, project_env, run
 from segmentation.errors import UserError
-from segmentation.tracking.remote import SHOWN_CHARS, check_name
+from segmentation.tracking.remote import apply_dagshub_credentials, bound_http_requests
+from segmentation.tracking.remote.__main__ import SHOWN_CHARS, check_name
 
 NAME_RULE = "(letters, digits, '-', '_' and '.', starting with a letter or a digit, no '..')"
 
@@ -146,3 +149,27 @@ def test_no_secret_reaches_a_tracked_file_the_output_or_a_log(project, tmp_path)
         if path.is_file() and path != local and marker.encode() in path.read_bytes()
     ]
     assert leaked == []
+
+
+def test_dagshub_token_becomes_mlflow_credentials_only_in_the_environment(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.segmentation]\ndagshub_owner = "acme"\ndagshub_repo = "s"\n')
+    env = {"DAGSHUB_USER_TOKEN": "t0ken"}
+    apply_dagshub_credentials(tmp_path, env)
+    assert env == {
+        "DAGSHUB_USER_TOKEN": "t0ken",
+        "MLFLOW_TRACKING_USERNAME": "acme",
+        "MLFLOW_TRACKING_PASSWORD": "t0ken",
+    }
+    explicit = {"DAGSHUB_USER_TOKEN": "t0ken", "MLFLOW_TRACKING_PASSWORD": "other"}
+    apply_dagshub_credentials(tmp_path, explicit)
+    assert explicit["MLFLOW_TRACKING_PASSWORD"] == "other"  # explicit MLflow credentials win
+
+
+def test_http_bounds_respect_user_values():
+    env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+    bound_http_requests(env)
+    assert env == {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    }

@@ -19,7 +19,7 @@ import yaml
 
 from pipeline_helpers import BIN, DAGSHUB_SINK, REPO, copy_project, paths, project_env, run, stage_names, stage_runs
 from segmentation.config import load_section
-from segmentation.tracking.delivery import remote_key
+from segmentation.tracking.remote import remote_key
 
 pytestmark = pytest.mark.template
 
@@ -33,6 +33,7 @@ OWN_ANSWERS = {
     "dagshub_repo": "",
     "keep_example_data": "true",
     "dask_engine": "true",
+    "remote_tracking": "true",
 }
 ANSWERS = {
     "project_name": "acme-segments",
@@ -209,7 +210,9 @@ def test_answers_arrive_where_they_belong(generated, template):
     answers = yaml.safe_load((gen / ".copier-answers.yml").read_text())
     head = run(["git", "rev-parse", "HEAD"], root, env).stdout.strip()
     assert head.startswith(answers.pop("_commit")) and answers.pop("_src_path") == str(root)
-    assert answers == {**ANSWERS, "keep_example_data": True, "dask_engine": False}
+    assert answers == {**ANSWERS, "keep_example_data": True, "dask_engine": False, "remote_tracking": True}
+    # A DagsHub owner given: remote tracking is in by default (delivery, make sync, make dagshub, their tests).
+    assert (gen / "src/segmentation/tracking/remote/__main__.py").is_file() and (gen / "tests/test_remote.py").is_file()
     assert ".copier-answers.yml" in git_files(gen, env)  # committed with the project
     for rel in [*DECOYS, *TEMPLATE_ONLY, *TWINS, "dvc.lock", P["train_metrics"], P["elbow_scores"]]:
         assert not (gen / rel).exists(), rel
@@ -291,6 +294,7 @@ def test_generated_project_sets_up_reproduces_and_passes_its_tests(generated):
         ],
         gen,
         env,
+        timeout=1500,  # one process, on busy cores
     )
     assert re.search(r"\d+ passed", tests.stdout) and "skipped" not in tests.stdout, tests.stdout
     run(["make", "lint", f"BIN={BIN}"], gen, env)  # its code is lint-clean, without the template's .copier/
@@ -334,6 +338,21 @@ def test_project_without_the_example_data_takes_your_data_and_its_make_test_pass
     summary = [line for line in tests.stdout.splitlines() if re.match(r"=+ .* in [\d.]+s", line)][-1]
     # All passed, none skipped: the smoke test ran the pipeline on the wine table.
     assert re.search(r"\d+ passed", summary) and not re.search(r"failed|error|skipped", summary), tests.stdout
+
+    # No DagsHub owner: copier's default leaves remote tracking out. A tracker set anyway stops a stage before its
+    # work with one line saying how to add the part; `make sync` (and dagshub, remote) too.
+    assert not (gen / "src/segmentation/tracking/remote").exists()
+    assert not (gen / "tests/test_remote.py").exists() and not (gen / "tests/test_hostile_names.py").exists()
+    added = "`copier update --trust --defaults --data remote_tracking=true`"
+    tracked = {**env, "MLFLOW_TRACKING_URI": DAGSHUB_SINK}
+    stage = run(["dvc", "repro", "--force", "preprocess"], gen, tracked, check=False)
+    errors = [line for line in stage.stderr.splitlines() if line.startswith("error:")]
+    assert stage.returncode != 0 and "Traceback" not in stage.stderr, stage.stderr
+    assert len(errors) == 1 and f"tracking_uri {DAGSHUB_SINK}: this project was generated without remote" in errors[0]
+    assert added in errors[0] and "unset MLFLOW_TRACKING_URI" in errors[0]
+    assert "preprocess: logged run" not in stage.stderr  # stopped before its work
+    sync = run(["make", "sync", f"BIN={BIN}"], gen, env, check=False)
+    assert sync.returncode != 0 and "generated without remote tracking" in sync.stderr and added in sync.stderr
 
 
 def test_copy_from_a_used_clone_then_update(tmp_path):

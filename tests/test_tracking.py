@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,10 @@ from mlflow.tracking import MlflowClient
 from pipeline_helpers import stage_names
 from segmentation.errors import UserError
 from segmentation.files import StageOutputs
-from segmentation.tracking.delivery import apply_dagshub_credentials, bound_http_requests, describe_failure
 from segmentation.tracking.lineage import Lineage, file_md5, pipeline_run_id, upstream_lineage
 from segmentation.tracking.logger import DualLogger, plain
 from segmentation.tracking.settings import TrackingSettings, redact_uri
+from segmentation.tracking.store import describe_failure
 
 RAW_MD5 = "0123456789abcdef0123456789abcdef"
 # What DVC records once preprocess and train have run: their deps (the raw data among them), params and outs.
@@ -119,28 +120,23 @@ def test_settings_precedence(tmp_path):
     assert own.local_uri == own.tracking_uri == "sqlite:///elsewhere.db" and not own.is_remote
 
 
-def test_dagshub_token_becomes_mlflow_credentials_only_in_the_environment(tmp_path):
-    (tmp_path / "pyproject.toml").write_text('[tool.segmentation]\ndagshub_owner = "acme"\ndagshub_repo = "s"\n')
-    env = {"DAGSHUB_USER_TOKEN": "t0ken"}
-    apply_dagshub_credentials(tmp_path, env)
-    assert env == {
-        "DAGSHUB_USER_TOKEN": "t0ken",
-        "MLFLOW_TRACKING_USERNAME": "acme",
-        "MLFLOW_TRACKING_PASSWORD": "t0ken",
-    }
-    explicit = {"DAGSHUB_USER_TOKEN": "t0ken", "MLFLOW_TRACKING_PASSWORD": "other"}
-    apply_dagshub_credentials(tmp_path, explicit)
-    assert explicit["MLFLOW_TRACKING_PASSWORD"] == "other"  # explicit MLflow credentials win
-
-
-def test_http_bounds_respect_user_values():
-    env = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
-    bound_http_requests(env)
-    assert env == {
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    }
+@pytest.mark.parametrize("where", ["env", "pyproject"])
+def test_a_remote_tracker_without_the_remote_part_is_one_line_before_the_work(tmp_path, monkeypatch, where):
+    """A project generated without remote tracking (``remote_tracking`` false) says how to add it."""
+    monkeypatch.setitem(sys.modules, "segmentation.tracking.remote", None)  # as if absent
+    if where == "env":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://u:s3cr3t@tracker.example:5000")
+    else:
+        (tmp_path / "pyproject.toml").write_text('[tool.segmentation]\ndagshub_owner = "acme"\ndagshub_repo = "s"\n')
+    with pytest.raises(UserError) as err:
+        DualLogger("evaluate", root=tmp_path)
+    message = str(err.value)
+    assert "generated without remote tracking" in message and "s3cr3t" not in message and "\n" not in message
+    assert "`copier update --trust --defaults --data remote_tracking=true`" in message
+    undo = "unset MLFLOW_TRACKING_URI" if where == "env" else "dagshub_owner/dagshub_repo from pyproject.toml"
+    assert undo in message
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert DualLogger("evaluate", root=tmp_path / "elsewhere").remote is None  # no tracker: no need of it
 
 
 def test_failures_are_described_without_credentials():

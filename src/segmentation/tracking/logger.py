@@ -15,7 +15,6 @@ import psutil
 
 from segmentation.errors import UserError
 from segmentation.files import StageOutputs, plain
-from segmentation.tracking.delivery import PENDING_TAG, deliver_or_keep, remote_key
 from segmentation.tracking.lineage import (
     ENV_EXP_NAME,
     LOCK_FILE,
@@ -51,6 +50,25 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def remote_tracking(settings: TrackingSettings):
+    """The optional remote-tracking part (``segmentation.tracking.remote``) when a tracker is configured, else None.
+    A project generated without it stops here, before the stage's work, rather than track only locally."""
+    if not settings.is_remote:
+        return None
+    try:
+        import segmentation.tracking.remote as remote
+    except ModuleNotFoundError as exc:
+        if exc.name != "segmentation.tracking.remote":  # the part is there but fails: show why
+            raise
+        where = settings.source.removeprefix("pyproject.toml ")
+        unset = "unset MLFLOW_TRACKING_URI" if where.startswith("env") else f"remove {where} from pyproject.toml"
+        raise UserError(
+            f"tracking_uri {settings.display_uri}: this project was generated without remote tracking; add it with "
+            f"`copier update --trust --defaults --data remote_tracking=true`, or {unset}"
+        ) from None
+    return remote
+
+
 class DualLogger:
     """Log a stage's params, metrics and artifacts to MLflow and to its own DagsHub files.
 
@@ -68,6 +86,7 @@ class DualLogger:
     ) -> None:
         self.root = root or project_root()
         self.settings = settings or TrackingSettings.resolve(self.root)
+        self.remote = remote_tracking(self.settings)
         # What the stage logs, kept in memory until it has succeeded. Its duration is the process's, imports included.
         self.record = PendingRun(stage, {}, {}, {}, [], int(psutil.Process().create_time() * 1000), 0)
         self.data: tuple[str, str] | None = None  # the raw data the stage read itself (preprocess), and its md5
@@ -212,8 +231,8 @@ class DualLogger:
             with local_store_lock(self.root), quiet_mlflow():
                 local = MlflowClientFor(s.local_uri)
                 self.run_id = record_run(local, s, run)
-                if s.is_remote:  # pending until delivered: a stage stopped while delivering leaves it for sync
-                    local.set_tag(self.run_id, f"{PENDING_TAG}_{remote_key(s.tracking_uri)}", s.display_uri)
+                if self.remote:
+                    self.remote.mark_pending(local, self.run_id, s)
                 self._replayed = replay_pending(local, s, self.root)
         except Exception as exc:  # any store failure: keep the record, never the stage's results at stake
             folder = run.save(self.root, artifacts)
@@ -231,7 +250,7 @@ class DualLogger:
         if self.run_id is None:
             return
         where = f"{redact_uri(s.local_uri)}, experiment {s.experiment_name!r}"
-        if s.is_remote and deliver_or_keep(MlflowClientFor(s.local_uri), self.run_id, s, self.root):
+        if self.remote and self.remote.deliver_or_keep(MlflowClientFor(s.local_uri), self.run_id, s, self.root):
             where = f"{s.display_uri} and the local store, experiment {s.experiment_name!r}"
         extra = f" (and {self._replayed} run(s) kept from earlier)" if self._replayed else ""
         print(

@@ -84,15 +84,11 @@ class TrackingSettings:
         return redact_uri(self.tracking_uri)
 
 
-def dagshub_host(environ: Mapping[str, str] | None = None) -> str:
-    """DagsHub's address; ``DAGSHUB_CLIENT_HOST`` (read by the DagsHub client too) points elsewhere."""
-    env = os.environ if environ is None else environ
-    return (env.get("DAGSHUB_CLIENT_HOST") or DAGSHUB_DEFAULT_HOST).rstrip("/")
-
-
 def dagshub_url(owner: str, repo: str, suffix: str, environ: Mapping[str, str] | None = None) -> str:
-    """``https://dagshub.com/<owner>/<repo><suffix>`` (suffix ``.dvc`` or ``.mlflow``)."""
-    return f"{dagshub_host(environ)}/{owner}/{repo}{suffix}"
+    """``https://dagshub.com/<owner>/<repo><suffix>`` (suffix ``.dvc`` or ``.mlflow``); ``DAGSHUB_CLIENT_HOST`` (read
+    by the DagsHub client too) points elsewhere."""
+    host = (os.environ if environ is None else environ).get("DAGSHUB_CLIENT_HOST") or DAGSHUB_DEFAULT_HOST
+    return f"{host.rstrip('/')}/{owner}/{repo}{suffix}"
 
 
 def project_config(root: Path, table: str = "tool.segmentation") -> dict[str, Any]:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segmentation.errors import UserError
 from segmentation.tracking.registry import SEGMENTER, register_segmenter
 from segmentation.tracking.settings import TrackingSettings, redact_uri
 
@@ -192,20 +191,6 @@ def replay_pending(client, settings: TrackingSettings, root: Path) -> int:
     return done
 
 
-def record_kept_runs(settings: TrackingSettings, root: Path) -> int:
-    """Record the runs waiting in ``mlruns-pending/`` in the local store (``make sync``); a store that still fails
-    is a :class:`~segmentation.errors.UserError` naming it."""
-    if not (root / PENDING_DIR).is_dir():
-        return 0
-    try:
-        with local_store_lock(root):
-            return replay_pending(MlflowClientFor(settings.local_uri), settings, root)
-    except Exception as exc:
-        raise UserError(
-            f"MLflow store {redact_uri(settings.local_uri)}: {describe_failure(exc)}; runs stay in {PENDING_DIR}/"
-        ) from None
-
-
 @contextmanager
 def local_store_lock(root: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     """One writer at a time on the local store: parallel stages (``dvc queue start -j 2``) would otherwise meet
@@ -257,9 +242,7 @@ def ensure_experiment(client, name: str, artifact_location: str | None = None, s
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
         print(f"note: MLflow experiment {name!r} had been deleted; restored it, with its runs", file=sys.stderr)
-    if (
-        KIND_TAG not in experiment.tags
-    ):  # one made before it was said, or by hand: the UI opens on its runs all the same
+    if KIND_TAG not in experiment.tags:  # made before it was said, or by hand: the UI opens on its runs all the same
         client.set_experiment_tag(experiment.experiment_id, KIND_TAG, TRAINING)
     if artifact_location and store_uri and experiment.artifact_location != artifact_location:
         relocate_artifacts(store_uri, experiment.experiment_id, experiment.artifact_location, artifact_location)

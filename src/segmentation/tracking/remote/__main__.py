@@ -15,16 +15,15 @@ import sys
 from pathlib import Path
 
 from segmentation.errors import UserError, stage_entrypoint
-from segmentation.tracking.delivery import sync
+from segmentation.tracking.remote import record_kept_runs, sync
 from segmentation.tracking.settings import (
     TrackingSettings,
-    dagshub_host,
     dagshub_url,
     project_config,
     project_root,
     redact_uri,
 )
-from segmentation.tracking.store import PENDING_DIR, record_kept_runs
+from segmentation.tracking.store import PENDING_DIR
 
 REMOTE_NAME = "origin"
 TOKEN_ENV = "DAGSHUB_USER_TOKEN"
@@ -65,7 +64,7 @@ def configure_dvc_remote(root: Path, owner: str, repo: str, use_s3: bool, endpoi
 
     token = os.environ.get(TOKEN_ENV)
     if use_s3:
-        remote = {"url": f"s3://{repo}", "endpointurl": endpoint or f"{dagshub_host()}/api/v1/repo-buckets/s3/{owner}"}
+        remote = {"url": f"s3://{repo}", "endpointurl": endpoint or dagshub_url("api/v1/repo-buckets/s3", owner, "")}
         secrets = {"access_key_id": token, "secret_access_key": token} if token else {}
     else:
         remote = {"url": endpoint or dagshub_url(owner, repo, ".dvc"), "auth": "basic"}

@@ -1,5 +1,6 @@
-"""Delivery of runs to a remote MLflow tracker (DagsHub's endpoint, or any server) and ``make sync``: a run the
-remote could not take stays tagged pending in the local store, and :func:`sync` delivers it later, exactly once."""
+"""Remote tracking, an optional part of the project (copier's ``remote_tracking``): delivery of runs to a remote
+MLflow tracker (DagsHub's endpoint, or any server). A run the remote could not take stays tagged pending in the local
+store, and :func:`sync` (``make sync``) delivers it later, exactly once. The CLI is ``__main__.py``."""
 
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from segmentation.errors import UserError
 from segmentation.tracking.settings import TrackingSettings, project_config, redact_uri
 from segmentation.tracking.store import (
     OUTPUTS_TAG,
     PARENT_TAG,
+    PENDING_DIR,
     SKIPPED_PREFIX,
+    MlflowClientFor,
     PendingRun,
     describe_failure,
     ensure_experiment,
+    local_store_lock,
     record_run,
+    replay_pending,
 )
 
 PENDING_TAG = "segmentation_pending"  # + "_<key>": value = the remote URI (redacted) still to receive the run
@@ -57,6 +63,11 @@ def bound_http_requests(environ: MutableMapping[str, str] | None = None) -> None
     env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", env.get(ENV_TIMEOUT, str(DEFAULT_TIMEOUT_S)))
     env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def mark_pending(local, run_id: str, settings: TrackingSettings) -> None:
+    """Tag a run just recorded locally as pending for the remote: a stage stopped while delivering leaves it to sync."""
+    local.set_tag(run_id, f"{PENDING_TAG}_{remote_key(settings.tracking_uri)}", settings.display_uri)
 
 
 def deliver_or_keep(local, run_id: str, settings: TrackingSettings, root: Path) -> bool:
@@ -170,3 +181,17 @@ def sync(settings: TrackingSettings, root: Path, include_all: bool = False) -> S
             report.failed[run.info.run_id] = describe_failure(exc)
             break  # the remote is down or refusing: the rest would fail the same way
     return report
+
+
+def record_kept_runs(settings: TrackingSettings, root: Path) -> int:
+    """Record the runs waiting in ``mlruns-pending/`` in the local store (``make sync``); a store that still fails
+    is a :class:`~segmentation.errors.UserError` naming it."""
+    if not (root / PENDING_DIR).is_dir():
+        return 0
+    try:
+        with local_store_lock(root):
+            return replay_pending(MlflowClientFor(settings.local_uri), settings, root)
+    except Exception as exc:
+        raise UserError(
+            f"MLflow store {redact_uri(settings.local_uri)}: {describe_failure(exc)}; runs stay in {PENDING_DIR}/"
+        ) from None
