@@ -1,1 +1,2 @@
-"""Tracking: the dual logger (MLflow + DagsHub's logger files), the local store, remote delivery."""
+"""Tracking: the dual logger (MLflow + DagsHub's logger files), the local store; remote/, optional: delivery to a
+tracker."""
