@@ -310,4 +310,4 @@ def test_stage_cli_user_error_is_one_line_and_writes_nothing(tmp_path, repo):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and "marketing_sample.csv: only one column found" in lines[0]
     assert "set preprocess.data.separator" in lines[0]
-    assert sorted(p.name for p in project.iterdir()) == ["params.yaml"]
+    assert sorted(p.name for p in project.iterdir()) == [FIXTURE_DATA.name, "params.yaml"]  # no output
