@@ -82,3 +82,32 @@ def test_flatten_keeps_python_types(preprocess_params):
     assert flat["preprocess.outliers.Income.max"] == 600000
     assert flat["preprocess.marketing_campaign.reference_date"] == "2015-01-01"
     assert flat["preprocess.features"].startswith("Income,")
+
+
+@pytest.mark.parametrize("path", ["../x.csv", "data/../../x.csv", "/tmp/x.csv", "data/outside/x.csv"])
+def test_a_data_path_outside_the_project_is_refused_with_its_line(path, tmp_path, monkeypatch):
+    """dvc.lock would record it and a clone could not reproduce: one line naming params.yaml, the line, the param."""
+    import yaml
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "outside").symlink_to(tmp_path)  # a folder linked out of the project is outside too
+    raw = {"data": {"path": path, "separator": ","}, "features": ["a"]}
+    (project / "params.yaml").write_text(yaml.safe_dump({"preprocess": raw}, sort_keys=False))
+    monkeypatch.chdir(project)
+    with pytest.raises(UserError) as err:
+        load_section("preprocess")
+    assert str(err.value) == (
+        f"params.yaml:3: preprocess.data.path: {path} is outside the project: copy the file under data/ and "
+        "`dvc add` it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "engine"),
+    [("data/raw/x.csv", "local"), ("./x.csv", "local"), ("s3://bucket/raw/*.csv", "dask"), ("/shared/x.csv", "dask")],
+)
+def test_data_paths_inside_the_project_or_read_by_dask_are_accepted(path, engine, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = {"data": {"path": path, "separator": ","}, "features": ["a"], "engine": engine}
+    assert parse_section("preprocess", raw).data.path == path

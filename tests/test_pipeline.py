@@ -294,10 +294,11 @@ def test_experiment_with_a_param_override_is_tracked(project):
 
 def test_stage_cli_user_error_is_one_line_and_writes_nothing(tmp_path, repo):
     params = yaml.safe_load((repo / FIXTURE_PARAMS).read_text())
-    params["preprocess"]["data"]["path"] = str(repo / FIXTURE_DATA)
+    params["preprocess"]["data"]["path"] = FIXTURE_DATA.name  # inside the project: a path outside is refused
     params["preprocess"]["data"]["separator"] = ","
     project = tmp_path / "project"  # HOME (tmp_path/home) apart: the helper's libraries may fill their caches there
     project.mkdir()
+    (project / FIXTURE_DATA.name).write_bytes((repo / FIXTURE_DATA).read_bytes())
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run(
         [sys.executable, "-m", "segmentation.stages.preprocess", "--features", "f.csv", "--matrix", "m.csv",
@@ -309,4 +310,4 @@ def test_stage_cli_user_error_is_one_line_and_writes_nothing(tmp_path, repo):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and "marketing_sample.csv: only one column found" in lines[0]
     assert "set preprocess.data.separator" in lines[0]
-    assert sorted(p.name for p in project.iterdir()) == ["params.yaml"]
+    assert sorted(p.name for p in project.iterdir()) == [FIXTURE_DATA.name, "params.yaml"]  # no output

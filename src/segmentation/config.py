@@ -282,9 +282,34 @@ def parse_section(section: str, raw: Any, source: str = PARAMS_FILE, model: type
     if raw is None:
         raise UserError(f"{source}: section '{section}' is missing")
     try:
-        return model.model_validate(raw)
+        parsed = model.model_validate(raw)
     except ValidationError as exc:
         raise UserError(f"{source}: {_describe(section, exc)}") from None
+    if isinstance(parsed, _PreprocessBase) and parsed.engine == "local":
+        _inside_project(parsed.data.path, source)
+    return parsed
+
+
+def _inside_project(path: str, source: str) -> None:
+    """Refuse a data path outside the project (the stages run in its root): a clone would lack the file."""
+    root, file = Path.cwd().resolve(), Path(path)
+    # Folders' symlinks resolved, not the file's own: DVC may link the file to a cache elsewhere.
+    if not (root / file).parent.resolve().is_relative_to(root):
+        raise UserError(
+            f"{source}{_line(source, 'preprocess', 'data', 'path')}: preprocess.data.path: {path} is outside the "
+            "project: copy the file under data/ and `dvc add` it"
+        )
+
+
+def _line(source: str, *keys: str) -> str:
+    """``:N``, the line of the nested key ``keys`` in the YAML file ``source`` ('' if not found)."""
+    try:
+        node = yaml.compose(Path(source).read_text(encoding="utf-8"))
+        for key in keys:
+            node = next(value for name, value in node.value if name.value == key)
+        return f":{node.start_mark.line + 1}"
+    except (OSError, yaml.YAMLError, StopIteration, AttributeError, TypeError, ValueError):
+        return ""
 
 
 def load_section(section: str, path: str | Path = PARAMS_FILE) -> Any:
