@@ -24,7 +24,7 @@ export UV_COMPILE_BYTECODE := 1
 # uv from PATH, else a pinned copy installed into .uv/ (works where the system pip is locked down).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.uv/bin/uv)
 
-.PHONY: help setup repro score experiment exps compare sweep metrics plots ui check-deps test test-all check check-lock lint format push pull dagshub remote sync bench bench-floor clean
+.PHONY: help setup repro add-data score experiment exps compare sweep metrics plots ui check-deps test test-all check check-lock lint format push pull dagshub remote sync bench bench-floor clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,13 @@ setup: $(if $(findstring /.uv/,$(UV)),$(CURDIR)/.uv/bin/uv) ## Create .venv from
 # DVC removes a stage's outputs before running it: if one fails, the last good ones (dvc.lock) are put back.
 repro: ## Run the pipeline (dvc repro): preprocess -> train -> evaluate; a failed stage's last good outputs put back
 	@dvc repro || { python -m segmentation.stages.runner --restore; exit 1; }
+
+# FILE reaches dvc through the environment as typed (as INPUT below). dvc comes from .venv (PATH above): no activation.
+unexport FILE
+add-data: export SEGMENTATION_DATA_FILE = $(value FILE)
+add-data: ## Track your data file with DVC: make add-data FILE=data/raw/customers.csv (then set preprocess.data.path)
+	@test -n "$$SEGMENTATION_DATA_FILE" || { echo 'make add-data: name the file: make add-data FILE=data/raw/<name>.csv' >&2; exit 2; }
+	@dvc add --quiet "$$SEGMENTATION_DATA_FILE" && echo "make add-data: $$SEGMENTATION_DATA_FILE tracked by DVC (its .dvc file staged in git); now set preprocess.data.path in params.yaml"
 
 # INPUT, OUTPUT and SEPARATOR reach the command through the environment as typed (as OWNER and REPO below): a file
 # name with spaces, quotes or $ is data, never shell syntax. SEPARATOR: the input's own (SEPARATOR=, or '\t'),
