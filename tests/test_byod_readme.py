@@ -41,6 +41,8 @@ def test_the_readme_steps_segment_any_table(tmp_path):
     table = customers(tmp_path / "customers.csv")
     run(["bash", "-euo", "pipefail", "-c", bash.replace("/path/to/customers.csv", str(tmp_path / "customers.csv"))],
         root, env)  # fmt: skip
+    staged = run(["git", "diff", "--cached", "--name-only"], root, env).stdout.split()
+    assert "data/raw/customers.csv.dvc" in staged  # `make add-data` ran the project's dvc, which staged it
     params = yaml.safe_load((root / "params.yaml").read_text())
     for section, keys in yaml.safe_load(params_block).items():  # "set these keys; the rest stays as it is"
         params[section].update(keys)
@@ -49,3 +51,10 @@ def test_the_readme_steps_segment_any_table(tmp_path):
     segments = pd.read_csv(root / paths()["segments"])
     assert segments["row_id"].tolist() == list(range(1, len(table) + 1))  # one row per input row
     assert segments["cluster"].nunique() >= 2
+
+
+def test_make_add_data_without_a_file_says_how_in_one_line(tmp_path):
+    root = copy_project(tmp_path / "project")
+    done = run(["make", "--no-print-directory", "add-data"], root, project_env(tmp_path), check=False)
+    assert done.returncode != 0
+    assert done.stderr.splitlines()[0] == "make add-data: name the file: make add-data FILE=data/raw/<name>.csv"
