@@ -119,7 +119,8 @@ def test_onehot_with_pca_and_a_given_id(shop):
         ),
         (
             lambda df: df.assign(visits=["a", 2, 3, 4, 5, 6]),
-            r"^shop.csv: column visits must be numeric; e.g. 'a' on line 2$",
+            r"^shop.csv: column visits must be numeric; e.g. 'a' on line 2; if it holds categories, list it in "
+            r"preprocess.categorical.columns instead of preprocess.features$",
         ),
     ],
 )

@@ -19,7 +19,7 @@ import yaml
 
 from pipeline_helpers import FIXTURE_DATA, FIXTURE_PARAMS, REPO, project_env
 from segmentation.config import PreprocessParams
-from segmentation.core.transform import input_columns, preprocess
+from segmentation.core.transform import CATEGORIES_HINT, input_columns, preprocess
 from segmentation.errors import UserError
 from segmentation.files import read_csv
 
@@ -551,7 +551,7 @@ def test_the_stage_on_dask_stops_on_bad_data_with_one_line(tmp_path):
 
     path = edited_sample(tmp_path, bad_income)
     line = the_error(run_stage(tmp_path, "sample.csv"), tmp_path)
-    assert line == "error: sample.csv: column Income must be numeric; e.g. '58k' on line 302", path
+    assert line == f"error: sample.csv: column Income must be numeric; e.g. '58k' on line 302{CATEGORIES_HINT}", path
 
 
 @pytest.mark.dask

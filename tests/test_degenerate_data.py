@@ -84,7 +84,8 @@ CLI_CASES = {
     "line_after_multiline_fields": (
         MULTILINE_CSV,
         {"features": ["a", "b"]},
-        "error: data.csv: column a must be numeric; e.g. 'oops' on line 8",
+        "error: data.csv: column a must be numeric; e.g. 'oops' on line 8; if it holds categories, list it in "
+        "preprocess.categorical.columns instead of preprocess.features",
     ),
     "duplicate_id_is_a_plain_value": (
         "id,a,b\n5524,1,1\n7,2,2\n8,3,3\n5524,4,4\n",
@@ -186,12 +187,12 @@ def test_line_of_a_value_inside_a_multiline_row(tmp_path):
     # Row 2 starts on line 3; its note spans lines 3-4, so its value of b (after the note) is on line 4.
     (tmp_path / "data.csv").write_text('id,a,note,b\n1,1,x,1\n2,2,"two\nlines",bad\n3,3,y,3\n', encoding="utf-8")
     raw = load_csv(params(path=str(tmp_path / "data.csv")).data)
-    with pytest.raises(UserError, match=r"column b must be numeric; e.g. 'bad' on line 4$"):
+    with pytest.raises(UserError, match=r"column b must be numeric; e.g. 'bad' on line 4; if it holds categories"):
         preprocess(raw, params(path=str(tmp_path / "data.csv")), "data.csv")
     # a's value in the same row sits before the line break: line 3.
     (tmp_path / "data.csv").write_text('id,a,note,b\n1,1,x,1\n2,bad,"two\nlines",2\n3,3,y,3\n', encoding="utf-8")
     raw = load_csv(params(path=str(tmp_path / "data.csv")).data)
-    with pytest.raises(UserError, match=r"column a must be numeric; e.g. 'bad' on line 3$"):
+    with pytest.raises(UserError, match=r"column a must be numeric; e.g. 'bad' on line 3; if it holds categories"):
         preprocess(raw, params(path=str(tmp_path / "data.csv")), "data.csv")
 
 

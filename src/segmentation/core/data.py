@@ -89,8 +89,11 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], source: str, what:
         raise UserError(f"{source}: {what} column(s) missing: {', '.join(missing)}")
 
 
-def require_numeric(df: pd.DataFrame, columns: Iterable[str], source: str, lines: LineLocator | None = None) -> None:
-    """Fail naming the first non-numeric column, its first offending value and how many (blanks are missing)."""
+def require_numeric(
+    df: pd.DataFrame, columns: Iterable[str], source: str, lines: LineLocator | None = None, hint: str = ""
+) -> None:
+    """Fail naming the first non-numeric column, its first offending value and how many (blanks are missing), then
+    ``hint``."""
     lines = lines or LineLocator()
     for col in columns:
         if pd.api.types.is_numeric_dtype(series := df[col]):  # bools too
@@ -98,7 +101,7 @@ def require_numeric(df: pd.DataFrame, columns: Iterable[str], source: str, lines
         bad = series[pd.to_numeric(series, errors="coerce").isna() & series.notna()]
         example = f"; e.g. {plain(bad.iloc[0])!r} on line {lines.line(bad.index[0], col)}" if len(bad) else ""
         count = f" ({len(bad)} such value(s))" if len(bad) > 1 else ""  # one: the message as it always was
-        raise UserError(f"{source}: column {col} must be numeric{example}{count}")
+        raise UserError(f"{source}: column {col} must be numeric{example}{count}{hint}")
 
 
 def require_finite(df: pd.DataFrame, columns: Iterable[str], source: str, lines: LineLocator | None = None,

@@ -15,6 +15,8 @@ from segmentation.core import data
 from segmentation.errors import UserError
 from segmentation.files import LineLocator
 
+CATEGORIES_HINT = "; if it holds categories, list it in preprocess.categorical.columns instead of preprocess.features"
+
 
 @dataclass
 class PreprocessResult:
@@ -92,7 +94,8 @@ def select_rows(raw: pd.DataFrame, params: PreprocessParams, id_col: str, source
     data.require_columns(df, params.features, source, what="feature (preprocess.features)")
     data.require_columns(df, categorical, source, what="categorical (preprocess.categorical.columns)")
     data.require_columns(df, params.outliers, source, what="outlier (preprocess.outliers)")
-    data.require_numeric(df, [*params.features, *params.outliers], source, lines)
+    data.require_numeric(df, params.features, source, lines, hint=CATEGORIES_HINT)
+    data.require_numeric(df, params.outliers, source, lines)
     data.require_finite(df, [*params.features, *params.outliers], source, lines, derived=derived)
     data.require_few_categories(df, onehot, params.categorical.max_categories, source)
     categories = {c: df[c].dropna().unique().tolist() for c in onehot} if distinct else {}
