@@ -316,15 +316,16 @@ def test_project_without_the_example_data_takes_your_data_and_its_make_test_pass
 
     # The README's "Bring your own data", step by step, with a real table shipped by scikit-learn (wine).
     readme = (gen / "README.md").read_text()
-    assert "dvc add data/raw/customers.csv" in readme
+    assert "make add-data FILE=data/raw/customers.csv" in readme
     from sklearn.datasets import load_wine
 
     wine = load_wine(as_frame=True).frame.drop(columns=["target"])
     wine.insert(0, "color", pd.cut(wine["hue"], [0, 0.8, 1.1, 9], labels=["dull", "mid", "vivid"]).astype(str))
     (gen / "data/raw").mkdir(parents=True, exist_ok=True)
     wine.to_csv(gen / "data/raw/customers.csv", sep=";", index=False)
-    run(["dvc", "add", "data/raw/customers.csv"], gen, env)
-    run(["git", "add", "data/raw/customers.csv.dvc", "data/raw/.gitignore"], gen, env)
+    run(["make", "add-data", "FILE=data/raw/customers.csv", f"BIN={BIN}"], gen, env)
+    staged = run(["git", "diff", "--cached", "--name-only"], gen, env).stdout.split()
+    assert "data/raw/customers.csv.dvc" in staged and "data/raw/.gitignore" in staged
     params = yaml.safe_load((gen / "params.yaml").read_text())
     params["preprocess"].update(
         data={"path": "data/raw/customers.csv", "separator": ";", "encoding": "utf-8", "id_column": None},
