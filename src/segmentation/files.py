@@ -301,7 +301,10 @@ def read_matrix(path: str | Path, stage: str = "preprocess") -> pd.DataFrame:
         raise UserError(f"{path}: expected an ID column and model columns with rows; {rebuild}")
     for column in matrix.columns[1:]:
         series = matrix[column]
-        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        if pd.api.types.is_float_dtype(series) and not pd.api.types.is_extension_array_dtype(series):
+            values = series.to_numpy()  # already numbers: no conversion, no copy (10M rows: 80 MB a column)
+        else:
+            values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         if np.isfinite(values).all():
             continue
         bad = np.flatnonzero(~np.isfinite(values))[0]

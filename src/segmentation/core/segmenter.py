@@ -126,13 +126,11 @@ def example_rows(segmenter: Any, data: DataParams) -> pd.DataFrame | None:
 def requirements(package: str = "segmentation") -> list[str]:
     """The pip requirements of a model that imports ``package``: its distribution's dependencies (extras left out),
     pinned to the installed versions, and cloudpickle (which pickled the model)."""
-    from importlib.metadata import distributions, version
+    from importlib.metadata import packages_distributions, requires, version
 
     from packaging.requirements import Requirement
 
-    # top_level.txt names the package (setuptools writes it): ~25x cheaper than packages_distributions()'s scan.
-    dist = next(d for d in distributions() if package in (d.read_text("top_level.txt") or "").split())
-    wanted = [Requirement(r) for r in dist.requires or []]
+    wanted = [Requirement(r) for r in requires(packages_distributions()[package][0]) or []]
     pinned = [f"{r.name}{'[' + ','.join(sorted(r.extras)) + ']' if r.extras else ''}=={version(r.name)}"
               for r in wanted if r.marker is None or r.marker.evaluate({"extra": ""})]  # fmt: skip
     return [*pinned, f"cloudpickle=={version('cloudpickle')}"]

@@ -56,20 +56,21 @@ def restore(lock_path: str | Path = LOCK_FILE) -> list[str]:
         return []
     try:
         subprocess.run([sys.executable, "-m", "dvc", "checkout", "--quiet"], check=False, timeout=RESTORE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise UserError(
-            f"dvc checkout did not finish within {RESTORE_TIMEOUT_S} s; run `dvc checkout` yourself"
-        ) from None
-    with Repo() as repo, StageOutputs() as put_back:
-        for out in (out for out in missing if not Path(out["path"]).exists()):
-            cached = Path(repo.cache.local.oid_to_path(out["md5"]))
-            git = ["git", "show", f"HEAD:{out['path']}"]
-            data = (
-                cached.read_bytes() if cached.is_file() else subprocess.run(git, capture_output=True, timeout=60).stdout
-            )
-            if hashlib.md5(data).hexdigest() == out["md5"]:
-                put_back.path(out["path"]).write_bytes(data)
-        put_back.commit()
+        with Repo() as repo, StageOutputs() as put_back:
+            for out in (out for out in missing if not Path(out["path"]).exists()):
+                cached = Path(repo.cache.local.oid_to_path(out["md5"]))
+                git = ["git", "show", f"HEAD:{out['path']}"]
+                data = (
+                    cached.read_bytes()
+                    if cached.is_file()
+                    else subprocess.run(git, capture_output=True, timeout=60).stdout
+                )
+                if hashlib.md5(data).hexdigest() == out["md5"]:
+                    put_back.path(out["path"]).write_bytes(data)
+            put_back.commit()
+    except subprocess.TimeoutExpired as exc:  # the command that hung, and what to run instead
+        what = "dvc checkout" if "checkout" in exc.cmd else "git show"
+        raise UserError(f"{what} did not finish within {exc.timeout:g} s; run `dvc checkout` yourself") from None
     return [out["path"] for out in missing if Path(out["path"]).exists()]
 
 
