@@ -5,6 +5,7 @@ Small synthetic CSV files and frames built here; the preprocess stage CLI is run
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from pipeline_helpers import run_stage_cli, the_error
 from segmentation.config import PreprocessParams
+from segmentation.core import data as data_module
 from segmentation.core.data import load_csv
 from segmentation.core.transform import preprocess
 from segmentation.errors import UserError
@@ -87,6 +89,19 @@ CLI_CASES = {
         "error: data.csv: column a must be numeric; e.g. 'oops' on line 8; if it holds categories, list it in "
         "preprocess.categorical.columns instead of preprocess.features",
     ),
+    # Malformed rows: pandas used the first column as the index (first row), raised (later) or filled NaN (short).
+    "extra_field_first_row": (
+        "id,a,b\n1,1,1,9\n2,2,2\n3,3,3\n",
+        {},
+        "error: data.csv: line 2 has 4 fields where the header has 3 (1 such row(s)); fix the file, or set "
+        "preprocess.data.bad_rows: skip to skip them",
+    ),
+    "extra_field_later_and_short_row": (
+        "id,a,b\r\n1,1,1\r\n2,2\r\n3,3,3\r\n4,4,4,9\r\n",
+        {},
+        "error: data.csv: line 3 has 2 fields where the header has 3 (2 such row(s)); fix the file, or set "
+        "preprocess.data.bad_rows: skip to skip them",
+    ),
     "duplicate_id_is_a_plain_value": (
         "id,a,b\n5524,1,1\n7,2,2\n8,3,3\n5524,4,4\n",
         {},
@@ -100,6 +115,28 @@ def test_preprocess_cli_names_column_and_line(tmp_path, case):
     text, override, expected = CLI_CASES[case]
     (tmp_path / "data.csv").write_bytes(text.encode("utf-8"))
     assert the_error(run_preprocess(tmp_path, section(**override)), tmp_path) == expected
+
+
+def test_bad_rows_skip_drops_malformed_rows_and_counts_them(tmp_path):
+    rows = "".join(f"{i},{i}.5,{i % 3}\n" for i in range(1, 9))
+    (tmp_path / "data.csv").write_text(f"id,a,b\n{rows}9,9\n10,1,2,3\n", encoding="utf-8")
+    data = {**section()["data"], "bad_rows": "skip"}
+    assert run_preprocess(tmp_path, section(data=data)).returncode == 0
+    metrics = json.loads((tmp_path / "out/p.json").read_text())
+    assert list(metrics)[:2] == ["rows_malformed", "rows_in"] and metrics["rows_malformed"] == 2
+    assert metrics["rows_in"] == 8 and pd.read_csv(tmp_path / "out/f.csv")["id"].tolist() == list(range(1, 9))
+
+
+def test_field_count_respects_quotes_and_block_edges(tmp_path, monkeypatch):
+    # Quoted separators and newlines change the byte count, not the fields; lines cut by a block edge still count.
+    monkeypatch.setattr(data_module, "BLOCK", 7)
+    path = tmp_path / "data.csv"
+    path.write_text('id,a,b\n1,"x,y",1\n\n2,"two\nlines",2\r\n3,3,3', encoding="utf-8")
+    assert data_module.malformed_rows(path, ",", "utf-8") == []
+    path.write_text("id,a,b\n1,1,1\n2,2\n" + "3,3,3\n" * 20 + "4" + ",4" * 300 + "\n", encoding="utf-8")
+    assert data_module.malformed_rows(path, ",", "utf-8") == [(3, 2, 3), (24, 301, 3)]
+    path.write_text("id,a,b\n1," + ",".join(["9"] * 257) + "\n2,2\n", encoding="utf-8")  # 258 = 2 modulo 256
+    assert data_module.malformed_rows(path, ",", "utf-8") == [(2, 258, 3), (3, 2, 3)]
 
 
 def test_undecodable_byte_gives_its_offset_and_line_in_the_file(tmp_path):

@@ -33,6 +33,7 @@ class DataParams(_Params):
     id_column: str | None = None  # null: a row_id column is generated (1 = the first data row)
     format: Literal["auto", "csv", "parquet"] = "auto"
     files: str | None = Field(default=None, min_length=1)  # engine dask: a glob inside the folder path (it checks it)
+    bad_rows: Literal["error", "skip"] = "error"  # rows with another field count than the header's
 
 
 class CategoricalParams(_Params):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from collections.abc import Callable, Collection, Iterable
 from fnmatch import fnmatchcase
@@ -16,20 +17,32 @@ from segmentation.files import SOURCE_ATTR, LineLocator, plain
 
 ROW_ID_COLUMN = "row_id"  # identifies the rows of a table without an ID column (1 = first data row)
 GLOB_CHARS = frozenset("*?[")  # a column pattern with one of them is a glob
+MALFORMED_ATTR = "rows_malformed"  # df.attrs: how many rows load_csv skipped (bad_rows: skip)
+BLOCK = 1 << 24  # bytes counted at a time by field_counts
 
 
 def load_csv(
-    params: Any, columns: Collection[str] | None = None, *, separator_fix: Callable | None = None
-) -> pd.DataFrame:
+    params: Any, columns: Collection[str] | None = None, *, separator_fix: Callable | None = None,
+    bad_rows_fix: str = "or set preprocess.data.bad_rows: skip to skip them",
+) -> pd.DataFrame:  # fmt: skip
     """Read the raw CSV of ``params`` (a config.DataParams; only the ``columns`` it has); a missing, empty or
-    undecodable file is a :class:`UserError`. ``separator_fix(guess)``: the advice when the separator looks wrong."""
+    undecodable file or a row with the wrong field count is a :class:`UserError`. ``separator_fix(guess)`` and
+    ``bad_rows_fix``: the advice when the separator looks wrong, when rows are malformed."""
     path = Path(params.path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory, not a CSV file (set preprocess.data.path in params.yaml)")
     if not path.is_file():
         raise UserError(f"{path}: data file not found (set preprocess.data.path in params.yaml)")
-    options = {"sep": params.separator, "encoding": params.encoding, "quoting": csv.QUOTE_MINIMAL}
+    options = {"sep": params.separator, "encoding": params.encoding, "quoting": csv.QUOTE_MINIMAL, "index_col": False}
     try:
+        bad = malformed_rows(path, params.separator, params.encoding)
+        if bad and params.bad_rows == "error":
+            line, found, expected = bad[0]
+            raise UserError(
+                f"{path}: line {line} has {found} fields where the header has {expected} ({len(bad)} such row(s)); fix "
+                f"the file, {bad_rows_fix}"
+            )
+        options["skiprows"] = [line - 1 for line, *_ in bad] or None
         header = [] if columns is None else pd.read_csv(path, nrows=0, **options).columns
         df = pd.read_csv(path, usecols=[c for c in header if matches(c, columns)] or None, **options)
     except UnicodeDecodeError:
@@ -54,7 +67,43 @@ def load_csv(
     if df.empty:
         raise UserError(f"{path}: no data rows")
     df.attrs[SOURCE_ATTR] = LineLocator(str(path), params.separator, params.encoding, len(df))
+    df.attrs[MALFORMED_ATTR] = len(bad)
     return df
+
+
+def malformed_rows(path: Path, separator: str, encoding: str) -> list[tuple[int, int, int]]:
+    """(line, fields, header's fields) of each row whose field count is not the header's: separators counted with
+    numpy; the csv module reads the file only when a count differs (quoted separators and newlines)."""
+    if len(sep := separator.encode(encoding)) != 1 or "\n".encode(encoding) != b"\n":
+        return []  # a regex or wide separator: pandas checks what it can
+    counts, rest = [], b""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(BLOCK):
+            end = (block := rest + chunk).rfind(b"\n") + 1
+            block, rest = block[:end], block[end:]
+            counts.append(line_fields(np.frombuffer(block, np.uint8), sep[0]))
+    lines = np.concatenate([*counts, line_fields(np.frombuffer(rest, np.uint8), sep[0])])
+    if not (rows := np.flatnonzero(lines)).size or (lines[rows] == lines[rows[0]]).all():
+        return []
+    bad, header, before = [], None, 0
+    with contextlib.suppress(csv.Error), open(path, encoding=encoding, newline="") as fh:  # the exact count, rarely
+        for fields in (reader := csv.reader(fh, delimiter=separator, quotechar='"')):
+            first, before = before + 1, reader.line_num
+            if fields and (len(fields) > 1 or fields[0].strip()):  # pandas skips blank lines
+                header = header or len(fields)
+                bad += [(first, len(fields), header)] if len(fields) != header else []
+    return bad
+
+
+def line_fields(block: np.ndarray, sep: int) -> np.ndarray:
+    """The field count of each line of ``block`` (bytes), 0 for a blank line; a last -1 if some count is unsure."""
+    newlines, seps = np.flatnonzero(block == 10), block == sep
+    starts = np.r_[0, newlines + 1][: len(newlines) + (block[-1] != 10)] if len(block) else newlines
+    ends = np.r_[newlines, len(block)][: len(starts)]
+    blank = ends - starts - (block[np.maximum(ends - 1, 0)] == 13) <= 0
+    counts = np.add.reduceat(seps.view(np.uint8), starts) if len(starts) else starts  # modulo 256: 5x faster
+    fields = np.where(blank, 0, counts.astype(np.int64) + 1)
+    return fields if counts.sum(dtype=np.int64) == np.count_nonzero(seps) else np.r_[fields, -1]
 
 
 def matches(column: str, patterns: Collection[str]) -> bool:
