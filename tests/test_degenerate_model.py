@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import subprocess
+import sys
 from pathlib import Path
 
 import joblib
@@ -16,12 +18,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
+from pipeline_helpers import project_env, stage_runs, the_error
 from pipeline_helpers import run_stage_cli as stage
-from pipeline_helpers import stage_runs, the_error
 from segmentation import algorithms
 from segmentation.config import EvaluateParams, TrainParams, parse_section
 from segmentation.core.plotting import FONT
@@ -267,3 +270,30 @@ def test_check_model_rules(evaluate_dir, tmp_path_factory):
         f"{tmp_path / 'dir.joblib'}: is a directory, not a file written by the pipeline; "
         "remove it, then: dvc repro -f -s train"
     )
+
+
+# --- train: a fit whose memory grows with rows² is checked against what the process may use --------------------------
+
+
+def train_under_limit(tmp_path: Path, rows: int, limit: int) -> subprocess.CompletedProcess:
+    """The train stage CLI on ``rows`` rows of agglomerative (all fitted), address space capped at ``limit``."""
+    X, _ = make_blobs(n_samples=rows, centers=3, n_features=2, random_state=0)
+    matrix_of(X).to_csv(tmp_path / "m.csv", index=False)
+    train = {**TRAIN, "algorithm": "agglomerative", "agglomerative": {"fit_sample_size": rows}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": train}))
+    return subprocess.run(
+        [sys.executable, "-m", "segmentation.stages.train", "--matrix", "m.csv", *TRAIN_OUT],
+        cwd=tmp_path, env=project_env(tmp_path), capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+    )  # fmt: skip
+
+
+def test_quadratic_fit_beyond_the_memory_limit_is_refused_before_it_starts(tmp_path):
+    # Before: numpy's MemoryError traceback from inside scikit-learn. 30,000 rows need ~8 x 30,000² bytes = 6.7 GiB.
+    error = the_error(train_under_limit(tmp_path, 30_000, 3 << 30), tmp_path)
+    assert re.fullmatch(
+        r"error: train: agglomerative on 30,000 rows needs ~6\.7 GiB \(1 fit\(s\) at a time; it grows with rows²\) "
+        r"but [0-2]\.\d GiB is free; lower train\.agglomerative\.fit_sample_size",
+        error,
+    ), error
+    assert train_under_limit(tmp_path, 600, 3 << 30).returncode == 0  # 3 MB: fits under the same limit

@@ -169,7 +169,9 @@ def elbow_search(X: np.ndarray, params: TrainParams, source: str = "the model ma
     """Check the k range, fit k_min..k_max on the search rows and choose k_best (HDBSCAN: :func:`density_clusters`)."""
     idx = search_sample(len(X), params)
     S = X if idx is None else X[idx]
-    if algorithms.REGISTRY[params.algorithm].criterion(params) is None:
+    density = algorithms.REGISTRY[params.algorithm].criterion(params) is None  # one fit, not one per k
+    algorithms.check_memory(params, len(S), 1 if density else min(params.n_threads, params.k_max - params.k_min + 1))
+    if density:
         return density_clusters(S, len(X), idx, params)
     check_k_range(X, params, source, sample=S)
     return search_k(S, len(X), idx, params)
@@ -265,6 +267,7 @@ def fit_final(X: np.ndarray, elbow: ElbowResult, params: TrainParams) -> Any:
         return elbow.models[k]
     start = time.perf_counter()
     kmeans = params.algorithm == "kmeans"  # its n_init restarts on the sample already chose the centres
+    algorithms.check_memory(params, len(X), lower="the rows (no param caps this fit; predicts=False fits a sample)")
     with threadpool_limits(limits=params.n_threads):
         model = fit_model(params, k, X, **({"init": elbow.models[k].cluster_centers_, "n_init": 1} if kmeans else {}))
     start_from = " from the sample's centres" if kmeans else ""
