@@ -17,17 +17,14 @@ from segmentation.files import SOURCE_ATTR, LineLocator, plain
 
 ROW_ID_COLUMN = "row_id"  # identifies the rows of a table without an ID column (1 = first data row)
 GLOB_CHARS = frozenset("*?[")  # a column pattern with one of them is a glob
-MALFORMED_ATTR = "rows_malformed"  # df.attrs: how many rows load_csv skipped (bad_rows: skip)
-BLOCK = 1 << 24  # bytes counted at a time by field_counts
+BLOCK = 1 << 24  # bytes counted at a time by malformed_rows
 
 
 def load_csv(
-    params: Any, columns: Collection[str] | None = None, *, separator_fix: Callable | None = None,
-    bad_rows_fix: str = "or set preprocess.data.bad_rows: skip to skip them",
-) -> pd.DataFrame:  # fmt: skip
-    """Read the raw CSV of ``params`` (a config.DataParams; only the ``columns`` it has); a missing, empty or
-    undecodable file or a row with the wrong field count is a :class:`UserError`. ``separator_fix(guess)`` and
-    ``bad_rows_fix``: the advice when the separator looks wrong, when rows are malformed."""
+    params: Any, columns: Collection[str] | None = None, *, separator_fix: Callable | None = None, bad_rows_fix=""
+) -> pd.DataFrame:
+    """Read the raw CSV of ``params`` (a config.DataParams; only the ``columns`` it has); a missing, empty, undecodable
+    or malformed file is a :class:`UserError`; ``separator_fix(guess)``, ``bad_rows_fix``: advice for those cases."""
     path = Path(params.path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory, not a CSV file (set preprocess.data.path in params.yaml)")
@@ -40,7 +37,7 @@ def load_csv(
             line, found, expected = bad[0]
             raise UserError(
                 f"{path}: line {line} has {found} fields where the header has {expected} ({len(bad)} such row(s)); fix "
-                f"the file, {bad_rows_fix}"
+                f"the file, {bad_rows_fix or 'or set preprocess.data.bad_rows: skip to skip them'}"
             )
         options["skiprows"] = [line - 1 for line, *_ in bad] or None
         header = [] if columns is None else pd.read_csv(path, nrows=0, **options).columns
@@ -67,7 +64,7 @@ def load_csv(
     if df.empty:
         raise UserError(f"{path}: no data rows")
     df.attrs[SOURCE_ATTR] = LineLocator(str(path), params.separator, params.encoding, len(df))
-    df.attrs[MALFORMED_ATTR] = len(bad)
+    df.attrs["rows_malformed"] = len(bad)  # skipped (bad_rows: skip)
     return df
 
 
@@ -100,7 +97,7 @@ def line_fields(block: np.ndarray, sep: int) -> np.ndarray:
     newlines, seps = np.flatnonzero(block == 10), block == sep
     starts = np.r_[0, newlines + 1][: len(newlines) + (block[-1] != 10)] if len(block) else newlines
     ends = np.r_[newlines, len(block)][: len(starts)]
-    blank = ends - starts - (block[np.maximum(ends - 1, 0)] == 13) <= 0
+    blank = ends - starts - (block[np.maximum(ends - 1, 0)] == 13) <= 0  # empty but for a \r
     counts = np.add.reduceat(seps.view(np.uint8), starts) if len(starts) else starts  # modulo 256: 5x faster
     fields = np.where(blank, 0, counts.astype(np.int64) + 1)
     return fields if counts.sum(dtype=np.int64) == np.count_nonzero(seps) else np.r_[fields, -1]

@@ -43,7 +43,7 @@ def work(args, params: PreprocessParams, raw_params: dict[str, Any]) -> Outcome:
     with step("preprocess", f"read {params.data.path}"):
         raw = reading.result()
     del reading
-    skipped = {data.MALFORMED_ATTR: raw.attrs[data.MALFORMED_ATTR]} if params.data.bad_rows == "skip" else {}
+    skipped = {"rows_malformed": raw.attrs["rows_malformed"]} if params.data.bad_rows == "skip" else {}
     with step("preprocess", f"checked, derived and transformed {len(raw)} rows"):
         kept = keep_rows(raw, params, source=params.data.path, profile_columns=profile_columns)
         del raw  # the fit and the outputs without the raw table in memory (0.4 GiB less at 3M rows)
