@@ -62,12 +62,13 @@ score: ## Score new customers: make score INPUT=new.csv [OUTPUT=scores/new_segme
 	@if [ -z "$$SEGMENTATION_SCORE_INPUT" ]; then echo "error: make score needs INPUT=<csv of new customers>" >&2; exit 2; fi
 	python -m segmentation.tools.score --input "$$SEGMENTATION_SCORE_INPUT" $${SEGMENTATION_SCORE_OUTPUT:+--output "$$SEGMENTATION_SCORE_OUTPUT"} $${SEGMENTATION_SCORE_SEPARATOR:+--separator="$$SEGMENTATION_SCORE_SEPARATOR"}
 
-# `make exps`: DVC's own table, the params that differ between the rows and the key metrics (--keep: even when equal
-# everywhere, as the experiments' names); --drop removes every other column (the lookahead keeps the params, named by
-# their params.yaml section). As wide as the terminal; in a log (no terminal) every column, however wide.
+# `make exps`: DVC's table (dvc exp show --csv, printed by scripts/exps_table.py: the same decimals in every column),
+# the params that differ between the rows and the key metrics (--keep: even when equal everywhere, as the names);
+# --drop removes every other column (the lookahead keeps the params, named by their params.yaml section). As wide as
+# the terminal; in a log (no terminal) every column, however wide.
 KEY_METRICS := k_best|silhouette|calinski_harabasz|davies_bouldin
-EXPS := [ -t 1 ] || export COLUMNS=$${COLUMNS:-1000}; dvc exp show --no-pager --hide-workspace --only-changed \
-	--keep '(Experiment|$(KEY_METRICS))$$' --drop '(?!(preprocess|train|evaluate)\.)'
+EXPS := @python scripts/exps_table.py --hide-workspace --only-changed --keep '^(Experiment|rev)$$|($(KEY_METRICS))$$' \
+	--drop '(?!(preprocess|train|evaluate)\.)'
 
 # ARGS and NAMES reach the command through the environment, split by xargs (quotes as in a shell, no $(...) or
 # `...` run): an argument is data, never shell syntax.
