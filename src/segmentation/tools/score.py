@@ -9,8 +9,8 @@ import argparse
 import csv
 import os
 import shlex
-import subprocess
 import sys
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from segmentation.core.report import NAME_COLUMN, SIZE_COLUMN
 from segmentation.engines import LOCAL, engine_module
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import LineLocator, StageOutputs, load_model
-from segmentation.tracking.lineage import file_md5
+from segmentation.tracking.lineage import file_md5, git
 
 SEGMENT_COLUMN, SEGMENT_NAME_COLUMN, REASON_COLUMN = "segment", "segment_name", "reason"
 OUTPUT_DIR = Path("scores")
@@ -65,19 +65,10 @@ def _places(path: str | Path) -> set[Path]:
     return {path.parent.resolve() / path.name, path.resolve()}
 
 
-def _git(*args: str, cwd: Path | None = None) -> bytes:
-    """git's output; empty when git fails or is missing."""
-    try:
-        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return b""
-    return proc.stdout if proc.returncode == 0 else b""
-
-
 def _dvc_tracked(root: Path) -> list[tuple[Path, str]]:
     """The ``*.dvc`` files git lists (committed or new) and the data each tracks."""
     found = []
-    listed = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.dvc", cwd=root)
+    listed = git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.dvc", cwd=root)
     for name in filter(None, listed.decode("utf-8", "replace").split("\0")):
         found.append((dvc_file := root / name, f"DVC's record of tracked data ({name})"))
         try:
@@ -119,18 +110,9 @@ def what_it_is(path: Path, protected: list[tuple[Path, str]]) -> str | None:
     for other, what in protected:  # a folder of the pipeline (metrics/dagshub, data/raw tracked as one)
         if any(guarded in place.parents for place in places for guarded in _places(other)):
             return f"inside {other}, {what}"
-    if any(_git("--literal-pathspecs", "ls-files", "-z", "--", str(place)) for place in places):
+    if any(git("--literal-pathspecs", "ls-files", "-z", "--", str(place)) for place in places):
         return "a file git tracks"
     return None
-
-
-def header_of(path: Path) -> list[str] | None:
-    """The column names on the first line of the CSV ``path``."""
-    try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            return next(csv.reader([fh.readline(64 * 1024).rstrip("\r\n")]), None)
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 def check_outputs(output: Path, source: Path, id_column: str) -> None:
@@ -148,7 +130,10 @@ def check_outputs(output: Path, source: Path, id_column: str) -> None:
         what = what_it_is(target, protected) or ("a directory" if target.is_dir() else None)
         if what is not None:
             raise UserError(f"score: {shown} is {what}; {advice}")
-        if (target.exists() or target.is_symlink()) and header_of(target) != header:
+        found = None  # the column names on its first line
+        with suppress(OSError, UnicodeDecodeError), open(target, encoding="utf-8", newline="") as fh:
+            found = next(csv.reader([fh.readline(64 * 1024).rstrip("\r\n")]), None)
+        if (target.exists() or target.is_symlink()) and found != header:
             raise UserError(
                 f"score: {shown} exists and is not a score output (its header is not {','.join(header)}); "
                 f"{advice}, or move it away"
@@ -194,23 +179,19 @@ def separator_fix(guess: str) -> str:
     )
 
 
-def imputes(preprocessor: Any) -> bool:
-    """Whether the fitted preprocessing fills blanks in (``missing: median``): it holds a SimpleImputer."""
-    from sklearn.impute import SimpleImputer
-
-    return any(isinstance(p, SimpleImputer) for p in preprocessor.get_params(deep=True).values())
-
-
 def score(
     raw: pd.DataFrame, segmenter: Any, params: PreprocessParams, source: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """``(scored, rejects, outliers)``: ID -> segment in the file's order, ID -> reason for the rows it cannot score,
     how many scored rows are outside the outlier bounds (scored all the same: training only left them out)."""
+    from sklearn.impute import SimpleImputer
+
     raw, id_col = data.identify_rows(raw, params.data.id_column, source, LineLocator.of(raw))
     step = segmenter.named_steps["features"]
     derived = step.derive(raw, source)  # the checks and the recipe of the training data; a bad value stops here
     X = step.select(derived)
-    blank = X.isna() & (not imputes(segmenter.named_steps["preprocess"]))
+    parts = segmenter.named_steps["preprocess"].get_params(deep=True).values()
+    blank = X.isna() & (not any(isinstance(p, SimpleImputer) for p in parts))  # `missing: median` fills blanks in
     rejected = blank.any(axis=1)
     ok = ~rejected
     reasons = blank[rejected].apply(lambda row: "blank " + ", ".join(c for c in X.columns if row[c]), axis=1)

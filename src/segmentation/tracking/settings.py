@@ -94,10 +94,7 @@ def dagshub_url(owner: str, repo: str, suffix: str, environ: Mapping[str, str] |
 def project_config(root: Path, table: str = "tool.segmentation") -> dict[str, Any]:
     """A table (``[tool.segmentation]``, ``[project]``) of the project's pyproject.toml (empty when absent)."""
     path = root / "pyproject.toml"
-    if not path.is_file():
-        return {}
-    with path.open("rb") as fh:
-        data = tomllib.load(fh)
+    data = tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     for key in table.split("."):
         data = data.get(key, {})
     return data

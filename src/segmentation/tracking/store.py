@@ -37,16 +37,12 @@ def quiet_mlflow() -> Iterator[None]:
     """MLflow logs a store error with its traceback before raising it; the one warning line says it instead."""
     import logging
 
-    import mlflow  # noqa: F401 - configures its loggers on import: quiet them after that, not before
-
-    levels = {logging.getLogger(name): logging.getLogger(name).level for name in ("mlflow", "alembic", "sqlalchemy")}
-    for logger in levels:
-        logger.setLevel(logging.CRITICAL)
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)  # above every logger's own level: mlflow sets its loggers' on import
     try:
         yield
     finally:
-        for logger, level in levels.items():
-            logger.setLevel(level)
+        logging.disable(previous)
 
 
 def MlflowClientFor(uri: str):
@@ -95,8 +91,7 @@ def record_run(client, settings: TrackingSettings, run: PendingRun, artifact_dir
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     local = settings.local_uri == client.tracking_uri
-    location = settings.artifact_location if local else None
-    experiment_id = ensure_experiment(client, settings.experiment_name, location, settings.local_uri if local else None)
+    experiment_id = ensure_experiment(client, settings.experiment_name, settings.artifact_location if local else None)
     parent, new_parent = pipeline_run(client, experiment_id, run)
     run_id = None
     try:
@@ -115,15 +110,13 @@ def record_run(client, settings: TrackingSettings, run: PendingRun, artifact_dir
             client.log_artifacts(run_id, str(source), artifact_path=name or None)
         client.set_terminated(run_id, "FINISHED", end_time=run.end_time)
     except Exception:  # e.g. mlruns/ not writable: no run left RUNNING beside the copy the caller keeps
-        for ghost in (run_id, parent.info.run_id if new_parent else None):
+        for ghost in filter(None, (run_id, parent.info.run_id if new_parent else None)):
             with suppress(Exception):
-                if ghost:
-                    client.delete_run(ghost)
+                client.delete_run(ghost)
         raise
     add_to_pipeline_run(client, experiment_id, parent, run)
-    if any(
-        name == SEGMENTER or (not name and Path(path, SEGMENTER).is_dir()) for name, path in run.artifact_dirs.items()
-    ):
+    dirs = run.artifact_dirs  # a run copied from the local store has its artifacts as one directory, named ""
+    if SEGMENTER in dirs or ("" in dirs and Path(dirs[""], SEGMENTER).is_dir()):
         try:  # train's model: a new version in the registry, the champion unless in a DVC experiment
             register_segmenter(client, run_id, settings.model_name, champion="dvc_exp_name" not in run.tags)
         except Exception as exc:  # the run and the stage's outputs are what matter
@@ -177,18 +170,14 @@ def log_batches(client, run_id: str, params: dict[str, Any], metrics: dict[str, 
 def replay_pending(client, settings: TrackingSettings, root: Path) -> int:
     """Record the runs kept in ``mlruns-pending/`` (oldest first) and remove them; returns how many."""
     folder = root / PENDING_DIR
-    done = 0
-    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-        record_file = entry / "run.json"
-        if not record_file.is_file():
-            continue
-        run = PendingRun(**json.loads(record_file.read_text(encoding="utf-8")))
+    kept = [entry for entry in sorted(folder.iterdir()) if (entry / "run.json").is_file()] if folder.is_dir() else []
+    for entry in kept:
+        run = PendingRun(**json.loads((entry / "run.json").read_text(encoding="utf-8")))
         record_run(client, settings, run, artifact_dir=entry / "artifacts")
         shutil.rmtree(entry)
-        done += 1
-    if folder.is_dir() and not any(folder.iterdir()):
+    with suppress(OSError):  # removed once empty
         folder.rmdir()
-    return done
+    return len(kept)
 
 
 @contextmanager
@@ -233,9 +222,11 @@ def describe_failure(exc: BaseException) -> str:
     return redact_uri(text)[:160] or type(exc).__name__
 
 
-def ensure_experiment(client, name: str, artifact_location: str | None = None, store_uri: str | None = None) -> str:
+def ensure_experiment(client, name: str, artifact_location: str | None = None) -> str:
     """The experiment's ID; created when missing (a model-training experiment), restored when deleted (one line says
     so); in the local store (``artifact_location`` given), pointed back inside a copied or moved project."""
+    import sqlite3
+
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return client.create_experiment(name, artifact_location=artifact_location, tags={KIND_TAG: TRAINING})
@@ -244,23 +235,17 @@ def ensure_experiment(client, name: str, artifact_location: str | None = None, s
         print(f"note: MLflow experiment {name!r} had been deleted; restored it, with its runs", file=sys.stderr)
     if KIND_TAG not in experiment.tags:  # made before it was said, or by hand: the UI opens on its runs all the same
         client.set_experiment_tag(experiment.experiment_id, KIND_TAG, TRAINING)
-    if artifact_location and store_uri and experiment.artifact_location != artifact_location:
-        relocate_artifacts(store_uri, experiment.experiment_id, experiment.artifact_location, artifact_location)
+    old, new, store = experiment.artifact_location, artifact_location, client.tracking_uri
+    if new and old != new and store.startswith("sqlite:///"):
+        # MLflow records absolute paths and its API cannot change them: after `cp -a` or `mv`, runs would write into
+        # the old folder.
+        with sqlite3.connect(store.removeprefix("sqlite:///")) as db:
+            experiment_id = int(experiment.experiment_id)
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, experiment_id))
+            db.execute(
+                "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?)"
+                " WHERE experiment_id = ? AND artifact_uri LIKE ?",
+                (new, len(old) + 1, experiment_id, f"{old}%"),
+            )
+        print(f"note: the project has moved: MLflow artifacts now go to {new} (were {old})", file=sys.stderr)
     return experiment.experiment_id
-
-
-def relocate_artifacts(store_uri: str, experiment_id: str, old: str, new: str) -> None:
-    """Point an experiment and its runs' artifacts from ``old`` to ``new`` in a SQLite store (MLflow records absolute
-    paths and its API cannot change them; after ``cp -a`` or ``mv`` runs would write into the old folder)."""
-    import sqlite3
-
-    if not store_uri.startswith("sqlite:///"):
-        return
-    with sqlite3.connect(store_uri.removeprefix("sqlite:///")) as db:
-        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(experiment_id)))
-        db.execute(
-            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?)"
-            " WHERE experiment_id = ? AND artifact_uri LIKE ?",
-            (new, len(old) + 1, int(experiment_id), f"{old}%"),
-        )
-    print(f"note: the project has moved: MLflow artifacts now go to {new} (were {old})", file=sys.stderr)
