@@ -65,9 +65,15 @@ def _places(path: str | Path) -> set[Path]:
     return {path.parent.resolve() / path.name, path.resolve()}
 
 
-def _dvc_tracked(root: Path) -> list[tuple[Path, str]]:
-    """The ``*.dvc`` files git lists (committed or new) and the data each tracks."""
-    found = []
+def protected_paths(source: Path | None, root: Path = Path(".")) -> list[tuple[Path, str]]:
+    """What score must never write over (folders: all inside), most specific first, with what it is."""
+    found = [(source, f"the input file {source}")] if source is not None else []
+    found += [(root / name, f"{what} ({name})") for name, what in PROJECT_FILES.items()]
+    named, stages = {}, {}
+    with suppress(UserError):  # no dvc.yaml here (score run elsewhere with --model): only what else is known
+        named, stages = pipeline.paths(root), pipeline.stages(root)
+    found += [(root / path, f"a path of the pipeline (paths.{name} in dvc.yaml)") for name, path in named.items()]
+    # The *.dvc files git lists (committed or new) and the data each tracks; before the deps: the raw data is both.
     listed = git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.dvc", cwd=root)
     for name in filter(None, listed.decode("utf-8", "replace").split("\0")):
         found.append((dvc_file := root / name, f"DVC's record of tracked data ({name})"))
@@ -77,19 +83,6 @@ def _dvc_tracked(root: Path) -> list[tuple[Path, str]]:
             outs = [{"path": dvc_file.stem}]
         paths = [out.get("path") for out in outs if isinstance(out, dict)]
         found += [(dvc_file.parent / p, f"DVC-tracked data ({name})") for p in paths if isinstance(p, str)]
-    return found
-
-
-def protected_paths(source: Path | None, root: Path = Path(".")) -> list[tuple[Path, str]]:
-    """What score must never write over (folders: all inside), most specific first, with what it is."""
-    found = [(source, f"the input file {source}")] if source is not None else []
-    found += [(root / name, f"{what} ({name})") for name, what in PROJECT_FILES.items()]
-    try:
-        named, stages = pipeline.paths(root), pipeline.stages(root)
-    except UserError:  # no dvc.yaml here (score run elsewhere with --model): only what else is known
-        named, stages = {}, {}
-    found += [(root / path, f"a path of the pipeline (paths.{name} in dvc.yaml)") for name, path in named.items()]
-    found += _dvc_tracked(root)  # before the deps: the raw data is both
     for kind, what in STAGE_ENTRIES.items():
         for stage, spec in stages.items():
             entries = spec.get(kind) if isinstance(spec, dict) else None
@@ -146,10 +139,9 @@ def load_segmenter(path: str) -> Any:
     steps = getattr(model, "named_steps", None)
     if steps is not None and all(name in steps for name in SEGMENTER_STEPS) and hasattr(model, "predict"):
         return model
-    try:
+    named = {}
+    with suppress(UserError):
         named = pipeline.paths()
-    except UserError:
-        named = {}
     role = next((ROLES[n] for n, p in named.items() if n in ROLES and _places(p) & _places(path)), None)
     if role is None and type(model).__module__.startswith(("sklearn.cluster", "sklearn.mixture")):
         role = "a bare clusterer"
@@ -205,11 +197,10 @@ def score(
 
 def read_profile(profile_path: Path, column: str, n_clusters: int) -> pd.Series | None:
     """A column of the evaluate stage's profile by segment (noise too); None without one for these ``n_clusters``."""
-    try:
+    with suppress(ValueError, OSError, pd.errors.ParserError):
         profile = pd.read_csv(profile_path, usecols=["cluster", column], index_col="cluster")[column]
-    except (ValueError, OSError, pd.errors.ParserError):
-        return None
-    return profile if sorted(k for k in profile.index if k != algorithms.NOISE) == list(range(n_clusters)) else None
+        return profile if sorted(k for k in profile.index if k != algorithms.NOISE) == list(range(n_clusters)) else None
+    return None
 
 
 def check_names_belong(model: str, profile: str, lock_path: Path = Path("dvc.lock")) -> None:

@@ -81,11 +81,9 @@ def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
     for name, entry in stages.items():
         deps_of.setdefault(name, set()).update(d["path"] for d in entry.get("deps") or [])
         producer.update({out["path"]: name for out in entry.get("outs") or []})
-    upstream: list[str] = []
-    todo = [stage]
+    upstream, todo = [], [stage]
     while todo:
-        for dep in sorted(deps_of.get(todo.pop(), ())):
-            name = producer.get(dep)
+        for name in [producer.get(dep) for dep in sorted(deps_of.get(todo.pop(), ()))]:
             if name and name != stage and name not in upstream:
                 upstream.append(name)
                 todo.append(name)
@@ -111,21 +109,16 @@ def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
 def pipeline_graph(dvc_yaml: Path) -> tuple[dict[str, set[str]], dict[str, str], dict[str, list[str]]]:
     """(stage -> its dependency paths, output path -> its stage, stage -> its cached outputs) as ``dvc.yaml``
     declares them."""
-    try:
+    stages, deps_of, producer, cached = {}, {}, {}, {}
+    with suppress(UserError):
         stages = pipeline.stages(dvc_yaml.parent)
-    except UserError:
-        return {}, {}, {}
-    deps_of: dict[str, set[str]] = {}
-    producer: dict[str, str] = {}
-    cached: dict[str, list[str]] = {}
     for name, stage in stages.items():
         deps_of[name] = {d for d in stage.get("deps") or [] if isinstance(d, str)}
         cached[name] = [out if isinstance(out, str) else next(iter(out)) for out in stage.get("outs") or []]
-        for kind in ("outs", "metrics", "plots"):
-            for out in stage.get(kind) or []:
-                path = out if isinstance(out, str) else next(iter(out), None) if isinstance(out, dict) else None
-                if path:
-                    producer[path] = name
+        for out in [out for kind in ("outs", "metrics", "plots") for out in stage.get(kind) or []]:
+            path = out if isinstance(out, str) else next(iter(out), None) if isinstance(out, dict) else None
+            if path:
+                producer[path] = name
     return deps_of, producer, cached
 
 

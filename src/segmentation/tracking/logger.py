@@ -45,25 +45,6 @@ HASHED_MAX_BYTES = 64 << 20  # outputs up to this size are identified by md5 (a 
 ENV_SOURCE_DATE = "SOURCE_DATE_EPOCH"  # reproducible-builds convention: a fixed time for files that record one
 
 
-def remote_tracking(settings: TrackingSettings):
-    """The optional remote-tracking part (``segmentation.tracking.remote``) when a tracker is configured, else None.
-    A project generated without it stops here, before the stage's work, rather than track only locally."""
-    if not settings.is_remote:
-        return None
-    try:
-        import segmentation.tracking.remote as remote
-    except ModuleNotFoundError as exc:
-        if exc.name != "segmentation.tracking.remote":  # the part is there but fails: show why
-            raise
-        where = settings.source.removeprefix("pyproject.toml ")
-        unset = "unset MLFLOW_TRACKING_URI" if where.startswith("env") else f"remove {where} from pyproject.toml"
-        raise UserError(
-            f"tracking_uri {settings.display_uri}: this project was generated without remote tracking; add it with "
-            f"`copier update --trust --defaults --data remote_tracking=true`, or {unset}"
-        ) from None
-    return remote
-
-
 class DualLogger:
     """Log a stage's params, metrics and artifacts to MLflow and to its own DagsHub files.
 
@@ -73,8 +54,23 @@ class DualLogger:
 
     def __init__(self, stage: str, dagshub_dir: str | Path | None = None, root: Path | None = None) -> None:
         self.root = root or project_root()
-        self.settings = TrackingSettings.resolve(self.root)
-        self.remote = remote_tracking(self.settings)
+        self.settings = s = TrackingSettings.resolve(self.root)
+        self.remote = None  # the optional remote-tracking part, when a tracker is configured
+        if s.is_remote:  # a project generated without it stops here, before the stage's work, not tracking locally only
+            try:
+                import segmentation.tracking.remote as remote
+            except ModuleNotFoundError as exc:
+                if exc.name != "segmentation.tracking.remote":  # the part is there but fails: show why
+                    raise
+                where = s.source.removeprefix("pyproject.toml ")
+                unset = (
+                    "unset MLFLOW_TRACKING_URI" if where.startswith("env") else f"remove {where} from pyproject.toml"
+                )
+                raise UserError(
+                    f"tracking_uri {s.display_uri}: this project was generated without remote tracking; add it "
+                    f"with `copier update --trust --defaults --data remote_tracking=true`, or {unset}"
+                ) from None
+            self.remote = remote
         # What the stage logs, kept in memory until it has succeeded. Its duration is the process's, imports included.
         self.record = PendingRun(stage, {}, {}, {}, [], int(psutil.Process().create_time() * 1000), 0)
         self.data: tuple[str, str] | None = None  # the raw data the stage read itself (preprocess), and its md5
@@ -131,10 +127,20 @@ class DualLogger:
                 self.finish(outputs)
 
     def finish(self, outputs: StageOutputs) -> None:
-        """Write the DagsHub files and the MLflow run as part of ``outputs``, deliver the run, then commit them."""
+        """Write the DagsHub files and the MLflow run as part of ``outputs``; copy the run to the remote tracker, if one
+        is configured, and say where it went; then commit the outputs."""
         self.stage_dagshub_files(outputs)
         self.log_run(outputs)
-        self.deliver()  # best effort, bounded; before the outputs, so that little can stop a stage after them
+        s = self.settings
+        if self.run_id is not None:  # delivery is best effort, bounded; before the outputs: little can stop them then
+            where = f"{redact_uri(s.local_uri)}, experiment {s.experiment_name!r}"
+            if self.remote and self.remote.deliver_or_keep(MlflowClientFor(s.local_uri), self.run_id, s, self.root):
+                where = f"{s.display_uri} and the local store, experiment {s.experiment_name!r}"
+            extra = f" (and {self._replayed} run(s) kept from earlier)" if self._replayed else ""
+            print(
+                f"{self.record.stage}: logged run {self.run_id}{extra} to MLflow ({where}) and {self.dagshub_dir}/",
+                file=sys.stderr,
+            )
         outputs.commit()
 
     def stage_dagshub_files(self, outputs) -> None:
@@ -214,20 +220,6 @@ class DualLogger:
                 file=sys.stderr,
             )
             self.run_id = None
-
-    def deliver(self) -> None:
-        """Copy the run to the remote tracker, if one is configured, and say where it went."""
-        s = self.settings
-        if self.run_id is None:
-            return
-        where = f"{redact_uri(s.local_uri)}, experiment {s.experiment_name!r}"
-        if self.remote and self.remote.deliver_or_keep(MlflowClientFor(s.local_uri), self.run_id, s, self.root):
-            where = f"{s.display_uri} and the local store, experiment {s.experiment_name!r}"
-        extra = f" (and {self._replayed} run(s) kept from earlier)" if self._replayed else ""
-        print(
-            f"{self.record.stage}: logged run {self.run_id}{extra} to MLflow ({where}) and {self.dagshub_dir}/",
-            file=sys.stderr,
-        )
 
 
 def _metric_rows(data: bytes) -> list[tuple[str, str, str]]:

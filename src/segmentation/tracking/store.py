@@ -186,20 +186,16 @@ def local_store_lock(root: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     SQLite's "database is locked". Bounded: past ``wait_s`` it gives up with :class:`TimeoutError`."""
     import fcntl
 
-    with open(root / LOCK_NAME, "a+") as fh:
+    with open(root / LOCK_NAME, "a+") as fh:  # closing it releases the lock
         deadline = time.monotonic() + wait_s
         while True:
-            try:
+            with suppress(BlockingIOError):
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the store was locked by another stage for over {wait_s:.0f} s") from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the store was locked by another stage for over {wait_s:.0f} s")
+            time.sleep(0.1)
+        yield
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -207,19 +203,16 @@ def describe_failure(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if "401" in text or "Unauthorized" in text or "403" in text:
         return "credentials refused (check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or DAGSHUB_USER_TOKEN)"
-    for marker in ("Connection refused", "Max retries exceeded", "timed out", "Read timed out", "Name or service"):
-        if marker in text:
-            return f"unreachable ({marker.lower()})"
-    for marker, meaning in (
-        ("readonly database", "read-only"),
-        ("file is not a database", "not an MLflow database (corrupt?)"),
-        ("database disk image is malformed", "corrupt"),
-        ("unable to open database", "cannot be opened"),
-        ("database is locked", "locked by another process"),
-    ):
-        if marker in text:
-            return meaning
-    return redact_uri(text)[:160] or type(exc).__name__
+    unreachable = ("Connection refused", "Max retries exceeded", "timed out", "Read timed out", "Name or service")
+    meanings = {marker: f"unreachable ({marker.lower()})" for marker in unreachable} | {
+        "readonly database": "read-only",
+        "file is not a database": "not an MLflow database (corrupt?)",
+        "database disk image is malformed": "corrupt",
+        "unable to open database": "cannot be opened",
+        "database is locked": "locked by another process",
+    }
+    found = [meaning for marker, meaning in meanings.items() if marker in text]
+    return found[0] if found else redact_uri(text)[:160] or type(exc).__name__
 
 
 def ensure_experiment(client, name: str, artifact_location: str | None = None) -> str:
