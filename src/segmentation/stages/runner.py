@@ -78,8 +78,7 @@ def cli(
 
     ``files`` maps each option (``matrix`` -> ``--matrix``) to its help, all required but ``optional`` ones.
     ``params_model`` (pydantic) validates the stage's section of ``params.yaml`` (none: passed as written).
-    ``work(args, params, raw_params)`` gets the options, that section and the whole file, and returns an
-    :class:`Outcome`.
+    ``work(args, params, raw_params)`` gets the options, that section and the whole file; returns an :class:`Outcome`.
     """
     if params_model is not None:
         declare_section(stage, params_model)

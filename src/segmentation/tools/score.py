@@ -207,15 +207,13 @@ def check_names_belong(model: str, profile: str, lock_path: Path = Path("dvc.loc
     """The segments' names must come from the model scored: under DVC, the evaluate run that wrote ``profile`` read
     the files of the train run that wrote ``model`` (``dvc.lock``), and neither file changed since. Paths that
     ``dvc.lock`` does not record are not checked."""
+    model, profile = Path(model).as_posix(), Path(profile).as_posix()
     try:
         stages = pipeline.load_yaml(lock_path.read_text(encoding="utf-8"))["stages"]
         outs = {o["path"]: (name, o.get("md5")) for name, e in stages.items() for o in e.get("outs") or []}
-    except (OSError, TypeError, KeyError, AttributeError, yaml.YAMLError):
+        (trainer, _), (evaluator, _) = outs[model], outs[profile]
+    except (OSError, TypeError, KeyError, AttributeError, yaml.YAMLError):  # KeyError: a path not recorded
         return
-    model, profile = Path(model).as_posix(), Path(profile).as_posix()
-    if model not in outs or profile not in outs:
-        return
-    trainer, evaluator = outs[model][0], outs[profile][0]
     read = stages[evaluator].get("deps") or []
     why = [f"{trainer} ran again after {evaluator}"] if any(
         outs.get(d["path"], ("",))[0] == trainer and outs[d["path"]][1] != d.get("md5") for d in read
@@ -265,9 +263,7 @@ def summary_text(
 
 def with_names(scored: pd.DataFrame, names: dict[int, str] | None) -> pd.DataFrame:
     """``scored`` with a ``segment_name`` column after ``segment`` (blank without ``names``)."""
-    named = scored.copy()
-    named.insert(2, SEGMENT_NAME_COLUMN, scored[SEGMENT_COLUMN].map(names) if names else "")
-    return named
+    return scored.assign(**{SEGMENT_NAME_COLUMN: scored[SEGMENT_COLUMN].map(names) if names else ""})
 
 
 def rejects_line(rejects: pd.DataFrame, total: int, path: Path) -> str:

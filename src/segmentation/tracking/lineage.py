@@ -107,8 +107,7 @@ def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
 
 
 def pipeline_graph(dvc_yaml: Path) -> tuple[dict[str, set[str]], dict[str, str], dict[str, list[str]]]:
-    """(stage -> its dependency paths, output path -> its stage, stage -> its cached outputs) as ``dvc.yaml``
-    declares them."""
+    """(stage -> its deps, output path -> its stage, stage -> its cached outputs) as ``dvc.yaml`` declares them."""
     stages, deps_of, producer, cached = {}, {}, {}, {}
     with suppress(UserError):
         stages = pipeline.stages(dvc_yaml.parent)

@@ -127,12 +127,11 @@ class DualLogger:
                 self.finish(outputs)
 
     def finish(self, outputs: StageOutputs) -> None:
-        """Write the DagsHub files and the MLflow run as part of ``outputs``; copy the run to the remote tracker, if one
-        is configured, and say where it went; then commit the outputs."""
+        """Write the DagsHub files and the MLflow run as part of ``outputs``, deliver the run, then commit them."""
         self.stage_dagshub_files(outputs)
         self.log_run(outputs)
         s = self.settings
-        if self.run_id is not None:  # delivery is best effort, bounded; before the outputs: little can stop them then
+        if self.run_id is not None:  # to the remote tracker if any: best effort, bounded, so before the outputs
             where = f"{redact_uri(s.local_uri)}, experiment {s.experiment_name!r}"
             if self.remote and self.remote.deliver_or_keep(MlflowClientFor(s.local_uri), self.run_id, s, self.root):
                 where = f"{s.display_uri} and the local store, experiment {s.experiment_name!r}"
@@ -149,16 +148,11 @@ class DualLogger:
         stage runs) is kept as it was, with its times (byte-stable)."""
         from dagshub.logger import DAGsHubLogger
 
-        stamp = self.dagshub_timestamp_ms
-
-        class StampedLogger(DAGsHubLogger):
-            def epoch_milisec(self) -> int:
-                return stamp
-
         out = self.dagshub_dir  # relative to the working directory, like every other stage output
         metrics_path = out / "metrics.csv"
         metrics_tmp, params_tmp = outputs.path(metrics_path), outputs.path(out / "params.yml")
-        logger = StampedLogger(metrics_path=str(metrics_tmp), hparams_path=str(params_tmp), eager_logging=False)
+        logger = DAGsHubLogger(metrics_path=str(metrics_tmp), hparams_path=str(params_tmp), eager_logging=False)
+        logger.epoch_milisec = lambda: self.dagshub_timestamp_ms  # the time on its rows: SOURCE_DATE_EPOCH, else now
         logger.log_hyperparams(self.record.params)
         if self.record.metrics:
             logger.log_metrics(self.record.metrics, step_num=1)
@@ -186,12 +180,8 @@ class DualLogger:
         inputs = []  # the tables read, as MLflow datasets: md5 as DVC has it (the raw data's, dvc.lock's) if it can
         for path in filter(os.path.isfile, self.inputs):
             known = lineage.files.get(Path(path).as_posix(), {})
-            if self.data and self.data[0] == path:
-                md5 = self.data[1]
-            elif known.get("md5") and known.get("size") == Path(path).stat().st_size:
-                md5 = known["md5"]
-            else:
-                md5 = file_md5(path)
+            same = known.get("md5") and known.get("size") == Path(path).stat().st_size
+            md5 = self.data[1] if self.data and self.data[0] == path else known["md5"] if same else file_md5(path)
             inputs.append({"name": Path(path).name, "digest": md5, "source": Path(path).as_posix()})
         artifacts = [outputs.staged(p) or Path(p) for p in self.record.artifacts]
         run = dataclasses.replace(

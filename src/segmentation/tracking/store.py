@@ -73,13 +73,12 @@ class PendingRun:
         """Write ``mlruns-pending/<start>-<stage>-<pid>/run.json`` and copies of the artifacts as they are now."""
         folder = root / PENDING_DIR / f"{self.start_time}-{self.stage}-{os.getpid()}"
         (folder / "artifacts").mkdir(parents=True, exist_ok=True)
-        for path in artifacts:
-            if path.is_file():
-                shutil.copy2(path, folder / "artifacts" / path.name)
+        for path in (files := [path for path in artifacts if path.is_file()]):
+            shutil.copy2(path, folder / "artifacts" / path.name)
         for name, path in self.artifact_dirs.items():
             if Path(path).is_dir():
                 shutil.copytree(path, folder / DIRS_NAME / name, dirs_exist_ok=True)
-        record = {**self.__dict__, "artifacts": [p.name for p in artifacts if p.is_file()]}
+        record = {**self.__dict__, "artifacts": [p.name for p in files]}
         record["artifact_dirs"] = {name: name for name in self.artifact_dirs}
         (folder / "run.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
         return folder
@@ -126,8 +125,7 @@ def record_run(client, settings: TrackingSettings, run: PendingRun, artifact_dir
 
 
 def pipeline_run(client, experiment_id: str, run: PendingRun):
-    """The parent run of ``run``'s pipeline run (its ``PIPELINE_TAG``), created by its first stage; and whether it
-    is new."""
+    """The run of ``run``'s pipeline (its ``PIPELINE_TAG``), created by its first stage, and whether it is new."""
     key = run.tags.setdefault(PIPELINE_TAG, f"{run.start_time}-{run.stage}")  # none: kept by an older version
     for found in client.search_runs([experiment_id], f"tags.{PIPELINE_TAG} = '{key}'"):
         if PARENT_TAG not in found.data.tags:
