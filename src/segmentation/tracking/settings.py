@@ -68,10 +68,9 @@ class TrackingSettings:
                 f"{where}={redact_uri(uri)[:80]!r}: not a tracking URI MLflow can use; give http(s)://host:port, "
                 "sqlite:///path/mlflow.db or postgresql://..., or unset it for the project's local store"
             )
-        if urlsplit(uri).scheme not in ("http", "https"):
-            # A store of the user's own on this machine: it is the local store, nothing to replicate.
-            return cls(uri, name, uri, None, source, model)
-        return cls(uri, name, local, artifacts, source, model)
+        if urlsplit(uri).scheme in ("http", "https"):
+            return cls(uri, name, local, artifacts, source, model)
+        return cls(uri, name, uri, None, source, model)  # a store of the user's own here: the local one, no copy
 
     @property
     def is_remote(self) -> bool:
