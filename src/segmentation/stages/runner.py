@@ -11,8 +11,7 @@ import argparse
 import hashlib
 import subprocess
 import sys
-from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,27 +28,12 @@ from segmentation.tracking.logger import DualLogger
 RESTORE_TIMEOUT_S = 600  # `dvc checkout` of the last good outputs (10M rows: a few GB from the cache)
 
 
-@contextmanager
-def run(log: DualLogger, inputs: Collection[str] = ()) -> Iterator[StageOutputs]:
-    """Collect a stage's outputs and its record on ``log``; if the block succeeds, add the DagsHub files, log the run
-    (MLflow reads the artifacts from the staged files, its datasets are the ``inputs`` tables), deliver it to a
-    remote tracker, then put each output in place."""
-    with StageOutputs() as outputs:
-        yield outputs
-        for path in inputs:
-            log.log_input(path)
-        log.stage_dagshub_files(outputs)
-        log.log_run(outputs)
-        log.deliver()  # best effort, bounded; before the outputs, so that little can stop a stage after them
-        outputs.commit()
-
-
-def restore(lock_path: str | Path = LOCK_FILE) -> list[str]:
+def restore() -> list[str]:
     """Put back the outputs ``dvc.lock`` records that a failed stage left removed: cached ones by ``dvc checkout``,
     those kept in git from DVC's cache (the run-cache keeps a copy) or else from HEAD. Returns the files put back."""
     from dvc.repo import Repo
 
-    lock = yaml.safe_load(Path(lock_path).read_text()) if Path(lock_path).is_file() else {}  # none: nothing ran yet
+    lock = yaml.safe_load(Path(LOCK_FILE).read_text()) if Path(LOCK_FILE).is_file() else {}  # none: nothing ran yet
     outs = [out for entry in (lock or {}).get("stages", {}).values() for out in entry.get("outs", [])]
     missing = [out for out in outs if not Path(out["path"]).exists()]
     if not missing:
@@ -78,7 +62,7 @@ def restore(lock_path: str | Path = LOCK_FILE) -> list[str]:
 class Outcome:
     """What a stage's work hands back to the runner."""
 
-    write: Callable[[StageOutputs, DualLogger], None]  # inside run(): outputs through ``out``, the record on ``log``
+    write: Callable[[StageOutputs, DualLogger], None]  # outputs through ``out``, the record on ``log``
     summary: str  # one line, printed once the outputs are in place
 
 
@@ -94,8 +78,7 @@ def cli(
 
     ``files`` maps each option (``matrix`` -> ``--matrix``) to its help, all required but ``optional`` ones.
     ``params_model`` (pydantic) validates the stage's section of ``params.yaml`` (none: passed as written).
-    ``work(args, params, raw_params)`` gets the options, that section and the whole file, and returns an
-    :class:`Outcome`.
+    ``work(args, params, raw_params)`` gets the options, that section and the whole file; returns an :class:`Outcome`.
     """
     if params_model is not None:
         declare_section(stage, params_model)
@@ -112,11 +95,12 @@ def cli(
         params = parse_section(stage, raw_params.get(stage), args.params)
         log = DualLogger(stage, dagshub_dir=args.dagshub_dir)  # checks where runs go before the work
         outcome = work(args, params, raw_params)
-        inputs = [
-            getattr(args, name) for name, text in files.items() if text.startswith("input") and getattr(args, name)
-        ]
-        with run(log, inputs) as out:
+        with StageOutputs() as out:  # the DagsHub files and the run logged, then every output put in place
             outcome.write(out, log)
+            for name, text in files.items():  # the input tables become the run's MLflow datasets
+                if text.startswith("input") and getattr(args, name):
+                    log.log_input(getattr(args, name))
+            log.finish(out)
         print(outcome.summary)
 
     main.__doc__ = f"CLI of the ``{stage}`` stage (paths come from dvc.yaml, knobs from params.yaml)."

@@ -9,8 +9,8 @@ import argparse
 import csv
 import os
 import shlex
-import subprocess
 import sys
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from segmentation.core.report import NAME_COLUMN, SIZE_COLUMN
 from segmentation.engines import LOCAL, engine_module
 from segmentation.errors import UserError, stage_entrypoint
 from segmentation.files import LineLocator, StageOutputs, load_model
-from segmentation.tracking.lineage import file_md5
+from segmentation.tracking.lineage import file_md5, git
 
 SEGMENT_COLUMN, SEGMENT_NAME_COLUMN, REASON_COLUMN = "segment", "segment_name", "reason"
 OUTPUT_DIR = Path("scores")
@@ -65,19 +65,16 @@ def _places(path: str | Path) -> set[Path]:
     return {path.parent.resolve() / path.name, path.resolve()}
 
 
-def _git(*args: str, cwd: Path | None = None) -> bytes:
-    """git's output; empty when git fails or is missing."""
-    try:
-        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return b""
-    return proc.stdout if proc.returncode == 0 else b""
-
-
-def _dvc_tracked(root: Path) -> list[tuple[Path, str]]:
-    """The ``*.dvc`` files git lists (committed or new) and the data each tracks."""
-    found = []
-    listed = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.dvc", cwd=root)
+def protected_paths(source: Path | None, root: Path = Path(".")) -> list[tuple[Path, str]]:
+    """What score must never write over (folders: all inside), most specific first, with what it is."""
+    found = [(source, f"the input file {source}")] if source is not None else []
+    found += [(root / name, f"{what} ({name})") for name, what in PROJECT_FILES.items()]
+    named, stages = {}, {}
+    with suppress(UserError):  # no dvc.yaml here (score run elsewhere with --model): only what else is known
+        named, stages = pipeline.paths(root), pipeline.stages(root)
+    found += [(root / path, f"a path of the pipeline (paths.{name} in dvc.yaml)") for name, path in named.items()]
+    # The *.dvc files git lists (committed or new) and the data each tracks; before the deps: the raw data is both.
+    listed = git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.dvc", cwd=root)
     for name in filter(None, listed.decode("utf-8", "replace").split("\0")):
         found.append((dvc_file := root / name, f"DVC's record of tracked data ({name})"))
         try:
@@ -86,19 +83,6 @@ def _dvc_tracked(root: Path) -> list[tuple[Path, str]]:
             outs = [{"path": dvc_file.stem}]
         paths = [out.get("path") for out in outs if isinstance(out, dict)]
         found += [(dvc_file.parent / p, f"DVC-tracked data ({name})") for p in paths if isinstance(p, str)]
-    return found
-
-
-def protected_paths(source: Path | None, root: Path = Path(".")) -> list[tuple[Path, str]]:
-    """What score must never write over (folders: all inside), most specific first, with what it is."""
-    found = [(source, f"the input file {source}")] if source is not None else []
-    found += [(root / name, f"{what} ({name})") for name, what in PROJECT_FILES.items()]
-    try:
-        named, stages = pipeline.paths(root), pipeline.stages(root)
-    except UserError:  # no dvc.yaml here (score run elsewhere with --model): only what else is known
-        named, stages = {}, {}
-    found += [(root / path, f"a path of the pipeline (paths.{name} in dvc.yaml)") for name, path in named.items()]
-    found += _dvc_tracked(root)  # before the deps: the raw data is both
     for kind, what in STAGE_ENTRIES.items():
         for stage, spec in stages.items():
             entries = spec.get(kind) if isinstance(spec, dict) else None
@@ -119,18 +103,9 @@ def what_it_is(path: Path, protected: list[tuple[Path, str]]) -> str | None:
     for other, what in protected:  # a folder of the pipeline (metrics/dagshub, data/raw tracked as one)
         if any(guarded in place.parents for place in places for guarded in _places(other)):
             return f"inside {other}, {what}"
-    if any(_git("--literal-pathspecs", "ls-files", "-z", "--", str(place)) for place in places):
+    if any(git("--literal-pathspecs", "ls-files", "-z", "--", str(place)) for place in places):
         return "a file git tracks"
     return None
-
-
-def header_of(path: Path) -> list[str] | None:
-    """The column names on the first line of the CSV ``path``."""
-    try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            return next(csv.reader([fh.readline(64 * 1024).rstrip("\r\n")]), None)
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 def check_outputs(output: Path, source: Path, id_column: str) -> None:
@@ -148,7 +123,10 @@ def check_outputs(output: Path, source: Path, id_column: str) -> None:
         what = what_it_is(target, protected) or ("a directory" if target.is_dir() else None)
         if what is not None:
             raise UserError(f"score: {shown} is {what}; {advice}")
-        if (target.exists() or target.is_symlink()) and header_of(target) != header:
+        found = None  # the column names on its first line
+        with suppress(OSError, UnicodeDecodeError), open(target, encoding="utf-8", newline="") as fh:
+            found = next(csv.reader([fh.readline(64 * 1024).rstrip("\r\n")]), None)
+        if (target.exists() or target.is_symlink()) and found != header:
             raise UserError(
                 f"score: {shown} exists and is not a score output (its header is not {','.join(header)}); "
                 f"{advice}, or move it away"
@@ -161,10 +139,9 @@ def load_segmenter(path: str) -> Any:
     steps = getattr(model, "named_steps", None)
     if steps is not None and all(name in steps for name in SEGMENTER_STEPS) and hasattr(model, "predict"):
         return model
-    try:
+    named = {}
+    with suppress(UserError):
         named = pipeline.paths()
-    except UserError:
-        named = {}
     role = next((ROLES[n] for n, p in named.items() if n in ROLES and _places(p) & _places(path)), None)
     if role is None and type(model).__module__.startswith(("sklearn.cluster", "sklearn.mixture")):
         role = "a bare clusterer"
@@ -194,23 +171,19 @@ def separator_fix(guess: str) -> str:
     )
 
 
-def imputes(preprocessor: Any) -> bool:
-    """Whether the fitted preprocessing fills blanks in (``missing: median``): it holds a SimpleImputer."""
-    from sklearn.impute import SimpleImputer
-
-    return any(isinstance(p, SimpleImputer) for p in preprocessor.get_params(deep=True).values())
-
-
 def score(
     raw: pd.DataFrame, segmenter: Any, params: PreprocessParams, source: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """``(scored, rejects, outliers)``: ID -> segment in the file's order, ID -> reason for the rows it cannot score,
     how many scored rows are outside the outlier bounds (scored all the same: training only left them out)."""
+    from sklearn.impute import SimpleImputer
+
     raw, id_col = data.identify_rows(raw, params.data.id_column, source, LineLocator.of(raw))
     step = segmenter.named_steps["features"]
     derived = step.derive(raw, source)  # the checks and the recipe of the training data; a bad value stops here
     X = step.select(derived)
-    blank = X.isna() & (not imputes(segmenter.named_steps["preprocess"]))
+    parts = segmenter.named_steps["preprocess"].get_params(deep=True).values()
+    blank = X.isna() & (not any(isinstance(p, SimpleImputer) for p in parts))  # `missing: median` fills blanks in
     rejected = blank.any(axis=1)
     ok = ~rejected
     reasons = blank[rejected].apply(lambda row: "blank " + ", ".join(c for c in X.columns if row[c]), axis=1)
@@ -224,26 +197,23 @@ def score(
 
 def read_profile(profile_path: Path, column: str, n_clusters: int) -> pd.Series | None:
     """A column of the evaluate stage's profile by segment (noise too); None without one for these ``n_clusters``."""
-    try:
+    with suppress(ValueError, OSError, pd.errors.ParserError):
         profile = pd.read_csv(profile_path, usecols=["cluster", column], index_col="cluster")[column]
-    except (ValueError, OSError, pd.errors.ParserError):
-        return None
-    return profile if sorted(k for k in profile.index if k != algorithms.NOISE) == list(range(n_clusters)) else None
+        return profile if sorted(k for k in profile.index if k != algorithms.NOISE) == list(range(n_clusters)) else None
+    return None
 
 
 def check_names_belong(model: str, profile: str, lock_path: Path = Path("dvc.lock")) -> None:
     """The segments' names must come from the model scored: under DVC, the evaluate run that wrote ``profile`` read
     the files of the train run that wrote ``model`` (``dvc.lock``), and neither file changed since. Paths that
     ``dvc.lock`` does not record are not checked."""
+    model, profile = Path(model).as_posix(), Path(profile).as_posix()
     try:
         stages = pipeline.load_yaml(lock_path.read_text(encoding="utf-8"))["stages"]
         outs = {o["path"]: (name, o.get("md5")) for name, e in stages.items() for o in e.get("outs") or []}
-    except (OSError, TypeError, KeyError, AttributeError, yaml.YAMLError):
+        (trainer, _), (evaluator, _) = outs[model], outs[profile]
+    except (OSError, TypeError, KeyError, AttributeError, yaml.YAMLError):  # KeyError: a path not recorded
         return
-    model, profile = Path(model).as_posix(), Path(profile).as_posix()
-    if model not in outs or profile not in outs:
-        return
-    trainer, evaluator = outs[model][0], outs[profile][0]
     read = stages[evaluator].get("deps") or []
     why = [f"{trainer} ran again after {evaluator}"] if any(
         outs.get(d["path"], ("",))[0] == trainer and outs[d["path"]][1] != d.get("md5") for d in read
@@ -293,9 +263,7 @@ def summary_text(
 
 def with_names(scored: pd.DataFrame, names: dict[int, str] | None) -> pd.DataFrame:
     """``scored`` with a ``segment_name`` column after ``segment`` (blank without ``names``)."""
-    named = scored.copy()
-    named.insert(2, SEGMENT_NAME_COLUMN, scored[SEGMENT_COLUMN].map(names) if names else "")
-    return named
+    return scored.assign(**{SEGMENT_NAME_COLUMN: scored[SEGMENT_COLUMN].map(names) if names else ""})
 
 
 def rejects_line(rejects: pd.DataFrame, total: int, path: Path) -> str:

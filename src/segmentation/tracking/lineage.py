@@ -7,6 +7,7 @@ import hashlib
 import os
 import socket
 import subprocess
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,15 +24,16 @@ ENV_PIPELINE_RUN = "SEGMENTATION_PIPELINE_RUN_ID"
 ENV_EXP_NAME = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
 
 
+def git(*args: str, cwd: Path | None = None) -> bytes:
+    """git's output; empty when git fails or is missing (outside a repository, before the first commit)."""
+    with suppress(OSError, subprocess.SubprocessError):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=60, check=True).stdout
+    return b""
+
+
 def git_commit(root: Path) -> str | None:
     """HEAD's commit hash, or None outside git / before the first commit."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+    return git("rev-parse", "HEAD", cwd=root).decode().strip() or None
 
 
 def pipeline_run_name(root: Path) -> str:
@@ -44,8 +46,7 @@ def pipeline_run_name(root: Path) -> str:
         return "pipeline"
     outputs = pipeline_graph(root / "dvc.yaml")[1]
     spec = ["--", ".", ":(exclude)dvc.lock", *(f":(exclude){path}" for path in outputs)]
-    changed = subprocess.run(["git", "status", "--porcelain", "-uno", *spec], cwd=root, capture_output=True, text=True)
-    return commit[:7] + ("-dirty" if changed.stdout.strip() else "")
+    return commit[:7] + ("-dirty" if git("status", "--porcelain", "-uno", *spec, cwd=root).strip() else "")
 
 
 def file_md5(path: str | Path) -> str:
@@ -65,24 +66,12 @@ class Lineage:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # their outputs: path -> entry (md5, size)
 
 
-def _flat_section(key: str, value: Any) -> dict[str, Any]:
-    """A params section recorded in dvc.lock, flattened as its stage logged it (defaults filled in)."""
-    from segmentation.config import flatten, parse_section, section_model
-
-    if not isinstance(value, dict):
-        return {key: value}
-    if section_model(key) is not None:  # the model its stage declares (none: the section as recorded)
-        try:
-            return flatten(parse_section(key, value), f"{key}.")
-        except UserError:
-            pass  # recorded by an older version of the params model: log it as recorded
-    return flatten(value, f"{key}.")
-
-
 def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
     """The params of every stage upstream of ``stage`` and the raw data's path and md5, from ``dvc.lock`` (DVC
     writes a stage's entry as soon as it has run); which stages are upstream comes from ``dvc.yaml`` and the lock.
     No lock: an empty lineage."""
+    from segmentation.config import flatten, parse_section, section_model
+
     lock_path = Path(lock_path)
     try:
         stages = pipeline.load_yaml(lock_path.read_text(encoding="utf-8"))["stages"]
@@ -92,23 +81,23 @@ def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
     for name, entry in stages.items():
         deps_of.setdefault(name, set()).update(d["path"] for d in entry.get("deps") or [])
         producer.update({out["path"]: name for out in entry.get("outs") or []})
-    upstream: list[str] = []
-    todo = [stage]
+    upstream, todo = [], [stage]
     while todo:
-        for dep in sorted(deps_of.get(todo.pop(), ())):
-            name = producer.get(dep)
+        for name in [producer.get(dep) for dep in sorted(deps_of.get(todo.pop(), ()))]:
             if name and name != stage and name not in upstream:
                 upstream.append(name)
                 todo.append(name)
-    params: dict[str, Any] = {}
-    deps: dict[str, str] = {}
-    outputs: dict[str, str] = {}
-    files: dict[str, dict[str, Any]] = {}
+    params, deps, outputs, files = {}, {}, {}, {}
     for name in upstream:
         entry = stages.get(name) or {}
         deps.update({d["path"]: d.get("md5") for d in entry.get("deps") or []})
         for key, value in ((entry.get("params") or {}).get(PARAMS_FILE) or {}).items():
-            params.update(_flat_section(key, value))
+            if not isinstance(value, dict):
+                params[key] = value
+                continue
+            with suppress(UserError):  # as its stage logged it, defaults filled in; from an older model: as recorded
+                value = parse_section(key, value) if section_model(key) is not None else value
+            params.update(flatten(value, f"{key}."))
         files.update({out["path"]: out for out in entry.get("outs") or []})
         outs = [out for out in entry.get("outs") or [] if out["path"] in cached.get(name, ()) and "md5" in out]
         if outs:
@@ -118,41 +107,18 @@ def upstream_lineage(stage: str, lock_path: str | Path = LOCK_FILE) -> Lineage:
 
 
 def pipeline_graph(dvc_yaml: Path) -> tuple[dict[str, set[str]], dict[str, str], dict[str, list[str]]]:
-    """(stage -> its dependency paths, output path -> its stage, stage -> its cached outputs) as ``dvc.yaml``
-    declares them."""
-    try:
+    """(stage -> its deps, output path -> its stage, stage -> its cached outputs) as ``dvc.yaml`` declares them."""
+    stages, deps_of, producer, cached = {}, {}, {}, {}
+    with suppress(UserError):
         stages = pipeline.stages(dvc_yaml.parent)
-    except UserError:
-        return {}, {}, {}
-    deps_of: dict[str, set[str]] = {}
-    producer: dict[str, str] = {}
-    cached: dict[str, list[str]] = {}
     for name, stage in stages.items():
         deps_of[name] = {d for d in stage.get("deps") or [] if isinstance(d, str)}
         cached[name] = [out if isinstance(out, str) else next(iter(out)) for out in stage.get("outs") or []]
-        for kind in ("outs", "metrics", "plots"):
-            for out in stage.get(kind) or []:
-                path = out if isinstance(out, str) else next(iter(out), None) if isinstance(out, dict) else None
-                if path:
-                    producer[path] = name
+        for out in [out for kind in ("outs", "metrics", "plots") for out in stage.get(kind) or []]:
+            path = out if isinstance(out, str) else next(iter(out), None) if isinstance(out, dict) else None
+            if path:
+                producer[path] = name
     return deps_of, producer, cached
-
-
-def dvc_process():
-    """The DVC process (``dvc repro``, ``dvc exp run``, a queue worker) that this stage runs under, or None."""
-    import psutil
-
-    try:
-        parents = psutil.Process().parents()
-    except psutil.Error:
-        return None
-    for proc in parents:
-        try:
-            if any(Path(arg).name == "dvc" for arg in proc.cmdline()[:3]):
-                return proc
-        except psutil.Error:
-            continue
-    return None
 
 
 def pipeline_run_id(environ: dict[str, str] | None = None) -> str:
@@ -164,6 +130,12 @@ def pipeline_run_id(environ: dict[str, str] | None = None) -> str:
 
     import psutil
 
-    anchor = dvc_process() or psutil.Process()
+    anchor = psutil.Process()
+    with suppress(psutil.Error):  # the DVC process (dvc repro, dvc exp run, a queue worker) this stage runs under
+        for proc in anchor.parents():
+            with suppress(psutil.Error):
+                if any(Path(arg).name == "dvc" for arg in proc.cmdline()[:3]):
+                    anchor = proc
+                    break
     seed = f"{socket.gethostname()}:{anchor.pid}:{anchor.create_time()}"
     return hashlib.sha1(seed.encode()).hexdigest()[:16]

@@ -3,9 +3,9 @@ default) and to DagsHub's ``DAGsHubLogger`` files under ``metrics/dagshub/<stage
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,8 +18,8 @@ from segmentation.files import StageOutputs, plain
 from segmentation.tracking.lineage import (
     ENV_EXP_NAME,
     LOCK_FILE,
-    Lineage,
     file_md5,
+    git,
     git_commit,
     pipeline_graph,
     pipeline_run_id,
@@ -45,30 +45,6 @@ HASHED_MAX_BYTES = 64 << 20  # outputs up to this size are identified by md5 (a 
 ENV_SOURCE_DATE = "SOURCE_DATE_EPOCH"  # reproducible-builds convention: a fixed time for files that record one
 
 
-def now_ms() -> int:
-    """The current time in milliseconds since the epoch."""
-    return int(time.time() * 1000)
-
-
-def remote_tracking(settings: TrackingSettings):
-    """The optional remote-tracking part (``segmentation.tracking.remote``) when a tracker is configured, else None.
-    A project generated without it stops here, before the stage's work, rather than track only locally."""
-    if not settings.is_remote:
-        return None
-    try:
-        import segmentation.tracking.remote as remote
-    except ModuleNotFoundError as exc:
-        if exc.name != "segmentation.tracking.remote":  # the part is there but fails: show why
-            raise
-        where = settings.source.removeprefix("pyproject.toml ")
-        unset = "unset MLFLOW_TRACKING_URI" if where.startswith("env") else f"remove {where} from pyproject.toml"
-        raise UserError(
-            f"tracking_uri {settings.display_uri}: this project was generated without remote tracking; add it with "
-            f"`copier update --trust --defaults --data remote_tracking=true`, or {unset}"
-        ) from None
-    return remote
-
-
 class DualLogger:
     """Log a stage's params, metrics and artifacts to MLflow and to its own DagsHub files.
 
@@ -76,29 +52,35 @@ class DualLogger:
     the stage's inputs (upstream params, the raw data's md5, from ``dvc.lock``); the DagsHub files its own params only.
     """
 
-    def __init__(
-        self,
-        stage: str,
-        dagshub_dir: str | Path | None = None,
-        root: Path | None = None,
-        settings: TrackingSettings | None = None,
-        lock_path: str | Path = LOCK_FILE,
-    ) -> None:
+    def __init__(self, stage: str, dagshub_dir: str | Path | None = None, root: Path | None = None) -> None:
         self.root = root or project_root()
-        self.settings = settings or TrackingSettings.resolve(self.root)
-        self.remote = remote_tracking(self.settings)
+        self.settings = s = TrackingSettings.resolve(self.root)
+        self.remote = None  # the optional remote-tracking part, when a tracker is configured
+        if s.is_remote:  # a project generated without it stops here, before the stage's work, not tracking locally only
+            try:
+                import segmentation.tracking.remote as remote
+            except ModuleNotFoundError as exc:
+                if exc.name != "segmentation.tracking.remote":  # the part is there but fails: show why
+                    raise
+                where = s.source.removeprefix("pyproject.toml ")
+                unset = (
+                    "unset MLFLOW_TRACKING_URI" if where.startswith("env") else f"remove {where} from pyproject.toml"
+                )
+                raise UserError(
+                    f"tracking_uri {s.display_uri}: this project was generated without remote tracking; add it "
+                    f"with `copier update --trust --defaults --data remote_tracking=true`, or {unset}"
+                ) from None
+            self.remote = remote
         # What the stage logs, kept in memory until it has succeeded. Its duration is the process's, imports included.
         self.record = PendingRun(stage, {}, {}, {}, [], int(psutil.Process().create_time() * 1000), 0)
         self.data: tuple[str, str] | None = None  # the raw data the stage read itself (preprocess), and its md5
         self.inputs: list[str] = []
-        self.dagshub_dir = Path(dagshub_dir) if dagshub_dir is not None else DAGSHUB_DIR / stage
-        # Relative to the working directory: a `dvc exp run --temp` copy has its own dvc.lock.
-        self.lock_path = Path(lock_path)
+        self.dagshub_dir = Path(dagshub_dir or DAGSHUB_DIR / stage)
         # The time stamped on new DagsHub metric rows: SOURCE_DATE_EPOCH (checked before anything is written), else now.
         epoch = os.environ.get(ENV_SOURCE_DATE, "").strip()
         if epoch and not epoch.isdigit():
             raise UserError(f"{ENV_SOURCE_DATE}={epoch!r}: expected whole seconds since 1970-01-01")
-        self.dagshub_timestamp_ms = int(epoch) * 1000 if epoch else now_ms()
+        self.dagshub_timestamp_ms = int(epoch) * 1000 if epoch else int(time.time() * 1000)
         self.run_id: str | None = None
         self._replayed = 0
 
@@ -132,18 +114,6 @@ class DualLogger:
         if Path(path).suffix.lower() in TABLES and str(path) not in self.inputs:
             self.inputs.append(str(path))
 
-    def _dataset(self, path: str, lineage: Lineage) -> dict[str, str]:
-        """An input table as an MLflow dataset: its md5 as DVC has it (the raw data's, or dvc.lock's when the
-        size agrees), else computed."""
-        known = lineage.files.get(Path(path).as_posix(), {})
-        if self.data and self.data[0] == path:
-            md5 = self.data[1]
-        elif known.get("md5") and known.get("size") == Path(path).stat().st_size:
-            md5 = known["md5"]
-        else:
-            md5 = file_md5(path)
-        return {"name": Path(path).name, "digest": md5, "source": Path(path).as_posix()}
-
     def set_tags(self, tags: dict[str, Any]) -> None:
         """Record extra run tags."""
         self.record.tags.update({k: str(v) for k, v in tags.items()})
@@ -153,37 +123,24 @@ class DualLogger:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.close()
+            with StageOutputs() as outputs:
+                self.finish(outputs)
 
-    def close(self) -> None:
-        """Write the DagsHub files and the MLflow run (stages use :func:`segmentation.stages.runner.run` instead)."""
-        with StageOutputs() as outputs:
-            self.stage_dagshub_files(outputs)
-            self.log_run(outputs)
-            outputs.commit()
-        self.deliver()
-
-    def _standard_tags(self, lineage: Lineage, outputs) -> dict[str, str]:
-        tags = {
-            "stage": self.record.stage,
-            PIPELINE_TAG: pipeline_run_id(),
-            "mlflow.source.name": f"dvc stage {self.record.stage}",
-        }
-        cached = pipeline_graph(self.lock_path.with_name("dvc.yaml"))[2].get(self.record.stage, [])
-        files = [path for path in map(outputs.staged, cached) if path and path.is_file()]
-        md5s = [file_md5(path) for path in files if path.stat().st_size <= HASHED_MAX_BYTES]
-        if md5s:
-            tags[OUTPUTS_TAG] = " ".join(md5s)
-        commit = git_commit(self.root)
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-        data_path, data_md5 = self.data or (None, None)
-        data_path, data_md5 = data_path or lineage.data_path, data_md5 or lineage.data_md5
-        if data_path and data_md5:
-            tags["raw_data_path"], tags["raw_data_md5"] = data_path, data_md5
-        if os.environ.get(ENV_EXP_NAME):
-            tags["dvc_exp_name"] = os.environ[ENV_EXP_NAME]
-        return {**tags, **self.record.tags}
+    def finish(self, outputs: StageOutputs) -> None:
+        """Write the DagsHub files and the MLflow run as part of ``outputs``, deliver the run, then commit them."""
+        self.stage_dagshub_files(outputs)
+        self.log_run(outputs)
+        s = self.settings
+        if self.run_id is not None:  # to the remote tracker if any: best effort, bounded, so before the outputs
+            where = f"{redact_uri(s.local_uri)}, experiment {s.experiment_name!r}"
+            if self.remote and self.remote.deliver_or_keep(MlflowClientFor(s.local_uri), self.run_id, s, self.root):
+                where = f"{s.display_uri} and the local store, experiment {s.experiment_name!r}"
+            extra = f" (and {self._replayed} run(s) kept from earlier)" if self._replayed else ""
+            print(
+                f"{self.record.stage}: logged run {self.run_id}{extra} to MLflow ({where}) and {self.dagshub_dir}/",
+                file=sys.stderr,
+            )
+        outputs.commit()
 
     def stage_dagshub_files(self, outputs) -> None:
         """Write ``params.yml`` and ``metrics.csv`` with the DagsHub client's logger as part of ``outputs``; a
@@ -191,22 +148,17 @@ class DualLogger:
         stage runs) is kept as it was, with its times (byte-stable)."""
         from dagshub.logger import DAGsHubLogger
 
-        stamp = self.dagshub_timestamp_ms
-
-        class StampedLogger(DAGsHubLogger):
-            def epoch_milisec(self) -> int:
-                return stamp
-
         out = self.dagshub_dir  # relative to the working directory, like every other stage output
         metrics_path = out / "metrics.csv"
         metrics_tmp, params_tmp = outputs.path(metrics_path), outputs.path(out / "params.yml")
-        logger = StampedLogger(metrics_path=str(metrics_tmp), hparams_path=str(params_tmp), eager_logging=False)
+        logger = DAGsHubLogger(metrics_path=str(metrics_tmp), hparams_path=str(params_tmp), eager_logging=False)
+        logger.epoch_milisec = lambda: self.dagshub_timestamp_ms  # the time on its rows: SOURCE_DATE_EPOCH, else now
         logger.log_hyperparams(self.record.params)
         if self.record.metrics:
             logger.log_metrics(self.record.metrics, step_num=1)
         logger.save()
         logger.close()
-        last = metrics_path.read_bytes() if metrics_path.is_file() else _committed(metrics_path)
+        last = metrics_path.read_bytes() if metrics_path.is_file() else git("show", f"HEAD:./{metrics_path.as_posix()}")
         if last and _metric_rows(last) == _metric_rows(metrics_tmp.read_bytes()):
             metrics_tmp.write_bytes(last)  # same values: keep the file, and its times, as it was
 
@@ -214,16 +166,31 @@ class DualLogger:
         """Log the run to the local MLflow store, its artifacts read from ``outputs`` before their commit (then the runs
         kept pending from earlier). A store that cannot take it (corrupt, read-only, locked too long) only warns: the
         run waits in ``mlruns-pending/`` for the next stage or ``make sync``."""
-        s = self.settings
-        lineage = upstream_lineage(self.record.stage, self.lock_path)
+        s, stage, data_path, data_md5 = self.settings, self.record.stage, *(self.data or (None, None))
+        # Relative to the working directory: a `dvc exp run --temp` copy has its own dvc.lock.
+        lineage = upstream_lineage(stage, LOCK_FILE)
+        tags = {"stage": stage, PIPELINE_TAG: pipeline_run_id(), "mlflow.source.name": f"dvc stage {stage}"}
+        cached = [outputs.staged(path) for path in pipeline_graph(Path("dvc.yaml"))[2].get(stage, [])]
+        md5s = [file_md5(p) for p in cached if p and p.is_file() and p.stat().st_size <= HASHED_MAX_BYTES]
+        tags |= {OUTPUTS_TAG: " ".join(md5s)} if md5s else {}
+        tags |= {"mlflow.source.git.commit": commit} if (commit := git_commit(self.root)) else {}
+        data_path, data_md5 = data_path or lineage.data_path, data_md5 or lineage.data_md5
+        tags |= {"raw_data_path": data_path, "raw_data_md5": data_md5} if data_path and data_md5 else {}
+        tags |= {"dvc_exp_name": os.environ[ENV_EXP_NAME]} if os.environ.get(ENV_EXP_NAME) else {}
+        inputs = []  # the tables read, as MLflow datasets: md5 as DVC has it (the raw data's, dvc.lock's) if it can
+        for path in filter(os.path.isfile, self.inputs):
+            known = lineage.files.get(Path(path).as_posix(), {})
+            same = known.get("md5") and known.get("size") == Path(path).stat().st_size
+            md5 = self.data[1] if self.data and self.data[0] == path else known["md5"] if same else file_md5(path)
+            inputs.append({"name": Path(path).name, "digest": md5, "source": Path(path).as_posix()})
         artifacts = [outputs.staged(p) or Path(p) for p in self.record.artifacts]
         run = dataclasses.replace(
             self.record,
             params={**lineage.params, **self.record.params},  # the stage's own values win
-            tags=self._standard_tags(lineage, outputs),
+            tags={**tags, **self.record.tags},
             artifacts=[str(p) for p in artifacts],
-            end_time=now_ms(),
-            inputs=[self._dataset(path, lineage) for path in self.inputs if Path(path).is_file()],
+            end_time=int(time.time() * 1000),
+            inputs=inputs,
             parent_name=pipeline_run_name(self.root),
             upstream=lineage.outputs,
         )
@@ -244,30 +211,7 @@ class DualLogger:
             )
             self.run_id = None
 
-    def deliver(self) -> None:
-        """Copy the run to the remote tracker, if one is configured, and say where it went."""
-        s = self.settings
-        if self.run_id is None:
-            return
-        where = f"{redact_uri(s.local_uri)}, experiment {s.experiment_name!r}"
-        if self.remote and self.remote.deliver_or_keep(MlflowClientFor(s.local_uri), self.run_id, s, self.root):
-            where = f"{s.display_uri} and the local store, experiment {s.experiment_name!r}"
-        extra = f" (and {self._replayed} run(s) kept from earlier)" if self._replayed else ""
-        print(
-            f"{self.record.stage}: logged run {self.run_id}{extra} to MLflow ({where}) and {self.dagshub_dir}/",
-            file=sys.stderr,
-        )
-
-
-def _committed(path: Path) -> bytes | None:
-    """``path`` (relative to the working directory) as committed at HEAD, or None."""
-    proc = subprocess.run(["git", "show", f"HEAD:./{path.as_posix()}"], capture_output=True, check=False)
-    return proc.stdout if proc.returncode == 0 else None
-
 
 def _metric_rows(data: bytes) -> list[tuple[str, str, str]]:
     """(name, value, step) of each row of a DagsHub ``metrics.csv``: its content without the logging times."""
-    import csv
-
-    rows = csv.DictReader(data.decode("utf-8").splitlines())
-    return [(row.get("Name"), row.get("Value"), row.get("Step")) for row in rows]
+    return [(r.get("Name"), r.get("Value"), r.get("Step")) for r in csv.DictReader(data.decode("utf-8").splitlines())]

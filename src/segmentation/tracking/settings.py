@@ -68,10 +68,9 @@ class TrackingSettings:
                 f"{where}={redact_uri(uri)[:80]!r}: not a tracking URI MLflow can use; give http(s)://host:port, "
                 "sqlite:///path/mlflow.db or postgresql://..., or unset it for the project's local store"
             )
-        if urlsplit(uri).scheme not in ("http", "https"):
-            # A store of the user's own on this machine: it is the local store, nothing to replicate.
-            return cls(uri, name, uri, None, source, model)
-        return cls(uri, name, local, artifacts, source, model)
+        if urlsplit(uri).scheme in ("http", "https"):
+            return cls(uri, name, local, artifacts, source, model)
+        return cls(uri, name, uri, None, source, model)  # a store of the user's own here: the local one, no copy
 
     @property
     def is_remote(self) -> bool:
@@ -94,10 +93,7 @@ def dagshub_url(owner: str, repo: str, suffix: str, environ: Mapping[str, str] |
 def project_config(root: Path, table: str = "tool.segmentation") -> dict[str, Any]:
     """A table (``[tool.segmentation]``, ``[project]``) of the project's pyproject.toml (empty when absent)."""
     path = root / "pyproject.toml"
-    if not path.is_file():
-        return {}
-    with path.open("rb") as fh:
-        data = tomllib.load(fh)
+    data = tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     for key in table.split("."):
         data = data.get(key, {})
     return data

@@ -37,16 +37,12 @@ def quiet_mlflow() -> Iterator[None]:
     """MLflow logs a store error with its traceback before raising it; the one warning line says it instead."""
     import logging
 
-    import mlflow  # noqa: F401 - configures its loggers on import: quiet them after that, not before
-
-    levels = {logging.getLogger(name): logging.getLogger(name).level for name in ("mlflow", "alembic", "sqlalchemy")}
-    for logger in levels:
-        logger.setLevel(logging.CRITICAL)
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)  # above every logger's own level: mlflow sets its loggers' on import
     try:
         yield
     finally:
-        for logger, level in levels.items():
-            logger.setLevel(level)
+        logging.disable(previous)
 
 
 def MlflowClientFor(uri: str):
@@ -77,13 +73,12 @@ class PendingRun:
         """Write ``mlruns-pending/<start>-<stage>-<pid>/run.json`` and copies of the artifacts as they are now."""
         folder = root / PENDING_DIR / f"{self.start_time}-{self.stage}-{os.getpid()}"
         (folder / "artifacts").mkdir(parents=True, exist_ok=True)
-        for path in artifacts:
-            if path.is_file():
-                shutil.copy2(path, folder / "artifacts" / path.name)
+        for path in (files := [path for path in artifacts if path.is_file()]):
+            shutil.copy2(path, folder / "artifacts" / path.name)
         for name, path in self.artifact_dirs.items():
             if Path(path).is_dir():
                 shutil.copytree(path, folder / DIRS_NAME / name, dirs_exist_ok=True)
-        record = {**self.__dict__, "artifacts": [p.name for p in artifacts if p.is_file()]}
+        record = {**self.__dict__, "artifacts": [p.name for p in files]}
         record["artifact_dirs"] = {name: name for name in self.artifact_dirs}
         (folder / "run.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
         return folder
@@ -95,8 +90,7 @@ def record_run(client, settings: TrackingSettings, run: PendingRun, artifact_dir
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     local = settings.local_uri == client.tracking_uri
-    location = settings.artifact_location if local else None
-    experiment_id = ensure_experiment(client, settings.experiment_name, location, settings.local_uri if local else None)
+    experiment_id = ensure_experiment(client, settings.experiment_name, settings.artifact_location if local else None)
     parent, new_parent = pipeline_run(client, experiment_id, run)
     run_id = None
     try:
@@ -115,15 +109,13 @@ def record_run(client, settings: TrackingSettings, run: PendingRun, artifact_dir
             client.log_artifacts(run_id, str(source), artifact_path=name or None)
         client.set_terminated(run_id, "FINISHED", end_time=run.end_time)
     except Exception:  # e.g. mlruns/ not writable: no run left RUNNING beside the copy the caller keeps
-        for ghost in (run_id, parent.info.run_id if new_parent else None):
+        for ghost in filter(None, (run_id, parent.info.run_id if new_parent else None)):
             with suppress(Exception):
-                if ghost:
-                    client.delete_run(ghost)
+                client.delete_run(ghost)
         raise
     add_to_pipeline_run(client, experiment_id, parent, run)
-    if any(
-        name == SEGMENTER or (not name and Path(path, SEGMENTER).is_dir()) for name, path in run.artifact_dirs.items()
-    ):
+    dirs = run.artifact_dirs  # a run copied from the local store has its artifacts as one directory, named ""
+    if SEGMENTER in dirs or ("" in dirs and Path(dirs[""], SEGMENTER).is_dir()):
         try:  # train's model: a new version in the registry, the champion unless in a DVC experiment
             register_segmenter(client, run_id, settings.model_name, champion="dvc_exp_name" not in run.tags)
         except Exception as exc:  # the run and the stage's outputs are what matter
@@ -133,8 +125,7 @@ def record_run(client, settings: TrackingSettings, run: PendingRun, artifact_dir
 
 
 def pipeline_run(client, experiment_id: str, run: PendingRun):
-    """The parent run of ``run``'s pipeline run (its ``PIPELINE_TAG``), created by its first stage; and whether it
-    is new."""
+    """The run of ``run``'s pipeline (its ``PIPELINE_TAG``), created by its first stage, and whether it is new."""
     key = run.tags.setdefault(PIPELINE_TAG, f"{run.start_time}-{run.stage}")  # none: kept by an older version
     for found in client.search_runs([experiment_id], f"tags.{PIPELINE_TAG} = '{key}'"):
         if PARENT_TAG not in found.data.tags:
@@ -177,18 +168,14 @@ def log_batches(client, run_id: str, params: dict[str, Any], metrics: dict[str, 
 def replay_pending(client, settings: TrackingSettings, root: Path) -> int:
     """Record the runs kept in ``mlruns-pending/`` (oldest first) and remove them; returns how many."""
     folder = root / PENDING_DIR
-    done = 0
-    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-        record_file = entry / "run.json"
-        if not record_file.is_file():
-            continue
-        run = PendingRun(**json.loads(record_file.read_text(encoding="utf-8")))
+    kept = [entry for entry in sorted(folder.iterdir()) if (entry / "run.json").is_file()] if folder.is_dir() else []
+    for entry in kept:
+        run = PendingRun(**json.loads((entry / "run.json").read_text(encoding="utf-8")))
         record_run(client, settings, run, artifact_dir=entry / "artifacts")
         shutil.rmtree(entry)
-        done += 1
-    if folder.is_dir() and not any(folder.iterdir()):
+    with suppress(OSError):  # removed once empty
         folder.rmdir()
-    return done
+    return len(kept)
 
 
 @contextmanager
@@ -197,20 +184,16 @@ def local_store_lock(root: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     SQLite's "database is locked". Bounded: past ``wait_s`` it gives up with :class:`TimeoutError`."""
     import fcntl
 
-    with open(root / LOCK_NAME, "a+") as fh:
+    with open(root / LOCK_NAME, "a+") as fh:  # closing it releases the lock
         deadline = time.monotonic() + wait_s
         while True:
-            try:
+            with suppress(BlockingIOError):
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the store was locked by another stage for over {wait_s:.0f} s") from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the store was locked by another stage for over {wait_s:.0f} s")
+            time.sleep(0.1)
+        yield
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -218,24 +201,23 @@ def describe_failure(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if "401" in text or "Unauthorized" in text or "403" in text:
         return "credentials refused (check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or DAGSHUB_USER_TOKEN)"
-    for marker in ("Connection refused", "Max retries exceeded", "timed out", "Read timed out", "Name or service"):
-        if marker in text:
-            return f"unreachable ({marker.lower()})"
-    for marker, meaning in (
-        ("readonly database", "read-only"),
-        ("file is not a database", "not an MLflow database (corrupt?)"),
-        ("database disk image is malformed", "corrupt"),
-        ("unable to open database", "cannot be opened"),
-        ("database is locked", "locked by another process"),
-    ):
-        if marker in text:
-            return meaning
-    return redact_uri(text)[:160] or type(exc).__name__
+    unreachable = ("Connection refused", "Max retries exceeded", "timed out", "Read timed out", "Name or service")
+    meanings = {marker: f"unreachable ({marker.lower()})" for marker in unreachable} | {
+        "readonly database": "read-only",
+        "file is not a database": "not an MLflow database (corrupt?)",
+        "database disk image is malformed": "corrupt",
+        "unable to open database": "cannot be opened",
+        "database is locked": "locked by another process",
+    }
+    found = [meaning for marker, meaning in meanings.items() if marker in text]
+    return found[0] if found else redact_uri(text)[:160] or type(exc).__name__
 
 
-def ensure_experiment(client, name: str, artifact_location: str | None = None, store_uri: str | None = None) -> str:
+def ensure_experiment(client, name: str, artifact_location: str | None = None) -> str:
     """The experiment's ID; created when missing (a model-training experiment), restored when deleted (one line says
     so); in the local store (``artifact_location`` given), pointed back inside a copied or moved project."""
+    import sqlite3
+
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         return client.create_experiment(name, artifact_location=artifact_location, tags={KIND_TAG: TRAINING})
@@ -244,23 +226,17 @@ def ensure_experiment(client, name: str, artifact_location: str | None = None, s
         print(f"note: MLflow experiment {name!r} had been deleted; restored it, with its runs", file=sys.stderr)
     if KIND_TAG not in experiment.tags:  # made before it was said, or by hand: the UI opens on its runs all the same
         client.set_experiment_tag(experiment.experiment_id, KIND_TAG, TRAINING)
-    if artifact_location and store_uri and experiment.artifact_location != artifact_location:
-        relocate_artifacts(store_uri, experiment.experiment_id, experiment.artifact_location, artifact_location)
+    old, new, store = experiment.artifact_location, artifact_location, client.tracking_uri
+    if new and old != new and store.startswith("sqlite:///"):
+        # MLflow records absolute paths and its API cannot change them: after `cp -a` or `mv`, runs would write into
+        # the old folder.
+        with sqlite3.connect(store.removeprefix("sqlite:///")) as db:
+            experiment_id = int(experiment.experiment_id)
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, experiment_id))
+            db.execute(
+                "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?)"
+                " WHERE experiment_id = ? AND artifact_uri LIKE ?",
+                (new, len(old) + 1, experiment_id, f"{old}%"),
+            )
+        print(f"note: the project has moved: MLflow artifacts now go to {new} (were {old})", file=sys.stderr)
     return experiment.experiment_id
-
-
-def relocate_artifacts(store_uri: str, experiment_id: str, old: str, new: str) -> None:
-    """Point an experiment and its runs' artifacts from ``old`` to ``new`` in a SQLite store (MLflow records absolute
-    paths and its API cannot change them; after ``cp -a`` or ``mv`` runs would write into the old folder)."""
-    import sqlite3
-
-    if not store_uri.startswith("sqlite:///"):
-        return
-    with sqlite3.connect(store_uri.removeprefix("sqlite:///")) as db:
-        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(experiment_id)))
-        db.execute(
-            "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?)"
-            " WHERE experiment_id = ? AND artifact_uri LIKE ?",
-            (new, len(old) + 1, int(experiment_id), f"{old}%"),
-        )
-    print(f"note: the project has moved: MLflow artifacts now go to {new} (were {old})", file=sys.stderr)
