@@ -195,6 +195,21 @@ def test_score_bad_file_is_one_line_and_writes_nothing(project, edit, message):
     assert not (root / "out").exists()
 
 
+def test_score_malformed_row_is_one_line_with_scores_own_advice(project):
+    root, env = project
+    lines = (root / "new_customers.csv").read_text().splitlines()[:6]
+    lines[3] = "\t".join(lines[3].split("\t")[:3])  # a row cut short: 3 fields
+    (root / "bad.csv").write_text("\n".join(lines) + "\n")
+    cmd = [sys.executable, "-m", "segmentation.tools.score", "--input", "bad.csv", "--output", "out/bad.csv"]
+    proc = run(cmd, root, env, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: bad.csv: line 4 has 3 fields where the header has 29 (1 such row(s)); fix the file, then score it "
+        "again (preprocess.data.bad_rows is the training data's)"
+    ]
+    assert not (root / "out").exists()
+
+
 def test_make_score_bad_file_writes_nothing(project):
     root, env = project
     bad = pd.read_csv(root / "new_customers.csv", sep="\t").head(10)
