@@ -316,8 +316,11 @@ def main(argv: list[str] | None = None) -> None:
     check_names_belong(args.model, args.profile)
     # Every malformed row is an error here: a skipped customer would go unscored without a trace.
     update = {"path": str(source), "bad_rows": "error", **({"separator": args.separator} if args.separator else {})}
-    raw = data.load_csv(params.data.model_copy(update=update), separator_fix=separator_fix,
-                        bad_rows_fix="then score it again (preprocess.data.bad_rows is the training data's)")
+    raw = data.load_csv(
+        params.data.model_copy(update=update),
+        separator_fix=separator_fix,
+        bad_rows_fix="then score it again (preprocess.data.bad_rows is the training data's)",
+    )
     scored, rejects, outliers = score(raw, segmenter, params, str(source))
     k = algorithms.n_clusters(segmenter.named_steps["cluster"])
     names = segment_names(Path(args.profile), k)
