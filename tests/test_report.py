@@ -227,9 +227,7 @@ def page(png: bytes = b"\x89PNG fake", stability: tuple[float, ...] = (0.9, 0.7,
         metrics={"silhouette": 0.61, "calinski_harabasz": 30.0, "davies_bouldin": 0.5, "smallest_cluster_share": 1 / 3},
         images={"profile": png, "clusters_2d": png, "silhouette": png},
         k_choice=report.k_choice_section(elbow, {"k_best": 3, "k_rule": "elbow"}, criteria, png),
-        provenance=report.provenance_section(
-            {"train.k_max": 10, "evaluate.x": "<b>"}, "d.csv", "abc", {"src/x.py": "f00"}
-        ),
+        provenance=report.provenance_section({"train.k_max": 10, "evaluate.x": "<b>"}, "d.csv", "abc"),
         stability=report.stability_section(segments, dict(enumerate(stability)), 20, 3000),
     )
 
