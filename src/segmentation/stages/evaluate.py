@@ -100,7 +100,8 @@ def report_outcome(
     rounded = report.rounded_profile(profile, kinds)
     # The names go with the profile: `make score` puts them beside each new customer's segment.
     rounded.insert(1, report.NAME_COLUMN, [segment.name for segment in segments])
-    evaluate_params = flatten(params, "evaluate.")
+    # Not the labels: words, not knobs (the page shows them), keyed by column names MLflow may refuse as param names.
+    evaluate_params = flatten(params.model_dump(mode="json", exclude={"labels"}), "evaluate.")
     stability = {
         s.cluster: result.metrics[key] for s in segments if (key := stability_key(s.cluster)) in result.metrics
     }
