@@ -134,10 +134,12 @@ def test_the_stage_reports_each_segment_s_stability_and_warns_below_0_6(tmp_path
     train = {"k_min": 2, "k_max": 8, "n_init": 4, "random_state": 0, "n_threads": 1}
     args = ["--matrix", "m.csv", "--features", "f.csv", "--model", "k.joblib", "--train-metrics", "t.json",
             "--segments", "out/seg.csv", "--profile", "out/p.csv", "--metrics", "out/e.json", "--plots-dir", "out/p",
-            "--dagshub-dir", "out/dh"]  # fmt: skip
+            "--dagshub-dir", "out/dh", "--report", "out/r.html"]  # fmt: skip
     preprocess = {"data": {"path": "raw.csv", "separator": ","}, "recipe": None, "features": columns}
+    labels = {"a": "Spend (€)", "Gone (€)": "a column not in the data: ignored"}  # keys MLflow refuses as params
     for resamples in (5, 0):
-        evaluate_params = {"silhouette_sample_size": 500, "random_state": 0, "stability_resamples": resamples}
+        evaluate_params = {"silhouette_sample_size": 500, "random_state": 0, "stability_resamples": resamples,
+                           "labels": labels}  # fmt: skip
         proc = run_stage_cli(tmp_path, "evaluate", args, preprocess=preprocess, train=train, evaluate=evaluate_params)
         assert proc.returncode == 0, proc.stderr
         metrics = json.loads((tmp_path / "out" / "e.json").read_text())
@@ -149,3 +151,5 @@ def test_the_stage_reports_each_segment_s_stability_and_warns_below_0_6(tmp_path
             assert all("not a real segment" in line for line in warnings)
         else:  # off: no stability, no warning
             assert stability == [] and warnings == []
+    assert "<th>Spend (€)</th>" in (tmp_path / "out" / "r.html").read_text(encoding="utf-8")
+    assert "labels" not in (tmp_path / "out" / "dh" / "params.yml").read_text() and "warning: MLflow" not in proc.stderr

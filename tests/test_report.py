@@ -3,6 +3,7 @@ the preprocess stage's one-line error for an unknown ``evaluate.profile_columns`
 
 from __future__ import annotations
 
+import html
 import re
 
 import numpy as np
@@ -227,9 +228,7 @@ def page(png: bytes = b"\x89PNG fake", stability: tuple[float, ...] = (0.9, 0.7,
         metrics={"silhouette": 0.61, "calinski_harabasz": 30.0, "davies_bouldin": 0.5, "smallest_cluster_share": 1 / 3},
         images={"profile": png, "clusters_2d": png, "silhouette": png},
         k_choice=report.k_choice_section(elbow, {"k_best": 3, "k_rule": "elbow"}, criteria, png),
-        provenance=report.provenance_section(
-            {"train.k_max": 10, "evaluate.x": "<b>"}, "d.csv", "abc", {"src/x.py": "f00"}
-        ),
+        provenance=report.provenance_section({"train.k_max": 10, "evaluate.x": "<b>"}, "d.csv", "abc"),
         stability=report.stability_section(segments, dict(enumerate(stability)), 20, 3000),
     )
 
@@ -270,3 +269,92 @@ def test_heatmap_labels_and_colours():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_provenance_is_folded_and_keeps_only_what_shaped_the_result():
+    params = {
+        "preprocess.data.separator": "\t", "preprocess.data.format": "auto", "preprocess.engine": "local",
+        "preprocess.dask.blocksize": "64MiB", "train.algorithm": "gaussian_mixture", "train.kmeans.method": "lloyd",
+        "train.gaussian_mixture.criterion": "bic", "train.k": None, "evaluate.x": "", "evaluate.y": " ",
+        "evaluate.z": "a\x00b",
+    }  # fmt: skip
+    text = html.unescape(report.provenance_section(params, "d.csv", "abc"))
+    assert re.match(r"<details><summary>The data and the 8 params behind this report</summary>", text)  # closed
+    assert "train.gaussian_mixture.criterion" in text and "train.kmeans" not in text  # the algorithm used only
+    assert "preprocess.dask" not in text and "preprocess.data.format" not in text  # the local engine: no Dask knob
+    for shown in (r"'\t'", "''", "' '", r"'a\x00b'", "null", "d.csv", "abc"):  # invisible values made visible
+        assert f"<code>{shown}</code>" in text, shown
+    dask = html.unescape(report.provenance_section({**params, "preprocess.engine": "dask"}, None, None))
+    assert "preprocess.dask.blocksize" in dask and "preprocess.data.format" in dask and "(md5 <code>?</code>)" in dask
+
+
+def test_labels_name_the_columns_in_tables_descriptions_and_figures_but_not_the_example_s_names():
+    _, _, profile, kinds, overall, z = example()
+    labels = {"Income": "Yearly income", "Children": "Kids at home", "Response": "Said yes", "Gone": "Not in data"}
+    plain = report.describe_segments(profile, overall, z, ["Income", "Children", "Age"], ["Response"], kinds)
+    named = report.describe_segments(profile, overall, z, ["Income", "Children", "Age"], ["Response"], kinds, labels)
+    assert [s.name for s in named] == [s.name for s in plain]  # PHRASES win for the example's columns
+    assert "yearly income 90,500 vs 54,333 overall" in named[0].description.lower()
+    assert "said yes 75.0%" in named[0].description
+    # A column without a phrase is named by its label.
+    other, other_z = profile.rename(columns={"Income": "inc"}), z.rename(columns={"Income": "inc"})
+    renamed = report.describe_segments(other, {**overall, "inc": overall["Income"]}, other_z, ["inc"], [],
+                                       {**kinds, "inc": report.MONEY}, {"inc": "NPS score"})  # fmt: skip
+    assert renamed[0].name == "High NPS score"
+    table = report.render_report(
+        segments=named, profile=profile.assign(**{"tier=a": 0.5}), overall={**overall, "tier=a": 0.5},
+        features=["Income", "Children", "Age"], extras=["Response"], kinds=kinds, metrics={}, images={}, k_choice="",
+        provenance="", labels={**labels, "tier": "Tier"},
+    )  # fmt: skip
+    assert "<th>Yearly income</th>" in table and "<th>Tier: a</th>" in table and "<th>Income</th>" not in table
+    fig = profile_plot(profile, labels)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["Yearly income", "Kids at home", "Age", "Said yes"]
+
+
+def test_an_empty_label_is_an_error_in_one_line():
+    section = {"silhouette_sample_size": 2, "random_state": 0, "labels": {"Income": " "}}
+    with pytest.raises(UserError) as error:
+        parse_section("evaluate", section, "params.yaml", EvaluateParams)
+    assert "evaluate.labels" in str(error.value) and "empty label for ['Income']" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_the_profile_figure_stays_legible_at_40_columns():
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame(rng.normal(size=(60, 40)), columns=[f"a_rather_long_column_{i}" for i in range(40)])
+    labels = np.repeat(np.arange(6), 10)
+    profile = cluster_profile(features.assign(ID=range(60))[["ID", *features.columns]], labels, "ID")
+    fig = profile_plot(profile)
+    ax = fig.axes[0]
+    width, height = fig.get_size_inches()
+    assert len(ax.get_yticklabels()) == 40 and len(ax.get_xticklabels()) == 6  # a row per feature
+    assert height / 40 >= 0.35 and width / 6 >= 1.0  # each cell at least 0.35 in tall, 1 in wide
+    assert {t.get_fontsize() for t in ax.texts} == {8}  # 8 pt (0.11 in) numbers fit the cells
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_user_text_in_the_page_stays_escaped():
+    html_page = script_page()
+    assert "<script" not in html_page.lower()  # the page has no script of its own either
+    assert html_page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 4  # category, column, label: shown as text
+
+
+def script_page() -> str:
+    """A page whose category value, column name and label are ``<script>alert(1)</script>`` (test_report_ui opens
+    it in Chromium)."""
+    evil = "<script>alert(1)</script>"
+    features, labels, _, _, _, _ = example()
+    features = features.rename(columns={"Age": evil}).assign(tier=["a", evil] * 6)
+    profile = cluster_profile(features.assign(ID=range(12))[["ID", *features.columns]], labels, "ID", ["tier"])
+    kinds = {c: report.column_kind(c, features[c]) for c in features if c != "tier"}
+    overall = {c: float(profile[c].mean()) for c in profile if c not in ("cluster", "size", "share")}
+    z = report.contrasts(features[list(kinds)], labels)
+    names = {"Income": evil}
+    segments = report.describe_segments(profile, overall, z, ["Income", "Children", evil], ["Response"], kinds, names)
+    return report.render_report(
+        segments=segments, profile=profile, overall=overall, features=["Income", "Children", evil], extras=["Response"],
+        kinds=kinds, metrics={"silhouette": 0.5}, images={}, k_choice="", labels=names,
+        provenance=report.provenance_section({"evaluate.labels.Income": evil, "preprocess.data.path": evil}, evil, "x"),
+    )  # fmt: skip

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_helpers import paths
+from test_report import script_page
 from test_ui import ARTIFACTS, chromium  # noqa: F401 (the session fixture: skips without Chromium)
 
 # Not marked `ui`: the fast suite (`make test`) opens the report in Chromium too.
@@ -180,7 +181,7 @@ def test_report_renders_offline_in_chromium(project, chromium, tmp_path):  # noq
     assert state["tables"] >= 4 and state["rows"] > 30
     assert len(state["cards"]) == len(set(state["cards"])) >= 2  # one named segment per cluster, names unique
     for words in ("Customer segments", "All customers", "Response", "MntWines", "How the number of segments",
-                  "Silhouette", "md5"):  # fmt: skip
+                  "Silhouette", "params behind this report"):  # fmt: skip
         assert words in state["text"], words
     assert re.search(r"\d{1,3},\d{3}", state["text"])  # money with thousands separators
 
@@ -188,3 +189,28 @@ def test_report_renders_offline_in_chromium(project, chromium, tmp_path):  # noq
     png = base64.b64decode(shot["data"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
     (ARTIFACTS / "segments.png").write_bytes(png)
+
+
+def test_user_text_shows_as_text_and_no_script_runs_in_chromium(chromium, tmp_path):  # noqa: F811
+    """A category, a column name and a label ``<script>alert(1)</script>``: shown literally, nothing runs; the
+    provenance folded away."""
+    page = tmp_path / "segments.html"
+    page.write_text(script_page(), encoding="utf-8")
+    browser = DevTools(chromium, tmp_path / "profile", OFFLINE)
+    check = """JSON.stringify({scripts: document.scripts.length, text: document.body.innerText,
+      details: [...document.querySelectorAll('details')].map(d => [d.open, d.querySelector('summary').textContent])})"""
+    try:
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime"):
+            browser.send(f"{domain}.enable", session=session)
+        browser.send("Page.navigate", {"url": page.as_uri()}, session=session)
+        browser.wait_for("Page.loadEventFired")
+        reply = browser.send("Runtime.evaluate", {"expression": check, "returnByValue": True}, session=session)
+        state = json.loads(reply["result"]["value"])
+    finally:
+        browser.close()
+    ran = [e for e in browser.events if e.get("method") in ("Page.javascriptDialogOpening", "Runtime.exceptionThrown")]
+    assert ran == [] and state["scripts"] == 0
+    assert state["text"].count("<script>alert(1)</script>") >= 3  # card, table row, category share
+    assert state["details"] == [[False, "The data and the 2 params behind this report"]]

@@ -203,6 +203,9 @@ class EvaluateParams(_Params):
     # this many rows; 20 of 5,000 take 0.5 s (3.5 s on a busy machine), whatever the rows.
     stability_resamples: int = Field(default=20, ge=0)
     stability_max_rows: int = Field(default=5000, ge=100)
+    # Readable labels of columns in the report (raw name -> label); a column not in the data is ignored: one map
+    # serves several versions of the data.
+    labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("profile_columns")
     @classmethod
@@ -212,6 +215,13 @@ class EvaluateParams(_Params):
         if dupes := sorted({c for c in names if names.count(c) > 1}):
             raise ValueError(f"listed twice: {dupes}")
         return names
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        if blank := sorted(c for c, text in labels.items() if not text.strip()):
+            raise ValueError(f"empty label for {blank}: give one or remove the entry")
+        return labels
 
 
 class ScoreParams(_Params):

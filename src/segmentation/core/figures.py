@@ -58,22 +58,24 @@ def silhouette_plot(values: np.ndarray, labels: np.ndarray):
     return fig
 
 
-def profile_plot(profile: pd.DataFrame):
-    """Heatmap of cluster means as z-scores against the size-weighted overall mean, annotated with the means."""
+def profile_plot(profile: pd.DataFrame, labels: Mapping[str, str] | None = None):
+    """Heatmap of cluster means as z-scores against the size-weighted overall mean, annotated with the means: a row
+    per feature (its label from ``labels``), so 20+ features stay legible (the figure grows with them)."""
     feats = profile.drop(columns=[CLUSTER_COLUMN, "size", "share"])
     overall = feats.mul(profile["share"].to_numpy(), axis=0).sum()
-    z = ((feats - overall) / feats.std(ddof=0).replace(0, 1.0)).to_numpy(dtype=float)
-    fig, ax = new_figure(size=(max(6.0, 1.1 * feats.shape[1] + 2), 1.0 * len(profile) + 2))
+    z = ((feats - overall) / feats.std(ddof=0).replace(0, 1.0)).to_numpy(dtype=float).T
+    fig, ax = new_figure(size=(max(6.0, 1.3 * len(profile) + 4), 0.35 * feats.shape[1] + 2.5))
     limit = max(float(np.nanmax(np.abs(z))), 1e-9)
     image = ax.imshow(z, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-    ax.set_xticks(range(feats.shape[1]), feats.columns, rotation=45, ha="right")
-    rows = [f"{_name(c)} (n={n})" for c, n in zip(profile[CLUSTER_COLUMN], profile["size"], strict=True)]
-    ax.set_yticks(range(len(profile)), rows)
-    for (i, j), mean in np.ndenumerate(feats.to_numpy(dtype=float)):
+    ax.set_yticks(range(feats.shape[1]), [report.label(c, labels or {}) for c in feats.columns], parse_math=False)
+    clusters = [f"{_name(c)}\n(n={n})" for c, n in zip(profile[CLUSTER_COLUMN], profile["size"], strict=True)]
+    ax.set_xticks(range(len(profile)), clusters)
+    ax.xaxis.tick_top()
+    for (i, j), mean in np.ndenumerate(feats.to_numpy(dtype=float).T):
         # Short labels (29k, 1,393, 0.82) in the colour that contrasts with the cell's.
         colour = report.text_colour(image.cmap(image.norm(z[i, j])))
         ax.text(j, i, report.compact_number(mean), ha="center", va="center", fontsize=8, color=colour)
-    ax.set(title="Cluster profiles: mean of each feature (colour: relative to the other clusters)", xlabel="feature")
-    ax.set_ylabel("cluster")
+    ax.set(title="Cluster profiles: mean of each feature (colour: relative to the other clusters)", xlabel="cluster")
+    ax.set_ylabel("feature")
     fig.colorbar(image, ax=ax, label="relative level (z-score of cluster means)")
     return fig

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -13,6 +14,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from segmentation import algorithms
 from segmentation.algorithms import NOISE
 
 CLUSTER_COLUMN = "cluster"
@@ -135,8 +137,17 @@ def contrasts_of(sums: pd.DataFrame, counts: pd.DataFrame, spreads: pd.Series) -
     return pd.DataFrame(np.where(np.isfinite(z), z, 0.0), index=list(sums.index), columns=list(sums.columns))
 
 
-def noun(column: str) -> str:
-    """What a column measures, for a sentence: its phrase's noun, or its name split into words."""
+def label(column: str, labels: Mapping[str, str]) -> str:
+    """A column's readable label (``evaluate.labels``, else its name); a category share ``column=value`` reads
+    ``label: value``."""
+    name, eq, value = column.partition("=")
+    return f"{labels.get(name, name)}: {value}" if eq else labels.get(column, column)
+
+
+def noun(column: str, labels: Mapping[str, str] | None = None) -> str:
+    """What a column measures, for a sentence: its label (lower-cased), its phrase's noun, or its name in words."""
+    if text := (labels or {}).get(column):
+        return text if text[:2].isupper() else text[:1].lower() + text[1:]  # "NPS score" stays
     if column in PHRASES:
         return PHRASES[column][2]
     if spend := re.fullmatch(r"Mnt(\w+?)(Products|Prods)?", column):  # the example's MntWines, MntGoldProds...
@@ -154,23 +165,25 @@ def top_columns(z: pd.Series, n: int) -> list[str]:
 
 def describe_segments(
     profile: pd.DataFrame, overall: Mapping[str, float], z: pd.DataFrame, features: Sequence[str],
-    extras: Sequence[str], kinds: Mapping[str, str],
+    extras: Sequence[str], kinds: Mapping[str, str], labels: Mapping[str, str] | None = None,
 ) -> list[Segment]:  # fmt: skip
     """A unique name and a one-sentence description per cluster: the ``NAME_FEATURES`` clustering ``features``
-    furthest from the other customers (``z``), plus the profile-only column (``extras``) furthest if by ``EXTRA_Z``."""
+    furthest from the other customers (``z``), plus the profile-only column (``extras``) furthest if by ``EXTRA_Z``.
+    ``labels`` name the columns in descriptions, and in names where ``PHRASES`` has none."""
     segments = []
     for _, row in profile.iterrows():
         k = int(row[CLUSTER_COLUMN])
         top = top_columns(z.loc[k, list(features)], NAME_FEATURES)
         phrases = []
         for c in top:  # "High income", "Low spending"; "No children" for a mean near 0
-            high, low, _ = PHRASES.get(c, (f"High {noun(c)}", f"Low {noun(c)}", ""))
+            word = noun(c, None if c in PHRASES else labels)
+            high, low, _ = PHRASES.get(c, (f"High {word}", f"Low {word}", ""))
             none = z.loc[k, c] < 0 and np.isfinite(row[c]) and abs(row[c]) < 0.05
-            phrases.append(f"No {noun(c)}" if none else high if z.loc[k, c] > 0 else low)
+            phrases.append(f"No {word}" if none else high if z.loc[k, c] > 0 else low)
         name = ", ".join([phrases[0], *(p[0].lower() + p[1:] for p in phrases[1:])]) if phrases else f"Segment {k}"
         shown = top + [c for c in top_columns(z.loc[k, list(extras)], 1) if abs(z.loc[k, c]) >= EXTRA_Z]
         parts = "; ".join(
-            f"{noun(c)} {format_value(float(row[c]), kinds[c])} vs {format_value(overall[c], kinds[c])} overall"
+            f"{noun(c, labels)} {format_value(float(row[c]), kinds[c])} vs {format_value(overall[c], kinds[c])} overall"
             for c in shown
         )
         description = f"{parts[:1].upper()}{parts[1:]}." if parts else ""
@@ -231,17 +244,28 @@ def k_choice_section(
     return SECTIONS.k_choice(algorithm, rule, tm.get("k_best"), metric, noise, best, table, elbow_png)
 
 
-def provenance_section(
-    params: Mapping[str, Any], data_path: str | None, data_md5: str | None, code: Mapping[str, str]
-) -> str:
-    """The params, the raw data and its md5, and the code (git blob id per source file) behind the page."""
-    return SECTIONS.provenance(data_path or "?", data_md5 or "?", code, params)
+def provenance_section(params: Mapping[str, Any], data_path: str | None, data_md5: str | None) -> str:
+    """The raw data, its md5 and the params that shaped the result: of ``train``'s algorithms only the one used,
+    no Dask knob on the local engine."""
+    unused = [f"train.{a}." for a in algorithms.REGISTRY if a != params.get("train.algorithm")]
+    if params.get("preprocess.engine", "local") == "local":  # the Dask engine's knobs, in its section and data's
+        unused += ["preprocess.dask.", "preprocess.data.format", "preprocess.data.files"]
+    shaping = {key: visible(value) for key, value in params.items() if not key.startswith(tuple(unused))}
+    return SECTIONS.provenance(data_path or "?", data_md5 or "?", shaping)
+
+
+def visible(value: Any) -> str:
+    """A param's value as params.yaml spells it (null, true); blank, padded or with control characters (a tab
+    separator): quoted and escaped."""
+    if not isinstance(value, str):
+        return json.dumps(value, default=str)
+    return value if value and value == value.strip() and value.isprintable() else repr(value)
 
 
 def render_report(
     *, segments: Sequence[Segment], profile: pd.DataFrame, overall: Mapping[str, float], features: Sequence[str],
     extras: Sequence[str], kinds: Mapping[str, str], metrics: Mapping[str, Any], images: Mapping[str, bytes | None],
-    k_choice: str, provenance: str, stability: str = "",
+    k_choice: str, provenance: str, stability: str = "", labels: Mapping[str, str] | None = None,
 ) -> str:  # fmt: skip
     """The whole page (report.html.j2): one HTML string, styles and images inline, no script, no URL."""
     rows = {  # the profile: a column per segment and one for all customers
@@ -255,7 +279,7 @@ def render_report(
     ):
         for c in columns:
             values = [*profile[c], overall[c]]
-            rows[title, c.replace("=", ": ", 1)] = [format_value(float(v), kinds.get(c, RATE)) for v in values]
+            rows[title, label(c, labels or {})] = [format_value(float(v), kinds.get(c, RATE)) for v in values]
     return PAGE.render(
         segments=segments, customers=int(profile[SIZE_COLUMN].sum()), noise=NOISE, images=images, metrics=metrics,
         profile_table=pd.DataFrame(rows, index=[*(s.name for s in segments), "All customers"]).T.to_html(),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -23,7 +22,7 @@ from segmentation.engines import LOCAL, engine_module
 from segmentation.errors import UserError
 from segmentation.files import load_model, read_csv, read_matrix
 from segmentation.stages.runner import Outcome, cli
-from segmentation.tracking.lineage import pipeline_graph, upstream_lineage
+from segmentation.tracking.lineage import upstream_lineage
 
 
 def read_train_metrics(path: str | Path) -> dict[str, Any] | None:
@@ -43,16 +42,6 @@ def read_train_metrics(path: str | Path) -> dict[str, Any] | None:
 
 def read_optional_csv(path: str | None) -> pd.DataFrame | None:
     return read_csv(path, stage="train") if path and Path(path).is_file() else None
-
-
-def source_files() -> dict[str, str]:
-    """The git blob id of each source file (Python, the report's templates) the stage runs, as dvc.yaml declares them
-    (``git log --find-object``)."""
-    declared = [Path(d) for d in pipeline_graph(Path("dvc.yaml"))[0].get("evaluate", ()) if d.startswith("src/")]
-    found = [f for d in declared for f in ([d] if d.is_file() else d.rglob("*"))]
-    files = {f.as_posix(): f for f in found if f.suffix in (".py", ".j2")}
-    blobs = {name: files[name].read_bytes() for name in sorted(files)}
-    return {name: hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() for name, data in blobs.items()}
 
 
 def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
@@ -82,7 +71,7 @@ def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
     figures = {
         "clusters_2d.png": projection_plot(matrix, labels, id_column, params.plot_sample_size, params.random_state),
         "silhouette.png": silhouette_plot(result.silhouette_values, result.silhouette_labels),
-        "profile.png": profile_plot(result.profile),
+        "profile.png": profile_plot(result.profile, params.labels),
     }
     numeric = [*model_features, *extras]
     elbow = read_optional_csv(args.elbow_scores)
@@ -107,11 +96,12 @@ def report_outcome(
     ``write_segments(out)`` writes the segments file."""
     profile = result.profile
     overall = {**overall, **{c: float((profile[c] * profile["size"]).sum() / rows) for c in profile if "=" in c}}
-    segments = report.describe_segments(profile, overall, z, model_features, numeric_extras, kinds)
+    segments = report.describe_segments(profile, overall, z, model_features, numeric_extras, kinds, params.labels)
     rounded = report.rounded_profile(profile, kinds)
     # The names go with the profile: `make score` puts them beside each new customer's segment.
     rounded.insert(1, report.NAME_COLUMN, [segment.name for segment in segments])
-    evaluate_params = flatten(params, "evaluate.")
+    # Not the labels: words, not knobs (the page shows them), keyed by column names MLflow may refuse as param names.
+    evaluate_params = flatten(params.model_dump(mode="json", exclude={"labels"}), "evaluate.")
     stability = {
         s.cluster: result.metrics[key] for s in segments if (key := stability_key(s.cluster)) in result.metrics
     }
@@ -136,7 +126,7 @@ def report_outcome(
             algorithm = algorithms.REGISTRY[algorithms.algorithm_name(model)].label
             page = report.render_report(
                 segments=segments, profile=profile, overall=overall, features=model_features, extras=numeric_extras,
-                kinds=kinds, metrics=result.metrics, images=images,
+                kinds=kinds, metrics=result.metrics, images=images, labels=params.labels,
                 k_choice=report.k_choice_section(
                     elbow, train_metrics, criteria, elbow_png.read_bytes() if elbow_png.is_file() else None, algorithm
                 ),
@@ -144,7 +134,7 @@ def report_outcome(
                     segments, stability, params.stability_resamples, min(rows, params.stability_max_rows)
                 ),
                 provenance=report.provenance_section(
-                    {**lineage.params, **evaluate_params}, lineage.data_path, lineage.data_md5, source_files()
+                    {**lineage.params, **evaluate_params}, lineage.data_path, lineage.data_md5
                 ),
             )  # fmt: skip
             out.write_text(args.report, page)
