@@ -174,7 +174,7 @@ def evaluate_on_dask(
     figures = {
         "clusters_2d.png": projection_figure(xy, shown_labels, present, rows),
         "silhouette.png": silhouette_plot(sil_values, sil_labels),
-        "profile.png": profile_plot(profile),
+        "profile.png": profile_plot(profile, params.labels),
     }
     criteria_rows, _ = sampled(params.criteria_sample_size)
     segments = client.map(parts.part_segments, table.frames, labels, id_column=id_column, cluster_column=CLUSTER_COLUMN)
