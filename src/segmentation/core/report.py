@@ -224,7 +224,7 @@ def k_warnings(k_values: Sequence[int], k_best: int | None, preferred: Mapping[s
         found.append(f"k_best = {k_best} is the smallest k searched (train.k_min): the best k may lie below it; "
                      "lower train.k_min")  # fmt: skip
     if far := [f"{NAMES[c]} prefers k = {k}" for c, k in preferred.items() if abs(k - k_best) > 1]:
-        found.append(f"the criteria disagree with k_best = {k_best}: {', '.join(far)} (see the report's k section)")
+        found.append(f"the criteria disagree with k_best = {k_best}: {', '.join(far)}")
     return found
 
 

@@ -119,7 +119,7 @@ def report_outcome(
         s.cluster: result.metrics[key] for s in segments if (key := stability_key(s.cluster)) in result.metrics
     }
     for line in report.k_table(elbow, train_metrics, criteria)[2]:
-        print(f"warning: evaluate: {line}", file=sys.stderr)
+        print(f"warning: evaluate: {line}" + (f" (see {args.report})" if args.report else ""), file=sys.stderr)
     for s in segments:
         if stability.get(s.cluster, 1.0) < report.UNSTABLE:
             print(f"warning: evaluate: segment {s.cluster} ({s.name}) has stability {stability[s.cluster]:.2f}: "
