@@ -153,3 +153,28 @@ def test_the_stage_reports_each_segment_s_stability_and_warns_below_0_6(tmp_path
             assert stability == [] and warnings == []
     assert "<th>Spend (€)</th>" in (tmp_path / "out" / "r.html").read_text(encoding="utf-8")
     assert "labels" not in (tmp_path / "out" / "dh" / "params.yml").read_text() and "warning: MLflow" not in proc.stderr
+
+
+def test_the_stage_warns_when_k_best_is_the_largest_k_searched(tmp_path):
+    """Four blobs searched up to k = 3: the model's k is the edge; the report shows the warning and the stability."""
+    X, _ = make_blobs(n_samples=400, centers=4, cluster_std=0.5, random_state=3)
+    matrix = pd.DataFrame({"ID": np.arange(len(X)), "a": X[:, 0], "b": X[:, 1]})
+    matrix.to_csv(tmp_path / "m.csv", index=False)
+    matrix.to_csv(tmp_path / "f.csv", index=False)
+    model = KMeans(n_clusters=3, n_init=4, random_state=0).fit(X)
+    joblib.dump(model, tmp_path / "k.joblib")
+    (tmp_path / "t.json").write_text(json.dumps({"k_best": 3, "inertia": float(model.inertia_), "k_rule": "elbow"}))
+    pd.DataFrame({"k": [2, 3], "score": [900.0, 400.0], "metric": "distortion"}).to_csv(tmp_path / "e.csv")
+    args = ["--matrix", "m.csv", "--features", "f.csv", "--model", "k.joblib", "--train-metrics", "t.json",
+            "--segments", "out/seg.csv", "--profile", "out/p.csv", "--metrics", "out/e.json", "--plots-dir", "out/p",
+            "--dagshub-dir", "out/dh", "--elbow-scores", "e.csv", "--report", "out/r.html"]  # fmt: skip
+    preprocess = {"data": {"path": "raw.csv", "separator": ","}, "recipe": None, "features": ["a", "b"]}
+    evaluate_params = {"silhouette_sample_size": 300, "random_state": 0, "stability_resamples": 0}
+    train = {"k_min": 2, "k_max": 3, "n_init": 4, "random_state": 0, "n_threads": 1}
+    proc = run_stage_cli(tmp_path, "evaluate", args, preprocess=preprocess, train=train, evaluate=evaluate_params)
+    assert proc.returncode == 0, proc.stderr
+    warning = "k_best = 3 is the largest k searched (train.k_max): the best k may lie beyond it; widen train.k_max"
+    assert f"warning: evaluate: {warning} (see out/r.html)" in proc.stderr.splitlines()
+    page = (tmp_path / "out" / "r.html").read_text()
+    assert f"<b>Warning:</b> {warning}." in page and "<th>stability</th>" in page
+    assert not any("stability" in key for key in json.loads((tmp_path / "out" / "e.json").read_text()))  # report only

@@ -108,6 +108,11 @@ def project(tmp_path_factory, dagshub):
     return root, outputs
 
 
+def tracker_warnings(stderr: str) -> list[str]:
+    """The warning lines but the data's own: on the fixture data the criteria per k disagree with k_best (evaluate)."""
+    return [line for line in stderr.splitlines() if line.startswith("warning:") and "k_best" not in line]
+
+
 def one_pipeline_run(client, runs: list):
     """The one pipeline run (MLflow parent run) of the stages' ``runs`` on the tracker: the local store's structure."""
     everything = client.search_runs([runs[0].info.experiment_id])
@@ -135,7 +140,7 @@ def test_dagshub_command_configures_without_writing_the_token(project, dagshub):
 def test_full_repro_logs_to_the_tracking_server(project, dagshub, monkeypatch):
     root, outputs = project
     repro = outputs[-1]
-    assert "warning" not in repro.stderr
+    assert [line for line in repro.stderr.splitlines() if "warning" in line and "k_best" not in line] == []
     experiment = TrackingSettings.resolve(root, environ={}).experiment_name  # the project's own name
     runs = dagshub.runs(monkeypatch, experiment)
     assert [r.info.run_name for r in runs] == STAGES
@@ -162,7 +167,7 @@ def test_wrong_password_is_one_clear_line_and_nothing_is_lost(project, dagshub, 
     root, _ = project
     env = dagshub_env(root, dagshub, token="wrong-password", MLFLOW_EXPERIMENT_NAME="wrong-password")
     repro = run(["dvc", "repro", "--force"], root, env)
-    warnings = [line for line in repro.stderr.splitlines() if line.startswith("warning:")]
+    warnings = tracker_warnings(repro.stderr)
     assert len(warnings) == 3  # one per stage
     assert all("credentials refused" in w and "make sync" in w for w in warnings)
     assert "Traceback" not in repro.stderr
@@ -211,7 +216,7 @@ def test_unreachable_tracker_is_bounded_and_sync_delivers_once(project, dagshub,
             proc, elapsed = repro()
         bound = DEAD_TRACKER_BOUND_S
     assert elapsed < bound, f"dvc repro took {elapsed:.0f} s with a {failure} tracker"
-    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    warnings = tracker_warnings(proc.stderr)
     assert len(warnings) == 3 and all(f"{uri}:" in w and "make sync" in w for w in warnings), proc.stderr
 
     # The tracker comes back at the same address (a proxy to the live server).

@@ -216,7 +216,7 @@ def page(png: bytes = b"\x89PNG fake", stability: tuple[float, ...] = (0.9, 0.7,
     elbow = pd.DataFrame({"k": [2, 3, 4], "score": [10.0, 6.0, 5.5], "metric": "distortion"})
     criteria = pd.DataFrame(
         {"k": [2, 3, 4], "silhouette": [0.5, 0.6, 0.4], "calinski_harabasz": [10.0, 30.0, 20.0],
-         "davies_bouldin": [0.9, 0.5, 0.8]}
+         "davies_bouldin": [0.9, 0.5, 0.8], "stability": [0.9, 0.8, 0.95]}
     )  # fmt: skip
     return report.render_report(
         segments=segments,
@@ -241,7 +241,9 @@ def test_the_page_is_self_contained_and_deterministic():
     assert html.count('src="data:image/png;base64,') == 4  # heatmap, elbow, 2-D view, silhouette
     assert "<script" not in html and "&lt;b&gt;" in html  # params are escaped
     assert "90,500" in html and "75.0%" in html  # rounded, original units
-    assert "silhouette (higher is better) prefers k = 3" in html
+    sentence = "silhouette, Calinski–Harabasz and Davies–Bouldin agree and mean stability prefers k = 4 (more, finer"
+    assert sentence in " ".join(html.split())
+    assert "<td>0.950 ★</td>" in html and "Warning:" not in html  # stability's preferred k is one away: no warning
     assert "<b>k = 3</b>" in html
 
 
@@ -358,3 +360,43 @@ def script_page() -> str:
         kinds=kinds, metrics={"silhouette": 0.5}, images={}, k_choice="", labels=names,
         provenance=report.provenance_section({"evaluate.labels.Income": evil, "preprocess.data.path": evil}, evil, "x"),
     )  # fmt: skip
+
+
+KS = list(range(3, 11))  # a search from train.k_min = 3 to train.k_max = 10
+
+
+def test_k_warnings_fire_at_the_edges_of_the_search_range():
+    (top,) = report.k_warnings(KS, 10, {}, "elbow")
+    assert top == ("k_best = 10 is the largest k searched (train.k_max): the best k may lie beyond it; "
+                   "widen train.k_max")  # fmt: skip
+    (bottom,) = report.k_warnings(KS, 3, {}, "fallback_max_curvature")
+    assert "k_best = 3 is the smallest k searched (train.k_min)" in bottom and bottom.endswith("lower train.k_min")
+    assert report.k_warnings(KS, 5, {}, "elbow") == []  # inside
+    assert report.k_warnings(range(2, 11), 2, {}, "elbow") == []  # k = 2: there is no smaller k to search
+
+
+def test_k_warnings_fire_when_the_criteria_disagree_by_more_than_one():
+    assert report.k_warnings(KS, 5, {"silhouette": 6, "davies_bouldin": 4, "stability": 5}, "elbow") == []
+    (line,) = report.k_warnings(KS, 5, {"silhouette": 7, "davies_bouldin": 4, "stability": 3}, "best_score")
+    assert line == "the criteria disagree with k_best = 5: silhouette prefers k = 7, mean stability prefers k = 3"
+
+
+@pytest.mark.parametrize("rule", ["fixed", "density"])
+def test_no_k_warning_without_a_search_over_k(rule):
+    assert report.k_warnings(KS, 10, {"silhouette": 3}, rule) == []
+
+
+def test_the_k_section_marks_each_preferred_k_and_shows_the_warnings():
+    """Constructed curves: the elbow at k_max = 6, silhouette preferring 2, Davies-Bouldin agreeing."""
+    elbow = pd.DataFrame({"k": [2, 3, 4, 5, 6], "score": [50.0, 40, 30, 20, 10], "metric": "distortion"})
+    criteria = pd.DataFrame({"k": [2, 3, 4, 5, 6], "silhouette": [0.6, 0.5, 0.4, 0.3, 0.2],
+                             "davies_bouldin": [0.9, 0.8, 0.7, 0.6, 0.5]})  # fmt: skip
+    html = report.k_choice_section(elbow, {"k_best": 6, "k_rule": "elbow"}, criteria, None)
+    text = " ".join(re.sub(r"<[^>]+>", " ", html).split())
+    assert "it chose k = 6 by the elbow" in text
+    assert "silhouette prefers k = 2 (fewer, broader segments) and Davies–Bouldin agrees." in text
+    assert "Warning: k_best = 6 is the largest k searched (train.k_max)" in text
+    assert "Warning: the criteria disagree with k_best = 6: silhouette prefers k = 2" in text
+    assert re.findall(r"<td>([^<]*★)</td>", html) == ["0.600 ★", "10.000 ★", "0.500 ★"]  # row k = 2, then k = 6
+    fixed = report.k_choice_section(elbow.tail(1), {"k_best": 6, "k_rule": "fixed"}, criteria.tail(1), None)
+    assert "Warning" not in fixed and "10.000 ★" not in fixed  # a fixed k: no rule chose it from the curve

@@ -8,6 +8,7 @@ from sklearn.cluster import HDBSCAN, KMeans
 from sklearn.datasets import make_blobs
 
 from segmentation.algorithms import NOISE
+from segmentation.core.quality import criteria_per_k
 from segmentation.core.stability import best_jaccard, cluster_stability
 
 
@@ -82,3 +83,14 @@ def test_noise_is_in_no_segment_and_no_cluster():
     assert cluster_stability(X, labels, hdbscan, 3, 5000, 0).tolist() == pytest.approx(
         direct_stability(X, labels, hdbscan, 3, 5000, 0), abs=1e-12
     )
+
+
+def test_the_mean_stability_per_k_is_seeded_and_capped_by_the_criteria_sample():
+    X, _ = blobs(rows=3000)
+    first, again = (criteria_per_k(X, [2, 3, 4, 5, 6], 400, 7, resamples=3) for _ in range(2))
+    assert first.equals(again)  # seeded: the same numbers on a rerun
+    by_k = first.set_index("k")["stability"]
+    assert by_k[4] >= 0.95 and by_k[4] == by_k.max()  # the true k is the most stable
+    assert by_k[5] < 0.9 and by_k[6] < 0.9  # a true blob split in two comes out differently per resample
+    off = criteria_per_k(X, [2, 3, 4, 5, 6], 400, 7)
+    assert "stability" not in off and off.equals(first.drop(columns="stability"))  # the other criteria unchanged

@@ -203,6 +203,7 @@ class EvaluateParams(_Params):
     # this many rows; 20 of 5,000 take 0.5 s (3.5 s on a busy machine), whatever the rows.
     stability_resamples: int = Field(default=20, ge=0)
     stability_max_rows: int = Field(default=5000, ge=100)
+    k_stability_resamples: int = Field(default=5, ge=0)  # the report's mean stability per k (0: off)
     # Readable labels of columns in the report (raw name -> label); a column not in the data is ignored: one map
     # serves several versions of the data.
     labels: dict[str, str] = Field(default_factory=dict)

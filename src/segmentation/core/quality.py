@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NoReturn
 
 import numpy as np
@@ -16,7 +17,9 @@ from segmentation import algorithms
 from segmentation.algorithms import NOISE
 from segmentation.config import EvaluateParams
 from segmentation.core.data import as_categories, expand_columns
+from segmentation.core.progress import step
 from segmentation.core.report import BLANK, CLUSTER_COLUMN
+from segmentation.core.stability import cluster_stability
 from segmentation.errors import UserError
 
 # The model's inertia on the matrix must equal the inertia it was fitted with, up to float summation order
@@ -153,7 +156,8 @@ def evaluate(
     clustered = labels != NOISE
     Xc, labels_c = (X, labels) if clustered.all() else (X[clustered], labels[clustered])
     idx = sample_rows(len(Xc), params.silhouette_sample_size, params.random_state)  # full silhouette is O(n^2)
-    silhouette = silhouette_of(Xc[idx], labels_c[idx], params.silhouette_sample_size)  # (values, labels)
+    with step("evaluate", f"silhouette on {len(idx):,} rows"):
+        silhouette = silhouette_of(Xc[idx], labels_c[idx], params.silhouette_sample_size)  # (values, labels)
     noise_share = float((~clustered).mean()) if algorithms.REGISTRY[algorithms.algorithm_name(model)].noise else None
     metrics = quality_metrics(
         model, silhouette[0], calinski_harabasz_score(Xc, labels_c), davies_bouldin_score(Xc, labels_c),
@@ -181,26 +185,37 @@ def quality_metrics(
     }
 
 
-def criteria_per_k(X: np.ndarray, ks: Sequence[int], sample_size: int, random_state: int) -> pd.DataFrame:
-    """Silhouette, Calinski-Harabasz and Davies-Bouldin of a k-means fit per k on a seeded sample of ``X``."""
-    return criteria_of(X[sample_rows(len(X), sample_size, random_state)], ks, random_state)
+def criteria_per_k(
+    X: np.ndarray, ks: Sequence[int], sample_size: int, random_state: int, resamples: int = 0,
+    done: Callable[[str], None] = lambda message: None,
+) -> pd.DataFrame:  # fmt: skip
+    """Silhouette, Calinski-Harabasz, Davies-Bouldin and (``resamples`` > 0) the mean stability of a k-means fit
+    per k on a seeded sample of ``X``; ``done(message)`` after each k."""
+    return criteria_of(X[sample_rows(len(X), sample_size, random_state)], ks, random_state, resamples, done)
 
 
-def criteria_of(sample: np.ndarray, ks: Sequence[int], random_state: int) -> pd.DataFrame:
+def criteria_of(
+    sample: np.ndarray, ks: Sequence[int], random_state: int, resamples: int = 0,
+    done: Callable[[str], None] = lambda message: None,
+) -> pd.DataFrame:  # fmt: skip
     """:func:`criteria_per_k` on its sampled rows (3 restarts, one thread: the same numbers on any machine)."""
     from sklearn.metrics import pairwise_distances, silhouette_score
     from threadpoolctl import threadpool_limits
 
-    rows = []
+    rows, columns = [], [*CRITERIA, *(["stability"] if resamples else [])]
     with threadpool_limits(1):
         distances = pairwise_distances(sample)  # once for every k: silhouette's cost is these n^2 distances
         for k in (k for k in ks if 2 <= k < len(sample)):
-            labels = KMeans(n_clusters=k, n_init=3, random_state=random_state).fit_predict(sample)
+            make = partial(KMeans, n_clusters=k, n_init=3, random_state=random_state)
+            labels = make().fit_predict(sample)
             if len(np.unique(labels)) > 1:
                 silhouette = silhouette_score(distances, labels, metric="precomputed")
                 scores = silhouette, calinski_harabasz_score(sample, labels), davies_bouldin_score(sample, labels)
-                rows.append({"k": int(k), **dict(zip(CRITERIA[1:], map(float, scores), strict=True))})
-    return pd.DataFrame(rows, columns=CRITERIA)
+                if resamples:  # Hennig's stability of each segment, on the same sample: its cost is fixed
+                    scores += (cluster_stability(sample, labels, make, resamples, len(sample), random_state).mean(),)
+                rows.append({"k": int(k), **dict(zip(columns[1:], map(float, scores), strict=True))})
+            done(f"criteria: k = {k}")
+    return pd.DataFrame(rows, columns=columns)
 
 
 def profiled_columns(

@@ -216,32 +216,70 @@ def stability_section(segments: Sequence[Segment], stability: Mapping[int, float
     return SECTIONS.stability(resamples, rows, any(s.cluster == NOISE for s in segments), scored) if scored else ""
 
 
-CRITERIA = ("silhouette", "calinski_harabasz", "davies_bouldin")  # the other criteria per k, in the page's order
+CRITERIA = ("silhouette", "calinski_harabasz", "davies_bouldin", "stability")  # the other criteria, in page order
+NAMES = dict(zip(CRITERIA, ("silhouette", "Calinski–Harabasz", "Davies–Bouldin", "mean stability"), strict=True))
+PREFERRED = " ★"  # marks each column's preferred k
 
 
 def _score(value: float) -> str:
     return "–" if not np.isfinite(value) else f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3f}"
 
 
-def k_choice_section(
-    elbow: pd.DataFrame | None, train_metrics: Mapping[str, Any] | None, criteria: pd.DataFrame | None,
-    elbow_png: bytes | None, algorithm: str = "k-means",
-) -> str:  # fmt: skip
-    """How k was chosen: the train stage's score per k and rule, and the k each of the other ``criteria`` (k,
-    silhouette, calinski_harabasz, davies_bouldin) prefers; ``algorithm`` is the registry's label."""
+def k_warnings(k_values: Sequence[int], k_best: int | None, preferred: Mapping[str, int], rule: str) -> list[str]:
+    """Warnings on a searched k: ``k_best`` at an edge of ``k_values``, criteria preferring a k more than one away."""
+    if rule in ("fixed", "density", "?") or k_best is None or not len(k_values):
+        return []
+    found = []
+    if k_best == max(k_values):
+        found.append(f"k_best = {k_best} is the largest k searched (train.k_max): the best k may lie beyond it; "
+                     "widen train.k_max")  # fmt: skip
+    elif k_best == min(k_values) > 2:
+        found.append(f"k_best = {k_best} is the smallest k searched (train.k_min): the best k may lie below it; "
+                     "lower train.k_min")  # fmt: skip
+    if far := [f"{NAMES[c]} prefers k = {k}" for c, k in preferred.items() if abs(k - k_best) > 1]:
+        found.append(f"the criteria disagree with k_best = {k_best}: {', '.join(far)}")
+    return found
+
+
+def k_table(
+    elbow: pd.DataFrame | None, train_metrics: Mapping[str, Any] | None, criteria: pd.DataFrame | None
+) -> tuple[pd.DataFrame, dict[str, int], list[str]]:
+    """The train score and ``criteria`` (k, silhouette, ...) per k, each criterion's preferred k, and
+    :func:`k_warnings`."""
     tm = dict(train_metrics or {})
-    rule = str(tm.get("k_rule", "?"))
-    metric = str(elbow["metric"].iloc[0]) if elbow is not None and "metric" in elbow and len(elbow) else "score"
+    rule, metric = str(tm.get("k_rule", "?")), "score"
+    if elbow is not None and "metric" in elbow and len(elbow):
+        metric = str(elbow["metric"].iloc[0]) + (" (train)" if elbow["metric"].iloc[0] in CRITERIA else "")
     if rule == "density":  # an algorithm that finds k itself (HDBSCAN): no search over k
         elbow = None
     scores = None if elbow is None else elbow[["k", "score"]].rename(columns={"score": metric})
     tables = [t.set_index("k") for t in (scores, criteria) if t is not None and len(t)]
     by_k = pd.concat(tables, axis=1) if tables else pd.DataFrame()  # outer join on k
     best = {c: int(by_k[c].idxmin() if c == "davies_bouldin" else by_k[c].idxmax()) for c in CRITERIA if c in by_k}
-    by_k.index = [f"{k:.0f} (the model's k)" if k == tm.get("k_best") else f"{k:.0f}" for k in by_k.index]
-    table = by_k.rename_axis("k").to_html(na_rep="–", float_format=_score) if tables else ""
+    return by_k, best, k_warnings([int(k) for k in by_k.index], tm.get("k_best"), best, rule)
+
+
+def k_choice_section(
+    elbow: pd.DataFrame | None, train_metrics: Mapping[str, Any] | None, criteria: pd.DataFrame | None,
+    elbow_png: bytes | None, algorithm: str = "k-means",
+) -> str:  # fmt: skip
+    """How k was chosen: :func:`k_table` with each column's preferred k marked, one sentence on what each criterion
+    prefers, the warnings; ``algorithm`` is the registry's label."""
+    tm = dict(train_metrics or {})
+    rule, k_best = str(tm.get("k_rule", "?")), tm.get("k_best")
+    by_k, best, warnings = k_table(elbow, tm, criteria)
+    shown = by_k.map(_score)
+    for c, k in [*best.items(), *((c, k_best) for c in by_k if c not in CRITERIA and rule != "fixed")]:
+        if k in shown.index:  # the train score's preferred k is the one its rule chose
+            shown.loc[k, c] += PREFERRED
+    shown.index = [f"{k:.0f} (the model's k)" if k == k_best else f"{k:.0f}" for k in by_k.index]
+    groups: dict[int, list[str]] = {}  # preferred k -> the criteria preferring it
+    for c, k in best.items():
+        groups.setdefault(k, []).append(NAMES[c])
+    metric = next((c for c in by_k if c not in CRITERIA), "score")
+    table = shown.rename_axis("k").to_html() if len(by_k.columns) else ""
     noise = format_value(float(tm.get("noise_share", 0.0)), RATE)
-    return SECTIONS.k_choice(algorithm, rule, tm.get("k_best"), metric, noise, best, table, elbow_png)
+    return SECTIONS.k_choice(algorithm, rule, k_best, metric, noise, sorted(groups.items()), table, elbow_png, warnings)
 
 
 def provenance_section(params: Mapping[str, Any], data_path: str | None, data_md5: str | None) -> str:

@@ -77,7 +77,10 @@ def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
     elbow = read_optional_csv(args.elbow_scores)
     criteria = None
     if args.report and elbow is not None and "k" in elbow:
-        criteria = criteria_per_k(X, [int(k) for k in elbow["k"]], params.criteria_sample_size, params.random_state)
+        ks, what = [int(k) for k in elbow["k"]], f"criteria per k on {min(len(X), params.criteria_sample_size):,} rows"
+        with step("evaluate", what), parts("evaluate", what, len(ks), "k", LONG_STEP_S) as done:
+            criteria = criteria_per_k(X, ks, params.criteria_sample_size, params.random_state,
+                                      params.k_stability_resamples, done)  # fmt: skip
     return report_outcome(
         args, params, model, result, figures, {c: report.column_kind(c, features[c]) for c in numeric},
         {c: float(features[c].mean()) for c in numeric}, report.contrasts(features[numeric], labels), criteria,
@@ -105,6 +108,8 @@ def report_outcome(
     stability = {
         s.cluster: result.metrics[key] for s in segments if (key := stability_key(s.cluster)) in result.metrics
     }
+    for line in report.k_table(elbow, train_metrics, criteria)[2]:
+        print(f"warning: evaluate: {line}" + (f" (see {args.report})" if args.report else ""), file=sys.stderr)
     for s in segments:
         if stability.get(s.cluster, 1.0) < report.UNSTABLE:
             print(f"warning: evaluate: segment {s.cluster} ({s.name}) has stability {stability[s.cluster]:.2f}: "
