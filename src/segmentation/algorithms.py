@@ -148,13 +148,13 @@ def free_memory() -> int:
     return max(min(free), 0)
 
 
-def check_memory(params: TrainParams, rows: int, fits: int = 1, lower: str | None = None) -> None:
+def check_memory(params: TrainParams, rows: int, fits: int = 1, lower: str | None = None, stage: str = "train") -> None:
     """Refuse ``fits`` fits at a time on ``rows`` rows whose memory (rows²) exceeds what is free; ``lower``: advice."""
     if (need := REGISTRY[params.algorithm].bytes_per_row2 * rows**2 * fits) and need > (free := free_memory()):
         fix = lower or ("train.search_sample_size" if REGISTRY[params.algorithm].predicts else  # else it has one
             f"train.{params.algorithm}.fit_sample_size") + (" or train.n_threads" if fits > 1 else "")  # fmt: skip
         raise UserError(
-            f"train: {params.algorithm} on {rows:,} rows needs ~{need / 2**30:.1f} GiB ({fits} fit(s) at a time; it "
+            f"{stage}: {params.algorithm} on {rows:,} rows needs ~{need / 2**30:.1f} GiB ({fits} fit(s) at a time; it "
             f"grows with rows²) but {free / 2**30:.1f} GiB is free; lower {fix}"
         )
 

@@ -63,7 +63,9 @@ def work(args, params: EvaluateParams, raw_params: dict[str, Any]) -> Outcome:
     labels = result.segments[report.CLUSTER_COLUMN].to_numpy()
     if resamples := params.stability_resamples:  # refitted with train's knobs: dvc.yaml declares train's params
         train_params, k = parse_section("train", raw_params.get("train"), args.params), algorithms.n_clusters(model)
-        what = f"stability, {resamples} resamples of {min(len(X), params.stability_max_rows):,} rows"
+        rows = min(len(X), params.stability_max_rows)
+        algorithms.check_memory(train_params, rows, lower="evaluate.stability_max_rows", stage="evaluate")
+        what = f"stability, {resamples} resamples of {rows:,} rows"
         with step("evaluate", what), parts("evaluate", what, resamples, "resample", LONG_STEP_S) as done:
             values = cluster_stability(X, labels, lambda: algorithms.make(train_params, k), resamples,
                                        params.stability_max_rows, params.random_state, done)  # fmt: skip

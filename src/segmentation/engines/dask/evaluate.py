@@ -208,7 +208,9 @@ def work(args, params: EvaluateParams, preprocess_params: PreprocessParams) -> O
     try:
         criteria = None
         if args.report and elbow is not None and "k" in elbow:
-            criteria = criteria_of(done.sample, [int(k) for k in elbow["k"]], params.random_state)
+            criteria = criteria_of(
+                done.sample, [int(k) for k in elbow["k"]], params.random_state, params.k_stability_resamples
+            )
         return report_outcome(
             args, params, model, done.result, done.figures, done.kinds, done.overall, done.contrasts, criteria,
             model_features, numeric_extras, categorical_params, train_metrics, elbow, matrix.table.total,
