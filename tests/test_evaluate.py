@@ -176,5 +176,5 @@ def test_the_stage_warns_when_k_best_is_the_largest_k_searched(tmp_path):
     warning = "k_best = 3 is the largest k searched (train.k_max): the best k may lie beyond it; widen train.k_max"
     assert f"warning: evaluate: {warning} (see out/r.html)" in proc.stderr.splitlines()
     page = (tmp_path / "out" / "r.html").read_text()
-    assert f"<b>Warning:</b> {warning}." in page and "<th>stability</th>" in page
+    assert f"<b>Warning:</b> {warning}." in page and "<th>mean stability</th>" in page
     assert not any("stability" in key for key in json.loads((tmp_path / "out" / "e.json").read_text()))  # report only

@@ -277,7 +277,7 @@ def k_choice_section(
     for c, k in best.items():
         groups.setdefault(k, []).append(NAMES[c])
     metric = next((c for c in by_k if c not in CRITERIA), "score")
-    table = shown.rename_axis("k").to_html() if len(by_k.columns) else ""
+    table = shown.rename(columns=NAMES).rename_axis("k").to_html() if len(by_k.columns) else ""
     noise = format_value(float(tm.get("noise_share", 0.0)), RATE)
     return SECTIONS.k_choice(algorithm, rule, k_best, metric, noise, sorted(groups.items()), table, elbow_png, warnings)
 
