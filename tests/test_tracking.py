@@ -15,7 +15,7 @@ from segmentation.files import StageOutputs
 from segmentation.tracking.lineage import Lineage, file_md5, pipeline_run_id, upstream_lineage
 from segmentation.tracking.logger import DualLogger, plain
 from segmentation.tracking.settings import TrackingSettings, redact_uri
-from segmentation.tracking.store import describe_failure
+from segmentation.tracking.store import LOCK_WAIT_S, describe_failure, local_store_lock
 
 RAW_MD5 = "0123456789abcdef0123456789abcdef"
 # What DVC records once preprocess and train have run: their deps (the raw data among them), params and outs.
@@ -359,3 +359,22 @@ def test_an_unusable_tracking_uri_is_one_line_naming_it(tmp_path, uri):
         TrackingSettings.resolve(tmp_path, environ={"MLFLOW_TRACKING_URI": uri})
     for usable in ("http://127.0.0.1:5000", "sqlite:///x.db", "postgresql+psycopg2://u@h/db", "./mlruns"):
         assert TrackingSettings.resolve(tmp_path, environ={"MLFLOW_TRACKING_URI": usable}).tracking_uri == usable
+
+
+def test_the_store_lock_gives_up_after_its_deadline_in_one_line(tmp_path):
+    """Another stage holding the local store's lock: the wait ends at its deadline (LOCK_WAIT_S in stages; the stage
+    then keeps its run in mlruns-pending/ with one warning line), and a released lock is taken at once."""
+    import fcntl
+    import time
+
+    assert LOCK_WAIT_S == 120
+    with open(tmp_path / ".mlflow.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another open file: as another process holds it
+        start = time.monotonic()
+        locked = r"^the store was locked by another stage for over 1 s$"
+        with pytest.raises(TimeoutError, match=locked), local_store_lock(tmp_path, wait_s=1):
+            pass
+        assert 1 <= time.monotonic() - start < 5
+    start = time.monotonic()
+    with local_store_lock(tmp_path, wait_s=1):
+        assert time.monotonic() - start < 0.5
