@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from pathlib import Path
 
@@ -378,3 +379,23 @@ def test_the_store_lock_gives_up_after_its_deadline_in_one_line(tmp_path):
     start = time.monotonic()
     with local_store_lock(tmp_path, wait_s=1):
         assert time.monotonic() - start < 0.5
+
+
+def test_a_git_that_hangs_is_given_up_in_one_line(tmp_path, monkeypatch, capsys):
+    """The lineage asks git for the commit; a git that does not answer (a hung credential helper, a network drive) is
+    left after its deadline with one warning line, and the run is recorded without a commit."""
+    import time
+
+    from segmentation.tracking import lineage
+
+    fake = tmp_path / "bin" / "git"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexec sleep 30\n")  # exec: the timeout's kill reaches it
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(lineage, "GIT_TIMEOUT_S", 1)
+    start = time.monotonic()
+    assert lineage.git_commit(tmp_path) is None
+    assert time.monotonic() - start < 10
+    err = capsys.readouterr().err
+    assert err == "warning: `git rev-parse` gave no answer in 1 s; went on without it\n"

@@ -267,7 +267,7 @@ def fit_final(X: np.ndarray, elbow: ElbowResult, params: TrainParams) -> Any:
         return elbow.models[k]
     start = time.perf_counter()
     kmeans = params.algorithm == "kmeans"  # its n_init restarts on the sample already chose the centres
-    algorithms.check_memory(params, len(X), lower="the rows (no param caps this fit; predicts=False fits a sample)")
+    algorithms.check_memory(params, len(X), lower="the rows of preprocess.data.path (this fit takes them all)")
     with threadpool_limits(limits=params.n_threads):
         model = fit_model(params, k, X, **({"init": elbow.models[k].cluster_centers_, "n_init": 1} if kmeans else {}))
     start_from = " from the sample's centres" if kmeans else ""

@@ -7,6 +7,7 @@ import hashlib
 import os
 import socket
 import subprocess
+import sys
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,18 @@ LOCK_FILE = "dvc.lock"
 DATA_PATH_PARAM = "preprocess.data.path"  # the raw data file, whose md5 every run is tagged with
 ENV_PIPELINE_RUN = "SEGMENTATION_PIPELINE_RUN_ID"
 ENV_EXP_NAME = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
+GIT_TIMEOUT_S = 60
 
 
 def git(*args: str, cwd: Path | None = None) -> bytes:
-    """git's output; empty when git fails or is missing (outside a repository, before the first commit)."""
-    with suppress(OSError, subprocess.SubprocessError):
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=60, check=True).stdout
+    """git's output; empty when git fails or is missing (outside a repository, before the first commit), or after
+    ``GIT_TIMEOUT_S`` (one line says so: a hung git never holds a stage)."""
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=GIT_TIMEOUT_S, check=True).stdout
+    except subprocess.TimeoutExpired:
+        print(f"warning: `git {args[0]}` gave no answer in {GIT_TIMEOUT_S} s; went on without it", file=sys.stderr)
+    except (OSError, subprocess.SubprocessError):
+        pass
     return b""
 
 

@@ -169,14 +169,20 @@ class DualLogger:
         s, stage, data_path, data_md5 = self.settings, self.record.stage, *(self.data or (None, None))
         # Relative to the working directory: a `dvc exp run --temp` copy has its own dvc.lock.
         lineage = upstream_lineage(stage, LOCK_FILE)
-        tags = {"stage": stage, PIPELINE_TAG: pipeline_run_id(), "mlflow.source.name": f"dvc stage {stage}"}
         cached = [outputs.staged(path) for path in pipeline_graph(Path("dvc.yaml"))[2].get(stage, [])]
         md5s = [file_md5(p) for p in cached if p and p.is_file() and p.stat().st_size <= HASHED_MAX_BYTES]
-        tags |= {OUTPUTS_TAG: " ".join(md5s)} if md5s else {}
-        tags |= {"mlflow.source.git.commit": commit} if (commit := git_commit(self.root)) else {}
         data_path, data_md5 = data_path or lineage.data_path, data_md5 or lineage.data_md5
-        tags |= {"raw_data_path": data_path, "raw_data_md5": data_md5} if data_path and data_md5 else {}
-        tags |= {"dvc_exp_name": os.environ[ENV_EXP_NAME]} if os.environ.get(ENV_EXP_NAME) else {}
+        tags = {
+            "stage": stage,
+            PIPELINE_TAG: pipeline_run_id(),
+            "mlflow.source.name": f"dvc stage {stage}",
+            OUTPUTS_TAG: " ".join(md5s),  # how a later pipeline run that skips this stage links to this run
+            "mlflow.source.git.commit": git_commit(self.root),
+            "raw_data_path": data_path if data_md5 else None,
+            "raw_data_md5": data_md5 if data_path else None,
+            "dvc_exp_name": os.environ.get(ENV_EXP_NAME),
+        }
+        tags = {key: value for key, value in tags.items() if value}  # an unknown one is left out, not logged empty
         inputs = []  # the tables read, as MLflow datasets: md5 as DVC has it (the raw data's, dvc.lock's) if it can
         for path in filter(os.path.isfile, self.inputs):
             known = lineage.files.get(Path(path).as_posix(), {})
