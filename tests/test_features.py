@@ -18,6 +18,16 @@ def test_dates_are_day_first():
     assert list(parsed.dt.date) == [dt.date(2013, 2, 1), dt.date(2013, 8, 21)]
 
 
+def test_dates_parsed_once_each_are_what_pandas_parses_row_by_row():
+    """Each distinct value is parsed once: the result is pandas' own, blanks, repeats, index and name kept."""
+    values = ["01-02-2013", None, "21-08-2013", "01-02-2013", np.nan, "21-08-2013"]
+    series = pd.Series(values, index=[10, 3, 7, 1, 4, 9], name="Dt_Customer", dtype="str")
+    expected = pd.to_datetime(series, format="%d-%m-%Y", errors="coerce")
+    pd.testing.assert_series_equal(parse_dates(series, "%d-%m-%Y", "x.csv"), expected)
+    blank = pd.Series([None, None], name="Dt_Customer", dtype="str")
+    pd.testing.assert_series_equal(parse_dates(blank, "%d-%m-%Y", "x.csv"), pd.to_datetime(blank, format="%d-%m-%Y"))
+
+
 def test_bad_date_names_file_column_value_and_line():
     series = pd.Series(["21-08-2013", "2013-08-22", None], name="Dt_Customer")
     with pytest.raises(UserError) as err:
