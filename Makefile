@@ -128,8 +128,8 @@ WORKERS ?= 2
 test: ## Fast feedback: unit and bad-input tests, report in Chromium (skipped without it), scoring, your pipeline
 	$(BIN)/python -m pytest -m "$(FAST)" -n $(WORKERS) --dist loadfile
 
-test-all: ## The full suite, what CI runs (~35 min on 2 busy cores): + end to end, faults, DagsHub, MLflow UI, Dask, template
-	$(BIN)/python -m pytest
+test-all: ## The full suite, what CI runs (~26 min on 2 cores): + end to end, faults, DagsHub, MLflow UI, Dask, template
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile
 
 # `make check`: first dvc.lock against the working tree (scripts/check_lock.py: each dep or params section `dvc status`
 # finds modified), then a fresh clone of HEAD (this DVC cache, its own MLflow store): dvc repro, then dvc repro
