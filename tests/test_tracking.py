@@ -399,3 +399,5 @@ def test_a_git_that_hangs_is_given_up_in_one_line(tmp_path, monkeypatch, capsys)
     assert time.monotonic() - start < 10
     err = capsys.readouterr().err
     assert err == "warning: `git rev-parse` gave no answer in 1 s; went on without it\n"
+    assert lineage.git("--literal-pathspecs", "ls-files", cwd=tmp_path) == b""  # named by its command, not an option
+    assert capsys.readouterr().err == "warning: `git ls-files` gave no answer in 1 s; went on without it\n"

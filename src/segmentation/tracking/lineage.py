@@ -32,7 +32,8 @@ def git(*args: str, cwd: Path | None = None) -> bytes:
     try:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=GIT_TIMEOUT_S, check=True).stdout
     except subprocess.TimeoutExpired:
-        print(f"warning: `git {args[0]}` gave no answer in {GIT_TIMEOUT_S} s; went on without it", file=sys.stderr)
+        command = next((a for a in args if not a.startswith("-")), "")  # `git ls-files`, not `git --literal-pathspecs`
+        print(f"warning: `git {command}` gave no answer in {GIT_TIMEOUT_S} s; went on without it", file=sys.stderr)
     except (OSError, subprocess.SubprocessError):
         pass
     return b""
